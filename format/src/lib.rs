@@ -1,0 +1,40 @@
+//! The heaptape trace format.
+//!
+//! A trace is a small uncompressed preamble followed by a stream of independent chunks:
+//!
+//! ```text
+//! "HEAPTAPE" | version u32 | header length u32 | header CRC32C u32 | header (postcard)
+//! chunk*     (see [`chunk`]: fixed header with lengths, counts, time range, CRC32C,
+//!             then a zstd-compressed run of delta-encoded postcard records)
+//! ```
+//!
+//! Why this shape: the recorder must be able to stop at any instant (a crash, SIGKILL, a
+//! full disk) and leave a readable file, so the writer appends whole chunks and the
+//! reader treats a cut-off tail as truncation rather than an error. Chunks reset their
+//! delta state, so the analyzer can decode them on every core. Checksums and hard bounds
+//! on every length make hostile input an error, never a panic or a huge allocation.
+//! `docs/FORMAT.md` is the full specification.
+
+pub mod chunk;
+mod error;
+mod reader;
+mod record;
+mod wire;
+mod writer;
+
+pub use chunk::{ChunkInfo, RawChunk};
+pub use error::{ReadError, WriteError};
+pub use reader::{decode_parallel, Records, TraceReader, Truncation};
+pub use record::*;
+pub use writer::{TraceWriter, DEFAULT_CHUNK_TARGET, DEFAULT_ZSTD_LEVEL};
+
+/// The eight bytes every trace starts with.
+pub const MAGIC: [u8; 8] = *b"HEAPTAPE";
+/// The format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Upper bound on the encoded header.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Upper bound on a chunk's payload, compressed or not.
+pub const MAX_CHUNK_BYTES: usize = 64 << 20;
+/// Upper bound on one encoded record (a writer refuses larger ones).
+pub const MAX_RECORD_BYTES: usize = 32 << 20;

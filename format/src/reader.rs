@@ -1,0 +1,285 @@
+//! Reading traces: sequentially, record by record, or chunk by chunk for parallel
+//! decoding.
+//!
+//! The reader never trusts a length it has not bounded: the header and every chunk are
+//! checked against the format's limits before anything is allocated, and every chunk's
+//! CRC32C is verified before its payload is decompressed.
+//!
+//! A file that simply stops (the recorder was killed, the disk filled) is not an error:
+//! the reader yields every complete chunk and then reports a [`Truncation`]. A trace is
+//! complete when its last record is [`Record::End`].
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::chunk::{ChunkInfo, RawChunk, CHUNK_HEADER_LEN};
+use crate::error::ReadError;
+use crate::record::{Header, Record};
+use crate::{FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES};
+
+/// Where and why a trace stops short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// Byte offset where the readable data ends.
+    pub offset: u64,
+    /// What was found there.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trace is truncated at byte offset {} ({}); everything before it was read",
+            self.offset, self.reason
+        )
+    }
+}
+
+/// Reads a trace from any byte stream.
+pub struct TraceReader<R: Read> {
+    src: R,
+    header: Header,
+    offset: u64,
+    truncation: Option<Truncation>,
+    done: bool,
+}
+
+impl TraceReader<BufReader<File>> {
+    /// Opens a trace file and reads its header.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let file = File::open(path)?;
+        TraceReader::new(BufReader::with_capacity(1 << 20, file))
+    }
+}
+
+/// Reads as many bytes as are there, up to `buf.len()`. Returns how many were read.
+fn read_full<R: Read>(src: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl<R: Read> TraceReader<R> {
+    /// Reads and checks the magic, version and header.
+    pub fn new(mut src: R) -> Result<Self, ReadError> {
+        let mut pre = [0u8; 20];
+        let n = read_full(&mut src, &mut pre)?;
+        if n < MAGIC.len() || pre[..MAGIC.len()] != MAGIC {
+            if n < MAGIC.len() && MAGIC.starts_with(&pre[..n]) {
+                return Err(ReadError::TruncatedHeader { offset: n as u64 });
+            }
+            return Err(ReadError::BadMagic);
+        }
+        if n < 12 {
+            return Err(ReadError::TruncatedHeader { offset: n as u64 });
+        }
+        let version = u32::from_le_bytes(pre[8..12].try_into().unwrap());
+        if version != FORMAT_VERSION {
+            return Err(ReadError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if n < 20 {
+            return Err(ReadError::TruncatedHeader { offset: n as u64 });
+        }
+        let len = u32::from_le_bytes(pre[12..16].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(pre[16..20].try_into().unwrap());
+        if len > MAX_HEADER_BYTES {
+            return Err(ReadError::corrupt(
+                12,
+                format!("header length {len} is over the {MAX_HEADER_BYTES} byte limit"),
+            ));
+        }
+        let mut head = vec![0u8; len];
+        let got = read_full(&mut src, &mut head)?;
+        if got < len {
+            return Err(ReadError::TruncatedHeader {
+                offset: 20 + got as u64,
+            });
+        }
+        if crc32c::crc32c(&head) != crc {
+            return Err(ReadError::corrupt(20, "header checksum mismatch"));
+        }
+        let header: Header = postcard::from_bytes(&head)
+            .map_err(|e| ReadError::corrupt(20, format!("header does not decode: {e}")))?;
+        Ok(TraceReader {
+            src,
+            header,
+            offset: 20 + len as u64,
+            truncation: None,
+            done: false,
+        })
+    }
+
+    /// The trace's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Byte offset of the next unread chunk.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Set once the reader found the file cut off (it then yields nothing more).
+    pub fn truncation(&self) -> Option<&Truncation> {
+        self.truncation.as_ref()
+    }
+
+    /// Reads the next chunk's framing and payload and verifies its checksum.
+    /// `Ok(None)` at the end of the file, or when the file is cut off inside a chunk
+    /// (see [`TraceReader::truncation`]).
+    pub fn next_chunk(&mut self) -> Result<Option<RawChunk>, ReadError> {
+        if self.done {
+            return Ok(None);
+        }
+        let offset = self.offset;
+        let mut head = [0u8; CHUNK_HEADER_LEN];
+        let n = read_full(&mut self.src, &mut head)?;
+        if n == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        if n < CHUNK_HEADER_LEN {
+            return Ok(self.truncated(offset, "file ends inside a chunk header"));
+        }
+        let info = match ChunkInfo::parse(&head, offset) {
+            Ok(info) => info,
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        let mut payload = vec![0u8; info.compressed_len as usize];
+        let got = read_full(&mut self.src, &mut payload)?;
+        if got < payload.len() {
+            return Ok(self.truncated(offset, "file ends inside a chunk"));
+        }
+        if info.compute_crc(&payload) != info.crc {
+            self.done = true;
+            return Err(ReadError::corrupt(offset, "chunk checksum mismatch"));
+        }
+        self.offset += (CHUNK_HEADER_LEN + payload.len()) as u64;
+        Ok(Some(RawChunk {
+            offset,
+            info,
+            payload,
+        }))
+    }
+
+    fn truncated(&mut self, offset: u64, reason: &str) -> Option<RawChunk> {
+        self.done = true;
+        self.truncation = Some(Truncation {
+            offset,
+            reason: reason.to_string(),
+        });
+        None
+    }
+
+    /// Iterates over every record in order, decoding chunk by chunk.
+    pub fn records(self) -> Records<R> {
+        Records {
+            reader: self,
+            buf: Vec::new().into_iter(),
+            seen_end: false,
+            failed: false,
+        }
+    }
+
+    /// Reads up to `max` chunks and decodes them in parallel (rayon), returning their
+    /// records in file order. An empty vector means the end of the trace.
+    pub fn next_batch_parallel(&mut self, max: usize) -> Result<Vec<Vec<Record>>, ReadError> {
+        let mut raws = Vec::with_capacity(max);
+        while raws.len() < max {
+            match self.next_chunk()? {
+                Some(raw) => raws.push(raw),
+                None => break,
+            }
+        }
+        decode_parallel(&raws)
+    }
+}
+
+/// Decodes chunks in parallel, keeping their order.
+pub fn decode_parallel(chunks: &[RawChunk]) -> Result<Vec<Vec<Record>>, ReadError> {
+    chunks.par_iter().map(RawChunk::decode).collect()
+}
+
+/// Iterator over a trace's records (see [`TraceReader::records`]).
+pub struct Records<R: Read> {
+    reader: TraceReader<R>,
+    buf: std::vec::IntoIter<Record>,
+    seen_end: bool,
+    failed: bool,
+}
+
+impl<R: Read> Records<R> {
+    /// The trace's header.
+    pub fn header(&self) -> &Header {
+        self.reader.header()
+    }
+
+    /// After iteration: where the trace stops short, if it does. A trace that reads to
+    /// the end of its file without an [`Record::End`] record is truncated too.
+    pub fn truncation(&self) -> Option<Truncation> {
+        if let Some(t) = self.reader.truncation() {
+            return Some(t.clone());
+        }
+        if !self.seen_end && !self.failed {
+            return Some(Truncation {
+                offset: self.reader.offset(),
+                reason: "no end record; the recorder did not finish".into(),
+            });
+        }
+        None
+    }
+
+    /// Whether the end record was read.
+    pub fn is_complete(&self) -> bool {
+        self.seen_end
+    }
+}
+
+impl<R: Read> Iterator for Records<R> {
+    type Item = Result<Record, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(rec) = self.buf.next() {
+                if matches!(rec, Record::End { .. }) {
+                    self.seen_end = true;
+                }
+                return Some(Ok(rec));
+            }
+            if self.failed {
+                return None;
+            }
+            match self.reader.next_chunk() {
+                Ok(Some(raw)) => match raw.decode() {
+                    Ok(recs) => self.buf = recs.into_iter(),
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                },
+                Ok(None) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The logical records a trace holds.
+//!
+//! These are the types the recorder produces and the analyzer consumes. They carry
+//! absolute values (timestamps in nanoseconds since the trace started, full addresses);
+//! the compact delta encoding on disk lives in [`crate::wire`] and never leaks out.
+//!
+//! A trace may hold a whole process tree: process-level records carry a `pid`, and
+//! per-call records carry the `tid` of the calling thread (the thread records bind each
+//! tid to its process).
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds since the trace's start (the header's `start_time_unix_ns`), taken from
+/// the clock named in [`Header::clock`].
+pub type Timestamp = u64;
+
+/// Identifier of a node in the stack trie. Node 0 is the root (the empty stack); every
+/// other node is introduced by a [`StackNode`] record before it is first referenced.
+pub type StackId = u32;
+
+/// The trie root: an event whose stack is unknown or empty.
+pub const EMPTY_STACK: StackId = 0;
+
+/// The first record of every trace, stored uncompressed right after the magic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Version of the tool that wrote the trace, e.g. `"heaptape 0.1.0"`.
+    pub tool_version: String,
+    /// The recording command line (argv of the recorded program, or of `record --pid`).
+    pub command: Vec<String>,
+    /// Process id of the first recorded process.
+    pub pid: u32,
+    /// Wall-clock start of the recording, nanoseconds since the Unix epoch.
+    pub start_time_unix_ns: u64,
+    /// Host name of the machine that recorded.
+    pub host: String,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// Page size of the recorded machine in bytes.
+    pub page_size: u32,
+    /// Pointer size in bytes (8 on x86_64).
+    pub pointer_size: u8,
+    /// Clock used for [`Timestamp`]s.
+    pub clock: ClockSource,
+}
+
+/// Where timestamps come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockSource {
+    /// `CLOCK_MONOTONIC`, relative to the trace start.
+    Monotonic,
+    /// `CLOCK_BOOTTIME`, relative to the trace start.
+    Boottime,
+    /// Timestamps are synthetic (tests, converters).
+    Synthetic,
+}
+
+/// The allocator entry point an event was recorded at.
+///
+/// The operator new/delete families are kept apart from the C functions so that the
+/// analyzer can report mismatched pairs (`new` released by `free`, `new[]` by `delete`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum AllocFn {
+    /// `malloc(size)`
+    Malloc,
+    /// `calloc(nmemb, size)`
+    Calloc,
+    /// `realloc(ptr, size)`
+    Realloc,
+    /// `reallocarray(ptr, nmemb, size)`
+    Reallocarray,
+    /// `free(ptr)`
+    Free,
+    /// `posix_memalign(&ptr, alignment, size)`
+    PosixMemalign,
+    /// `aligned_alloc(alignment, size)`
+    AlignedAlloc,
+    /// `memalign(alignment, size)`
+    Memalign,
+    /// `valloc(size)`
+    Valloc,
+    /// `pvalloc(size)`
+    Pvalloc,
+    /// `operator new(size_t)` and its nothrow and aligned variants.
+    New,
+    /// `operator new[](size_t)` and its nothrow and aligned variants.
+    NewArray,
+    /// `operator delete(void*)` and its sized and aligned variants.
+    Delete,
+    /// `operator delete[](void*)` and its sized and aligned variants.
+    DeleteArray,
+}
+
+impl AllocFn {
+    /// Every variant, in discriminant order.
+    pub const ALL: [AllocFn; 14] = [
+        AllocFn::Malloc,
+        AllocFn::Calloc,
+        AllocFn::Realloc,
+        AllocFn::Reallocarray,
+        AllocFn::Free,
+        AllocFn::PosixMemalign,
+        AllocFn::AlignedAlloc,
+        AllocFn::Memalign,
+        AllocFn::Valloc,
+        AllocFn::Pvalloc,
+        AllocFn::New,
+        AllocFn::NewArray,
+        AllocFn::Delete,
+        AllocFn::DeleteArray,
+    ];
+
+    /// The C or C++ name of the entry point, as users know it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AllocFn::Malloc => "malloc",
+            AllocFn::Calloc => "calloc",
+            AllocFn::Realloc => "realloc",
+            AllocFn::Reallocarray => "reallocarray",
+            AllocFn::Free => "free",
+            AllocFn::PosixMemalign => "posix_memalign",
+            AllocFn::AlignedAlloc => "aligned_alloc",
+            AllocFn::Memalign => "memalign",
+            AllocFn::Valloc => "valloc",
+            AllocFn::Pvalloc => "pvalloc",
+            AllocFn::New => "operator new",
+            AllocFn::NewArray => "operator new[]",
+            AllocFn::Delete => "operator delete",
+            AllocFn::DeleteArray => "operator delete[]",
+        }
+    }
+
+    /// The family a block allocated by this function must be released by.
+    pub fn family(self) -> AllocFamily {
+        match self {
+            AllocFn::New | AllocFn::Delete => AllocFamily::New,
+            AllocFn::NewArray | AllocFn::DeleteArray => AllocFamily::NewArray,
+            _ => AllocFamily::Malloc,
+        }
+    }
+}
+
+/// Which deallocation family a block belongs to (for mismatch reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AllocFamily {
+    /// malloc/calloc/realloc/memalign..., released by free or realloc.
+    Malloc,
+    /// scalar `new`, released by scalar `delete`.
+    New,
+    /// array `new[]`, released by `delete[]`.
+    NewArray,
+}
+
+/// One mapped segment of a module (a PT_LOAD mapping).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Start address in the process.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Offset of the mapping in the file.
+    pub file_offset: u64,
+    /// Protection bits: 1 = read, 2 = write, 4 = execute.
+    pub prot: u8,
+}
+
+/// How a process came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessOrigin {
+    /// Launched by the recorder.
+    Launched,
+    /// Attached to while running.
+    Attached,
+    /// fork() (or clone without CLONE_VM/CLONE_THREAD).
+    Fork,
+    /// vfork() or clone(CLONE_VM|CLONE_VFORK), e.g. posix_spawn.
+    Vfork,
+    /// clone() with CLONE_VM but not CLONE_THREAD.
+    Clone,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// Exited normally with this code.
+    Code(i32),
+    /// Killed by this signal number.
+    Signal(i32),
+    /// Still running when the recorder detached.
+    Detached,
+}
+
+/// What a file descriptor refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A file or directory opened by path.
+    File,
+    /// A socket.
+    Socket,
+    /// A pipe end.
+    Pipe,
+    /// eventfd, epoll, timerfd, signalfd, memfd, inotify and similar.
+    Special,
+    /// Duplicate of another descriptor.
+    Dup,
+    /// Unknown kind.
+    Other,
+}
+
+/// What a root region of a reachability snapshot is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootKind {
+    /// The general-purpose registers of a thread.
+    Registers {
+        /// The thread.
+        tid: u32,
+    },
+    /// A thread's stack, from its stack pointer up.
+    Stack {
+        /// The thread.
+        tid: u32,
+    },
+    /// A writable segment of a module (.data, .bss, relro).
+    ModuleData {
+        /// Path of the module.
+        path: String,
+    },
+    /// Thread-local storage.
+    Tls {
+        /// The thread.
+        tid: u32,
+    },
+    /// A writable anonymous mapping that holds no heap block.
+    Anonymous,
+}
+
+/// A pointer found in memory: the word at `offset` (from the region's or block's start)
+/// holds `target`, an address inside some live block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    /// Byte offset of the word in its region or block.
+    pub offset: u64,
+    /// The value of the word.
+    pub target: u64,
+}
+
+/// Counts written in the [`Record::End`] record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndCounts {
+    /// Records written before the end record (all kinds).
+    pub records: u64,
+    /// Allocation-family events (`Alloc`, `Free`, `Realloc` records).
+    pub alloc_events: u64,
+    /// Chunks written before the one that holds the end record.
+    pub chunks: u64,
+}
+
+/// One recorded thing. Every variant is versioned with the format: new variants go at
+/// the end, existing ones never change shape within a major version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A process entered the trace.
+    ProcessStart {
+        /// When.
+        ts: Timestamp,
+        /// Its pid.
+        pid: u32,
+        /// The pid of its parent, if that parent is in the trace.
+        parent_pid: Option<u32>,
+        /// How it started.
+        origin: ProcessOrigin,
+        /// Its command line, as far as known.
+        command: Vec<String>,
+    },
+    /// A process replaced its image with execve.
+    Exec {
+        /// When.
+        ts: Timestamp,
+        /// The process.
+        pid: u32,
+        /// The new command line.
+        command: Vec<String>,
+    },
+    /// A process ended (or was detached from).
+    ProcessExit {
+        /// When.
+        ts: Timestamp,
+        /// The process.
+        pid: u32,
+        /// How.
+        status: ExitStatus,
+    },
+    /// A thread started (the main thread of a process too).
+    ThreadStart {
+        /// When.
+        ts: Timestamp,
+        /// Its process.
+        pid: u32,
+        /// Its thread id.
+        tid: u32,
+    },
+    /// A thread ended.
+    ThreadExit {
+        /// When.
+        ts: Timestamp,
+        /// The thread.
+        tid: u32,
+    },
+    /// A module (executable, shared library, vdso) was mapped.
+    ModuleLoad {
+        /// When.
+        ts: Timestamp,
+        /// The process.
+        pid: u32,
+        /// Path of the file, or a pseudo name such as `[vdso]`.
+        path: String,
+        /// GNU build-id, empty if none.
+        build_id: Vec<u8>,
+        /// Load bias: runtime address minus link-time address.
+        base: u64,
+        /// Its mapped segments.
+        segments: Vec<Segment>,
+    },
+    /// A module was unmapped.
+    ModuleUnload {
+        /// When.
+        ts: Timestamp,
+        /// The process.
+        pid: u32,
+        /// The load bias it was loaded at.
+        base: u64,
+        /// Its path.
+        path: String,
+    },
+    /// A new stack trie node: `parent` plus one return address (the caller frame).
+    StackNode {
+        /// The node's id; ids are dense and increase by one from 1.
+        id: StackId,
+        /// The parent node (0 for outermost frames).
+        parent: StackId,
+        /// The return address (or the call site for the innermost frame).
+        address: u64,
+    },
+    /// An allocation returned `address` (0 when it failed).
+    Alloc {
+        /// When the call entered.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// Which entry point.
+        func: AllocFn,
+        /// The block returned (0 = failed).
+        address: u64,
+        /// Requested bytes (calloc: nmemb × size).
+        size: u64,
+        /// Requested alignment (0 when the function takes none).
+        align: u64,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// A block was released (free, delete, delete[]). `address` may be 0.
+    Free {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// Which entry point.
+        func: AllocFn,
+        /// The pointer passed.
+        address: u64,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// realloc/reallocarray: `old_address` (maybe 0) resized to `size` at `new_address`
+    /// (0 when it failed or when size was 0 and the block was freed).
+    Realloc {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// realloc or reallocarray.
+        func: AllocFn,
+        /// Pointer passed in.
+        old_address: u64,
+        /// Pointer returned.
+        new_address: u64,
+        /// Requested bytes.
+        size: u64,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// mmap made by the program.
+    Mmap {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// Address returned.
+        address: u64,
+        /// Length.
+        len: u64,
+        /// PROT_* bits.
+        prot: u32,
+        /// MAP_* flags.
+        flags: u32,
+        /// File descriptor (-1 for anonymous).
+        fd: i32,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// munmap made by the program.
+    Munmap {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// Start.
+        address: u64,
+        /// Length.
+        len: u64,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// mremap made by the program.
+    Mremap {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// Old start.
+        old_address: u64,
+        /// Old length.
+        old_len: u64,
+        /// New start.
+        new_address: u64,
+        /// New length.
+        new_len: u64,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// A file descriptor was opened.
+    FdOpen {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// The descriptor.
+        fd: i32,
+        /// What it is.
+        kind: FdKind,
+        /// Path, socket type or other description.
+        detail: String,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// A file descriptor was closed.
+    FdClose {
+        /// When.
+        ts: Timestamp,
+        /// Calling thread.
+        tid: u32,
+        /// The descriptor.
+        fd: i32,
+        /// Call stack.
+        stack: StackId,
+    },
+    /// A periodic sample of a process's memory use (bytes).
+    RssSample {
+        /// When.
+        ts: Timestamp,
+        /// The process.
+        pid: u32,
+        /// VmRSS.
+        rss: u64,
+        /// VmHWM.
+        hwm: u64,
+        /// RssAnon.
+        anon: u64,
+        /// RssFile.
+        file: u64,
+        /// Pss, when the kernel provides it.
+        pss: Option<u64>,
+    },
+    /// A reachability snapshot of `pid` begins; the records up to the matching
+    /// [`Record::SnapshotEnd`] describe the process at one instant.
+    SnapshotBegin {
+        /// When.
+        ts: Timestamp,
+        /// The process.
+        pid: u32,
+    },
+    /// A root region and the pointers into live blocks found in it.
+    SnapshotRoot {
+        /// The process.
+        pid: u32,
+        /// What the region is.
+        kind: RootKind,
+        /// Its start address (0 for registers).
+        start: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// Words that point into live blocks.
+        pointers: Vec<Pointer>,
+    },
+    /// The pointers into live blocks found inside the live block at `address`.
+    SnapshotBlock {
+        /// The process.
+        pid: u32,
+        /// The block's start.
+        address: u64,
+        /// Words that point into live blocks.
+        pointers: Vec<Pointer>,
+    },
+    /// The snapshot of `pid` is complete.
+    SnapshotEnd {
+        /// The process.
+        pid: u32,
+        /// Live blocks the snapshot covered.
+        blocks: u64,
+        /// Bytes of memory scanned.
+        scanned_bytes: u64,
+    },
+    /// The last record of a complete trace.
+    End {
+        /// When.
+        ts: Timestamp,
+        /// Counts to check the trace against.
+        counts: EndCounts,
+    },
+}
+
+impl Record {
+    /// The record's timestamp, for the kinds that carry one.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        match self {
+            Record::ProcessStart { ts, .. }
+            | Record::Exec { ts, .. }
+            | Record::ProcessExit { ts, .. }
+            | Record::ThreadStart { ts, .. }
+            | Record::ThreadExit { ts, .. }
+            | Record::ModuleLoad { ts, .. }
+            | Record::ModuleUnload { ts, .. }
+            | Record::Alloc { ts, .. }
+            | Record::Free { ts, .. }
+            | Record::Realloc { ts, .. }
+            | Record::Mmap { ts, .. }
+            | Record::Munmap { ts, .. }
+            | Record::Mremap { ts, .. }
+            | Record::FdOpen { ts, .. }
+            | Record::FdClose { ts, .. }
+            | Record::RssSample { ts, .. }
+            | Record::SnapshotBegin { ts, .. }
+            | Record::End { ts, .. } => Some(*ts),
+            Record::StackNode { .. }
+            | Record::SnapshotRoot { .. }
+            | Record::SnapshotBlock { .. }
+            | Record::SnapshotEnd { .. } => None,
+        }
+    }
+
+    /// Whether this is an allocator event (counted in [`EndCounts::alloc_events`]).
+    pub fn is_alloc_event(&self) -> bool {
+        matches!(
+            self,
+            Record::Alloc { .. } | Record::Free { .. } | Record::Realloc { .. }
+        )
+    }
+}

@@ -1,0 +1,158 @@
+//! `heaptape`: the command line. Thin by design: it parses arguments, hands them to the
+//! recorder or analyzer crate, and turns their errors into one line and an exit code.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "heaptape",
+    version,
+    about = "Record-and-replay heap profiler: record allocator calls under ptrace, analyze leaks offline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a program under the recorder and write a trace of every allocator call.
+    Record(RecordArgs),
+    /// Replay a trace and report totals, leaks, growth and invalid frees.
+    Analyze(AnalyzeArgs),
+    /// Write a flamegraph (SVG) of a trace.
+    Flamegraph(FlamegraphArgs),
+    /// Compare the traces of two versions of a program.
+    Diff(DiffArgs),
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Trace file to write [default: heaptape.<program>.<pid>.trace].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Attach to this running process instead of launching one.
+    #[arg(long, conflicts_with = "program")]
+    pid: Option<u32>,
+    /// Do not follow children: detach them (after removing breakpoints) instead.
+    #[arg(long)]
+    no_follow: bool,
+    /// Maximum number of frames recorded per call stack.
+    #[arg(long, default_value_t = 128)]
+    max_depth: usize,
+    /// Also hook allocator functions with this prefix (e.g. `je_`); repeatable.
+    #[arg(long = "allocator-prefix", value_name = "PREFIX")]
+    allocator_prefixes: Vec<String>,
+    /// Do not take a reachability snapshot at exit.
+    #[arg(long)]
+    no_snapshot: bool,
+    /// The program to run and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    program: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    /// The trace to analyze.
+    trace: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Number of entries per ranked section.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+}
+
+#[derive(Args)]
+struct FlamegraphArgs {
+    /// The trace.
+    trace: PathBuf,
+    /// SVG file to write.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// Trace of the old version.
+    old: PathBuf,
+    /// Trace of the new version.
+    new: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Record(args) => record(args),
+        Command::Analyze(args) => analyze(args),
+        Command::Flamegraph(_) => not_landed("flamegraph"),
+        Command::Diff(_) => not_landed("diff"),
+    }
+}
+
+fn not_landed(what: &str) -> ExitCode {
+    eprintln!("heaptape: `{what}` is not available in this version yet");
+    ExitCode::from(2)
+}
+
+fn record(args: RecordArgs) -> ExitCode {
+    if args.pid.is_some() {
+        return not_landed("record --pid");
+    }
+    if args.program.is_empty() {
+        eprintln!("heaptape: record needs a program to run: heaptape record [-o FILE] -- PROGRAM [ARGS...]");
+        return ExitCode::from(2);
+    }
+    let opts = heaptape_recorder::RecordOptions {
+        output: args.output,
+        program: args.program,
+        follow_children: !args.no_follow,
+        max_depth: args.max_depth,
+        allocator_prefixes: args.allocator_prefixes,
+        snapshot: !args.no_snapshot,
+    };
+    match heaptape_recorder::record(&opts) {
+        Ok(outcome) => {
+            eprintln!("{}", outcome.summary());
+            ExitCode::from(outcome.exit_code())
+        }
+        Err(e) => {
+            eprintln!("heaptape: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn analyze(args: AnalyzeArgs) -> ExitCode {
+    let opts = heaptape_analyzer::AnalyzeOptions { top: args.top };
+    let analysis = match heaptape_analyzer::analyze(&args.trace, &opts) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("heaptape: {}: {e}", args.trace.display());
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(warning) = analysis.warning() {
+        eprintln!("heaptape: warning: {warning}");
+    }
+    let mut out = std::io::stdout().lock();
+    let res = if args.json {
+        serde_json::to_writer_pretty(&mut out, &analysis.to_json())
+            .map_err(std::io::Error::from)
+            .and_then(|_| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        analysis.render_text(&mut out, &opts)
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heaptape: cannot write report: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
