@@ -28,6 +28,14 @@ enum Command {
     Flamegraph(FlamegraphArgs),
     /// Compare the traces of two versions of a program.
     Diff(DiffArgs),
+    /// Print every record of a trace, one per line (for debugging and scripting).
+    Dump(DumpArgs),
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    /// The trace.
+    trace: PathBuf,
 }
 
 #[derive(Args)]
@@ -91,7 +99,41 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze(args),
         Command::Flamegraph(_) => not_landed("flamegraph"),
         Command::Diff(_) => not_landed("diff"),
+        Command::Dump(args) => dump(args),
     }
+}
+
+fn dump(args: DumpArgs) -> ExitCode {
+    use std::io::Write;
+    let reader = match heaptape_format::TraceReader::open(&args.trace) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("heaptape: {}: {e}", args.trace.display());
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{:?}", reader.header()).is_err() {
+        return ExitCode::SUCCESS;
+    }
+    let mut records = reader.records();
+    for rec in records.by_ref() {
+        match rec {
+            Ok(r) => {
+                if writeln!(out, "{r:?}").is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => {
+                eprintln!("heaptape: {}: {e}", args.trace.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some(t) = records.truncation() {
+        eprintln!("heaptape: warning: {t}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn not_landed(what: &str) -> ExitCode {

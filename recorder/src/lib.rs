@@ -1,1 +1,313 @@
-//! Placeholder.
+//! heaptape's recorder: runs a program under ptrace and writes a trace of every
+//! allocator call with its call stack.
+//!
+//! How the pieces fit (see docs/ARCHITECTURE.md):
+//! - [`sys`]: every raw system interface (ptrace, waitpid, fork/exec, process memory,
+//!   shared mappings) and every `unsafe` block of the recorder;
+//! - [`maps`], [`elf`]: what is mapped where, and where the allocator functions are;
+//! - [`inject`], [`probe`], [`relocate`]: memory and code the recorder places in the
+//!   tracee: injected system calls, return shims, displaced-instruction trampolines;
+//! - [`tracer`]: the waitpid loop and the per-event hot path;
+//! - [`unwind`], [`stacks`]: stack copies to return addresses to trie nodes;
+//! - [`output`]: the writer thread and the trace file.
+
+pub mod elf;
+pub mod inject;
+pub mod maps;
+pub mod output;
+pub mod probe;
+pub mod relocate;
+pub mod stacks;
+pub mod sys;
+pub mod tracer;
+pub mod unwind;
+
+use std::ffi::{CString, OsString};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use heaptape_format::{ClockSource, ExitStatus, Header, TraceWriter};
+
+use crate::output::Output;
+use crate::tracer::{Tracer, TracerConfig, TracerStats};
+
+/// What `heaptape record` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    /// Trace file; default `heaptape.<program>.<pid>.trace` in the current directory.
+    pub output: Option<PathBuf>,
+    /// The program and its arguments.
+    pub program: Vec<OsString>,
+    /// Follow children into the trace.
+    pub follow_children: bool,
+    /// Frames per stack.
+    pub max_depth: usize,
+    /// Extra allocator symbol prefixes (`je_`, `mi_`...).
+    pub allocator_prefixes: Vec<String>,
+    /// Take a reachability snapshot at exit.
+    pub snapshot: bool,
+}
+
+/// Why recording could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The program does not exist.
+    #[error("{0}: command not found")]
+    NotFound(String),
+    /// The program exists but cannot be executed.
+    #[error("{0}: {1}")]
+    NotExecutable(String, io::Error),
+    /// ptrace is refused.
+    #[error("cannot trace {0}: ptrace is not permitted here ({1}). Tracing needs kernel.yama.ptrace_scope <= 1 (sysctl kernel.yama.ptrace_scope=1), no seccomp filter blocking ptrace, and in a container CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE)")]
+    PtraceDenied(String, io::Error),
+    /// The trace file cannot be written.
+    #[error("cannot write trace file {0}: {1}")]
+    Output(PathBuf, io::Error),
+    /// Anything else the operating system refused.
+    #[error("{0}: {1}")]
+    Os(&'static str, io::Error),
+}
+
+impl RecordError {
+    /// The exit code `heaptape record` ends with (127/126 as a shell would).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RecordError::NotFound(_) => 127,
+            RecordError::NotExecutable(..) => 126,
+            _ => 1,
+        }
+    }
+}
+
+/// How a recording ended.
+#[derive(Debug)]
+pub struct RecordOutcome {
+    /// How the program ended.
+    pub status: Option<ExitStatus>,
+    /// The trace file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Allocator events written.
+    pub events: u64,
+    /// Tracer counters.
+    pub stats: TracerStats,
+    /// Set when writing the trace failed (the trace ends early).
+    pub write_error: Option<String>,
+}
+
+impl RecordOutcome {
+    /// The one-paragraph summary printed to stderr.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "heaptape: recorded {} allocator calls into {} ({})",
+            self.events,
+            self.path.display(),
+            human_bytes(self.bytes)
+        );
+        if let Some(e) = &self.write_error {
+            s.push_str(&format!(
+                "\nheaptape: error: {e}; the trace ends at the failure and is still readable"
+            ));
+        }
+        for f in &self.stats.hook_failures {
+            s.push_str(&format!("\nheaptape: warning: not hooked: {f}"));
+        }
+        s.push_str(&format!(
+            "\nheaptape: analyze with: heaptape analyze {}",
+            shell_quote(&self.path)
+        ));
+        s
+    }
+
+    /// The exit code: the program's (128+N for a signal), or 1 when the program
+    /// succeeded but the trace could not be written.
+    pub fn exit_code(&self) -> u8 {
+        let code = match self.status {
+            Some(ExitStatus::Code(c)) => c as u8,
+            Some(ExitStatus::Signal(n)) => (128 + n) as u8,
+            _ => 1,
+        };
+        if code == 0 && self.write_error.is_some() {
+            1
+        } else {
+            code
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 10 << 20 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 10 << 10 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+fn shell_quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Finds `program` like execvp would: as a path if it has a slash, else in $PATH.
+fn resolve_program(program: &OsString) -> Result<PathBuf, RecordError> {
+    let name = program.to_string_lossy().into_owned();
+    let check = |p: &Path| -> Option<Result<PathBuf, RecordError>> {
+        let meta = std::fs::metadata(p).ok()?;
+        if meta.is_dir() {
+            return Some(Err(RecordError::NotExecutable(
+                name.clone(),
+                io::Error::from_raw_os_error(libc::EISDIR),
+            )));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Some(Err(RecordError::NotExecutable(
+                name.clone(),
+                io::Error::from_raw_os_error(libc::EACCES),
+            )));
+        }
+        Some(Ok(p.to_path_buf()))
+    };
+    if program.as_bytes().contains(&b'/') {
+        return check(Path::new(program)).unwrap_or(Err(RecordError::NotFound(name)));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut denied = None;
+    for dir in std::env::split_paths(&path) {
+        match check(&dir.join(program)) {
+            Some(Ok(p)) => return Ok(p),
+            Some(Err(e)) => denied = denied.or(Some(e)),
+            None => {}
+        }
+    }
+    Err(denied.unwrap_or(RecordError::NotFound(name)))
+}
+
+fn program_stem(program: &OsString) -> String {
+    let s = Path::new(program)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into());
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+/// Checks that `path` can be created or written, without truncating it.
+fn check_writable(path: &Path) -> Result<(), RecordError> {
+    let existed = path.exists();
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| RecordError::Output(path.to_path_buf(), e))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Launches `opts.program` under the recorder and records until every traced process
+/// has exited.
+pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
+    let program = opts
+        .program
+        .first()
+        .ok_or(RecordError::NotFound(String::new()))?;
+    let path = resolve_program(program)?;
+    // Output checks happen before the program starts.
+    match &opts.output {
+        Some(p) => check_writable(p)?,
+        None => check_writable(Path::new(&format!(
+            ".heaptape-check-{}",
+            std::process::id()
+        )))?,
+    }
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| RecordError::NotFound(program.to_string_lossy().into_owned()))?;
+    let argv: Vec<CString> = opts
+        .program
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let command: Vec<String> = opts
+        .program
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+
+    let t0 = sys::monotonic_ns();
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let pid = sys::spawn_seized(&c_path, &argv).map_err(|e| match e {
+        sys::SpawnError::Os(what, err) if what.starts_with("ptrace") && err.raw_os_error() == Some(libc::EPERM) => {
+            RecordError::PtraceDenied(command[0].clone(), err)
+        }
+        sys::SpawnError::Os(what, err) => RecordError::Os(what, err),
+        sys::SpawnError::Exec(err) => match err.raw_os_error() {
+            Some(libc::ENOENT) => RecordError::NotFound(command[0].clone()),
+            _ => RecordError::NotExecutable(command[0].clone(), err),
+        },
+    })?;
+    let out_path = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("heaptape.{}.{pid}.trace", program_stem(program))));
+    let (host, kernel) = sys::uname();
+    let header = Header {
+        tool_version: format!("heaptape {}", env!("CARGO_PKG_VERSION")),
+        command: command.clone(),
+        pid: pid as u32,
+        start_time_unix_ns: start_unix,
+        host,
+        kernel,
+        page_size: sys::page_size() as u32,
+        pointer_size: 8,
+        clock: ClockSource::Monotonic,
+    };
+    let writer = match TraceWriter::create(&out_path, &header) {
+        Ok(w) => w,
+        Err(e) => {
+            sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait_blocking(pid);
+            return Err(RecordError::Output(out_path, e));
+        }
+    };
+    let output = Output::start(writer);
+    let cfg = TracerConfig {
+        follow_children: opts.follow_children,
+        max_depth: opts.max_depth,
+        allocator_prefixes: opts.allocator_prefixes.clone(),
+    };
+    let mut tracer = Tracer::new(cfg, pid, output, t0);
+    tracer.start_root(command);
+    sys::install_tracer_signals(250).map_err(|e| RecordError::Os("sigaction", e))?;
+    let run = tracer.run();
+    sys::uninstall_tracer_signals();
+    let status = tracer.root_status();
+    let stats = tracer.stats.clone();
+    let end_ts = sys::monotonic_ns().saturating_sub(t0);
+    let result = tracer.into_output().finish(end_ts);
+    run.map_err(|e| RecordError::Os("tracing", io::Error::other(e.to_string())))?;
+    Ok(RecordOutcome {
+        status,
+        path: out_path,
+        bytes: result.bytes,
+        events: result.counts.alloc_events,
+        stats,
+        write_error: result.error.map(|e| e.to_string()),
+    })
+}

@@ -1,0 +1,162 @@
+//! The writer thread: takes records from the tracer and writes the trace.
+//!
+//! The tracer must never wait for the disk, and waking another thread costs a cross-CPU
+//! wake-up (~100 µs on these VMs) — more than a whole allocator event. So the tracer only
+//! appends to a mutex-protected vector (an uncontended lock), and the writer wakes on its
+//! own timer to take the whole vector, encode it and flush a chunk at least every second.
+//! It is woken early only when the backlog grows large.
+//!
+//! If writing fails (a full disk), the writer keeps the error, drops further records, and
+//! the recorder reports the error at the end; the traced program is not disturbed.
+
+use std::fs::File;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use heaptape_format::{EndCounts, Record, TraceWriter, WriteError};
+
+const WAKE_BACKLOG: usize = 1 << 16;
+const TICK: Duration = Duration::from_millis(200);
+const FLUSH_EVERY: Duration = Duration::from_millis(900);
+
+#[derive(Default)]
+struct Shared {
+    queue: Vec<Record>,
+    closing: Option<u64>,
+}
+
+/// The tracer's handle on the writer thread.
+pub struct Output {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    thread: Option<JoinHandle<WriterResult>>,
+    local: Vec<Record>,
+}
+
+/// What the writer thread ends with.
+pub struct WriterResult {
+    /// Bytes in the file.
+    pub bytes: u64,
+    /// What was written.
+    pub counts: EndCounts,
+    /// The first write error, if any (the trace ends before it).
+    pub error: Option<WriteError>,
+}
+
+impl Output {
+    /// Starts the writer thread on an opened trace writer.
+    pub fn start(writer: TraceWriter<File>) -> Output {
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("heaptape-writer".into())
+            .spawn(move || writer_loop(writer, s2))
+            .expect("spawn writer thread");
+        Output {
+            shared,
+            thread: Some(thread),
+            local: Vec::with_capacity(1024),
+        }
+    }
+
+    /// A buffer to push records into; handed over by [`Output::publish`].
+    #[inline]
+    pub fn buf(&mut self) -> &mut Vec<Record> {
+        &mut self.local
+    }
+
+    /// Hands the buffered records to the writer thread (cheap; call after each stop).
+    pub fn publish(&mut self) {
+        if self.local.is_empty() {
+            return;
+        }
+        let (lock, cv) = &*self.shared;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if s.queue.is_empty() {
+            std::mem::swap(&mut s.queue, &mut self.local);
+        } else {
+            s.queue.append(&mut self.local);
+        }
+        if s.queue.len() >= WAKE_BACKLOG {
+            cv.notify_one();
+        }
+    }
+
+    /// Flushes everything, writes the end record stamped `end_ts`, and joins the thread.
+    pub fn finish(mut self, end_ts: u64) -> WriterResult {
+        self.publish();
+        {
+            let (lock, cv) = &*self.shared;
+            let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.closing = Some(end_ts);
+            cv.notify_one();
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => WriterResult {
+                bytes: 0,
+                counts: EndCounts::default(),
+                error: Some(WriteError::Closed),
+            },
+        }
+    }
+}
+
+fn writer_loop(mut writer: TraceWriter<File>, shared: Arc<(Mutex<Shared>, Condvar)>) -> WriterResult {
+    let (lock, cv) = &*shared;
+    let mut batch: Vec<Record> = Vec::new();
+    let mut last_flush = Instant::now();
+    let mut error: Option<WriteError> = None;
+    loop {
+        let closing = {
+            let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if s.queue.is_empty() && s.closing.is_none() {
+                s = cv.wait_timeout(s, TICK).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            std::mem::swap(&mut s.queue, &mut batch);
+            s.closing
+        };
+        if error.is_none() {
+            for rec in batch.drain(..) {
+                if let Err(e) = writer.write(&rec) {
+                    error = Some(e);
+                    break;
+                }
+            }
+            if error.is_none() && (closing.is_some() || last_flush.elapsed() >= FLUSH_EVERY) {
+                if let Err(e) = writer.flush() {
+                    error = Some(e);
+                }
+                last_flush = Instant::now();
+            }
+        }
+        batch.clear();
+        if let Some(ts) = closing {
+            let bytes_before = writer.bytes_written();
+            let counts = writer.counts().clone();
+            if error.is_some() {
+                return WriterResult {
+                    bytes: bytes_before,
+                    counts,
+                    error,
+                };
+            }
+            return match writer.finish(ts) {
+                Ok(file) => {
+                    let bytes = file.metadata().map(|m| m.len()).unwrap_or(bytes_before);
+                    let _ = file.sync_all();
+                    WriterResult {
+                        bytes,
+                        counts,
+                        error: None,
+                    }
+                }
+                Err(e) => WriterResult {
+                    bytes: bytes_before,
+                    counts,
+                    error: Some(e),
+                },
+            };
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! The recorder's only contact with raw system interfaces: ptrace, waitpid, fork/exec,
+//! process memory, shared mappings and signal handlers.
+//!
+//! Everything `unsafe` in the recorder lives here, next to the invariant that makes it
+//! sound. The rest of the recorder works with the safe functions below and never calls
+//! libc or ptrace directly, so a reader auditing the tracer's effect on the tracee only
+//! has to read this file.
+
+use std::ffi::{CStr, CString};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+pub use libc::user_regs_struct as Regs;
+
+/// A thread (task) id.
+pub type Tid = i32;
+
+/// ptrace options every traced task gets.
+pub const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_TRACEEXEC
+    | libc::PTRACE_O_TRACEEXIT;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Launching
+// ---------------------------------------------------------------------------------------
+
+/// Why a launch failed before the program ran.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// fork, pipe or PTRACE_SEIZE failed.
+    Os(&'static str, io::Error),
+    /// execve failed in the child (the errno it reported).
+    Exec(io::Error),
+}
+
+/// Forks, seizes the child with [`TRACE_OPTIONS`], then lets it exec `path` with `argv`.
+///
+/// The child blocks on a pipe until the parent has seized it, so the exec is traced and
+/// no instruction of the program runs untraced. The child shares our stdin/stdout/stderr,
+/// environment, working directory and process group. On return the child is running
+/// towards its PTRACE_EVENT_EXEC stop (or is exiting with 127 if exec failed, in which
+/// case [`SpawnError::Exec`] carries the errno).
+pub fn spawn_seized(path: &CStr, argv: &[CString]) -> Result<Tid, SpawnError> {
+    // Everything the child touches is prepared before fork: after fork the child may only
+    // call async-signal-safe functions (the tracer has other threads).
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut go = [0 as libc::c_int; 2];
+    let mut err = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the arrays we own.
+    unsafe {
+        if libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(SpawnError::Os("pipe", io::Error::last_os_error()));
+        }
+        if libc::pipe2(err.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            let e = io::Error::last_os_error();
+            libc::close(go[0]);
+            libc::close(go[1]);
+            return Err(SpawnError::Os("pipe", e));
+        }
+    }
+    // SAFETY: fork is sound here because the child only calls async-signal-safe functions
+    // (read, write, sigaction/sigprocmask, execv, _exit) on memory prepared above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Os("fork", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // Child.
+        // SAFETY: async-signal-safe calls only; pointers are valid (prepared pre-fork).
+        unsafe {
+            libc::close(go[1]);
+            libc::close(err[0]);
+            // Restore the signal mask and the dispositions the tracer changed, so the
+            // program starts exactly as it would without the tracer.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            for sig in HANDLED_SIGNALS {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            let mut b = 0u8;
+            while libc::read(go[0], (&mut b as *mut u8).cast(), 1) < 0 {}
+            libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
+            let e: i32 = *libc::__errno_location();
+            libc::write(err[1], (&e as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    // Parent.
+    // SAFETY: closing descriptors we own; wrapping the others in OwnedFd exactly once.
+    let (go_w, err_r) = unsafe {
+        libc::close(go[0]);
+        libc::close(err[1]);
+        (OwnedFd::from_raw_fd(go[1]), OwnedFd::from_raw_fd(err[0]))
+    };
+    let seized = seize(pid);
+    let mut go_file = File::from(go_w);
+    if let Err(e) = seized {
+        // Let the child go nowhere: kill it before releasing it.
+        kill(pid, libc::SIGKILL);
+        drop(go_file);
+        let _ = wait_blocking(pid);
+        return Err(SpawnError::Os("ptrace(PTRACE_SEIZE)", e));
+    }
+    let _ = io::Write::write_all(&mut go_file, b"g");
+    drop(go_file);
+    // exec either succeeds (pipe closes on CLOEXEC, read returns 0) or writes errno.
+    let mut buf = [0u8; 4];
+    let n = File::from(err_r).read_at_or_read(&mut buf);
+    if n == 4 {
+        let errno = i32::from_ne_bytes(buf);
+        // Reap the failed child (it exits 127); it is traced, so pass its stops along.
+        loop {
+            match wait_blocking(pid) {
+                Ok(WaitEvent::Exited { .. }) | Ok(WaitEvent::Signaled { .. }) | Err(_) => break,
+                Ok(_) => {
+                    let _ = cont(pid, 0);
+                }
+            }
+        }
+        return Err(SpawnError::Exec(io::Error::from_raw_os_error(errno)));
+    }
+    Ok(pid)
+}
+
+trait ReadAll {
+    fn read_at_or_read(self, buf: &mut [u8]) -> usize;
+}
+
+impl ReadAll for File {
+    fn read_at_or_read(mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match io::Read::read(&mut self, &mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        n
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ptrace requests
+// ---------------------------------------------------------------------------------------
+
+fn ptrace(req: libc::c_uint, tid: Tid, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every request issued through this helper passes either plain integers or a
+    // pointer to a live, correctly sized object owned by the caller (see each caller).
+    check(unsafe { libc::ptrace(req, tid, addr, data) })
+}
+
+/// PTRACE_SEIZE with [`TRACE_OPTIONS`].
+pub fn seize(tid: Tid) -> io::Result<()> {
+    ptrace(libc::PTRACE_SEIZE, tid, 0, TRACE_OPTIONS as usize).map(drop)
+}
+
+/// PTRACE_CONT, delivering `sig` (0 for none).
+pub fn cont(tid: Tid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+/// PTRACE_LISTEN: leave a group-stopped task stopped but let it report SIGCONT.
+pub fn listen(tid: Tid) -> io::Result<()> {
+    ptrace(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
+}
+
+/// PTRACE_INTERRUPT: stop a running seized task (it reports a PTRACE_EVENT_STOP).
+pub fn interrupt(tid: Tid) -> io::Result<()> {
+    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+/// PTRACE_DETACH, delivering `sig`.
+pub fn detach(tid: Tid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+
+/// PTRACE_GETEVENTMSG (new tid at clone/fork events, exit status at exit events).
+pub fn event_msg(tid: Tid) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    // The kernel writes one unsigned long to &msg.
+    ptrace(
+        libc::PTRACE_GETEVENTMSG,
+        tid,
+        0,
+        &mut msg as *mut libc::c_ulong as usize,
+    )?;
+    Ok(msg as u64)
+}
+
+/// PTRACE_GETREGS.
+pub fn get_regs(tid: Tid) -> io::Result<Regs> {
+    // SAFETY: user_regs_struct is plain data; all-zero is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    // The kernel writes one user_regs_struct to &regs.
+    ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut Regs as usize)?;
+    Ok(regs)
+}
+
+/// PTRACE_SETREGS.
+pub fn set_regs(tid: Tid, regs: &Regs) -> io::Result<()> {
+    // The kernel reads one user_regs_struct from regs.
+    ptrace(libc::PTRACE_SETREGS, tid, 0, regs as *const Regs as usize).map(drop)
+}
+
+/// PTRACE_GETSIGINFO: (si_signo, si_code) of the signal a task is stopped with.
+pub fn siginfo(tid: Tid) -> io::Result<(i32, i32)> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // The kernel writes one siginfo_t to &info.
+    ptrace(
+        libc::PTRACE_GETSIGINFO,
+        tid,
+        0,
+        &mut info as *mut libc::siginfo_t as usize,
+    )?;
+    Ok((info.si_signo, info.si_code))
+}
+
+/// Sends `sig` to a process (kill).
+pub fn kill(pid: Tid, sig: i32) {
+    // SAFETY: kill takes plain integers.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Sends `sig` to one thread (tgkill).
+pub fn tgkill(tgid: Tid, tid: Tid, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------
+// waitpid
+// ---------------------------------------------------------------------------------------
+
+/// A decoded waitpid status. Raw signal numbers are kept as integers because real-time
+/// signals have no `nix::Signal` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEvent {
+    /// The task exited with `code`.
+    Exited {
+        /// Exit code.
+        code: i32,
+    },
+    /// The task was killed by `sig`.
+    Signaled {
+        /// Signal number.
+        sig: i32,
+    },
+    /// Signal-delivery stop (or a breakpoint SIGTRAP).
+    Signal {
+        /// Signal number.
+        sig: i32,
+    },
+    /// A ptrace event stop (`PTRACE_EVENT_*`), with the stop signal.
+    Event {
+        /// PTRACE_EVENT_* value.
+        event: i32,
+        /// WSTOPSIG.
+        sig: i32,
+    },
+}
+
+fn decode_status(status: i32) -> WaitEvent {
+    if libc::WIFEXITED(status) {
+        WaitEvent::Exited {
+            code: libc::WEXITSTATUS(status),
+        }
+    } else if libc::WIFSIGNALED(status) {
+        WaitEvent::Signaled {
+            sig: libc::WTERMSIG(status),
+        }
+    } else {
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        if event != 0 {
+            WaitEvent::Event { event, sig }
+        } else {
+            WaitEvent::Signal { sig }
+        }
+    }
+}
+
+/// waitpid(-1, __WALL). `Ok(None)` when interrupted by a signal handler (EINTR), so the
+/// caller can do periodic work; `Err(ECHILD)` when no traced task is left.
+pub fn wait_any() -> io::Result<Option<(Tid, WaitEvent)>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes one int to &status.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some((pid, decode_status(status))))
+}
+
+/// waitpid(tid, __WALL), retrying on EINTR.
+pub fn wait_blocking(tid: Tid) -> io::Result<WaitEvent> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int to &status.
+        let pid = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(decode_status(status));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Process memory
+// ---------------------------------------------------------------------------------------
+
+/// Reads `buf.len()` bytes at `addr` of `pid` with one process_vm_readv. Returns how many
+/// bytes were read (a short count when the range runs into an unmapped page).
+pub fn read_memory(pid: Tid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: the local iovec covers exactly `buf`, which we borrow mutably; the remote
+    // iovec names memory of another process and is never dereferenced here.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    check(n as libc::c_long).map(|n| n as usize)
+}
+
+/// Reads many remote ranges into one local buffer with a single process_vm_readv.
+/// `ranges` are (address, length) pairs laid out back to back in `buf`. Returns the
+/// number of bytes read (reading stops at the first unreadable range).
+pub fn read_memory_vectored(pid: Tid, ranges: &[(u64, usize)], buf: &mut [u8]) -> io::Result<usize> {
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    assert!(total <= buf.len(), "buffer too small for the ranges");
+    let mut local = Vec::with_capacity(ranges.len());
+    let mut remote = Vec::with_capacity(ranges.len());
+    let mut off = 0;
+    for &(addr, len) in ranges {
+        local.push(libc::iovec {
+            // SAFETY: off + len <= total <= buf.len(), so the pointer stays inside buf.
+            iov_base: unsafe { buf.as_mut_ptr().add(off) }.cast(),
+            iov_len: len,
+        });
+        remote.push(libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        });
+        off += len;
+    }
+    let mut done = 0usize;
+    let mut start = 0usize;
+    // IOV_MAX is 1024.
+    while start < local.len() {
+        let end = (start + 1024).min(local.len());
+        // SAFETY: the local iovecs cover disjoint parts of `buf` (borrowed mutably); the
+        // remote ones are never dereferenced here.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid,
+                local[start..end].as_ptr(),
+                (end - start) as libc::c_ulong,
+                remote[start..end].as_ptr(),
+                (end - start) as libc::c_ulong,
+                0,
+            )
+        };
+        let n = check(n as libc::c_long)? as usize;
+        done += n;
+        let want: usize = local[start..end].iter().map(|v| v.iov_len).sum();
+        if n < want {
+            break;
+        }
+        start = end;
+    }
+    Ok(done)
+}
+
+/// A tracee's `/proc/PID/mem`, used to write breakpoints and code: unlike
+/// process_vm_writev it can write to read-only text (the kernel does a forced COW write).
+pub struct ProcMem {
+    file: File,
+}
+
+impl ProcMem {
+    /// Opens `/proc/PID/mem` read-write.
+    pub fn open(pid: Tid) -> io::Result<ProcMem> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))?;
+        Ok(ProcMem { file })
+    }
+
+    /// Writes `bytes` at `addr`.
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, addr)
+    }
+
+    /// Reads exactly `buf.len()` bytes at `addr`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, addr)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared probe memory
+// ---------------------------------------------------------------------------------------
+
+/// A mapping of a tracee's memfd in the tracer, shared with the tracee: the tracee's
+/// return pads write results here and the tracer reads them without a system call.
+///
+/// Invariant: `ptr..ptr+len` stays mapped for the lifetime of this value (unmapped in
+/// Drop), and every access goes through volatile reads/writes of naturally aligned
+/// words within bounds, since the tracee writes the same memory concurrently.
+pub struct SharedMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all accesses are volatile and bounds-checked.
+unsafe impl Send for SharedMap {}
+
+impl SharedMap {
+    /// Maps `len` bytes of `file` (a tracee memfd opened through /proc) read-write.
+    pub fn map(file: &File, len: usize) -> io::Result<SharedMap> {
+        // SAFETY: a fresh shared mapping chosen by the kernel; no existing memory aliased.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedMap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Reads the u64 at byte offset `off` (8-aligned).
+    #[inline]
+    pub fn read_u64(&self, off: usize) -> u64 {
+        assert!(off % 8 == 0 && off + 8 <= self.len, "shared read out of bounds");
+        // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
+        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u64>()) }
+    }
+
+    /// Writes the u64 at byte offset `off` (8-aligned).
+    #[inline]
+    pub fn write_u64(&self, off: usize, v: u64) {
+        assert!(off % 8 == 0 && off + 8 <= self.len, "shared write out of bounds");
+        // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
+        unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u64>(), v) }
+    }
+
+    /// Copies `bytes` to byte offset `off`.
+    pub fn write_bytes(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= self.len, "shared write out of bounds");
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: in bounds (checked above); the mapping is live (invariant).
+            unsafe { std::ptr::write_volatile(self.ptr.add(off + i), *b) }
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what map() mapped; no references into it outlive self.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tracer's own signals
+// ---------------------------------------------------------------------------------------
+
+/// Signals the tracer catches instead of dying of: SIGINT and SIGQUIT (the terminal sends
+/// them to the program too; the program decides), SIGTERM and SIGHUP (forwarded to the
+/// program), SIGALRM (the periodic tick that wakes waitpid).
+pub const HANDLED_SIGNALS: [i32; 5] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGALRM,
+];
+
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig != libc::SIGALRM {
+        LAST_SIGNAL.store(sig, Ordering::Relaxed);
+    }
+}
+
+/// Installs handlers for [`HANDLED_SIGNALS`] without SA_RESTART, so a blocked waitpid
+/// returns EINTR, and starts a periodic SIGALRM every `tick_ms` milliseconds.
+pub fn install_tracer_signals(tick_ms: u64) -> io::Result<()> {
+    for sig in HANDLED_SIGNALS {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    let tv = libc::timeval {
+        tv_sec: (tick_ms / 1000) as libc::time_t,
+        tv_usec: ((tick_ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: setitimer reads one itimerval.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stops the periodic tick and restores default dispositions.
+pub fn uninstall_tracer_signals() {
+    let zero = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    // SAFETY: setitimer reads one itimerval; signal() takes plain integers.
+    unsafe {
+        libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
+        for sig in HANDLED_SIGNALS {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
+/// Takes the last SIGINT/SIGQUIT/SIGTERM/SIGHUP the tracer received (0 if none).
+pub fn take_signal() -> i32 {
+    LAST_SIGNAL.swap(0, Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------
+// Misc
+// ---------------------------------------------------------------------------------------
+
+/// Monotonic clock in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The system page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf takes a plain integer.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// `uname`: (host name, kernel release).
+pub fn uname() -> (String, String) {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (String::new(), String::new());
+    }
+    let field = |f: &[libc::c_char]| {
+        // SAFETY: uname NUL-terminates each field within its array.
+        unsafe { CStr::from_ptr(f.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    (field(&u.nodename), field(&u.release))
+}
+
+/// Pins the calling thread to `cpu` (sched_setaffinity).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// CPUs the calling thread may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}

@@ -1,0 +1,1202 @@
+//! The tracer: one `waitpid(-1, __WALL)` loop over every task of the traced process tree.
+//!
+//! Each stop is one of: an allocator breakpoint (the hot path), the dynamic linker's
+//! debug hook (a library was loaded or unloaded), a ptrace event (clone, fork, vfork,
+//! exec, exit), a group-stop, or a signal for the program, which is passed on untouched.
+//!
+//! Hot path, per allocator call (one stop, five system calls): `waitpid`, `GETREGS`, one
+//! `process_vm_readv` of the top of the stack, `SETREGS` (rip to the return shim of a
+//! probe slot, see [`crate::probe`]), `CONT`. Results of earlier calls are read from the
+//! probe's shared memory at the start of every stop ("the sweep"), which also keeps the
+//! trace causal: an allocation is always written before any free of its pointer, because
+//! the free's stop comes after the allocation returned and sweeps it first. Frees are
+//! written at their entry, before the block is released.
+//!
+//! Breakpoints are never lifted while the program runs: the displaced first instruction
+//! of each hooked function runs from a trampoline page mapped near its module.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::cell::RefCell;
+
+use heaptape_format::{AllocFn, ExitStatus, ProcessOrigin, Record, StackId};
+
+use crate::elf::{CallKind, ElfModule, HookSpec};
+use crate::inject;
+use crate::maps::{self, MappedModule};
+use crate::output::Output;
+use crate::probe::{Probe, Slot};
+use crate::relocate;
+use crate::stacks::StackTrie;
+use crate::sys::{self, ProcMem, Regs, Tid, WaitEvent};
+use crate::unwind::{EntryRegs, StackUnwinder};
+
+/// Bytes of stack copied at each event (more is read on demand by the unwinder).
+const STACK_COPY: usize = 4096;
+/// Bytes reserved per trampoline.
+const TRAMPOLINE_BYTES: u64 = 64;
+
+/// Settings of a tracing session.
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    /// Follow children into the trace (otherwise detach them cleanly).
+    pub follow_children: bool,
+    /// Frames per stack.
+    pub max_depth: usize,
+    /// Extra allocator prefixes to hook.
+    pub allocator_prefixes: Vec<String>,
+}
+
+/// Counters about the session, for the summary and the benchmarks.
+#[derive(Clone, Debug, Default)]
+pub struct TracerStats {
+    /// Every waitpid stop handled.
+    pub stops: u64,
+    /// Allocator breakpoint stops.
+    pub breakpoint_stops: u64,
+    /// Allocator calls recorded (one per top-level call).
+    pub recorded_calls: u64,
+    /// Calls made from inside another hooked call (not recorded again).
+    pub nested_calls: u64,
+    /// Calls recorded without a return value because every probe slot was busy.
+    pub slot_exhausted: u64,
+    /// Signals passed on to the program.
+    pub signals_delivered: u64,
+    /// Modules hooked.
+    pub modules_hooked: u64,
+    /// Hook sites installed.
+    pub hooks: u64,
+    /// Hooks that could not be installed (instruction could not be displaced).
+    pub hook_failures: Vec<String>,
+}
+
+#[derive(Clone)]
+enum HookKind {
+    Alloc(HookSpec),
+    DlDebugState,
+}
+
+#[derive(Clone)]
+struct Hook {
+    kind: HookKind,
+    trampoline: u64,
+    orig: u8,
+}
+
+struct KnownModule {
+    path: String,
+    start: u64,
+    range: Range<u64>,
+    bias: u64,
+    elf: Arc<ElfModule>,
+}
+
+/// One address space: shared by the threads of a process and by vfork/CLONE_VM
+/// children until they exec.
+struct Space {
+    /// A task whose /proc entries describe this address space.
+    owner: Tid,
+    mem: ProcMem,
+    probe: Option<Rc<RefCell<Probe>>>,
+    hooks: HashMap<u64, Hook>,
+    modules: Vec<KnownModule>,
+    unwinder: StackUnwinder,
+    /// Trampoline pages: (next free address, end).
+    tramp_pages: Vec<(u64, u64)>,
+}
+
+struct Proc {
+    space: usize,
+    /// Record events of this process (false for unfollowed vfork children).
+    recording: bool,
+    /// Detach at exec (unfollowed vfork/CLONE_VM children).
+    detach_on_exec: bool,
+    /// Detach at the initial stop (unfollowed fork children).
+    detach_at_start: bool,
+    threads: HashSet<Tid>,
+    status: Option<ExitStatus>,
+}
+
+struct Task {
+    pid: Tid,
+    /// Probe slots armed by this thread, innermost last.
+    armed: Vec<Slot>,
+    /// Seen its initial stop (new tasks wait for both that and the parent's event).
+    started: bool,
+    /// Signals to deliver at the next resume (held during an injection).
+    held: Vec<i32>,
+}
+
+enum PendingKind {
+    Alloc { func: AllocFn, size: u64, align: u64, posix: bool },
+    Realloc { func: AllocFn, old: u64, size: u64 },
+    Free,
+}
+
+struct Pending {
+    tid: Tid,
+    probe: Rc<RefCell<Probe>>,
+    slot: Slot,
+    ts: u64,
+    stack: StackId,
+    kind: PendingKind,
+}
+
+/// The state of a tracing session.
+pub struct Tracer {
+    cfg: TracerConfig,
+    prefixes: Vec<String>,
+    t0: u64,
+    out: Output,
+    trie: StackTrie,
+    tasks: HashMap<Tid, Task>,
+    procs: HashMap<Tid, Proc>,
+    spaces: Vec<Option<Space>>,
+    pending: Vec<Pending>,
+    early_stops: HashSet<Tid>,
+    elf_cache: HashMap<(String, u64), Option<Arc<ElfModule>>>,
+    root: Tid,
+    root_status: Option<ExitStatus>,
+    stack_buf: Vec<u8>,
+    frames: Vec<u64>,
+    done_buf: Vec<Pending>,
+    /// Counters.
+    pub stats: TracerStats,
+}
+
+/// Why tracing stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// A ptrace or /proc operation on the root process failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Setting up the probe area failed.
+    #[error("cannot set up the tracee: {0}")]
+    Inject(#[from] inject::InjectError),
+}
+
+impl Tracer {
+    /// A tracer for the root process `root` (already seized and running towards its exec
+    /// stop), writing to `out`. `t0` is the trace's time origin.
+    pub fn new(cfg: TracerConfig, root: Tid, out: Output, t0: u64) -> Tracer {
+        let prefixes = cfg.allocator_prefixes.clone();
+        Tracer {
+            cfg,
+            prefixes,
+            t0,
+            out,
+            trie: StackTrie::new(),
+            tasks: HashMap::new(),
+            procs: HashMap::new(),
+            spaces: Vec::new(),
+            pending: Vec::new(),
+            early_stops: HashSet::new(),
+            elf_cache: HashMap::new(),
+            root,
+            root_status: None,
+            stack_buf: vec![0u8; STACK_COPY],
+            frames: Vec::with_capacity(128),
+            done_buf: Vec::new(),
+            stats: TracerStats::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        sys::monotonic_ns().saturating_sub(self.t0)
+    }
+
+    /// How the root process ended.
+    pub fn root_status(&self) -> Option<ExitStatus> {
+        self.root_status
+    }
+
+    /// Gives back the output (after [`Tracer::run`]).
+    pub fn into_output(self) -> Output {
+        self.out
+    }
+
+    /// Records the root process's start. Call once, before [`Tracer::run`].
+    pub fn start_root(&mut self, command: Vec<String>) {
+        let ts = self.now();
+        let root = self.root;
+        self.out.buf().push(Record::ProcessStart {
+            ts,
+            pid: root as u32,
+            parent_pid: None,
+            origin: ProcessOrigin::Launched,
+            command,
+        });
+        self.out.buf().push(Record::ThreadStart {
+            ts,
+            pid: root as u32,
+            tid: root as u32,
+        });
+        self.tasks.insert(
+            root,
+            Task {
+                pid: root,
+                armed: Vec::new(),
+                started: true,
+                held: Vec::new(),
+            },
+        );
+        self.procs.insert(
+            root,
+            Proc {
+                space: usize::MAX,
+                recording: true,
+                detach_on_exec: false,
+                detach_at_start: false,
+                threads: [root].into_iter().collect(),
+                status: None,
+            },
+        );
+    }
+
+    /// Runs until every traced task is gone.
+    pub fn run(&mut self) -> Result<(), TraceError> {
+        loop {
+            match sys::wait_any() {
+                Ok(Some((tid, ev))) => {
+                    self.stats.stops += 1;
+                    self.sweep();
+                    self.handle(tid, ev);
+                    self.out.publish();
+                }
+                Ok(None) => self.tick(),
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.sweep();
+        // Calls that never returned (the process died inside the allocator).
+        for p in std::mem::take(&mut self.pending) {
+            p.probe.borrow_mut().release(p.slot);
+        }
+        self.out.publish();
+        Ok(())
+    }
+
+    /// Periodic work between stops: forward termination signals sent to the recorder,
+    /// hand records to the writer.
+    fn tick(&mut self) {
+        let sig = sys::take_signal();
+        if sig == libc::SIGTERM || sig == libc::SIGHUP {
+            // The program gets what the recorder got; the recorder then waits for it.
+            sys::kill(self.root, sig);
+        }
+        self.sweep();
+        self.out.publish();
+    }
+
+    fn resume(&mut self, tid: Tid, sig: i32) {
+        let held = self
+            .tasks
+            .get_mut(&tid)
+            .and_then(|t| t.held.pop())
+            .unwrap_or(0);
+        let sig = if sig != 0 { sig } else { held };
+        if sig != 0 {
+            self.stats.signals_delivered += 1;
+        }
+        // ESRCH: the task was killed meanwhile; its exit status will follow.
+        let _ = sys::cont(tid, sig);
+    }
+
+    fn handle(&mut self, tid: Tid, ev: WaitEvent) {
+        match ev {
+            WaitEvent::Signal { sig: libc::SIGTRAP } => self.on_sigtrap(tid),
+            WaitEvent::Signal { sig } => {
+                if self.tasks.contains_key(&tid) {
+                    self.resume(tid, sig);
+                } else {
+                    let _ = sys::cont(tid, sig);
+                }
+            }
+            WaitEvent::Event { event, sig } => self.on_event(tid, event, sig),
+            WaitEvent::Exited { code } => self.on_gone(tid, ExitStatus::Code(code)),
+            WaitEvent::Signaled { sig } => self.on_gone(tid, ExitStatus::Signal(sig)),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Breakpoints
+    // -----------------------------------------------------------------------------------
+
+    fn on_sigtrap(&mut self, tid: Tid) {
+        let Some(task) = self.tasks.get(&tid) else {
+            let _ = sys::cont(tid, libc::SIGTRAP);
+            return;
+        };
+        let pid = task.pid;
+        let Some(space_id) = self.procs.get(&pid).map(|p| p.space) else {
+            let _ = sys::cont(tid, libc::SIGTRAP);
+            return;
+        };
+        let Ok(mut regs) = sys::get_regs(tid) else {
+            return;
+        };
+        let bp = regs.rip.wrapping_sub(1);
+        let hook = self
+            .spaces
+            .get(space_id)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.hooks.get(&bp))
+            .cloned();
+        let Some(hook) = hook else {
+            // Not ours: the program's own SIGTRAP (raise, int3, kill).
+            self.resume(tid, libc::SIGTRAP);
+            return;
+        };
+        match hook.kind {
+            HookKind::DlDebugState => {
+                self.rescan(space_id, tid);
+                regs.rip = hook.trampoline;
+                let _ = sys::set_regs(tid, &regs);
+                self.resume(tid, 0);
+            }
+            HookKind::Alloc(spec) => {
+                self.stats.breakpoint_stops += 1;
+                self.on_alloc_call(tid, pid, space_id, &mut regs, bp, hook.trampoline, spec);
+                let _ = sys::set_regs(tid, &regs);
+                self.resume(tid, 0);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_alloc_call(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        space_id: usize,
+        regs: &mut Regs,
+        entry: u64,
+        trampoline: u64,
+        spec: HookSpec,
+    ) {
+        // By default the call just runs its displaced first instruction and goes on.
+        regs.rip = trampoline;
+        let recording = self.procs.get(&pid).is_some_and(|p| p.recording);
+        let task = self.tasks.get(&tid).expect("caller checked");
+        if !task.armed.is_empty() {
+            // Still inside an earlier hooked call (operator new -> malloc, realloc(NULL)
+            // -> malloc, or a signal handler): the outer call is the one recorded.
+            self.stats.nested_calls += 1;
+            return;
+        }
+        if !recording {
+            return;
+        }
+        let ts = self.now();
+        let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
+        // Stack copy and unwind.
+        let space = self.spaces[space_id].as_mut().expect("live space");
+        let n = sys::read_memory(tid, regs.rsp, &mut self.stack_buf).unwrap_or(0);
+        let stack = &self.stack_buf[..n];
+        let ret = if n >= 8 {
+            u64::from_le_bytes(stack[..8].try_into().unwrap())
+        } else {
+            0
+        };
+        let entry_regs = EntryRegs {
+            rip: entry,
+            rsp: regs.rsp,
+            rbp: regs.rbp,
+        };
+        let mut read_more = |addr: u64| -> Option<u64> {
+            let mut w = [0u8; 8];
+            match sys::read_memory(tid, addr, &mut w) {
+                Ok(8) => Some(u64::from_le_bytes(w)),
+                _ => None,
+            }
+        };
+        space.unwinder.unwind_with(
+            entry_regs,
+            stack,
+            regs.rsp,
+            self.cfg.max_depth,
+            &mut self.frames,
+            &mut read_more,
+        );
+        if self.frames.is_empty() && ret != 0 && self.cfg.max_depth > 0 {
+            self.frames.push(ret);
+        }
+        let stack_id = self.trie.intern(&self.frames, self.out.buf());
+        self.stats.recorded_calls += 1;
+
+        let kind = match spec.kind {
+            CallKind::Alloc {
+                size_arg,
+                count_arg,
+                align_arg,
+                fixed_align,
+            } => {
+                let mut size = args[size_arg];
+                if let Some(c) = count_arg {
+                    size = size.wrapping_mul(args[c]);
+                }
+                let align = align_arg.map(|a| args[a]).or(fixed_align).unwrap_or(0);
+                PendingKind::Alloc {
+                    func: spec.func,
+                    size,
+                    align,
+                    posix: false,
+                }
+            }
+            CallKind::PosixMemalign {
+                align_arg,
+                size_arg,
+                ..
+            } => PendingKind::Alloc {
+                func: spec.func,
+                size: args[size_arg],
+                align: args[align_arg],
+                posix: true,
+            },
+            CallKind::Realloc {
+                ptr_arg,
+                size_arg,
+                count_arg,
+            } => {
+                let mut size = args[size_arg];
+                if let Some(c) = count_arg {
+                    size = size.wrapping_mul(args[c]);
+                }
+                PendingKind::Realloc {
+                    func: spec.func,
+                    old: args[ptr_arg],
+                    size,
+                }
+            }
+            CallKind::Free { ptr_arg } => {
+                // Written now, before the block is released (see the module docs).
+                self.out.buf().push(Record::Free {
+                    ts,
+                    tid: tid as u32,
+                    func: spec.func,
+                    address: args[ptr_arg],
+                    stack: stack_id,
+                });
+                PendingKind::Free
+            }
+        };
+        let outptr = match spec.kind {
+            CallKind::PosixMemalign { out_arg, .. } => args[out_arg],
+            _ => 0,
+        };
+        // Arm a return slot so nested calls are recognised and the result comes back.
+        let Some(probe) = space.probe.clone() else {
+            return;
+        };
+        let slot = probe.borrow_mut().alloc();
+        let Some(slot) = slot else {
+            self.stats.slot_exhausted += 1;
+            if let PendingKind::Alloc { func, size, align, .. } = kind {
+                self.out.buf().push(Record::Alloc {
+                    ts,
+                    tid: tid as u32,
+                    func,
+                    address: 0,
+                    size,
+                    align,
+                    stack: stack_id,
+                });
+            }
+            return;
+        };
+        probe.borrow().arm(slot, ret, trampoline, outptr);
+        regs.rip = probe.borrow().shim_addr(slot);
+        self.tasks.get_mut(&tid).expect("caller checked").armed.push(slot);
+        self.pending.push(Pending {
+            tid,
+            probe,
+            slot,
+            ts,
+            stack: stack_id,
+            kind,
+        });
+    }
+
+    /// Writes the records of every call that has returned since the last stop.
+    fn sweep(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let res = {
+                let p = &self.pending[i];
+                p.probe.borrow().result(p.slot)
+            };
+            if res.is_some() {
+                let p = self.pending.swap_remove(i);
+                self.done_buf.push(p);
+            } else {
+                i += 1;
+            }
+        }
+        if self.done_buf.is_empty() {
+            return;
+        }
+        // Among calls that were in flight together, resizes release memory that a
+        // concurrent allocation may have received: write them first; otherwise by entry.
+        self.done_buf
+            .sort_by_key(|p| (!matches!(p.kind, PendingKind::Realloc { .. }), p.ts));
+        let done = std::mem::take(&mut self.done_buf);
+        for p in &done {
+            let (rax, out) = p.probe.borrow().result(p.slot).unwrap_or((0, 0));
+            self.finish_call(p, rax, out);
+        }
+        self.done_buf = done;
+        self.done_buf.clear();
+    }
+
+    fn finish_call(&mut self, p: &Pending, rax: u64, outval: u64) {
+        p.probe.borrow_mut().release(p.slot);
+        if let Some(t) = self.tasks.get_mut(&p.tid) {
+            if let Some(pos) = t.armed.iter().rposition(|&s| s == p.slot) {
+                t.armed.remove(pos);
+            }
+        }
+        let rec = match p.kind {
+            PendingKind::Alloc {
+                func,
+                size,
+                align,
+                posix,
+            } => Record::Alloc {
+                ts: p.ts,
+                tid: p.tid as u32,
+                func,
+                address: if posix {
+                    if rax == 0 {
+                        outval
+                    } else {
+                        0
+                    }
+                } else {
+                    rax
+                },
+                size,
+                align,
+                stack: p.stack,
+            },
+            PendingKind::Realloc { func, old, size } => Record::Realloc {
+                ts: p.ts,
+                tid: p.tid as u32,
+                func,
+                old_address: old,
+                new_address: rax,
+                size,
+                stack: p.stack,
+            },
+            PendingKind::Free => return,
+        };
+        self.out.buf().push(rec);
+    }
+
+    /// Drops the calls of `tid` that will never return (it is exiting).
+    fn abandon_calls(&mut self, tid: Tid) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].tid == tid {
+                let p = self.pending.swap_remove(i);
+                p.probe.borrow_mut().release(p.slot);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.armed.clear();
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // ptrace events
+    // -----------------------------------------------------------------------------------
+
+    fn on_event(&mut self, tid: Tid, event: i32, sig: i32) {
+        match event {
+            libc::PTRACE_EVENT_EXEC => self.on_exec(tid),
+            libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+                self.on_new_task(tid, event);
+                self.resume(tid, 0);
+            }
+            libc::PTRACE_EVENT_EXIT => {
+                self.sweep();
+                self.abandon_calls(tid);
+                self.resume(tid, 0);
+            }
+            libc::PTRACE_EVENT_STOP => {
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    // Group-stop: stay stopped, as without the tracer, until SIGCONT.
+                    let _ = sys::listen(tid);
+                } else if let Some(task) = self.tasks.get_mut(&tid) {
+                    if !task.started {
+                        task.started = true;
+                        self.start_task(tid);
+                    } else {
+                        self.resume(tid, 0);
+                    }
+                } else {
+                    // A new task whose parent's event has not been seen yet.
+                    self.early_stops.insert(tid);
+                }
+            }
+            _ => self.resume(tid, 0),
+        }
+    }
+
+    /// A new task got both its initial stop and its parent's event: let it run.
+    fn start_task(&mut self, tid: Tid) {
+        let pid = self.tasks[&tid].pid;
+        let detach = self.procs.get(&pid).is_some_and(|p| p.detach_at_start);
+        if detach {
+            self.tasks.remove(&tid);
+            if let Some(p) = self.procs.remove(&pid) {
+                self.drop_space_if_unused(p.space);
+            }
+            let _ = sys::detach(tid, 0);
+        } else {
+            self.resume(tid, 0);
+        }
+    }
+
+    fn on_new_task(&mut self, parent: Tid, event: i32) {
+        let Ok(child) = sys::event_msg(parent).map(|m| m as Tid) else {
+            return;
+        };
+        let Some(ppid) = self.tasks.get(&parent).map(|t| t.pid) else {
+            return;
+        };
+        let ts = self.now();
+        let (is_thread, shares_vm) = match event {
+            libc::PTRACE_EVENT_FORK => (false, false),
+            libc::PTRACE_EVENT_VFORK => (false, true),
+            _ => {
+                let flags = clone_flags(parent);
+                (
+                    flags & libc::CLONE_THREAD as u64 != 0,
+                    flags & libc::CLONE_VM as u64 != 0,
+                )
+            }
+        };
+        let recording_parent = self.procs.get(&ppid).is_some_and(|p| p.recording);
+        if is_thread {
+            if let Some(p) = self.procs.get_mut(&ppid) {
+                p.threads.insert(child);
+            }
+            if recording_parent {
+                self.out.buf().push(Record::ThreadStart {
+                    ts,
+                    pid: ppid as u32,
+                    tid: child as u32,
+                });
+            }
+        } else {
+            let parent_space = self.procs[&ppid].space;
+            let follow = self.cfg.follow_children && recording_parent;
+            let space = if shares_vm {
+                parent_space
+            } else {
+                self.fork_space(parent_space, child, follow)
+            };
+            self.procs.insert(
+                child,
+                Proc {
+                    space,
+                    recording: follow,
+                    detach_on_exec: !follow && shares_vm,
+                    detach_at_start: !follow && !shares_vm,
+                    threads: [child].into_iter().collect(),
+                    status: None,
+                },
+            );
+            if follow {
+                let origin = match (event, shares_vm) {
+                    (libc::PTRACE_EVENT_FORK, _) => ProcessOrigin::Fork,
+                    (libc::PTRACE_EVENT_VFORK, _) => ProcessOrigin::Vfork,
+                    (_, true) => ProcessOrigin::Clone,
+                    _ => ProcessOrigin::Fork,
+                };
+                let command = read_cmdline(child);
+                self.out.buf().push(Record::ProcessStart {
+                    ts,
+                    pid: child as u32,
+                    parent_pid: Some(ppid as u32),
+                    origin,
+                    command,
+                });
+                self.out.buf().push(Record::ThreadStart {
+                    ts,
+                    pid: child as u32,
+                    tid: child as u32,
+                });
+                self.emit_module_loads(space, child, ts);
+            }
+        }
+        self.tasks.insert(
+            child,
+            Task {
+                pid: if is_thread { ppid } else { child },
+                armed: Vec::new(),
+                started: false,
+                held: Vec::new(),
+            },
+        );
+        if self.early_stops.remove(&child) {
+            self.tasks.get_mut(&child).expect("just inserted").started = true;
+            self.start_task(child);
+        }
+    }
+
+    /// A fork child's copy of its parent's address space: same hooks and trampolines
+    /// (copied memory), same probe memfd (MAP_SHARED, so slots stay tree-wide unique).
+    /// Unfollowed children get their breakpoints removed instead.
+    fn fork_space(&mut self, parent_space: usize, child: Tid, follow: bool) -> usize {
+        let Ok(mem) = ProcMem::open(child) else {
+            return parent_space;
+        };
+        let parent = self.spaces[parent_space].as_ref().expect("live space");
+        if !follow {
+            for (&addr, hook) in &parent.hooks {
+                let _ = mem.write(addr, &[hook.orig]);
+            }
+            return usize::MAX;
+        }
+        let mut unwinder = StackUnwinder::new();
+        let mut modules = Vec::with_capacity(parent.modules.len());
+        for m in &parent.modules {
+            unwinder.add_module(&m.elf, m.bias, m.range.clone());
+            modules.push(KnownModule {
+                path: m.path.clone(),
+                start: m.start,
+                range: m.range.clone(),
+                bias: m.bias,
+                elf: m.elf.clone(),
+            });
+        }
+        let space = Space {
+            owner: child,
+            mem,
+            probe: parent.probe.clone(),
+            hooks: parent.hooks.clone(),
+            modules,
+            unwinder,
+            tramp_pages: parent.tramp_pages.clone(),
+        };
+        self.spaces.push(Some(space));
+        self.spaces.len() - 1
+    }
+
+    fn emit_module_loads(&mut self, space_id: usize, pid: Tid, ts: u64) {
+        let Some(space) = self.spaces.get(space_id).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        let recs: Vec<Record> = space
+            .modules
+            .iter()
+            .map(|m| module_record(ts, pid, m))
+            .collect();
+        self.out.buf().extend(recs);
+    }
+
+    fn on_exec(&mut self, tid: Tid) {
+        let ts = self.now();
+        // A non-leader thread that execs takes over the leader's tid.
+        let former = sys::event_msg(tid).map(|m| m as Tid).unwrap_or(tid);
+        let pid = self.tasks.get(&former).map(|t| t.pid).unwrap_or(tid);
+        if let Some(p) = self.procs.get(&pid) {
+            for t in p.threads.clone() {
+                if t != tid {
+                    self.abandon_calls(t);
+                    self.tasks.remove(&t);
+                }
+            }
+        }
+        self.abandon_calls(former);
+        if former != tid {
+            self.tasks.remove(&former);
+        }
+        self.tasks.entry(tid).or_insert(Task {
+            pid,
+            armed: Vec::new(),
+            started: true,
+            held: Vec::new(),
+        });
+        let Some(proc_) = self.procs.get_mut(&pid) else {
+            self.resume(tid, 0);
+            return;
+        };
+        proc_.threads = [tid].into_iter().collect();
+        if proc_.detach_on_exec {
+            // An unfollowed vfork child: the new image has no breakpoints.
+            self.procs.remove(&pid);
+            self.tasks.remove(&tid);
+            let _ = sys::detach(tid, 0);
+            return;
+        }
+        let old_space = proc_.space;
+        let command = read_cmdline(pid);
+        let first = old_space == usize::MAX;
+        if !first {
+            self.out.buf().push(Record::Exec {
+                ts,
+                pid: pid as u32,
+                command,
+            });
+        }
+        let new_space = self.new_space(tid);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.space = new_space;
+        }
+        if !first {
+            self.drop_space_if_unused(old_space);
+        }
+        if new_space != usize::MAX {
+            self.rescan(new_space, tid);
+        }
+        self.resume(tid, 0);
+    }
+
+    fn new_space(&mut self, tid: Tid) -> usize {
+        let Ok(mem) = ProcMem::open(tid) else {
+            return usize::MAX;
+        };
+        let mut held = Vec::new();
+        let probe = match inject::install_probe(tid, &mem, &mut held) {
+            Ok(p) => Some(Rc::new(RefCell::new(p))),
+            Err(e) => {
+                eprintln!("heaptape: warning: pid {tid}: cannot set up return probes ({e}); allocation results will be missing");
+                None
+            }
+        };
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.held.extend(held);
+        }
+        self.spaces.push(Some(Space {
+            owner: tid,
+            mem,
+            probe,
+            hooks: HashMap::new(),
+            modules: Vec::new(),
+            unwinder: StackUnwinder::new(),
+            tramp_pages: Vec::new(),
+        }));
+        self.spaces.len() - 1
+    }
+
+    fn drop_space_if_unused(&mut self, space: usize) {
+        if space == usize::MAX {
+            return;
+        }
+        if !self.procs.values().any(|p| p.space == space) {
+            if let Some(s) = self.spaces.get_mut(space) {
+                *s = None;
+            }
+        }
+    }
+
+    fn on_gone(&mut self, tid: Tid, status: ExitStatus) {
+        let ts = self.now();
+        self.abandon_calls(tid);
+        let Some(task) = self.tasks.remove(&tid) else {
+            return;
+        };
+        let pid = task.pid;
+        let recording = self.procs.get(&pid).is_some_and(|p| p.recording);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.threads.remove(&tid);
+            if tid == pid {
+                p.status = Some(status);
+            }
+        }
+        if tid != pid && recording {
+            self.out.buf().push(Record::ThreadExit {
+                ts,
+                tid: tid as u32,
+            });
+        }
+        let finished = self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.threads.is_empty() && p.status.is_some());
+        if finished {
+            let p = self.procs.remove(&pid).expect("checked");
+            let status = p.status.expect("checked");
+            if p.recording {
+                self.out.buf().push(Record::ThreadExit {
+                    ts,
+                    tid: pid as u32,
+                });
+                self.out.buf().push(Record::ProcessExit {
+                    ts,
+                    pid: pid as u32,
+                    status,
+                });
+            }
+            if pid == self.root {
+                self.root_status = Some(status);
+            }
+            self.drop_space_if_unused(p.space);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Modules and hooks
+    // -----------------------------------------------------------------------------------
+
+    fn elf(&mut self, m: &MappedModule, pid: Tid) -> Option<Arc<ElfModule>> {
+        let key = (m.path.clone(), m.inode);
+        if let Some(e) = self.elf_cache.get(&key) {
+            return e.clone();
+        }
+        let parsed = if m.is_vdso() {
+            let r = m.avma_range();
+            let mut buf = vec![0u8; (r.end - r.start) as usize];
+            match sys::read_memory(pid, r.start, &mut buf) {
+                Ok(n) if n == buf.len() => ElfModule::from_bytes("[vdso]", buf).ok(),
+                _ => None,
+            }
+        } else {
+            // The path first; the process's own view of the file when the path does not
+            // open (another mount namespace, a deleted file).
+            let via_proc: PathBuf = format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                m.mappings[0].start, m.mappings[0].end
+            )
+            .into();
+            ElfModule::from_path(&m.path)
+                .or_else(|_| ElfModule::from_path(&via_proc))
+                .ok()
+        }
+        .map(Arc::new);
+        self.elf_cache.insert(key, parsed.clone());
+        parsed
+    }
+
+    /// Brings a space's module list up to date with /proc/PID/maps: new modules are
+    /// recorded, registered for unwinding and hooked; vanished ones are recorded as
+    /// unloaded.
+    fn rescan(&mut self, space_id: usize, tid: Tid) {
+        let ts = self.now();
+        let Some(owner) = self.spaces[space_id].as_ref().map(|s| s.owner) else {
+            return;
+        };
+        let Ok(maps) = maps::read_maps(tid).or_else(|_| maps::read_maps(owner)) else {
+            return;
+        };
+        let pid = self.tasks.get(&tid).map(|t| t.pid).unwrap_or(owner);
+        let recording = self.procs.get(&pid).is_some_and(|p| p.recording);
+        let groups = maps::group_modules(&maps);
+        // Unloaded modules.
+        {
+            let space = self.spaces[space_id].as_mut().expect("live");
+            let mut gone = Vec::new();
+            space.modules.retain(|k| {
+                let still = groups
+                    .iter()
+                    .any(|g| g.path == k.path && g.avma_range().start == k.start);
+                if !still {
+                    gone.push((k.path.clone(), k.bias, k.range.clone()));
+                }
+                still
+            });
+            for (path, bias, range) in gone {
+                space.unwinder.remove_module(range.start);
+                space.hooks.retain(|a, _| !range.contains(a));
+                if recording {
+                    self.out.buf().push(Record::ModuleUnload {
+                        ts,
+                        pid: pid as u32,
+                        base: bias,
+                        path,
+                    });
+                }
+            }
+        }
+        for g in &groups {
+            if g.path.starts_with("/memfd:heaptape") {
+                continue;
+            }
+            let start = g.avma_range().start;
+            let known = self.spaces[space_id]
+                .as_ref()
+                .expect("live")
+                .modules
+                .iter()
+                .any(|k| k.path == g.path && k.start == start);
+            if known {
+                continue;
+            }
+            let Some(elf) = self.elf(g, pid) else {
+                continue;
+            };
+            let bias = if g.is_vdso() {
+                elf.load_bias(&g.mappings).unwrap_or(start)
+            } else {
+                match elf.load_bias(&g.mappings) {
+                    Some(b) => b,
+                    None => continue,
+                }
+            };
+            let km = KnownModule {
+                path: g.path.clone(),
+                start,
+                range: g.avma_range(),
+                bias,
+                elf: elf.clone(),
+            };
+            if recording {
+                self.out.buf().push(module_record(ts, pid, &km));
+            }
+            {
+                let space = self.spaces[space_id].as_mut().expect("live");
+                space.unwinder.add_module(&elf, bias, km.range.clone());
+                space.modules.push(km);
+            }
+            if !g.is_vdso() {
+                self.hook_module(space_id, tid, &elf, bias, g.avma_range());
+            }
+        }
+    }
+
+    fn hook_module(&mut self, space_id: usize, tid: Tid, elf: &ElfModule, bias: u64, range: Range<u64>) {
+        let prefixes: Vec<&str> = self.prefixes.iter().map(|s| s.as_str()).collect();
+        let mut sites: Vec<(u64, HookKind, String)> = elf
+            .hook_symbols(&prefixes)
+            .into_iter()
+            .map(|s| (s.vaddr.wrapping_add(bias), HookKind::Alloc(s.spec), s.name))
+            .collect();
+        if let Some(v) = elf.dl_debug_state() {
+            sites.push((v.wrapping_add(bias), HookKind::DlDebugState, "_dl_debug_state".into()));
+        }
+        if sites.is_empty() {
+            return;
+        }
+        let space = self.spaces[space_id].as_mut().expect("live");
+        sites.retain(|(a, _, _)| !space.hooks.contains_key(a));
+        let Some(probe) = space.probe.clone() else {
+            return;
+        };
+        let need = sites.len() as u64 * TRAMPOLINE_BYTES;
+        // Trampoline memory within reach of the module.
+        let page = space
+            .tramp_pages
+            .iter_mut()
+            .find(|(next, end)| end - *next >= need && next.abs_diff(range.start) < (1 << 30));
+        let (mut next, end) = match page {
+            Some(p) => (p.0, p.1),
+            None => {
+                let len = need.div_ceil(4096) * 4096;
+                let mut held = Vec::new();
+                let addr = inject::map_near(tid, &probe.borrow(), range.start, len, &mut held);
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.held.extend(held);
+                }
+                let space = self.spaces[space_id].as_mut().expect("live");
+                match addr {
+                    Ok(a) => {
+                        space.tramp_pages.push((a, a + len));
+                        (a, a + len)
+                    }
+                    Err(e) => {
+                        self.stats
+                            .hook_failures
+                            .push(format!("{}: cannot map trampolines: {e}", elf.name()));
+                        return;
+                    }
+                }
+            }
+        };
+        let space = self.spaces[space_id].as_mut().expect("live");
+        let mut installed = 0;
+        for (addr, kind, name) in sites {
+            let mut code = [0u8; 16];
+            if space.mem.read(addr, &mut code).is_err() {
+                continue;
+            }
+            if code[0] == 0xcc {
+                continue;
+            }
+            let disp = match relocate::displaced_copy(&code, addr, next) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.stats
+                        .hook_failures
+                        .push(format!("{name} in {}: {e}", elf.name()));
+                    continue;
+                }
+            };
+            if disp.bytes.len() as u64 > TRAMPOLINE_BYTES || space.mem.write(next, &disp.bytes).is_err() {
+                continue;
+            }
+            if space.mem.write(addr, &[0xcc]).is_err() {
+                continue;
+            }
+            space.hooks.insert(
+                addr,
+                Hook {
+                    kind,
+                    trampoline: next,
+                    orig: code[0],
+                },
+            );
+            next += TRAMPOLINE_BYTES;
+            installed += 1;
+        }
+        if let Some(p) = space.tramp_pages.iter_mut().find(|p| p.1 == end) {
+            p.0 = next;
+        }
+        self.stats.hooks += installed;
+        if installed > 0 {
+            self.stats.modules_hooked += 1;
+        }
+    }
+}
+
+fn module_record(ts: u64, pid: Tid, m: &KnownModule) -> Record {
+    Record::ModuleLoad {
+        ts,
+        pid: pid as u32,
+        path: m.path.clone(),
+        build_id: m.elf.build_id().map(|b| b.to_vec()).unwrap_or_default(),
+        base: m.bias,
+        segments: m.elf.format_segments(m.bias),
+    }
+}
+
+/// The clone flags of the clone/clone3 call `tid` is stopped in.
+fn clone_flags(tid: Tid) -> u64 {
+    let Ok(regs) = sys::get_regs(tid) else {
+        return 0;
+    };
+    if regs.orig_rax == libc::SYS_clone3 as u64 {
+        let mut w = [0u8; 8];
+        match sys::read_memory(tid, regs.rdi, &mut w) {
+            Ok(8) => u64::from_le_bytes(w),
+            _ => 0,
+        }
+    } else {
+        regs.rdi
+    }
+}
+
+/// A process's command line from /proc (empty if unreadable).
+pub fn read_cmdline(pid: Tid) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
