@@ -1,0 +1,288 @@
+//! The text report (`heaptape analyze`): one block per process, worded after valgrind's
+//! heap summary so that its users recognise the figures at a glance.
+
+use std::io::{self, Write};
+
+use crate::findings::{Finding, FindingKind};
+use crate::replay::{Image, ImageEnd, Process};
+use crate::symbolize::Symbolizer;
+use crate::{Analysis, AnalyzeOptions};
+
+use super::{describe_exit, frames, origin_name};
+
+/// Writes the whole report.
+pub fn render(
+    a: &Analysis,
+    out: &mut dyn Write,
+    opts: &AnalyzeOptions,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    let h = &a.header;
+    writeln!(
+        out,
+        "heaptape trace of `{}` (pid {}), recorded by {} on {} (kernel {})",
+        command_line(&h.command),
+        h.pid,
+        h.tool_version,
+        h.host,
+        h.kernel
+    )?;
+    if a.truncation.is_some() {
+        writeln!(
+            out,
+            "warning: the trace is incomplete; figures cover what was recorded"
+        )?;
+    }
+    if a.processes.is_empty() {
+        writeln!(out, "\nno process in the trace")?;
+    }
+    for p in &a.processes {
+        writeln!(out)?;
+        process(a, p, out, opts, sym)?;
+    }
+    Ok(())
+}
+
+fn process(
+    a: &Analysis,
+    p: &Process,
+    out: &mut dyn Write,
+    opts: &AnalyzeOptions,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    let img = p.image();
+    let mut origin = String::new();
+    if let Some(o) = p.origin {
+        origin.push_str(origin_name(o));
+        if let Some(pp) = p.parent_pid {
+            origin.push_str(&format!(" of {pp}"));
+        }
+        origin.push_str(", ");
+    }
+    writeln!(
+        out,
+        "== process {}: {} ({}{}, after {})",
+        p.pid,
+        command_line(&img.command),
+        origin,
+        describe_exit(p.exit, img.end),
+        seconds(img.end_ts.saturating_sub(img.start_ts))
+    )?;
+    for prev in p.previous_images() {
+        let how = match prev.end {
+            Some(ImageEnd::Exec) => "replaced by exec",
+            _ => "ended",
+        };
+        writeln!(
+            out,
+            "   earlier image `{}`, {how} at {}: {} allocs, {} frees, {} bytes allocated; {} discarded",
+            command_line(&prev.command),
+            seconds(prev.end_ts),
+            num(prev.totals.allocations),
+            num(prev.totals.frees),
+            num(prev.totals.allocated_bytes),
+            bytes_in_blocks(prev.totals.live_at_exit_bytes, prev.totals.live_at_exit_blocks),
+        )?;
+    }
+    image(a, img, out, opts, sym)
+}
+
+fn image(
+    a: &Analysis,
+    img: &Image,
+    out: &mut dyn Write,
+    opts: &AnalyzeOptions,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    let t = &img.totals;
+    writeln!(
+        out,
+        "   total heap usage: {} allocs, {} frees, {} bytes allocated",
+        num(t.allocations),
+        num(t.frees),
+        num(t.allocated_bytes)
+    )?;
+    writeln!(
+        out,
+        "   in use at exit: {}",
+        bytes_in_blocks(t.live_at_exit_bytes, t.live_at_exit_blocks)
+    )?;
+    match t.peak_ts {
+        Some(ts) => writeln!(
+            out,
+            "   peak heap usage: {}, at {}",
+            bytes_in_blocks(t.peak_live_bytes, t.peak_live_blocks),
+            seconds(ts)
+        )?,
+        None => writeln!(out, "   peak heap usage: 0 bytes in 0 blocks")?,
+    }
+    write!(
+        out,
+        "   temporary allocations: {}",
+        num(t.temporary_allocations)
+    )?;
+    if t.allocations > 0 {
+        write!(
+            out,
+            " ({:.1}% of allocations)",
+            t.temporary_allocations as f64 * 100.0 / t.allocations as f64
+        )?;
+    }
+    writeln!(out)?;
+    if t.failed_allocations > 0 {
+        writeln!(out, "   failed allocations: {}", num(t.failed_allocations))?;
+    }
+    if t.inherited_blocks > 0 {
+        writeln!(
+            out,
+            "   inherited at fork: {}",
+            bytes_in_blocks(t.inherited_bytes, t.inherited_blocks)
+        )?;
+    }
+    if t.untracked_frees > 0 {
+        writeln!(
+            out,
+            "   untracked frees: {} (of blocks allocated before the recorder attached)",
+            num(t.untracked_frees)
+        )?;
+    }
+    if !img.findings.is_empty() {
+        let f = &img.findings;
+        writeln!(
+            out,
+            "   bad frees: {} double, {} invalid, {} mismatched",
+            num(f.count(FindingKind::DoubleFree)),
+            num(f.count(FindingKind::InvalidFree)),
+            num(f.count(FindingKind::MismatchedFree))
+        )?;
+        for finding in f.list().iter().take(opts.top) {
+            write_finding(a, img, finding, out, sym)?;
+        }
+    }
+    let top = img.sites.top_by_live(opts.top);
+    if !top.is_empty() {
+        writeln!(out, "   top call sites by bytes in use at exit:")?;
+        for (rank, (stack, s)) in top.iter().enumerate() {
+            writeln!(
+                out,
+                "   #{}: {} from {} allocs ({} bytes allocated), stack {}",
+                rank + 1,
+                bytes_in_blocks(s.live_bytes, s.live_blocks),
+                num(s.allocations),
+                num(s.allocated_bytes),
+                stack
+            )?;
+            write_frames(a, img, *stack, out, sym)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_finding(
+    a: &Analysis,
+    img: &Image,
+    f: &Finding,
+    out: &mut dyn Write,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    let what = match f.kind {
+        FindingKind::DoubleFree => "double free",
+        FindingKind::InvalidFree => "invalid free",
+        FindingKind::MismatchedFree => "mismatched free",
+    };
+    write!(
+        out,
+        "   - {what} of {:#x} by {}",
+        f.first.address,
+        f.free_fn.name()
+    )?;
+    if let Some(alloc) = f.alloc_fn {
+        write!(out, " (allocated by {})", alloc.name())?;
+    }
+    writeln!(out, ", {} time(s), stack {}", num(f.count), f.free_stack)?;
+    write_frames(a, img, f.free_stack, out, sym)
+}
+
+fn write_frames(
+    a: &Analysis,
+    img: &Image,
+    stack: heaptape_format::StackId,
+    out: &mut dyn Write,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    for (i, frame) in frames(&a.stacks, img, stack, sym).iter().enumerate() {
+        let word = if i == 0 { "at" } else { "by" };
+        writeln!(out, "        {word} {frame}")?;
+    }
+    Ok(())
+}
+
+/// `64 bytes in 1 block`.
+fn bytes_in_blocks(bytes: u64, blocks: u64) -> String {
+    format!(
+        "{} bytes in {} block{}",
+        num(bytes),
+        num(blocks),
+        if blocks == 1 { "" } else { "s" }
+    )
+}
+
+/// A count with thousands separators, as valgrind prints them: `1,234,567`.
+pub fn num(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Nanoseconds as seconds with millisecond precision: `1.234 s`.
+fn seconds(ns: u64) -> String {
+    format!(
+        "{}.{:03} s",
+        ns / 1_000_000_000,
+        (ns % 1_000_000_000) / 1_000_000
+    )
+}
+
+/// A command line for display; arguments that need it are quoted.
+fn command_line(argv: &[String]) -> String {
+    if argv.is_empty() {
+        return "(unknown command)".into();
+    }
+    argv.iter()
+        .map(|a| {
+            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '\'') {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting_helpers() {
+        assert_eq!(num(0), "0");
+        assert_eq!(num(999), "999");
+        assert_eq!(num(1000), "1,000");
+        assert_eq!(num(1234567), "1,234,567");
+        assert_eq!(num(u64::MAX), "18,446,744,073,709,551,615");
+        assert_eq!(seconds(1_234_567_890), "1.234 s");
+        assert_eq!(bytes_in_blocks(1, 1), "1 bytes in 1 block");
+        assert_eq!(
+            command_line(&["sh".into(), "-c".into(), "echo hi".into(), "it's".into()]),
+            "sh -c 'echo hi' 'it'\\''s'"
+        );
+        assert_eq!(command_line(&[]), "(unknown command)");
+    }
+}

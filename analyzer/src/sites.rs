@@ -1,0 +1,174 @@
+//! Per-call-site aggregates.
+//!
+//! Every heap report ranks *call sites* (the stack an allocation was made from): which
+//! site leaks most, allocates most, holds most at the peak. Keeping one small record per
+//! distinct stack, updated in O(1) per event, gives all of those from one streaming pass
+//! with memory bounded by the number of sites, never by the trace's length.
+//!
+//! The contribution of each site to the process's peak is the subtle one: the peak is
+//! only known to be the peak after the fact, and copying every site's figures whenever
+//! the live total reaches a new high would cost O(sites) per event. Instead each new high
+//! bumps a *peak epoch*; a site about to change checks whether a peak was reached since
+//! it last looked, and if so its current (unchanged since then) figures are exactly its
+//! figures at that peak. [`SiteTable::settle`] applies the same rule to every site once,
+//! at the end.
+
+use std::collections::HashMap;
+
+use heaptape_format::StackId;
+
+/// What one call site did in one process image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteStats {
+    /// Successful allocations made from this site.
+    pub allocations: u64,
+    /// Bytes those allocations requested.
+    pub allocated_bytes: u64,
+    /// Blocks from this site that were released (by any thread of the heap's users).
+    pub frees: u64,
+    /// Allocations from this site freed before their thread's next allocation.
+    pub temporary_allocations: u64,
+    /// Blocks from this site live now (at the end of the image: live at exit).
+    pub live_blocks: u64,
+    /// Bytes from this site live now (at the end of the image: live at exit).
+    pub live_bytes: u64,
+    /// Blocks from this site inherited from the parent at fork.
+    pub inherited_blocks: u64,
+    /// Bytes from this site inherited from the parent at fork.
+    pub inherited_bytes: u64,
+    /// This site's live blocks at the image's heap peak (valid once settled).
+    pub peak_blocks: u64,
+    /// This site's live bytes at the image's heap peak (valid once settled).
+    pub peak_bytes: u64,
+    /// The peak epoch `peak_*` were last brought up to.
+    epoch: u64,
+}
+
+impl SiteStats {
+    /// Brings `peak_*` up to date before the live figures change (see the module docs).
+    fn sync(&mut self, peak_epoch: u64) {
+        if self.epoch != peak_epoch {
+            self.epoch = peak_epoch;
+            self.peak_blocks = self.live_blocks;
+            self.peak_bytes = self.live_bytes;
+        }
+    }
+}
+
+/// All call sites of one process image, and the peak epoch they are measured against.
+#[derive(Clone, Debug, Default)]
+pub struct SiteTable {
+    sites: HashMap<StackId, SiteStats>,
+    peak_epoch: u64,
+}
+
+impl SiteTable {
+    /// The site for `stack`, its peak figures brought up to date so that the caller may
+    /// change its live figures.
+    pub(crate) fn touch(&mut self, stack: StackId) -> &mut SiteStats {
+        let epoch = self.peak_epoch;
+        let site = self.sites.entry(stack).or_default();
+        site.sync(epoch);
+        site
+    }
+
+    /// Marks that the image's live total just reached a new high.
+    pub(crate) fn new_peak(&mut self) {
+        self.peak_epoch += 1;
+    }
+
+    /// Brings every site's peak figures up to date; call when the image ends.
+    pub(crate) fn settle(&mut self) {
+        let epoch = self.peak_epoch;
+        for site in self.sites.values_mut() {
+            site.sync(epoch);
+        }
+    }
+
+    /// The site for `stack`, if it did anything.
+    pub fn get(&self, stack: StackId) -> Option<&SiteStats> {
+        self.sites.get(&stack)
+    }
+
+    /// Every site, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (StackId, &SiteStats)> {
+        self.sites.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    /// Whether no site did anything.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// The `n` sites holding the most live bytes (at exit, once the image ended), ties
+    /// broken by more live blocks, then by smaller stack id. Sites holding nothing are
+    /// left out.
+    pub fn top_by_live(&self, n: usize) -> Vec<(StackId, &SiteStats)> {
+        let mut v: Vec<_> = self.iter().filter(|(_, s)| s.live_blocks > 0).collect();
+        v.sort_by(|a, b| {
+            b.1.live_bytes
+                .cmp(&a.1.live_bytes)
+                .then(b.1.live_blocks.cmp(&a.1.live_blocks))
+                .then(a.0.cmp(&b.0))
+        });
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mimics the image's accounting: change a site, then check for a new high.
+    fn change(t: &mut SiteTable, total: &mut i64, peak: &mut i64, stack: StackId, d: i64) {
+        let s = t.touch(stack);
+        s.live_bytes = (s.live_bytes as i64 + d) as u64;
+        s.live_blocks = (s.live_blocks as i64 + d.signum()) as u64;
+        *total += d;
+        if *total > *peak {
+            *peak = *total;
+            t.new_peak();
+        }
+    }
+
+    #[test]
+    fn peak_contributions_are_those_at_the_last_high() {
+        let mut t = SiteTable::default();
+        let (mut total, mut peak) = (0, 0);
+        change(&mut t, &mut total, &mut peak, 1, 10);
+        change(&mut t, &mut total, &mut peak, 2, 5); // peak 15: site1 10, site2 5
+        change(&mut t, &mut total, &mut peak, 1, -10);
+        change(&mut t, &mut total, &mut peak, 3, 7);
+        change(&mut t, &mut total, &mut peak, 2, 3); // 15 again: not a new high
+        t.settle();
+        assert_eq!(peak, 15);
+        assert_eq!(t.get(1).unwrap().peak_bytes, 10);
+        assert_eq!(t.get(2).unwrap().peak_bytes, 5);
+        assert_eq!(t.get(3).unwrap().peak_bytes, 0);
+        assert_eq!(t.get(2).unwrap().live_bytes, 8);
+        change(&mut t, &mut total, &mut peak, 3, 20); // 35: new high after settling
+        t.settle();
+        assert_eq!(t.get(1).unwrap().peak_bytes, 0);
+        assert_eq!(t.get(2).unwrap().peak_bytes, 8);
+        assert_eq!(t.get(3).unwrap().peak_bytes, 27);
+    }
+
+    #[test]
+    fn top_by_live_orders_and_filters() {
+        let mut t = SiteTable::default();
+        for (stack, bytes, blocks) in [(5, 10, 1), (3, 10, 2), (4, 10, 2), (9, 0, 0), (1, 50, 1)] {
+            let s = t.touch(stack);
+            s.live_bytes = bytes;
+            s.live_blocks = blocks;
+        }
+        let top: Vec<StackId> = t.top_by_live(10).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(top, vec![1, 3, 4, 5]);
+        assert_eq!(t.top_by_live(2).len(), 2);
+    }
+}

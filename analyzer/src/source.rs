@@ -1,0 +1,94 @@
+//! Feeding a trace's records to the replay, decoding on every core.
+//!
+//! Decoding (zstd and the delta wire format) costs more than replaying, and chunks decode
+//! independently, so a producer thread reads a batch of chunks, decodes them in parallel
+//! with rayon, and hands the batch over a channel of depth one while the caller replays
+//! the previous batch in file order. Memory stays bounded by two batches of decoded
+//! records, whatever the trace's length.
+
+use std::io::Read;
+use std::sync::mpsc;
+
+use heaptape_format::{decode_parallel, ReadError, Record, TraceReader, Truncation};
+
+/// How a stream of records ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StreamEnd {
+    /// Where the reader found the file cut off, if it did.
+    pub truncation: Option<Truncation>,
+    /// Byte offset just past the last complete chunk.
+    pub offset: u64,
+}
+
+/// Chunks decoded per batch: enough to keep every core busy.
+fn batch_len() -> usize {
+    (rayon::current_num_threads() * 2).clamp(2, 64)
+}
+
+/// Reads every chunk of `reader` and passes each chunk's records, in file order, to
+/// `sink`. A damaged chunk stops the stream with its error (after the records of the
+/// batches before it were passed on).
+pub(crate) fn stream<R, F>(reader: TraceReader<R>, mut sink: F) -> Result<StreamEnd, ReadError>
+where
+    R: Read + Send,
+    F: FnMut(Vec<Record>),
+{
+    let batch = batch_len();
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Vec<Record>>, ReadError>>(1);
+        let producer = scope.spawn(move || {
+            let mut reader = reader;
+            loop {
+                let mut raws = Vec::with_capacity(batch);
+                let mut failed = None;
+                while raws.len() < batch {
+                    match reader.next_chunk() {
+                        Ok(Some(raw)) => raws.push(raw),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let done = raws.len() < batch;
+                if !raws.is_empty() {
+                    let decoded = decode_parallel(&raws);
+                    let stop = decoded.is_err();
+                    if tx.send(decoded).is_err() || stop {
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                if done {
+                    break;
+                }
+            }
+            StreamEnd {
+                truncation: reader.truncation().cloned(),
+                offset: reader.offset(),
+            }
+        });
+        let mut error = None;
+        for msg in rx {
+            match msg {
+                Ok(chunks) => chunks.into_iter().for_each(&mut sink),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let end = match producer.join() {
+            Ok(end) => end,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match error {
+            Some(e) => Err(e),
+            None => Ok(end),
+        }
+    })
+}
