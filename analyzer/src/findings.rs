@@ -4,7 +4,7 @@
 //! block released by the wrong family (`new` then `free`) is a bug in the recorded
 //! program, not in the trace: the replay must carry on, and the report must say where
 //! it happened. Findings are grouped like valgrind groups its errors: one entry per
-//! distinct (kind, freeing function, freeing stack, allocating stack), with a count and
+//! distinct (kind, freeing function and stack, allocating function and stack), with a count and
 //! the first occurrence. A program that double-frees in a loop therefore costs one entry,
 //! and memory stays bounded by call sites.
 
@@ -74,6 +74,7 @@ type Key = (
     FindingKind,
     AllocFn,
     StackId,
+    Option<AllocFn>,
     Option<StackId>,
     Option<StackId>,
 );
@@ -92,6 +93,7 @@ impl Findings {
             finding.kind,
             finding.free_fn,
             finding.free_stack,
+            finding.alloc_fn,
             finding.alloc_stack,
             finding.previous_free_stack,
         );

@@ -1,0 +1,252 @@
+//! The JSON document's shape and the text report's wording.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{run, Trace};
+use heaptape_analyzer::{analyze, AnalyzeOptions};
+use heaptape_format::{ExitStatus, ProcessOrigin, Record, Segment};
+use serde_json::{json, Value};
+
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+fn set<'a>(k: &[&'a str]) -> BTreeSet<&'a str> {
+    k.iter().copied().collect()
+}
+
+/// pid 1 leaks two blocks from stack 2 and double-frees one from stack 3; then a forked
+/// child killed by SIGSEGV, a detached one and one the trace never saw end.
+fn scenario() -> Trace {
+    let mut t = Trace::new(1);
+    t.launch(1);
+    t.rec(Record::ModuleLoad {
+        ts: 1000,
+        pid: 1,
+        path: "/bin/app".into(),
+        build_id: vec![0xde, 0xad],
+        base: 0,
+        segments: vec![Segment {
+            start: 0x400000,
+            len: 0x10000,
+            file_offset: 0,
+            prot: 5,
+        }],
+    });
+    t.stack(1, 0, 0x401000)
+        .stack(2, 1, 0x401100)
+        .stack(3, 1, 0x401200)
+        .malloc(1, 0x10, 64, 2)
+        .malloc(1, 0x20, 32, 3)
+        .malloc(1, 0x30, 1000, 2)
+        .free(1, 0x20, 3)
+        .free(1, 0x20, 3)
+        .exit(1, ExitStatus::Code(0));
+    t
+}
+
+#[test]
+fn json_shape_and_values() {
+    let mut t = scenario();
+    t.start(2, Some(1), ProcessOrigin::Fork, "./app")
+        .exit(2, ExitStatus::Signal(11))
+        .start(3, None, ProcessOrigin::Launched, "./d")
+        .exit(3, ExitStatus::Detached)
+        .start(4, None, ProcessOrigin::Launched, "./e");
+    let (_d, path) = t.finish();
+    let a = run(&path);
+    let v = a.to_json();
+    assert_eq!(keys(&v), set(&["trace", "warnings", "processes"]));
+    assert_eq!(
+        keys(&v["trace"]),
+        set(&[
+            "tool_version",
+            "command",
+            "pid",
+            "host",
+            "kernel",
+            "start_time_unix_ns",
+            "page_size",
+            "complete",
+            "truncation",
+            "records",
+            "stack_nodes",
+            "duration_ns",
+        ])
+    );
+    assert_eq!(v["trace"]["complete"], true);
+    assert_eq!(v["trace"]["truncation"], Value::Null);
+    assert_eq!(v["trace"]["stack_nodes"], 3);
+    assert_eq!(v["warnings"], json!([]));
+
+    let procs = v["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 4);
+    let p = &procs[0];
+    assert_eq!(
+        keys(p),
+        set(&[
+            "pid",
+            "parent_pid",
+            "origin",
+            "command",
+            "exit",
+            "start_ns",
+            "end_ns",
+            "ended_by",
+            "totals",
+            "sites_live_at_exit",
+            "findings",
+            "modules",
+            "previous_images",
+        ])
+    );
+    assert_eq!(p["pid"], 1);
+    assert_eq!(p["parent_pid"], Value::Null);
+    assert_eq!(p["origin"], "launched");
+    assert_eq!(p["command"], json!(["./app"]));
+    assert_eq!(p["exit"], json!({ "code": 0 }));
+    assert_eq!(p["ended_by"], "exit");
+    assert_eq!(
+        p["totals"],
+        json!({
+            "allocations": 3,
+            "frees": 2,
+            "allocated_bytes": 1096,
+            "live_at_exit_blocks": 2,
+            "live_at_exit_bytes": 1064,
+            "peak_live_bytes": 1096,
+            "peak_live_blocks": 3,
+            "peak_live_ns": 4000,
+            "temporary_allocations": 0,
+            "failed_allocations": 0,
+            "inherited_blocks": 0,
+            "inherited_bytes": 0,
+            "untracked_frees": 0,
+        })
+    );
+    assert_eq!(
+        p["sites_live_at_exit"],
+        json!([{
+            "stack": 2,
+            "live_at_exit_bytes": 1064,
+            "live_at_exit_blocks": 2,
+            "allocations": 2,
+            "allocated_bytes": 1064,
+            "frees": 0,
+            "temporary_allocations": 0,
+            "inherited_blocks": 0,
+            "inherited_bytes": 0,
+            "peak_bytes": 1064,
+            "peak_blocks": 2,
+            "frames": [
+                {"address": "0x401100", "module": "/bin/app", "offset": "0x401100",
+                 "function": null, "file": null, "line": null},
+                {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
+                 "function": null, "file": null, "line": null},
+            ],
+        }])
+    );
+    assert_eq!(
+        p["findings"],
+        json!([{
+            "kind": "double_free",
+            "count": 1,
+            "free_function": "free",
+            "free_stack": 3,
+            "alloc_function": "malloc",
+            "alloc_stack": 3,
+            "previous_free_stack": 3,
+            "address": "0x20",
+            "size": 32,
+            "tid": 1,
+            "ts_ns": 6000,
+            "frames": [
+                {"address": "0x401200", "module": "/bin/app", "offset": "0x401200",
+                 "function": null, "file": null, "line": null},
+                {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
+                 "function": null, "file": null, "line": null},
+            ],
+        }])
+    );
+    assert_eq!(
+        p["modules"],
+        json!([{
+            "path": "/bin/app",
+            "build_id": "dead",
+            "base": "0x0",
+            "loaded_ns": 1000,
+            "unloaded_ns": null,
+        }])
+    );
+    assert_eq!(p["previous_images"], json!([]));
+
+    // The fork child of an exited parent: nothing to inherit (the parent was gone).
+    assert_eq!(procs[1]["parent_pid"], 1);
+    assert_eq!(procs[1]["origin"], "fork");
+    assert_eq!(procs[1]["exit"], json!({ "signal": 11 }));
+    assert_eq!(procs[2]["exit"], json!({ "detached": true }));
+    assert_eq!(procs[3]["exit"], Value::Null);
+    assert_eq!(procs[3]["ended_by"], "trace_end");
+    assert_eq!(procs[3]["command"], json!(["./e"]));
+}
+
+#[test]
+fn json_ranking_depth_follows_the_options() {
+    let (_d, path) = scenario().finish();
+    let a = analyze(&path, &AnalyzeOptions { top: 0 }).unwrap();
+    assert_eq!(a.to_json()["processes"][0]["sites_live_at_exit"], json!([]));
+}
+
+#[test]
+fn json_previous_images_carry_their_totals() {
+    let mut t = Trace::new(1);
+    t.launch(1)
+        .malloc(1, 0x10, 5, 1)
+        .exec(1, "/bin/true")
+        .exit(1, ExitStatus::Code(0));
+    let (_d, path) = t.finish();
+    let v = run(&path).to_json();
+    let p = &v["processes"][0];
+    assert_eq!(p["command"], json!(["/bin/true"]));
+    assert_eq!(p["totals"]["allocations"], 0);
+    let prev = &p["previous_images"][0];
+    assert_eq!(prev["command"], json!(["./app"]));
+    assert_eq!(prev["ended_by"], "exec");
+    assert_eq!(prev["totals"]["allocations"], 1);
+    assert_eq!(prev["totals"]["live_at_exit_bytes"], 5);
+    assert_eq!(prev["start_ns"], 1000);
+    assert_eq!(prev["end_ns"], 3000);
+}
+
+#[test]
+fn text_report() {
+    let (_d, path) = scenario().finish();
+    let a = run(&path);
+    let mut out = Vec::new();
+    a.render_text(&mut out, &AnalyzeOptions::default()).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let expected = "\
+heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kernel 6.1.0)
+
+== process 1: ./app (launched, exited with code 0, after 0.000 s)
+   total heap usage: 3 allocs, 2 frees, 1,096 bytes allocated
+   in use at exit: 1,064 bytes in 2 blocks
+   peak heap usage: 1,096 bytes in 3 blocks, at 0.000 s
+   temporary allocations: 0 (0.0% of allocations)
+   bad frees: 1 double, 0 invalid, 0 mismatched
+   - double free of 0x20 by free (allocated by malloc), 1 time(s), stack 3
+        at 0x401200: app+0x401200
+        by 0x401000: app+0x401000
+   top call sites by bytes in use at exit:
+   #1: 1,064 bytes in 2 blocks from 2 allocs (1,064 bytes allocated), stack 2
+        at 0x401100: app+0x401100
+        by 0x401000: app+0x401000
+";
+    assert_eq!(text, expected);
+}
