@@ -1,0 +1,178 @@
+//! Stack unwinding at an allocator's entry, from a copy of the tracee's stack.
+//!
+//! Every allocation the recorder sees comes with a call stack. At the
+//! breakpoint on the allocator's first instruction the recorder has the
+//! registers and a copy of the top of the stack, and turns them into return
+//! addresses here. Unwinding uses the modules' DWARF CFI (`.eh_frame` with
+//! its `.eh_frame_hdr` index) through `framehop`, whose rule cache makes the
+//! common case, the same call sites again and again, a handful of table
+//! look-ups per frame; where a module has no CFI the rule falls back to the
+//! frame-pointer chain.
+//!
+//! This module never reads the tracee itself: stack words come from the copy,
+//! and, past its end, from an optional caller-supplied closure (which the
+//! recorder can implement with `process_vm_readv`).
+
+use std::ops::Range;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+
+use crate::elf::{ElfModule, SectionBytes};
+
+/// The registers that matter for unwinding, as read at the breakpoint on an
+/// allocator's first instruction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryRegs {
+    /// Instruction pointer: the allocator's entry address (the breakpoint
+    /// address, not the `rip` after the `int3`).
+    pub rip: u64,
+    /// Stack pointer: points at the return address into the caller.
+    pub rsp: u64,
+    /// Frame pointer (used only where CFI is missing).
+    pub rbp: u64,
+}
+
+/// A per-process unwinder: the process's modules plus a rule cache.
+pub struct StackUnwinder {
+    unwinder: UnwinderX86_64<SectionBytes>,
+    cache: CacheX86_64,
+}
+
+impl Default for StackUnwinder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for StackUnwinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackUnwinder")
+            .field(
+                "max_known_code_address",
+                &self.unwinder.max_known_code_address(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl StackUnwinder {
+    /// An unwinder with no modules.
+    pub fn new() -> Self {
+        Self {
+            unwinder: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+        }
+    }
+
+    /// Register a module loaded at `bias` (runtime minus link-time address,
+    /// see [`ElfModule::load_bias`]) and covering `avma_range` in the process
+    /// (e.g. [`crate::maps::MappedModule::avma_range`]). Its `.eh_frame` and
+    /// `.eh_frame_hdr` (or `.debug_frame`) are shared, not copied. A module
+    /// without any CFI is still registered: addresses in it unwind through
+    /// the frame pointer.
+    pub fn add_module(&mut self, module: &ElfModule, bias: u64, avma_range: Range<u64>) {
+        let section =
+            |r: Option<&crate::elf::SectionRange>| r.and_then(|r| module.section_bytes(r));
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: module.text().map(|t| t.svma.clone()),
+            text: None,
+            got_svma: module.got_svma(),
+            eh_frame_svma: module.eh_frame().map(|r| r.svma.clone()),
+            eh_frame: section(module.eh_frame()),
+            eh_frame_hdr_svma: module.eh_frame_hdr().map(|r| r.svma.clone()),
+            eh_frame_hdr: section(module.eh_frame_hdr()),
+            debug_frame: module.debug_frame(),
+            stubs_svma: None,
+            stub_helper_svma: None,
+            unwind_info: None,
+            text_segment_svma: None,
+            text_segment: None,
+        };
+        let m = Module::new(module.name().to_string(), avma_range, bias, info);
+        self.unwinder.add_module(m);
+    }
+
+    /// Forget the module registered with an `avma_range` starting at
+    /// `avma_start` (after `dlclose` or `munmap`).
+    pub fn remove_module(&mut self, avma_start: u64) {
+        self.unwinder.remove_module(avma_start);
+    }
+
+    /// Unwind from an allocator's entry using only the stack copy `stack`,
+    /// whose first byte is at `stack_start` (normally `regs.rsp`). Appends
+    /// to `out` (after clearing it) up to `max_depth` return addresses,
+    /// innermost first: the first is the return address into the
+    /// allocator's caller; the allocator's own frame is not included.
+    /// The addresses are return addresses as found on the stack (subtract 1
+    /// to look up the call instruction). A read outside the copy ends the
+    /// unwind.
+    pub fn unwind(
+        &mut self,
+        regs: EntryRegs,
+        stack: &[u8],
+        stack_start: u64,
+        max_depth: usize,
+        out: &mut Vec<u64>,
+    ) {
+        self.unwind_with(regs, stack, stack_start, max_depth, out, &mut |_| None);
+    }
+
+    /// Like [`StackUnwinder::unwind`], but a stack word outside the copy is
+    /// asked of `read_more(address)` (e.g. `process_vm_readv` of the tracee);
+    /// `None` ends the unwind.
+    ///
+    /// The unwind stops at `max_depth` frames, at a zero return address, at
+    /// the end of the CFI (e.g. `_start`), when the stack pointer does not
+    /// increase, or when a stack read fails.
+    pub fn unwind_with(
+        &mut self,
+        regs: EntryRegs,
+        stack: &[u8],
+        stack_start: u64,
+        max_depth: usize,
+        out: &mut Vec<u64>,
+        read_more: &mut dyn FnMut(u64) -> Option<u64>,
+    ) {
+        out.clear();
+        if max_depth == 0 {
+            return;
+        }
+        let stack_end = stack_start.saturating_add(stack.len() as u64);
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            if addr >= stack_start && addr.checked_add(8).is_some_and(|e| e <= stack_end) {
+                let off = (addr - stack_start) as usize;
+                let word = stack.get(off..off + 8).ok_or(())?;
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(word);
+                Ok(u64::from_le_bytes(bytes))
+            } else {
+                read_more(addr).ok_or(())
+            }
+        };
+        let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
+        let mut address = FrameAddress::from_instruction_pointer(regs.rip);
+        while out.len() < max_depth {
+            let sp = uregs.sp();
+            let ra =
+                match self
+                    .unwinder
+                    .unwind_frame(address, &mut uregs, &mut self.cache, &mut read)
+                {
+                    Ok(Some(ra)) => ra,
+                    Ok(None) | Err(_) => break,
+                };
+            // A zero return address ends the stack; a stack pointer that did
+            // not move up means a loop.
+            let Some(next) = FrameAddress::from_return_address(ra) else {
+                break;
+            };
+            if uregs.sp() <= sp {
+                break;
+            }
+            out.push(ra);
+            address = next;
+        }
+    }
+}
