@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! "HEAPTAPE" | version u32 | header length u32 | header CRC32C u32 | header (postcard)
-//! chunk*     (see [`chunk`]: fixed header with lengths, counts, time range, CRC32C,
-//!             then a zstd-compressed run of delta-encoded postcard records)
+//! chunk*     (see [`chunk`]: fixed header with sequence number, lengths, counts, time
+//!             range and checksums, then a zstd-compressed payload of column-encoded
+//!             records)
 //! ```
 //!
 //! Why this shape: the recorder must be able to stop at any instant (a crash, SIGKILL, a
@@ -34,7 +35,13 @@ pub const MAGIC: [u8; 8] = *b"HEAPTAPE";
 pub const FORMAT_VERSION: u32 = 1;
 /// Upper bound on the encoded header.
 pub const MAX_HEADER_BYTES: usize = 1 << 20;
-/// Upper bound on a chunk's payload, compressed or not.
-pub const MAX_CHUNK_BYTES: usize = 64 << 20;
-/// Upper bound on one encoded record (a writer refuses larger ones).
-pub const MAX_RECORD_BYTES: usize = 32 << 20;
+/// Upper bound on a chunk's payload, compressed or not. Every record takes at least
+/// [`MIN_RECORD_BYTES`] of payload, so this also bounds the records (and the memory) one
+/// chunk can decode to.
+pub const MAX_CHUNK_BYTES: usize = 32 << 20;
+/// Upper bound on one encoded record (a writer refuses larger ones). Big reachability
+/// snapshots must be split over several records.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+/// Every encoded record takes at least this many payload bytes (a tag byte and two
+/// fields); a chunk that claims more records than its payload allows is corrupt.
+pub const MIN_RECORD_BYTES: usize = 3;

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::chunk::{ChunkInfo, RawChunk, CHUNK_HEADER_LEN};
 use crate::error::ReadError;
-use crate::record::{Header, Record};
+use crate::record::{EndCounts, Header, Record};
 use crate::{FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES};
 
 /// Where and why a trace stops short.
@@ -46,6 +46,7 @@ pub struct TraceReader<R: Read> {
     offset: u64,
     truncation: Option<Truncation>,
     done: bool,
+    chunks: u64,
 }
 
 impl TraceReader<BufReader<File>> {
@@ -120,6 +121,7 @@ impl<R: Read> TraceReader<R> {
             offset: 20 + len as u64,
             truncation: None,
             done: false,
+            chunks: 0,
         })
     }
 
@@ -138,9 +140,15 @@ impl<R: Read> TraceReader<R> {
         self.truncation.as_ref()
     }
 
-    /// Reads the next chunk's framing and payload and verifies its checksum.
+    /// Chunks returned by [`TraceReader::next_chunk`] so far.
+    pub fn chunks_read(&self) -> u64 {
+        self.chunks
+    }
+
+    /// Reads the next chunk's framing and payload and verifies its checksums and its
+    /// sequence number (so a missing, repeated or moved chunk is an error).
     /// `Ok(None)` at the end of the file, or when the file is cut off inside a chunk
-    /// (see [`TraceReader::truncation`]).
+    /// (see [`TraceReader::truncation`]). After an error it returns `Ok(None)`.
     pub fn next_chunk(&mut self) -> Result<Option<RawChunk>, ReadError> {
         if self.done {
             return Ok(None);
@@ -167,10 +175,24 @@ impl<R: Read> TraceReader<R> {
         if got < payload.len() {
             return Ok(self.truncated(offset, "file ends inside a chunk"));
         }
-        if info.compute_crc(&payload) != info.crc {
+        if crc32c::crc32c(&payload) != info.crc {
             self.done = true;
-            return Err(ReadError::corrupt(offset, "chunk checksum mismatch"));
+            return Err(ReadError::corrupt(
+                offset + CHUNK_HEADER_LEN as u64,
+                "chunk payload checksum mismatch",
+            ));
         }
+        if u64::from(info.seq) != self.chunks {
+            self.done = true;
+            return Err(ReadError::corrupt(
+                offset,
+                format!(
+                    "chunk number {} found where chunk number {} belongs (chunks are missing, repeated or out of order)",
+                    info.seq, self.chunks
+                ),
+            ));
+        }
+        self.chunks += 1;
         self.offset += (CHUNK_HEADER_LEN + payload.len()) as u64;
         Ok(Some(RawChunk {
             offset,
@@ -193,6 +215,9 @@ impl<R: Read> TraceReader<R> {
         Records {
             reader: self,
             buf: Vec::new().into_iter(),
+            chunk_offset: 0,
+            records: 0,
+            alloc_events: 0,
             seen_end: false,
             failed: false,
         }
@@ -218,9 +243,17 @@ pub fn decode_parallel(chunks: &[RawChunk]) -> Result<Vec<Vec<Record>>, ReadErro
 }
 
 /// Iterator over a trace's records (see [`TraceReader::records`]).
+///
+/// Besides decoding, it checks the trace's completeness rules: the [`Record::End`]
+/// record must be the last record of the file, and its counts must match what was read.
 pub struct Records<R: Read> {
     reader: TraceReader<R>,
     buf: std::vec::IntoIter<Record>,
+    /// Offset of the chunk whose records are in `buf`.
+    chunk_offset: u64,
+    /// Records (all kinds) and allocator events yielded so far.
+    records: u64,
+    alloc_events: u64,
     seen_end: bool,
     failed: bool,
 }
@@ -250,6 +283,41 @@ impl<R: Read> Records<R> {
     pub fn is_complete(&self) -> bool {
         self.seen_end
     }
+
+    fn fail(&mut self, e: ReadError) -> Option<Result<Record, ReadError>> {
+        self.failed = true;
+        self.buf = Vec::new().into_iter();
+        Some(Err(e))
+    }
+
+    /// Checks an end record against what was read before it.
+    fn check_end(&self, counts: &EndCounts) -> Result<(), ReadError> {
+        let chunk = self.reader.chunks_read().saturating_sub(1);
+        if counts.records != self.records
+            || counts.alloc_events != self.alloc_events
+            || counts.chunks != chunk
+        {
+            return Err(ReadError::corrupt(
+                self.chunk_offset,
+                format!(
+                    "end record counts ({} records, {} allocator events, {} chunks) do not match the trace ({} records, {} allocator events, {} chunks)",
+                    counts.records,
+                    counts.alloc_events,
+                    counts.chunks,
+                    self.records,
+                    self.alloc_events,
+                    chunk
+                ),
+            ));
+        }
+        if self.buf.len() != 0 {
+            return Err(ReadError::corrupt(
+                self.chunk_offset,
+                format!("{} records follow the end record", self.buf.len()),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<R: Read> Iterator for Records<R> {
@@ -257,28 +325,49 @@ impl<R: Read> Iterator for Records<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(rec) = self.buf.next() {
-                if matches!(rec, Record::End { .. }) {
-                    self.seen_end = true;
-                }
-                return Some(Ok(rec));
-            }
             if self.failed {
                 return None;
             }
-            match self.reader.next_chunk() {
-                Ok(Some(raw)) => match raw.decode() {
-                    Ok(recs) => self.buf = recs.into_iter(),
-                    Err(e) => {
-                        self.failed = true;
-                        return Some(Err(e));
+            if let Some(rec) = self.buf.next() {
+                if let Record::End { counts, .. } = &rec {
+                    if let Err(e) = self.check_end(counts) {
+                        return self.fail(e);
                     }
-                },
-                Ok(None) => return None,
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
+                    self.seen_end = true;
+                } else {
+                    self.records += 1;
+                    if rec.is_alloc_event() {
+                        self.alloc_events += 1;
+                    }
                 }
+                return Some(Ok(rec));
+            }
+            let offset = self.reader.offset();
+            match self.reader.next_chunk() {
+                Ok(Some(raw)) => {
+                    if self.seen_end {
+                        return self
+                            .fail(ReadError::corrupt(offset, "a chunk follows the end record"));
+                    }
+                    self.chunk_offset = offset;
+                    match raw.decode() {
+                        Ok(recs) => self.buf = recs.into_iter(),
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                Ok(None) => {
+                    if self.seen_end {
+                        if let Some(t) = self.reader.truncation() {
+                            let e = ReadError::corrupt(
+                                t.offset,
+                                "unexpected bytes after the end record",
+                            );
+                            return self.fail(e);
+                        }
+                    }
+                    return None;
+                }
+                Err(e) => return self.fail(e),
             }
         }
     }

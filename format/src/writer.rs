@@ -14,31 +14,34 @@ use std::path::Path;
 use crate::chunk::{ChunkInfo, CHUNK_HEADER_LEN, FLAG_ZSTD};
 use crate::error::WriteError;
 use crate::record::{EndCounts, Header, Record, Timestamp};
-use crate::wire::DeltaState;
-use crate::{FORMAT_VERSION, MAGIC, MAX_RECORD_BYTES};
+use crate::wire::Encoder;
+use crate::{FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_HEADER_BYTES, MAX_RECORD_BYTES};
 
 /// Default uncompressed size at which a chunk is closed.
 pub const DEFAULT_CHUNK_TARGET: usize = 1 << 20;
 /// Default zstd level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Largest accepted chunk target: a chunk below the target plus one maximal record
+/// must stay within [`MAX_CHUNK_BYTES`].
+const MAX_CHUNK_TARGET: usize = MAX_CHUNK_BYTES - MAX_RECORD_BYTES - 4096;
 
 /// Writes a trace, chunk by chunk. See the module docs.
 pub struct TraceWriter<W: Write> {
     out: Option<W>,
-    state: DeltaState,
-    buf: Vec<u8>,
-    records_in_chunk: u32,
+    enc: Encoder,
     first_ts: Option<u64>,
     last_ts: u64,
     counts: EndCounts,
     bytes_written: u64,
     chunk_target: usize,
     compressor: zstd::bulk::Compressor<'static>,
+    payload: Vec<u8>,
     compressed: Vec<u8>,
 }
 
 impl TraceWriter<File> {
-    /// Creates (or truncates) `path` with mode 0600 and writes the header.
+    /// Creates (or truncates) `path` with mode 0600 and writes the header. An existing
+    /// file keeps its mode, so callers that care should remove it first.
     pub fn create(path: &Path, header: &Header) -> io::Result<Self> {
         let file = OpenOptions::new()
             .write(true)
@@ -54,6 +57,15 @@ impl<W: Write> TraceWriter<W> {
     /// Starts a trace on `out` by writing the magic, version and header.
     pub fn new(mut out: W, header: &Header) -> io::Result<Self> {
         let head = postcard::to_allocvec(header).map_err(io::Error::other)?;
+        if head.len() > MAX_HEADER_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "trace header of {} bytes exceeds the {MAX_HEADER_BYTES} byte limit",
+                    head.len()
+                ),
+            ));
+        }
         let mut pre = Vec::with_capacity(20 + head.len());
         pre.extend_from_slice(&MAGIC);
         pre.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -63,15 +75,14 @@ impl<W: Write> TraceWriter<W> {
         out.write_all(&pre)?;
         Ok(TraceWriter {
             out: Some(out),
-            state: DeltaState::default(),
-            buf: Vec::with_capacity(DEFAULT_CHUNK_TARGET + 4096),
-            records_in_chunk: 0,
+            enc: Encoder::new(),
             first_ts: None,
             last_ts: 0,
             counts: EndCounts::default(),
             bytes_written: pre.len() as u64,
             chunk_target: DEFAULT_CHUNK_TARGET,
             compressor: zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL)?,
+            payload: Vec::new(),
             compressed: Vec::new(),
         })
     }
@@ -80,7 +91,7 @@ impl<W: Write> TraceWriter<W> {
     /// limits). Smaller chunks mean finer-grained parallel decoding and less data lost on
     /// a crash, at some cost in compression.
     pub fn with_chunk_target(mut self, bytes: usize) -> Self {
-        self.chunk_target = bytes.clamp(1, MAX_RECORD_BYTES);
+        self.chunk_target = bytes.clamp(1, MAX_CHUNK_TARGET);
         self
     }
 
@@ -90,30 +101,27 @@ impl<W: Write> TraceWriter<W> {
         Ok(self)
     }
 
-    /// Appends one record. May write a chunk.
+    /// Appends one record. May write a chunk. A record that fails (too large) leaves
+    /// the trace as it was; an I/O error closes the writer.
+    ///
+    /// [`Record::End`] is written by [`TraceWriter::finish`]; readers reject a trace
+    /// with records after it.
     pub fn write(&mut self, rec: &Record) -> Result<(), WriteError> {
         if self.out.is_none() {
             return Err(WriteError::Closed);
         }
-        let before = self.buf.len();
-        let wire = self.state.encode(rec);
-        let buf = std::mem::take(&mut self.buf);
-        self.buf = postcard::to_extend(&wire, buf).map_err(|e| WriteError::Io(io::Error::other(e)))?;
-        let len = self.buf.len() - before;
-        if len > MAX_RECORD_BYTES {
-            self.buf.truncate(before);
-            return Err(WriteError::RecordTooLarge(len));
-        }
+        self.enc
+            .encode(rec, MAX_RECORD_BYTES)
+            .map_err(WriteError::RecordTooLarge)?;
         if let Some(ts) = rec.timestamp() {
             self.first_ts.get_or_insert(ts);
             self.last_ts = ts;
         }
-        self.records_in_chunk += 1;
         self.counts.records += 1;
         if rec.is_alloc_event() {
             self.counts.alloc_events += 1;
         }
-        if self.buf.len() >= self.chunk_target {
+        if self.enc.len() >= self.chunk_target {
             self.write_chunk()?;
         }
         Ok(())
@@ -129,12 +137,13 @@ impl<W: Write> TraceWriter<W> {
     }
 
     /// Writes the [`Record::End`] record, flushes, and returns the underlying writer.
+    /// The end record's counts cover every record before it, and `chunks` is the number
+    /// of chunks before the one that holds the end record.
     pub fn finish(mut self, ts: Timestamp) -> Result<W, WriteError> {
-        let mut counts = self.counts.clone();
-        counts.chunks = self.counts.chunks + u64::from(self.records_in_chunk > 0);
+        let counts = self.counts.clone();
         self.write(&Record::End { ts, counts })?;
         self.flush()?;
-        Ok(self.out.take().expect("checked by flush"))
+        self.out.take().ok_or(WriteError::Closed)
     }
 
     /// Bytes written to the underlying writer so far.
@@ -148,30 +157,45 @@ impl<W: Write> TraceWriter<W> {
     }
 
     fn write_chunk(&mut self) -> Result<(), WriteError> {
-        if self.records_in_chunk == 0 {
+        if self.enc.records() == 0 {
             return Ok(());
         }
         let Some(out) = self.out.as_mut() else {
             return Err(WriteError::Closed);
         };
-        // Header space, then the compressed payload, so the chunk goes out in one write.
-        let cap = zstd::zstd_safe::compress_bound(self.buf.len());
+        let record_count = self.enc.records();
+        self.payload.clear();
+        self.enc.finish_into(&mut self.payload);
+        // Header space, then the payload, so the chunk goes out in one write.
+        let cap = zstd::zstd_safe::compress_bound(self.payload.len());
         self.compressed.clear();
         self.compressed.resize(CHUNK_HEADER_LEN + cap, 0);
-        let payload_len = self
+        let compressed_len = self
             .compressor
-            .compress_to_buffer(&self.buf, &mut self.compressed[CHUNK_HEADER_LEN..])?;
-        self.compressed.truncate(CHUNK_HEADER_LEN + payload_len);
-        let mut info = ChunkInfo {
-            compressed_len: payload_len as u32,
-            uncompressed_len: self.buf.len() as u32,
-            record_count: self.records_in_chunk,
+            .compress_to_buffer(&self.payload, &mut self.compressed[CHUNK_HEADER_LEN..]);
+        let flags = match compressed_len {
+            Ok(n) if n < self.payload.len() => {
+                self.compressed.truncate(CHUNK_HEADER_LEN + n);
+                FLAG_ZSTD
+            }
+            // Incompressible (or the compressor failed): store the payload as it is.
+            _ => {
+                self.compressed.truncate(CHUNK_HEADER_LEN);
+                self.compressed.extend_from_slice(&self.payload);
+                0
+            }
+        };
+        let stored = &self.compressed[CHUNK_HEADER_LEN..];
+        let info = ChunkInfo {
+            seq: self.counts.chunks as u32,
+            compressed_len: stored.len() as u32,
+            uncompressed_len: self.payload.len() as u32,
+            record_count,
             first_ts: self.first_ts.unwrap_or(0),
             last_ts: self.last_ts,
-            flags: FLAG_ZSTD,
-            crc: 0,
+            flags,
+            crc: crc32c::crc32c(stored),
         };
-        info.crc = info.compute_crc(&self.compressed[CHUNK_HEADER_LEN..]);
         self.compressed[..CHUNK_HEADER_LEN].copy_from_slice(&info.to_bytes());
         if let Err(e) = out.write_all(&self.compressed) {
             // The file may now hold a torn chunk; readers treat it as truncation.
@@ -180,10 +204,7 @@ impl<W: Write> TraceWriter<W> {
         }
         self.bytes_written += self.compressed.len() as u64;
         self.counts.chunks += 1;
-        self.buf.clear();
-        self.records_in_chunk = 0;
         self.first_ts = None;
-        self.state = DeltaState::default();
         Ok(())
     }
 }

@@ -1,0 +1,93 @@
+//! Prints how well the trace format compresses a synthetic allocator event stream and
+//! how fast it encodes and decodes it, in plain words.
+//!
+//! `cargo run --release -p heaptape-format --example codec_stats [events]`
+
+#[path = "../benches/support/synth.rs"]
+mod synth;
+
+use std::time::Instant;
+
+use heaptape_format::{decode_parallel, Record, TraceReader, TraceWriter};
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let recs = synth::events(n, 42);
+    let events = recs.iter().filter(|r| r.is_alloc_event()).count();
+    let header = synth::header();
+
+    let t = Instant::now();
+    let mut w = TraceWriter::new(Vec::with_capacity(n * 4), &header).expect("header");
+    for r in &recs {
+        w.write(r).expect("write");
+    }
+    let bytes = w.finish(0).expect("finish");
+    let enc = t.elapsed();
+
+    let mut reader = TraceReader::new(&bytes[..]).expect("open");
+    let mut chunks = Vec::new();
+    while let Some(c) = reader.next_chunk().expect("chunk") {
+        chunks.push(c);
+    }
+    let uncompressed: u64 = chunks
+        .iter()
+        .map(|c| u64::from(c.info.uncompressed_len))
+        .sum();
+
+    let t = Instant::now();
+    let mut out: Vec<Record> = Vec::new();
+    let mut decoded = 0;
+    for c in &chunks {
+        out.clear();
+        c.decode_into(&mut out).expect("decode");
+        decoded += out.len();
+    }
+    let dec = t.elapsed();
+
+    let t = Instant::now();
+    let par = decode_parallel(&chunks).expect("decode");
+    let pdec = t.elapsed();
+    let par_n: usize = par.iter().map(Vec::len).sum();
+    // Every record plus the end record, unchanged.
+    assert_eq!(decoded, recs.len() + 1);
+    assert_eq!(par_n, recs.len() + 1);
+    let flat: Vec<&Record> = par.iter().flatten().collect();
+    assert!(
+        flat.iter().zip(&recs).all(|(a, b)| *a == b),
+        "round trip differs"
+    );
+
+    let total = recs.len() as f64;
+    println!(
+        "records:              {} ({} allocator events)",
+        recs.len(),
+        events
+    );
+    println!("chunks:               {}", chunks.len());
+    println!(
+        "trace size:           {} bytes = {:.2} bytes/event ({:.2} before zstd)",
+        bytes.len(),
+        bytes.len() as f64 / events as f64,
+        uncompressed as f64 / events as f64
+    );
+    println!(
+        "versus 40 raw bytes:  {:.1}x smaller",
+        40.0 * events as f64 / bytes.len() as f64
+    );
+    println!(
+        "encode:               {:.1} M records/s",
+        total / enc.as_secs_f64() / 1e6
+    );
+    println!(
+        "decode, one thread:   {:.1} M records/s",
+        total / dec.as_secs_f64() / 1e6
+    );
+    println!(
+        "decode, parallel:     {:.1} M records/s on {} threads",
+        total / pdec.as_secs_f64() / 1e6,
+        rayon::current_num_threads()
+    );
+}
