@@ -8,9 +8,9 @@
 //! the first occurrence. A program that double-frees in a loop therefore costs one entry,
 //! and memory stays bounded by call sites.
 
-use std::collections::HashMap;
-
 use heaptape_format::{AllocFn, StackId, Timestamp};
+
+use crate::hash::FastMap;
 
 /// What is wrong with a release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,7 +83,7 @@ type Key = (
 #[derive(Clone, Debug, Default)]
 pub struct Findings {
     list: Vec<Finding>,
-    index: HashMap<Key, usize>,
+    index: FastMap<Key, usize>,
 }
 
 impl Findings {

@@ -12,12 +12,14 @@
 //! queue, only the most recent [`FREED_HISTORY`] frees are kept; an older double free is
 //! reported as an invalid free.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use heaptape_format::{AllocFn, StackId, Timestamp};
 
+use crate::hash::FastMap;
+
 /// How many freed blocks a heap remembers for double-free detection.
-pub const FREED_HISTORY: usize = 1 << 20;
+pub const FREED_HISTORY: usize = 1 << 16;
 
 /// Index of a process image in the replay (the owner of a block).
 pub(crate) type ImageId = usize;
@@ -56,14 +58,14 @@ pub(crate) struct Freed {
 #[derive(Clone, Debug)]
 pub(crate) struct Heap {
     /// Live blocks by address.
-    pub live: HashMap<u64, Block>,
+    pub live: FastMap<u64, Block>,
     /// Whether every block of this heap was seen being allocated. False for a heap
     /// attached to mid-run: frees of blocks allocated before the attach are then not
     /// invalid, just untracked.
     pub complete: bool,
     /// How many process images use this heap (more than one after vfork).
     pub users: u32,
-    freed: HashMap<u64, Freed>,
+    freed: FastMap<u64, Freed>,
     order: VecDeque<(u64, u64)>,
     next_seq: u64,
 }
@@ -72,10 +74,10 @@ impl Heap {
     /// An empty heap with one user.
     pub fn new(complete: bool) -> Self {
         Heap {
-            live: HashMap::new(),
+            live: FastMap::default(),
             complete,
             users: 1,
-            freed: HashMap::new(),
+            freed: FastMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
         }

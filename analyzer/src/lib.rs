@@ -20,6 +20,7 @@ use std::path::Path;
 use heaptape_format::{Header, ReadError, StackId, TraceReader, Truncation};
 
 pub mod findings;
+mod hash;
 pub mod heap;
 pub mod modules;
 pub mod replay;

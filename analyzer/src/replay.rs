@@ -30,11 +30,10 @@
 //! Memory is bounded by live blocks, call sites, live threads and the processes of the
 //! tree, never by the number of records.
 
-use std::collections::{HashMap, HashSet};
-
 use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackId, Timestamp};
 
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
+use crate::hash::{FastMap, FastSet};
 use crate::heap::{Block, Heap, ImageId};
 use crate::modules::ModuleMap;
 use crate::sites::SiteTable;
@@ -130,12 +129,19 @@ impl Image {
         self.end.is_none()
     }
 
-    /// Accounts a block that became live in this image.
-    fn add_live(&mut self, stack: StackId, size: u64, ts: Timestamp) {
+    /// Accounts a block that became live in this image (and, if `allocation`, the
+    /// allocation call that made it).
+    fn add_live(&mut self, stack: StackId, size: u64, ts: Timestamp, allocation: bool) {
         if !self.is_open() {
             return;
         }
         let site = self.sites.touch(stack);
+        if allocation {
+            site.allocations += 1;
+            site.allocated_bytes = site.allocated_bytes.saturating_add(size);
+            self.totals.allocations += 1;
+            self.totals.allocated_bytes = self.totals.allocated_bytes.saturating_add(size);
+        }
         site.live_blocks += 1;
         site.live_bytes = site.live_bytes.saturating_add(size);
         self.live_blocks += 1;
@@ -148,8 +154,9 @@ impl Image {
         }
     }
 
-    /// Accounts a block of this image that was released.
-    fn remove_live(&mut self, stack: StackId, size: u64) {
+    /// Accounts a block of this image that was released (`temporary`: by the thread
+    /// that allocated it, before that thread's next allocation).
+    fn remove_live(&mut self, stack: StackId, size: u64, temporary: bool) {
         if !self.is_open() {
             return;
         }
@@ -157,6 +164,10 @@ impl Image {
         site.live_blocks = site.live_blocks.saturating_sub(1);
         site.live_bytes = site.live_bytes.saturating_sub(size);
         site.frees += 1;
+        if temporary {
+            site.temporary_allocations += 1;
+            self.totals.temporary_allocations += 1;
+        }
         self.live_blocks = self.live_blocks.saturating_sub(1);
         self.live_bytes = self.live_bytes.saturating_sub(size);
     }
@@ -260,7 +271,7 @@ struct ProcState {
     exit: Option<ExitStatus>,
     images: Vec<ImageId>,
     ended: bool,
-    threads: HashSet<u32>,
+    threads: FastSet<u32>,
 }
 
 impl ProcState {
@@ -302,8 +313,8 @@ pub struct Replay {
     procs: Vec<ProcState>,
     images: Vec<Image>,
     heaps: Vec<Option<Heap>>,
-    by_pid: HashMap<u32, usize>,
-    threads: HashMap<u32, Thread>,
+    by_pid: FastMap<u32, usize>,
+    threads: FastMap<u32, Thread>,
     anomalies: Anomalies,
     records: u64,
     alloc_events: u64,
@@ -321,8 +332,8 @@ impl Replay {
             procs: Vec::new(),
             images: Vec::new(),
             heaps: Vec::new(),
-            by_pid: HashMap::new(),
-            threads: HashMap::new(),
+            by_pid: FastMap::default(),
+            threads: FastMap::default(),
             anomalies: Anomalies::default(),
             records: 0,
             alloc_events: 0,
@@ -562,7 +573,7 @@ impl Replay {
             exit: None,
             images: vec![img],
             ended: false,
-            threads: HashSet::new(),
+            threads: FastSet::default(),
         });
         self.by_pid.insert(pid, p);
         // The main thread's tid is the pid.
@@ -746,13 +757,8 @@ impl Replay {
         size: u64,
         stack: StackId,
     ) {
-        let image = &mut self.images[img];
-        image.totals.allocations += 1;
-        image.totals.allocated_bytes = image.totals.allocated_bytes.saturating_add(size);
-        let site = image.sites.touch(stack);
-        site.allocations += 1;
-        site.allocated_bytes = site.allocated_bytes.saturating_add(size);
-        let Some(heap) = self.heaps.get_mut(image.heap).and_then(Option::as_mut) else {
+        let heap_id = self.images[img].heap;
+        let Some(heap) = self.heaps.get_mut(heap_id).and_then(Option::as_mut) else {
             return;
         };
         heap.forget_free(address);
@@ -766,10 +772,10 @@ impl Replay {
         if let Some(old) = heap.live.insert(address, block) {
             self.anomalies.alloc_at_live_address += 1;
             if let Some(owner) = self.images.get_mut(old.owner) {
-                owner.remove_live(old.stack, old.size);
+                owner.remove_live(old.stack, old.size, false);
             }
         }
-        self.images[img].add_live(stack, size, ts);
+        self.images[img].add_live(stack, size, ts, true);
         if let Some(t) = self.threads.get_mut(&tid) {
             t.last_alloc = Some((img, address));
         }
@@ -823,12 +829,7 @@ impl Replay {
                     }
                     _ => false,
                 };
-                let owner = &mut self.images[block.owner];
-                owner.remove_live(block.stack, block.size);
-                if temporary && owner.is_open() {
-                    owner.totals.temporary_allocations += 1;
-                    owner.sites.touch(block.stack).temporary_allocations += 1;
-                }
+                self.images[block.owner].remove_live(block.stack, block.size, temporary);
             }
             None => {
                 let f = match heap.freed(address) {

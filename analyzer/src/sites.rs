@@ -13,9 +13,9 @@
 //! figures at that peak. [`SiteTable::settle`] applies the same rule to every site once,
 //! at the end.
 
-use std::collections::HashMap;
-
 use heaptape_format::StackId;
+
+use crate::hash::FastMap;
 
 /// What one call site did in one process image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl SiteStats {
 /// All call sites of one process image, and the peak epoch they are measured against.
 #[derive(Clone, Debug, Default)]
 pub struct SiteTable {
-    sites: HashMap<StackId, SiteStats>,
+    sites: FastMap<StackId, SiteStats>,
     peak_epoch: u64,
 }
 

@@ -1,10 +1,13 @@
 //! Feeding a trace's records to the replay, decoding on every core.
 //!
-//! Decoding (zstd and the delta wire format) costs more than replaying, and chunks decode
-//! independently, so a producer thread reads a batch of chunks, decodes them in parallel
-//! with rayon, and hands the batch over a channel of depth one while the caller replays
-//! the previous batch in file order. Memory stays bounded by two batches of decoded
-//! records, whatever the trace's length.
+//! Chunks decode independently, so a producer thread reads a batch of chunks, decodes
+//! them in parallel with rayon, and hands the batch over a rendezvous channel while the
+//! caller replays the previous batch in file order. At most two batches of decoded
+//! records exist at once (the one being replayed, the one being decoded or waiting), and
+//! a batch is capped by its uncompressed size as well as by the number of cores: decoded
+//! records take about ten times their encoded size, and the sequential replay could not
+//! use more decoding cores anyway. Memory is therefore bounded whatever the trace's
+//! length and the machine's size.
 
 use std::io::Read;
 use std::sync::mpsc;
@@ -20,10 +23,13 @@ pub(crate) struct StreamEnd {
     pub offset: u64,
 }
 
-/// Chunks decoded per batch: enough to keep every core busy.
+/// Most chunks decoded per batch: one per core, within reason.
 fn batch_len() -> usize {
-    (rayon::current_num_threads() * 2).clamp(2, 64)
+    rayon::current_num_threads().clamp(2, 16)
 }
+
+/// A batch is closed once its chunks hold this many uncompressed bytes.
+const BATCH_BYTES: u64 = 4 << 20;
 
 /// Reads every chunk of `reader` and passes each chunk's records, in file order, to
 /// `sink`. A damaged chunk stops the stream with its error (after the records of the
@@ -35,23 +41,30 @@ where
 {
     let batch = batch_len();
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Vec<Record>>, ReadError>>(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Vec<Record>>, ReadError>>(0);
         let producer = scope.spawn(move || {
             let mut reader = reader;
             loop {
                 let mut raws = Vec::with_capacity(batch);
                 let mut failed = None;
-                while raws.len() < batch {
+                let mut bytes = 0u64;
+                let mut done = false;
+                while raws.len() < batch && bytes < BATCH_BYTES {
                     match reader.next_chunk() {
-                        Ok(Some(raw)) => raws.push(raw),
-                        Ok(None) => break,
+                        Ok(Some(raw)) => {
+                            bytes += u64::from(raw.info.uncompressed_len);
+                            raws.push(raw);
+                        }
+                        Ok(None) => {
+                            done = true;
+                            break;
+                        }
                         Err(e) => {
                             failed = Some(e);
                             break;
                         }
                     }
                 }
-                let done = raws.len() < batch;
                 if !raws.is_empty() {
                     let decoded = decode_parallel(&raws);
                     let stop = decoded.is_err();

@@ -12,9 +12,9 @@
 //! by id; anything else (a gap, a repeat, a hostile id near `u32::MAX`) is kept aside in
 //! a map or refused, never allowed to allocate in proportion to the id's value.
 
-use std::collections::HashMap;
-
 use heaptape_format::{StackId, EMPTY_STACK};
+
+use crate::hash::FastMap;
 
 /// One node of the trie: a frame and the node holding the frames that called it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct StackTable {
     /// `dense[i]` is node `i + 1`.
     dense: Vec<Node>,
     /// Nodes whose ids did not arrive in order.
-    sparse: HashMap<StackId, Node>,
+    sparse: FastMap<StackId, Node>,
 }
 
 impl StackTable {
