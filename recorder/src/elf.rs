@@ -394,6 +394,9 @@ fn parse<'d>(name: &str, data: &'d [u8]) -> Result<ElfFile64<'d, Endianness>, El
 fn section_range(file: &ElfFile64<'_, Endianness>, name: &str) -> Option<SectionRange> {
     let section = file.section_by_name(name)?;
     let (offset, size) = section.file_range()?;
+    if size == 0 {
+        return None;
+    }
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(usize::try_from(size).ok()?)?;
     if end > file.data().len() {
@@ -520,7 +523,7 @@ impl ElfModule {
             .find(|ph| ph.p_type(endian) == elf::PT_GNU_EH_FRAME)?;
         let start = usize::try_from(ph.p_offset(endian)).ok()?;
         let end = start.checked_add(usize::try_from(ph.p_filesz(endian)).ok()?)?;
-        if end > self.data.len() {
+        if start == end || end > self.data.len() {
             return None;
         }
         let vaddr = ph.p_vaddr(endian);

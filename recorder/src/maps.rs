@@ -11,6 +11,7 @@
 //! shape is skipped rather than failing the whole read, because the file is
 //! read while the tracee runs and future kernels may add fields.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// One line of `/proc/PID/maps`.
@@ -200,22 +201,23 @@ impl MappedModule {
 /// `[stack]`, `[vvar]` and the like are left out.
 pub fn group_modules(maps: &[MapEntry]) -> Vec<MappedModule> {
     let mut modules: Vec<MappedModule> = Vec::new();
+    let mut index: HashMap<(&str, u64), usize> = HashMap::new();
     let mut sorted: Vec<&MapEntry> = maps
         .iter()
         .filter(|m| m.is_file_backed() || m.path == "[vdso]")
         .collect();
     sorted.sort_by_key(|m| m.start);
     for m in sorted {
-        match modules
-            .iter_mut()
-            .find(|g| g.path == m.path && g.inode == m.inode)
-        {
-            Some(g) => g.mappings.push(m.clone()),
-            None => modules.push(MappedModule {
-                path: m.path.clone(),
-                inode: m.inode,
-                mappings: vec![m.clone()],
-            }),
+        match index.get(&(m.path.as_str(), m.inode)) {
+            Some(&i) => modules[i].mappings.push(m.clone()),
+            None => {
+                index.insert((m.path.as_str(), m.inode), modules.len());
+                modules.push(MappedModule {
+                    path: m.path.clone(),
+                    inode: m.inode,
+                    mappings: vec![m.clone()],
+                });
+            }
         }
     }
     modules

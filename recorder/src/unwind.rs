@@ -25,7 +25,9 @@ use crate::elf::{ElfModule, SectionBytes};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryRegs {
     /// Instruction pointer: the allocator's entry address (the breakpoint
-    /// address, not the `rip` after the `int3`).
+    /// address, not the `rip` after the `int3`). Frame 0 is always at a
+    /// function entry, so the unwind itself does not need it; it is kept for
+    /// diagnostics and for callers that unwind from other points later.
     pub rip: u64,
     /// Stack pointer: points at the return address into the caller.
     pub rsp: u64,
@@ -151,8 +153,22 @@ impl StackUnwinder {
                 read_more(addr).ok_or(())
             }
         };
-        let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
-        let mut address = FrameAddress::from_instruction_pointer(regs.rip);
+        // Frame 0 needs no unwind information: at a function's first
+        // instruction the return address is at rsp, and the caller's rsp is
+        // 8 above it with rbp untouched. Doing it here also covers
+        // allocators in modules without CFI, where framehop's frame-pointer
+        // fallback would skip the caller.
+        let Ok(ra) = read(regs.rsp) else {
+            return;
+        };
+        let (Some(mut address), Some(sp)) = (
+            FrameAddress::from_return_address(ra),
+            regs.rsp.checked_add(8),
+        ) else {
+            return;
+        };
+        out.push(ra);
+        let mut uregs = UnwindRegsX86_64::new(ra, sp, regs.rbp);
         while out.len() < max_depth {
             let sp = uregs.sp();
             let ra =

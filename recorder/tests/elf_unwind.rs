@@ -897,3 +897,80 @@ fn relocate_synthetic() {
     assert_eq!(instruction_len(&[0x48, 0x89, 0xe5], 0), Some(3));
     assert_eq!(instruction_len(&[0x48, 0x89], 0), None);
 }
+
+#[test]
+fn types_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<ElfModule>();
+    send_sync::<heaptape_recorder::maps::MappedModule>();
+    send::<StackUnwinder>();
+    send_sync::<heaptape_recorder::relocate::Displaced>();
+}
+
+#[test]
+fn no_section_headers_and_no_cfi() {
+    let d = dump(Variant::O0);
+    let mut with_cfi = Process::load(d);
+    let mut expected = Vec::new();
+    with_cfi
+        .unwinder
+        .unwind(d.regs, &d.stack, d.regs.rsp, 64, &mut expected);
+    let exe = with_cfi
+        .modules
+        .iter()
+        .find(|(e, _, _)| Path::new(e.name()) == d.exe)
+        .unwrap();
+    let (bias, range) = (exe.1, exe.2.clone());
+    let orig = ElfModule::from_path(&d.exe).unwrap();
+
+    // Drop the section headers, as `sstrip` does: PT_GNU_EH_FRAME still
+    // locates .eh_frame_hdr, which points at .eh_frame, so the unwind is the
+    // same.
+    let mut bytes = std::fs::read(&d.exe).unwrap();
+    bytes[0x28..0x30].fill(0); // e_shoff
+    bytes[0x3c..0x40].fill(0); // e_shnum, e_shstrndx
+    let sstripped = ElfModule::from_bytes("sstripped", bytes.clone()).unwrap();
+    assert!(sstripped.text().is_none());
+    assert_eq!(
+        sstripped.eh_frame_hdr().map(|r| r.svma.clone()),
+        orig.eh_frame_hdr().map(|r| r.svma.clone())
+    );
+    assert_eq!(
+        sstripped.eh_frame().map(|r| r.svma.start),
+        orig.eh_frame().map(|r| r.svma.start)
+    );
+    let mut p = Process::load(d);
+    p.unwinder.remove_module(range.start);
+    p.unwinder.add_module(&sstripped, bias, range.clone());
+    let mut out = Vec::new();
+    p.unwinder
+        .unwind(d.regs, &d.stack, d.regs.rsp, 64, &mut out);
+    assert_eq!(out, expected);
+
+    // Also make PT_GNU_EH_FRAME PT_NULL: no CFI at all. The -O0 build keeps
+    // frame pointers, so the rbp chain gives the same frames.
+    let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (le16(&bytes, 0x36), le16(&bytes, 0x38));
+    let mut patched = 0;
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        if bytes[at..at + 4] == 0x6474_e550u32.to_le_bytes() {
+            bytes[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 1);
+    let no_cfi = ElfModule::from_bytes("no-cfi", bytes).unwrap();
+    assert!(no_cfi.eh_frame().is_none() && no_cfi.eh_frame_hdr().is_none());
+    assert!(no_cfi.debug_frame().is_none());
+    let mut p = Process::load(d);
+    p.unwinder.remove_module(range.start);
+    p.unwinder.add_module(&no_cfi, bias, range);
+    p.unwinder
+        .unwind(d.regs, &d.stack, d.regs.rsp, 64, &mut out);
+    // d, c, b, a, main through the rbp chain, then libc's CFI again.
+    assert!(out.len() >= 6, "{out:x?}");
+    assert_eq!(out[..6], expected[..6]);
+}
