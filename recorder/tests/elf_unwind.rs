@@ -728,6 +728,12 @@ fn check_displaced(code: &[u8], entry: u64, dest: u64) -> (Instruction, Vec<Inst
                 BTreeSet::from([orig.near_branch_target()])
             );
         }
+        FlowControl::IndirectBranch => {
+            // jmp [rip+x]: the same absolute slot.
+            assert_eq!(first.code(), orig.code());
+            assert_eq!(first.ip_rel_memory_address(), orig.ip_rel_memory_address());
+        }
+        FlowControl::Return => assert_eq!(&d.bytes[..orig.len()], &code[..orig.len()]),
         other => panic!("unexpected {other:?}"),
     }
     (orig, out)
@@ -829,6 +835,8 @@ fn relocate_synthetic() {
             &[0x80, 0x3d, 0x00, 0x01, 0x00, 0x00, 0x00],
         ),
         ("jrcxz rel8", &[0xe3, 0x05]),
+        ("jmp [rip+0x100]", &[0xff, 0x25, 0x00, 0x01, 0x00, 0x00]),
+        ("ret", &[0xc3]),
     ];
     for (name, bytes) in cases {
         let code = pad(bytes);
