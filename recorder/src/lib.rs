@@ -49,6 +49,24 @@ pub struct RecordOptions {
     pub allocator_prefixes: Vec<String>,
     /// Take a reachability snapshot at exit.
     pub snapshot: bool,
+    /// Where the tracer, the program and the writer thread run.
+    pub cpu_policy: CpuPolicy,
+    /// Measure and report tracer statistics (stops per call, unwinding time).
+    pub stats: bool,
+}
+
+/// CPU placement of the tracer and the traced program.
+///
+/// A ptrace stop wakes the tracer and then the tracee again; when the two sit on
+/// different CPUs every stop costs two cross-CPU wake-ups, which on virtual machines is
+/// several times the cost of the stop itself (docs/PERFORMANCE.md has the figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPolicy {
+    /// Leave placement to the scheduler.
+    #[default]
+    Free,
+    /// Pin the tracer and the program to one CPU (the writer thread runs elsewhere).
+    Same,
 }
 
 /// Why recording could not start or finish.
@@ -97,6 +115,8 @@ pub struct RecordOutcome {
     pub stats: TracerStats,
     /// Set when writing the trace failed (the trace ends early).
     pub write_error: Option<String>,
+    /// Include the tracer statistics in the summary.
+    pub show_stats: bool,
 }
 
 impl RecordOutcome {
@@ -112,6 +132,11 @@ impl RecordOutcome {
             s.push_str(&format!(
                 "\nheaptape: error: {e}; the trace ends at the failure and is still readable"
             ));
+        }
+        if self.show_stats {
+            for line in self.stats.to_string().lines() {
+                s.push_str(&format!("\nheaptape: {line}"));
+            }
         }
         for f in &self.stats.hook_failures {
             s.push_str(&format!("\nheaptape: warning: not hooked: {f}"));
@@ -247,6 +272,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
 
+    // The writer thread is started after the fork, so pin it back to every CPU then.
+    let all_cpus = sys::allowed_cpus();
+    if opts.cpu_policy == CpuPolicy::Same {
+        let cpu = all_cpus.last().copied().unwrap_or(0);
+        sys::pin_current_thread(&[cpu]).map_err(|e| RecordError::Os("sched_setaffinity", e))?;
+    }
     let t0 = sys::monotonic_ns();
     let start_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -286,11 +317,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
             return Err(RecordError::Output(out_path, e));
         }
     };
-    let output = Output::start(writer);
+    let output = Output::start(writer, all_cpus);
     let cfg = TracerConfig {
         follow_children: opts.follow_children,
         max_depth: opts.max_depth,
         allocator_prefixes: opts.allocator_prefixes.clone(),
+        measure_time: opts.stats,
     };
     let mut tracer = Tracer::new(cfg, pid, output, t0);
     tracer.start_root(command);
@@ -309,5 +341,6 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         events: result.counts.alloc_events,
         stats,
         write_error: result.error.map(|e| e.to_string()),
+        show_stats: opts.stats,
     })
 }

@@ -45,12 +45,16 @@ pub struct WriterResult {
 
 impl Output {
     /// Starts the writer thread on an opened trace writer.
-    pub fn start(writer: TraceWriter<File>) -> Output {
+    /// The thread may run on `cpus`.
+    pub fn start(writer: TraceWriter<File>, cpus: Vec<usize>) -> Output {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name("heaptape-writer".into())
-            .spawn(move || writer_loop(writer, s2))
+            .spawn(move || {
+                let _ = crate::sys::pin_current_thread(&cpus);
+                writer_loop(writer, s2)
+            })
             .expect("spawn writer thread");
         Output {
             shared,

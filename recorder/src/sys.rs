@@ -612,6 +612,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time consumed by the calling thread, nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The system page size.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf takes a plain integer.
@@ -639,12 +649,14 @@ pub fn uname() -> (String, String) {
     (field(&u.nodename), field(&u.release))
 }
 
-/// Pins the calling thread to `cpu` (sched_setaffinity).
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+/// Restricts the calling thread to `cpus` (sched_setaffinity).
+pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(io::Error::last_os_error());
         }
