@@ -250,3 +250,45 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
 ";
     assert_eq!(text, expected);
 }
+
+#[test]
+fn text_report_of_fork_and_exec() {
+    let mut t = Trace::new(1);
+    t.launch(1)
+        .malloc(1, 0x10, 1500, 1)
+        .start(2, Some(1), ProcessOrigin::Fork, "./app")
+        .exec(2, "/bin/echo hi there")
+        .malloc(2, 0x10, 7, 2)
+        .malloc(2, 0, 7, 2)
+        .exit(2, ExitStatus::Signal(6))
+        .free(1, 0x10, 3)
+        .free(1, 0x10, 3)
+        .exit(1, ExitStatus::Code(0));
+    let (_d, path) = t.finish();
+    let a = run(&path);
+    let mut out = Vec::new();
+    a.render_text(&mut out, &AnalyzeOptions { top: 1 }).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let expected = "\
+heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kernel 6.1.0)
+
+== process 1: ./app (launched, exited with code 0, after 0.000 s)
+   total heap usage: 1 allocs, 2 frees, 1,500 bytes allocated
+   in use at exit: 0 bytes in 0 blocks
+   peak heap usage: 1,500 bytes in 1 block, at 0.000 s
+   temporary allocations: 1 (100.0% of allocations)
+   bad frees: 1 double, 0 invalid, 0 mismatched
+   - double free of 0x10 by free (allocated by malloc), 1 time(s), stack 3
+
+== process 2: /bin/echo hi there (fork of 1, killed by signal 6 (SIGABRT), after 0.000 s)
+   earlier image `./app`, replaced by exec at 0.000 s: 0 allocs, 0 frees, 0 bytes allocated; 1,500 bytes in 1 block discarded
+   total heap usage: 1 allocs, 0 frees, 7 bytes allocated
+   in use at exit: 7 bytes in 1 block
+   peak heap usage: 7 bytes in 1 block, at 0.000 s
+   temporary allocations: 0 (0.0% of allocations)
+   failed allocations: 1
+   top call sites by bytes in use at exit:
+   #1: 7 bytes in 1 block from 1 allocs (7 bytes allocated), stack 2
+";
+    assert_eq!(text, expected);
+}

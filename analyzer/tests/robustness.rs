@@ -213,3 +213,29 @@ fn reused_pid_after_exit_is_a_new_process() {
     assert_eq!(a.processes[1].image().totals.live_at_exit_bytes, 16);
     assert_eq!(a.process(1).unwrap().exit, Some(ExitStatus::Code(3)));
 }
+
+#[test]
+fn end_record_counts_are_checked_and_later_records_ignored() {
+    let mut t = Trace::new(1);
+    t.launch(1).malloc(1, 0x10, 8, 1);
+    t.rec(Record::End {
+        ts: 5000,
+        counts: heaptape_format::EndCounts {
+            records: 99,
+            alloc_events: 1,
+            chunks: 0,
+        },
+    });
+    t.malloc(1, 0x20, 8, 1);
+    let (_d, path) = t.abandon();
+    let a = run(&path);
+    assert_eq!(
+        a.warning().as_deref(),
+        Some(
+            "1 record(s) after the end record were ignored; the end record counts 99 \
+             records and 1 allocator events, but 2 and 1 were read"
+        )
+    );
+    assert!(a.truncation.is_none());
+    assert_eq!(a.processes[0].image().totals.allocations, 1);
+}
