@@ -8,7 +8,7 @@
 //! trie and module maps that symbolization needs. [`Analysis::to_json`] and
 //! [`Analysis::render_text`] turn it into the `heaptape analyze` report.
 //!
-//! Layout: [`replay`] (processes, threads, images, accounting) over [`heap`] (live
+//! Layout: [`replay`] (processes, threads, images, accounting) over `heap` (live
 //! blocks of one address space), [`sites`] (per-call-site aggregates), [`findings`]
 //! (bad frees), [`stacks`] (the stack trie) and [`modules`] (module maps); [`report`]
 //! renders, asking a [`Symbolizer`] to describe addresses; `source` feeds the replay.
@@ -21,7 +21,7 @@ use heaptape_format::{Header, ReadError, StackId, TraceReader, Truncation};
 
 pub mod findings;
 mod hash;
-pub mod heap;
+mod heap;
 pub mod modules;
 pub mod replay;
 pub mod report;
@@ -31,6 +31,7 @@ pub mod stacks;
 pub mod symbolize;
 
 pub use findings::{Finding, FindingKind, Findings, Occurrence};
+pub use heap::FREED_HISTORY;
 pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals};
 pub use sites::{SiteStats, SiteTable};

@@ -10,7 +10,7 @@
 //! the live total reaches a new high would cost O(sites) per event. Instead each new high
 //! bumps a *peak epoch*; a site about to change checks whether a peak was reached since
 //! it last looked, and if so its current (unchanged since then) figures are exactly its
-//! figures at that peak. [`SiteTable::settle`] applies the same rule to every site once,
+//! figures at that peak. `SiteTable::settle` applies the same rule to every site once,
 //! at the end.
 
 use heaptape_format::StackId;
