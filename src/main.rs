@@ -66,7 +66,11 @@ struct RecordArgs {
     #[arg(long)]
     stats: bool,
     /// The program to run and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
     program: Vec<OsString>,
 }
 

@@ -176,7 +176,9 @@ fn human_bytes(n: u64) -> String {
 
 fn shell_quote(p: &Path) -> String {
     let s = p.display().to_string();
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
         s
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -223,7 +225,13 @@ fn program_stem(program: &OsString) -> String {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "program".into());
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -284,7 +292,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let pid = sys::spawn_seized(&c_path, &argv).map_err(|e| match e {
-        sys::SpawnError::Os(what, err) if what.starts_with("ptrace") && err.raw_os_error() == Some(libc::EPERM) => {
+        sys::SpawnError::Os(what, err)
+            if what.starts_with("ptrace") && err.raw_os_error() == Some(libc::EPERM) =>
+        {
             RecordError::PtraceDenied(command[0].clone(), err)
         }
         sys::SpawnError::Os(what, err) => RecordError::Os(what, err),
@@ -293,10 +303,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
             _ => RecordError::NotExecutable(command[0].clone(), err),
         },
     })?;
-    let out_path = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("heaptape.{}.{pid}.trace", program_stem(program))));
+    let out_path = opts.output.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("heaptape.{}.{pid}.trace", program_stem(program)))
+    });
     let (host, kernel) = sys::uname();
     let header = Header {
         tool_version: format!("heaptape {}", env!("CARGO_PKG_VERSION")),

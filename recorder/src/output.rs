@@ -106,7 +106,10 @@ impl Output {
     }
 }
 
-fn writer_loop(mut writer: TraceWriter<File>, shared: Arc<(Mutex<Shared>, Condvar)>) -> WriterResult {
+fn writer_loop(
+    mut writer: TraceWriter<File>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+) -> WriterResult {
     let (lock, cv) = &*shared;
     let mut batch: Vec<Record> = Vec::new();
     let mut last_flush = Instant::now();
@@ -115,7 +118,10 @@ fn writer_loop(mut writer: TraceWriter<File>, shared: Arc<(Mutex<Shared>, Condva
         let closing = {
             let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
             if s.queue.is_empty() && s.closing.is_none() {
-                s = cv.wait_timeout(s, TICK).unwrap_or_else(|e| e.into_inner()).0;
+                s = cv
+                    .wait_timeout(s, TICK)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             std::mem::swap(&mut s.queue, &mut batch);
             s.closing

@@ -210,7 +210,12 @@ pub fn get_regs(tid: Tid) -> io::Result<Regs> {
     // SAFETY: user_regs_struct is plain data; all-zero is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
     // The kernel writes one user_regs_struct to &regs.
-    ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut Regs as usize)?;
+    ptrace(
+        libc::PTRACE_GETREGS,
+        tid,
+        0,
+        &mut regs as *mut Regs as usize,
+    )?;
     Ok(regs)
 }
 
@@ -360,7 +365,11 @@ pub fn read_memory(pid: Tid, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
 /// Reads many remote ranges into one local buffer with a single process_vm_readv.
 /// `ranges` are (address, length) pairs laid out back to back in `buf`. Returns the
 /// number of bytes read (reading stops at the first unreadable range).
-pub fn read_memory_vectored(pid: Tid, ranges: &[(u64, usize)], buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_memory_vectored(
+    pid: Tid,
+    ranges: &[(u64, usize)],
+    buf: &mut [u8],
+) -> io::Result<usize> {
     let total: usize = ranges.iter().map(|r| r.1).sum();
     assert!(total <= buf.len(), "buffer too small for the ranges");
     let mut local = Vec::with_capacity(ranges.len());
@@ -477,7 +486,10 @@ impl SharedMap {
     /// Reads the u64 at byte offset `off` (8-aligned).
     #[inline]
     pub fn read_u64(&self, off: usize) -> u64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "shared read out of bounds");
+        assert!(
+            off % 8 == 0 && off + 8 <= self.len,
+            "shared read out of bounds"
+        );
         // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
         unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u64>()) }
     }
@@ -485,7 +497,10 @@ impl SharedMap {
     /// Writes the u64 at byte offset `off` (8-aligned).
     #[inline]
     pub fn write_u64(&self, off: usize, v: u64) {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "shared write out of bounds");
+        assert!(
+            off % 8 == 0 && off + 8 <= self.len,
+            "shared write out of bounds"
+        );
         // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
         unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u64>(), v) }
     }

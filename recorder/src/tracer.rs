@@ -15,12 +15,12 @@
 //! Breakpoints are never lifted while the program runs: the displaced first instruction
 //! of each hooked function runs from a trampoline page mapped near its module.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::cell::RefCell;
 
 use heaptape_format::{AllocFn, ExitStatus, ProcessOrigin, Record, StackId};
 
@@ -172,8 +172,17 @@ struct Task {
 }
 
 enum PendingKind {
-    Alloc { func: AllocFn, size: u64, align: u64, posix: bool },
-    Realloc { func: AllocFn, old: u64, size: u64 },
+    Alloc {
+        func: AllocFn,
+        size: u64,
+        align: u64,
+        posix: bool,
+    },
+    Realloc {
+        func: AllocFn,
+        old: u64,
+        size: u64,
+    },
     Free,
 }
 
@@ -545,7 +554,10 @@ impl Tracer {
         let slot = probe.borrow_mut().alloc();
         let Some(slot) = slot else {
             self.stats.slot_exhausted += 1;
-            if let PendingKind::Alloc { func, size, align, .. } = kind {
+            if let PendingKind::Alloc {
+                func, size, align, ..
+            } = kind
+            {
                 self.out.buf().push(Record::Alloc {
                     ts,
                     tid: tid as u32,
@@ -560,7 +572,11 @@ impl Tracer {
         };
         probe.borrow().arm(slot, ret, trampoline, outptr);
         regs.rip = probe.borrow().shim_addr(slot);
-        self.tasks.get_mut(&tid).expect("caller checked").armed.push(slot);
+        self.tasks
+            .get_mut(&tid)
+            .expect("caller checked")
+            .armed
+            .push(slot);
         self.pending.push(Pending {
             tid,
             probe,
@@ -1118,7 +1134,14 @@ impl Tracer {
         }
     }
 
-    fn hook_module(&mut self, space_id: usize, tid: Tid, elf: &ElfModule, bias: u64, range: Range<u64>) {
+    fn hook_module(
+        &mut self,
+        space_id: usize,
+        tid: Tid,
+        elf: &ElfModule,
+        bias: u64,
+        range: Range<u64>,
+    ) {
         let prefixes: Vec<&str> = self.prefixes.iter().map(|s| s.as_str()).collect();
         let mut sites: Vec<(u64, HookKind, String)> = elf
             .hook_symbols(&prefixes)
@@ -1126,7 +1149,11 @@ impl Tracer {
             .map(|s| (s.vaddr.wrapping_add(bias), HookKind::Alloc(s.spec), s.name))
             .collect();
         if let Some(v) = elf.dl_debug_state() {
-            sites.push((v.wrapping_add(bias), HookKind::DlDebugState, "_dl_debug_state".into()));
+            sites.push((
+                v.wrapping_add(bias),
+                HookKind::DlDebugState,
+                "_dl_debug_state".into(),
+            ));
         }
         if sites.is_empty() {
             return;
@@ -1185,7 +1212,9 @@ impl Tracer {
                     continue;
                 }
             };
-            if disp.bytes.len() as u64 > TRAMPOLINE_BYTES || space.mem.write(next, &disp.bytes).is_err() {
+            if disp.bytes.len() as u64 > TRAMPOLINE_BYTES
+                || space.mem.write(next, &disp.bytes).is_err()
+            {
                 continue;
             }
             if space.mem.write(addr, &[0xcc]).is_err() {
