@@ -6,7 +6,7 @@
 #[path = "../benches/support/synth.rs"]
 mod synth;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use heaptape_format::{decode_parallel, Record, TraceReader, TraceWriter};
 
@@ -19,13 +19,19 @@ fn main() {
     let events = recs.iter().filter(|r| r.is_alloc_event()).count();
     let header = synth::header();
 
-    let t = Instant::now();
-    let mut w = TraceWriter::new(Vec::with_capacity(n * 4), &header).expect("header");
-    for r in &recs {
-        w.write(r).expect("write");
+    // Each measurement is the best of a few runs: the machine may be shared.
+    const RUNS: usize = 5;
+    let mut enc = Duration::MAX;
+    let mut bytes = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let mut w = TraceWriter::new(Vec::with_capacity(n * 4), &header).expect("header");
+        for r in &recs {
+            w.write(r).expect("write");
+        }
+        bytes = w.finish(0).expect("finish");
+        enc = enc.min(t.elapsed());
     }
-    let bytes = w.finish(0).expect("finish");
-    let enc = t.elapsed();
 
     let mut reader = TraceReader::new(&bytes[..]).expect("open");
     let mut chunks = Vec::new();
@@ -37,19 +43,28 @@ fn main() {
         .map(|c| u64::from(c.info.uncompressed_len))
         .sum();
 
-    let t = Instant::now();
     let mut out: Vec<Record> = Vec::new();
     let mut decoded = 0;
-    for c in &chunks {
-        out.clear();
-        c.decode_into(&mut out).expect("decode");
-        decoded += out.len();
+    let mut dec = Duration::MAX;
+    for _ in 0..RUNS {
+        decoded = 0;
+        let t = Instant::now();
+        for c in &chunks {
+            out.clear();
+            c.decode_into(&mut out).expect("decode");
+            decoded += out.len();
+        }
+        dec = dec.min(t.elapsed());
     }
-    let dec = t.elapsed();
 
-    let t = Instant::now();
-    let par = decode_parallel(&chunks).expect("decode");
-    let pdec = t.elapsed();
+    let mut pdec = Duration::MAX;
+    let mut par = Vec::new();
+    for _ in 0..RUNS {
+        drop(par);
+        let t = Instant::now();
+        par = decode_parallel(&chunks).expect("decode");
+        pdec = pdec.min(t.elapsed());
+    }
     let par_n: usize = par.iter().map(Vec::len).sum();
     // Every record plus the end record, unchanged.
     assert_eq!(decoded, recs.len() + 1);

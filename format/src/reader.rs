@@ -111,10 +111,11 @@ impl<R: Read> TraceReader<R> {
             });
         }
         if crc32c::crc32c(&head) != crc {
-            return Err(ReadError::corrupt(20, "header checksum mismatch"));
+            // Offset 12: the damage may be in the length field as well as in the header.
+            return Err(ReadError::corrupt(12, "header checksum mismatch"));
         }
         let header: Header = postcard::from_bytes(&head)
-            .map_err(|e| ReadError::corrupt(20, format!("header does not decode: {e}")))?;
+            .map_err(|e| ReadError::corrupt(12, format!("header does not decode: {e}")))?;
         Ok(TraceReader {
             src,
             header,

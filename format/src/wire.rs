@@ -3,57 +3,70 @@
 //! Allocator events dominate every trace, so they get a hand-shaped encoding. Each
 //! record contributes one *tag* byte to the tag stream and its fields to a handful of
 //! other streams (timestamps, threads, stacks, sizes, addresses, ...). Storing each kind
-//! of field contiguously lets zstd model every column on its own, which is worth about a
-//! factor of two over an interleaved layout.
+//! of field contiguously lets zstd model every column on its own.
 //!
 //! Fields are not stored verbatim; both sides keep a small *model* of the recent past
 //! and store only what the model does not predict:
 //!
-//! * timestamps and thread ids are deltas from the previous record's;
+//! * timestamps and thread ids are deltas from the previous record's; a timestamp delta
+//!   is split into its noisy low byte and the (well compressible) rest;
 //! * the function and size of an event are predicted from the last event with the same
 //!   stack (one call site almost always calls the same function with the same size);
-//! * an allocation's address is predicted to be either the "top of heap" right after
-//!   the previous fresh allocation (bump allocation), or one of the recently freed
-//!   blocks (allocators reuse freed blocks LIFO), stored as a distance back in a ring of
-//!   recent frees;
-//! * a free's address is stored as a distance back in a ring of recent allocations.
+//! * the model tracks the blocks allocated in the chunk that are still live; a free
+//!   names its block by its distance from the newest live block (usually small), and
+//!   its stack is predicted from where the previous block of the same allocation site
+//!   was freed;
+//! * freed blocks go to per-size bins, as in glibc's tcache: an allocation's address is
+//!   predicted to be the top of its size's bin, or else the "top of heap" right after
+//!   the previous fresh allocation (bump allocation).
 //!
 //! The model starts empty at every chunk, which is what makes chunks independently
 //! decodable (and so decodable in parallel). Rare records are stored as the logical
 //! [`Record`] itself, encoded with postcard. `docs/FORMAT.md` specifies every bit.
 
+use std::collections::VecDeque;
+
 use crate::record::{AllocFn, Record, StackId};
 use crate::MIN_RECORD_BYTES;
 
 /// Number of streams in a chunk payload.
-pub(crate) const STREAMS: usize = 9;
+pub(crate) const STREAMS: usize = 12;
 /// One tag byte per record.
 pub(crate) const S_TAG: usize = 0;
-/// Zigzag varint timestamp deltas.
-pub(crate) const S_TS: usize = 1;
+/// Low byte of each zigzag timestamp delta.
+pub(crate) const S_TS_LO: usize = 1;
+/// Varint of each zigzag timestamp delta shifted right by 8.
+pub(crate) const S_TS_HI: usize = 2;
 /// Zigzag varint thread id deltas (only when the thread changes).
-pub(crate) const S_TID: usize = 2;
-/// Varint stack ids.
-pub(crate) const S_STACK: usize = 3;
+pub(crate) const S_TID: usize = 3;
+/// Varint stack ids (when not predicted).
+pub(crate) const S_STACK: usize = 4;
 /// Varint sizes (when not predicted) and alignments.
-pub(crate) const S_SIZE: usize = 4;
-/// Address payloads (ring distances or zigzag deltas).
-pub(crate) const S_ADDR: usize = 5;
+pub(crate) const S_SIZE: usize = 5;
+/// Allocation addresses as zigzag deltas; realloc results as deltas from the old block.
+pub(crate) const S_ADDR: usize = 6;
+/// Depths in a size bin, for allocations that reuse a freed block.
+pub(crate) const S_BIN: usize = 7;
+/// Released addresses: live-block distances or zigzag deltas.
+pub(crate) const S_LIVE: usize = 8;
 /// Function bytes (when not predicted).
-pub(crate) const S_FUNC: usize = 6;
+pub(crate) const S_FUNC: usize = 9;
 /// Stack trie node fields.
-pub(crate) const S_NODE: usize = 7;
+pub(crate) const S_NODE: usize = 10;
 /// Postcard-encoded rare records.
-pub(crate) const S_OTHER: usize = 8;
+pub(crate) const S_OTHER: usize = 11;
 
 /// Names of the streams, for error messages.
 const STREAM_NAMES: [&str; STREAMS] = [
     "tag",
-    "timestamp",
+    "timestamp low",
+    "timestamp high",
     "thread",
     "stack",
     "size",
     "address",
+    "bin",
+    "release",
     "function",
     "stack node",
     "other",
@@ -72,54 +85,63 @@ const K_REALLOC: u8 = 5;
 const F_TID: u8 = 1 << 3;
 /// Event tag bit: the function is stored (not predicted from the stack).
 const F_FUNC: u8 = 1 << 4;
-/// Event tag bit: the size is stored (not predicted from the stack).
+/// Alloc/realloc tag bit: the size is stored (not predicted from the stack).
 const F_SIZE: u8 = 1 << 5;
+/// Free tag bit: the stack is stored (not predicted from the block's allocation site).
+const F_STACK: u8 = 1 << 5;
 /// Event tag bits 6-7: how the (first) address is stored.
 const A_SHIFT: u8 = 6;
-/// Address is a zigzag delta (from the bump prediction for allocations, from the last
-/// address for frees and reallocs).
+/// Allocation: zigzag delta from the bump prediction in the address stream.
 const A_DELTA: u8 = 0;
-/// Address is a distance back in a ring (frees for allocations, allocations for frees).
-const A_RING: u8 = 1;
-/// Address equals the bump prediction (allocations only).
+/// Allocation: taken from its size bin, depth in the bin stream.
+const A_BIN: u8 = 1;
+/// Allocation: equals the bump prediction.
 const A_BUMP: u8 = 2;
-/// Address is 0.
+/// Release: zigzag delta from the last address in the release stream.
+const R_DELTA: u8 = 0;
+/// Release: a live block, distance from the newest in the release stream.
+const R_LIVE: u8 = 1;
+/// Address is 0 (allocations and releases).
 const A_ZERO: u8 = 3;
 /// Stack node tag bit: the node id is the previous node's plus one.
 const F_NEXT_ID: u8 = 1 << 3;
 
-/// Size of the address rings (a power of two).
-pub(crate) const RING: usize = 4096;
+/// Live blocks the model remembers (the oldest is forgotten beyond this).
+pub(crate) const LIVE_MAX: usize = 1024;
+/// Only the newest this many live blocks can be named by a release; older ones are
+/// released by address delta. This keeps the model's updates cheap.
+pub(crate) const LIVE_WINDOW: u64 = 256;
 /// Size of the per-stack prediction table (a power of two).
 const TABLE: usize = 4096;
-/// Size of the encoder's address-to-ring-position indexes (a power of two).
-const INDEX: usize = 16384;
+/// Number of size bins (a power of two) and blocks remembered per bin.
+const BINS: usize = 128;
+const BIN_DEPTH: usize = 8;
 /// Allocations at least this big are assumed to come from mmap and do not move the bump
 /// prediction.
 const BUMP_MAX_SIZE: u64 = 128 * 1024;
 
-#[inline]
+#[inline(always)]
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-#[inline]
+#[inline(always)]
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-#[inline]
+#[inline(always)]
 fn delta(new: u64, old: u64) -> u64 {
     zigzag(new.wrapping_sub(old) as i64)
 }
 
-#[inline]
+#[inline(always)]
 fn undelta(old: u64, d: u64) -> u64 {
     old.wrapping_add(unzigzag(d) as u64)
 }
 
 /// Appends `v` as a LEB128 varint (7 bits a byte, low first, high bit = more).
-#[inline]
+#[inline(always)]
 pub(crate) fn put_var(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
@@ -128,17 +150,17 @@ pub(crate) fn put_var(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// The distance from a fresh block at `address` of `size` bytes to the next fresh block
-/// of a glibc-like allocator: the user size plus an 8-byte header, rounded up to 16, at
-/// least 32.
-#[inline]
+/// The distance from a fresh block of `size` bytes to the next fresh block of a
+/// glibc-like allocator: the user size plus an 8-byte header, rounded up to 16, at
+/// least 32. Also names the block's size bin.
+#[inline(always)]
 fn bump_step(size: u64) -> u64 {
     (size.wrapping_add(8 + 15) & !15).max(32)
 }
 
-#[inline]
-fn ring_hash(addr: u64) -> usize {
-    ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - INDEX.trailing_zeros())) as usize
+#[inline(always)]
+fn bin_of(size: u64) -> usize {
+    (bump_step(size) >> 4) as usize & (BINS - 1)
 }
 
 /// Prediction for one stack (slot chosen by the low bits of the stack id).
@@ -146,8 +168,62 @@ fn ring_hash(addr: u64) -> usize {
 struct Slot {
     /// Stack id + 1, 0 when empty.
     key: u64,
+    /// Size of the last allocation with this stack.
     size: u64,
+    /// Stack id + 1 of the last free of a block allocated with this stack, 0 if none.
+    free_key: u64,
+    /// Function of the last event with this stack.
     func: u8,
+}
+
+/// A block allocated in this chunk and not yet released.
+#[derive(Clone, Copy)]
+struct Live {
+    addr: u64,
+    size: u64,
+    stack: StackId,
+}
+
+/// A size bin: the most recently freed blocks of one size class, newest last.
+#[derive(Clone, Copy, Default)]
+struct Bin {
+    addrs: [u64; BIN_DEPTH],
+    len: usize,
+}
+
+impl Bin {
+    #[inline(always)]
+    fn push(&mut self, addr: u64) {
+        if self.len == BIN_DEPTH {
+            self.addrs.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.addrs[self.len] = addr;
+        self.len += 1;
+    }
+
+    /// Removes and returns the block `depth` below the newest.
+    #[inline(always)]
+    fn take(&mut self, depth: u64) -> Option<u64> {
+        if depth >= self.len as u64 {
+            return None;
+        }
+        let i = self.len - 1 - depth as usize;
+        let addr = self.addrs[i];
+        self.addrs.copy_within(i + 1..self.len, i);
+        self.len -= 1;
+        Some(addr)
+    }
+
+    /// Depth of `addr` below the newest block, if the bin holds it.
+    #[inline(always)]
+    fn find(&self, addr: u64) -> Option<u64> {
+        self.addrs[..self.len]
+            .iter()
+            .rev()
+            .position(|&a| a == addr)
+            .map(|d| d as u64)
+    }
 }
 
 /// The state both sides of a chunk keep to undo the predictions.
@@ -159,10 +235,8 @@ struct Model {
     node_id: StackId,
     node_addr: u64,
     table: Vec<Slot>,
-    alloc_ring: Vec<u64>,
-    alloc_n: u64,
-    free_ring: Vec<u64>,
-    free_n: u64,
+    live: VecDeque<Live>,
+    bins: Vec<Bin>,
 }
 
 impl Model {
@@ -175,10 +249,8 @@ impl Model {
             node_id: 0,
             node_addr: 0,
             table: vec![Slot::default(); TABLE],
-            alloc_ring: vec![0; RING],
-            alloc_n: 0,
-            free_ring: vec![0; RING],
-            free_n: 0,
+            live: VecDeque::with_capacity(LIVE_MAX),
+            bins: vec![Bin::default(); BINS],
         }
     }
 
@@ -191,49 +263,89 @@ impl Model {
         self.node_id = 0;
         self.node_addr = 0;
         self.table.fill(Slot::default());
-        self.alloc_n = 0;
-        self.free_n = 0;
+        self.live.clear();
+        self.bins.fill(Bin::default());
     }
 
-    #[inline]
+    #[inline(always)]
     fn slot(&mut self, stack: StackId) -> &mut Slot {
         &mut self.table[stack as usize & (TABLE - 1)]
     }
 
-    #[inline]
-    fn push_alloc(&mut self, addr: u64) -> u64 {
-        let seq = self.alloc_n;
-        self.alloc_ring[seq as usize & (RING - 1)] = addr;
-        self.alloc_n += 1;
-        seq
+    /// Records a new live block.
+    #[inline(always)]
+    fn push_live(&mut self, addr: u64, size: u64, stack: StackId) {
+        if self.live.len() == LIVE_MAX {
+            self.live.pop_front();
+        }
+        self.live.push_back(Live { addr, size, stack });
     }
 
-    #[inline]
-    fn push_free(&mut self, addr: u64) -> u64 {
-        let seq = self.free_n;
-        self.free_ring[seq as usize & (RING - 1)] = addr;
-        self.free_n += 1;
-        seq
+    /// Removes and returns the live block `d` places before the newest.
+    #[inline(always)]
+    fn take_live(&mut self, d: u64) -> Option<Live> {
+        let len = self.live.len() as u64;
+        if d >= len.min(LIVE_WINDOW) {
+            return None;
+        }
+        self.live.remove((len - 1 - d) as usize)
     }
-}
 
-/// Looks `addr` up in a ring through its index; returns its distance back from the
-/// ring's newest entry.
-#[inline]
-fn ring_find(index: &[u64], ring: &[u64], n: u64, addr: u64) -> Option<u64> {
-    let seq = index[ring_hash(addr)];
-    if seq < n && n - seq <= RING as u64 && ring[seq as usize & (RING - 1)] == addr {
-        Some(n - 1 - seq)
-    } else {
-        None
+    /// The stack the free of a block allocated at `alloc_stack` is predicted to have.
+    #[inline(always)]
+    fn predicted_free_stack(&mut self, alloc_stack: StackId) -> Option<StackId> {
+        let slot = *self.slot(alloc_stack);
+        if slot.key == u64::from(alloc_stack) + 1 && slot.free_key != 0 {
+            Some((slot.free_key - 1) as StackId)
+        } else {
+            None
+        }
+    }
+
+    /// Remembers where a block allocated at `alloc_stack` was freed.
+    #[inline(always)]
+    fn learn_free_stack(&mut self, alloc_stack: StackId, stack: StackId) {
+        let slot = self.slot(alloc_stack);
+        if slot.key == u64::from(alloc_stack) + 1 {
+            slot.free_key = u64::from(stack) + 1;
+        }
+    }
+
+    /// Updates the per-stack prediction after an event; returns whether the slot held
+    /// this stack before.
+    #[inline(always)]
+    fn learn(&mut self, stack: StackId, func: AllocFn, size: Option<u64>) {
+        let key = u64::from(stack) + 1;
+        let slot = self.slot(stack);
+        let hit = slot.key == key;
+        *slot = Slot {
+            key,
+            size: match size {
+                Some(s) => s,
+                None if hit => slot.size,
+                None => 0,
+            },
+            free_key: if hit { slot.free_key } else { 0 },
+            func: func as u8,
+        };
+    }
+
+    /// Model update after an allocation at `address` (mode `mode`).
+    #[inline(always)]
+    fn after_alloc(&mut self, address: u64, size: u64, stack: StackId, mode: u8) {
+        if address != 0 {
+            self.push_live(address, size, stack);
+            self.addr = address;
+            if (mode == A_DELTA || mode == A_BUMP) && size < BUMP_MAX_SIZE {
+                self.bump = address.wrapping_add(bump_step(size));
+            }
+        }
     }
 }
 
 /// Encodes the records of one chunk into its streams.
 pub(crate) struct Encoder {
     m: Model,
-    alloc_index: Vec<u64>,
-    free_index: Vec<u64>,
     streams: [Vec<u8>; STREAMS],
     len: usize,
     records: u32,
@@ -244,8 +356,6 @@ impl Encoder {
     pub(crate) fn new() -> Self {
         Encoder {
             m: Model::new(),
-            alloc_index: vec![u64::MAX; INDEX],
-            free_index: vec![u64::MAX; INDEX],
             streams: Default::default(),
             len: 0,
             records: 0,
@@ -262,6 +372,75 @@ impl Encoder {
         self.records
     }
 
+    /// Finds the live block at `addr` among the newest: its distance from the newest.
+    #[inline(always)]
+    fn find_live(&self, addr: u64) -> Option<u64> {
+        self.m
+            .live
+            .iter()
+            .rev()
+            .take(LIVE_WINDOW as usize)
+            .position(|l| l.addr == addr)
+            .map(|d| d as u64)
+    }
+
+    #[inline(always)]
+    fn put_ts(&mut self, ts: u64) {
+        let d = delta(ts, self.m.ts);
+        self.streams[S_TS_LO].push(d as u8);
+        put_var(&mut self.streams[S_TS_HI], d >> 8);
+        self.m.ts = ts;
+    }
+
+    #[inline(always)]
+    fn put_tid(&mut self, tid: u32) -> u8 {
+        if tid == self.m.tid {
+            return 0;
+        }
+        put_var(
+            &mut self.streams[S_TID],
+            delta(u64::from(tid), u64::from(self.m.tid)),
+        );
+        self.m.tid = tid;
+        F_TID
+    }
+
+    /// Stores the function and size unless the stack's slot predicts them; updates the
+    /// slot. Returns the tag bits.
+    #[inline(always)]
+    fn put_func_size(&mut self, stack: StackId, func: AllocFn, size: Option<u64>) -> u8 {
+        let mut tag = 0;
+        let key = u64::from(stack) + 1;
+        let slot = *self.m.slot(stack);
+        let hit = slot.key == key;
+        if !(hit && slot.func == func as u8) {
+            tag |= F_FUNC;
+            self.streams[S_FUNC].push(func as u8);
+        }
+        if let Some(size) = size {
+            if !(hit && slot.size == size) {
+                tag |= F_SIZE;
+                put_var(&mut self.streams[S_SIZE], size);
+            }
+        }
+        self.m.learn(stack, func, size);
+        tag
+    }
+
+    /// Encodes a released address; returns its mode and, for a live block, the block.
+    #[inline(always)]
+    fn put_released(&mut self, address: u64) -> (u8, Option<Live>) {
+        if address == 0 {
+            return (A_ZERO, None);
+        }
+        if let Some(d) = self.find_live(address) {
+            put_var(&mut self.streams[S_LIVE], d);
+            return (R_LIVE, self.m.take_live(d));
+        }
+        put_var(&mut self.streams[S_LIVE], delta(address, self.m.addr));
+        (R_DELTA, None)
+    }
+
     /// Appends one record. Fails with the record's encoded size, leaving the chunk as it
     /// was, when the record is larger than `max_record`.
     pub(crate) fn encode(&mut self, rec: &Record, max_record: usize) -> Result<(), usize> {
@@ -276,7 +455,10 @@ impl Encoder {
                 stack,
             } => {
                 let mut tag = if align == 0 { K_ALLOC } else { K_ALIGNED };
-                tag |= self.event_head(ts, tid, func, stack, Some(size));
+                self.put_ts(ts);
+                tag |= self.put_tid(tid);
+                put_var(&mut self.streams[S_STACK], u64::from(stack));
+                tag |= self.put_func_size(stack, func, Some(size));
                 if align != 0 {
                     put_var(&mut self.streams[S_SIZE], align);
                 }
@@ -284,16 +466,21 @@ impl Encoder {
                     A_ZERO
                 } else if address == self.m.bump {
                     A_BUMP
-                } else if let Some(d) =
-                    ring_find(&self.free_index, &self.m.free_ring, self.m.free_n, address)
-                {
-                    put_var(&mut self.streams[S_ADDR], d);
-                    A_RING
                 } else {
-                    put_var(&mut self.streams[S_ADDR], delta(address, self.m.bump));
-                    A_DELTA
+                    let bin = &mut self.m.bins[bin_of(size)];
+                    match bin.find(address) {
+                        Some(d) => {
+                            bin.take(d);
+                            put_var(&mut self.streams[S_BIN], d);
+                            A_BIN
+                        }
+                        None => {
+                            put_var(&mut self.streams[S_ADDR], delta(address, self.m.bump));
+                            A_DELTA
+                        }
+                    }
                 };
-                self.after_alloc(address, size, mode);
+                self.m.after_alloc(address, size, stack, mode);
                 tag | mode << A_SHIFT
             }
             Record::Free {
@@ -303,11 +490,22 @@ impl Encoder {
                 address,
                 stack,
             } => {
-                let tag = K_FREE | self.event_head(ts, tid, func, stack, None);
-                let mode = self.put_released(address);
+                let mut tag = K_FREE;
+                self.put_ts(ts);
+                tag |= self.put_tid(tid);
+                let (mode, block) = self.put_released(address);
+                let predicted = block.and_then(|b| self.m.predicted_free_stack(b.stack));
+                if predicted != Some(stack) {
+                    tag |= F_STACK;
+                    put_var(&mut self.streams[S_STACK], u64::from(stack));
+                }
+                tag |= self.put_func_size(stack, func, None);
                 if address != 0 {
-                    self.push_free(address);
                     self.m.addr = address;
+                }
+                if let Some(b) = block {
+                    self.m.bins[bin_of(b.size)].push(address);
+                    self.m.learn_free_stack(b.stack, stack);
                 }
                 tag | mode << A_SHIFT
             }
@@ -320,15 +518,20 @@ impl Encoder {
                 size,
                 stack,
             } => {
-                let tag = K_REALLOC | self.event_head(ts, tid, func, stack, Some(size));
-                let mode = self.put_released(old_address);
+                let mut tag = K_REALLOC;
+                self.put_ts(ts);
+                tag |= self.put_tid(tid);
+                put_var(&mut self.streams[S_STACK], u64::from(stack));
+                tag |= self.put_func_size(stack, func, Some(size));
+                let (mode, block) = self.put_released(old_address);
                 put_var(&mut self.streams[S_ADDR], delta(new_address, old_address));
-                if old_address != 0 && new_address != old_address {
-                    self.push_free(old_address);
+                if let Some(b) = block {
+                    if new_address != old_address {
+                        self.m.bins[bin_of(b.size)].push(old_address);
+                    }
                 }
                 if new_address != 0 {
-                    let seq = self.m.push_alloc(new_address);
-                    self.alloc_index[ring_hash(new_address)] = seq;
+                    self.m.push_live(new_address, size, stack);
                     self.m.addr = new_address;
                 } else if old_address != 0 {
                     self.m.addr = old_address;
@@ -378,93 +581,6 @@ impl Encoder {
         Ok(())
     }
 
-    /// Encodes the fields every allocator event has; returns the tag bits they set.
-    #[inline]
-    fn event_head(
-        &mut self,
-        ts: u64,
-        tid: u32,
-        func: AllocFn,
-        stack: StackId,
-        size: Option<u64>,
-    ) -> u8 {
-        let mut tag = 0;
-        put_var(&mut self.streams[S_TS], delta(ts, self.m.ts));
-        self.m.ts = ts;
-        if tid != self.m.tid {
-            tag |= F_TID;
-            put_var(
-                &mut self.streams[S_TID],
-                delta(u64::from(tid), u64::from(self.m.tid)),
-            );
-            self.m.tid = tid;
-        }
-        put_var(&mut self.streams[S_STACK], u64::from(stack));
-        let key = u64::from(stack) + 1;
-        let slot = self.m.slot(stack);
-        let hit = slot.key == key;
-        if !(hit && slot.func == func as u8) {
-            tag |= F_FUNC;
-            self.streams[S_FUNC].push(func as u8);
-        }
-        if let Some(size) = size {
-            if !(hit && slot.size == size) {
-                tag |= F_SIZE;
-                put_var(&mut self.streams[S_SIZE], size);
-            }
-            *slot = Slot {
-                key,
-                size,
-                func: func as u8,
-            };
-        } else {
-            let size = if hit { slot.size } else { 0 };
-            *slot = Slot {
-                key,
-                size,
-                func: func as u8,
-            };
-        }
-        tag
-    }
-
-    /// Encodes the address a free or realloc releases; returns its mode.
-    #[inline]
-    fn put_released(&mut self, address: u64) -> u8 {
-        if address == 0 {
-            A_ZERO
-        } else if let Some(d) = ring_find(
-            &self.alloc_index,
-            &self.m.alloc_ring,
-            self.m.alloc_n,
-            address,
-        ) {
-            put_var(&mut self.streams[S_ADDR], d);
-            A_RING
-        } else {
-            put_var(&mut self.streams[S_ADDR], delta(address, self.m.addr));
-            A_DELTA
-        }
-    }
-
-    #[inline]
-    fn after_alloc(&mut self, address: u64, size: u64, mode: u8) {
-        if address != 0 {
-            let seq = self.m.push_alloc(address);
-            self.alloc_index[ring_hash(address)] = seq;
-            self.m.addr = address;
-            if mode != A_RING && size < BUMP_MAX_SIZE {
-                self.m.bump = address.wrapping_add(bump_step(size));
-            }
-        }
-    }
-
-    #[inline]
-    fn push_free(&mut self, address: u64) {
-        let seq = self.m.push_free(address);
-        self.free_index[ring_hash(address)] = seq;
-    }
-
     /// Appends the chunk payload (stream lengths, then the streams) to `out` and starts
     /// a new chunk.
     pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
@@ -477,9 +593,6 @@ impl Encoder {
             s.clear();
         }
         self.m.reset();
-        // The indexes need no clearing: an entry is only used when its sequence number
-        // is below the ring's count and the ring holds the same address there, which is
-        // true only for entries the new chunk wrote.
         self.len = 0;
         self.records = 0;
     }
@@ -505,7 +618,7 @@ struct Cur<'a> {
 struct Short(String);
 
 impl<'a> Cur<'a> {
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self) -> Result<u8, Short> {
         match self.b.get(self.pos) {
             Some(&b) => {
@@ -516,8 +629,32 @@ impl<'a> Cur<'a> {
         }
     }
 
-    #[inline]
+    /// Reads a LEB128 varint. The common case (at least eight bytes left, at most
+    /// eight bytes long) decodes without a loop: it finds the stop byte with one mask
+    /// and squeezes the 7-bit groups together in three steps.
+    #[inline(always)]
     fn var(&mut self) -> Result<u64, Short> {
+        if let Some(bytes) = self.b.get(self.pos..self.pos + 8) {
+            if let Ok(arr) = <[u8; 8]>::try_from(bytes) {
+                let w = u64::from_le_bytes(arr);
+                let stop = !w & 0x8080_8080_8080_8080;
+                if stop != 0 {
+                    let len = (stop.trailing_zeros() / 8 + 1) as usize;
+                    let mut x = w & (u64::MAX >> (64 - 8 * len)) & 0x7f7f_7f7f_7f7f_7f7f;
+                    x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+                    x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+                    x = ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff);
+                    self.pos += len;
+                    return Ok(x);
+                }
+            }
+        }
+        self.var_slow()
+    }
+
+    /// Byte-at-a-time varint decoding, for the end of a stream and for long varints.
+    #[inline(never)]
+    fn var_slow(&mut self) -> Result<u64, Short> {
         let b = self.byte()?;
         if b < 0x80 {
             return Ok(u64::from(b));
@@ -565,7 +702,7 @@ pub(crate) fn decode_payload(
     let mut lens = [0usize; STREAMS];
     for len in &mut lens {
         let v = head
-            .var()
+            .var_slow()
             .map_err(|_| err(0, "stream length prefix is cut short".into()))?;
         *len = usize::try_from(v)
             .ok()
@@ -592,6 +729,14 @@ pub(crate) fn decode_payload(
             ),
         ));
     }
+    // Every record takes at least MIN_RECORD_BYTES of payload, which bounds `count` (and
+    // so this reservation) by the payload size.
+    if (count as usize).saturating_mul(MIN_RECORD_BYTES) > raw.len() {
+        return Err(err(
+            0,
+            format!("{count} records cannot fit in {} payload bytes", raw.len()),
+        ));
+    }
     let mut at = 0;
     let mut cur: [Cur<'_>; STREAMS] = std::array::from_fn(|i| {
         let c = Cur {
@@ -602,14 +747,6 @@ pub(crate) fn decode_payload(
         at += lens[i];
         c
     });
-    // Every record takes at least MIN_RECORD_BYTES of payload, which bounds `count` (and
-    // so this reservation) by the payload size.
-    if (count as usize).saturating_mul(MIN_RECORD_BYTES) > raw.len() {
-        return Err(err(
-            0,
-            format!("{count} records cannot fit in {} payload bytes", raw.len()),
-        ));
-    }
     out.reserve(count as usize);
     let mut m = Model::new();
     for i in 0..count {
@@ -631,33 +768,49 @@ pub(crate) fn decode_payload(
     Ok(())
 }
 
-#[inline]
+#[inline(always)]
 fn decode_func(b: u8) -> Result<AllocFn, Short> {
-    AllocFn::ALL
-        .get(b as usize)
-        .copied()
-        .ok_or_else(|| Short(format!("unknown allocator function {b}")))
+    match AllocFn::ALL.get(b as usize) {
+        Some(&f) => Ok(f),
+        None => Err(Short(format!("unknown allocator function {b}"))),
+    }
 }
 
-/// Decodes the fields every allocator event has: (ts, tid, stack, func, size).
-#[inline]
-fn decode_head(
-    m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
-    tag: u8,
-    with_size: bool,
-) -> Result<(u64, u32, StackId, AllocFn, u64), Short> {
-    m.ts = undelta(m.ts, cur[S_TS].var()?);
+#[inline(always)]
+fn decode_ts(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<u64, Short> {
+    let lo = cur[S_TS_LO].byte()?;
+    let hi = cur[S_TS_HI].var()?;
+    m.ts = undelta(m.ts, hi << 8 | u64::from(lo));
+    Ok(m.ts)
+}
+
+#[inline(always)]
+fn decode_tid(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<u32, Short> {
     if tag & F_TID != 0 {
         let tid = undelta(u64::from(m.tid), cur[S_TID].var()?);
         m.tid = u32::try_from(tid).map_err(|_| Short(format!("thread id {tid} out of range")))?;
     }
+    Ok(m.tid)
+}
+
+#[inline(always)]
+fn decode_stack(cur: &mut [Cur<'_>; STREAMS]) -> Result<StackId, Short> {
     let stack = cur[S_STACK].var()?;
-    let stack =
-        StackId::try_from(stack).map_err(|_| Short(format!("stack id {stack} out of range")))?;
-    let key = u64::from(stack) + 1;
+    StackId::try_from(stack).map_err(|_| Short(format!("stack id {stack} out of range")))
+}
+
+/// Decodes the function and (with `with_size`) the size of an event at `stack`, and
+/// updates the stack's slot.
+#[inline(always)]
+fn decode_func_size(
+    m: &mut Model,
+    cur: &mut [Cur<'_>; STREAMS],
+    tag: u8,
+    stack: StackId,
+    with_size: bool,
+) -> Result<(AllocFn, u64), Short> {
     let slot = *m.slot(stack);
-    let hit = slot.key == key;
+    let hit = slot.key == u64::from(stack) + 1;
     let func = if tag & F_FUNC != 0 {
         cur[S_FUNC].byte()?
     } else if hit {
@@ -667,11 +820,8 @@ fn decode_head(
     };
     let func = decode_func(func)?;
     let size = if !with_size {
-        if hit {
-            slot.size
-        } else {
-            0
-        }
+        m.learn(stack, func, None);
+        return Ok((func, 0));
     } else if tag & F_SIZE != 0 {
         cur[S_SIZE].var()?
     } else if hit {
@@ -679,41 +829,44 @@ fn decode_head(
     } else {
         return Err(Short("size predicted from an unseen stack".into()));
     };
-    *m.slot(stack) = Slot {
-        key,
-        size,
-        func: func as u8,
-    };
-    Ok((m.ts, m.tid, stack, func, size))
+    m.learn(stack, func, Some(size));
+    Ok((func, size))
 }
 
-/// Decodes the address a free or realloc releases.
-#[inline]
-fn decode_released(m: &Model, cur: &mut [Cur<'_>; STREAMS], mode: u8) -> Result<u64, Short> {
+/// Decodes a released address; returns it and, for a live block, the block.
+#[inline(always)]
+fn decode_released(
+    m: &mut Model,
+    cur: &mut [Cur<'_>; STREAMS],
+    mode: u8,
+) -> Result<(u64, Option<Live>), Short> {
     match mode {
-        A_ZERO => Ok(0),
-        A_RING => {
-            let d = cur[S_ADDR].var()?;
-            if d >= m.alloc_n.min(RING as u64) {
-                return Err(Short(format!(
-                    "address refers to allocation {d} back, only {} known",
-                    m.alloc_n.min(RING as u64)
-                )));
+        A_ZERO => Ok((0, None)),
+        R_LIVE => {
+            let d = cur[S_LIVE].var()?;
+            match m.take_live(d) {
+                Some(b) => Ok((b.addr, Some(b))),
+                None => Err(Short(format!(
+                    "release names live block {d} back, only {} can be named",
+                    m.live.len().min(LIVE_WINDOW as usize)
+                ))),
             }
-            Ok(m.alloc_ring[(m.alloc_n - 1 - d) as usize & (RING - 1)])
         }
-        A_DELTA => Ok(undelta(m.addr, cur[S_ADDR].var()?)),
+        R_DELTA => Ok((undelta(m.addr, cur[S_LIVE].var()?), None)),
         _ => Err(Short("bump address mode on a release".into())),
     }
 }
 
-#[inline]
+#[inline(always)]
 fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Short> {
     let tag = cur[S_TAG].byte()?;
     let mode = tag >> A_SHIFT;
     match tag & KIND_MASK {
         k @ (K_ALLOC | K_ALIGNED) => {
-            let (ts, tid, stack, func, size) = decode_head(m, cur, tag, true)?;
+            let ts = decode_ts(m, cur)?;
+            let tid = decode_tid(m, cur, tag)?;
+            let stack = decode_stack(cur)?;
+            let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
             let align = if k == K_ALIGNED {
                 cur[S_SIZE].var()?
             } else {
@@ -722,25 +875,20 @@ fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Sho
             let address = match mode {
                 A_ZERO => 0,
                 A_BUMP => m.bump,
-                A_RING => {
-                    let d = cur[S_ADDR].var()?;
-                    if d >= m.free_n.min(RING as u64) {
-                        return Err(Short(format!(
-                            "address refers to free {d} back, only {} known",
-                            m.free_n.min(RING as u64)
-                        )));
+                A_BIN => {
+                    let d = cur[S_BIN].var()?;
+                    match m.bins[bin_of(size)].take(d) {
+                        Some(a) => a,
+                        None => {
+                            return Err(Short(format!(
+                                "allocation names bin entry {d}, which does not exist"
+                            )))
+                        }
                     }
-                    m.free_ring[(m.free_n - 1 - d) as usize & (RING - 1)]
                 }
                 _ => undelta(m.bump, cur[S_ADDR].var()?),
             };
-            if address != 0 {
-                m.push_alloc(address);
-                m.addr = address;
-                if mode != A_RING && size < BUMP_MAX_SIZE {
-                    m.bump = address.wrapping_add(bump_step(size));
-                }
-            }
+            m.after_alloc(address, size, stack, mode);
             Ok(Record::Alloc {
                 ts,
                 tid,
@@ -752,11 +900,24 @@ fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Sho
             })
         }
         K_FREE => {
-            let (ts, tid, stack, func, _) = decode_head(m, cur, tag, false)?;
-            let address = decode_released(m, cur, mode)?;
+            let ts = decode_ts(m, cur)?;
+            let tid = decode_tid(m, cur, tag)?;
+            let (address, block) = decode_released(m, cur, mode)?;
+            let stack = if tag & F_STACK != 0 {
+                decode_stack(cur)?
+            } else {
+                match block.and_then(|b| m.predicted_free_stack(b.stack)) {
+                    Some(s) => s,
+                    None => return Err(Short("free stack predicted without a basis".into())),
+                }
+            };
+            let (func, _) = decode_func_size(m, cur, tag, stack, false)?;
             if address != 0 {
-                m.push_free(address);
                 m.addr = address;
+            }
+            if let Some(b) = block {
+                m.bins[bin_of(b.size)].push(address);
+                m.learn_free_stack(b.stack, stack);
             }
             Ok(Record::Free {
                 ts,
@@ -767,14 +928,19 @@ fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Sho
             })
         }
         K_REALLOC => {
-            let (ts, tid, stack, func, size) = decode_head(m, cur, tag, true)?;
-            let old_address = decode_released(m, cur, mode)?;
+            let ts = decode_ts(m, cur)?;
+            let tid = decode_tid(m, cur, tag)?;
+            let stack = decode_stack(cur)?;
+            let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
+            let (old_address, block) = decode_released(m, cur, mode)?;
             let new_address = undelta(old_address, cur[S_ADDR].var()?);
-            if old_address != 0 && new_address != old_address {
-                m.push_free(old_address);
+            if let Some(b) = block {
+                if new_address != old_address {
+                    m.bins[bin_of(b.size)].push(old_address);
+                }
             }
             if new_address != 0 {
-                m.push_alloc(new_address);
+                m.push_live(new_address, size, stack);
                 m.addr = new_address;
             } else if old_address != 0 {
                 m.addr = old_address;
@@ -820,4 +986,21 @@ fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Sho
         }
         k => Err(Short(format!("unknown record kind {k}"))),
     }
+}
+
+#[doc(hidden)]
+pub fn zz_stream_stats(recs: &[Record], level: i32) -> Vec<(usize, usize)> {
+    let mut e = Encoder::new();
+    for r in recs {
+        let _ = e.encode(r, usize::MAX);
+    }
+    e.streams
+        .iter()
+        .map(|s| {
+            (
+                s.len(),
+                zstd::bulk::compress(s, level).map(|c| c.len()).unwrap_or(0),
+            )
+        })
+        .collect()
 }
