@@ -167,6 +167,10 @@ fn stats_line(prog: &Path, args: &[String], dir: &Path) -> String {
         .join("; ")
 }
 
+fn native_small(tools: &Tools, prog: &Path, args: &[String]) -> f64 {
+    tools.run("native", prog, args)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 3 };
@@ -226,7 +230,7 @@ fn main() {
         stats_line(&alloc, &alloc_args, &dir)
     );
 
-    println!("\n## Slowdown vs native (wall clock, median of {reps})");
+    println!("\n## Slowdown vs native (wall clock, median of {reps}); per event = (t(N) - t(N/10)) / (events(N) - events(N/10)), which removes start-up cost");
     let mut tool_list = vec!["heaptape-same", "heaptape-free"];
     if have("heaptrack") {
         tool_list.push("heaptrack");
