@@ -167,10 +167,6 @@ fn stats_line(prog: &Path, args: &[String], dir: &Path) -> String {
         .join("; ")
 }
 
-fn native_small(tools: &Tools, prog: &Path, args: &[String]) -> f64 {
-    tools.run("native", prog, args)
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 3 };
@@ -240,27 +236,37 @@ fn main() {
     }
     println!("| workload | native | {} |", tool_list.join(" | "));
     let per_thread = (n_pairs / 4).to_string();
-    let workloads: Vec<(&str, &Path, Vec<String>, f64)> = vec![
-        ("alloc loop", &alloc, alloc_args.clone(), calls),
+    let small_thread = (n_pairs / 40).to_string();
+    let small_pairs = (n_pairs / 10).to_string();
+    // (name, program, args, args of the 1/10 run, events of the full run)
+    type Workload<'a> = (&'a str, &'a Path, Vec<String>, Vec<String>, f64);
+    let workloads: Vec<Workload> = vec![
+        (
+            "alloc loop",
+            &alloc,
+            alloc_args.clone(),
+            vec![small_pairs],
+            calls,
+        ),
         (
             "4-thread alloc loop",
             &threads,
             vec!["4".into(), per_thread],
+            vec!["4".into(), small_thread],
             calls,
         ),
-        ("compute-heavy", &compute, vec!["300".into()], 0.0),
+        ("compute-heavy", &compute, vec!["300".into()], vec![], 0.0),
     ];
-    for (name, prog, args, calls) in workloads {
+    for (name, prog, args, small, calls) in workloads {
         let native = tools.run("native", prog, &args);
-        let mut row = format!("| {name} | {:.3} s |", native);
+        let native_small = tools.run("native", prog, &small);
+        let mut row = format!("| {name} | {native:.3} s |");
         for tool in &tool_list {
             let t = tools.run(tool, prog, &args);
             if calls > 0.0 {
-                row += &format!(
-                    " {:.1}x ({:.2} us/event) |",
-                    t / native,
-                    (t - native) * 1e6 / calls
-                );
+                let t_small = tools.run(tool, prog, &small);
+                let per_event = ((t - t_small) - (native - native_small)) * 1e6 / (0.9 * calls);
+                row += &format!(" {:.0}x ({per_event:.2} us/event) |", t / native);
             } else {
                 row += &format!(" {:.2}x |", t / native);
             }
