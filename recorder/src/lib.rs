@@ -17,6 +17,7 @@ pub mod maps;
 pub mod output;
 pub mod probe;
 pub mod relocate;
+pub mod snapshot;
 pub mod stacks;
 pub mod sys;
 pub mod tracer;
@@ -332,6 +333,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         max_depth: opts.max_depth,
         allocator_prefixes: opts.allocator_prefixes.clone(),
         measure_time: opts.stats,
+        snapshot: opts.snapshot,
     };
     let mut tracer = Tracer::new(cfg, pid, output, t0);
     tracer.start_root(command);

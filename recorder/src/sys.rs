@@ -338,6 +338,30 @@ pub fn wait_blocking(tid: Tid) -> io::Result<WaitEvent> {
     }
 }
 
+/// Waits for `tid` for at most `timeout`, polling with WNOHANG. `Ok(None)` on timeout.
+pub fn wait_with_timeout(tid: Tid, timeout: std::time::Duration) -> io::Result<Option<WaitEvent>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int to &status.
+        let pid = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if pid == tid {
+            return Ok(Some(decode_status(status)));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Process memory
 // ---------------------------------------------------------------------------------------

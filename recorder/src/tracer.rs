@@ -30,6 +30,7 @@ use crate::maps::{self, MappedModule};
 use crate::output::Output;
 use crate::probe::{Probe, Slot};
 use crate::relocate;
+use crate::snapshot::{self, LiveBlocks, ThreadState};
 use crate::stacks::StackTrie;
 use crate::sys::{self, ProcMem, Regs, Tid, WaitEvent};
 use crate::unwind::{EntryRegs, StackUnwinder};
@@ -50,6 +51,8 @@ pub struct TracerConfig {
     pub allocator_prefixes: Vec<String>,
     /// Time the unwinder (for `--stats`; costs two clock reads per call).
     pub measure_time: bool,
+    /// Take a reachability snapshot when each process exits.
+    pub snapshot: bool,
 }
 
 /// Counters about the session, for the summary and the benchmarks.
@@ -77,6 +80,10 @@ pub struct TracerStats {
     pub unwind_ns: u64,
     /// CPU time of the tracer thread, nanoseconds (user + system).
     pub tracer_cpu_ns: u64,
+    /// Pointer words recorded by exit snapshots.
+    pub snapshot_pointers: u64,
+    /// Bytes of memory scanned by exit snapshots.
+    pub snapshot_bytes: u64,
 }
 
 impl std::fmt::Display for TracerStats {
@@ -105,6 +112,11 @@ impl std::fmt::Display for TracerStats {
             "tracer: {:.2} us CPU per recorded call, of which unwinding + stack trie {:.3} us",
             per(self.tracer_cpu_ns) / 1000.0,
             per(self.unwind_ns) / 1000.0
+        )?;
+        writeln!(
+            f,
+            "snapshots: {} pointer words found in {} bytes scanned",
+            self.snapshot_pointers, self.snapshot_bytes
         )?;
         write!(
             f,
@@ -159,6 +171,10 @@ struct Proc {
     detach_at_start: bool,
     threads: HashSet<Tid>,
     status: Option<ExitStatus>,
+    /// The blocks this process has live, per the records written.
+    live: LiveBlocks,
+    /// The exit snapshot was taken.
+    snapshot_done: bool,
 }
 
 struct Task {
@@ -302,6 +318,8 @@ impl Tracer {
                 detach_at_start: false,
                 threads: [root].into_iter().collect(),
                 status: None,
+                live: LiveBlocks::default(),
+                snapshot_done: false,
             },
         );
     }
@@ -532,6 +550,9 @@ impl Tracer {
                 }
             }
             CallKind::Free { ptr_arg } => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.live.free(args[ptr_arg]);
+                }
                 // Written now, before the block is released (see the module docs).
                 self.out.buf().push(Record::Free {
                     ts,
@@ -662,6 +683,19 @@ impl Tracer {
             },
             PendingKind::Free => return,
         };
+        let pid = self.tasks.get(&p.tid).map(|t| t.pid);
+        if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
+            match rec {
+                Record::Alloc { address, size, .. } => proc_.live.alloc(address, size),
+                Record::Realloc {
+                    old_address,
+                    new_address,
+                    size,
+                    ..
+                } => proc_.live.realloc(old_address, new_address, size),
+                _ => {}
+            }
+        }
         self.out.buf().push(rec);
     }
 
@@ -694,6 +728,9 @@ impl Tracer {
             }
             libc::PTRACE_EVENT_EXIT => {
                 self.sweep();
+                if self.cfg.snapshot {
+                    self.maybe_snapshot(tid);
+                }
                 self.abandon_calls(tid);
                 self.resume(tid, 0);
             }
@@ -717,6 +754,97 @@ impl Tracer {
                 }
             }
             _ => self.resume(tid, 0),
+        }
+    }
+
+    /// At a thread's exit stop: if the whole process is ending (exit_group, a fatal
+    /// signal, or its last thread), stop every thread and record the reachability
+    /// snapshot while the memory is still there.
+    fn maybe_snapshot(&mut self, tid: Tid) {
+        let Some(pid) = self.tasks.get(&tid).map(|t| t.pid) else {
+            return;
+        };
+        let Some(proc_) = self.procs.get(&pid) else {
+            return;
+        };
+        if !proc_.recording || proc_.snapshot_done {
+            return;
+        }
+        let regs = sys::get_regs(tid).ok();
+        let msg = sys::event_msg(tid).unwrap_or(0);
+        let killed = msg & 0x7f != 0;
+        let group_exit = regs.is_some_and(|r| r.orig_rax == libc::SYS_exit_group as u64);
+        if !(group_exit || killed || proc_.threads.len() <= 1) {
+            return;
+        }
+        let others: Vec<Tid> = proc_
+            .threads
+            .iter()
+            .copied()
+            .filter(|&t| t != tid)
+            .collect();
+        let mut states = vec![ThreadState {
+            tid,
+            regs,
+            exiting: true,
+        }];
+        // The other threads are being killed by the group exit: collect them at their
+        // own exit stops so their registers and stacks are part of the snapshot.
+        let mut parked = Vec::new();
+        let mut deferred = Vec::new();
+        for t in others {
+            match sys::wait_with_timeout(t, std::time::Duration::from_secs(2)) {
+                Ok(Some(WaitEvent::Event {
+                    event: libc::PTRACE_EVENT_EXIT,
+                    ..
+                })) => {
+                    states.push(ThreadState {
+                        tid: t,
+                        regs: sys::get_regs(t).ok(),
+                        exiting: false,
+                    });
+                    parked.push(t);
+                }
+                Ok(Some(ev)) => deferred.push((t, ev)),
+                _ => states.push(ThreadState {
+                    tid: t,
+                    regs: sys::get_regs(t).ok(),
+                    exiting: false,
+                }),
+            }
+        }
+        self.sweep();
+        let exclude: Vec<Range<u64>> = self
+            .procs
+            .get(&pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.probe.as_ref())
+            .map(|p| {
+                let a = p.borrow().code_addr;
+                let probe: Range<u64> = a..a + crate::probe::TOTAL_LEN as u64;
+                vec![probe]
+            })
+            .unwrap_or_default();
+        let ts = self.now();
+        if let Some(proc_) = self.procs.get_mut(&pid) {
+            proc_.snapshot_done = true;
+            let mut recs = Vec::new();
+            match snapshot::take(pid, ts, &states, &proc_.live, &exclude, &mut recs) {
+                Ok(st) => {
+                    self.stats.snapshot_pointers += st.pointers;
+                    self.stats.snapshot_bytes += st.scanned_bytes;
+                }
+                Err(e) => eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}"),
+            }
+            self.out.buf().extend(recs);
+        }
+        for t in parked {
+            self.abandon_calls(t);
+            self.resume(t, 0);
+        }
+        for (t, ev) in deferred {
+            self.handle(t, ev);
         }
     }
 
@@ -774,6 +902,12 @@ impl Tracer {
             } else {
                 self.fork_space(parent_space, child, follow)
             };
+            // A fork child starts with a copy of its parent's heap.
+            let live = if follow && !shares_vm {
+                self.procs[&ppid].live.clone()
+            } else {
+                LiveBlocks::default()
+            };
             self.procs.insert(
                 child,
                 Proc {
@@ -783,6 +917,8 @@ impl Tracer {
                     detach_at_start: !follow && !shares_vm,
                     threads: [child].into_iter().collect(),
                     status: None,
+                    live,
+                    snapshot_done: false,
                 },
             );
             if follow {
@@ -902,6 +1038,8 @@ impl Tracer {
             return;
         };
         proc_.threads = [tid].into_iter().collect();
+        proc_.live = LiveBlocks::default();
+        proc_.snapshot_done = false;
         if proc_.detach_on_exec {
             // An unfollowed vfork child: the new image has no breakpoints.
             self.procs.remove(&pid);

@@ -1,0 +1,435 @@
+//! The reachability snapshot taken when a process exits (memory still intact, every
+//! thread stopped).
+//!
+//! Leak classes (definitely / indirectly / possibly lost, still reachable) depend on who
+//! points at a block when the program ends. That can only be seen while the process's
+//! memory exists, i.e. at PTRACE_EVENT_EXIT, but the classification itself is analysis
+//! and belongs offline. So the recorder stores just the pointer graph: for every root
+//! region (registers, stacks, writable memory that is not heap) and every live block, the
+//! aligned words whose values point into a live block. Never raw memory: a trace must not
+//! carry the program's secrets, and the graph is far smaller than the heap.
+//!
+//! To know the live blocks, the recorder mirrors the allocator events it writes
+//! ([`LiveBlocks`]), and it remembers every page that ever held a block, so freed heap
+//! memory (with stale pointers in it) is never mistaken for a root.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::ops::Range;
+
+use heaptape_format::{Pointer, Record, RootKind};
+
+use crate::maps::{self, MapEntry};
+use crate::sys::{self, Regs, Tid};
+
+/// Pointers per record at most (keeps every record far below the format's size limit).
+const POINTERS_PER_RECORD: usize = 1 << 18;
+/// Bytes read per batch of process_vm_readv.
+const BATCH_BYTES: usize = 16 << 20;
+const PAGE: u64 = 4096;
+
+/// The blocks a process has live, as the trace says, and the pages heap blocks have used.
+#[derive(Clone, Debug, Default)]
+pub struct LiveBlocks {
+    blocks: HashMap<u64, u64>,
+    heap_pages: HashSet<u64>,
+}
+
+impl LiveBlocks {
+    /// A successful allocation of `size` bytes at `addr`.
+    pub fn alloc(&mut self, addr: u64, size: u64) {
+        if addr == 0 {
+            return;
+        }
+        self.blocks.insert(addr, size);
+        let first = addr / PAGE;
+        let last = addr.saturating_add(size.max(1) - 1) / PAGE;
+        // A big block reused at the same place has its pages marked already.
+        if last - first > 64 && self.heap_pages.contains(&first) && self.heap_pages.contains(&last)
+        {
+            return;
+        }
+        for page in first..=last {
+            self.heap_pages.insert(page);
+        }
+    }
+
+    /// A free (or the release half of a realloc).
+    pub fn free(&mut self, addr: u64) {
+        self.blocks.remove(&addr);
+    }
+
+    /// realloc(old, size) returned `new`.
+    pub fn realloc(&mut self, old: u64, new: u64, size: u64) {
+        if new != 0 {
+            if old != 0 {
+                self.free(old);
+            }
+            self.alloc(new, size);
+        } else if size == 0 && old != 0 {
+            self.free(old);
+        }
+    }
+
+    /// Number of live blocks.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether no block is live.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+/// Live blocks sorted by address, for "does this word point into a block?".
+struct BlockIndex {
+    starts: Vec<u64>,
+    ends: Vec<u64>,
+    lo: u64,
+    hi: u64,
+}
+
+impl BlockIndex {
+    fn new(live: &LiveBlocks) -> BlockIndex {
+        let mut v: Vec<(u64, u64)> = live.blocks.iter().map(|(&a, &s)| (a, s)).collect();
+        v.sort_unstable();
+        let starts: Vec<u64> = v.iter().map(|b| b.0).collect();
+        let ends: Vec<u64> = v.iter().map(|b| b.0.saturating_add(b.1.max(1))).collect();
+        let lo = starts.first().copied().unwrap_or(u64::MAX);
+        let hi = ends.iter().copied().max().unwrap_or(0);
+        BlockIndex {
+            starts,
+            ends,
+            lo,
+            hi,
+        }
+    }
+
+    #[inline]
+    fn contains(&self, v: u64) -> bool {
+        if v < self.lo || v >= self.hi {
+            return false;
+        }
+        let i = self.starts.partition_point(|&s| s <= v);
+        i > 0 && v < self.ends[i - 1]
+    }
+
+    /// Appends the pointers found in `bytes` (which start at an 8-aligned address).
+    fn scan(&self, bytes: &[u8], base_offset: u64, out: &mut Vec<Pointer>) {
+        for (i, w) in bytes.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            if self.contains(v) {
+                out.push(Pointer {
+                    offset: base_offset + i as u64 * 8,
+                    target: v,
+                });
+            }
+        }
+    }
+}
+
+/// A thread of the process at the snapshot, with its registers when it is stopped.
+pub struct ThreadState {
+    /// The thread.
+    pub tid: Tid,
+    /// Its registers (None if it could not be stopped).
+    pub regs: Option<Regs>,
+    /// Whether this is the thread whose exit triggered the snapshot: its registers are
+    /// not roots (memcheck's rule: the exiting thread's registers are dead).
+    pub exiting: bool,
+}
+
+/// What a snapshot covered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapshotStats {
+    /// Live blocks.
+    pub blocks: u64,
+    /// Bytes of memory read and scanned.
+    pub scanned_bytes: u64,
+    /// Pointer words written.
+    pub pointers: u64,
+}
+
+struct Region {
+    kind: RootKind,
+    range: Range<u64>,
+}
+
+/// Takes the snapshot of `pid` and appends its records to `out`. `exclude` lists ranges
+/// that belong to the recorder (the probe area).
+pub fn take(
+    pid: Tid,
+    ts: u64,
+    threads: &[ThreadState],
+    live: &LiveBlocks,
+    exclude: &[Range<u64>],
+    out: &mut Vec<Record>,
+) -> io::Result<SnapshotStats> {
+    let index = BlockIndex::new(live);
+    let mut stats = SnapshotStats {
+        blocks: live.len() as u64,
+        ..Default::default()
+    };
+    out.push(Record::SnapshotBegin {
+        ts,
+        pid: pid as u32,
+    });
+    // Registers of the other threads.
+    for t in threads {
+        let (Some(r), false) = (&t.regs, t.exiting) else {
+            continue;
+        };
+        let values = [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+            r.r13, r.r14, r.r15,
+        ];
+        let pointers: Vec<Pointer> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| index.contains(v))
+            .map(|(i, &v)| Pointer {
+                offset: i as u64 * 8,
+                target: v,
+            })
+            .collect();
+        stats.pointers += pointers.len() as u64;
+        out.push(Record::SnapshotRoot {
+            pid: pid as u32,
+            kind: RootKind::Registers { tid: t.tid as u32 },
+            start: 0,
+            len: values.len() as u64 * 8,
+            pointers,
+        });
+    }
+    // Root regions: live stacks, then writable memory that is neither heap nor ours.
+    let maps = maps::read_maps(pid)?;
+    let mut regions: Vec<Region> = Vec::new();
+    let mut stack_maps: Vec<Range<u64>> = Vec::new();
+    for t in threads {
+        let Some(r) = &t.regs else { continue };
+        let sp = r.rsp & !7;
+        if let Some(m) = maps.iter().find(|m| m.contains(sp)) {
+            stack_maps.push(m.range());
+            regions.push(Region {
+                kind: RootKind::Stack { tid: t.tid as u32 },
+                range: sp..m.end,
+            });
+        }
+    }
+    for m in &maps {
+        if !m.read || !m.write || is_special(m) {
+            continue;
+        }
+        if stack_maps.iter().any(|s| s.start == m.start)
+            || exclude.iter().any(|e| e.start < m.end && m.start < e.end)
+        {
+            continue;
+        }
+        let kind = if m.is_file_backed() {
+            RootKind::ModuleData {
+                path: m.path_without_deleted().to_string(),
+            }
+        } else {
+            RootKind::Anonymous
+        };
+        // Pages that ever held a heap block are not roots (only live blocks are scanned).
+        let mut run_start: Option<u64> = None;
+        let mut page = m.start;
+        while page <= m.end {
+            let heap = page < m.end && live.heap_pages.contains(&(page / PAGE));
+            let end_of_run = page == m.end || heap;
+            match (run_start, end_of_run) {
+                (None, false) => run_start = Some(page),
+                (Some(s), true) => {
+                    regions.push(Region {
+                        kind: kind.clone(),
+                        range: s..page,
+                    });
+                    run_start = None;
+                }
+                _ => {}
+            }
+            page += PAGE;
+        }
+    }
+    // Scan the roots.
+    let mut buf = Vec::new();
+    for region in &regions {
+        scan_range(
+            pid,
+            &region.range,
+            &index,
+            &mut buf,
+            &mut stats,
+            |pointers| {
+                out.push(Record::SnapshotRoot {
+                    pid: pid as u32,
+                    kind: region.kind.clone(),
+                    start: region.range.start,
+                    len: region.range.end - region.range.start,
+                    pointers,
+                });
+            },
+        )?;
+    }
+    // Scan the live blocks, many per system call.
+    let mut blocks: Vec<(u64, u64)> = live.blocks.iter().map(|(&a, &s)| (a, s)).collect();
+    blocks.sort_unstable();
+    let mut i = 0;
+    let mut ptrs = Vec::new();
+    while i < blocks.len() {
+        let mut ranges = Vec::new();
+        let mut total = 0usize;
+        while i < blocks.len() && (ranges.is_empty() || total + blocks[i].1 as usize <= BATCH_BYTES)
+        {
+            let (addr, size) = blocks[i];
+            let len = (size & !7) as usize;
+            if len > 0 && size <= (1 << 40) {
+                ranges.push((addr, len));
+                total += len;
+            }
+            i += 1;
+            if total >= BATCH_BYTES {
+                break;
+            }
+        }
+        if ranges.is_empty() {
+            continue;
+        }
+        if buf.len() < total {
+            buf.resize(total, 0);
+        }
+        let got = read_all(pid, &ranges, &mut buf[..total]);
+        stats.scanned_bytes += got as u64;
+        let mut off = 0;
+        for &(addr, len) in &ranges {
+            ptrs.clear();
+            index.scan(&buf[off..off + len], 0, &mut ptrs);
+            off += len;
+            if ptrs.is_empty() {
+                continue;
+            }
+            stats.pointers += ptrs.len() as u64;
+            for part in ptrs.chunks(POINTERS_PER_RECORD) {
+                out.push(Record::SnapshotBlock {
+                    pid: pid as u32,
+                    address: addr,
+                    pointers: part.to_vec(),
+                });
+            }
+        }
+    }
+    out.push(Record::SnapshotEnd {
+        pid: pid as u32,
+        blocks: stats.blocks,
+        scanned_bytes: stats.scanned_bytes,
+    });
+    Ok(stats)
+}
+
+/// Mappings that are never roots: kernel pseudo-mappings and the recorder's probe.
+fn is_special(m: &MapEntry) -> bool {
+    matches!(m.path.as_str(), "[vvar]" | "[vsyscall]" | "[vdso]")
+        || m.path.starts_with("/memfd:heaptape")
+}
+
+/// Reads `ranges` into `buf`; unreadable parts stay zero. Returns the bytes read.
+fn read_all(pid: Tid, ranges: &[(u64, usize)], buf: &mut [u8]) -> usize {
+    buf.fill(0);
+    match sys::read_memory_vectored(pid, ranges, buf) {
+        Ok(n) if n == buf.len() => n,
+        _ => {
+            // Some range is unreadable: go one by one.
+            let mut off = 0;
+            let mut got = 0;
+            for &(addr, len) in ranges {
+                got += sys::read_memory(pid, addr, &mut buf[off..off + len]).unwrap_or(0);
+                off += len;
+            }
+            got
+        }
+    }
+}
+
+fn scan_range(
+    pid: Tid,
+    range: &Range<u64>,
+    index: &BlockIndex,
+    buf: &mut Vec<u8>,
+    stats: &mut SnapshotStats,
+    mut emit: impl FnMut(Vec<Pointer>),
+) -> io::Result<()> {
+    let mut pointers = Vec::new();
+    let mut addr = range.start & !7;
+    while addr < range.end {
+        let len = ((range.end - addr) as usize).min(BATCH_BYTES);
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let got = read_all(pid, &[(addr, len)], &mut buf[..len]);
+        stats.scanned_bytes += got as u64;
+        index.scan(&buf[..len & !7], addr - range.start, &mut pointers);
+        addr += len as u64;
+    }
+    stats.pointers += pointers.len() as u64;
+    if pointers.is_empty() {
+        emit(Vec::new());
+        return Ok(());
+    }
+    for part in pointers.chunks(POINTERS_PER_RECORD) {
+        emit(part.to_vec());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_finds_words_inside_blocks_only() {
+        let mut live = LiveBlocks::default();
+        live.alloc(0x1000, 16);
+        live.alloc(0x2000, 0);
+        live.alloc(0x3000, 32);
+        live.free(0x3000);
+        let idx = BlockIndex::new(&live);
+        assert!(idx.contains(0x1000) && idx.contains(0x100f));
+        assert!(!idx.contains(0x1010) && !idx.contains(0xfff));
+        assert!(idx.contains(0x2000) && !idx.contains(0x2001));
+        assert!(!idx.contains(0x3000));
+        let mut bytes = Vec::new();
+        for w in [0x1008u64, 7, 0x2000, 0x3000] {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        idx.scan(&bytes, 64, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Pointer {
+                    offset: 64,
+                    target: 0x1008
+                },
+                Pointer {
+                    offset: 80,
+                    target: 0x2000
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn realloc_semantics_match_the_analyzer() {
+        let mut live = LiveBlocks::default();
+        live.realloc(0, 0x100, 10); // realloc(NULL, 10)
+        live.realloc(0x100, 0x200, 20); // moved
+        assert_eq!(live.len(), 1);
+        live.realloc(0x200, 0, 1 << 40); // failed: block stays
+        assert_eq!(live.len(), 1);
+        live.realloc(0x200, 0, 0); // realloc(p, 0) frees
+        assert!(live.is_empty());
+        assert!(live.heap_pages.contains(&0));
+    }
+}
