@@ -62,6 +62,9 @@ struct RecordArgs {
     /// single-threaded programs on VMs), `free` leaves it to the scheduler.
     #[arg(long, value_enum, default_value_t = CpuArg::Free)]
     cpu: CpuArg,
+    /// Sample the program's RSS every this many milliseconds (0: never).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    rss_interval: u64,
     /// Print tracer statistics at the end (stops per call, time spent unwinding).
     #[arg(long)]
     stats: bool,
@@ -90,6 +93,17 @@ struct AnalyzeArgs {
     /// Number of entries per ranked section.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// Extra directory of separate debug files (searched before /usr/lib/debug);
+    /// repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    debug_dirs: Vec<PathBuf>,
+    /// Root of the recorded machine's file system, for traces analyzed elsewhere: module
+    /// paths are looked up under it first.
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
+    /// Show raw addresses (module+offset) instead of function names and source lines.
+    #[arg(long)]
+    no_symbols: bool,
 }
 
 #[derive(Args)]
@@ -174,6 +188,8 @@ fn record(args: RecordArgs) -> ExitCode {
         allocator_prefixes: args.allocator_prefixes,
         snapshot: !args.no_snapshot,
         stats: args.stats,
+        rss_interval: (args.rss_interval > 0)
+            .then(|| std::time::Duration::from_millis(args.rss_interval)),
         cpu_policy: match args.cpu {
             CpuArg::Free => heaptape_recorder::CpuPolicy::Free,
             CpuArg::Same => heaptape_recorder::CpuPolicy::Same,
@@ -192,7 +208,13 @@ fn record(args: RecordArgs) -> ExitCode {
 }
 
 fn analyze(args: AnalyzeArgs) -> ExitCode {
-    let opts = heaptape_analyzer::AnalyzeOptions { top: args.top };
+    let opts = heaptape_analyzer::AnalyzeOptions {
+        top: args.top,
+        symbolize: !args.no_symbols,
+        debug_dirs: args.debug_dirs,
+        sysroot: args.sysroot,
+        ..Default::default()
+    };
     let analysis = match heaptape_analyzer::analyze(&args.trace, &opts) {
         Ok(a) => a,
         Err(e) => {

@@ -54,6 +54,8 @@ pub struct RecordOptions {
     pub cpu_policy: CpuPolicy,
     /// Measure and report tracer statistics (stops per call, unwinding time).
     pub stats: bool,
+    /// Interval between RSS samples; None disables sampling.
+    pub rss_interval: Option<std::time::Duration>,
 }
 
 /// CPU placement of the tracer and the traced program.
@@ -80,7 +82,7 @@ pub enum RecordError {
     #[error("{0}: {1}")]
     NotExecutable(String, io::Error),
     /// ptrace is refused.
-    #[error("cannot trace {0}: ptrace is not permitted here ({1}). Tracing needs kernel.yama.ptrace_scope <= 1 (sysctl kernel.yama.ptrace_scope=1), no seccomp filter blocking ptrace, and in a container CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE)")]
+    #[error("cannot trace {0}: ptrace is not permitted here ({1}). {advice}", advice = ptrace_advice())]
     PtraceDenied(String, io::Error),
     /// The trace file cannot be written.
     #[error("cannot write trace file {0}: {1}")]
@@ -88,6 +90,31 @@ pub enum RecordError {
     /// Anything else the operating system refused.
     #[error("{0}: {1}")]
     Os(&'static str, io::Error),
+}
+
+/// Why ptrace may be refused on this machine, and what to change.
+fn ptrace_advice() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let tracer = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if tracer != 0 {
+        let name = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+        return format!(
+            "heaptape is itself being traced by pid {tracer} ({}), and a traced process cannot trace its children: run heaptape outside the debugger/strace",
+            name.trim()
+        );
+    }
+    match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
+        Some(3) => "kernel.yama.ptrace_scope is 3 (ptrace disabled until reboot); set it to 1 or 0 at boot".into(),
+        Some(2) => "kernel.yama.ptrace_scope is 2 (admin only): run as root or with CAP_SYS_PTRACE, or `sysctl kernel.yama.ptrace_scope=1`".into(),
+        _ => "A seccomp filter or container policy blocks ptrace: in Docker add --cap-add=SYS_PTRACE (and --security-opt seccomp=unconfined on old versions)".into(),
+    }
 }
 
 impl RecordError {
@@ -334,10 +361,15 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         allocator_prefixes: opts.allocator_prefixes.clone(),
         measure_time: opts.stats,
         snapshot: opts.snapshot,
+        rss_interval: opts.rss_interval,
     };
     let mut tracer = Tracer::new(cfg, pid, output, t0);
     tracer.start_root(command);
-    sys::install_tracer_signals(250).map_err(|e| RecordError::Os("sigaction", e))?;
+    let tick_ms = opts
+        .rss_interval
+        .map(|d| (d.as_millis() as u64).clamp(10, 250))
+        .unwrap_or(250);
+    sys::install_tracer_signals(tick_ms).map_err(|e| RecordError::Os("sigaction", e))?;
     let run = tracer.run();
     sys::uninstall_tracer_signals();
     let status = tracer.root_status();

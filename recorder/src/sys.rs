@@ -574,11 +574,20 @@ pub const HANDLED_SIGNALS: [i32; 5] = [
 ];
 
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static TICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    if sig != libc::SIGALRM {
+    if sig == libc::SIGALRM {
+        TICK.store(true, Ordering::Relaxed);
+    } else {
         LAST_SIGNAL.store(sig, Ordering::Relaxed);
     }
+}
+
+/// Whether the periodic tick fired since the last call.
+#[inline]
+pub fn take_tick() -> bool {
+    TICK.load(Ordering::Relaxed) && TICK.swap(false, Ordering::Relaxed)
 }
 
 /// Installs handlers for [`HANDLED_SIGNALS`] without SA_RESTART, so a blocked waitpid

@@ -53,6 +53,8 @@ pub struct TracerConfig {
     pub measure_time: bool,
     /// Take a reachability snapshot when each process exits.
     pub snapshot: bool,
+    /// Interval between RSS samples (None: no sampling).
+    pub rss_interval: Option<std::time::Duration>,
 }
 
 /// Counters about the session, for the summary and the benchmarks.
@@ -226,6 +228,7 @@ pub struct Tracer {
     elf_cache: HashMap<(String, u64), Option<Arc<ElfModule>>>,
     root: Tid,
     root_status: Option<ExitStatus>,
+    next_rss: u64,
     stack_buf: Vec<u8>,
     frames: Vec<u64>,
     done_buf: Vec<Pending>,
@@ -263,6 +266,7 @@ impl Tracer {
             elf_cache: HashMap::new(),
             root,
             root_status: None,
+            next_rss: 0,
             stack_buf: vec![0u8; STACK_COPY],
             frames: Vec::with_capacity(128),
             done_buf: Vec::new(),
@@ -332,9 +336,15 @@ impl Tracer {
                     self.stats.stops += 1;
                     self.sweep();
                     self.handle(tid, ev);
+                    if sys::take_tick() {
+                        self.tick();
+                    }
                     self.out.publish();
                 }
-                Ok(None) => self.tick(),
+                Ok(None) => {
+                    sys::take_tick();
+                    self.tick();
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
                 Err(e) => return Err(e.into()),
             }
@@ -358,7 +368,31 @@ impl Tracer {
             sys::kill(self.root, sig);
         }
         self.sweep();
+        if let Some(every) = self.cfg.rss_interval {
+            let now = sys::monotonic_ns();
+            if now >= self.next_rss {
+                self.next_rss = now + every.as_nanos() as u64;
+                self.sample_rss();
+            }
+        }
         self.out.publish();
+    }
+
+    /// One RssSample per recorded process, from /proc/PID/status (and smaps_rollup for
+    /// Pss, when the kernel has it).
+    fn sample_rss(&mut self) {
+        let ts = self.now();
+        let pids: Vec<Tid> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.recording)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in pids {
+            if let Some(rec) = read_rss(pid, ts) {
+                self.out.buf().push(rec);
+            }
+        }
     }
 
     fn resume(&mut self, tid: Tid, sig: i32) {
@@ -1404,6 +1438,38 @@ fn clone_flags(tid: Tid) -> u64 {
     } else {
         regs.rdi
     }
+}
+
+/// Reads a process's memory use (bytes) from /proc.
+fn read_rss(pid: Tid, ts: u64) -> Option<Record> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|k| k * 1024);
+    Some(Record::RssSample {
+        ts,
+        pid: pid as u32,
+        rss: kb("VmRSS:"),
+        hwm: kb("VmHWM:"),
+        anon: kb("RssAnon:"),
+        file: kb("RssFile:"),
+        pss,
+    })
 }
 
 /// A process's command line from /proc (empty if unreadable).
