@@ -130,6 +130,12 @@ pub struct RawChunk {
 }
 
 impl RawChunk {
+    /// The payload as stored in the file (zstd-compressed when the header's flags say
+    /// so), for tools that copy or inspect chunks without decoding them.
+    pub fn stored_payload(&self) -> &[u8] {
+        &self.payload
+    }
+
     /// Decompresses and decodes the chunk's records.
     pub fn decode(&self) -> Result<Vec<Record>, ReadError> {
         let mut out = Vec::new();

@@ -20,7 +20,7 @@ pub mod chunk;
 mod error;
 mod reader;
 mod record;
-pub mod wire;
+mod wire;
 mod writer;
 
 pub use chunk::{ChunkInfo, RawChunk};

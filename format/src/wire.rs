@@ -116,6 +116,14 @@ const TABLE: usize = 4096;
 /// Number of size bins (a power of two) and blocks remembered per bin.
 const BINS: usize = 128;
 const BIN_DEPTH: usize = 8;
+/// Slots of the encoder's live-block presence filter (a power of two).
+const PRESENT: usize = 4096;
+
+#[inline(always)]
+fn present_slot(addr: u64) -> usize {
+    ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize & (PRESENT - 1)
+}
+
 /// Allocations at least this big are assumed to come from mmap and do not move the bump
 /// prediction.
 const BUMP_MAX_SIZE: u64 = 128 * 1024;
@@ -346,6 +354,9 @@ impl Model {
 /// Encodes the records of one chunk into its streams.
 pub(crate) struct Encoder {
     m: Model,
+    /// How many blocks in `m.live` hash to each slot: lets a release skip the search
+    /// for blocks that are certainly not live.
+    present: Vec<u16>,
     streams: [Vec<u8>; STREAMS],
     len: usize,
     records: u32,
@@ -356,6 +367,7 @@ impl Encoder {
     pub(crate) fn new() -> Self {
         Encoder {
             m: Model::new(),
+            present: vec![0; PRESENT],
             streams: Default::default(),
             len: 0,
             records: 0,
@@ -375,6 +387,9 @@ impl Encoder {
     /// Finds the live block at `addr` among the newest: its distance from the newest.
     #[inline(always)]
     fn find_live(&self, addr: u64) -> Option<u64> {
+        if self.present[present_slot(addr)] == 0 {
+            return None;
+        }
         self.m
             .live
             .iter()
@@ -435,7 +450,12 @@ impl Encoder {
         }
         if let Some(d) = self.find_live(address) {
             put_var(&mut self.streams[S_LIVE], d);
-            return (R_LIVE, self.m.take_live(d));
+            let block = self.m.take_live(d);
+            if let Some(b) = block {
+                let slot = &mut self.present[present_slot(b.addr)];
+                *slot = slot.saturating_sub(1);
+            }
+            return (R_LIVE, block);
         }
         put_var(&mut self.streams[S_LIVE], delta(address, self.m.addr));
         (R_DELTA, None)
@@ -480,6 +500,9 @@ impl Encoder {
                         }
                     }
                 };
+                if address != 0 {
+                    self.before_push_live(address);
+                }
                 self.m.after_alloc(address, size, stack, mode);
                 tag | mode << A_SHIFT
             }
@@ -531,6 +554,7 @@ impl Encoder {
                     }
                 }
                 if new_address != 0 {
+                    self.before_push_live(new_address);
                     self.m.push_live(new_address, size, stack);
                     self.m.addr = new_address;
                 } else if old_address != 0 {
@@ -581,6 +605,20 @@ impl Encoder {
         Ok(())
     }
 
+    /// Keeps `present` in step with a block about to be pushed to the live list (which
+    /// may push out the oldest).
+    #[inline(always)]
+    fn before_push_live(&mut self, addr: u64) {
+        if self.m.live.len() == LIVE_MAX {
+            if let Some(old) = self.m.live.front() {
+                let slot = &mut self.present[present_slot(old.addr)];
+                *slot = slot.saturating_sub(1);
+            }
+        }
+        let slot = &mut self.present[present_slot(addr)];
+        *slot = slot.saturating_add(1);
+    }
+
     /// Appends the chunk payload (stream lengths, then the streams) to `out` and starts
     /// a new chunk.
     pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
@@ -593,6 +631,7 @@ impl Encoder {
             s.clear();
         }
         self.m.reset();
+        self.present.fill(0);
         self.len = 0;
         self.records = 0;
     }
@@ -988,19 +1027,154 @@ fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Sho
     }
 }
 
-#[doc(hidden)]
-pub fn zz_stream_stats(recs: &[Record], level: i32) -> Vec<(usize, usize)> {
-    let mut e = Encoder::new();
-    for r in recs {
-        let _ = e.encode(r, usize::MAX);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(ts: u64, address: u64, size: u64, stack: StackId) -> Record {
+        Record::Alloc {
+            ts,
+            tid: 7,
+            func: AllocFn::Malloc,
+            address,
+            size,
+            align: 0,
+            stack,
+        }
     }
-    e.streams
-        .iter()
-        .map(|s| {
-            (
-                s.len(),
-                zstd::bulk::compress(s, level).map(|c| c.len()).unwrap_or(0),
-            )
-        })
-        .collect()
+
+    fn free(ts: u64, address: u64, stack: StackId) -> Record {
+        Record::Free {
+            ts,
+            tid: 7,
+            func: AllocFn::Free,
+            address,
+            stack,
+        }
+    }
+
+    fn encode_all(recs: &[Record]) -> (Encoder, Vec<Record>) {
+        let mut e = Encoder::new();
+        for r in recs {
+            e.encode(r, usize::MAX).expect("encode");
+        }
+        let count = e.records();
+        let mut payload = Vec::new();
+        let streams = Encoder {
+            streams: e.streams.clone(),
+            ..Encoder::new()
+        };
+        e.finish_into(&mut payload);
+        let mut out = Vec::new();
+        decode_payload(&payload, count, &mut out).expect("decode");
+        (streams, out)
+    }
+
+    #[test]
+    fn varints_round_trip_at_every_length() {
+        let mut values = vec![0, 1, 127, 128, 16383, 16384, u64::MAX, u64::MAX - 1];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((1..64).map(|b| (1u64 << b) - 1));
+        let mut buf = Vec::new();
+        for &v in &values {
+            put_var(&mut buf, v);
+        }
+        // Read once with the fast path (padding after), once byte by byte at the end.
+        for pad in [0usize, 8] {
+            let mut b = buf.clone();
+            b.extend(std::iter::repeat_n(0x80, pad));
+            let mut c = Cur {
+                b: &b,
+                pos: 0,
+                stream: 0,
+            };
+            for &v in &values {
+                assert_eq!(c.var().ok(), Some(v));
+            }
+        }
+        // An eleven-byte varint and one overflowing 64 bits are errors, not panics.
+        let bad = [0xff; 11];
+        assert!(Cur {
+            b: &bad,
+            pos: 0,
+            stream: 0
+        }
+        .var()
+        .is_err());
+        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(Cur {
+            b: &over,
+            pos: 0,
+            stream: 0
+        }
+        .var()
+        .is_err());
+    }
+
+    #[test]
+    fn bump_allocations_store_no_address() {
+        // Fresh blocks laid out one after the other, as from a heap top.
+        let mut recs = Vec::new();
+        let mut a = 0x5555_5556_0010;
+        for i in 0..100 {
+            recs.push(alloc(i * 10, a, 40, 1));
+            a += bump_step(40);
+        }
+        let (e, out) = encode_all(&recs);
+        assert_eq!(out, recs);
+        // Only the first address is stored; sizes and functions are predicted.
+        assert!(e.streams[S_ADDR].len() <= 10, "{}", e.streams[S_ADDR].len());
+        assert!(e.streams[S_SIZE].len() <= 1);
+        assert_eq!(e.streams[S_FUNC].len(), 1);
+    }
+
+    #[test]
+    fn lifo_frees_and_reuse_are_predicted() {
+        let mut recs = Vec::new();
+        for i in 0..50u64 {
+            let a = 0x5555_5556_1000;
+            recs.push(alloc(i * 100, a, 24, 3));
+            recs.push(free(i * 100 + 50, a, 9));
+        }
+        let (e, out) = encode_all(&recs);
+        assert_eq!(out, recs);
+        // Every free names the newest live block: distance 0, one byte each.
+        assert!(e.streams[S_LIVE].iter().all(|&b| b == 0));
+        // The free stack is learnt after the first free.
+        assert_eq!(e.streams[S_STACK].len(), 50 + 1);
+        // Reused blocks come from their size bin, at depth 0.
+        assert!(e.streams[S_BIN].iter().all(|&b| b == 0));
+        assert!(!e.streams[S_BIN].is_empty());
+    }
+
+    #[test]
+    fn wrong_predictions_are_errors_not_panics() {
+        // A free whose stack is "predicted" with nothing to predict from.
+        let tag = K_FREE | A_ZERO << A_SHIFT;
+        let mut payload = Vec::new();
+        let streams: [&[u8]; STREAMS] = [
+            &[tag],
+            &[0],
+            &[0],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+            &[],
+        ];
+        for s in &streams {
+            put_var(&mut payload, s.len() as u64);
+        }
+        for s in &streams {
+            payload.extend_from_slice(s);
+        }
+        let mut out = Vec::new();
+        let e = decode_payload(&payload, 1, &mut out).expect_err("must fail");
+        assert_eq!(e.record, 0);
+        assert!(e.what.contains("predicted"), "{}", e.what);
+    }
 }

@@ -20,7 +20,7 @@ use crate::{FORMAT_VERSION, MAGIC, MAX_CHUNK_BYTES, MAX_HEADER_BYTES, MAX_RECORD
 /// Default uncompressed size at which a chunk is closed.
 pub const DEFAULT_CHUNK_TARGET: usize = 1 << 20;
 /// Default zstd level.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Largest accepted chunk target: a chunk below the target plus one maximal record
 /// must stay within [`MAX_CHUNK_BYTES`].
 const MAX_CHUNK_TARGET: usize = MAX_CHUNK_BYTES - MAX_RECORD_BYTES - 4096;
