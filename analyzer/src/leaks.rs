@@ -568,16 +568,25 @@ fn edge_kind(e: u64) -> u64 {
     e >> KIND_SHIFT
 }
 
+/// Sets `bits` in `flag` and returns the previous value (skipping the write when
+/// they are set already, as they mostly are in dense graphs).
 #[inline]
-fn edge_is_definite(e: u64) -> bool {
-    let k = edge_kind(e);
-    k == K_START || k >= K_HEUR
+fn set_bits(flag: &AtomicU8, bits: u8) -> u8 {
+    let old = flag.load(Ordering::Relaxed);
+    if old & bits == bits {
+        old
+    } else {
+        flag.fetch_or(bits, Ordering::Relaxed)
+    }
 }
 
 // Mark flags.
 const F_DEFINITE: u8 = 1;
 const F_ANY: u8 = 2;
 const F_START_FROM_DEFINITE: u8 = 4;
+
+/// One start in this many goes into the top level of the block index.
+const INDEX_STRIDE: usize = 32;
 
 /// Frontiers at least this long are expanded in parallel.
 const PAR_FRONTIER: usize = 4096;
@@ -635,6 +644,7 @@ impl SnapshotGraph {
             mut runs,
             mut targets,
         } = self;
+        let __t0 = std::time::Instant::now();
         let n = blocks.len();
         if n >= NO_LEADER as usize {
             return Err(format!(
@@ -652,14 +662,18 @@ impl SnapshotGraph {
             .par_iter()
             .map(|b| b.address.saturating_add(b.size.max(1)))
             .collect();
+        // Every INDEX_STRIDE-th start: a top level small enough to stay in cache.
+        let sample: Vec<u64> = starts.iter().step_by(INDEX_STRIDE).copied().collect();
         let resolver = Resolver {
             blocks: &blocks,
+            sample: &sample,
             starts: &starts,
             ends: &ends,
             source,
             enabled,
         };
 
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Resolve every tar");
         // Resolve every target in place.
         roots.par_iter_mut().for_each(|t| *t = resolver.edge(*t));
         targets.par_iter_mut().for_each(|t| *t = resolver.edge(*t));
@@ -669,6 +683,7 @@ impl SnapshotGraph {
             .filter(|&&e| edge_kind(e) == K_STRAY)
             .count() as u64;
 
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Runs: source addr");
         // Runs: source address -> block index (u64::MAX: unknown), then CSR.
         runs.par_iter_mut().for_each(|r| {
             r.source = match starts.binary_search(&r.source) {
@@ -690,46 +705,33 @@ impl SnapshotGraph {
         drop(targets);
         drop(runs);
 
-        // Marking: definite reachability, then reachability at all.
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Marking: definite");
+        // Marking: definite reachability (noting, for the heuristic credit, which
+        // blocks a start pointer or an accepted interior pointer from a definite source
+        // reaches), then reachability at all.
         let flags: Vec<AtomicU8> = (0..n).map(|_| AtomicU8::new(0)).collect();
-        let seeds = |definite_only: bool, bit: u8| -> Vec<u32> {
-            roots
-                .iter()
-                .filter(|&&e| edge_kind(e) != K_STRAY && (!definite_only || edge_is_definite(e)))
-                .filter_map(|&e| {
-                    let t = edge_target(e);
-                    (flags[t].fetch_or(bit, Ordering::Relaxed) & bit == 0).then_some(t as u32)
-                })
-                .collect()
-        };
-        let s = seeds(true, F_DEFINITE);
-        graph.reach(s, &flags, F_DEFINITE, true);
-        let s = seeds(false, F_ANY);
-        graph.reach(s, &flags, F_ANY, false);
-
-        // Heuristic credit for reachable blocks: start pointers and accepted interior
-        // pointers from definite sources (roots and reachable blocks).
         let heur_seen: Vec<AtomicU8> = (0..n).map(|_| AtomicU8::new(0)).collect();
-        let note = |e: u64| {
+        let definite = |e: u64| -> Option<u32> {
             let t = edge_target(e);
-            match edge_kind(e) {
-                K_START => {
-                    flags[t].fetch_or(F_START_FROM_DEFINITE, Ordering::Relaxed);
-                }
+            let bits = match edge_kind(e) {
+                K_START => F_DEFINITE | F_START_FROM_DEFINITE,
                 k if k >= K_HEUR => {
-                    heur_seen[t].fetch_or(1 << (k - K_HEUR), Ordering::Relaxed);
+                    set_bits(&heur_seen[t], 1 << (k - K_HEUR));
+                    F_DEFINITE
                 }
-                _ => {}
-            }
+                _ => return None,
+            };
+            (set_bits(&flags[t], bits) & F_DEFINITE == 0).then_some(t as u32)
         };
-        if !enabled.is_empty() {
-            roots.par_iter().for_each(|&e| note(e));
-            (0..n).into_par_iter().for_each(|b| {
-                if flags[b].load(Ordering::Relaxed) & F_DEFINITE != 0 {
-                    graph.edges(b).iter().for_each(|&e| note(e));
-                }
-            });
-        }
+        let any = |e: u64| -> Option<u32> {
+            let t = edge_target(e);
+            (edge_kind(e) != K_STRAY && set_bits(&flags[t], F_ANY) & F_ANY == 0).then_some(t as u32)
+        };
+        let seeds: Vec<u32> = roots.iter().filter_map(|&e| definite(e)).collect();
+        graph.reach(seeds, &definite);
+        let seeds: Vec<u32> = roots.iter().filter_map(|&e| any(e)).collect();
+        graph.reach(seeds, &any);
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "drop(roots);");
         drop(roots);
 
         let mut kinds: Vec<LeakKind> = flags
@@ -760,6 +762,7 @@ impl SnapshotGraph {
         drop(flags);
         drop(heur_seen);
 
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Cliques, in ascen");
         // Cliques, in ascending address order (memcheck's second pass).
         let mut indirect = vec![0u64; n];
         let mut leaders = vec![NO_LEADER; n];
@@ -786,6 +789,7 @@ impl SnapshotGraph {
                 }
             }
         }
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// A former leader");
         // A former leader's members point at it: resolve to the final leader.
         for i in 0..n {
             let mut l = leaders[i];
@@ -803,7 +807,9 @@ impl SnapshotGraph {
             }
         }
 
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "let (summary, loss_r");
         let (summary, loss_records) = tally(&blocks, &kinds, &indirect, &heuristic_of);
+        eprintln!("TIMING {:?} {}", __t0.elapsed(), "Ok(LeakReport {");
         Ok(LeakReport {
             summary,
             loss_records,
@@ -820,6 +826,7 @@ impl SnapshotGraph {
 
 struct Resolver<'a> {
     blocks: &'a [LiveBlock],
+    sample: &'a [u64],
     starts: &'a [u64],
     ends: &'a [u64],
     source: &'a dyn HeuristicSource,
@@ -830,7 +837,13 @@ impl Resolver<'_> {
     /// The encoded edge for a pointer to `target`.
     #[inline]
     fn edge(&self, target: u64) -> u64 {
-        let i = self.starts.partition_point(|&s| s <= target);
+        let j = self.sample.partition_point(|&s| s <= target);
+        if j == 0 {
+            return K_STRAY << KIND_SHIFT;
+        }
+        let lo = (j - 1) * INDEX_STRIDE;
+        let hi = (j * INDEX_STRIDE).min(self.starts.len());
+        let i = lo + self.starts[lo..hi].partition_point(|&s| s <= target);
         if i == 0 || target >= self.ends[i - 1] {
             return K_STRAY << KIND_SHIFT;
         }
@@ -897,16 +910,12 @@ impl Csr {
         &self.adj[self.offsets[b]..self.offsets[b + 1]]
     }
 
-    /// Marks `bit` on everything reachable from `frontier` (already marked), through
-    /// definite edges only if `definite_only`.
-    fn reach(&self, mut frontier: Vec<u32>, flags: &[AtomicU8], bit: u8, definite_only: bool) {
-        let visit = |e: u64| -> Option<u32> {
-            if definite_only && !edge_is_definite(e) {
-                return None;
-            }
-            let t = edge_target(e);
-            (flags[t].fetch_or(bit, Ordering::Relaxed) & bit == 0).then_some(t as u32)
-        };
+    /// Walks from `frontier` (already visited): `visit` marks the target of an edge
+    /// and returns it if the walk goes on from there.
+    fn reach<F>(&self, mut frontier: Vec<u32>, visit: &F)
+    where
+        F: Fn(u64) -> Option<u32> + Sync,
+    {
         while !frontier.is_empty() {
             if frontier.len() >= PAR_FRONTIER {
                 frontier = frontier

@@ -15,7 +15,8 @@
 //! `docs/ANALYZER.md` describes the semantics in prose.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use heaptape_format::{Header, ReadError, StackId, TraceReader, Truncation};
 
@@ -36,18 +37,32 @@ pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals};
 pub use sites::{SiteStats, SiteTable};
 pub use stacks::StackTable;
-pub use symbolize::{Frame, RawSymbolizer, Symbolizer};
+pub use symbolize::{ElfSymbolizer, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions};
 
 /// Options of an analysis and of its reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnalyzeOptions {
     /// Number of entries in each ranked section (call sites, ...).
     pub top: usize,
+    /// Whether the reports name functions and source lines ([`ElfSymbolizer`], the
+    /// default) or only show `module+offset` ([`RawSymbolizer`]).
+    pub symbolize: bool,
+    /// Extra directories of separate debug files, searched before `/usr/lib/debug`
+    /// (see [`SymbolizerOptions::debug_dirs`]).
+    pub debug_dirs: Vec<PathBuf>,
+    /// The recorded machine's root: module paths are looked up under it first (see
+    /// [`SymbolizerOptions::sysroot`]).
+    pub sysroot: Option<PathBuf>,
 }
 
 impl Default for AnalyzeOptions {
     fn default() -> Self {
-        AnalyzeOptions { top: 10 }
+        AnalyzeOptions {
+            top: 10,
+            symbolize: true,
+            debug_dirs: Vec::new(),
+            sysroot: None,
+        }
     }
 }
 
@@ -79,6 +94,8 @@ pub struct Analysis {
     pub last_ts: u64,
     /// The options the analysis was made with (the JSON report's ranking depth).
     pub options: AnalyzeOptions,
+    /// The symbolizer of the reports, when `options.symbolize` is set.
+    pub symbolizer: Option<Arc<ElfSymbolizer>>,
 }
 
 /// Replays the trace at `path`.
@@ -93,6 +110,15 @@ pub fn analyze_reader<R: Read + Send>(
 ) -> Result<Analysis, AnalyzeError> {
     let header = reader.header().clone();
     let mut replay = Replay::new(&header);
+    let symbolizer = opts.symbolize.then(|| {
+        Arc::new(ElfSymbolizer::new(SymbolizerOptions {
+            debug_dirs: opts.debug_dirs.clone(),
+            sysroot: opts.sysroot.clone(),
+        }))
+    });
+    if let Some(s) = &symbolizer {
+        replay.set_symbolizer(s.clone());
+    }
     let end = source::stream(reader, |records| {
         for rec in records {
             replay.apply(rec);
@@ -105,7 +131,7 @@ pub fn analyze_reader<R: Read + Send>(
             reason: "no end record; the recorder did not finish".into(),
         })
     });
-    Ok(Analysis {
+    let analysis = Analysis {
         header,
         processes: outcome.processes,
         stacks: outcome.stacks,
@@ -114,19 +140,85 @@ pub fn analyze_reader<R: Read + Send>(
         records: outcome.records,
         last_ts: outcome.last_ts,
         options: opts.clone(),
-    })
+        symbolizer,
+    };
+    analysis.prefetch_symbols();
+    Ok(analysis)
+}
+
+/// A symbolizer that only notes which addresses a report asks about, and of which
+/// module map (by its address: the maps are those of the analysis's images).
+#[derive(Default)]
+struct Collector {
+    wanted: Mutex<Vec<(usize, u64)>>,
+}
+
+impl Symbolizer for Collector {
+    fn symbolize(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Vec<Frame> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((modules as *const ModuleMap as usize, address));
+        RawSymbolizer.symbolize(modules, address, return_address)
+    }
 }
 
 impl Analysis {
-    /// Everything the user should know about the trace itself (truncation, oddities),
-    /// as one line; `None` for a complete, well-formed trace.
-    pub fn warning(&self) -> Option<String> {
+    /// Symbolizes, in one parallel batch, every frame the reports will print (so that
+    /// rendering only hits the cache, and [`Analysis::warnings`] already names the
+    /// modules whose files were rejected).
+    fn prefetch_symbols(&self) {
+        let Some(sym) = &self.symbolizer else {
+            return;
+        };
+        let collector = Collector::default();
+        let _ = self.render_text_with(&mut std::io::sink(), &self.options, &collector);
+        let _ = self.to_json_with(&collector);
+        let maps: hash::FastMap<usize, &ModuleMap> = self
+            .processes
+            .iter()
+            .flat_map(|p| p.images.iter())
+            .map(|i| (&i.modules as *const ModuleMap as usize, &i.modules))
+            .collect();
+        let wanted = collector
+            .wanted
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        sym.prefetch(
+            wanted
+                .into_iter()
+                .filter_map(|(map, address)| maps.get(&map).map(|m| (*m, address))),
+        );
+    }
+
+    /// Everything the user should know about the trace itself (truncation, oddities)
+    /// and about its symbolization (modules whose file was rejected), one sentence per
+    /// item; empty for a complete, well-formed trace whose files all matched.
+    pub fn warnings(&self) -> Vec<String> {
         let mut parts = Vec::new();
         if let Some(t) = &self.truncation {
             parts.push(t.to_string());
         }
         parts.extend(self.anomalies.messages());
+        if let Some(s) = &self.symbolizer {
+            parts.extend(s.warnings());
+        }
+        parts
+    }
+
+    /// [`Analysis::warnings`] as one line; `None` when there are none.
+    pub fn warning(&self) -> Option<String> {
+        let parts = self.warnings();
         (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// The symbolizer the reports use: the analysis's [`ElfSymbolizer`], or
+    /// [`RawSymbolizer`] when symbolization is off.
+    pub fn symbolizer(&self) -> &dyn Symbolizer {
+        match &self.symbolizer {
+            Some(s) => s.as_ref(),
+            None => &RawSymbolizer,
+        }
     }
 
     /// The return addresses of stack `id`, innermost first.
@@ -139,9 +231,9 @@ impl Analysis {
         self.processes.iter().rev().find(|p| p.pid == pid)
     }
 
-    /// The JSON report, with raw frames.
+    /// The JSON report, frames described by [`Analysis::symbolizer`].
     pub fn to_json(&self) -> serde_json::Value {
-        self.to_json_with(&RawSymbolizer)
+        self.to_json_with(self.symbolizer())
     }
 
     /// The JSON report, frames described by `symbolizer`.
@@ -149,13 +241,13 @@ impl Analysis {
         report::json::analysis(self, symbolizer)
     }
 
-    /// The text report, with raw frames.
+    /// The text report, frames described by [`Analysis::symbolizer`].
     pub fn render_text(
         &self,
         out: &mut dyn std::io::Write,
         opts: &AnalyzeOptions,
     ) -> std::io::Result<()> {
-        self.render_text_with(out, opts, &RawSymbolizer)
+        self.render_text_with(out, opts, self.symbolizer())
     }
 
     /// The text report, frames described by `symbolizer`.

@@ -30,6 +30,8 @@
 //! Memory is bounded by live blocks, call sites, live threads and the processes of the
 //! tree, never by the number of records.
 
+use std::sync::Arc;
+
 use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackId, Timestamp};
 
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
@@ -38,6 +40,7 @@ use crate::heap::{Block, Heap, ImageId};
 use crate::modules::ModuleMap;
 use crate::sites::SiteTable;
 use crate::stacks::StackTable;
+use crate::symbolize::Symbolizer;
 
 /// Whole-image figures, counted the way valgrind's "total heap usage" line counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,6 +72,10 @@ pub struct Totals {
     pub inherited_bytes: u64,
     /// Frees of addresses allocated before an attach (see the module docs).
     pub untracked_frees: u64,
+    /// Frees made by the C library's own allocator bookkeeping (glibc's
+    /// `tcache_thread_shutdown` at thread exit) of pointers that were not live blocks:
+    /// neither counted in `frees` nor reported (see [`Replay::set_symbolizer`]).
+    pub allocator_internal_frees: u64,
 }
 
 /// Why an image ended.
@@ -305,7 +312,6 @@ pub struct ReplayOutcome {
 }
 
 /// The replay state machine (see the module docs).
-#[derive(Debug)]
 pub struct Replay {
     header_pid: u32,
     header_command: Vec<String>,
@@ -320,6 +326,31 @@ pub struct Replay {
     alloc_events: u64,
     end_seen: bool,
     last_ts: Timestamp,
+    symbolizer: Option<Arc<dyn Symbolizer + Send + Sync>>,
+    /// Whether a bad free from (image, stack) is the C library's own bookkeeping.
+    internal_frees: FastMap<(ImageId, StackId), bool>,
+}
+
+/// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
+pub fn is_libc_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libc.so") || name.starts_with("libc-")
+}
+
+/// Functions of a statically linked C library whose frees are allocator bookkeeping:
+/// glibc's `tcache_thread_shutdown`, which a static build inlines into
+/// `__malloc_arena_thread_freeres` (only the latter is in the symbol table then).
+pub const INTERNAL_FREE_FUNCTIONS: &[&str] =
+    &["tcache_thread_shutdown", "__malloc_arena_thread_freeres"];
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("records", &self.records)
+            .field("processes", &self.procs.len())
+            .field("symbolizer", &self.symbolizer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Replay {
@@ -339,7 +370,49 @@ impl Replay {
             alloc_events: 0,
             end_seen: false,
             last_ts: 0,
+            symbolizer: None,
+            internal_frees: FastMap::default(),
         }
+    }
+
+    /// Gives the replay a symbolizer for recognising the C library's internal frees in
+    /// statically linked programs.
+    ///
+    /// A free of a pointer that is not a live block (a would-be double or invalid free)
+    /// whose innermost frame lies in the C library is glibc freeing its own bookkeeping
+    /// (`tcache_thread_shutdown` releasing a dying thread's cached chunks and the tcache
+    /// itself); it is counted in `allocator_internal_frees` instead of `frees` and not
+    /// reported. The C library is recognised by its module's file name (`libc.so*`,
+    /// `libc-*`); when the image maps no such module (a static executable), the
+    /// innermost frame must symbolize to one of [`INTERNAL_FREE_FUNCTIONS`], which needs this
+    /// symbolizer and a symbol table in the executable.
+    pub fn set_symbolizer(&mut self, symbolizer: Arc<dyn Symbolizer + Send + Sync>) {
+        self.symbolizer = Some(symbolizer);
+    }
+
+    /// Whether a bad free from `stack` in image `img` is allocator bookkeeping (see
+    /// [`Replay::set_symbolizer`]).
+    fn allocator_internal(&mut self, img: ImageId, stack: StackId) -> bool {
+        if let Some(&known) = self.internal_frees.get(&(img, stack)) {
+            return known;
+        }
+        let modules = &self.images[img].modules;
+        let verdict = match self.stacks.iter(stack).next() {
+            None => false,
+            Some(caller) => match modules.lookup(caller) {
+                Some(hit) if is_libc_path(&hit.module.path) => true,
+                _ if modules.modules().iter().any(|m| is_libc_path(&m.path)) => false,
+                _ => self.symbolizer.as_ref().is_some_and(|sym| {
+                    sym.symbolize(modules, caller, true).iter().any(|f| {
+                        f.function
+                            .as_deref()
+                            .is_some_and(|name| INTERNAL_FREE_FUNCTIONS.contains(&name))
+                    })
+                }),
+            },
+        };
+        self.internal_frees.insert((img, stack), verdict);
+        verdict
     }
 
     /// The stack trie as built so far.
@@ -459,7 +532,7 @@ impl Replay {
                     return;
                 };
                 self.images[img].totals.frees += 1;
-                self.release(img, tid, ts, func, address, stack);
+                self.release(img, tid, ts, func, address, stack, true);
             }
             Record::Realloc {
                 ts,
@@ -781,7 +854,9 @@ impl Replay {
         }
     }
 
-    /// Releases `address` on behalf of image `img` (the free itself is already counted).
+    /// Releases `address` on behalf of image `img` (the free itself is already counted;
+    /// `may_be_internal`: a plain free, which may turn out to be allocator bookkeeping).
+    #[allow(clippy::too_many_arguments)]
     fn release(
         &mut self,
         img: ImageId,
@@ -790,8 +865,22 @@ impl Replay {
         func: AllocFn,
         address: u64,
         stack: StackId,
+        may_be_internal: bool,
     ) {
         let heap_id = self.images[img].heap;
+        let Some(heap) = self.heaps.get(heap_id).and_then(Option::as_ref) else {
+            return;
+        };
+        if may_be_internal
+            && !heap.live.contains_key(&address)
+            && (heap.complete || heap.freed(address).is_some())
+            && self.allocator_internal(img, stack)
+        {
+            let totals = &mut self.images[img].totals;
+            totals.frees = totals.frees.saturating_sub(1);
+            totals.allocator_internal_frees += 1;
+            return;
+        }
         let Some(heap) = self.heaps.get_mut(heap_id).and_then(Option::as_mut) else {
             return;
         };
@@ -868,7 +957,7 @@ impl Replay {
         let frees_old = old != 0 && (new != 0 || size == 0);
         if frees_old {
             self.images[img].totals.frees += 1;
-            self.release(img, tid, ts, func, old, stack);
+            self.release(img, tid, ts, func, old, stack, false);
         } else if old != 0 {
             // Failed: nothing changes, but a bad pointer is still worth reporting.
             self.images[img].totals.failed_allocations += 1;
@@ -881,7 +970,7 @@ impl Replay {
                     !h.live.contains_key(&old) && (h.complete || h.freed(old).is_some())
                 });
             if bad {
-                self.release(img, tid, ts, func, old, stack);
+                self.release(img, tid, ts, func, old, stack, false);
             }
             return;
         }

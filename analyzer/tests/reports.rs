@@ -128,6 +128,7 @@ fn json_shape_and_values() {
             "inherited_blocks": 0,
             "inherited_bytes": 0,
             "untracked_frees": 0,
+            "allocator_internal_frees": 0,
         })
     );
     assert_eq!(
@@ -146,9 +147,9 @@ fn json_shape_and_values() {
             "peak_blocks": 2,
             "frames": [
                 {"address": "0x401100", "module": "/bin/app", "offset": "0x401100",
-                 "function": null, "file": null, "line": null},
+                 "function": null, "file": null, "line": null, "inlined": false},
                 {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
-                 "function": null, "file": null, "line": null},
+                 "function": null, "file": null, "line": null, "inlined": false},
             ],
         }])
     );
@@ -168,9 +169,9 @@ fn json_shape_and_values() {
             "ts_ns": 6000,
             "frames": [
                 {"address": "0x401200", "module": "/bin/app", "offset": "0x401200",
-                 "function": null, "file": null, "line": null},
+                 "function": null, "file": null, "line": null, "inlined": false},
                 {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
-                 "function": null, "file": null, "line": null},
+                 "function": null, "file": null, "line": null, "inlined": false},
             ],
         }])
     );
@@ -199,7 +200,14 @@ fn json_shape_and_values() {
 #[test]
 fn json_ranking_depth_follows_the_options() {
     let (_d, path) = scenario().finish();
-    let a = analyze(&path, &AnalyzeOptions { top: 0 }).unwrap();
+    let a = analyze(
+        &path,
+        &AnalyzeOptions {
+            top: 0,
+            ..AnalyzeOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(a.to_json()["processes"][0]["sites_live_at_exit"], json!([]));
 }
 
@@ -267,7 +275,14 @@ fn text_report_of_fork_and_exec() {
     let (_d, path) = t.finish();
     let a = run(&path);
     let mut out = Vec::new();
-    a.render_text(&mut out, &AnalyzeOptions { top: 1 }).unwrap();
+    a.render_text(
+        &mut out,
+        &AnalyzeOptions {
+            top: 1,
+            ..AnalyzeOptions::default()
+        },
+    )
+    .unwrap();
     let text = String::from_utf8(out).unwrap();
     let expected = "\
 heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kernel 6.1.0)

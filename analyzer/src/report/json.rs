@@ -130,6 +130,7 @@ pub fn totals(t: &Totals) -> Value {
         "inherited_blocks": t.inherited_blocks,
         "inherited_bytes": t.inherited_bytes,
         "untracked_frees": t.untracked_frees,
+        "allocator_internal_frees": t.allocator_internal_frees,
     })
 }
 
@@ -161,6 +162,7 @@ fn frame_list(frames: &[Frame]) -> Value {
                 "function": f.function,
                 "file": f.file,
                 "line": f.line,
+                "inlined": f.inlined,
             })
         })
         .collect()

@@ -15,7 +15,7 @@ pub mod json;
 pub mod text;
 
 /// The frames of stack `id` in `image`, innermost first, as the symbolizer describes
-/// them.
+/// them (every address of a stack is a return address).
 pub fn frames(
     stacks: &StackTable,
     image: &Image,
@@ -24,8 +24,7 @@ pub fn frames(
 ) -> Vec<Frame> {
     stacks
         .iter(id)
-        .enumerate()
-        .flat_map(|(i, addr)| symbolizer.symbolize(&image.modules, addr, i > 0))
+        .flat_map(|addr| symbolizer.symbolize(&image.modules, addr, true))
         .collect()
 }
 

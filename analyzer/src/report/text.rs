@@ -146,6 +146,13 @@ fn image(
             num(t.untracked_frees)
         )?;
     }
+    if t.allocator_internal_frees > 0 {
+        writeln!(
+            out,
+            "   allocator-internal frees: {} (the C library's own bookkeeping, not counted)",
+            num(t.allocator_internal_frees)
+        )?;
+    }
     if !img.findings.is_empty() {
         let f = &img.findings;
         writeln!(

@@ -4,12 +4,16 @@
 //! binaries. Reports therefore never format addresses themselves: they ask a
 //! [`Symbolizer`] to describe each address, given the module map of the process image
 //! the stack belongs to. [`RawSymbolizer`] needs nothing but the trace and describes a
-//! frame as its address and `module+offset`; a DWARF/ELF symbolizer can replace it
-//! without touching the report code.
+//! frame as its address and `module+offset`; [`ElfSymbolizer`] adds function names,
+//! source lines and inlined frames from the modules' ELF files and DWARF.
 
 use std::fmt;
 
 use crate::modules::ModuleMap;
+
+pub mod elf;
+
+pub use elf::{ElfSymbolizer, SymbolizerOptions};
 
 /// One described frame. A symbolizer may return several for one address when calls were
 /// inlined (innermost first); all of them carry the same `address`.
@@ -27,21 +31,26 @@ pub struct Frame {
     pub file: Option<String>,
     /// Source line, if known.
     pub line: Option<u32>,
+    /// Whether this frame is a call that the compiler inlined into the next frame (all
+    /// frames of one address but the last, outermost one).
+    pub inlined: bool,
 }
 
 impl fmt::Display for Frame {
-    /// `0x4011d6: main (app.c:12)`, `0x4011d6: app+0x11d6`, or `0x4011d6: ???`.
+    /// Worded like memcheck: `0x4011d6: main (app.c:12)` (the source file's name
+    /// only), `0x4011d6: free (in libc.so.6)` without line information,
+    /// `0x4011d6: app+0x11d6` without a symbol, or `0x4011d6: ???`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}: ", self.address)?;
         match (&self.function, &self.module) {
             (Some(func), _) => {
                 f.write_str(func)?;
                 match (&self.file, self.line) {
-                    (Some(file), Some(line)) => write!(f, " ({file}:{line})"),
-                    (Some(file), None) => write!(f, " ({file})"),
-                    _ => match (&self.module, self.module_offset) {
-                        (Some(m), Some(off)) => write!(f, " ({}+{off:#x})", file_name(m)),
-                        _ => Ok(()),
+                    (Some(file), Some(line)) => write!(f, " ({}:{line})", file_name(file)),
+                    (Some(file), None) => write!(f, " ({})", file_name(file)),
+                    _ => match &self.module {
+                        Some(m) => write!(f, " (in {})", file_name(m)),
+                        None => Ok(()),
                     },
                 }
             }
@@ -61,8 +70,10 @@ fn file_name(path: &str) -> &str {
 /// Describes addresses for reports (see the module docs).
 pub trait Symbolizer {
     /// Describes `address` in the image whose modules are `modules`. `return_address`
-    /// is true for every frame but the innermost: those addresses point just after a
-    /// call instruction, so a line lookup should use `address - 1`.
+    /// says that the address points just after a call instruction (true of every frame
+    /// of a recorded stack, the innermost included: it is where the allocator returns
+    /// to), so a line lookup should use `address - 1`; the frames still report
+    /// `address`.
     fn symbolize(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Vec<Frame>;
 }
 
@@ -110,10 +121,18 @@ mod tests {
         let named = Frame {
             address: 0x10,
             function: Some("main".into()),
-            file: Some("app.c".into()),
+            file: Some("/src/app.c".into()),
             line: Some(3),
             ..Frame::default()
         };
         assert_eq!(named.to_string(), "0x10: main (app.c:3)");
+        let symbol_only = Frame {
+            address: 0x10,
+            module: Some("/lib/libc.so.6".into()),
+            module_offset: Some(0x10),
+            function: Some("free".into()),
+            ..Frame::default()
+        };
+        assert_eq!(symbol_only.to_string(), "0x10: free (in libc.so.6)");
     }
 }

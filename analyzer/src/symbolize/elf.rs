@@ -1,0 +1,715 @@
+//! [`ElfSymbolizer`]: function names, source lines and inlined frames from the ELF files
+//! and DWARF debug info of the recorded modules.
+//!
+//! Each module of a trace is named by its path and the GNU build-id the recorder read
+//! from the running process. The symbolizer opens that path (under the sysroot first, if
+//! one is given), refuses a file whose build-id differs from the recorded one (its
+//! addresses would give wrong lines; a warning says so once per module), and finds DWARF
+//! in the file itself or in a separate debug file (see [`debug_file_candidates`]).
+//! Without DWARF the ELF symbol table (`.symtab`, else `.dynsym`) still names functions.
+//!
+//! Every distinct (module, address) is resolved once and cached. [`ElfSymbolizer::prefetch`]
+//! resolves a batch of addresses grouped by module, the modules in parallel (rayon). The
+//! DWARF is read into memory once per module, lazily; nothing of a malformed or truncated
+//! file can panic the analysis: such a module's frames simply stay `module+offset`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use rayon::prelude::*;
+
+use crate::hash::FastMap;
+use crate::modules::ModuleMap;
+use crate::symbolize::{Frame, Symbolizer};
+
+type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+
+/// Where to look for the files of a trace's modules and their debug info.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolizerOptions {
+    /// Extra directories holding separate debug files, searched before the system's
+    /// `/usr/lib/debug`: `DIR/.build-id/xx/yyyy.debug`, `DIR/<module dir>/<debuglink>`
+    /// and `DIR/<debuglink>`.
+    pub debug_dirs: Vec<PathBuf>,
+    /// A directory standing for `/` of the recorded machine: module paths (and
+    /// `/usr/lib/debug`) are looked up under it first, then as they are.
+    pub sysroot: Option<PathBuf>,
+}
+
+/// One resolved frame of a module, independent of where the module was loaded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Sym {
+    function: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+    inlined: bool,
+}
+
+/// Why a module gives no symbols.
+#[derive(Debug)]
+enum Unavailable {
+    /// No file at the path (or a pseudo module such as `[vdso]`).
+    Missing,
+    /// The file is not the one that was recorded.
+    BuildIdMismatch(String),
+    /// The file could not be parsed.
+    Unreadable,
+}
+
+/// The symbol tables and DWARF of one module file.
+struct DebugModule {
+    dwarf: Option<addr2line::Context<Reader>>,
+    /// Function symbols sorted by start address, one per address.
+    symbols: Vec<ElfSym>,
+}
+
+#[derive(Debug)]
+struct ElfSym {
+    start: u64,
+    /// Exclusive end; equal to `start` for symbols of unknown size.
+    end: u64,
+    name: String,
+}
+
+enum SlotState {
+    Unloaded,
+    Ready(Box<DebugModule>),
+    Unavailable,
+}
+
+/// One (path, build-id) module and its lazily loaded debug info.
+struct Slot {
+    path: String,
+    build_id: Vec<u8>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_path: HashMap<String, HashMap<Vec<u8>, usize>>,
+    list: Vec<Arc<Slot>>,
+}
+
+/// A request to resolve: the module's slot and the address to look up in it.
+type Probe = (usize, u64);
+
+/// Resolved probes: frames innermost first (empty: nothing known).
+type Cache = FastMap<Probe, Arc<[Sym]>>;
+
+/// A [`Symbolizer`] reading ELF symbol tables and DWARF (see the module docs).
+pub struct ElfSymbolizer {
+    options: SymbolizerOptions,
+    slots: Mutex<Slots>,
+    /// (slot, probe address) → frames, innermost first (empty: nothing known).
+    cache: RwLock<Cache>,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl fmt::Debug for ElfSymbolizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ElfSymbolizer")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElfSymbolizer {
+    /// A symbolizer looking for files as `options` say.
+    pub fn new(options: SymbolizerOptions) -> Self {
+        ElfSymbolizer {
+            options,
+            slots: Mutex::default(),
+            cache: RwLock::default(),
+            warnings: Mutex::default(),
+        }
+    }
+
+    /// The warnings so far, in the order they arose: one per module whose file was
+    /// rejected.
+    pub fn warnings(&self) -> Vec<String> {
+        lock(&self.warnings).clone()
+    }
+
+    /// Resolves every address of `requests` (as [`Symbolizer::symbolize`] would, with
+    /// `return_address` true) that is not cached yet, grouping them by module and
+    /// working on the modules in parallel. Later `symbolize` calls for them are cache
+    /// hits.
+    pub fn prefetch<'m>(&self, requests: impl IntoIterator<Item = (&'m ModuleMap, u64)>) {
+        let mut by_slot: FastMap<usize, Vec<u64>> = FastMap::default();
+        {
+            let cache = read(&self.cache);
+            for (modules, address) in requests {
+                if let Some((slot, probe)) = self.probe(modules, address, true) {
+                    if !cache.contains_key(&(slot, probe)) {
+                        by_slot.entry(slot).or_default().push(probe);
+                    }
+                }
+            }
+        }
+        let groups: Vec<(usize, Vec<u64>)> = by_slot
+            .into_iter()
+            .map(|(slot, mut probes)| {
+                probes.sort_unstable();
+                probes.dedup();
+                (slot, probes)
+            })
+            .collect();
+        let resolved: Vec<Vec<(Probe, Arc<[Sym]>)>> = groups
+            .into_par_iter()
+            .map(|(slot, probes)| {
+                self.resolve_many(slot, &probes)
+                    .into_iter()
+                    .zip(probes)
+                    .map(|(syms, probe)| ((slot, probe), syms))
+                    .collect()
+            })
+            .collect();
+        let mut cache = write(&self.cache);
+        for (key, syms) in resolved.into_iter().flatten() {
+            cache.insert(key, syms);
+        }
+    }
+
+    /// The slot of the module containing `address` and the address to look up in it.
+    fn probe(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Option<Probe> {
+        let hit = modules.lookup(address)?;
+        let slot = self.slot(&hit.module.path, &hit.module.build_id);
+        let probe = if return_address {
+            hit.link_address.wrapping_sub(1)
+        } else {
+            hit.link_address
+        };
+        Some((slot, probe))
+    }
+
+    fn slot(&self, path: &str, build_id: &[u8]) -> usize {
+        let mut slots = lock(&self.slots);
+        if let Some(&i) = slots.by_path.get(path).and_then(|m| m.get(build_id)) {
+            return i;
+        }
+        let i = slots.list.len();
+        slots.list.push(Arc::new(Slot {
+            path: path.to_owned(),
+            build_id: build_id.to_vec(),
+            state: Mutex::new(SlotState::Unloaded),
+        }));
+        slots
+            .by_path
+            .entry(path.to_owned())
+            .or_default()
+            .insert(build_id.to_vec(), i);
+        i
+    }
+
+    /// Resolves `probes` in module `slot`, loading it if needed.
+    fn resolve_many(&self, slot: usize, probes: &[u64]) -> Vec<Arc<[Sym]>> {
+        let Some(slot) = lock(&self.slots).list.get(slot).cloned() else {
+            return probes.iter().map(|_| Arc::from(Vec::new())).collect();
+        };
+        let mut state = lock(&slot.state);
+        if matches!(*state, SlotState::Unloaded) {
+            *state = match guarded(|| load_module(&slot.path, &slot.build_id, &self.options)) {
+                Some(Ok(m)) => SlotState::Ready(Box::new(m)),
+                Some(Err(Unavailable::BuildIdMismatch(found))) => {
+                    lock(&self.warnings).push(format!(
+                        "{}: build-id differs from the recorded one (the binary was rebuilt \
+                         or replaced; {found}); its frames are shown as module+offset",
+                        slot.path
+                    ));
+                    SlotState::Unavailable
+                }
+                Some(Err(Unavailable::Missing | Unavailable::Unreadable)) | None => {
+                    SlotState::Unavailable
+                }
+            };
+        }
+        match &*state {
+            SlotState::Ready(m) => probes
+                .iter()
+                .map(|&p| Arc::from(guarded(|| m.resolve(p)).unwrap_or_default()))
+                .collect(),
+            _ => probes.iter().map(|_| Arc::from(Vec::new())).collect(),
+        }
+    }
+}
+
+impl Symbolizer for ElfSymbolizer {
+    fn symbolize(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Vec<Frame> {
+        let Some(hit) = modules.lookup(address) else {
+            return vec![Frame {
+                address,
+                ..Frame::default()
+            }];
+        };
+        let raw = Frame {
+            address,
+            module: Some(hit.module.path.clone()),
+            module_offset: Some(hit.link_address),
+            ..Frame::default()
+        };
+        let Some(key) = self.probe(modules, address, return_address) else {
+            return vec![raw];
+        };
+        let cached = read(&self.cache).get(&key).cloned();
+        let syms = match cached {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .resolve_many(key.0, &[key.1])
+                    .pop()
+                    .unwrap_or_else(|| Arc::from(Vec::new()));
+                write(&self.cache).insert(key, s.clone());
+                s
+            }
+        };
+        if syms.is_empty() {
+            return vec![raw];
+        }
+        syms.iter()
+            .map(|s| Frame {
+                function: s.function.clone(),
+                file: s.file.clone(),
+                line: s.line,
+                inlined: s.inlined,
+                ..raw.clone()
+            })
+            .collect()
+    }
+}
+
+/// Runs `f`, turning a panic (a bug in a parser fed odd input) into `None`.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// At most this many frames (inlined ones included) for one address.
+const MAX_INLINE_DEPTH: usize = 64;
+
+impl DebugModule {
+    /// The frames of link-time address `probe`, innermost first; empty if unknown.
+    fn resolve(&self, probe: u64) -> Vec<Sym> {
+        let mut out = Vec::new();
+        if let Some(ctx) = &self.dwarf {
+            if let Ok(mut frames) = ctx.find_frames(probe).skip_all_loads() {
+                while let Ok(Some(frame)) = frames.next() {
+                    let function = frame
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.demangle().ok())
+                        .map(Cow::into_owned);
+                    let (file, line) = match &frame.location {
+                        Some(l) => (l.file.map(str::to_owned), l.line),
+                        None => (None, None),
+                    };
+                    out.push(Sym {
+                        function,
+                        file,
+                        line,
+                        inlined: true,
+                    });
+                    if out.len() == MAX_INLINE_DEPTH {
+                        break;
+                    }
+                }
+            }
+        }
+        let symbol = || self.symbol(probe);
+        match out.last_mut() {
+            Some(outer) => {
+                outer.inlined = false;
+                if outer.function.is_none() {
+                    outer.function = symbol();
+                }
+            }
+            None => {
+                if let Some(name) = symbol() {
+                    out.push(Sym {
+                        function: Some(name),
+                        ..Sym::default()
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The demangled name of the function symbol containing `probe`.
+    fn symbol(&self, probe: u64) -> Option<String> {
+        let i = self.symbols.partition_point(|s| s.start <= probe);
+        let s = self.symbols.get(i.checked_sub(1)?)?;
+        if s.end > s.start && probe >= s.end {
+            return None;
+        }
+        Some(addr2line::demangle_auto(Cow::Borrowed(&s.name), None).into_owned())
+    }
+}
+
+/// A mapped file; the map lives only while the module is being loaded.
+struct Mapped {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+fn map_file(path: &Path) -> Option<Mapped> {
+    let file = File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    // SAFETY: the map is read-only and private to this function's callers; a file
+    // truncated under our feet could fault, which is the accepted risk of every
+    // debugger and symbolizer that maps binaries.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    Some(Mapped {
+        path: path.to_owned(),
+        map,
+    })
+}
+
+/// The file paths standing for recorded path `path`: under the sysroot, then as is.
+fn module_candidates(path: &str, options: &SymbolizerOptions) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(root) = &options.sysroot {
+        out.push(root.join(path.trim_start_matches('/')));
+    }
+    out.push(PathBuf::from(path));
+    out
+}
+
+fn load_module(
+    path: &str,
+    build_id: &[u8],
+    options: &SymbolizerOptions,
+) -> Result<DebugModule, Unavailable> {
+    if path.starts_with('[') || path.is_empty() {
+        return Err(Unavailable::Missing);
+    }
+    let mapped = module_candidates(path, options)
+        .iter()
+        .find_map(|p| map_file(p))
+        .ok_or(Unavailable::Missing)?;
+    let obj = object::File::parse(&*mapped.map).map_err(|_| Unavailable::Unreadable)?;
+    let file_id = obj.build_id().ok().flatten();
+    if !build_id.is_empty() && file_id != Some(build_id) {
+        let found = match file_id {
+            Some(id) => format!("recorded {}, found {}", hex(build_id), hex(id)),
+            None => format!("recorded {}, the file has none", hex(build_id)),
+        };
+        return Err(Unavailable::BuildIdMismatch(found));
+    }
+    let mut symbols = function_symbols(&obj);
+    let has_dwarf = |o: &object::File<'_>| {
+        o.section_by_name(".debug_info")
+            .is_some_and(|s| s.size() > 0)
+    };
+    let dwarf = if has_dwarf(&obj) {
+        load_dwarf(&obj, &mapped.path, options)
+    } else {
+        let debuglink = obj.gnu_debuglink().ok().flatten().map(|(name, _crc)| name);
+        let candidates = debug_file_candidates(path, &mapped.path, file_id, debuglink, options);
+        let mut found = None;
+        for c in candidates {
+            if c == mapped.path {
+                continue;
+            }
+            let Some(dm) = map_file(&c) else { continue };
+            let Ok(dobj) = object::File::parse(&*dm.map) else {
+                continue;
+            };
+            // A debug file is only trusted if it belongs to this very build.
+            if file_id.is_some() && dobj.build_id().ok().flatten() != file_id {
+                continue;
+            }
+            if !has_dwarf(&dobj) {
+                continue;
+            }
+            if symbols.is_empty() {
+                symbols = function_symbols(&dobj);
+            }
+            found = load_dwarf(&dobj, &dm.path, options);
+            break;
+        }
+        found
+    };
+    Ok(DebugModule { dwarf, symbols })
+}
+
+/// The DWARF of `obj` (and of its `.gnu_debugaltlink` supplementary file, if found).
+fn load_dwarf(
+    obj: &object::File<'_>,
+    path: &Path,
+    options: &SymbolizerOptions,
+) -> Option<addr2line::Context<Reader>> {
+    let endian = if obj.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let mut dwarf = gimli::Dwarf::load(|id| section(obj, id.name(), endian)).ok()?;
+    if let Ok(Some((alt_path, alt_id))) = obj.gnu_debugaltlink() {
+        let alt = alt_candidates(alt_path, alt_id, path, options)
+            .into_iter()
+            .find_map(|c| {
+                let m = map_file(&c)?;
+                let o = object::File::parse(&*m.map).ok()?;
+                (o.build_id().ok().flatten() == Some(alt_id)).then_some(())?;
+                gimli::Dwarf::load(|id| section(&o, id.name(), endian)).ok()
+            });
+        if let Some(sup) = alt {
+            dwarf.set_sup(sup);
+        }
+    }
+    addr2line::Context::from_dwarf(dwarf).ok()
+}
+
+/// A section's (decompressed) bytes, empty if absent or undecodable.
+fn section(
+    obj: &object::File<'_>,
+    name: &str,
+    endian: gimli::RunTimeEndian,
+) -> Result<Reader, gimli::Error> {
+    let data: Arc<[u8]> = obj
+        .section_by_name(name)
+        .and_then(|s| s.uncompressed_data().ok())
+        .map(|d| Arc::from(&*d))
+        .unwrap_or_else(|| Arc::from(Vec::new()));
+    Ok(gimli::EndianArcSlice::new(data, endian))
+}
+
+/// Function symbols of `obj` (its `.symtab`, else its `.dynsym`), sorted by address,
+/// one per address: a global name is preferred to a weak one, to a local one, then a
+/// name without a leading underscore, then the shorter.
+fn function_symbols(obj: &object::File<'_>) -> Vec<ElfSym> {
+    let mut syms = ranked_symbols(obj.symbols());
+    if syms.is_empty() {
+        syms = ranked_symbols(obj.dynamic_symbols());
+    }
+    syms.sort_by(|a, b| {
+        (a.0, a.2, a.3.starts_with('_'), a.3.len(), &a.3).cmp(&(
+            b.0,
+            b.2,
+            b.3.starts_with('_'),
+            b.3.len(),
+            &b.3,
+        ))
+    });
+    syms.dedup_by_key(|s| s.0);
+    syms.into_iter()
+        .map(|(start, size, _, name)| ElfSym {
+            start,
+            end: start.saturating_add(size),
+            name,
+        })
+        .collect()
+}
+
+/// Defined function symbols as (address, size, rank: 0 global, 1 weak, 2 local, name).
+fn ranked_symbols<'d: 'f, 'f>(
+    iter: impl Iterator<Item = object::Symbol<'d, 'f>>,
+) -> Vec<(u64, u64, u8, String)> {
+    let mut out = Vec::new();
+    for s in iter {
+        if s.kind() != SymbolKind::Text || !s.is_definition() || s.address() == 0 {
+            continue;
+        }
+        let Ok(name) = s.name() else { continue };
+        if name.is_empty() {
+            continue;
+        }
+        let rank = if s.is_weak() {
+            1
+        } else if s.is_global() {
+            0
+        } else {
+            2
+        };
+        out.push((s.address(), s.size(), rank, name.to_owned()));
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The debug directories in search order: the configured ones, the sysroot's
+/// `/usr/lib/debug`, the system's.
+fn debug_dirs(options: &SymbolizerOptions) -> Vec<PathBuf> {
+    let mut dirs = options.debug_dirs.clone();
+    if let Some(root) = &options.sysroot {
+        dirs.push(root.join("usr/lib/debug"));
+    }
+    dirs.push(PathBuf::from("/usr/lib/debug"));
+    dirs
+}
+
+/// `.build-id/xx/yyyy.debug` for `id`.
+fn build_id_path(id: &[u8]) -> Option<PathBuf> {
+    let (first, rest) = id.split_first()?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(PathBuf::from(format!(
+        ".build-id/{first:02x}/{}.debug",
+        hex(rest)
+    )))
+}
+
+/// Where a separate debug file for the module recorded as `recorded` (found at
+/// `actual`) may be, in search order:
+///
+/// 1. `DIR/.build-id/xx/yyyy.debug` for each debug directory (the configured ones, the
+///    sysroot's `/usr/lib/debug`, `/usr/lib/debug`), if the module has a build-id;
+/// 2. with a `.gnu_debuglink` name `N`: `N` beside the file, in its `.debug/`
+///    subdirectory, then `DIR/<the module's directory>/N` and `DIR/N` for each debug
+///    directory.
+pub fn debug_file_candidates(
+    recorded: &str,
+    actual: &Path,
+    build_id: Option<&[u8]>,
+    debuglink: Option<&[u8]>,
+    options: &SymbolizerOptions,
+) -> Vec<PathBuf> {
+    let dirs = debug_dirs(options);
+    let mut out = Vec::new();
+    if let Some(rel) = build_id.and_then(build_id_path) {
+        out.extend(dirs.iter().map(|d| d.join(&rel)));
+    }
+    let name = debuglink
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .filter(|n| !n.is_empty() && !n.contains('/'));
+    if let Some(name) = name {
+        if let Some(dir) = actual.parent() {
+            out.push(dir.join(name));
+            out.push(dir.join(".debug").join(name));
+        }
+        let module_dir = Path::new(recorded)
+            .parent()
+            .map(|d| d.to_string_lossy().trim_start_matches('/').to_owned());
+        for d in &dirs {
+            if let Some(md) = &module_dir {
+                out.push(d.join(md).join(name));
+            }
+            out.push(d.join(name));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    out
+}
+
+/// Where the `.gnu_debugaltlink` file of a debug file at `debug_path` may be.
+fn alt_candidates(
+    alt_path: &[u8],
+    alt_id: &[u8],
+    debug_path: &Path,
+    options: &SymbolizerOptions,
+) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(rel) = build_id_path(alt_id) {
+        out.extend(debug_dirs(options).iter().map(|d| d.join(&rel)));
+    }
+    if let Ok(p) = std::str::from_utf8(alt_path) {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            if let Some(root) = &options.sysroot {
+                out.push(root.join(p.strip_prefix("/").unwrap_or(p)));
+            }
+            out.push(p.to_owned());
+        } else if let Some(dir) = debug_path.parent() {
+            out.push(dir.join(p));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_file_search_order() {
+        let opts = SymbolizerOptions {
+            debug_dirs: vec![PathBuf::from("/dbg")],
+            sysroot: Some(PathBuf::from("/sys")),
+        };
+        let c = debug_file_candidates(
+            "/usr/lib/libz.so.1",
+            Path::new("/sys/usr/lib/libz.so.1"),
+            Some(&[0xab, 0xcd, 0xef]),
+            Some(b"libz.so.1.debug"),
+            &opts,
+        );
+        let c: Vec<String> = c.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            c,
+            [
+                "/dbg/.build-id/ab/cdef.debug",
+                "/sys/usr/lib/debug/.build-id/ab/cdef.debug",
+                "/usr/lib/debug/.build-id/ab/cdef.debug",
+                "/sys/usr/lib/libz.so.1.debug",
+                "/sys/usr/lib/.debug/libz.so.1.debug",
+                "/dbg/usr/lib/libz.so.1.debug",
+                "/dbg/libz.so.1.debug",
+                "/sys/usr/lib/debug/usr/lib/libz.so.1.debug",
+                "/sys/usr/lib/debug/libz.so.1.debug",
+                "/usr/lib/debug/usr/lib/libz.so.1.debug",
+                "/usr/lib/debug/libz.so.1.debug",
+            ]
+        );
+        // No build-id, a debuglink with a slash (refused): nothing to try.
+        assert!(debug_file_candidates(
+            "/a/b",
+            Path::new("/a/b"),
+            None,
+            Some(b"../x"),
+            &SymbolizerOptions::default()
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn unreadable_modules_give_raw_frames() {
+        let dir = std::env::temp_dir().join(format!("heaptape-sym-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.so");
+        std::fs::write(&junk, b"\x7fELF\x02\x01\x01garbage that is not an ELF file").unwrap();
+        let mut m = ModuleMap::new();
+        m.load(
+            0,
+            junk.display().to_string(),
+            vec![],
+            0x1000,
+            vec![heaptape_format::Segment {
+                start: 0x1000,
+                len: 0x1000,
+                file_offset: 0,
+                prot: 5,
+            }],
+        );
+        let s = ElfSymbolizer::new(SymbolizerOptions::default());
+        s.prefetch([(&m, 0x1010)]);
+        let f = s.symbolize(&m, 0x1010, true);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].function, None);
+        assert_eq!(f[0].module_offset, Some(0x10));
+        assert!(s.warnings().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
