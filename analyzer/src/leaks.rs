@@ -644,7 +644,6 @@ impl SnapshotGraph {
             mut runs,
             mut targets,
         } = self;
-        let __t0 = std::time::Instant::now();
         let n = blocks.len();
         if n >= NO_LEADER as usize {
             return Err(format!(
@@ -673,7 +672,6 @@ impl SnapshotGraph {
             enabled,
         };
 
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Resolve every tar");
         // Resolve every target in place.
         roots.par_iter_mut().for_each(|t| *t = resolver.edge(*t));
         targets.par_iter_mut().for_each(|t| *t = resolver.edge(*t));
@@ -683,7 +681,6 @@ impl SnapshotGraph {
             .filter(|&&e| edge_kind(e) == K_STRAY)
             .count() as u64;
 
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Runs: source addr");
         // Runs: source address -> block index (u64::MAX: unknown), then CSR.
         runs.par_iter_mut().for_each(|r| {
             r.source = match starts.binary_search(&r.source) {
@@ -705,7 +702,6 @@ impl SnapshotGraph {
         drop(targets);
         drop(runs);
 
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Marking: definite");
         // Marking: definite reachability (noting, for the heuristic credit, which
         // blocks a start pointer or an accepted interior pointer from a definite source
         // reaches), then reachability at all.
@@ -731,7 +727,6 @@ impl SnapshotGraph {
         graph.reach(seeds, &definite);
         let seeds: Vec<u32> = roots.iter().filter_map(|&e| any(e)).collect();
         graph.reach(seeds, &any);
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "drop(roots);");
         drop(roots);
 
         let mut kinds: Vec<LeakKind> = flags
@@ -762,7 +757,6 @@ impl SnapshotGraph {
         drop(flags);
         drop(heur_seen);
 
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// Cliques, in ascen");
         // Cliques, in ascending address order (memcheck's second pass).
         let mut indirect = vec![0u64; n];
         let mut leaders = vec![NO_LEADER; n];
@@ -789,7 +783,6 @@ impl SnapshotGraph {
                 }
             }
         }
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "// A former leader");
         // A former leader's members point at it: resolve to the final leader.
         for i in 0..n {
             let mut l = leaders[i];
@@ -807,9 +800,7 @@ impl SnapshotGraph {
             }
         }
 
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "let (summary, loss_r");
         let (summary, loss_records) = tally(&blocks, &kinds, &indirect, &heuristic_of);
-        eprintln!("TIMING {:?} {}", __t0.elapsed(), "Ok(LeakReport {");
         Ok(LeakReport {
             summary,
             loss_records,
