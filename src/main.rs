@@ -43,9 +43,14 @@ struct RecordArgs {
     /// Trace file to write [default: heaptape.<program>.<pid>.trace].
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Attach to this running process instead of launching one.
+    /// Attach to this running process instead of launching one; recording ends at
+    /// Ctrl-C, SIGTERM, SIGHUP, --duration or the process's exit, then heaptape detaches
+    /// and the process goes on unchanged.
     #[arg(long, conflicts_with = "program")]
     pid: Option<u32>,
+    /// With --pid: record for this long, e.g. 30s, 2m, 500ms.
+    #[arg(long, requires = "pid", value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
     /// Do not follow children: detach them (after removing breakpoints) instead.
     #[arg(long)]
     no_follow: bool,
@@ -172,11 +177,32 @@ fn not_landed(what: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Parses `30s`, `2m`, `500ms`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 30s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 fn record(args: RecordArgs) -> ExitCode {
-    if args.pid.is_some() {
-        return not_landed("record --pid");
-    }
-    if args.program.is_empty() {
+    if args.program.is_empty() && args.pid.is_none() {
         eprintln!("heaptape: record needs a program to run: heaptape record [-o FILE] -- PROGRAM [ARGS...]");
         return ExitCode::from(2);
     }
@@ -188,6 +214,8 @@ fn record(args: RecordArgs) -> ExitCode {
         allocator_prefixes: args.allocator_prefixes,
         snapshot: !args.no_snapshot,
         stats: args.stats,
+        attach: args.pid,
+        duration: args.duration,
         rss_interval: (args.rss_interval > 0)
             .then(|| std::time::Duration::from_millis(args.rss_interval)),
         cpu_policy: match args.cpu {

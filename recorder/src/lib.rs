@@ -24,7 +24,7 @@ pub mod tracer;
 pub mod unwind;
 
 use std::ffi::{CString, OsString};
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -56,6 +56,10 @@ pub struct RecordOptions {
     pub stats: bool,
     /// Interval between RSS samples; None disables sampling.
     pub rss_interval: Option<std::time::Duration>,
+    /// Attach to this running process instead of launching `program`.
+    pub attach: Option<u32>,
+    /// When attached: stop recording (and detach) after this long.
+    pub duration: Option<std::time::Duration>,
 }
 
 /// CPU placement of the tracer and the traced program.
@@ -78,6 +82,12 @@ pub enum RecordError {
     /// The program does not exist.
     #[error("{0}: command not found")]
     NotFound(String),
+    /// The process to attach to does not exist.
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    /// The process to attach to is already traced.
+    #[error("cannot attach to pid {0}: it is already being traced by pid {1} ({2}); detach the other tracer (debugger, strace) first")]
+    AlreadyTraced(u32, u32, String),
     /// The program exists but cannot be executed.
     #[error("{0}: {1}")]
     NotExecutable(String, io::Error),
@@ -182,7 +192,8 @@ impl RecordOutcome {
         let code = match self.status {
             Some(ExitStatus::Code(c)) => c as u8,
             Some(ExitStatus::Signal(n)) => (128 + n) as u8,
-            _ => 1,
+            Some(ExitStatus::Detached) => 0,
+            None => 1,
         };
         if code == 0 && self.write_error.is_some() {
             1
@@ -279,9 +290,82 @@ fn check_writable(path: &Path) -> Result<(), RecordError> {
     Ok(())
 }
 
+fn tracer_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn tracer_config(opts: &RecordOptions) -> TracerConfig {
+    TracerConfig {
+        follow_children: opts.follow_children,
+        max_depth: opts.max_depth,
+        allocator_prefixes: opts.allocator_prefixes.clone(),
+        measure_time: opts.stats,
+        snapshot: opts.snapshot,
+        rss_interval: opts.rss_interval,
+    }
+}
+
+/// The tracer's tick: the RSS interval, within 10..250 ms.
+fn tick_ms(opts: &RecordOptions) -> u64 {
+    opts.rss_interval
+        .map(|d| (d.as_millis() as u64).clamp(10, 250))
+        .unwrap_or(250)
+}
+
+/// Creates the trace file (mode 0600) with its header.
+fn open_trace(
+    path: &Path,
+    command: Vec<String>,
+    pid: u32,
+) -> Result<TraceWriter<File>, RecordError> {
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let (host, kernel) = sys::uname();
+    let header = Header {
+        tool_version: format!("heaptape {}", env!("CARGO_PKG_VERSION")),
+        command,
+        pid,
+        start_time_unix_ns: start_unix,
+        host,
+        kernel,
+        page_size: sys::page_size() as u32,
+        pointer_size: 8,
+        clock: ClockSource::Monotonic,
+    };
+    TraceWriter::create(path, &header).map_err(|e| RecordError::Output(path.to_path_buf(), e))
+}
+
 /// Launches `opts.program` under the recorder and records until every traced process
-/// has exited.
+/// has exited, or attaches to `opts.attach` (see [`RecordOptions::attach`]).
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
+    if let Some(pid) = opts.attach {
+        return record_attached(opts, pid);
+    }
     let program = opts
         .program
         .first()
@@ -315,10 +399,6 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         sys::pin_current_thread(&[cpu]).map_err(|e| RecordError::Os("sched_setaffinity", e))?;
     }
     let t0 = sys::monotonic_ns();
-    let start_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
     let pid = sys::spawn_seized(&c_path, &argv).map_err(|e| match e {
         sys::SpawnError::Os(what, err)
             if what.starts_with("ptrace") && err.raw_os_error() == Some(libc::EPERM) =>
@@ -334,43 +414,81 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let out_path = opts.output.clone().unwrap_or_else(|| {
         PathBuf::from(format!("heaptape.{}.{pid}.trace", program_stem(program)))
     });
-    let (host, kernel) = sys::uname();
-    let header = Header {
-        tool_version: format!("heaptape {}", env!("CARGO_PKG_VERSION")),
-        command: command.clone(),
-        pid: pid as u32,
-        start_time_unix_ns: start_unix,
-        host,
-        kernel,
-        page_size: sys::page_size() as u32,
-        pointer_size: 8,
-        clock: ClockSource::Monotonic,
-    };
-    let writer = match TraceWriter::create(&out_path, &header) {
+    let writer = match open_trace(&out_path, command.clone(), pid as u32) {
         Ok(w) => w,
         Err(e) => {
             sys::kill(pid, libc::SIGKILL);
             let _ = sys::wait_blocking(pid);
-            return Err(RecordError::Output(out_path, e));
+            return Err(e);
         }
     };
     let output = Output::start(writer, all_cpus);
-    let cfg = TracerConfig {
-        follow_children: opts.follow_children,
-        max_depth: opts.max_depth,
-        allocator_prefixes: opts.allocator_prefixes.clone(),
-        measure_time: opts.stats,
-        snapshot: opts.snapshot,
-        rss_interval: opts.rss_interval,
-    };
-    let mut tracer = Tracer::new(cfg, pid, output, t0);
+    let mut tracer = Tracer::new(tracer_config(opts), pid, output, t0);
     tracer.start_root(command);
-    let tick_ms = opts
-        .rss_interval
-        .map(|d| (d.as_millis() as u64).clamp(10, 250))
-        .unwrap_or(250);
-    sys::install_tracer_signals(tick_ms).map_err(|e| RecordError::Os("sigaction", e))?;
-    let run = tracer.run();
+    sys::install_tracer_signals(tick_ms(opts)).map_err(|e| RecordError::Os("sigaction", e))?;
+    finish_recording(tracer, t0, out_path, opts)
+}
+
+/// Records a running process until Ctrl-C, SIGTERM, SIGHUP, `opts.duration` or its exit,
+/// then detaches, leaving it running as before.
+fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, RecordError> {
+    if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(RecordError::NoSuchProcess(pid));
+    }
+    let other = tracer_of(pid);
+    if other != 0 {
+        return Err(RecordError::AlreadyTraced(pid, other, comm(other)));
+    }
+    let out_path = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("heaptape.{}.{pid}.trace", sanitize(&comm(pid)))));
+    check_writable(&out_path)?;
+    let t0 = sys::monotonic_ns();
+    let writer = open_trace(&out_path, tracer::read_cmdline(pid as i32), pid)?;
+    let output = Output::start(writer, sys::allowed_cpus());
+    let mut tracer = Tracer::new(tracer_config(opts), pid as i32, output, t0);
+    sys::install_tracer_signals(tick_ms(opts)).map_err(|e| RecordError::Os("sigaction", e))?;
+    if let Err(e) = tracer.attach(opts.duration) {
+        // Release whatever was seized, then report why.
+        tracer.detach_all();
+        sys::uninstall_tracer_signals();
+        let end = sys::monotonic_ns().saturating_sub(t0);
+        let _ = tracer.into_output().finish(end);
+        let _ = std::fs::remove_file(&out_path);
+        let io = match e {
+            tracer::TraceError::Io(io) => io,
+            other => io::Error::other(other.to_string()),
+        };
+        return Err(match io.raw_os_error() {
+            Some(libc::EPERM) => RecordError::PtraceDenied(format!("pid {pid}"), io),
+            Some(libc::ESRCH) => RecordError::NoSuchProcess(pid),
+            _ => RecordError::Os("attach", io),
+        });
+    }
+    finish_recording(tracer, t0, out_path, opts)
+}
+
+/// Runs the tracer to its end (a panic inside it still detaches an attached process)
+/// and closes the trace.
+fn finish_recording(
+    mut tracer: Tracer,
+    t0: u64,
+    out_path: PathBuf,
+    opts: &RecordOptions,
+) -> Result<RecordOutcome, RecordError> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tracer.run()));
+    let run = match run {
+        Ok(r) => r,
+        Err(_) => {
+            if tracer.is_attached() {
+                tracer.detach_all();
+            }
+            Err(tracer::TraceError::Io(io::Error::other(
+                "internal error (panic) in the tracer",
+            )))
+        }
+    };
     sys::uninstall_tracer_signals();
     let status = tracer.root_status();
     let stats = tracer.stats.clone();

@@ -172,6 +172,25 @@ pub fn seize(tid: Tid) -> io::Result<()> {
     ptrace(libc::PTRACE_SEIZE, tid, 0, TRACE_OPTIONS as usize).map(drop)
 }
 
+/// PTRACE_SEIZE of a running process's thread: the same options without EXITKILL, so
+/// the process survives if the recorder goes away (its breakpoints would not: see the
+/// README on attaching).
+pub fn seize_attach(tid: Tid) -> io::Result<()> {
+    let opts = TRACE_OPTIONS & !libc::PTRACE_O_EXITKILL;
+    ptrace(libc::PTRACE_SEIZE, tid, 0, opts as usize).map(drop)
+}
+
+/// The thread ids of process `pid` (from /proc/PID/task).
+pub fn list_threads(pid: Tid) -> io::Result<Vec<Tid>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(t) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            v.push(t);
+        }
+    }
+    Ok(v)
+}
+
 /// PTRACE_CONT, delivering `sig` (0 for none).
 pub fn cont(tid: Tid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)

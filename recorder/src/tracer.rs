@@ -228,6 +228,11 @@ pub struct Tracer {
     elf_cache: HashMap<(String, u64), Option<Arc<ElfModule>>>,
     root: Tid,
     root_status: Option<ExitStatus>,
+    /// Attached to a running process (detach at the end instead of waiting for exit).
+    attached: bool,
+    /// Monotonic time at which an attached recording ends.
+    deadline: Option<u64>,
+    stop_requested: bool,
     next_rss: u64,
     stack_buf: Vec<u8>,
     frames: Vec<u64>,
@@ -266,6 +271,9 @@ impl Tracer {
             elf_cache: HashMap::new(),
             root,
             root_status: None,
+            attached: false,
+            deadline: None,
+            stop_requested: false,
             next_rss: 0,
             stack_buf: vec![0u8; STACK_COPY],
             frames: Vec::with_capacity(128),
@@ -328,9 +336,14 @@ impl Tracer {
         );
     }
 
-    /// Runs until every traced task is gone.
+    /// Runs until every traced task is gone (or, when attached, until a stop is
+    /// requested: then every task is detached cleanly).
     pub fn run(&mut self) -> Result<(), TraceError> {
         loop {
+            if self.stop_requested {
+                self.detach_all();
+                break;
+            }
             match sys::wait_any() {
                 Ok(Some((tid, ev))) => {
                     self.stats.stops += 1;
@@ -363,7 +376,14 @@ impl Tracer {
     /// hand records to the writer.
     fn tick(&mut self) {
         let sig = sys::take_signal();
-        if sig == libc::SIGTERM || sig == libc::SIGHUP {
+        if self.attached {
+            // Attached: any of these (and the duration) end the recording, never the
+            // program.
+            let expired = self.deadline.is_some_and(|d| sys::monotonic_ns() >= d);
+            if sig != 0 || expired {
+                self.stop_requested = true;
+            }
+        } else if sig == libc::SIGTERM || sig == libc::SIGHUP {
             // The program gets what the recorder got; the recorder then waits for it.
             sys::kill(self.root, sig);
         }
@@ -848,18 +868,7 @@ impl Tracer {
             }
         }
         self.sweep();
-        let exclude: Vec<Range<u64>> = self
-            .procs
-            .get(&pid)
-            .and_then(|p| self.spaces.get(p.space))
-            .and_then(|s| s.as_ref())
-            .and_then(|s| s.probe.as_ref())
-            .map(|p| {
-                let a = p.borrow().code_addr;
-                let probe: Range<u64> = a..a + crate::probe::TOTAL_LEN as u64;
-                vec![probe]
-            })
-            .unwrap_or_default();
+        let exclude = self.probe_range(pid);
         let ts = self.now();
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.snapshot_done = true;
@@ -1410,6 +1419,320 @@ impl Tracer {
         if installed > 0 {
             self.stats.modules_hooked += 1;
         }
+    }
+}
+
+impl Tracer {
+    /// Attaches to the running process `pid`: seizes every thread (racing thread
+    /// creation), stops them, sets up probes and hooks, records the process and its
+    /// modules, and lets it go on. `duration` bounds the recording.
+    pub fn attach(&mut self, duration: Option<std::time::Duration>) -> Result<(), TraceError> {
+        let pid = self.root;
+        self.attached = true;
+        self.deadline = duration.map(|d| sys::monotonic_ns() + d.as_nanos() as u64);
+        // Seize until no new thread appears (threads may be created meanwhile; those
+        // created after their creator was seized arrive through PTRACE_EVENT_CLONE).
+        let mut seized: Vec<Tid> = Vec::new();
+        loop {
+            let mut new = 0;
+            for tid in sys::list_threads(pid)? {
+                if seized.contains(&tid) {
+                    continue;
+                }
+                match sys::seize_attach(tid) {
+                    Ok(()) => {
+                        seized.push(tid);
+                        new += 1;
+                    }
+                    // The thread exited between listing and seizing.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        for &tid in &seized {
+            let _ = sys::interrupt(tid);
+        }
+        // Collect every thread's stop; remember signals that arrive meanwhile.
+        let mut held: HashMap<Tid, Vec<i32>> = HashMap::new();
+        let mut stopped: HashSet<Tid> = HashSet::new();
+        for &tid in &seized {
+            loop {
+                match sys::wait_with_timeout(tid, std::time::Duration::from_secs(5))? {
+                    Some(WaitEvent::Event {
+                        event: libc::PTRACE_EVENT_STOP,
+                        ..
+                    }) => {
+                        stopped.insert(tid);
+                        break;
+                    }
+                    Some(WaitEvent::Signal { sig }) => {
+                        held.entry(tid).or_default().push(sig);
+                        let _ = sys::cont(tid, 0);
+                        let _ = sys::interrupt(tid);
+                    }
+                    Some(WaitEvent::Event { .. }) => {
+                        let _ = sys::cont(tid, 0);
+                        let _ = sys::interrupt(tid);
+                    }
+                    Some(WaitEvent::Exited { .. }) | Some(WaitEvent::Signaled { .. }) | None => {
+                        break
+                    }
+                }
+            }
+        }
+        let leader = if stopped.contains(&pid) {
+            pid
+        } else {
+            *stopped.iter().next().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the process exited while attaching",
+                )
+            })?
+        };
+        let ts = self.now();
+        self.out.buf().push(Record::ProcessStart {
+            ts,
+            pid: pid as u32,
+            parent_pid: None,
+            origin: ProcessOrigin::Attached,
+            command: read_cmdline(pid),
+        });
+        for &tid in &stopped {
+            self.out.buf().push(Record::ThreadStart {
+                ts,
+                pid: pid as u32,
+                tid: tid as u32,
+            });
+            self.tasks.insert(
+                tid,
+                Task {
+                    pid,
+                    armed: Vec::new(),
+                    started: true,
+                    held: held.remove(&tid).unwrap_or_default(),
+                },
+            );
+        }
+        self.procs.insert(
+            pid,
+            Proc {
+                space: usize::MAX,
+                recording: true,
+                detach_on_exec: false,
+                detach_at_start: false,
+                threads: stopped.clone(),
+                status: None,
+                live: LiveBlocks::default(),
+                snapshot_done: false,
+            },
+        );
+        // Every thread is stopped: code can be patched and system calls injected.
+        let space = self.new_space(leader);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.space = space;
+        }
+        if space != usize::MAX {
+            self.rescan(space, leader);
+        }
+        self.out.publish();
+        for &tid in &stopped {
+            self.resume(tid, 0);
+        }
+        Ok(())
+    }
+
+    /// Whether this session attached to a running process.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// Ends an attached recording: stops every thread, takes the snapshot, removes every
+    /// breakpoint (threads stopped on one are rewound to run the original instruction),
+    /// and detaches, delivering any signal that was held. Probe memory and trampolines
+    /// stay mapped: calls in flight still return through them.
+    pub fn detach_all(&mut self) {
+        let tids: Vec<Tid> = self.tasks.keys().copied().collect();
+        for &t in &tids {
+            let _ = sys::interrupt(t);
+        }
+        let mut pending: HashSet<Tid> = tids.iter().copied().collect();
+        let mut deliver: HashMap<Tid, i32> = HashMap::new();
+        let mut rewind: HashMap<Tid, u64> = HashMap::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pending.is_empty() && std::time::Instant::now() < deadline {
+            let next = match sys::wait_any() {
+                Ok(Some(x)) => x,
+                Ok(None) => continue,
+                Err(_) => break,
+            };
+            let (tid, ev) = next;
+            match ev {
+                WaitEvent::Event {
+                    event: libc::PTRACE_EVENT_STOP,
+                    sig,
+                } => {
+                    if !matches!(
+                        sig,
+                        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                    ) {
+                        pending.remove(&tid);
+                    } else {
+                        // A group-stop: the thread is stopped already.
+                        pending.remove(&tid);
+                    }
+                    if !self.tasks.contains_key(&tid) {
+                        // A thread born during the detach: it is stopped too; detach it.
+                        let _ = sys::detach(tid, 0);
+                    }
+                }
+                WaitEvent::Signal { sig: libc::SIGTRAP } => {
+                    // Possibly stopped on one of our breakpoints: rewind it to the
+                    // entry, which will hold the original byte again.
+                    if let Ok(regs) = sys::get_regs(tid) {
+                        let bp = regs.rip.wrapping_sub(1);
+                        let ours = self
+                            .space_of(tid)
+                            .is_some_and(|s| s.hooks.contains_key(&bp));
+                        if ours {
+                            rewind.insert(tid, bp);
+                        } else {
+                            deliver.insert(tid, libc::SIGTRAP);
+                        }
+                    }
+                    pending.remove(&tid);
+                }
+                WaitEvent::Signal { sig } => {
+                    deliver.insert(tid, sig);
+                    pending.remove(&tid);
+                }
+                WaitEvent::Event { event, .. } => {
+                    if matches!(
+                        event,
+                        libc::PTRACE_EVENT_CLONE
+                            | libc::PTRACE_EVENT_FORK
+                            | libc::PTRACE_EVENT_VFORK
+                    ) {
+                        // A new task: it stops by itself at its start; detach it then.
+                        if let Ok(child) = sys::event_msg(tid) {
+                            let child = child as Tid;
+                            if event != libc::PTRACE_EVENT_CLONE {
+                                // A fork child has its own copy of the breakpoints.
+                                if let (Some(space), Ok(mem)) =
+                                    (self.space_of(tid), ProcMem::open(child))
+                                {
+                                    for (&addr, h) in &space.hooks {
+                                        let _ = mem.write(addr, &[h.orig]);
+                                    }
+                                }
+                            }
+                            if let Ok(Some(_)) =
+                                sys::wait_with_timeout(child, std::time::Duration::from_secs(1))
+                            {
+                                let _ = sys::detach(child, 0);
+                            }
+                        }
+                    }
+                    pending.remove(&tid);
+                }
+                WaitEvent::Exited { code } => {
+                    pending.remove(&tid);
+                    self.on_gone(tid, ExitStatus::Code(code));
+                }
+                WaitEvent::Signaled { sig } => {
+                    pending.remove(&tid);
+                    self.on_gone(tid, ExitStatus::Signal(sig));
+                }
+            }
+        }
+        self.sweep();
+        // Snapshot of each process still there, all of its threads stopped.
+        let pids: Vec<Tid> = self.procs.keys().copied().collect();
+        for pid in pids {
+            let Some(p) = self.procs.get(&pid) else {
+                continue;
+            };
+            if !p.recording || !self.cfg.snapshot {
+                continue;
+            }
+            let states: Vec<ThreadState> = p
+                .threads
+                .iter()
+                .map(|&t| ThreadState {
+                    tid: t,
+                    regs: sys::get_regs(t).ok(),
+                    exiting: false,
+                })
+                .collect();
+            let exclude = self.probe_range(pid);
+            let ts = self.now();
+            let mut recs = Vec::new();
+            if let Some(p) = self.procs.get(&pid) {
+                if let Err(e) = snapshot::take(pid, ts, &states, &p.live, &exclude, &mut recs) {
+                    eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}");
+                }
+            }
+            self.out.buf().extend(recs);
+        }
+        // Remove every breakpoint from every address space.
+        for space in self.spaces.iter().flatten() {
+            for (&addr, h) in &space.hooks {
+                let _ = space.mem.write(addr, &[h.orig]);
+            }
+        }
+        let ts = self.now();
+        for (&tid, _) in self.tasks.iter() {
+            if let Some(&bp) = rewind.get(&tid) {
+                if let Ok(mut regs) = sys::get_regs(tid) {
+                    regs.rip = bp;
+                    let _ = sys::set_regs(tid, &regs);
+                }
+            }
+            let sig = deliver.get(&tid).copied().unwrap_or(0);
+            let _ = sys::detach(tid, sig);
+        }
+        for (&pid, p) in self.procs.iter() {
+            if p.recording {
+                self.out.buf().push(Record::ProcessExit {
+                    ts,
+                    pid: pid as u32,
+                    status: ExitStatus::Detached,
+                });
+            }
+        }
+        if self.root_status.is_none() {
+            self.root_status = Some(ExitStatus::Detached);
+        }
+        // Calls still in flight return through the probe after the detach, unseen; their
+        // slots are never reused (the probe is not shared with a later session).
+        self.pending.clear();
+        self.tasks.clear();
+        self.procs.clear();
+        self.out.publish();
+    }
+
+    fn space_of(&self, tid: Tid) -> Option<&Space> {
+        let pid = self.tasks.get(&tid)?.pid;
+        let space = self.procs.get(&pid)?.space;
+        self.spaces.get(space)?.as_ref()
+    }
+
+    fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
+        self.procs
+            .get(&pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.probe.as_ref())
+            .map(|p| {
+                let a = p.borrow().code_addr;
+                let probe: Range<u64> = a..a + crate::probe::TOTAL_LEN as u64;
+                vec![probe]
+            })
+            .unwrap_or_default()
     }
 }
 
