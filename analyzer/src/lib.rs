@@ -23,6 +23,7 @@ use heaptape_format::{Header, ReadError, StackId, TraceReader, Truncation};
 pub mod findings;
 mod hash;
 mod heap;
+pub mod leaks;
 pub mod modules;
 pub mod replay;
 pub mod report;
@@ -33,6 +34,7 @@ pub mod symbolize;
 
 pub use findings::{Finding, FindingKind, Findings, Occurrence};
 pub use heap::FREED_HISTORY;
+pub use leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind, LeakReport, LeakSummary, LossRecord};
 pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals};
 pub use sites::{SiteStats, SiteTable};
@@ -53,6 +55,11 @@ pub struct AnalyzeOptions {
     /// The recorded machine's root: module paths are looked up under it first (see
     /// [`SymbolizerOptions::sysroot`]).
     pub sysroot: Option<PathBuf>,
+    /// The leak check's interior-pointer heuristics (memcheck's
+    /// `--leak-check-heuristics`, all four by default).
+    pub leak_heuristics: HeuristicSet,
+    /// What makes [`Analysis::failed`] true (`--fail-on`); nothing by default.
+    pub fail_on: FailOn,
 }
 
 impl Default for AnalyzeOptions {
@@ -62,6 +69,8 @@ impl Default for AnalyzeOptions {
             symbolize: true,
             debug_dirs: Vec::new(),
             sysroot: None,
+            leak_heuristics: HeuristicSet::ALL,
+            fail_on: FailOn::default(),
         }
     }
 }
@@ -110,6 +119,7 @@ pub fn analyze_reader<R: Read + Send>(
 ) -> Result<Analysis, AnalyzeError> {
     let header = reader.header().clone();
     let mut replay = Replay::new(&header);
+    replay.set_leak_heuristics(opts.leak_heuristics);
     let symbolizer = opts.symbolize.then(|| {
         Arc::new(ElfSymbolizer::new(SymbolizerOptions {
             debug_dirs: opts.debug_dirs.clone(),
@@ -219,6 +229,51 @@ impl Analysis {
             Some(s) => s.as_ref(),
             None => &RawSymbolizer,
         }
+    }
+
+    /// Why the analysis fails under [`AnalyzeOptions::fail_on`], one sentence per
+    /// process and reason; empty when it passes. Each process's last image counts. A
+    /// process whose leaks could not be classified fails when any leak class is
+    /// selected: without a snapshot nothing proves it leak-free.
+    pub fn failures(&self) -> Vec<String> {
+        let f = self.options.fail_on;
+        let mut out = Vec::new();
+        for p in &self.processes {
+            let img = p.image();
+            if f.any_leak_kind() {
+                match &img.leaks {
+                    LeakCheck::Done(r) => {
+                        for kind in LeakKind::ALL.into_iter().filter(|&k| f.kind(k)) {
+                            let c = r.summary.get(kind);
+                            if c.blocks > 0 {
+                                out.push(format!(
+                                    "process {}: {} bytes in {} blocks are {}",
+                                    p.pid, c.bytes, c.blocks, kind
+                                ));
+                            }
+                        }
+                    }
+                    LeakCheck::Unavailable(reason) => out.push(format!(
+                        "process {}: leaks could not be classified: {reason}",
+                        p.pid
+                    )),
+                }
+            }
+            if f.invalid_free && !img.findings.is_empty() {
+                let n: u64 = img.findings.list().iter().map(|x| x.count).sum();
+                out.push(format!(
+                    "process {}: {n} invalid, double or mismatched free(s)",
+                    p.pid
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether the analysis fails under [`AnalyzeOptions::fail_on`] (the CLI then
+    /// exits with status 1); see [`Analysis::failures`].
+    pub fn failed(&self) -> bool {
+        !self.failures().is_empty()
     }
 
     /// The return addresses of stack `id`, innermost first.

@@ -37,6 +37,7 @@ use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackI
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
 use crate::hash::{FastMap, FastSet};
 use crate::heap::{Block, Heap, ImageId};
+use crate::leaks::{HeuristicSet, LeakCheck, LiveBlock, NoHeuristicData, SnapshotGraph};
 use crate::modules::ModuleMap;
 use crate::sites::SiteTable;
 use crate::stacks::StackTable;
@@ -110,6 +111,9 @@ pub struct Image {
     pub findings: Findings,
     /// Its modules.
     pub modules: ModuleMap,
+    /// Its leak classification, from the last complete reachability snapshot taken
+    /// while it ran (see [`crate::leaks`]).
+    pub leaks: LeakCheck,
     heap: usize,
     live_blocks: u64,
     live_bytes: u64,
@@ -126,6 +130,7 @@ impl Image {
             sites: SiteTable::default(),
             findings: Findings::default(),
             modules,
+            leaks: LeakCheck::default(),
             heap,
             live_blocks: 0,
             live_bytes: 0,
@@ -228,6 +233,9 @@ pub struct Anomalies {
     pub records_after_end: u64,
     /// The `End` record's counts disagree with what was read.
     pub end_count_mismatch: Option<String>,
+    /// Snapshots whose end record counts another number of live blocks than the
+    /// replay had (the trace and the replay disagree; the replay's blocks are used).
+    pub snapshot_block_mismatches: u64,
 }
 
 impl Anomalies {
@@ -262,6 +270,10 @@ impl Anomalies {
         add(
             self.records_after_end,
             "record(s) after the end record were ignored",
+        );
+        add(
+            self.snapshot_block_mismatches,
+            "snapshot(s) covered another number of live blocks than the replay had",
         );
         if let Some(s) = &self.end_count_mismatch {
             m.push(s.clone());
@@ -329,6 +341,16 @@ pub struct Replay {
     symbolizer: Option<Arc<dyn Symbolizer + Send + Sync>>,
     /// Whether a bad free from (image, stack) is the C library's own bookkeeping.
     internal_frees: FastMap<(ImageId, StackId), bool>,
+    /// Snapshots begun and not yet ended, by pid.
+    snapshots: FastMap<u32, PendingSnapshot>,
+    leak_heuristics: HeuristicSet,
+}
+
+/// A snapshot between its begin and end records.
+#[derive(Debug)]
+struct PendingSnapshot {
+    image: ImageId,
+    graph: SnapshotGraph,
 }
 
 /// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
@@ -372,6 +394,8 @@ impl Replay {
             last_ts: 0,
             symbolizer: None,
             internal_frees: FastMap::default(),
+            snapshots: FastMap::default(),
+            leak_heuristics: HeuristicSet::ALL,
         }
     }
 
@@ -388,6 +412,76 @@ impl Replay {
     /// symbolizer and a symbol table in the executable.
     pub fn set_symbolizer(&mut self, symbolizer: Arc<dyn Symbolizer + Send + Sync>) {
         self.symbolizer = Some(symbolizer);
+    }
+
+    /// Sets the interior-pointer heuristics of the leak check (memcheck's
+    /// `--leak-check-heuristics`; all four by default).
+    pub fn set_leak_heuristics(&mut self, heuristics: HeuristicSet) {
+        self.leak_heuristics = heuristics;
+    }
+
+    /// A snapshot of `pid` begins: its graph covers the heap's live blocks now.
+    fn snapshot_begin(&mut self, pid: u32) {
+        let Some(&p) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let img = self.procs[p].current();
+        let heap = self.images[img].heap;
+        let pending = match self.heaps.get(heap).and_then(Option::as_ref) {
+            Some(heap) if !self.procs[p].ended => PendingSnapshot {
+                image: img,
+                graph: SnapshotGraph::new(
+                    heap.live
+                        .iter()
+                        .map(|(&address, b)| LiveBlock {
+                            address,
+                            size: b.size,
+                            stack: b.stack,
+                            func: b.func,
+                        })
+                        .collect(),
+                ),
+            },
+            _ => {
+                self.snapshot_lost(
+                    img,
+                    "the snapshot was recorded after the process ended, when its heap \
+                     was no longer known",
+                );
+                return;
+            }
+        };
+        if let Some(old) = self.snapshots.insert(pid, pending) {
+            self.snapshot_lost(
+                old.image,
+                "the snapshot was cut off (another snapshot began before it ended)",
+            );
+        }
+    }
+
+    /// A snapshot of `pid` is complete: classify it.
+    fn snapshot_end(&mut self, pid: u32, blocks: u64) {
+        let Some(pending) = self.snapshots.remove(&pid) else {
+            return;
+        };
+        if blocks != pending.graph.block_count() as u64 {
+            self.anomalies.snapshot_block_mismatches += 1;
+        }
+        self.images[pending.image].leaks = match pending
+            .graph
+            .classify(&NoHeuristicData, self.leak_heuristics)
+        {
+            Ok(report) => LeakCheck::Done(Box::new(report)),
+            Err(reason) => LeakCheck::Unavailable(reason),
+        };
+    }
+
+    /// Notes why a snapshot of `img` came to nothing, unless an earlier one succeeded.
+    fn snapshot_lost(&mut self, img: ImageId, reason: &str) {
+        let leaks = &mut self.images[img].leaks;
+        if leaks.report().is_none() {
+            *leaks = LeakCheck::Unavailable(reason.into());
+        }
     }
 
     /// Whether a bad free from `stack` in image `img` is allocator bookkeeping (see
@@ -554,11 +648,23 @@ impl Replay {
             | Record::FdOpen { .. }
             | Record::FdClose { .. }
             | Record::RssSample { .. }
-            | Record::SnapshotBegin { .. }
-            | Record::SnapshotRoot { .. }
-            | Record::SnapshotBlock { .. }
-            | Record::SnapshotEnd { .. }
             | Record::End { .. } => {}
+            Record::SnapshotBegin { pid, .. } => self.snapshot_begin(pid),
+            Record::SnapshotRoot { pid, pointers, .. } => {
+                if let Some(s) = self.snapshots.get_mut(&pid) {
+                    s.graph.add_root(&pointers);
+                }
+            }
+            Record::SnapshotBlock {
+                pid,
+                address,
+                pointers,
+            } => {
+                if let Some(s) = self.snapshots.get_mut(&pid) {
+                    s.graph.add_block(address, &pointers);
+                }
+            }
+            Record::SnapshotEnd { pid, blocks, .. } => self.snapshot_end(pid, blocks),
         }
     }
 
@@ -570,6 +676,13 @@ impl Replay {
             if !self.procs[p].ended {
                 self.end_process(p, ts, None, ImageEnd::TraceEnd);
             }
+        }
+        let cut: Vec<ImageId> = self.snapshots.drain().map(|(_, s)| s.image).collect();
+        for img in cut {
+            self.snapshot_lost(
+                img,
+                "the snapshot was cut off (the trace ends before its end record)",
+            );
         }
         let mut images: Vec<Option<Image>> = self.images.into_iter().map(Some).collect();
         let processes = self

@@ -101,7 +101,10 @@ fn json_shape_and_values() {
             "ended_by",
             "totals",
             "sites_live_at_exit",
-            "findings",
+            "leaks",
+            "leaks_unavailable",
+            "loss_records",
+            "invalid_frees",
             "modules",
             "previous_images",
         ])
@@ -153,26 +156,35 @@ fn json_shape_and_values() {
             ],
         }])
     );
+    assert_eq!(p["leaks"], Value::Null);
     assert_eq!(
-        p["findings"],
+        p["leaks_unavailable"],
+        heaptape_analyzer::leaks::NO_SNAPSHOT
+    );
+    assert_eq!(p["loss_records"], json!([]));
+    let free_frames = json!([
+        {"address": "0x401200", "module": "/bin/app", "offset": "0x401200",
+         "function": null, "file": null, "line": null, "inlined": false},
+        {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
+         "function": null, "file": null, "line": null, "inlined": false},
+    ]);
+    assert_eq!(
+        p["invalid_frees"],
         json!([{
             "kind": "double_free",
             "count": 1,
-            "free_function": "free",
-            "free_stack": 3,
-            "alloc_function": "malloc",
-            "alloc_stack": 3,
-            "previous_free_stack": 3,
             "address": "0x20",
             "size": 32,
             "tid": 1,
             "ts_ns": 6000,
-            "frames": [
-                {"address": "0x401200", "module": "/bin/app", "offset": "0x401200",
-                 "function": null, "file": null, "line": null, "inlined": false},
-                {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
-                 "function": null, "file": null, "line": null, "inlined": false},
-            ],
+            "function": "free",
+            "alloc_function": "malloc",
+            "stack": free_frames,
+            "alloc_stack": free_frames,
+            "free_stack": free_frames,
+            "stack_id": 3,
+            "alloc_stack_id": 3,
+            "free_stack_id": 3,
         }])
     );
     assert_eq!(
@@ -243,6 +255,7 @@ fn text_report() {
 heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kernel 6.1.0)
 
 == process 1: ./app (launched, exited with code 0, after 0.000 s)
+   leak summary: unavailable: no reachability snapshot was recorded for this process (recorded with --no-snapshot, or the recorder could not take one)
    total heap usage: 3 allocs, 2 frees, 1,096 bytes allocated
    in use at exit: 1,064 bytes in 2 blocks
    peak heap usage: 1,096 bytes in 3 blocks, at 0.000 s
@@ -288,6 +301,7 @@ fn text_report_of_fork_and_exec() {
 heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kernel 6.1.0)
 
 == process 1: ./app (launched, exited with code 0, after 0.000 s)
+   leak summary: unavailable: no reachability snapshot was recorded for this process (recorded with --no-snapshot, or the recorder could not take one)
    total heap usage: 1 allocs, 2 frees, 1,500 bytes allocated
    in use at exit: 0 bytes in 0 blocks
    peak heap usage: 1,500 bytes in 1 block, at 0.000 s
@@ -297,6 +311,7 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
 
 == process 2: /bin/echo hi there (fork of 1, killed by signal 6 (SIGABRT), after 0.000 s)
    earlier image `./app`, replaced by exec at 0.000 s: 0 allocs, 0 frees, 0 bytes allocated; 1,500 bytes in 1 block discarded
+   leak summary: unavailable: no reachability snapshot was recorded for this process (recorded with --no-snapshot, or the recorder could not take one)
    total heap usage: 1 allocs, 0 frees, 7 bytes allocated
    in use at exit: 7 bytes in 1 block
    peak heap usage: 7 bytes in 1 block, at 0.000 s

@@ -9,6 +9,7 @@
 use serde_json::{json, Value};
 
 use crate::findings::Finding;
+use crate::leaks::{Count, Heuristic, LeakReport, LossRecord};
 use crate::replay::{Image, Process, Totals};
 use crate::symbolize::{Frame, Symbolizer};
 use crate::Analysis;
@@ -98,7 +99,16 @@ fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Value {
                 "frames": frame_list(&frames(&a.stacks, img, stack, sym)),
             }))
             .collect::<Vec<_>>(),
-        "findings": img
+        "leaks": img.leaks.report().map(leaks),
+        "leaks_unavailable": img.leaks.unavailable_reason(),
+        "loss_records": img.leaks.report().map_or_else(Vec::new, |r| {
+            let n = r.loss_records.len();
+            r.loss_records
+                .iter()
+                .map(|lr| loss_record(a, img, lr, n, sym))
+                .collect::<Vec<_>>()
+        }),
+        "invalid_frees": img
             .findings
             .list()
             .iter()
@@ -134,20 +144,77 @@ pub fn totals(t: &Totals) -> Value {
     })
 }
 
+/// An invalid, double or mismatched free: `stack` is where it happened,
+/// `alloc_stack` where the block was allocated and `free_stack` where it was freed
+/// before (a double free); the `*_stack_id`s are the trie ids of the same stacks.
 fn finding(a: &Analysis, img: &Image, f: &Finding, sym: &dyn Symbolizer) -> Value {
+    let stack = |id: Option<heaptape_format::StackId>| {
+        id.map(|id| frame_list(&frames(&a.stacks, img, id, sym)))
+    };
     json!({
         "kind": f.kind.name(),
         "count": f.count,
-        "free_function": f.free_fn.name(),
-        "free_stack": f.free_stack,
-        "alloc_function": f.alloc_fn.map(|x| x.name()),
-        "alloc_stack": f.alloc_stack,
-        "previous_free_stack": f.previous_free_stack,
         "address": addr(f.first.address),
         "size": f.first.size,
         "tid": f.first.tid,
         "ts_ns": f.first.ts,
-        "frames": frame_list(&frames(&a.stacks, img, f.free_stack, sym)),
+        "function": f.free_fn.name(),
+        "alloc_function": f.alloc_fn.map(|x| x.name()),
+        "stack": stack(Some(f.free_stack)),
+        "alloc_stack": stack(f.alloc_stack),
+        "free_stack": stack(f.previous_free_stack),
+        "stack_id": f.free_stack,
+        "alloc_stack_id": f.alloc_stack,
+        "free_stack_id": f.previous_free_stack,
+    })
+}
+
+fn count(c: Count) -> Value {
+    json!({ "blocks": c.blocks, "bytes": c.bytes })
+}
+
+/// The leak summary of a classified snapshot.
+fn leaks(r: &LeakReport) -> Value {
+    let s = &r.summary;
+    json!({
+        "definitely_lost": count(s.definitely_lost),
+        "indirectly_lost": count(s.indirectly_lost),
+        "possibly_lost": count(s.possibly_lost),
+        "still_reachable": count(s.still_reachable),
+        "reachable_via_heuristic": Heuristic::ALL
+            .iter()
+            .zip(s.reachable_via_heuristic)
+            .map(|(h, c)| (h.name().to_string(), count(c)))
+            .collect::<serde_json::Map<_, _>>(),
+        "heuristics": r.heuristics.iter().map(Heuristic::name).collect::<Vec<_>>(),
+        "snapshot": {
+            "blocks": r.stats.blocks,
+            "root_pointers": r.stats.root_pointers,
+            "block_pointers": r.stats.block_pointers,
+            "stray_pointers": r.stats.stray_pointers,
+            "unknown_source_pointers": r.stats.unknown_source_pointers,
+        },
+    })
+}
+
+/// One loss record; `stack` starts at the allocator's caller.
+fn loss_record(
+    a: &Analysis,
+    img: &Image,
+    lr: &LossRecord,
+    of: usize,
+    sym: &dyn Symbolizer,
+) -> Value {
+    json!({
+        "kind": lr.kind.name(),
+        "number": lr.number,
+        "of": of,
+        "blocks": lr.blocks,
+        "bytes": lr.bytes,
+        "indirect_bytes": lr.indirect_bytes,
+        "allocator": lr.func.name(),
+        "stack": frame_list(&frames(&a.stacks, img, lr.stack, sym)),
+        "stack_id": lr.stack,
     })
 }
 

@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use crate::findings::{Finding, FindingKind};
+use crate::leaks::{Heuristic, LeakCheck, LeakKind};
 use crate::replay::{Image, ImageEnd, Process};
 use crate::symbolize::Symbolizer;
 use crate::{Analysis, AnalyzeOptions};
@@ -94,6 +95,7 @@ fn image(
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
+    leak_summary(a, img, out, opts, sym)?;
     let t = &img.totals;
     writeln!(
         out,
@@ -181,6 +183,78 @@ fn image(
             )?;
             write_frames(a, img, *stack, out, sym)?;
         }
+    }
+    Ok(())
+}
+
+/// memcheck's LEAK SUMMARY, then the largest definitely and possibly lost loss records
+/// (the kinds memcheck shows by default), largest first.
+fn leak_summary(
+    a: &Analysis,
+    img: &Image,
+    out: &mut dyn Write,
+    opts: &AnalyzeOptions,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    let r = match &img.leaks {
+        LeakCheck::Done(r) => r,
+        LeakCheck::Unavailable(reason) => {
+            return writeln!(out, "   leak summary: unavailable: {reason}");
+        }
+    };
+    let s = &r.summary;
+    writeln!(out, "   LEAK SUMMARY:")?;
+    for (label, c) in [
+        ("   definitely lost", s.definitely_lost),
+        ("   indirectly lost", s.indirectly_lost),
+        ("     possibly lost", s.possibly_lost),
+        ("   still reachable", s.still_reachable),
+    ] {
+        writeln!(out, "   {label}: {}", bytes_in_blocks(c.bytes, c.blocks))?;
+    }
+    if s.reachable_via_heuristic.iter().any(|c| c.blocks > 0) {
+        writeln!(
+            out,
+            "                         of which reachable via heuristic:"
+        )?;
+        for (h, c) in Heuristic::ALL.iter().zip(s.reachable_via_heuristic) {
+            if c.blocks > 0 {
+                writeln!(
+                    out,
+                    "                           {:<19}: {}",
+                    h.name(),
+                    bytes_in_blocks(c.bytes, c.blocks)
+                )?;
+            }
+        }
+    }
+    let n = r.loss_records.len();
+    let shown = r
+        .loss_records
+        .iter()
+        .filter(|lr| matches!(lr.kind, LeakKind::DefinitelyLost | LeakKind::PossiblyLost));
+    for lr in shown.take(opts.top) {
+        let size = if lr.indirect_bytes > 0 {
+            format!(
+                "{} ({} direct, {} indirect) bytes",
+                num(lr.bytes.saturating_add(lr.indirect_bytes)),
+                num(lr.bytes),
+                num(lr.indirect_bytes)
+            )
+        } else {
+            format!("{} bytes", num(lr.bytes))
+        };
+        writeln!(
+            out,
+            "   {size} in {} block{} {} {} in loss record {} of {n} ({})",
+            num(lr.blocks),
+            if lr.blocks == 1 { "" } else { "s" },
+            if lr.blocks == 1 { "is" } else { "are" },
+            lr.kind,
+            lr.number,
+            lr.func.name()
+        )?;
+        write_frames(a, img, lr.stack, out, sym)?;
     }
     Ok(())
 }
