@@ -1,0 +1,153 @@
+//! Exact allocation counts of single-process fixtures against valgrind memcheck's
+//! "total heap usage" (run with --run-libc-freeres=no --run-cxx-freeres=no), and of a
+//! static binary against its known behaviour.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn memalign_variants_match_valgrind() {
+    let dir = TestDir::new("memalign");
+    let prog = dir.compile("memalign.c", "memalign", &[]);
+    let p = assert_counts_match_valgrind(&dir, "memalign", &prog, &["nopvalloc"]);
+    // Known from the fixture: posix_memalign, aligned_alloc, memalign, valloc, a realloc
+    // chain of 21 calls, reallocarray and stdout's buffer.
+    let t = totals(&p);
+    assert_eq!(t.allocations, 4 + 21 + 1 + 1);
+    assert_eq!(t.frees, 4 + 20 + 1 + 1);
+}
+
+#[test]
+fn pvalloc_counts_once_with_its_requested_size() {
+    // valgrind 3.19 aborts on pvalloc, so compare with the run without it: pvalloc(10)
+    // adds exactly one allocation of 10 requested bytes and its free.
+    let dir = TestDir::new("pvalloc");
+    let prog = dir.compile("memalign.c", "memalign", &[]);
+    let with = record_like_native(&dir, "with", &prog, &[]);
+    let without = record_like_native(&dir, "without", &prog, &["nopvalloc"]);
+    let (w, wo) = (totals(root_process(&with)), totals(root_process(&without)));
+    assert_eq!(w.allocations, wo.allocations + 1);
+    assert_eq!(w.frees, wo.frees + 1);
+    assert_eq!(w.allocated_bytes, wo.allocated_bytes + 10);
+    assert_eq!(w.live_at_exit_blocks, wo.live_at_exit_blocks);
+    assert_eq!(w.live_at_exit_bytes, wo.live_at_exit_bytes);
+    assert_eq!(findings(root_process(&with)), vec![]);
+}
+
+#[test]
+fn calloc_and_realloc_chains_match_valgrind() {
+    let dir = TestDir::new("reallocs");
+    let prog = dir.compile("reallocs.c", "reallocs", &[]);
+    let p = assert_counts_match_valgrind(&dir, "reallocs", &prog, &[]);
+    let t = totals(&p);
+    // Known from the fixture: 50 callocs, a chain of 1 + 61 calls, a chain of 10,
+    // malloc(0), calloc(0, 5), 2 reallocarray, the kept block and stdout's buffer.
+    assert_eq!(t.allocations, 50 + 62 + 10 + 2 + 2 + 1 + 1);
+    assert_eq!(t.live_at_exit_blocks, 2);
+    assert_eq!(t.live_at_exit_bytes, 999 + 4096);
+}
+
+#[test]
+fn cxx_new_and_delete_count_once_and_match_valgrind() {
+    let dir = TestDir::new("cxx");
+    let prog = dir.compile("cxx.cc", "cxx", &[]);
+    let p = assert_counts_match_valgrind(&dir, "cxx", &prog, &[]);
+    // new int, new Obj[3], new(nothrow) int[10], the vector and its buffer, aligned new,
+    // libstdc++'s emergency pool and stdout's buffer: operator new's inner malloc must
+    // not count a second time.
+    let t = totals(&p);
+    assert_eq!(t.allocations, 8);
+    assert_eq!(t.frees, 4);
+}
+
+#[test]
+fn dlopen_plugin_matches_valgrind() {
+    let dir = TestDir::new("dlopen");
+    dir.compile("plugin.c", "libplugin.so", &["-shared", "-fPIC"]);
+    let prog = dir.compile("dlopen.c", "dlopen", &["-ldl"]);
+    let lib = dir.join("libplugin.so");
+    let lib = lib.to_str().expect("utf-8 path");
+    let p = assert_counts_match_valgrind(&dir, "dlopen", &prog, &[lib]);
+    // The plugin's 1000-byte block outlives dlclose; its module stays resolvable.
+    let sites = p["sites_live_at_exit"].as_array().expect("sites");
+    let plugin_site = sites
+        .iter()
+        .find(|s| s["live_at_exit_bytes"] == 1000)
+        .unwrap_or_else(|| panic!("no live 1000-byte site: {sites:?}"));
+    assert_eq!(plugin_site["frames"][0]["module"], lib);
+}
+
+#[test]
+fn threads_8x100000_match_valgrind() {
+    let dir = TestDir::new("threads");
+    let prog = dir.compile("threads.c", "threads", &["-pthread"]);
+    let args = ["8", "100000"];
+    let json = record_like_native(&dir, "threads", &prog, &args);
+    let p = root_process(&json);
+    let t = totals(p);
+    let (_, vg) = valgrind_single(&dir, &prog, &args);
+    // Known from the fixture: 8 x 100000 blocks of 16 + (i % 64) bytes.
+    let per_thread: u64 = (0..100_000u64).map(|i| 16 + i % 64).sum();
+    assert!(t.allocations >= 800_000 && t.allocated_bytes >= 8 * per_thread);
+    assert_eq!(t.allocations, vg.allocs, "allocations vs valgrind");
+    assert_eq!(t.allocated_bytes, vg.bytes, "bytes vs valgrind");
+    assert_eq!(
+        t.frees,
+        vg.frees,
+        "frees vs valgrind (findings: {:?})",
+        findings(p)
+    );
+    assert_eq!(findings(p), vec![]);
+    assert_eq!(t.live_at_exit_blocks, vg.allocs - vg.frees);
+}
+
+#[test]
+fn static_binary_counts_known_allocations() {
+    // memcheck cannot see static binaries: the fixture's own calls are known (107
+    // allocations, 102 frees, 31,150 bytes, 5 blocks of 15,000 bytes live). Static glibc
+    // adds its start-up allocations (_dl_non_dynamic_init, never freed); tell them
+    // apart by their stacks, symbolized with addr2line.
+    let dir = TestDir::new("static");
+    let prog = dir.compile("static_alloc.c", "static_alloc", &["-static"]);
+    // An empty environment: static glibc's start-up parses LD_LIBRARY_PATH (which cargo
+    // sets) with allocations of its own that it frees again.
+    let mut native_cmd = std::process::Command::new(&prog);
+    native_cmd.env_clear().current_dir(dir.path());
+    let native = run(native_cmd);
+    assert_eq!(native.stdout_str(), "checksum 4951\n");
+    let trace = dir.join("static.trace");
+    let mut rec_cmd = record_cmd(&dir, &trace, &[], &prog, &[]);
+    rec_cmd.env_clear();
+    let recorded = run(rec_cmd);
+    assert_same_run(&native, &recorded);
+    let json = analyze(&trace);
+    let p = root_process(&json);
+    let t = totals(p);
+    let base = module_base(p, &prog);
+    let (mut main_blocks, mut main_bytes) = (0, 0);
+    let (mut startup_blocks, mut startup_bytes) = (0, 0);
+    for site in p["sites_live_at_exit"].as_array().expect("sites") {
+        let funcs = symbolize(&prog, base, &frame_addresses(site));
+        let blocks = site["live_at_exit_blocks"].as_u64().expect("blocks");
+        let bytes = site["live_at_exit_bytes"].as_u64().expect("bytes");
+        assert_eq!(site["allocations"].as_u64(), Some(blocks), "{site}");
+        if funcs.first().map(String::as_str) == Some("main") {
+            main_blocks += blocks;
+            main_bytes += bytes;
+        } else {
+            assert!(
+                funcs.iter().any(|f| f == "__libc_init_first"),
+                "live block neither from main nor from glibc start-up: {funcs:?}"
+            );
+            startup_blocks += blocks;
+            startup_bytes += bytes;
+        }
+    }
+    assert_eq!((main_blocks, main_bytes), (5, 15_000));
+    assert_eq!(t.allocations - startup_blocks, 107);
+    assert_eq!(t.frees, 102);
+    assert_eq!(t.allocated_bytes - startup_bytes, 31_150);
+    assert_eq!(t.live_at_exit_blocks, 5 + startup_blocks);
+    assert_eq!(findings(p), vec![]);
+}

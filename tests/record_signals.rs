@@ -1,0 +1,254 @@
+//! Signals: handled signals (including SIGTRAP) reach the program, fatal ones end it as
+//! natively with a complete trace, SIGSTOP/SIGCONT and Ctrl-C behave as without heaptape.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn handled_signals_reach_the_program() {
+    let dir = TestDir::new("signals");
+    let prog = dir.compile("signals.c", "signals", &[]);
+    let p = assert_counts_match_valgrind(&dir, "signals", &prog, &[]);
+    // SIGTRAP (5) + SIGUSR1 (10) + SIGRTMIN+2 (36) each ran the handler once.
+    let native = run_native(&dir, &prog, &[]);
+    assert_eq!(native.stdout_str(), "got 51\n");
+    assert_eq!(p["exit"], json!({"code": 0}));
+    let t = totals(&p);
+    assert_eq!((t.allocations, t.frees), (2, 1));
+}
+
+#[test]
+fn sigsegv_ends_the_program_as_natively_with_a_complete_trace() {
+    let dir = TestDir::new("crash");
+    let prog = dir.compile("crash.c", "crash", &[]);
+    let native = run_native(&dir, &prog, &[]);
+    assert_eq!(native.shell_code(), 139);
+    let trace = dir.join("crash.trace");
+    let recorded = record(&dir, &trace, &[], &prog, &[]);
+    assert_same_run(&native, &recorded);
+    assert_eq!(recorded.status.code(), Some(139));
+    let json = analyze(&trace);
+    let p = root_process(&json);
+    assert_eq!(p["exit"], json!({"signal": 11}));
+    // Known: 10 blocks of 100 bytes and stdout's buffer (4096 bytes on a pipe), none
+    // freed; valgrind agrees.
+    let t = totals(p);
+    assert_eq!((t.allocations, t.frees, t.allocated_bytes), (11, 0, 5096));
+    assert_eq!((t.live_at_exit_blocks, t.live_at_exit_bytes), (11, 5096));
+    let sites = p["sites_live_at_exit"].as_array().expect("sites");
+    assert!(
+        sites
+            .iter()
+            .any(|s| s["live_at_exit_blocks"] == 10 && s["live_at_exit_bytes"] == 1000),
+        "no site with the 10 leaked blocks: {sites:?}"
+    );
+    let (_, vg) = valgrind_single(&dir, &prog, &[]);
+    assert_eq!(HeapUsage::of(&t), vg);
+}
+
+#[test]
+fn sigstop_then_sigcont_completes_normally() {
+    let dir = TestDir::new("sigstop");
+    let prog = dir.compile("stop.c", "stop", &[]);
+    let native = run_native_stopped(&dir, None, &prog);
+    assert_eq!(native.stdout_str(), "stopping\ncontinued\n");
+    let trace = dir.join("stop.trace");
+    let recorded = run_native_stopped(&dir, Some(&trace), &prog);
+    assert_same_run(&native, &recorded);
+    let json = analyze(&trace);
+    let t = totals(root_process(&json));
+    // 40 and 50 bytes, both freed, and stdout's buffer.
+    assert_eq!((t.allocations, t.frees, t.allocated_bytes), (3, 2, 4186));
+}
+
+/// Runs the stop fixture (under heaptape when `trace` is given), waits for it to stop
+/// and continues it with SIGCONT.
+fn run_native_stopped(
+    dir: &TestDir,
+    trace: Option<&std::path::Path>,
+    prog: &std::path::Path,
+) -> Run {
+    let mut cmd = match trace {
+        Some(t) => record_cmd(dir, t, &[], prog, &[]),
+        None => {
+            let mut c = Command::new(prog);
+            c.current_dir(dir.path());
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read first line");
+    assert_eq!(first, "stopping\n");
+    let prog_pid = match trace {
+        Some(_) => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(pid) = traced_child(child.id()) {
+                    break pid;
+                }
+                assert!(Instant::now() < deadline, "no traced child of heaptape");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        None => child.id(),
+    };
+    // Wait until it is stopped: 'T' natively; under ptrace a group stop shows as 't'.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = proc_state(prog_pid);
+        if st == Some('T') || st == Some('t') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "program never stopped (state {st:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Under ptrace the stop passes through the tracer before it takes effect; a SIGCONT
+    // sent in between is overtaken by the stop, so repeat it until the program runs on.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let mut line = String::new();
+        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+            rest.push_str(&line);
+            line.clear();
+            let _ = tx.send(());
+        }
+        rest
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // SAFETY: plain kill(2) on a process we started (or its traced child).
+        unsafe { libc::kill(prog_pid as i32, libc::SIGCONT) };
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "program did not continue after SIGCONT"
+        );
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    let status = child.wait().expect("wait");
+    let rest = reader.join().expect("reader");
+    Run {
+        stdout: format!("{first}{rest}").into_bytes(),
+        stderr,
+        status,
+    }
+}
+
+/// Runs the SIGINT fixture in its own process group (under heaptape when `trace` is
+/// given), waits for "ready" and sends SIGINT to the whole group, like Ctrl-C.
+fn ctrl_c(
+    dir: &TestDir,
+    trace: Option<&std::path::Path>,
+    prog: &std::path::Path,
+    args: &[&str],
+) -> Run {
+    let mut cmd = match trace {
+        Some(t) => record_cmd(dir, t, &[], prog, args),
+        None => {
+            let mut c = Command::new(prog);
+            c.args(args).current_dir(dir.path());
+            c
+        }
+    };
+    cmd.process_group(0);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read first line");
+    assert_eq!(first, "ready\n");
+    // SAFETY: kill(2) on the process group we just created.
+    let rc = unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("stdout");
+    child.stdout = None;
+    let mut run = wait_output_no_stdout(child);
+    run.stdout = format!("{first}{rest}").into_bytes();
+    run
+}
+
+fn wait_output_no_stdout(mut child: std::process::Child) -> Run {
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    let status = child.wait().expect("wait");
+    Run {
+        stdout: Vec::new(),
+        stderr,
+        status,
+    }
+}
+
+#[test]
+fn ctrl_c_with_a_handler_lets_the_program_finish() {
+    let dir = TestDir::new("ctrlc-handler");
+    let prog = dir.compile("sigint.c", "sigint", &[]);
+    let native = ctrl_c(&dir, None, &prog, &["handler"]);
+    assert_eq!(native.stdout_str(), "ready\ninterrupted\n");
+    assert_eq!(native.shell_code(), 0);
+    let trace = dir.join("ctrlc.trace");
+    let recorded = ctrl_c(&dir, Some(&trace), &prog, &["handler"]);
+    assert_same_run(&native, &recorded);
+    let json = analyze(&trace);
+    let p = root_process(&json);
+    assert_eq!(p["exit"], json!({"code": 0}));
+    // The kept block and stdout's buffer; the loop's blocks and the kept one are freed.
+    let t = totals(p);
+    assert_eq!(t.frees, t.allocations - 1);
+    assert_eq!((t.live_at_exit_blocks, t.live_at_exit_bytes), (1, 4096));
+    assert_eq!(t.allocated_bytes, 77 + 4096 + 100 * (t.allocations - 2));
+}
+
+#[test]
+fn ctrl_c_without_a_handler_kills_the_program_and_heaptape_exits_130() {
+    let dir = TestDir::new("ctrlc-default");
+    let prog = dir.compile("sigint.c", "sigint", &[]);
+    let native = ctrl_c(&dir, None, &prog, &[]);
+    assert_eq!(native.stdout_str(), "ready\n");
+    assert_eq!(native.shell_code(), 130);
+    let trace = dir.join("ctrlc.trace");
+    let recorded = ctrl_c(&dir, Some(&trace), &prog, &[]);
+    assert_same_run(&native, &recorded);
+    assert_eq!(recorded.status.code(), Some(130));
+    let json = analyze(&trace);
+    let p = root_process(&json);
+    assert_eq!(p["exit"], json!({"signal": 2}));
+    let t = totals(p);
+    // Killed in its loop: the kept block and stdout's buffer are live, at most one loop
+    // block is (if the signal came between its malloc and free).
+    assert!(
+        t.live_at_exit_blocks == 2 || t.live_at_exit_blocks == 3,
+        "{t:?}"
+    );
+    assert_eq!(
+        t.live_at_exit_bytes,
+        77 + 4096 + 100 * (t.live_at_exit_blocks - 2)
+    );
+}
