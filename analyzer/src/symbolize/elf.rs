@@ -357,7 +357,18 @@ impl DebugModule {
         if s.end > s.start && probe >= s.end {
             return None;
         }
-        Some(addr2line::demangle_auto(Cow::Borrowed(&s.name), None).into_owned())
+        Some(demangle(&s.name))
+    }
+}
+
+/// A symbol name demangled if it is a mangled C++ (`_Z`) or Rust (`_ZN`, `_R`) name.
+/// Others stay as they are: the C++ demangler would read a C function named `e` as the
+/// type `long double`.
+fn demangle(name: &str) -> String {
+    if name.starts_with("_Z") || name.starts_with("_R") {
+        addr2line::demangle_auto(Cow::Borrowed(name), None).into_owned()
+    } else {
+        name.to_owned()
     }
 }
 
@@ -642,6 +653,18 @@ fn alt_candidates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mangled_names_are_demangled() {
+        assert_eq!(demangle("e"), "e");
+        assert_eq!(demangle("main"), "main");
+        assert_eq!(demangle("_ZN6shapes8make_boxEi"), "shapes::make_box(int)");
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
+        assert_eq!(demangle("_Zgarbage"), "_Zgarbage");
+    }
 
     #[test]
     fn debug_file_search_order() {
