@@ -348,6 +348,72 @@ fn ranked_spec(name: &str, prefixes: &[&str]) -> Option<(usize, HookSpec)> {
     None
 }
 
+/// A file-descriptor or memory-mapping function the recorder hooks besides the
+/// allocator (for descriptor and mapping leak reports). Argument indexes in SysV order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResourceCall {
+    /// Returns a descriptor for the path in argument `path_arg` (open, openat, creat).
+    Open {
+        /// The path argument.
+        path_arg: usize,
+    },
+    /// socket(domain, type, protocol).
+    Socket,
+    /// accept/accept4: returns a connected socket.
+    Accept,
+    /// pipe/pipe2: two descriptors stored through argument 0.
+    Pipe,
+    /// dup/dup2/dup3: a copy of the descriptor in argument 0.
+    Dup,
+    /// Returns a descriptor of a special kind (eventfd, epoll, memfd...), named here.
+    Special(&'static str),
+    /// close(fd).
+    Close,
+    /// mmap(addr, len, prot, flags, fd, off).
+    Mmap,
+    /// munmap(addr, len).
+    Munmap,
+    /// mremap(old, old_len, new_len, flags...).
+    Mremap,
+}
+
+/// A hooked descriptor or mapping function of a module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceHook {
+    /// Symbol name.
+    pub name: String,
+    /// Link-time address.
+    pub vaddr: u64,
+    /// What it does.
+    pub call: ResourceCall,
+}
+
+fn resource_call(name: &str) -> Option<ResourceCall> {
+    Some(match name {
+        "open" | "open64" | "creat" | "creat64" | "__open_nocancel" | "__open64_nocancel" => {
+            ResourceCall::Open { path_arg: 0 }
+        }
+        "openat" | "openat64" | "__openat_nocancel" | "__openat64_nocancel" => {
+            ResourceCall::Open { path_arg: 1 }
+        }
+        "socket" => ResourceCall::Socket,
+        "accept" | "accept4" => ResourceCall::Accept,
+        "pipe" | "pipe2" => ResourceCall::Pipe,
+        "dup" | "dup2" | "dup3" => ResourceCall::Dup,
+        "eventfd" => ResourceCall::Special("eventfd"),
+        "epoll_create" | "epoll_create1" => ResourceCall::Special("epoll"),
+        "memfd_create" => ResourceCall::Special("memfd"),
+        "signalfd" => ResourceCall::Special("signalfd"),
+        "timerfd_create" => ResourceCall::Special("timerfd"),
+        "inotify_init" | "inotify_init1" => ResourceCall::Special("inotify"),
+        "close" | "__close_nocancel" => ResourceCall::Close,
+        "mmap" | "mmap64" => ResourceCall::Mmap,
+        "munmap" => ResourceCall::Munmap,
+        "mremap" => ResourceCall::Mremap,
+        _ => return None,
+    })
+}
+
 /// A function symbol, for [`ElfModule::symbolize`].
 #[derive(Clone, Debug)]
 struct FuncSym {
@@ -772,6 +838,27 @@ impl ElfModule {
         }
         hooks.sort_by(|a, b| a.vaddr.cmp(&b.vaddr).then_with(|| a.name.cmp(&b.name)));
         hooks
+    }
+
+    /// The descriptor and mapping functions this module defines (see
+    /// [`ResourceCall`]), one per address.
+    pub fn resource_hooks(&self) -> Vec<ResourceHook> {
+        let mut by_addr: HashMap<u64, ResourceHook> = HashMap::new();
+        self.for_each_defined_function(|name, value, _size, ifunc| {
+            if ifunc {
+                return;
+            }
+            if let Some(call) = resource_call(name) {
+                by_addr.entry(value).or_insert_with(|| ResourceHook {
+                    name: name.to_string(),
+                    vaddr: value,
+                    call,
+                });
+            }
+        });
+        let mut v: Vec<ResourceHook> = by_addr.into_values().collect();
+        v.sort_by_key(|h| h.vaddr);
+        v
     }
 
     /// Names of allocator functions that this module defines only as

@@ -22,9 +22,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use heaptape_format::{AllocFn, ExitStatus, ProcessOrigin, Record, StackId};
+use heaptape_format::{AllocFn, ExitStatus, FdKind, ProcessOrigin, Record, StackId};
 
-use crate::elf::{CallKind, ElfModule, HookSpec};
+use crate::elf::{CallKind, ElfModule, HookSpec, ResourceCall};
 use crate::inject;
 use crate::maps::{self, MappedModule};
 use crate::output::Output;
@@ -131,7 +131,15 @@ impl std::fmt::Display for TracerStats {
 #[derive(Clone)]
 enum HookKind {
     Alloc(HookSpec),
+    Resource(ResourceCall),
     DlDebugState,
+}
+
+/// What a hooked call is, for the shared part of the hot path.
+#[derive(Clone, Copy)]
+enum Call {
+    Alloc(HookSpec),
+    Resource(ResourceCall),
 }
 
 #[derive(Clone)]
@@ -190,6 +198,12 @@ struct Task {
 }
 
 enum PendingKind {
+    /// A descriptor or mapping call whose result is recorded when it returns.
+    Resource {
+        call: ResourceCall,
+        args: [u64; 6],
+        detail: String,
+    },
     Alloc {
         func: AllocFn,
         size: u64,
@@ -483,7 +497,28 @@ impl Tracer {
             }
             HookKind::Alloc(spec) => {
                 self.stats.breakpoint_stops += 1;
-                self.on_alloc_call(tid, pid, space_id, &mut regs, bp, hook.trampoline, spec);
+                self.on_call(
+                    tid,
+                    pid,
+                    space_id,
+                    &mut regs,
+                    bp,
+                    hook.trampoline,
+                    Call::Alloc(spec),
+                );
+                let _ = sys::set_regs(tid, &regs);
+                self.resume(tid, 0);
+            }
+            HookKind::Resource(call) => {
+                self.on_call(
+                    tid,
+                    pid,
+                    space_id,
+                    &mut regs,
+                    bp,
+                    hook.trampoline,
+                    Call::Resource(call),
+                );
                 let _ = sys::set_regs(tid, &regs);
                 self.resume(tid, 0);
             }
@@ -491,7 +526,7 @@ impl Tracer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_alloc_call(
+    fn on_call(
         &mut self,
         tid: Tid,
         pid: Tid,
@@ -499,7 +534,7 @@ impl Tracer {
         regs: &mut Regs,
         entry: u64,
         trampoline: u64,
-        spec: HookSpec,
+        call: Call,
     ) {
         // By default the call just runs its displaced first instruction and goes on.
         regs.rip = trampoline;
@@ -557,6 +592,16 @@ impl Tracer {
         if self.cfg.measure_time {
             self.stats.unwind_ns += sys::monotonic_ns() - t_unwind;
         }
+        let spec = match call {
+            Call::Alloc(spec) => spec,
+            Call::Resource(rc) => {
+                let (kind, outptr) = self.resource_entry(tid, pid, ts, rc, &args, stack_id);
+                self.arm(
+                    tid, space_id, regs, ret, trampoline, outptr, ts, stack_id, kind,
+                );
+                return;
+            }
+        };
         self.stats.recorded_calls += 1;
 
         let kind = match spec.kind {
@@ -622,7 +667,27 @@ impl Tracer {
             CallKind::PosixMemalign { out_arg, .. } => args[out_arg],
             _ => 0,
         };
-        // Arm a return slot so nested calls are recognised and the result comes back.
+        self.arm(
+            tid, space_id, regs, ret, trampoline, outptr, ts, stack_id, kind,
+        );
+    }
+
+    /// Arms a return slot for the call `tid` is entering, so nested calls are recognised
+    /// and the result comes back (see [`crate::probe`]).
+    #[allow(clippy::too_many_arguments)]
+    fn arm(
+        &mut self,
+        tid: Tid,
+        space_id: usize,
+        regs: &mut Regs,
+        ret: u64,
+        trampoline: u64,
+        outptr: u64,
+        ts: u64,
+        stack_id: StackId,
+        kind: PendingKind,
+    ) {
+        let space = self.spaces[space_id].as_mut().expect("live space");
         let Some(probe) = space.probe.clone() else {
             return;
         };
@@ -660,6 +725,53 @@ impl Tracer {
             stack: stack_id,
             kind,
         });
+    }
+
+    /// Entry of a descriptor or mapping call: closes and unmaps are written now (before
+    /// the resource is released, like frees); the rest when they return.
+    fn resource_entry(
+        &mut self,
+        tid: Tid,
+        _pid: Tid,
+        ts: u64,
+        rc: ResourceCall,
+        args: &[u64; 6],
+        stack: StackId,
+    ) -> (PendingKind, u64) {
+        let detail = match rc {
+            ResourceCall::Open { path_arg } => read_c_string(tid, args[path_arg]),
+            ResourceCall::Socket => socket_detail(args[0], args[1]),
+            ResourceCall::Accept => format!("socket accepted on fd {}", args[0] as i32),
+            ResourceCall::Dup => format!("duplicate of fd {}", args[0] as i32),
+            ResourceCall::Pipe => "pipe".to_string(),
+            ResourceCall::Special(name) => name.to_string(),
+            _ => String::new(),
+        };
+        match rc {
+            ResourceCall::Close => self.out.buf().push(Record::FdClose {
+                ts,
+                tid: tid as u32,
+                fd: args[0] as i32,
+                stack,
+            }),
+            ResourceCall::Munmap => self.out.buf().push(Record::Munmap {
+                ts,
+                tid: tid as u32,
+                address: args[0],
+                len: args[1],
+                stack,
+            }),
+            _ => {}
+        }
+        let outptr = if rc == ResourceCall::Pipe { args[0] } else { 0 };
+        (
+            PendingKind::Resource {
+                call: rc,
+                args: *args,
+                detail,
+            },
+            outptr,
+        )
     }
 
     /// Writes the records of every call that has returned since the last stop.
@@ -736,6 +848,17 @@ impl Tracer {
                 stack: p.stack,
             },
             PendingKind::Free => return,
+            PendingKind::Resource {
+                call,
+                ref args,
+                ref detail,
+            } => match resource_record(p, call, args, detail, rax, outval) {
+                Some(recs) => {
+                    self.out.buf().extend(recs);
+                    return;
+                }
+                None => return,
+            },
         };
         let pid = self.tasks.get(&p.tid).map(|t| t.pid);
         if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
@@ -1329,6 +1452,13 @@ impl Tracer {
             .into_iter()
             .map(|s| (s.vaddr.wrapping_add(bias), HookKind::Alloc(s.spec), s.name))
             .collect();
+        sites.extend(elf.resource_hooks().into_iter().map(|h| {
+            (
+                h.vaddr.wrapping_add(bias),
+                HookKind::Resource(h.call),
+                h.name,
+            )
+        }));
         if let Some(v) = elf.dl_debug_state() {
             sites.push((
                 v.wrapping_add(bias),
@@ -1761,6 +1891,113 @@ fn clone_flags(tid: Tid) -> u64 {
     } else {
         regs.rdi
     }
+}
+
+/// The record(s) of a descriptor or mapping call that returned `rax` (`out`: the word
+/// stored through the pipe array).
+fn resource_record(
+    p: &Pending,
+    call: ResourceCall,
+    args: &[u64; 6],
+    detail: &str,
+    rax: u64,
+    out: u64,
+) -> Option<Vec<Record>> {
+    let (ts, tid, stack) = (p.ts, p.tid as u32, p.stack);
+    let fd_open = |fd: i32, kind: FdKind, detail: String| Record::FdOpen {
+        ts,
+        tid,
+        fd,
+        kind,
+        detail,
+        stack,
+    };
+    let ret = rax as i64;
+    Some(match call {
+        ResourceCall::Close | ResourceCall::Munmap => return None,
+        ResourceCall::Pipe => {
+            if ret != 0 {
+                return None;
+            }
+            let (r, w) = (out as u32 as i32, (out >> 32) as u32 as i32);
+            vec![
+                fd_open(r, FdKind::Pipe, "pipe (read end)".into()),
+                fd_open(w, FdKind::Pipe, "pipe (write end)".into()),
+            ]
+        }
+        ResourceCall::Mmap => {
+            if (-4095..0).contains(&ret) || rax == u64::MAX {
+                return None;
+            }
+            vec![Record::Mmap {
+                ts,
+                tid,
+                address: rax,
+                len: args[1],
+                prot: args[2] as u32,
+                flags: args[3] as u32,
+                fd: args[4] as i32,
+                stack,
+            }]
+        }
+        ResourceCall::Mremap => {
+            if (-4095..0).contains(&ret) || rax == u64::MAX {
+                return None;
+            }
+            vec![Record::Mremap {
+                ts,
+                tid,
+                old_address: args[0],
+                old_len: args[1],
+                new_address: rax,
+                new_len: args[2],
+                stack,
+            }]
+        }
+        ResourceCall::Open { .. }
+        | ResourceCall::Socket
+        | ResourceCall::Accept
+        | ResourceCall::Dup
+        | ResourceCall::Special(_) => {
+            let fd = rax as i32;
+            if fd < 0 {
+                return None;
+            }
+            let kind = match call {
+                ResourceCall::Open { .. } => FdKind::File,
+                ResourceCall::Socket | ResourceCall::Accept => FdKind::Socket,
+                ResourceCall::Dup => FdKind::Dup,
+                _ => FdKind::Special,
+            };
+            vec![fd_open(fd, kind, detail.to_string())]
+        }
+    })
+}
+
+/// A NUL-terminated string of the tracee (at most 4 KiB), lossily decoded.
+fn read_c_string(tid: Tid, addr: u64) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = sys::read_memory(tid, addr, &mut buf).unwrap_or(0);
+    let end = buf[..n].iter().position(|&b| b == 0).unwrap_or(n);
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn socket_detail(domain: u64, ty: u64) -> String {
+    let d = match domain as i32 {
+        libc::AF_UNIX => "AF_UNIX",
+        libc::AF_INET => "AF_INET",
+        libc::AF_INET6 => "AF_INET6",
+        libc::AF_NETLINK => "AF_NETLINK",
+        _ => "AF_?",
+    };
+    let t = match (ty as i32) & 0xf {
+        libc::SOCK_STREAM => "SOCK_STREAM",
+        libc::SOCK_DGRAM => "SOCK_DGRAM",
+        libc::SOCK_RAW => "SOCK_RAW",
+        libc::SOCK_SEQPACKET => "SOCK_SEQPACKET",
+        _ => "SOCK_?",
+    };
+    format!("socket({d}, {t})")
 }
 
 /// Reads a process's memory use (bytes) from /proc.
