@@ -86,6 +86,8 @@ pub struct TracerStats {
     pub snapshot_pointers: u64,
     /// Bytes of memory scanned by exit snapshots.
     pub snapshot_bytes: u64,
+    /// Wall time spent taking snapshots, nanoseconds.
+    pub snapshot_ns: u64,
 }
 
 impl std::fmt::Display for TracerStats {
@@ -117,8 +119,10 @@ impl std::fmt::Display for TracerStats {
         )?;
         writeln!(
             f,
-            "snapshots: {} pointer words found in {} bytes scanned",
-            self.snapshot_pointers, self.snapshot_bytes
+            "snapshots: {} pointer words found in {} bytes scanned in {:.3} s",
+            self.snapshot_pointers,
+            self.snapshot_bytes,
+            self.snapshot_ns as f64 / 1e9
         )?;
         write!(
             f,
@@ -996,7 +1000,10 @@ impl Tracer {
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.snapshot_done = true;
             let mut recs = Vec::new();
-            match snapshot::take(pid, ts, &states, &proc_.live, &exclude, &mut recs) {
+            let t = sys::monotonic_ns();
+            let res = snapshot::take(pid, ts, &states, &proc_.live, &exclude, &mut recs);
+            self.stats.snapshot_ns += sys::monotonic_ns() - t;
+            match res {
                 Ok(st) => {
                     self.stats.snapshot_pointers += st.pointers;
                     self.stats.snapshot_bytes += st.scanned_bytes;
