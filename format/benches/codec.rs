@@ -1,6 +1,6 @@
 //! Trace format codec benchmark on a synthetic but realistic allocator event stream
 //! (see `support/synth.rs`): encode throughput (writer into memory), decode throughput
-//! on one core (`RawChunk::decode` and `decode_into`) and on all cores
+//! on one core (`RawChunk::decode`, `decode_into`, `for_each_record`) and on all cores
 //! (`decode_parallel`), and compressed bytes per event (printed before the runs).
 //!
 //! `cargo bench -p heaptape-format --bench codec`
@@ -76,6 +76,19 @@ fn bench(c: &mut Criterion) {
                 out.clear();
                 c.decode_into(&mut out).expect("decode");
                 n += black_box(&out).len();
+            }
+            n
+        })
+    });
+    g.bench_function("for_each_record_one_core", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for c in &raws {
+                n += c
+                    .for_each_record(|r| {
+                        black_box(r);
+                    })
+                    .expect("decode");
             }
             n
         })

@@ -10,6 +10,37 @@ use std::time::{Duration, Instant};
 
 use heaptape_format::{decode_parallel, Record, TraceReader, TraceWriter};
 
+/// Nanoseconds this thread has run on a CPU (Linux `/proc/thread-self/schedstat`), so
+/// that throughput per core can be told apart from a busy machine's wall clock.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Best wall time and best on-CPU time of `runs` runs of `f`.
+fn measure(runs: usize, mut f: impl FnMut()) -> (Duration, Option<Duration>) {
+    let mut wall = Duration::MAX;
+    let mut cpu: Option<Duration> = None;
+    for _ in 0..runs {
+        let c0 = thread_cpu_ns();
+        let t = Instant::now();
+        f();
+        wall = wall.min(t.elapsed());
+        if let (Some(a), Some(b)) = (c0, thread_cpu_ns()) {
+            let d = Duration::from_nanos(b.saturating_sub(a));
+            cpu = Some(cpu.map_or(d, |c| c.min(d)));
+        }
+    }
+    (wall, cpu)
+}
+
+fn rate(n: f64, d: Option<Duration>) -> String {
+    match d {
+        Some(d) if !d.is_zero() => format!("{:.1}", n / d.as_secs_f64() / 1e6),
+        _ => "n/a".into(),
+    }
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
@@ -21,17 +52,14 @@ fn main() {
 
     // Each measurement is the best of a few runs: the machine may be shared.
     const RUNS: usize = 5;
-    let mut enc = Duration::MAX;
     let mut bytes = Vec::new();
-    for _ in 0..RUNS {
-        let t = Instant::now();
+    let (enc, enc_cpu) = measure(RUNS, || {
         let mut w = TraceWriter::new(Vec::with_capacity(n * 4), &header).expect("header");
         for r in &recs {
             w.write(r).expect("write");
         }
         bytes = w.finish(0).expect("finish");
-        enc = enc.min(t.elapsed());
-    }
+    });
 
     let mut reader = TraceReader::new(&bytes[..]).expect("open");
     let mut chunks = Vec::new();
@@ -45,17 +73,27 @@ fn main() {
 
     let mut out: Vec<Record> = Vec::new();
     let mut decoded = 0;
-    let mut dec = Duration::MAX;
-    for _ in 0..RUNS {
+    let (dec, dec_cpu) = measure(RUNS, || {
         decoded = 0;
-        let t = Instant::now();
         for c in &chunks {
             out.clear();
             c.decode_into(&mut out).expect("decode");
             decoded += out.len();
         }
-        dec = dec.min(t.elapsed());
-    }
+    });
+    let (dec_each, dec_each_cpu) = measure(RUNS, || {
+        for c in &chunks {
+            c.for_each_record(|r| {
+                std::hint::black_box(r);
+            })
+            .expect("decode");
+        }
+    });
+    let (dec_fresh, dec_fresh_cpu) = measure(RUNS, || {
+        for c in &chunks {
+            std::hint::black_box(c.decode().expect("decode"));
+        }
+    });
 
     let mut pdec = Duration::MAX;
     let mut par = Vec::new();
@@ -93,12 +131,24 @@ fn main() {
         40.0 * events as f64 / bytes.len() as f64
     );
     println!(
-        "encode:               {:.1} M records/s",
-        total / enc.as_secs_f64() / 1e6
+        "encode:               {:.1} M records/s wall, {} M/s per CPU-second",
+        total / enc.as_secs_f64() / 1e6,
+        rate(total, enc_cpu)
     );
     println!(
-        "decode, one thread:   {:.1} M records/s",
-        total / dec.as_secs_f64() / 1e6
+        "decode, one thread:   {:.1} M records/s wall, {} M/s per CPU-second (decode_into, reused vector)",
+        total / dec.as_secs_f64() / 1e6,
+        rate(total, dec_cpu)
+    );
+    println!(
+        "                      {:.1} M records/s wall, {} M/s per CPU-second (for_each_record, no vector)",
+        total / dec_each.as_secs_f64() / 1e6,
+        rate(total, dec_each_cpu)
+    );
+    println!(
+        "                      {:.1} M records/s wall, {} M/s per CPU-second (decode, fresh vector)",
+        total / dec_fresh.as_secs_f64() / 1e6,
+        rate(total, dec_fresh_cpu)
     );
     println!(
         "decode, parallel:     {:.1} M records/s on {} threads",

@@ -20,7 +20,7 @@
 
 use crate::error::ReadError;
 use crate::record::Record;
-use crate::wire::decode_payload;
+use crate::wire::{decode_payload, decode_payload_with, DecodeError, FnSink};
 use crate::MAX_CHUNK_BYTES;
 
 /// Magic that starts every chunk (also a resynchronisation point for recovery tools).
@@ -144,19 +144,43 @@ impl RawChunk {
     }
 
     /// Decodes the chunk's records, appending them to `out` (left as it was on error).
-    /// Reusing one vector across chunks saves the
-    /// allocation (and the page faults) of a fresh one per chunk.
+    /// Reusing one vector across chunks saves the allocation (and the page faults) of a
+    /// fresh one per chunk.
     pub fn decode_into(&self, out: &mut Vec<Record>) -> Result<(), ReadError> {
+        let before = out.len();
+        let raw = self.uncompressed()?;
+        decode_payload(&raw, self.info.record_count, out).map_err(|e| {
+            out.truncate(before);
+            self.decode_error(e)
+        })
+    }
+
+    /// Decodes the chunk's records and hands each to `f`, in order, without collecting
+    /// them: the fastest way to consume a chunk. On error, `f` has seen the records
+    /// before the damaged one; returns the number of records.
+    pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<u32, ReadError> {
+        let raw = self.uncompressed()?;
+        let mut n = 0;
+        let mut sink = FnSink(|rec| {
+            n += 1;
+            f(rec)
+        });
+        decode_payload_with(&raw, self.info.record_count, &mut sink)
+            .map_err(|e| self.decode_error(e))?;
+        Ok(n)
+    }
+
+    /// The payload, decompressed if needed and checked against the header's length.
+    fn uncompressed(&self) -> Result<std::borrow::Cow<'_, [u8]>, ReadError> {
         let payload_offset = self.offset + CHUNK_HEADER_LEN as u64;
-        let owned;
-        let raw: &[u8] = if self.info.flags & FLAG_ZSTD != 0 {
-            owned = zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
+        let raw: std::borrow::Cow<'_, [u8]> = if self.info.flags & FLAG_ZSTD != 0 {
+            zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
                 .map_err(|e| {
                     ReadError::corrupt(payload_offset, format!("chunk does not decompress: {e}"))
-                })?;
-            &owned
+                })?
+                .into()
         } else {
-            &self.payload
+            (&self.payload[..]).into()
         };
         if raw.len() != self.info.uncompressed_len as usize {
             return Err(ReadError::corrupt(
@@ -168,16 +192,16 @@ impl RawChunk {
                 ),
             ));
         }
-        let before = out.len();
-        decode_payload(raw, self.info.record_count, out).map_err(|e| {
-            out.truncate(before);
-            ReadError::corrupt(
-                payload_offset,
-                format!(
-                    "chunk {} (at byte offset {}), record {}: {}",
-                    self.info.seq, self.offset, e.record, e.what
-                ),
-            )
-        })
+        Ok(raw)
+    }
+
+    fn decode_error(&self, e: DecodeError) -> ReadError {
+        ReadError::corrupt(
+            self.offset + CHUNK_HEADER_LEN as u64,
+            format!(
+                "chunk {} (at byte offset {}), record {}: {}",
+                self.info.seq, self.offset, e.record, e.what
+            ),
+        )
     }
 }

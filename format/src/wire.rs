@@ -24,8 +24,6 @@
 //! decodable (and so decodable in parallel). Rare records are stored as the logical
 //! [`Record`] itself, encoded with postcard. `docs/FORMAT.md` specifies every bit.
 
-use std::collections::VecDeque;
-
 use crate::record::{AllocFn, Record, StackId};
 use crate::MIN_RECORD_BYTES;
 
@@ -185,11 +183,77 @@ struct Slot {
 }
 
 /// A block allocated in this chunk and not yet released.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Live {
     addr: u64,
     size: u64,
     stack: StackId,
+}
+
+/// The live list: a ring of at most [`LIVE_MAX`] blocks, oldest first.
+struct LiveList {
+    buf: Vec<Live>,
+    head: usize,
+    len: usize,
+}
+
+impl LiveList {
+    fn new() -> Self {
+        LiveList {
+            buf: vec![Live::default(); LIVE_MAX],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+
+    /// The block `d` places before the newest (`d < len`).
+    #[inline(always)]
+    fn back(&self, d: usize) -> &Live {
+        &self.buf[(self.head + self.len - 1 - d) & (LIVE_MAX - 1)]
+    }
+
+    /// The oldest block.
+    #[inline(always)]
+    fn front(&self) -> Option<&Live> {
+        (self.len > 0).then(|| &self.buf[self.head])
+    }
+
+    /// Appends a block, dropping the oldest when full.
+    #[inline(always)]
+    fn push(&mut self, l: Live) {
+        if self.len == LIVE_MAX {
+            self.head = (self.head + 1) & (LIVE_MAX - 1);
+            self.len -= 1;
+        }
+        self.buf[(self.head + self.len) & (LIVE_MAX - 1)] = l;
+        self.len += 1;
+    }
+
+    /// Removes and returns the block `d` places before the newest.
+    #[inline(always)]
+    fn take(&mut self, d: usize) -> Option<Live> {
+        if d >= self.len {
+            return None;
+        }
+        let i = self.len - 1 - d;
+        let out = self.buf[(self.head + i) & (LIVE_MAX - 1)];
+        for j in i..self.len - 1 {
+            self.buf[(self.head + j) & (LIVE_MAX - 1)] =
+                self.buf[(self.head + j + 1) & (LIVE_MAX - 1)];
+        }
+        self.len -= 1;
+        Some(out)
+    }
 }
 
 /// A size bin: the most recently freed blocks of one size class, newest last.
@@ -243,7 +307,7 @@ struct Model {
     node_id: StackId,
     node_addr: u64,
     table: Vec<Slot>,
-    live: VecDeque<Live>,
+    live: LiveList,
     bins: Vec<Bin>,
 }
 
@@ -257,7 +321,7 @@ impl Model {
             node_id: 0,
             node_addr: 0,
             table: vec![Slot::default(); TABLE],
-            live: VecDeque::with_capacity(LIVE_MAX),
+            live: LiveList::new(),
             bins: vec![Bin::default(); BINS],
         }
     }
@@ -283,20 +347,16 @@ impl Model {
     /// Records a new live block.
     #[inline(always)]
     fn push_live(&mut self, addr: u64, size: u64, stack: StackId) {
-        if self.live.len() == LIVE_MAX {
-            self.live.pop_front();
-        }
-        self.live.push_back(Live { addr, size, stack });
+        self.live.push(Live { addr, size, stack });
     }
 
     /// Removes and returns the live block `d` places before the newest.
     #[inline(always)]
     fn take_live(&mut self, d: u64) -> Option<Live> {
-        let len = self.live.len() as u64;
-        if d >= len.min(LIVE_WINDOW) {
+        if d >= LIVE_WINDOW {
             return None;
         }
-        self.live.remove((len - 1 - d) as usize)
+        self.live.take(d as usize)
     }
 
     /// The stack the free of a block allocated at `alloc_stack` is predicted to have.
@@ -390,12 +450,9 @@ impl Encoder {
         if self.present[present_slot(addr)] == 0 {
             return None;
         }
-        self.m
-            .live
-            .iter()
-            .rev()
-            .take(LIVE_WINDOW as usize)
-            .position(|l| l.addr == addr)
+        let live = &self.m.live;
+        (0..live.len().min(LIVE_WINDOW as usize))
+            .find(|&d| live.back(d).addr == addr)
             .map(|d| d as u64)
     }
 
@@ -731,6 +788,49 @@ pub(crate) fn decode_payload(
     count: u32,
     out: &mut Vec<Record>,
 ) -> Result<(), DecodeError> {
+    decode_payload_with(raw, count, out)
+}
+
+/// Where decoded records go.
+pub(crate) trait Sink {
+    /// Told the record count once it is known to be plausible.
+    fn reserve(&mut self, n: usize);
+    /// Takes the next record.
+    fn push(&mut self, rec: Record);
+}
+
+impl Sink for Vec<Record> {
+    #[inline(always)]
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
+    }
+
+    #[inline(always)]
+    fn push(&mut self, rec: Record) {
+        Vec::push(self, rec);
+    }
+}
+
+/// A [`Sink`] that calls a function.
+pub(crate) struct FnSink<F>(pub(crate) F);
+
+impl<F: FnMut(Record)> Sink for FnSink<F> {
+    #[inline(always)]
+    fn reserve(&mut self, _: usize) {}
+
+    #[inline(always)]
+    fn push(&mut self, rec: Record) {
+        (self.0)(rec);
+    }
+}
+
+/// Decodes a chunk payload of `count` records, handing each to `sink` in order.
+#[inline(always)]
+pub(crate) fn decode_payload_with(
+    raw: &[u8],
+    count: u32,
+    sink: &mut impl Sink,
+) -> Result<(), DecodeError> {
     let err = |record: u32, what: String| DecodeError { record, what };
     // The stream length prefix.
     let mut head = Cur {
@@ -786,11 +886,11 @@ pub(crate) fn decode_payload(
         at += lens[i];
         c
     });
-    out.reserve(count as usize);
+    sink.reserve(count as usize);
     let mut m = Model::new();
     for i in 0..count {
         let rec = decode_one(&mut m, &mut cur).map_err(|Short(what)| err(i, what))?;
-        out.push(rec);
+        sink.push(rec);
     }
     for c in &cur {
         if c.pos != c.b.len() {

@@ -38,6 +38,14 @@ fn check_round_trip(records: &[Record], chunk_target: usize) -> Result<(), TestC
         prop_assert_eq!(u64::from(c.info.seq), raws.len() as u64);
         raws.push(c);
     }
+    let mut each = Vec::new();
+    for c in &raws {
+        let n = c
+            .for_each_record(|r| each.push(r))
+            .expect("for_each_record");
+        prop_assert_eq!(n, c.info.record_count);
+    }
+    prop_assert_eq!(&each, &out.records);
     let par: Vec<Record> = decode_parallel(&raws)
         .expect("parallel decode")
         .into_iter()
