@@ -250,7 +250,7 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(warning) = analysis.warning() {
+    for warning in analysis.warnings() {
         eprintln!("heaptape: warning: {warning}");
     }
     let mut out = std::io::stdout().lock();
