@@ -1,10 +1,11 @@
 //! The append-only streaming writer.
 //!
-//! Records are delta-encoded into an in-memory chunk; when the chunk reaches its target
-//! size (or on [`TraceWriter::flush`]) it is compressed, framed, checksummed and written
-//! with one `write_all`. A chunk is therefore either entirely in the file or not at all
-//! (short of a torn write, which the reader treats as truncation), so a trace cut off by
-//! a crash or SIGKILL reads fine up to its last complete chunk.
+//! Records are encoded into the column streams of an in-memory chunk; when the chunk
+//! reaches its target size (or on [`TraceWriter::flush`]) it is compressed, framed,
+//! checksummed and written with one `write_all`. A chunk is therefore either entirely
+//! in the file or not at all (short of a torn write, which the reader treats as
+//! truncation), so a trace cut off by a crash or SIGKILL reads fine up to its last
+//! complete chunk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -4,9 +4,7 @@
 
 #![no_main]
 
-use heaptape_format::{
-    ClockSource, Header, ReadError, TraceReader, TraceWriter,
-};
+use heaptape_format::{ClockSource, Header, ReadError, TraceReader, TraceWriter};
 use libfuzzer_sys::fuzz_target;
 
 fn preamble() -> Vec<u8> {

@@ -8,7 +8,10 @@ use libfuzzer_sys::fuzz_target;
 
 fn check_offset(e: &ReadError, len: usize) {
     if let ReadError::Corrupt { offset, .. } | ReadError::TruncatedHeader { offset } = e {
-        assert!(*offset <= len as u64, "error offset {offset} past the end ({len}): {e}");
+        assert!(
+            *offset <= len as u64,
+            "error offset {offset} past the end ({len}): {e}"
+        );
     }
 }
 
