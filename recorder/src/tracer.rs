@@ -253,6 +253,8 @@ pub struct Tracer {
     stop_requested: bool,
     next_rss: u64,
     stack_buf: Vec<u8>,
+    /// Further stack beyond `stack_buf`, read on demand by the unwinder.
+    more_stack: Vec<u8>,
     frames: Vec<u64>,
     done_buf: Vec<Pending>,
     /// Counters.
@@ -294,6 +296,7 @@ impl Tracer {
             stop_requested: false,
             next_rss: 0,
             stack_buf: vec![0u8; STACK_COPY],
+            more_stack: vec![0u8; 16 * 1024],
             frames: Vec::with_capacity(128),
             done_buf: Vec::new(),
             stats: TracerStats::default(),
@@ -569,12 +572,18 @@ impl Tracer {
             rsp: regs.rsp,
             rbp: regs.rbp,
         };
+        // Deep stacks: read further windows of 16 KiB at a time, not word by word.
+        let more = &mut self.more_stack;
+        let mut more_start = u64::MAX;
+        let mut more_len = 0usize;
         let mut read_more = |addr: u64| -> Option<u64> {
-            let mut w = [0u8; 8];
-            match sys::read_memory(tid, addr, &mut w) {
-                Ok(8) => Some(u64::from_le_bytes(w)),
-                _ => None,
+            if addr < more_start || addr + 8 > more_start + more_len as u64 {
+                more_start = addr & !7;
+                more_len = sys::read_memory(tid, more_start, more).unwrap_or(0);
             }
+            let off = addr.checked_sub(more_start)? as usize;
+            let w = more.get(off..off + 8)?;
+            Some(u64::from_le_bytes(w.try_into().ok()?))
         };
         let t_unwind = if self.cfg.measure_time {
             sys::monotonic_ns()
