@@ -306,11 +306,16 @@ pub fn totals(process: &Value) -> Totals {
     }
 }
 
-/// A finding summary `(kind, count)` per finding group of a process.
+/// The bad frees of a process as `(kind, count)` per group ("invalid_frees"; called
+/// "findings" in earlier reports).
 pub fn findings(process: &Value) -> Vec<(String, u64)> {
-    process["findings"]
-        .as_array()
-        .expect("findings array")
+    let list = if process["invalid_frees"].is_array() {
+        &process["invalid_frees"]
+    } else {
+        &process["findings"]
+    };
+    list.as_array()
+        .unwrap_or_else(|| panic!("no invalid_frees array in {process}"))
         .iter()
         .map(|f| {
             (
