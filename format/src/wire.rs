@@ -1094,37 +1094,51 @@ fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Sho
                 stack,
             })
         }
-        K_NODE => {
-            let node = &mut cur[S_NODE];
-            let id = if tag & F_NEXT_ID != 0 {
-                m.node_id.wrapping_add(1)
-            } else {
-                undelta(u64::from(m.node_id), node.var()?) as StackId
-            };
-            let up = node.var()?;
-            let up = StackId::try_from(up)
-                .map_err(|_| Short(format!("stack node parent distance {up} out of range")))?;
-            let address = undelta(m.node_addr, node.var()?);
-            m.node_id = id;
-            m.node_addr = address;
-            Ok(Record::StackNode {
-                id,
-                parent: id.wrapping_sub(up),
-                address,
-            })
-        }
-        K_OTHER => {
-            let other = &mut cur[S_OTHER];
-            let (rec, rest) = postcard::take_from_bytes::<Record>(&other.b[other.pos..])
-                .map_err(|e| Short(format!("record does not decode: {e}")))?;
-            other.pos = other.b.len() - rest.len();
-            if let Some(ts) = rec.timestamp() {
-                m.ts = ts;
-            }
-            Ok(rec)
-        }
-        k => Err(Short(format!("unknown record kind {k}"))),
+        K_NODE => decode_node(m, cur, tag),
+        K_OTHER => decode_other(m, cur),
+        k => Err(unknown_kind(k)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_kind(k: u8) -> Short {
+    Short(format!("unknown record kind {k}"))
+}
+
+/// Decodes a stack node (rare after the first chunks: kept out of the hot loop).
+#[inline(never)]
+fn decode_node(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<Record, Short> {
+    let node = &mut cur[S_NODE];
+    let id = if tag & F_NEXT_ID != 0 {
+        m.node_id.wrapping_add(1)
+    } else {
+        undelta(u64::from(m.node_id), node.var()?) as StackId
+    };
+    let up = node.var()?;
+    let up = StackId::try_from(up)
+        .map_err(|_| Short(format!("stack node parent distance {up} out of range")))?;
+    let address = undelta(m.node_addr, node.var()?);
+    m.node_id = id;
+    m.node_addr = address;
+    Ok(Record::StackNode {
+        id,
+        parent: id.wrapping_sub(up),
+        address,
+    })
+}
+
+/// Decodes a rare record (postcard).
+#[inline(never)]
+fn decode_other(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Short> {
+    let other = &mut cur[S_OTHER];
+    let (rec, rest) = postcard::take_from_bytes::<Record>(&other.b[other.pos..])
+        .map_err(|e| Short(format!("record does not decode: {e}")))?;
+    other.pos = other.b.len() - rest.len();
+    if let Some(ts) = rec.timestamp() {
+        m.ts = ts;
+    }
+    Ok(rec)
 }
 
 #[cfg(test)]
