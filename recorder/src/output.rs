@@ -52,6 +52,7 @@ impl Output {
         let thread = std::thread::Builder::new()
             .name("heaptape-writer".into())
             .spawn(move || {
+                crate::sys::block_tracer_signals();
                 let _ = crate::sys::pin_current_thread(&cpus);
                 writer_loop(writer, s2)
             })

@@ -639,6 +639,21 @@ pub fn install_tracer_signals(tick_ms: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Blocks [`HANDLED_SIGNALS`] in the calling thread, so they are delivered to the tracer
+/// thread (where they interrupt waitpid) and never to a helper thread.
+pub fn block_tracer_signals() {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset and read by
+    // pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Stops the periodic tick and restores default dispositions.
 pub fn uninstall_tracer_signals() {
     let zero = libc::itimerval {
