@@ -109,6 +109,14 @@ struct AnalyzeArgs {
     /// Show raw addresses (module+offset) instead of function names and source lines.
     #[arg(long)]
     no_symbols: bool,
+    /// Exit 1 if any of these findings exist: definite, indirect, possible, reachable,
+    /// invalid-free (comma-separated, or `all`). For CI.
+    #[arg(long, value_name = "KINDS", value_parser = heaptape_analyzer::FailOn::parse)]
+    fail_on: Option<heaptape_analyzer::FailOn>,
+    /// memcheck's interior-pointer heuristics: all, none, or a list of stdstring,
+    /// length64, newarray, multipleinheritance.
+    #[arg(long, value_name = "SET", default_value = "all", value_parser = heaptape_analyzer::HeuristicSet::parse)]
+    leak_check_heuristics: heaptape_analyzer::HeuristicSet,
 }
 
 #[derive(Args)]
@@ -241,6 +249,8 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
         symbolize: !args.no_symbols,
         debug_dirs: args.debug_dirs,
         sysroot: args.sysroot,
+        fail_on: args.fail_on.unwrap_or_default(),
+        leak_heuristics: args.leak_check_heuristics,
         ..Default::default()
     };
     let analysis = match heaptape_analyzer::analyze(&args.trace, &opts) {
@@ -261,9 +271,22 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
     } else {
         analysis.render_text(&mut out, &opts)
     };
+    let written = match &res {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+    };
+    if written {
+        for f in analysis.failures() {
+            eprintln!("heaptape: fail: {f}");
+        }
+        return if analysis.failed() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
     match res {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("heaptape: cannot write report: {e}");
             ExitCode::from(1)
