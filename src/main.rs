@@ -244,6 +244,8 @@ fn record(args: RecordArgs) -> ExitCode {
 }
 
 fn analyze(args: AnalyzeArgs) -> ExitCode {
+    // Options added later keep their defaults until the CLI exposes them.
+    #[allow(clippy::needless_update)]
     let opts = heaptape_analyzer::AnalyzeOptions {
         top: args.top,
         symbolize: !args.no_symbols,
