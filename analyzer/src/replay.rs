@@ -114,6 +114,10 @@ pub struct Image {
     /// Its leak classification, from the last complete reachability snapshot taken
     /// while it ran (see [`crate::leaks`]).
     pub leaks: LeakCheck,
+    /// Its descriptors and mappings (see [`crate::resources`]).
+    pub resources: crate::resources::Resources,
+    /// Its live heap beside its RSS over time (see [`crate::timeline`]).
+    pub timeline: crate::timeline::Timeline,
     heap: usize,
     live_blocks: u64,
     live_bytes: u64,
@@ -127,10 +131,12 @@ impl Image {
             end_ts: ts,
             end: None,
             totals: Totals::default(),
-            sites: SiteTable::default(),
+            sites: SiteTable::starting_at(ts),
             findings: Findings::default(),
             modules,
             leaks: LeakCheck::default(),
+            resources: Default::default(),
+            timeline: Default::default(),
             heap,
             live_blocks: 0,
             live_bytes: 0,
@@ -147,7 +153,7 @@ impl Image {
         if !self.is_open() {
             return;
         }
-        let site = self.sites.touch(stack);
+        let site = self.sites.touch_at(stack, ts);
         if allocation {
             site.allocations += 1;
             site.allocated_bytes = site.allocated_bytes.saturating_add(size);
@@ -168,11 +174,11 @@ impl Image {
 
     /// Accounts a block of this image that was released (`temporary`: by the thread
     /// that allocated it, before that thread's next allocation).
-    fn remove_live(&mut self, stack: StackId, size: u64, temporary: bool) {
+    fn remove_live(&mut self, stack: StackId, size: u64, temporary: bool, ts: Timestamp) {
         if !self.is_open() {
             return;
         }
-        let site = self.sites.touch(stack);
+        let site = self.sites.touch_at(stack, ts);
         site.live_blocks = site.live_blocks.saturating_sub(1);
         site.live_bytes = site.live_bytes.saturating_sub(size);
         site.frees += 1;
@@ -538,6 +544,25 @@ impl Replay {
         if rec.is_alloc_event() {
             self.alloc_events += 1;
         }
+        if let Some((tid, ts)) = crate::resources::event_thread(&rec) {
+            if let Some(img) = self.thread_image(tid, ts) {
+                let image = &mut self.images[img];
+                if image.is_open() {
+                    image.resources.apply(&rec, &self.stacks, &image.modules);
+                }
+            }
+            return;
+        }
+        if let Record::RssSample {
+            ts, pid, rss, anon, ..
+        } = rec
+        {
+            if let Some(p) = self.running(pid) {
+                let image = &mut self.images[self.procs[p].current()];
+                image.timeline.sample(ts, image.live_bytes, rss, anon);
+            }
+            return;
+        }
         match rec {
             Record::ProcessStart {
                 ts,
@@ -665,6 +690,9 @@ impl Replay {
                 }
             }
             Record::SnapshotEnd { pid, blocks, .. } => self.snapshot_end(pid, blocks),
+            // Heuristic verdicts are not fed to the classification yet (memcheck's
+            // "reachable via heuristic" blocks are reported as possibly lost meanwhile).
+            Record::SnapshotHeuristic { .. } => {}
         }
     }
 
@@ -849,7 +877,7 @@ impl Replay {
             return;
         };
         for b in heap.live.values() {
-            let site = image.sites.touch(b.stack);
+            let site = image.sites.touch_at(b.stack, ts);
             site.live_blocks += 1;
             site.live_bytes = site.live_bytes.saturating_add(b.size);
             site.inherited_blocks += 1;
@@ -883,7 +911,14 @@ impl Replay {
         if !image.is_open() {
             return;
         }
-        image.sites.settle();
+        image.sites.settle_at(ts.max(image.start_ts));
+        let live = self.heaps.get(image.heap).and_then(Option::as_ref);
+        image.timeline.finish(live.into_iter().flat_map(|h| {
+            h.live
+                .values()
+                .filter(move |b| b.owner == img)
+                .map(|b| (b.stack, b.size, b.ts))
+        }));
         image.totals.live_at_exit_blocks = image.live_blocks;
         image.totals.live_at_exit_bytes = image.live_bytes;
         image.end_ts = ts.max(image.start_ts);
@@ -958,7 +993,7 @@ impl Replay {
         if let Some(old) = heap.live.insert(address, block) {
             self.anomalies.alloc_at_live_address += 1;
             if let Some(owner) = self.images.get_mut(old.owner) {
-                owner.remove_live(old.stack, old.size, false);
+                owner.remove_live(old.stack, old.size, false, ts);
             }
         }
         self.images[img].add_live(stack, size, ts, true);
@@ -1031,7 +1066,7 @@ impl Replay {
                     }
                     _ => false,
                 };
-                self.images[block.owner].remove_live(block.stack, block.size, temporary);
+                self.images[block.owner].remove_live(block.stack, block.size, temporary, ts);
             }
             None => {
                 let f = match heap.freed(address) {

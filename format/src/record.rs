@@ -528,6 +528,21 @@ pub enum Record {
         /// Counts to check the trace against.
         counts: EndCounts,
     },
+    /// An interior pointer into the block at `address`, at `offset`, matches memcheck's
+    /// interior-pointer heuristics (the recorder evaluates them on the block's memory,
+    /// which the trace does not carry). `matched` bits: 1 stdstring, 2 length64,
+    /// 4 newarray, 8 multipleinheritance. Written inside a snapshot, once per distinct
+    /// (block, offset) that some pointer targets and that matches at least one.
+    SnapshotHeuristic {
+        /// The process.
+        pid: u32,
+        /// The block's start.
+        address: u64,
+        /// Offset of the interior pointer's target in the block.
+        offset: u64,
+        /// Which heuristics match.
+        matched: u8,
+    },
 }
 
 impl Record {
@@ -555,7 +570,8 @@ impl Record {
             Record::StackNode { .. }
             | Record::SnapshotRoot { .. }
             | Record::SnapshotBlock { .. }
-            | Record::SnapshotEnd { .. } => None,
+            | Record::SnapshotEnd { .. }
+            | Record::SnapshotHeuristic { .. } => None,
         }
     }
 
