@@ -27,19 +27,23 @@ pub mod leaks;
 pub mod modules;
 pub mod replay;
 pub mod report;
+pub mod resources;
 pub mod sites;
 mod source;
 pub mod stacks;
 pub mod symbolize;
+pub mod timeline;
 
 pub use findings::{Finding, FindingKind, Findings, Occurrence};
 pub use heap::FREED_HISTORY;
 pub use leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind, LeakReport, LeakSummary, LossRecord};
 pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals};
+pub use resources::{Mapping, OpenFd, Resources};
 pub use sites::{SiteStats, SiteTable};
 pub use stacks::StackTable;
 pub use symbolize::{ElfSymbolizer, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions};
+pub use timeline::{GrowingSite, Timeline, TimelinePoint, Verdict, VerdictKind};
 
 /// Options of an analysis and of its reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

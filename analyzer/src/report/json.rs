@@ -74,7 +74,7 @@ fn exit(p: &Process) -> Value {
 }
 
 fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Value {
-    json!({
+    let mut v = json!({
         "command": img.command,
         "start_ns": img.start_ts,
         "end_ns": img.end_ts,
@@ -121,7 +121,11 @@ fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Value {
             "loaded_ns": m.loaded_ts,
             "unloaded_ns": m.unloaded_ts,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Value::Object(o) = &mut v {
+        o.extend(super::resources::json(a, img, sym));
+    }
+    v
 }
 
 /// The totals object: valgrind's counts and the replay's extras.
@@ -218,7 +222,7 @@ fn loss_record(
     })
 }
 
-fn frame_list(frames: &[Frame]) -> Value {
+pub(crate) fn frame_list(frames: &[Frame]) -> Value {
     frames
         .iter()
         .map(|f| {

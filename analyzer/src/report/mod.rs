@@ -12,6 +12,7 @@ use crate::stacks::StackTable;
 use crate::symbolize::{Frame, Symbolizer};
 
 pub mod json;
+pub mod resources;
 pub mod text;
 
 /// The frames of stack `id` in `image`, innermost first, as the symbolizer describes

@@ -85,7 +85,8 @@ fn process(
             bytes_in_blocks(prev.totals.live_at_exit_bytes, prev.totals.live_at_exit_blocks),
         )?;
     }
-    image(a, img, out, opts, sym)
+    image(a, img, out, opts, sym)?;
+    super::resources::text(a, p, out, opts, sym)
 }
 
 fn image(

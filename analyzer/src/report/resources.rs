@@ -1,0 +1,230 @@
+//! The report sections of [`crate::resources`] (descriptors and mappings left open) and
+//! [`crate::timeline`] (live heap beside RSS, and its verdict), for both renderers.
+
+use std::io::{self, Write};
+
+use heaptape_format::{ExitStatus, StackId};
+use serde_json::{json, Map, Value};
+
+use crate::replay::{Image, ImageEnd, Process};
+use crate::resources::kind_name;
+use crate::symbolize::Symbolizer;
+use crate::timeline::{human_bytes, sparkline};
+use crate::{Analysis, AnalyzeOptions};
+
+use super::frames;
+use super::json::{addr, frame_list};
+use super::text::num;
+
+/// The JSON keys of an image: `fd_leaks`, `mmap_leaks`, `timeline` and
+/// `timeline_verdict`.
+pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Map<String, Value> {
+    let stack = |id: StackId| frame_list(&frames(&a.stacks, img, id, sym));
+    let r = &img.resources;
+    let v = img.timeline.verdict();
+    let mut m = Map::new();
+    m.insert(
+        "fd_leaks".into(),
+        r.open_fds()
+            .into_iter()
+            .map(|f| {
+                json!({
+                    "fd": f.fd,
+                    "kind": kind_name(f.kind),
+                    "path": f.detail,
+                    "duplicate_of": f.duplicate_of,
+                    "opened_ns": f.ts,
+                    "tid": f.tid,
+                    "stack": stack(f.stack),
+                    "stack_id": f.stack,
+                })
+            })
+            .collect(),
+    );
+    m.insert(
+        "mmap_leaks".into(),
+        r.own_mappings()
+            .into_iter()
+            .map(|mp| {
+                json!({
+                    "address": addr(mp.address),
+                    "bytes": mp.len,
+                    "prot": mp.prot,
+                    "flags": mp.flags,
+                    "fd": mp.fd,
+                    "mapped_ns": mp.ts,
+                    "stack": stack(mp.stack),
+                    "stack_id": mp.stack,
+                })
+            })
+            .collect(),
+    );
+    m.insert(
+        "timeline".into(),
+        img.timeline
+            .points()
+            .iter()
+            .map(|p| {
+                json!({
+                    "t_ns": p.ts,
+                    "live_heap_bytes": p.live_heap_bytes,
+                    "rss": p.rss,
+                    "rss_anon": p.rss_anon,
+                })
+            })
+            .collect(),
+    );
+    m.insert(
+        "timeline_verdict".into(),
+        json!({
+            "kind": v.kind.name(),
+            "explanation": v.explanation,
+            "heap_growth_bytes": v.heap_growth,
+            "rss_anon_growth_bytes": v.rss_anon_growth,
+            "rss_samples": img.timeline.samples_seen(),
+            "sites": v.sites.iter().map(|s| json!({
+                "bytes": s.bytes,
+                "blocks": s.blocks,
+                "stack": stack(s.stack),
+                "stack_id": s.stack,
+            })).collect::<Vec<_>>(),
+        }),
+    );
+    m
+}
+
+/// When the image's resources were last seen: `exit`, `detach`, `exec` or `the end of
+/// the trace`.
+fn moment(p: &Process, img: &Image) -> &'static str {
+    match (img.end, p.exit) {
+        (Some(ImageEnd::Exec), _) => "exec",
+        (_, Some(ExitStatus::Detached)) => "detach",
+        (Some(ImageEnd::Exit), _) => "exit",
+        _ => "the end of the trace",
+    }
+}
+
+/// The text sections of a process's last image: descriptors and mappings still open,
+/// and the memory timeline.
+pub fn text(
+    a: &Analysis,
+    p: &Process,
+    out: &mut dyn Write,
+    opts: &AnalyzeOptions,
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    let img = p.image();
+    let when = moment(p, img);
+    let write_stack = |out: &mut dyn Write, id: StackId| -> io::Result<()> {
+        for (i, frame) in frames(&a.stacks, img, id, sym).iter().enumerate() {
+            let word = if i == 0 { "at" } else { "by" };
+            writeln!(out, "        {word} {frame}")?;
+        }
+        Ok(())
+    };
+    let fds = img.resources.open_fds();
+    if !fds.is_empty() {
+        writeln!(
+            out,
+            "   FILE DESCRIPTORS: {} open at {when} (opened by the program)",
+            fds.len()
+        )?;
+        for f in fds.iter().take(opts.top.max(1)) {
+            let mut what = f.detail.clone();
+            if let Some(old) = f.duplicate_of {
+                what.push_str(&format!(" (duplicate of fd {old})"));
+            }
+            writeln!(out, "   Open file descriptor {}: {what}", f.fd)?;
+            write_stack(out, f.stack)?;
+        }
+        if fds.len() > opts.top.max(1) {
+            writeln!(out, "   ... and {} more", fds.len() - opts.top.max(1))?;
+        }
+    }
+    let maps = img.resources.own_mappings();
+    if !maps.is_empty() {
+        let total: u64 = maps.iter().map(|m| m.len).sum();
+        writeln!(
+            out,
+            "   MAPPINGS: {} bytes in {} region{} still mapped at {when} (mapped by the program)",
+            num(total),
+            num(maps.len() as u64),
+            if maps.len() == 1 { "" } else { "s" }
+        )?;
+        for m in maps.iter().take(opts.top.max(1)) {
+            writeln!(
+                out,
+                "   Mapped region {:#x}: {} bytes{}",
+                m.address,
+                num(m.len),
+                if m.fd >= 0 {
+                    format!(" of fd {}", m.fd)
+                } else {
+                    String::new()
+                }
+            )?;
+            write_stack(out, m.stack)?;
+        }
+        if maps.len() > opts.top.max(1) {
+            writeln!(out, "   ... and {} more", maps.len() - opts.top.max(1))?;
+        }
+    }
+    let points = img.timeline.points();
+    if points.is_empty() {
+        // No RSS samples: nothing to show or judge.
+        return Ok(());
+    }
+    {
+        let (first, last) = (points[0].ts, points[points.len() - 1].ts);
+        writeln!(
+            out,
+            "   memory timeline ({} samples, {} to {}):",
+            num(img.timeline.samples_seen()),
+            seconds(first),
+            seconds(last)
+        )?;
+        let series = |f: fn(&crate::timeline::TimelinePoint) -> u64| -> Vec<u64> {
+            points.iter().map(f).collect()
+        };
+        for (label, values) in [
+            ("live heap", series(|p| p.live_heap_bytes)),
+            ("RSS anon ", series(|p| p.rss_anon)),
+            ("RSS      ", series(|p| p.rss)),
+        ] {
+            let max = values.iter().copied().max().unwrap_or(0);
+            writeln!(
+                out,
+                "     {label} {} max {}",
+                sparkline(&values),
+                human_bytes(max)
+            )?;
+        }
+    }
+    let v = img.timeline.verdict();
+    writeln!(
+        out,
+        "   timeline verdict: {}: {}",
+        v.kind.name(),
+        v.explanation
+    )?;
+    for (i, s) in v.sites.iter().enumerate() {
+        writeln!(
+            out,
+            "   growing site #{}: {} bytes in {} blocks allocated after start-up, live at {when}, stack {}",
+            i + 1,
+            num(s.bytes),
+            num(s.blocks),
+            s.stack
+        )?;
+        write_stack(out, s.stack)?;
+    }
+    Ok(())
+}
+
+fn seconds(ns: u64) -> String {
+    format!(
+        "{}.{:03} s",
+        ns / 1_000_000_000,
+        (ns % 1_000_000_000) / 1_000_000
+    )
+}
