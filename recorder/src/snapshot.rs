@@ -86,6 +86,7 @@ impl LiveBlocks {
 struct BlockIndex {
     starts: Vec<u64>,
     ends: Vec<u64>,
+    sizes: Vec<u64>,
     lo: u64,
     hi: u64,
 }
@@ -96,11 +97,13 @@ impl BlockIndex {
         v.sort_unstable();
         let starts: Vec<u64> = v.iter().map(|b| b.0).collect();
         let ends: Vec<u64> = v.iter().map(|b| b.0.saturating_add(b.1.max(1))).collect();
+        let sizes: Vec<u64> = v.iter().map(|b| b.1).collect();
         let lo = starts.first().copied().unwrap_or(u64::MAX);
         let hi = ends.iter().copied().max().unwrap_or(0);
         BlockIndex {
             starts,
             ends,
+            sizes,
             lo,
             hi,
         }
@@ -113,6 +116,16 @@ impl BlockIndex {
         }
         let i = self.starts.partition_point(|&s| s <= v);
         i > 0 && v < self.ends[i - 1]
+    }
+
+    /// The start and size of the block containing `v`, if any.
+    #[inline]
+    fn block_of(&self, v: u64) -> Option<(u64, u64)> {
+        if v < self.lo || v >= self.hi {
+            return None;
+        }
+        let i = self.starts.partition_point(|&s| s <= v);
+        (i > 0 && v < self.ends[i - 1]).then(|| (self.starts[i - 1], self.sizes[i - 1]))
     }
 
     /// Appends the pointers found in `bytes` (which start at an 8-aligned address).
@@ -320,12 +333,139 @@ pub fn take(
             }
         }
     }
+    heuristics(pid, &index, &maps, out);
     out.push(Record::SnapshotEnd {
         pid: pid as u32,
         blocks: stats.blocks,
         scanned_bytes: stats.scanned_bytes,
     });
     Ok(stats)
+}
+
+/// Heuristic bits, in memcheck's order.
+const STDSTRING: u8 = 1;
+const LENGTH64: u8 = 2;
+const NEWARRAY: u8 = 4;
+const MULTIPLE_INHERITANCE: u8 = 8;
+
+/// Evaluates memcheck's interior-pointer heuristics for every distinct (block, offset)
+/// that an interior pointer of this snapshot targets, and appends a
+/// [`Record::SnapshotHeuristic`] for each match. Only the verdicts go into the trace; the
+/// words they are computed from stay in the process.
+fn heuristics(pid: Tid, index: &BlockIndex, maps: &[MapEntry], out: &mut Vec<Record>) {
+    let mut targets: Vec<(u64, u64, u64)> = Vec::new(); // (block, size, offset)
+    {
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        for rec in out.iter() {
+            let pointers = match rec {
+                Record::SnapshotRoot { pointers, .. } | Record::SnapshotBlock { pointers, .. } => {
+                    pointers
+                }
+                _ => continue,
+            };
+            for p in pointers {
+                if let Some((start, size)) = index.block_of(p.target) {
+                    let off = p.target - start;
+                    if off != 0 && seen.insert((start, off)) {
+                        targets.push((start, size, off));
+                    }
+                }
+            }
+        }
+    }
+    if targets.is_empty() {
+        return;
+    }
+    // Read each block's first two words and the word at the target (when aligned).
+    let mut ranges = Vec::with_capacity(targets.len() * 2);
+    for &(start, size, off) in &targets {
+        ranges.push((start, 16.min(size as usize & !7)));
+        if off % 8 == 0 && off + 8 <= size {
+            ranges.push((start + off, 8));
+        } else {
+            ranges.push((start, 0));
+        }
+    }
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    let mut buf = vec![0u8; total];
+    let nonempty: Vec<(u64, usize)> = ranges.iter().copied().filter(|r| r.1 > 0).collect();
+    read_all(pid, &nonempty, &mut buf);
+    let mut vtables: HashMap<u64, bool> = HashMap::new();
+    let mut off_in_buf = 0;
+    for (i, &(start, size, off)) in targets.iter().enumerate() {
+        let head_len = ranges[2 * i].1;
+        let word_len = ranges[2 * i + 1].1;
+        let word = |k: usize| -> Option<u64> {
+            if k * 8 + 8 > head_len {
+                return None;
+            }
+            let b = buf.get(off_in_buf + k * 8..off_in_buf + k * 8 + 8)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let (w0, w1) = (word(0), word(1));
+        let at_target = (word_len == 8).then(|| {
+            let b = &buf[off_in_buf + head_len..off_in_buf + head_len + 8];
+            u64::from_le_bytes(b.try_into().expect("8 bytes"))
+        });
+        off_in_buf += head_len + word_len;
+        let mut matched = 0u8;
+        if let (24, Some(len), Some(cap)) = (off, w0, w1) {
+            if len <= cap && cap.checked_add(25) == Some(size) {
+                matched |= STDSTRING;
+            }
+        }
+        if let (8, Some(n)) = (off, w0) {
+            if n > 0 && n == size - 8 {
+                matched |= LENGTH64;
+            }
+            if n > 0 && (size - 8) % n == 0 {
+                matched |= NEWARRAY;
+            }
+        }
+        if let (Some(inner), Some(first)) = (at_target, w0) {
+            if is_vtable(pid, inner, maps, &mut vtables)
+                && is_vtable(pid, first, maps, &mut vtables)
+            {
+                matched |= MULTIPLE_INHERITANCE;
+            }
+        }
+        if matched != 0 {
+            out.push(Record::SnapshotHeuristic {
+                pid: pid as u32,
+                address: start,
+                offset: off,
+                matched,
+            });
+        }
+    }
+}
+
+/// memcheck's vtable test: the address lies in a readable file-backed mapping and at
+/// least 2 of the first 20 words there point into executable file-backed mappings.
+fn is_vtable(pid: Tid, addr: u64, maps: &[MapEntry], cache: &mut HashMap<u64, bool>) -> bool {
+    if addr % 8 != 0 || addr < PAGE {
+        return false;
+    }
+    if let Some(&v) = cache.get(&addr) {
+        return v;
+    }
+    let file_map = |a: u64, exec: bool| {
+        maps.iter()
+            .any(|m| m.contains(a) && m.read && m.is_file_backed() && (!exec || m.exec))
+    };
+    let mut verdict = false;
+    if file_map(addr, false) {
+        let mut words = [0u8; 160];
+        let n = sys::read_memory(pid, addr, &mut words).unwrap_or(0);
+        let code = words[..n & !7]
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .filter(|&w| w != 0 && file_map(w, true))
+            .count();
+        verdict = code >= 2;
+    }
+    cache.insert(addr, verdict);
+    verdict
 }
 
 /// Mappings that are never roots: kernel pseudo-mappings and the recorder's probe.
