@@ -20,7 +20,11 @@ use std::sync::{Arc, Mutex};
 
 use heaptape_format::{Header, ReadError, StackId, TraceReader, Truncation};
 
+pub mod callsites;
+pub mod diff;
 pub mod findings;
+pub mod flamegraph;
+pub mod growth;
 mod hash;
 mod heap;
 pub mod leaks;
@@ -64,6 +68,9 @@ pub struct AnalyzeOptions {
     pub leak_heuristics: HeuristicSet,
     /// What makes [`Analysis::failed`] true (`--fail-on`); nothing by default.
     pub fail_on: FailOn,
+    /// Group call sites by their innermost this many frames (`--call-site-depth`) in
+    /// every per-site section; `None` (the default): one site per distinct stack.
+    pub call_site_depth: Option<usize>,
 }
 
 impl Default for AnalyzeOptions {
@@ -75,6 +82,7 @@ impl Default for AnalyzeOptions {
             sysroot: None,
             leak_heuristics: HeuristicSet::ALL,
             fail_on: FailOn::default(),
+            call_site_depth: None,
         }
     }
 }

@@ -13,8 +13,9 @@
 //! figures at that peak. `SiteTable::settle` applies the same rule to every site once,
 //! at the end.
 
-use heaptape_format::StackId;
+use heaptape_format::{StackId, Timestamp};
 
+use crate::growth::{Clock, Series};
 use crate::hash::FastMap;
 
 /// What one call site did in one process image.
@@ -40,8 +41,12 @@ pub struct SiteStats {
     pub peak_blocks: u64,
     /// This site's live bytes at the image's heap peak (valid once settled).
     pub peak_bytes: u64,
+    /// The most bytes this site held at any moment.
+    pub max_live_bytes: u64,
     /// The peak epoch `peak_*` were last brought up to.
     epoch: u64,
+    /// Live bytes over time (see [`crate::growth`]).
+    series: Series,
 }
 
 impl SiteStats {
@@ -53,6 +58,42 @@ impl SiteStats {
             self.peak_bytes = self.live_bytes;
         }
     }
+
+    /// Live bytes at the end of each time bucket of the image (see [`crate::growth`];
+    /// complete once the image ended).
+    pub fn series(&self) -> &[u64] {
+        self.series.values()
+    }
+
+    /// Adds `other`'s figures to this site's (grouping call sites): counts add up, the
+    /// series add up bucket by bucket (they must share the image's clock), and the
+    /// maximum is the larger of the summed series' maximum and each site's own.
+    pub fn merge(&mut self, other: &SiteStats) {
+        self.allocations += other.allocations;
+        self.allocated_bytes = self.allocated_bytes.saturating_add(other.allocated_bytes);
+        self.frees += other.frees;
+        self.temporary_allocations += other.temporary_allocations;
+        self.live_blocks += other.live_blocks;
+        self.live_bytes = self.live_bytes.saturating_add(other.live_bytes);
+        self.inherited_blocks += other.inherited_blocks;
+        self.inherited_bytes = self.inherited_bytes.saturating_add(other.inherited_bytes);
+        self.peak_blocks += other.peak_blocks;
+        self.peak_bytes = self.peak_bytes.saturating_add(other.peak_bytes);
+        let v = &mut self.series.values;
+        if v.len() < other.series.values.len() {
+            let fill = v.last().copied().unwrap_or(0);
+            v.resize(other.series.values.len(), fill);
+        }
+        let other_last = other.series.values.last().copied().unwrap_or(0);
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = x.saturating_add(*other.series.values.get(i).unwrap_or(&other_last));
+        }
+        let series_max = v.iter().copied().max().unwrap_or(0);
+        self.max_live_bytes = self
+            .max_live_bytes
+            .max(other.max_live_bytes)
+            .max(series_max);
+    }
 }
 
 /// All call sites of one process image, and the peak epoch they are measured against.
@@ -60,9 +101,45 @@ impl SiteStats {
 pub struct SiteTable {
     sites: FastMap<StackId, SiteStats>,
     peak_epoch: u64,
+    clock: Clock,
 }
 
 impl SiteTable {
+    /// An empty table for an image that starts at `start` (its growth buckets count
+    /// from there).
+    pub(crate) fn starting_at(start: Timestamp) -> Self {
+        SiteTable {
+            clock: Clock::new(start),
+            ..Default::default()
+        }
+    }
+
+    /// [`SiteTable::touch`] at time `ts`: also brings the site's growth series up to
+    /// `ts`'s bucket and its maximum up to date.
+    pub(crate) fn touch_at(&mut self, stack: StackId, ts: Timestamp) -> &mut SiteStats {
+        let bucket = self.clock.advance(ts);
+        let clock = self.clock;
+        let site = self.touch(stack);
+        site.series.sync(&clock, bucket, site.live_bytes);
+        site.max_live_bytes = site.max_live_bytes.max(site.live_bytes);
+        site
+    }
+
+    /// [`SiteTable::settle`] at the image's end `ts`: also completes every series up to
+    /// `ts`'s bucket.
+    pub(crate) fn settle_at(&mut self, ts: Timestamp) {
+        self.settle();
+        let bucket = self.clock.advance(ts);
+        for site in self.sites.values_mut() {
+            site.series.sync(&self.clock, bucket, site.live_bytes);
+            site.max_live_bytes = site.max_live_bytes.max(site.live_bytes);
+        }
+    }
+
+    /// Width of the growth buckets, in nanoseconds (final once the image ended).
+    pub fn bucket_ns(&self) -> u64 {
+        self.clock.bucket_ns()
+    }
     /// The site for `stack`, its peak figures brought up to date so that the caller may
     /// change its live figures.
     pub(crate) fn touch(&mut self, stack: StackId) -> &mut SiteStats {

@@ -107,6 +107,14 @@ fn json_shape_and_values() {
             "invalid_frees",
             "modules",
             "previous_images",
+            "fd_leaks",
+            "mmap_leaks",
+            "timeline",
+            "timeline_verdict",
+            "call_site_depth",
+            "sites_at_peak",
+            "growth_bucket_ns",
+            "growth",
         ])
     );
     assert_eq!(p["pid"], 1);
@@ -132,12 +140,14 @@ fn json_shape_and_values() {
             "inherited_bytes": 0,
             "untracked_frees": 0,
             "allocator_internal_frees": 0,
+            "allocation_rate_per_sec": 500000.0,
         })
     );
     assert_eq!(
         p["sites_live_at_exit"],
         json!([{
             "stack": 2,
+            "stacks": 1,
             "live_at_exit_bytes": 1064,
             "live_at_exit_blocks": 2,
             "allocations": 2,
@@ -264,6 +274,14 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
    - double free of 0x20 by free (allocated by malloc), 1 time(s), stack 3
         at 0x401200: app+0x401200
         by 0x401000: app+0x401000
+   allocation rate: 500,000 allocs/s
+   top call sites at the heap peak:
+   #1: 1,064 bytes in 2 blocks at the peak, stack 2
+        at 0x401100: app+0x401100
+        by 0x401000: app+0x401000
+   #2: 32 bytes in 1 block at the peak, stack 3
+        at 0x401200: app+0x401200
+        by 0x401000: app+0x401000
    top call sites by bytes in use at exit:
    #1: 1,064 bytes in 2 blocks from 2 allocs (1,064 bytes allocated), stack 2
         at 0x401100: app+0x401100
@@ -308,6 +326,9 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
    temporary allocations: 1 (100.0% of allocations)
    bad frees: 1 double, 0 invalid, 0 mismatched
    - double free of 0x10 by free (allocated by malloc), 1 time(s), stack 3
+   allocation rate: 111,111 allocs/s
+   top call sites at the heap peak:
+   #1: 1,500 bytes in 1 block at the peak, stack 1
 
 == process 2: /bin/echo hi there (fork of 1, killed by signal 6 (SIGABRT), after 0.000 s)
    earlier image `./app`, replaced by exec at 0.000 s: 0 allocs, 0 frees, 0 bytes allocated; 1,500 bytes in 1 block discarded
@@ -317,6 +338,9 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
    peak heap usage: 7 bytes in 1 block, at 0.000 s
    temporary allocations: 0 (0.0% of allocations)
    failed allocations: 1
+   allocation rate: 333,333 allocs/s
+   top call sites at the heap peak:
+   #1: 7 bytes in 1 block at the peak, stack 2
    top call sites by bytes in use at exit:
    #1: 7 bytes in 1 block from 1 allocs (7 bytes allocated), stack 2
 ";

@@ -124,6 +124,7 @@ fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Value {
     });
     if let Value::Object(o) = &mut v {
         o.extend(super::resources::json(a, img, sym));
+        super::growth::json(a, img, sym, o);
     }
     v
 }

@@ -11,6 +11,7 @@ use crate::replay::{Image, ImageEnd};
 use crate::stacks::StackTable;
 use crate::symbolize::{Frame, Symbolizer};
 
+pub mod growth;
 pub mod json;
 pub mod resources;
 pub mod text;

@@ -169,23 +169,7 @@ fn image(
             write_finding(a, img, finding, out, sym)?;
         }
     }
-    let top = img.sites.top_by_live(opts.top);
-    if !top.is_empty() {
-        writeln!(out, "   top call sites by bytes in use at exit:")?;
-        for (rank, (stack, s)) in top.iter().enumerate() {
-            writeln!(
-                out,
-                "   #{}: {} from {} allocs ({} bytes allocated), stack {}",
-                rank + 1,
-                bytes_in_blocks(s.live_bytes, s.live_blocks),
-                num(s.allocations),
-                num(s.allocated_bytes),
-                stack
-            )?;
-            write_frames(a, img, *stack, out, sym)?;
-        }
-    }
-    Ok(())
+    super::growth::text(a, img, out, opts, sym)
 }
 
 /// memcheck's LEAK SUMMARY, then the largest definitely and possibly lost loss records

@@ -1,0 +1,318 @@
+//! Flamegraphs of a trace (`heaptape flamegraph`), drawn by inferno.
+//!
+//! Each call stack of each process image contributes one *folded* line: its frames,
+//! outermost first, joined by `;`, and the stack's value of the chosen [`Metric`].
+//! A frame is named by its function (inlined calls are frames of their own), else
+//! `module+0xoffset`, else its address. When the trace holds more than one process
+//! image, every line starts with a frame naming the process (`pid 42: ./server`), so
+//! the graph splits by process first. Lines with the same frames are added up; lines
+//! whose value is 0 are left out.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+
+use crate::callsites::call_sites;
+use crate::replay::Image;
+use crate::sites::SiteStats;
+use crate::symbolize::{Frame, Symbolizer};
+use crate::Analysis;
+
+/// What the widths of a flamegraph measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Metric {
+    /// Bytes still allocated when the image ended.
+    #[default]
+    Leaked,
+    /// Bytes allocated over the whole run.
+    AllocatedBytes,
+    /// Allocation calls.
+    Allocations,
+    /// Bytes live at the moment of the image's heap peak.
+    Peak,
+    /// Temporary allocations (freed by their thread before its next allocation).
+    Temporary,
+}
+
+impl Metric {
+    /// Every metric.
+    pub const ALL: [Metric; 5] = [
+        Metric::Leaked,
+        Metric::AllocatedBytes,
+        Metric::Allocations,
+        Metric::Peak,
+        Metric::Temporary,
+    ];
+
+    /// The command-line name: `leaked`, `allocated-bytes`, `allocations`, `peak`,
+    /// `temporary`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Leaked => "leaked",
+            Metric::AllocatedBytes => "allocated-bytes",
+            Metric::Allocations => "allocations",
+            Metric::Peak => "peak",
+            Metric::Temporary => "temporary",
+        }
+    }
+
+    /// The metric named `name` (see [`Metric::name`]).
+    pub fn parse(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// A site's value.
+    pub fn value(self, s: &SiteStats) -> u64 {
+        match self {
+            Metric::Leaked => s.live_bytes,
+            Metric::AllocatedBytes => s.allocated_bytes,
+            Metric::Allocations => s.allocations,
+            Metric::Peak => s.peak_bytes,
+            Metric::Temporary => s.temporary_allocations,
+        }
+    }
+
+    /// The graph's title: what widths mean.
+    pub fn title(self) -> &'static str {
+        match self {
+            Metric::Leaked => "Bytes still allocated at exit (leaked), by call stack",
+            Metric::AllocatedBytes => "Bytes allocated over the run, by call stack",
+            Metric::Allocations => "Allocation calls, by call stack",
+            Metric::Peak => "Bytes live at the heap peak, by call stack",
+            Metric::Temporary => {
+                "Temporary allocations (freed before the thread's next allocation), by call stack"
+            }
+        }
+    }
+
+    /// The unit of the widths: `bytes` or `allocations`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Leaked | Metric::AllocatedBytes | Metric::Peak => "bytes",
+            Metric::Allocations | Metric::Temporary => "allocations",
+        }
+    }
+}
+
+/// A frame's name in a folded line (see the module docs); never contains `;` or a
+/// line break.
+pub fn frame_name(f: &Frame) -> String {
+    let name = match (&f.function, &f.module, f.module_offset) {
+        (Some(func), _, _) => func.clone(),
+        (None, Some(m), Some(off)) => {
+            format!("{}+{off:#x}", m.rsplit('/').next().unwrap_or(m))
+        }
+        (None, Some(m), None) => m.rsplit('/').next().unwrap_or(m).to_string(),
+        (None, None, _) => format!("{:#x}", f.address),
+    };
+    name.replace([';', '\n', '\r'], ":")
+}
+
+/// The folded stacks of `a` for `metric`: frame names joined by `;`, outermost first,
+/// and their summed values, sorted by frames. Call sites are grouped by the analysis's
+/// call-site depth.
+pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<String, u64> {
+    let images: Vec<(&crate::replay::Process, &Image)> = a
+        .processes
+        .iter()
+        .flat_map(|p| p.images.iter().map(move |i| (p, i)))
+        .collect();
+    let tagged = images.len() > 1;
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for (p, img) in images {
+        let root = tagged.then(|| {
+            let cmd = img.command.join(" ");
+            frame_name(&Frame {
+                function: Some(format!("pid {}: {}", p.pid, cmd.trim())),
+                ..Frame::default()
+            })
+        });
+        for site in call_sites(&a.stacks, img, a.options.call_site_depth) {
+            let v = metric.value(&site.stats);
+            if v == 0 {
+                continue;
+            }
+            let frames = site.frames(&a.stacks, img, sym);
+            let mut names: Vec<String> = root.iter().cloned().collect();
+            if frames.is_empty() {
+                names.push("[unknown stack]".into());
+            }
+            names.extend(frames.iter().rev().map(frame_name));
+            let e = out.entry(names.join(";")).or_insert(0);
+            *e = e.saturating_add(v);
+        }
+    }
+    out
+}
+
+/// Writes folded lines (`frames value`), one per stack.
+pub fn write_folded(lines: &BTreeMap<String, u64>, out: &mut dyn Write) -> io::Result<()> {
+    for (stack, v) in lines {
+        writeln!(out, "{stack} {v}")?;
+    }
+    Ok(())
+}
+
+fn options(title: &str, unit: &str) -> inferno::flamegraph::Options<'static> {
+    let mut o = inferno::flamegraph::Options::default();
+    o.title = title.to_string();
+    o.count_name = unit.to_string();
+    o.deterministic = true;
+    o
+}
+
+/// Draws `lines` as an SVG flamegraph titled `title`, widths in `unit`.
+pub fn write_svg(
+    lines: &BTreeMap<String, u64>,
+    title: &str,
+    unit: &str,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    if lines.is_empty() {
+        return empty_svg(title, &format!("nothing to draw: no {unit}"), out);
+    }
+    let text: Vec<String> = lines.iter().map(|(s, v)| format!("{s} {v}")).collect();
+    let mut o = options(title, unit);
+    inferno::flamegraph::from_lines(&mut o, text.iter().map(String::as_str), out)
+}
+
+/// Draws a differential flamegraph: widths are `new`'s values, colours show the change
+/// from `old` (red: grew, blue: shrank); stacks only in `old` count 0 in `new`.
+pub fn write_diff_svg(
+    old: &BTreeMap<String, u64>,
+    new: &BTreeMap<String, u64>,
+    title: &str,
+    unit: &str,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return empty_svg(title, &format!("nothing to draw: no {unit}"), out);
+    }
+    let text: Vec<String> = keys
+        .into_iter()
+        .map(|k| {
+            format!(
+                "{k} {} {}",
+                old.get(k).copied().unwrap_or(0),
+                new.get(k).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    let mut o = options(title, unit);
+    inferno::flamegraph::from_lines(&mut o, text.iter().map(String::as_str), out)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn empty_svg(title: &str, message: &str, out: &mut dyn Write) -> io::Result<()> {
+    write!(
+        out,
+        concat!(
+            "<?xml version=\"1.0\" standalone=\"no\"?>\n",
+            "<svg version=\"1.1\" width=\"1200\" height=\"80\" xmlns=\"http://www.w3.org/2000/svg\">\n",
+            "<text x=\"600\" y=\"24\" text-anchor=\"middle\" font-size=\"17\">{}</text>\n",
+            "<text x=\"600\" y=\"56\" text-anchor=\"middle\" font-size=\"12\">{}</text>\n",
+            "</svg>\n"
+        ),
+        xml_escape(title),
+        xml_escape(message)
+    )
+}
+
+/// Writes `contents` to `path` atomically: into a temporary file beside it, then
+/// renamed over it, so that a reader never sees half a file and a failure leaves any
+/// previous file intact.
+pub fn write_atomically(
+    path: &Path,
+    contents: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = io::BufWriter::new(file);
+        contents(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_round_trip() {
+        for m in Metric::ALL {
+            assert_eq!(Metric::parse(m.name()), Some(m));
+        }
+        assert_eq!(Metric::parse("bogus"), None);
+    }
+
+    #[test]
+    fn frame_names() {
+        let f = Frame {
+            address: 0x1234,
+            function: Some("ns::f;g".into()),
+            ..Frame::default()
+        };
+        assert_eq!(frame_name(&f), "ns::f:g");
+        let f = Frame {
+            address: 0x1234,
+            module: Some("/usr/lib/libz.so.1".into()),
+            module_offset: Some(0x234),
+            ..Frame::default()
+        };
+        assert_eq!(frame_name(&f), "libz.so.1+0x234");
+        assert_eq!(
+            frame_name(&Frame {
+                address: 0x99,
+                ..Frame::default()
+            }),
+            "0x99"
+        );
+    }
+
+    #[test]
+    fn svgs_are_written_even_when_empty() {
+        let mut lines = BTreeMap::new();
+        let mut out = Vec::new();
+        write_svg(&lines, "T <1>", "bytes", &mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("T &lt;1&gt;") && s.contains("no bytes"));
+        lines.insert("main;f".to_string(), 10);
+        lines.insert("main;g".to_string(), 30);
+        let mut out = Vec::new();
+        write_svg(&lines, "Title", "bytes", &mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("Title") && s.contains("g (30 bytes, 75.00%)"),
+            "{s}"
+        );
+        let mut out = Vec::new();
+        let mut old = BTreeMap::new();
+        old.insert("main;f".to_string(), 20);
+        write_diff_svg(&old, &lines, "D", "bytes", &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("<svg"));
+    }
+}
