@@ -253,6 +253,9 @@ pub fn any_record() -> impl Strategy<Value = Record> {
             .prop_map(|(pid, address, pointers)| Record::SnapshotBlock { pid, address, pointers }),
         1 => (any_u32(), any_u64(), any_u64())
             .prop_map(|(pid, blocks, scanned_bytes)| Record::SnapshotEnd { pid, blocks, scanned_bytes }),
+        1 => (any_u32(), any_u64(), any_u64(), any::<u8>()).prop_map(|(pid, address, offset, matched)| {
+            Record::SnapshotHeuristic { pid, address, offset, matched }
+        }),
     ]
 }
 
