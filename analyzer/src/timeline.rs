@@ -8,8 +8,10 @@
 //!
 //! * The first [`WARMUP_PERCENT`]% of the samples (at least one) are **start-up** and
 //!   ignored: loading libraries, filling caches and first-touch page faults make every
-//!   program grow at first. At least [`MIN_SAMPLES`] samples must remain, or the verdict
-//!   is `unknown`.
+//!   program grow at first. The last [`TEARDOWN_PERCENT`]% (at least one) are
+//!   **teardown** and ignored too: a program that frees everything before it exits ends
+//!   low whatever it did before. At least [`MIN_SAMPLES`] samples must remain, or the
+//!   verdict is `unknown`.
 //! * The rest is cut into four quarters and each series (live heap, anonymous RSS) is
 //!   summarised by the mean of each quarter, `q1..q4`. Its **growth** is `q4 - q1`. A
 //!   series is **rising** when its growth is at least [`MIN_GROWTH`] bytes and at least
@@ -38,7 +40,9 @@ use crate::hash::FastMap;
 pub const BUCKETS: usize = 100;
 /// Share of the samples (from the start) treated as start-up, in percent.
 pub const WARMUP_PERCENT: usize = 10;
-/// Samples needed after start-up for a verdict.
+/// Share of the samples (from the end) treated as teardown, in percent.
+pub const TEARDOWN_PERCENT: usize = 10;
+/// Samples needed between start-up and teardown for a verdict.
 pub const MIN_SAMPLES: usize = 8;
 /// Smallest growth (bytes, between the first and last quarter means) that counts.
 pub const MIN_GROWTH: u64 = 1 << 20;
@@ -260,12 +264,17 @@ impl Timeline {
         if self.samples.is_empty() {
             return unknown("no RSS samples (record with --rss-interval)".into());
         }
-        let warmup = (self.samples.len() * WARMUP_PERCENT / 100).max(1);
-        let rest = &self.samples[warmup.min(self.samples.len())..];
+        let n = self.samples.len();
+        let warmup = (n * WARMUP_PERCENT / 100).max(1);
+        let teardown = (n * TEARDOWN_PERCENT / 100).max(1);
+        let rest = self
+            .samples
+            .get(warmup..n.saturating_sub(teardown))
+            .unwrap_or(&[]);
         if rest.len() < MIN_SAMPLES {
             return unknown(format!(
-                "only {} RSS sample(s) after start-up, {MIN_SAMPLES} needed (the process ran too \
-                 briefly for the sampling interval)",
+                "only {} RSS sample(s) between start-up and teardown, {MIN_SAMPLES} needed (the \
+                 process ran too briefly for the sampling interval)",
                 rest.len()
             ));
         }
@@ -428,14 +437,14 @@ mod tests {
         t.finish(std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Fragmentation);
         assert_eq!(t.verdict().heap_growth, 0);
-        assert_eq!(t.verdict().rss_anon_growth, 27 * MIB as i64);
+        assert_eq!(t.verdict().rss_anon_growth, 24 * MIB as i64);
 
         let mut t = timeline(|i| (i * MIB, 3 * MIB + i * MIB));
         let blocks = vec![(7, 100, 0), (7, 5000, 500_000_000), (9, 300, 3_900_000_000)];
         t.finish(blocks.into_iter());
         let v = t.verdict();
         assert_eq!(v.kind, VerdictKind::Leak);
-        assert_eq!(v.heap_growth, 27 * MIB as i64);
+        assert_eq!(v.heap_growth, 24 * MIB as i64);
         assert_eq!(
             v.sites,
             vec![

@@ -1,0 +1,349 @@
+//! `heaptape record --pid`: attaching to a running program leaves it undisturbed (same
+//! output and exit status as a native run, also after 20 attach/detach cycles), records
+//! what happens in the window (leaks counted exactly), and refuses clearly when there is
+//! no such process or when another tracer holds it.
+
+mod support_attach;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use support_attach::*;
+
+/// Four threads run a fixed, seeded allocation workload and sum what they read back;
+/// then they keep allocating (outside the sum) until stdin reaches end of file. Prints
+/// `ready`, then the checksum; exits with status 3.
+const WORKER_C: &str = r#"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#define THREADS 4
+#define ITERS 300000
+static atomic_int stop;
+static unsigned long sums[THREADS];
+static void *work(void *arg) {
+    long id = (long)arg;
+    unsigned long sum = 0, x = (unsigned long)id + 1;
+    struct timespec nap = {0, 1000 * 1000};
+    for (long i = 0;; i++) {
+        if (i < ITERS) {
+            x = x * 6364136223846793005UL + 1442695040888963407UL;
+            size_t n = 16 + (x >> 33) % 512;
+            unsigned char *p = malloc(n);
+            memset(p, (int)(x & 0xff), n);
+            sum = sum * 31 + p[n - 1] + n;
+            free(p);
+        } else {
+            if (atomic_load(&stop)) break;
+            void *p = malloc(64);
+            free(p);
+            if (i % 100 == 0) nanosleep(&nap, 0);
+        }
+    }
+    sums[id] = sum;
+    return 0;
+}
+int main(void) {
+    printf("ready\n");
+    fflush(stdout);
+    pthread_t t[THREADS];
+    for (long i = 0; i < THREADS; i++) pthread_create(&t[i], 0, work, (void *)i);
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {}
+    atomic_store(&stop, 1);
+    unsigned long total = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], 0);
+        total = total * 1000003 + sums[i];
+    }
+    printf("checksum %lu\n", total);
+    return 3;
+}
+"#;
+
+/// Leaks one 64-byte block every 10 ms (absolute deadlines, so the rate is steady) by
+/// overwriting the only pointer to it, and leaks a descriptor of argv[1] every tenth
+/// block. Prints `ready` first; runs until killed.
+const LEAKER_C: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+static void *volatile current;
+int main(int argc, char **argv) {
+    printf("ready\n");
+    fflush(stdout);
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (unsigned long i = 1;; i++) {
+        next.tv_nsec += 10 * 1000 * 1000;
+        if (next.tv_nsec >= 1000000000L) {
+            next.tv_nsec -= 1000000000L;
+            next.tv_sec++;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, 0);
+        void *p = malloc(64);
+        memset(p, 0x5a, 64);
+        current = p; /* the previous block is now lost */
+        if (i % 10 == 0 && argc > 1) open(argv[1], O_RDONLY);
+    }
+}
+"#;
+
+/// Writes its pid to argv[1] (atomically) and waits for stdin to close.
+const SLEEPER_C: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", argv[1]);
+    FILE *f = fopen(tmp, "w");
+    fprintf(f, "%d\n", getpid());
+    fclose(f);
+    rename(tmp, argv[1]);
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {}
+    return 0;
+}
+"#;
+
+/// A running fixture whose first output line (`ready`) has been read; killed if dropped
+/// while still running (a test failing midway).
+struct Running {
+    child: Option<Child>,
+    stdout: Option<BufReader<ChildStdout>>,
+    pid: u32,
+}
+
+impl Running {
+    fn start(exe: &Path, args: &[&str]) -> Running {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fixture");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read ready line");
+        assert_eq!(line, "ready\n");
+        Running {
+            pid: child.id(),
+            child: Some(child),
+            stdout: Some(stdout),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Closes its stdin and waits for it: (the rest of its output, its status).
+    fn finish(mut self) -> (String, ExitStatus) {
+        let mut child = self.child.take().expect("running");
+        let mut stdout = self.stdout.take().expect("running");
+        drop(child.stdin.take());
+        let reader = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+            rest
+        });
+        let status = wait(child, "fixture");
+        (reader.join().expect("reader thread"), status)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The worker's output and status when nothing attaches to it.
+fn native(exe: &Path) -> (String, ExitStatus) {
+    let run = Running::start(exe, &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    run.finish()
+}
+
+fn attach(dir: &Scratch, pid: u32, duration: &str, trace: &Path) -> Run {
+    run(
+        dir,
+        Command::new(HEAPTAPE)
+            .args([
+                "record",
+                "--pid",
+                &pid.to_string(),
+                "--duration",
+                duration,
+                "-o",
+            ])
+            .arg(trace),
+        "heaptape record --pid",
+    )
+}
+
+#[test]
+fn attaching_leaves_a_multithreaded_program_undisturbed() {
+    let dir = Scratch::new("attach-once");
+    let exe = dir.compile("worker", WORKER_C);
+    let (want_out, want_status) = native(&exe);
+    assert!(want_out.starts_with("checksum "), "{want_out}");
+    assert_eq!(want_status.code(), Some(3));
+
+    let run = Running::start(&exe, &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let trace = dir.join("once.trace");
+    let rec = attach(&dir, run.pid(), "1s", &trace);
+    assert!(rec.status.success(), "record --pid failed: {}", rec.stderr);
+    let (out, status) = run.finish();
+    assert_eq!(out, want_out);
+    assert_eq!(status.code(), want_status.code());
+
+    let report = analyze_json(&dir, &trace);
+    let pid = report["trace"]["pid"].as_u64().unwrap() as u32;
+    let p = process(&report, pid);
+    assert_eq!(p["origin"], "attached");
+    assert_eq!(p["exit"]["detached"], true);
+    assert!(
+        p["totals"]["allocations"].as_u64().unwrap() > 0,
+        "{}",
+        p["totals"]
+    );
+}
+
+#[test]
+fn twenty_attach_detach_cycles_on_one_process() {
+    let dir = Scratch::new("attach-20");
+    let exe = dir.compile("worker", WORKER_C);
+    let (want_out, want_status) = native(&exe);
+    let run = Running::start(&exe, &[]);
+    for i in 0..20 {
+        let trace = dir.join(&format!("cycle{i}.trace"));
+        let rec = attach(&dir, run.pid(), "100ms", &trace);
+        assert!(
+            rec.status.success(),
+            "cycle {i}: record --pid failed: {}",
+            rec.stderr
+        );
+        let report = analyze_json(&dir, &trace);
+        assert_eq!(report["trace"]["complete"], true, "cycle {i}");
+        let p = process(&report, run.pid());
+        assert_eq!(p["origin"], "attached", "cycle {i}");
+        assert_eq!(p["exit"]["detached"], true, "cycle {i}");
+    }
+    let (out, status) = run.finish();
+    assert_eq!(out, want_out);
+    assert_eq!(status.code(), want_status.code());
+}
+
+#[test]
+fn leaks_during_the_window_are_counted() {
+    let dir = Scratch::new("attach-leak");
+    let exe = dir.compile("leaker", LEAKER_C);
+    let file = dir.join("opened.txt");
+    std::fs::write(&file, "x").unwrap();
+    let run = Running::start(&exe, &[file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let trace = dir.join("leak.trace");
+    let start = Instant::now();
+    let rec = attach(&dir, run.pid(), "2s", &trace);
+    let took = start.elapsed();
+    assert!(rec.status.success(), "record --pid failed: {}", rec.stderr);
+    drop(run); // kills the leaker
+    assert!(took >= Duration::from_secs(2), "detached after {took:?}");
+
+    let report = analyze_json(&dir, &trace);
+    let p = process(&report, report["trace"]["pid"].as_u64().unwrap() as u32);
+    let allocations = p["totals"]["allocations"].as_u64().unwrap();
+    let lost = p["leaks"]["definitely_lost"]["blocks"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no leak classification: {}", p["leaks_unavailable"]));
+    // 100 blocks/s over 2 s; generous bounds for a loaded machine.
+    assert!(
+        (20..=1000).contains(&allocations),
+        "{allocations} allocations"
+    );
+    // Every block but the latest few (still in `current`, a register or the stack)
+    // is definitely lost.
+    assert!(
+        lost <= allocations && lost + 2 >= allocations,
+        "{lost} definitely lost of {allocations} leak allocations"
+    );
+    assert_eq!(p["leaks"]["definitely_lost"]["bytes"], lost * 64);
+    // The descriptors opened during the window are still open at detach.
+    let fds = p["fd_leaks"].as_array().unwrap();
+    assert!(!fds.is_empty(), "no fd leaks");
+    assert!(fds.iter().all(|f| f["path"] == file.to_str().unwrap()));
+    assert!(fds.len() as u64 <= allocations / 10 + 1);
+    let text = analyze_text(&dir, &trace);
+    assert!(
+        text.contains(&format!(
+            "FILE DESCRIPTORS: {} open at detach (opened by the program)",
+            fds.len()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_process_is_a_one_line_error() {
+    let dir = Scratch::new("attach-missing");
+    // Beyond PID_MAX_LIMIT (4194304 on 64-bit): no process can have this pid.
+    let r = run(
+        &dir,
+        Command::new(HEAPTAPE)
+            .args(["record", "--pid", "4194400", "-o"])
+            .arg(dir.join("none.trace")),
+        "heaptape record --pid",
+    );
+    assert!(!r.status.success());
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no process"), "{}", r.stderr);
+}
+
+#[test]
+fn a_process_traced_by_another_heaptape_is_refused() {
+    let dir = Scratch::new("attach-busy");
+    let exe = dir.compile("sleeper", SLEEPER_C);
+    let pidfile = dir.join("pid");
+    let mut first = Command::new(HEAPTAPE)
+        .arg("record")
+        .arg("-o")
+        .arg(dir.join("first.trace"))
+        .arg(&exe)
+        .arg(&pidfile)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start heaptape record");
+    let start = Instant::now();
+    let pid = loop {
+        if let Ok(s) = std::fs::read_to_string(&pidfile) {
+            break s.trim().parse::<u32>().expect("pid");
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = first.kill();
+            panic!("the sleeper never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let r = attach(&dir, pid, "1s", &dir.join("second.trace"));
+    drop(first.stdin.take()); // the sleeper, then the first recorder, exit
+    let first_status = wait(first, "first heaptape record");
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("already being traced"), "{}", r.stderr);
+    assert!(first_status.success(), "{first_status:?}");
+}
