@@ -495,6 +495,8 @@ fn finish_recording(
     let end_ts = sys::monotonic_ns().saturating_sub(t0);
     let result = tracer.into_output().finish(end_ts);
     run.map_err(|e| RecordError::Os("tracing", io::Error::other(e.to_string())))?;
+    let mut stats = stats;
+    stats.writer_cpu_ns = result.cpu_ns;
     Ok(RecordOutcome {
         status,
         path: out_path,

@@ -41,6 +41,8 @@ pub struct WriterResult {
     pub counts: EndCounts,
     /// The first write error, if any (the trace ends before it).
     pub error: Option<WriteError>,
+    /// CPU time the writer thread used (encoding, compression, writes), nanoseconds.
+    pub cpu_ns: u64,
 }
 
 impl Output {
@@ -102,6 +104,7 @@ impl Output {
                 bytes: 0,
                 counts: EndCounts::default(),
                 error: Some(WriteError::Closed),
+                cpu_ns: 0,
             },
         }
     }
@@ -150,6 +153,7 @@ fn writer_loop(
                     bytes: bytes_before,
                     counts,
                     error,
+                    cpu_ns: crate::sys::thread_cpu_ns(),
                 };
             }
             return match writer.finish(ts) {
@@ -160,12 +164,14 @@ fn writer_loop(
                         bytes,
                         counts,
                         error: None,
+                        cpu_ns: crate::sys::thread_cpu_ns(),
                     }
                 }
                 Err(e) => WriterResult {
                     bytes: bytes_before,
                     counts,
                     error: Some(e),
+                    cpu_ns: crate::sys::thread_cpu_ns(),
                 },
             };
         }

@@ -88,6 +88,8 @@ pub struct TracerStats {
     pub snapshot_bytes: u64,
     /// Wall time spent taking snapshots, nanoseconds.
     pub snapshot_ns: u64,
+    /// CPU time of the writer thread (encoding, compression, writing), nanoseconds.
+    pub writer_cpu_ns: u64,
 }
 
 impl std::fmt::Display for TracerStats {
@@ -113,9 +115,11 @@ impl std::fmt::Display for TracerStats {
         )?;
         writeln!(
             f,
-            "tracer: {:.2} us CPU per recorded call, of which unwinding + stack trie {:.3} us",
+            "tracer: {:.2} us CPU per recorded call, of which unwinding + stack trie {:.3} us, system calls and the rest {:.2} us; writer thread (encode, compress, write) {:.3} us",
             per(self.tracer_cpu_ns) / 1000.0,
-            per(self.unwind_ns) / 1000.0
+            per(self.unwind_ns) / 1000.0,
+            per(self.tracer_cpu_ns.saturating_sub(self.unwind_ns)) / 1000.0,
+            per(self.writer_cpu_ns) / 1000.0
         )?;
         writeln!(
             f,
