@@ -268,8 +268,10 @@ fn mmap_leaks_follow_unmaps_splits_and_remaps() {
 /// Each round runs in a new thread, so in a fresh malloc arena: it allocates 1024 blocks
 /// of 2 KiB (touching them), frees 15 of every 16 (the live heap drops, the pages stay
 /// resident), then frees the survivors but the last one, which pins the arena's memory
-/// below it. The thread then waits (keeping its arena) until the end. The live heap
-/// stays at a few KiB while RSS grows by about 2 MiB per round.
+/// below it. The thread then waits (keeping its arena) until the end. Rounds do not
+/// overlap (the next starts 150 ms after the previous finished), so the live heap stays
+/// at a few KiB, with one round's 2 MiB at most in flight, while RSS grows by about
+/// 2 MiB per round.
 const FRAGMENT_C: &str = r#"
 #include <malloc.h>
 #include <pthread.h>
@@ -281,7 +283,7 @@ const FRAGMENT_C: &str = r#"
 #define BLOCKS 1024
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
-static int done;
+static int done, finished;
 static void *last[ROUNDS];
 static void *round_fn(void *arg) {
     long r = (long)arg;
@@ -295,6 +297,8 @@ static void *round_fn(void *arg) {
     for (int i = 15; i < BLOCKS - 1; i += 16) free(blocks[i]);
     last[r] = blocks[BLOCKS - 1];
     pthread_mutex_lock(&lock);
+    finished++;
+    pthread_cond_broadcast(&done_cv);
     while (!done) pthread_cond_wait(&done_cv, &lock);
     pthread_mutex_unlock(&lock);
     return 0;
@@ -305,6 +309,9 @@ int main(void) {
     struct timespec ts = {0, 150 * 1000 * 1000};
     for (long r = 0; r < ROUNDS; r++) {
         pthread_create(&t[r], 0, round_fn, (void *)r);
+        pthread_mutex_lock(&lock);
+        while (finished <= r) pthread_cond_wait(&done_cv, &lock);
+        pthread_mutex_unlock(&lock);
         nanosleep(&ts, 0);
     }
     nanosleep(&ts, 0);
