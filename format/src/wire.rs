@@ -126,6 +126,12 @@ fn present_slot(addr: u64) -> usize {
 /// prediction.
 const BUMP_MAX_SIZE: u64 = 128 * 1024;
 
+/// `a` if `c`, else `b`, without a branch.
+#[inline(always)]
+fn sel(c: bool, a: u64, b: u64) -> u64 {
+    b ^ ((a ^ b) & u64::from(c).wrapping_neg())
+}
+
 #[inline(always)]
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
@@ -182,76 +188,97 @@ struct Slot {
     func: u8,
 }
 
-/// A block allocated in this chunk and not yet released.
+/// A block allocated in this chunk and not yet released. Only its size bin is kept of
+/// its size (all a release needs), so a block takes 16 bytes and the list shifts fast.
 #[derive(Clone, Copy, Default)]
 struct Live {
     addr: u64,
-    size: u64,
     stack: StackId,
+    bin: u32,
 }
 
-/// The live list: a ring of at most [`LIVE_MAX`] blocks, oldest first.
+/// Room in the live list's buffer: twice [`LIVE_MAX`], so that dropping the oldest
+/// block is a moved start and the blocks are moved back to the front at most once
+/// every [`LIVE_MAX`] pushes.
+const LIVE_BUF: usize = 2 * LIVE_MAX;
+
+/// The live list: at most [`LIVE_MAX`] blocks, oldest first, in `buf[start..end]`.
 struct LiveList {
     buf: Vec<Live>,
-    head: usize,
-    len: usize,
+    start: usize,
+    end: usize,
 }
 
 impl LiveList {
     fn new() -> Self {
         LiveList {
-            buf: vec![Live::default(); LIVE_MAX],
-            head: 0,
-            len: 0,
+            buf: vec![Live::default(); LIVE_BUF],
+            start: 0,
+            end: 0,
         }
     }
 
     #[inline(always)]
     fn len(&self) -> usize {
-        self.len
+        self.end - self.start
     }
 
     fn clear(&mut self) {
-        self.head = 0;
-        self.len = 0;
+        self.start = 0;
+        self.end = 0;
     }
 
     /// The block `d` places before the newest (`d < len`).
     #[inline(always)]
     fn back(&self, d: usize) -> &Live {
-        &self.buf[(self.head + self.len - 1 - d) & (LIVE_MAX - 1)]
+        &self.buf[self.end - 1 - d]
     }
 
     /// The oldest block.
     #[inline(always)]
     fn front(&self) -> Option<&Live> {
-        (self.len > 0).then(|| &self.buf[self.head])
+        (self.end > self.start).then(|| &self.buf[self.start])
     }
 
     /// Appends a block, dropping the oldest when full.
     #[inline(always)]
     fn push(&mut self, l: Live) {
-        if self.len == LIVE_MAX {
-            self.head = (self.head + 1) & (LIVE_MAX - 1);
-            self.len -= 1;
+        if self.end - self.start == LIVE_MAX {
+            self.start += 1;
         }
-        self.buf[(self.head + self.len) & (LIVE_MAX - 1)] = l;
-        self.len += 1;
+        if self.end == LIVE_BUF {
+            self.compact();
+        }
+        self.buf[self.end] = l;
+        self.end += 1;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
     }
 
     /// Removes and returns the block `d` places before the newest.
     #[inline(always)]
     fn take(&mut self, d: usize) -> Option<Live> {
-        if d >= self.len {
+        if d >= self.len() {
             return None;
         }
-        let i = self.len - 1 - d;
-        let out = self.buf[(self.head + i) & (LIVE_MAX - 1)];
-        for j in i..self.len - 1 {
-            self.buf[(self.head + j) & (LIVE_MAX - 1)] =
-                self.buf[(self.head + j + 1) & (LIVE_MAX - 1)];
+        let i = self.end - 1 - d;
+        let out = self.buf[i];
+        let buf = &mut self.buf[i..self.end];
+        // Most releases name one of the newest blocks: move those few inline.
+        if buf.len() <= 4 {
+            for j in 1..buf.len() {
+                buf[j - 1] = buf[j];
+            }
+        } else {
+            buf.copy_within(1.., 0);
         }
-        self.len -= 1;
+        self.end -= 1;
         Some(out)
     }
 }
@@ -347,7 +374,11 @@ impl Model {
     /// Records a new live block.
     #[inline(always)]
     fn push_live(&mut self, addr: u64, size: u64, stack: StackId) {
-        self.live.push(Live { addr, size, stack });
+        self.live.push(Live {
+            addr,
+            stack,
+            bin: bin_of(size) as u32,
+        });
     }
 
     /// Removes and returns the live block `d` places before the newest.
@@ -584,7 +615,7 @@ impl Encoder {
                     self.m.addr = address;
                 }
                 if let Some(b) = block {
-                    self.m.bins[bin_of(b.size)].push(address);
+                    self.m.bins[b.bin as usize].push(address);
                     self.m.learn_free_stack(b.stack, stack);
                 }
                 tag | mode << A_SHIFT
@@ -607,7 +638,7 @@ impl Encoder {
                 put_var(&mut self.streams[S_ADDR], delta(new_address, old_address));
                 if let Some(b) = block {
                     if new_address != old_address {
-                        self.m.bins[bin_of(b.size)].push(old_address);
+                        self.m.bins[b.bin as usize].push(old_address);
                     }
                 }
                 if new_address != 0 {
@@ -703,6 +734,19 @@ pub(crate) struct DecodeError {
     pub(crate) what: String,
 }
 
+/// Decodes the varint at the start of `w` (eight bytes, little-endian), given
+/// `stop = !w & 0x8080_8080_8080_8080 != 0`: finds the stop byte with one mask and
+/// squeezes the 7-bit groups together in three steps. Returns the value and length.
+#[inline(always)]
+fn squeeze(w: u64, stop: u64) -> (u64, usize) {
+    let len = (stop.trailing_zeros() / 8 + 1) as usize;
+    let mut x = w & (u64::MAX >> (64 - 8 * len)) & 0x7f7f_7f7f_7f7f_7f7f;
+    x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+    x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+    x = ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff);
+    (x, len)
+}
+
 /// A cursor over one stream.
 struct Cur<'a> {
     b: &'a [u8],
@@ -735,17 +779,55 @@ impl<'a> Cur<'a> {
                 let w = u64::from_le_bytes(arr);
                 let stop = !w & 0x8080_8080_8080_8080;
                 if stop != 0 {
-                    let len = (stop.trailing_zeros() / 8 + 1) as usize;
-                    let mut x = w & (u64::MAX >> (64 - 8 * len)) & 0x7f7f_7f7f_7f7f_7f7f;
-                    x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
-                    x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
-                    x = ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff);
+                    let (x, len) = squeeze(w, stop);
                     self.pos += len;
                     return Ok(x);
                 }
             }
         }
         self.var_slow()
+    }
+
+    /// Reads a varint that is usually one byte long (a branch that predicts well
+    /// there, cheaper than the general decoding).
+    #[inline(always)]
+    fn var1(&mut self) -> Result<u64, Short> {
+        if let Some(&b) = self.b.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.var()
+    }
+
+    /// Reads a varint if `cond`; otherwise reads nothing and returns 0. The common
+    /// case has no branch on `cond`: the varint is decoded either way and the cursor
+    /// moves by its length or by nothing.
+    #[inline(always)]
+    fn var_if(&mut self, cond: bool) -> Result<u64, Short> {
+        if let Some(bytes) = self.b.get(self.pos..self.pos + 8) {
+            if let Ok(arr) = <[u8; 8]>::try_from(bytes) {
+                let w = u64::from_le_bytes(arr);
+                let stop = !w & 0x8080_8080_8080_8080;
+                if stop != 0 {
+                    let (x, len) = squeeze(w, stop);
+                    let mask = u64::from(cond).wrapping_neg();
+                    self.pos += len & mask as usize;
+                    return Ok(x & mask);
+                }
+            }
+        }
+        self.var_if_slow(cond)
+    }
+
+    #[inline(never)]
+    fn var_if_slow(&mut self, cond: bool) -> Result<u64, Short> {
+        if cond {
+            self.var_slow()
+        } else {
+            Ok(0)
+        }
     }
 
     /// Byte-at-a-time varint decoding, for the end of a stream and for long varints.
@@ -788,7 +870,66 @@ pub(crate) fn decode_payload(
     count: u32,
     out: &mut Vec<Record>,
 ) -> Result<(), DecodeError> {
-    decode_payload_with(raw, count, out)
+    decode_payload_with(raw, count, &mut VecSink { out, n: 0 })
+}
+
+/// Appends records to a vector by writing them straight into its spare capacity.
+/// (`Vec::push` is not inlined into the decoder, so each record would be built on the
+/// stack and copied, a store-forwarding stall per record.)
+struct VecSink<'a> {
+    out: &'a mut Vec<Record>,
+    /// Records written after `out.len()`, not yet counted in it.
+    n: usize,
+}
+
+impl VecSink<'_> {
+    /// Counts the written records in the vector's length.
+    #[inline(always)]
+    fn commit(&mut self) {
+        let len = self.out.len() + self.n;
+        debug_assert!(len <= self.out.capacity());
+        // SAFETY: the `n` slots after `out.len()` are within the capacity and were
+        // initialised by `push`, in order, and nothing else touched the vector since.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.out.set_len(len);
+        }
+        self.n = 0;
+    }
+}
+
+impl Drop for VecSink<'_> {
+    fn drop(&mut self) {
+        self.commit();
+    }
+}
+
+impl Sink for VecSink<'_> {
+    #[inline(always)]
+    fn reserve(&mut self, n: usize) {
+        self.commit();
+        self.out.reserve(n);
+    }
+
+    #[inline(always)]
+    fn push(&mut self, rec: Record) {
+        self.push_with(|| rec);
+    }
+
+    #[inline(always)]
+    fn push_with(&mut self, f: impl FnOnce() -> Record) {
+        let n = self.n;
+        match self.out.spare_capacity_mut().get_mut(n) {
+            Some(slot) => {
+                slot.write(f());
+                self.n = n + 1;
+            }
+            None => {
+                self.commit();
+                self.out.push(f());
+            }
+        }
+    }
 }
 
 /// Where decoded records go.
@@ -797,17 +938,10 @@ pub(crate) trait Sink {
     fn reserve(&mut self, n: usize);
     /// Takes the next record.
     fn push(&mut self, rec: Record);
-}
-
-impl Sink for Vec<Record> {
+    /// Takes the next record, built by `f` (so it can be built in place).
     #[inline(always)]
-    fn reserve(&mut self, n: usize) {
-        Vec::reserve(self, n);
-    }
-
-    #[inline(always)]
-    fn push(&mut self, rec: Record) {
-        Vec::push(self, rec);
+    fn push_with(&mut self, f: impl FnOnce() -> Record) {
+        self.push(f());
     }
 }
 
@@ -889,8 +1023,7 @@ pub(crate) fn decode_payload_with(
     sink.reserve(count as usize);
     let mut m = Model::new();
     for i in 0..count {
-        let rec = decode_one(&mut m, &mut cur).map_err(|Short(what)| err(i, what))?;
-        sink.push(rec);
+        decode_one(&mut m, &mut cur, sink).map_err(|Short(what)| err(i, what))?;
     }
     for c in &cur {
         if c.pos != c.b.len() {
@@ -911,23 +1044,42 @@ pub(crate) fn decode_payload_with(
 fn decode_func(b: u8) -> Result<AllocFn, Short> {
     match AllocFn::ALL.get(b as usize) {
         Some(&f) => Ok(f),
-        None => Err(Short(format!("unknown allocator function {b}"))),
+        None => Err(bad_func(b)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_func(b: u8) -> Short {
+    Short(format!("unknown allocator function {b}"))
+}
+
+#[cold]
+#[inline(never)]
+fn fail(what: &str) -> Short {
+    Short(what.into())
+}
+
+#[cold]
+#[inline(never)]
+fn out_of_range(what: &str, v: u64) -> Short {
+    Short(format!("{what} {v} out of range"))
 }
 
 #[inline(always)]
 fn decode_ts(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<u64, Short> {
     let lo = cur[S_TS_LO].byte()?;
-    let hi = cur[S_TS_HI].var()?;
+    let hi = cur[S_TS_HI].var1()?;
     m.ts = undelta(m.ts, hi << 8 | u64::from(lo));
     Ok(m.ts)
 }
 
+/// The thread: a delta in the thread stream when `F_TID` is set (rarely: a branch).
 #[inline(always)]
 fn decode_tid(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<u32, Short> {
     if tag & F_TID != 0 {
-        let tid = undelta(u64::from(m.tid), cur[S_TID].var()?);
-        m.tid = u32::try_from(tid).map_err(|_| Short(format!("thread id {tid} out of range")))?;
+        let tid = undelta(u64::from(m.tid), cur[S_TID].var1()?);
+        m.tid = u32::try_from(tid).map_err(|_| out_of_range("thread id", tid))?;
     }
     Ok(m.tid)
 }
@@ -935,11 +1087,12 @@ fn decode_tid(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<u3
 #[inline(always)]
 fn decode_stack(cur: &mut [Cur<'_>; STREAMS]) -> Result<StackId, Short> {
     let stack = cur[S_STACK].var()?;
-    StackId::try_from(stack).map_err(|_| Short(format!("stack id {stack} out of range")))
+    StackId::try_from(stack).map_err(|_| out_of_range("stack id", stack))
 }
 
 /// Decodes the function and (with `with_size`) the size of an event at `stack`, and
-/// updates the stack's slot.
+/// updates the stack's slot. Stored and predicted fields are selected without
+/// branches.
 #[inline(always)]
 fn decode_func_size(
     m: &mut Model,
@@ -948,27 +1101,35 @@ fn decode_func_size(
     stack: StackId,
     with_size: bool,
 ) -> Result<(AllocFn, u64), Short> {
-    let slot = *m.slot(stack);
-    let hit = slot.key == u64::from(stack) + 1;
-    let func = if tag & F_FUNC != 0 {
-        cur[S_FUNC].byte()?
-    } else if hit {
-        slot.func
-    } else {
-        return Err(Short("function predicted from an unseen stack".into()));
+    let key = u64::from(stack) + 1;
+    let slot = m.slot(stack);
+    let old = *slot;
+    let hit = old.key == key;
+    let f_func = tag & F_FUNC != 0;
+    let f_size = with_size & (tag & F_SIZE != 0);
+    let stored_func = if f_func { cur[S_FUNC].byte()? } else { 0 };
+    // Whether the size is stored is not predictable (about 2 in 3 here): no branch.
+    let stored_size = cur[S_SIZE].var_if(f_size)?;
+    if !hit & (!f_func | (with_size & !f_size)) {
+        return Err(fail(if f_func {
+            "size predicted from an unseen stack"
+        } else {
+            "function predicted from an unseen stack"
+        }));
+    }
+    let func = decode_func(sel(f_func, stored_func.into(), old.func.into()) as u8)?;
+    // Without a size (a free), a hit keeps the slot's size and a miss clears it.
+    let size = sel(
+        f_size,
+        stored_size,
+        old.size & u64::from(hit).wrapping_neg(),
+    );
+    *slot = Slot {
+        key,
+        size,
+        free_key: old.free_key & u64::from(hit).wrapping_neg(),
+        func: func as u8,
     };
-    let func = decode_func(func)?;
-    let size = if !with_size {
-        m.learn(stack, func, None);
-        return Ok((func, 0));
-    } else if tag & F_SIZE != 0 {
-        cur[S_SIZE].var()?
-    } else if hit {
-        slot.size
-    } else {
-        return Err(Short("size predicted from an unseen stack".into()));
-    };
-    m.learn(stack, func, Some(size));
     Ok((func, size))
 }
 
@@ -979,123 +1140,193 @@ fn decode_released(
     cur: &mut [Cur<'_>; STREAMS],
     mode: u8,
 ) -> Result<(u64, Option<Live>), Short> {
-    match mode {
-        A_ZERO => Ok((0, None)),
-        R_LIVE => {
-            let d = cur[S_LIVE].var()?;
-            match m.take_live(d) {
-                Some(b) => Ok((b.addr, Some(b))),
-                None => Err(Short(format!(
-                    "release names live block {d} back, only {} can be named",
-                    m.live.len().min(LIVE_WINDOW as usize)
-                ))),
-            }
+    if mode == R_LIVE {
+        let v = cur[S_LIVE].var1()?;
+        match m.take_live(v) {
+            Some(b) => Ok((b.addr, Some(b))),
+            None => Err(bad_live(m, v)),
         }
-        R_DELTA => Ok((undelta(m.addr, cur[S_LIVE].var()?), None)),
-        _ => Err(Short("bump address mode on a release".into())),
+    } else if mode == R_DELTA {
+        Ok((undelta(m.addr, cur[S_LIVE].var()?), None))
+    } else if mode == A_ZERO {
+        Ok((0, None))
+    } else {
+        Err(fail("bump address mode on a release"))
     }
 }
 
+#[cold]
+#[inline(never)]
+fn bad_live(m: &Model, d: u64) -> Short {
+    Short(format!(
+        "release names live block {d} back, only {} can be named",
+        m.live.len().min(LIVE_WINDOW as usize)
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn bad_bin(d: u64) -> Short {
+    Short(format!(
+        "allocation names bin entry {d}, which does not exist"
+    ))
+}
+
+/// Decodes an allocation (kinds 2 and 3). The address modes are selected without
+/// branches: whether an allocation is fresh, reused or elsewhere is not predictable.
 #[inline(always)]
-fn decode_one(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Short> {
-    let tag = cur[S_TAG].byte()?;
+fn decode_alloc(
+    m: &mut Model,
+    cur: &mut [Cur<'_>; STREAMS],
+    tag: u8,
+    sink: &mut impl Sink,
+) -> Result<(), Short> {
     let mode = tag >> A_SHIFT;
+    let ts = decode_ts(m, cur)?;
+    let tid = decode_tid(m, cur, tag)?;
+    let stack = decode_stack(cur)?;
+    let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
+    let align = if tag & KIND_MASK == K_ALIGNED {
+        cur[S_SIZE].var()?
+    } else {
+        0
+    };
+    // Most allocations reuse a freed block (BIN): plain branches predict well.
+    let bump = m.bump;
+    let address = match mode {
+        A_BIN => {
+            let depth = cur[S_BIN].var1()?;
+            match m.bins[bin_of(size)].take(depth) {
+                Some(a) => a,
+                None => return Err(bad_bin(depth)),
+            }
+        }
+        A_DELTA => undelta(bump, cur[S_ADDR].var()?),
+        A_BUMP => bump,
+        _ => 0,
+    };
+    let nonzero = address != 0;
+    if nonzero {
+        m.push_live(address, size, stack);
+    }
+    m.addr = sel(nonzero, address, m.addr);
+    let moves_bump = nonzero & (mode & 1 == 0) & (size < BUMP_MAX_SIZE);
+    m.bump = sel(moves_bump, address.wrapping_add(bump_step(size)), bump);
+    sink.push_with(|| Record::Alloc {
+        ts,
+        tid,
+        func,
+        address,
+        size,
+        align,
+        stack,
+    });
+    Ok(())
+}
+
+#[inline(always)]
+fn decode_free(
+    m: &mut Model,
+    cur: &mut [Cur<'_>; STREAMS],
+    tag: u8,
+    sink: &mut impl Sink,
+) -> Result<(), Short> {
+    let ts = decode_ts(m, cur)?;
+    let tid = decode_tid(m, cur, tag)?;
+    let (address, block) = decode_released(m, cur, tag >> A_SHIFT)?;
+    let f_stack = tag & F_STACK != 0;
+    let stored = if f_stack { cur[S_STACK].var()? } else { 0 };
+    let (predicted, ok) = match block {
+        Some(b) => {
+            let s = m.table[b.stack as usize & (TABLE - 1)];
+            (
+                s.free_key.wrapping_sub(1),
+                s.key == u64::from(b.stack) + 1 && s.free_key != 0,
+            )
+        }
+        None => (0, false),
+    };
+    if !f_stack & !ok {
+        return Err(fail("free stack predicted without a basis"));
+    }
+    let stack = sel(f_stack, stored, predicted);
+    let stack = StackId::try_from(stack).map_err(|_| out_of_range("stack id", stack))?;
+    let (func, _) = decode_func_size(m, cur, tag, stack, false)?;
+    m.addr = sel(address != 0, address, m.addr);
+    if let Some(b) = block {
+        m.bins[b.bin as usize].push(address);
+        let s = m.slot(b.stack);
+        s.free_key = sel(
+            s.key == u64::from(b.stack) + 1,
+            u64::from(stack) + 1,
+            s.free_key,
+        );
+    }
+    sink.push_with(|| Record::Free {
+        ts,
+        tid,
+        func,
+        address,
+        stack,
+    });
+    Ok(())
+}
+
+#[inline(never)]
+fn decode_realloc(
+    m: &mut Model,
+    cur: &mut [Cur<'_>; STREAMS],
+    tag: u8,
+    sink: &mut impl Sink,
+) -> Result<(), Short> {
+    let ts = decode_ts(m, cur)?;
+    let tid = decode_tid(m, cur, tag)?;
+    let stack = decode_stack(cur)?;
+    let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
+    let (old_address, block) = decode_released(m, cur, tag >> A_SHIFT)?;
+    let new_address = undelta(old_address, cur[S_ADDR].var()?);
+    if let Some(b) = block {
+        if new_address != old_address {
+            m.bins[b.bin as usize].push(old_address);
+        }
+    }
+    if new_address != 0 {
+        m.push_live(new_address, size, stack);
+        m.addr = new_address;
+    } else if old_address != 0 {
+        m.addr = old_address;
+    }
+    sink.push_with(|| Record::Realloc {
+        ts,
+        tid,
+        func,
+        old_address,
+        new_address,
+        size,
+        stack,
+    });
+    Ok(())
+}
+
+#[inline(always)]
+fn decode_one(
+    m: &mut Model,
+    cur: &mut [Cur<'_>; STREAMS],
+    sink: &mut impl Sink,
+) -> Result<(), Short> {
+    let tag = cur[S_TAG].byte()?;
     match tag & KIND_MASK {
-        k @ (K_ALLOC | K_ALIGNED) => {
-            let ts = decode_ts(m, cur)?;
-            let tid = decode_tid(m, cur, tag)?;
-            let stack = decode_stack(cur)?;
-            let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
-            let align = if k == K_ALIGNED {
-                cur[S_SIZE].var()?
-            } else {
-                0
-            };
-            let address = match mode {
-                A_ZERO => 0,
-                A_BUMP => m.bump,
-                A_BIN => {
-                    let d = cur[S_BIN].var()?;
-                    match m.bins[bin_of(size)].take(d) {
-                        Some(a) => a,
-                        None => {
-                            return Err(Short(format!(
-                                "allocation names bin entry {d}, which does not exist"
-                            )))
-                        }
-                    }
-                }
-                _ => undelta(m.bump, cur[S_ADDR].var()?),
-            };
-            m.after_alloc(address, size, stack, mode);
-            Ok(Record::Alloc {
-                ts,
-                tid,
-                func,
-                address,
-                size,
-                align,
-                stack,
-            })
+        K_ALLOC | K_ALIGNED => decode_alloc(m, cur, tag, sink),
+        K_FREE => decode_free(m, cur, tag, sink),
+        K_REALLOC => decode_realloc(m, cur, tag, sink),
+        K_NODE => {
+            sink.push(decode_node(m, cur, tag)?);
+            Ok(())
         }
-        K_FREE => {
-            let ts = decode_ts(m, cur)?;
-            let tid = decode_tid(m, cur, tag)?;
-            let (address, block) = decode_released(m, cur, mode)?;
-            let stack = if tag & F_STACK != 0 {
-                decode_stack(cur)?
-            } else {
-                match block.and_then(|b| m.predicted_free_stack(b.stack)) {
-                    Some(s) => s,
-                    None => return Err(Short("free stack predicted without a basis".into())),
-                }
-            };
-            let (func, _) = decode_func_size(m, cur, tag, stack, false)?;
-            if address != 0 {
-                m.addr = address;
-            }
-            if let Some(b) = block {
-                m.bins[bin_of(b.size)].push(address);
-                m.learn_free_stack(b.stack, stack);
-            }
-            Ok(Record::Free {
-                ts,
-                tid,
-                func,
-                address,
-                stack,
-            })
+        K_OTHER => {
+            sink.push(decode_other(m, cur)?);
+            Ok(())
         }
-        K_REALLOC => {
-            let ts = decode_ts(m, cur)?;
-            let tid = decode_tid(m, cur, tag)?;
-            let stack = decode_stack(cur)?;
-            let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
-            let (old_address, block) = decode_released(m, cur, mode)?;
-            let new_address = undelta(old_address, cur[S_ADDR].var()?);
-            if let Some(b) = block {
-                if new_address != old_address {
-                    m.bins[bin_of(b.size)].push(old_address);
-                }
-            }
-            if new_address != 0 {
-                m.push_live(new_address, size, stack);
-                m.addr = new_address;
-            } else if old_address != 0 {
-                m.addr = old_address;
-            }
-            Ok(Record::Realloc {
-                ts,
-                tid,
-                func,
-                old_address,
-                new_address,
-                size,
-                stack,
-            })
-        }
-        K_NODE => decode_node(m, cur, tag),
-        K_OTHER => decode_other(m, cur),
         k => Err(unknown_kind(k)),
     }
 }
