@@ -98,6 +98,10 @@ struct AnalyzeArgs {
     /// Number of entries per ranked section.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// Group call sites by their innermost N frames in every per-site section (0: one
+    /// site per distinct stack).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    call_site_depth: usize,
     /// Extra directory of separate debug files (searched before /usr/lib/debug);
     /// repeatable.
     #[arg(long = "debug-dir", value_name = "DIR")]
@@ -123,9 +127,45 @@ struct AnalyzeArgs {
 struct FlamegraphArgs {
     /// The trace.
     trace: PathBuf,
-    /// SVG file to write.
+    /// File to write (SVG, or folded stacks with --folded) [default: heaptape.svg;
+    /// with --folded: standard output].
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// What widths measure: bytes live at exit (leaked), bytes allocated, allocation
+    /// calls, bytes live at the heap peak, or temporary allocations.
+    #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
+    metric: MetricArg,
+    /// Write folded stacks (`outer;...;inner value` lines) instead of an SVG.
+    #[arg(long)]
+    folded: bool,
+    /// Group stacks by their innermost N frames (0: whole stacks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    call_site_depth: usize,
+    /// Show raw addresses (module+offset) instead of function names.
+    #[arg(long)]
+    no_symbols: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MetricArg {
+    Leaked,
+    AllocatedBytes,
+    Allocations,
+    Peak,
+    Temporary,
+}
+
+impl MetricArg {
+    fn metric(self) -> heaptape_analyzer::flamegraph::Metric {
+        use heaptape_analyzer::flamegraph::Metric;
+        match self {
+            MetricArg::Leaked => Metric::Leaked,
+            MetricArg::AllocatedBytes => Metric::AllocatedBytes,
+            MetricArg::Allocations => Metric::Allocations,
+            MetricArg::Peak => Metric::Peak,
+            MetricArg::Temporary => Metric::Temporary,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -134,6 +174,26 @@ struct DiffArgs {
     old: PathBuf,
     /// Trace of the new version.
     new: PathBuf,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Number of call sites listed.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Match call sites by their innermost N symbolized frames.
+    #[arg(long, value_name = "N", default_value_t = heaptape_analyzer::diff::DEFAULT_DEPTH)]
+    call_site_depth: usize,
+    /// Also write a differential flamegraph (SVG): widths from NEW, red where NEW grew.
+    #[arg(long, value_name = "SVG")]
+    flamegraph: Option<PathBuf>,
+    /// What the differential flamegraph measures.
+    #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
+    metric: MetricArg,
+    /// Exit with status 1 if NEW regressed: `leaked_bytes>+1KiB` (an increase),
+    /// `peak_bytes>64MiB` (NEW's total); metrics leaked_bytes, allocated_bytes,
+    /// allocations, peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
+    #[arg(long = "fail-if", value_name = "CONDITION", value_parser = heaptape_analyzer::diff::Condition::parse)]
+    fail_if: Vec<heaptape_analyzer::diff::Condition>,
 }
 
 fn main() -> ExitCode {
@@ -141,8 +201,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Record(args) => record(args),
         Command::Analyze(args) => analyze(args),
-        Command::Flamegraph(_) => not_landed("flamegraph"),
-        Command::Diff(_) => not_landed("diff"),
+        Command::Flamegraph(args) => flamegraph(args),
+        Command::Diff(args) => diff(args),
         Command::Dump(args) => dump(args),
     }
 }
@@ -178,11 +238,6 @@ fn dump(args: DumpArgs) -> ExitCode {
         eprintln!("heaptape: warning: {t}");
     }
     ExitCode::SUCCESS
-}
-
-fn not_landed(what: &str) -> ExitCode {
-    eprintln!("heaptape: `{what}` is not available in this version yet");
-    ExitCode::from(2)
 }
 
 /// Parses `30s`, `2m`, `500ms`, `1h` or plain seconds.
@@ -253,6 +308,7 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
         sysroot: args.sysroot,
         fail_on: args.fail_on.unwrap_or_default(),
         leak_heuristics: args.leak_check_heuristics,
+        call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
         ..Default::default()
     };
     let analysis = match heaptape_analyzer::analyze(&args.trace, &opts) {
@@ -293,5 +349,117 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
             eprintln!("heaptape: cannot write report: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Analyzes `path` for `flamegraph`/`diff`, printing warnings; `None` (after printing
+/// the error) when the trace cannot be read.
+fn load(
+    path: &std::path::Path,
+    opts: &heaptape_analyzer::AnalyzeOptions,
+) -> Option<heaptape_analyzer::Analysis> {
+    match heaptape_analyzer::analyze(path, opts) {
+        Ok(a) => {
+            for warning in a.warnings() {
+                eprintln!("heaptape: warning: {}: {warning}", path.display());
+            }
+            Some(a)
+        }
+        Err(e) => {
+            eprintln!("heaptape: {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn flamegraph(args: FlamegraphArgs) -> ExitCode {
+    use heaptape_analyzer::flamegraph as fg;
+    let opts = heaptape_analyzer::AnalyzeOptions {
+        symbolize: !args.no_symbols,
+        call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
+        ..Default::default()
+    };
+    let Some(analysis) = load(&args.trace, &opts) else {
+        return ExitCode::from(1);
+    };
+    let metric = args.metric.metric();
+    let lines = fg::folded(&analysis, metric, analysis.symbolizer());
+    let res = match (&args.output, args.folded) {
+        (None, true) => {
+            let mut out = std::io::stdout().lock();
+            fg::write_folded(&lines, &mut out)
+        }
+        (path, folded) => {
+            let path = path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("heaptape.svg"));
+            let r = fg::write_atomically(&path, |w| {
+                if folded {
+                    fg::write_folded(&lines, w)
+                } else {
+                    fg::write_svg(&lines, metric.title(), metric.unit(), w)
+                }
+            });
+            if r.is_ok() {
+                eprintln!("heaptape: wrote {}", path.display());
+            }
+            r.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heaptape: cannot write the flamegraph: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn diff(args: DiffArgs) -> ExitCode {
+    use heaptape_analyzer::{diff as d, flamegraph as fg};
+    let opts = heaptape_analyzer::AnalyzeOptions::default();
+    let (Some(old), Some(new)) = (load(&args.old, &opts), load(&args.new, &opts)) else {
+        return ExitCode::from(1);
+    };
+    let result = d::diff(&old, &new, args.call_site_depth);
+    let failures: Vec<String> = args
+        .fail_if
+        .iter()
+        .filter_map(|c| c.check(&result))
+        .collect();
+    if let Some(path) = &args.flamegraph {
+        let metric = args.metric.metric();
+        let old_lines = fg::folded(&old, metric, old.symbolizer());
+        let new_lines = fg::folded(&new, metric, new.symbolizer());
+        let title = format!("Change from old to new: {}", metric.title());
+        if let Err(e) = fg::write_atomically(path, |w| {
+            fg::write_diff_svg(&old_lines, &new_lines, &title, metric.unit(), w)
+        }) {
+            eprintln!("heaptape: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let res = if args.json {
+        serde_json::to_writer_pretty(&mut out, &d::to_json(&result, &failures))
+            .map_err(std::io::Error::from)
+            .and_then(|_| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        d::render_text(&result, args.top, &mut out)
+    };
+    if let Err(e) = res {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("heaptape: cannot write report: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    for f in &failures {
+        eprintln!("heaptape: regression: {f}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

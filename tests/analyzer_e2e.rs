@@ -1,0 +1,434 @@
+//! End-to-end checks of the analyzer's growth, peak, temporary, flamegraph and diff
+//! features: a C program is compiled, recorded with the real CLI, and the reports are
+//! checked against figures the program's source fixes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
+
+/// Iterations of the fixture's main loop.
+const N: u64 = 200;
+
+/// A growing cache (freed only at exit), steady churn over a ring of 8 blocks (never
+/// freed: 4,096 bytes leaked), one temporary allocation per iteration, two plain leaks
+/// of 3,000 and 1,000 bytes, and, when built with `-DV2=1`, a third leak of 2,048 bytes
+/// (the call is on a line of its own in both builds so that no line moves).
+const GROWTH_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef V2
+#define V2 0
+#endif
+
+static void **cache;
+static int ncache;
+static void *ring[8];
+
+__attribute__((noinline)) void cache_insert(void) {
+    void *p = malloc(1000);
+    memset(p, 1, 1000);
+    cache[ncache++] = p;
+}
+
+__attribute__((noinline)) void churn(void) {
+    char *p = malloc(4096);
+    memset(p, 2, 4096);
+    free(p);
+}
+
+__attribute__((noinline)) void ring_alloc(int i) {
+    free(ring[i % 8]);
+    ring[i % 8] = malloc(512);
+    memset(ring[i % 8], 3, 512);
+}
+
+__attribute__((noinline)) void *leak_a(void) { return malloc(3000); }
+__attribute__((noinline)) void *leak_b(void) { return malloc(1000); }
+__attribute__((noinline)) void *leak_c(void) { return malloc(2048); }
+
+void *volatile sink;
+
+int main(void) {
+    int n = 200;
+    struct timespec ms = {0, 1000000};
+    cache = malloc(n * sizeof(void *));
+    sink = leak_a();
+    sink = leak_b();
+    if (V2) sink = leak_c();
+    for (int i = 0; i < n; i++) {
+        cache_insert();
+        churn();
+        ring_alloc(i);
+        nanosleep(&ms, NULL);
+    }
+    for (int i = 0; i < n; i++)
+        free(cache[i]);
+    free(cache);
+    return 0;
+}
+"#;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("heaptape-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles the fixture into `dir/<sub>/growth` (the source is `dir/<sub>/growth.c`, so
+/// both builds carry the same file name).
+fn build(dir: &Path, sub: &str, v2: bool) -> PathBuf {
+    let d = dir.join(sub);
+    std::fs::create_dir_all(&d).unwrap();
+    let src = d.join("growth.c");
+    std::fs::write(&src, GROWTH_C).unwrap();
+    let exe = d.join("growth");
+    let mut cc = Command::new("cc");
+    cc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src);
+    if v2 {
+        cc.arg("-DV2=1");
+    }
+    let out = cc.output().expect("cc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn heaptape(args: &[&str]) -> Output {
+    Command::new(HEAPTAPE)
+        .args(args)
+        .output()
+        .expect("heaptape runs")
+}
+
+fn record(exe: &Path, trace: &Path) {
+    let out = heaptape(&[
+        "record",
+        "-o",
+        trace.to_str().unwrap(),
+        "--",
+        exe.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn analyze_json(trace: &Path) -> Value {
+    let out = heaptape(&["analyze", "--json", "--top", "50", trace.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The innermost function of a JSON stack.
+fn innermost(stack: &Value) -> String {
+    stack
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|f| f["function"].as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn recorded(name: &str) -> (Dir, PathBuf, PathBuf) {
+    let dir = Dir::new(name);
+    let exe = build(&dir.0, "v1", false);
+    let trace = dir.0.join("v1.trace");
+    record(&exe, &trace);
+    (dir, exe, trace)
+}
+
+#[test]
+fn growth_peak_and_temporary_allocations() {
+    let (_dir, _exe, trace) = recorded("growth");
+    let v = analyze_json(&trace);
+    let p = &v["processes"][0];
+    let t = &p["totals"];
+    // main's table, the cache, the churn, the ring and two leaks.
+    assert_eq!(t["allocations"], 1 + 3 * N + 2);
+    assert_eq!(t["temporary_allocations"], N);
+    assert_eq!(t["live_at_exit_bytes"], 8 * 512 + 3000 + 1000);
+    // The peak: the last churn block, with the cache full.
+    let peak = N * 1000 + N * 8 + 8 * 512 + 4096 + 4000;
+    assert_eq!(t["peak_live_bytes"], peak);
+    assert_eq!(t["peak_live_blocks"], N + 1 + 8 + 1 + 2);
+    let (start, end) = (
+        p["start_ns"].as_u64().unwrap(),
+        p["end_ns"].as_u64().unwrap(),
+    );
+    let at = t["peak_live_ns"].as_u64().unwrap();
+    assert!(
+        at >= start + (end - start) * 9 / 10,
+        "peak at {at}, lifetime {start}..{end}"
+    );
+    let rate = t["allocation_rate_per_sec"].as_f64().unwrap();
+    let expected = (1 + 3 * N + 2) as f64 * 1e9 / (end - start) as f64;
+    assert!(
+        (rate - expected).abs() < 1e-6 * expected,
+        "{rate} vs {expected}"
+    );
+    let at_peak = &p["sites_at_peak"][0];
+    assert_eq!(innermost(&at_peak["stack"]), "cache_insert");
+    assert_eq!(at_peak["peak_bytes"], N * 1000);
+    assert_eq!(at_peak["peak_blocks"], N);
+
+    // Growth: the cache is the top suspect (freed only at the end), the ring is not.
+    let growth = p["growth"].as_array().unwrap();
+    let top = &growth[0];
+    assert_eq!(innermost(&top["stack"]), "cache_insert");
+    assert_eq!(top["suspect"], true);
+    assert_eq!(top["teardown_excluded"], true);
+    assert_eq!(top["live_bytes_end"], 0);
+    assert_eq!(top["peak_live_bytes"], N * 1000);
+    assert!(top["r2"].as_f64().unwrap() > 0.95, "{top}");
+    assert!(top["monotonicity"].as_f64().unwrap() > 0.95, "{top}");
+    let slope = top["slope_bytes_per_sec"].as_f64().unwrap();
+    // 1,000 bytes per iteration of at least 1 ms: at most 1 MB/s.
+    assert!(slope > 1e4 && slope < 1.05e6, "slope {slope}");
+    let series = top["series"].as_array().unwrap();
+    assert!(
+        series.len() >= 64 && series.len() <= 128,
+        "{}",
+        series.len()
+    );
+    for name in ["ring_alloc", "churn", "leak_a", "leak_b", "main"] {
+        let g = growth
+            .iter()
+            .find(|g| innermost(&g["stack"]) == name)
+            .unwrap_or_else(|| panic!("{name} in growth"));
+        assert_eq!(g["suspect"], false, "{name}: {g}");
+        assert!(
+            g["score"].as_f64().unwrap() < top["score"].as_f64().unwrap() / 10.0,
+            "{name}: {g}"
+        );
+    }
+    let ring = growth
+        .iter()
+        .find(|g| innermost(&g["stack"]) == "ring_alloc")
+        .unwrap();
+    assert_eq!(ring["peak_live_bytes"], 8 * 512);
+    assert_eq!(ring["live_bytes_end"], 8 * 512);
+
+    // The text report shows the suspect with a sparkline.
+    let out = heaptape(&["analyze", trace.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("growing call sites (leak suspects"), "{text}");
+    assert!(text.contains("cache_insert"), "{text}");
+    assert!(text.contains('█'), "{text}");
+}
+
+#[test]
+fn call_site_depth_groups_stacks() {
+    let (_dir, _exe, trace) = recorded("depth");
+    // With one frame, ring_alloc's malloc is one site whatever called it.
+    let out = heaptape(&[
+        "analyze",
+        "--json",
+        "--top",
+        "50",
+        "--call-site-depth",
+        "1",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["processes"][0];
+    assert_eq!(p["call_site_depth"], 1);
+    for s in p["sites_live_at_exit"].as_array().unwrap() {
+        assert_eq!(s["frames"].as_array().unwrap().len(), 1, "{s}");
+    }
+}
+
+/// Parses an SVG with python3's XML parser; returns, per frame name, the summed
+/// `fg:w` widths of its rectangles' groups and the title texts.
+fn svg_frames(svg: &Path) -> Value {
+    let script = r#"
+import sys, json, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+ns = {'svg': 'http://www.w3.org/2000/svg'}
+out = {}
+for g in root.iter('{http://www.w3.org/2000/svg}g'):
+    t = g.find('svg:title', ns)
+    r = g.find('svg:rect', ns)
+    if t is None or r is None:
+        continue
+    w = r.get('{http://github.com/jonhoo/inferno}w')
+    name = t.text.split(' (')[0]
+    out[name] = out.get(name, 0) + int(w)
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(svg)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "SVG does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn flamegraphs_of_leaked_and_allocated_bytes() {
+    let (dir, _exe, trace) = recorded("flame");
+    let svg = dir.0.join("leaked.svg");
+    let out = heaptape(&[
+        "flamegraph",
+        trace.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("Bytes still allocated at exit (leaked), by call stack"));
+    let w = svg_frames(&svg);
+    assert_eq!(w["leak_a"], 3000, "{w}");
+    assert_eq!(w["leak_b"], 1000, "{w}");
+    assert_eq!(w["ring_alloc"], 8 * 512, "{w}");
+    assert_eq!(w["main"], 3000 + 1000 + 8 * 512, "{w}");
+    assert!(w.get("cache_insert").is_none(), "{w}");
+
+    // Folded stacks, outermost first.
+    let out = heaptape(&[
+        "flamegraph",
+        "--folded",
+        "--metric",
+        "allocated-bytes",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let folded = String::from_utf8_lossy(&out.stdout);
+    let line = folded
+        .lines()
+        .find(|l| l.contains("cache_insert"))
+        .unwrap_or_else(|| panic!("{folded}"));
+    assert!(
+        line.ends_with(&format!(";main;cache_insert {}", N * 1000)),
+        "{line}"
+    );
+    let temp = heaptape(&[
+        "flamegraph",
+        "--folded",
+        "--metric",
+        "temporary",
+        trace.to_str().unwrap(),
+    ]);
+    let temp = String::from_utf8_lossy(&temp.stdout);
+    assert_eq!(temp.lines().count(), 1, "{temp}");
+    assert!(
+        temp.trim_end().ends_with(&format!(";main;churn {N}")),
+        "{temp}"
+    );
+
+    // An unreadable trace: a clear message, a non-zero exit, no output file.
+    let bad = dir.0.join("bad.trace");
+    std::fs::write(&bad, b"not a trace").unwrap();
+    let svg2 = dir.0.join("bad.svg");
+    let out = heaptape(&[
+        "flamegraph",
+        bad.to_str().unwrap(),
+        "-o",
+        svg2.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.trace"));
+    assert!(!svg2.exists());
+}
+
+#[test]
+fn diff_reports_the_new_leak_and_fails_on_it() {
+    let dir = Dir::new("diff");
+    let v1 = build(&dir.0, "v1", false);
+    let v2 = build(&dir.0, "v2", true);
+    let (t1, t1b, t2) = (
+        dir.0.join("a.trace"),
+        dir.0.join("b.trace"),
+        dir.0.join("c.trace"),
+    );
+    record(&v1, &t1);
+    record(&v1, &t1b);
+    record(&v2, &t2);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    let svg = dir.0.join("diff.svg");
+    let out = heaptape(&[
+        "diff",
+        "--json",
+        &s(&t1),
+        &s(&t2),
+        "--flamegraph",
+        &s(&svg),
+        "--fail-if",
+        "leaked_bytes>+1KiB",
+        "--fail-if",
+        "allocations>+5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("leaked_bytes>+1KiB"), "{stderr}");
+    assert!(!stderr.contains("allocations>+5"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["totals"]["delta"]["leaked_bytes"], 2048);
+    assert_eq!(v["totals"]["delta"]["allocations"], 1);
+    assert_eq!(v["totals"]["delta"]["allocated_bytes"], 2048);
+    assert_eq!(v["new_sites"], 1);
+    assert_eq!(v["vanished_sites"], 0);
+    assert_eq!(v["changed_sites"], 0, "{v}");
+    let sites = v["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 1, "{v}");
+    assert_eq!(sites[0]["status"], "new");
+    assert_eq!(innermost(&sites[0]["stack"]), "leak_c");
+    assert_eq!(sites[0]["delta"]["leaked_bytes"], 2048);
+    svg_frames(&svg);
+
+    // Two runs of one build: nothing changed, conditions hold.
+    let out = heaptape(&[
+        "diff",
+        &s(&t1),
+        &s(&t1b),
+        "--fail-if",
+        "leaked_bytes>+0",
+        "--fail-if",
+        "peak_bytes>+0",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("call sites: 0 new, 0 vanished, 0 changed"),
+        "{text}"
+    );
+}
