@@ -118,6 +118,20 @@ impl ChunkInfo {
     }
 }
 
+/// Per-thread decompression state, reused from chunk to chunk.
+#[derive(Default)]
+struct Scratch {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    buf: Vec<u8>,
+}
+
+/// Decompression buffers up to this size are kept for the next chunk.
+const SCRATCH_KEEP: usize = 8 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 /// A chunk as read from the file: verified framing, payload not yet decoded.
 /// Decoding is independent of every other chunk, so chunks can be decoded in parallel.
 #[derive(Clone, Debug)]
@@ -148,10 +162,11 @@ impl RawChunk {
     /// fresh one per chunk.
     pub fn decode_into(&self, out: &mut Vec<Record>) -> Result<(), ReadError> {
         let before = out.len();
-        let raw = self.uncompressed()?;
-        decode_payload(&raw, self.info.record_count, out).map_err(|e| {
-            out.truncate(before);
-            self.decode_error(e)
+        self.with_uncompressed(|raw| {
+            decode_payload(raw, self.info.record_count, out).map_err(|e| {
+                out.truncate(before);
+                self.decode_error(e)
+            })
         })
     }
 
@@ -159,29 +174,74 @@ impl RawChunk {
     /// them: the fastest way to consume a chunk. On error, `f` has seen the records
     /// before the damaged one; returns the number of records.
     pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<u32, ReadError> {
-        let raw = self.uncompressed()?;
-        let mut n = 0;
-        let mut sink = FnSink(|rec| {
-            n += 1;
-            f(rec)
-        });
-        decode_payload_with(&raw, self.info.record_count, &mut sink)
-            .map_err(|e| self.decode_error(e))?;
-        Ok(n)
+        self.with_uncompressed(|raw| {
+            let mut n = 0;
+            let mut sink = FnSink(|rec| {
+                n += 1;
+                f(rec)
+            });
+            decode_payload_with(raw, self.info.record_count, &mut sink)
+                .map_err(|e| self.decode_error(e))?;
+            Ok(n)
+        })
     }
 
-    /// The payload, decompressed if needed and checked against the header's length.
-    fn uncompressed(&self) -> Result<std::borrow::Cow<'_, [u8]>, ReadError> {
+    /// Calls `f` with the payload, decompressed if needed and checked against the
+    /// header's length. Decompression reuses this thread's zstd context and buffer
+    /// (a fresh 1 MiB buffer per chunk costs its page faults every time); a nested
+    /// call (from a `for_each_record` callback) uses fresh ones.
+    fn with_uncompressed<R>(
+        &self,
+        f: impl FnOnce(&[u8]) -> Result<R, ReadError>,
+    ) -> Result<R, ReadError> {
+        if self.info.flags & FLAG_ZSTD == 0 {
+            return f(self.check_len(&self.payload)?);
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let Scratch { zstd, buf } = &mut *scratch;
+                if zstd.is_none() {
+                    *zstd = zstd::bulk::Decompressor::new().ok();
+                }
+                buf.clear();
+                let r = match zstd {
+                    Some(z) => {
+                        buf.reserve(self.info.uncompressed_len as usize);
+                        z.decompress_to_buffer(&self.payload, buf)
+                            .map(drop)
+                            .map_err(|e| self.decompress_error(e))
+                    }
+                    None => {
+                        zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
+                            .map(|v| *buf = v)
+                            .map_err(|e| self.decompress_error(e))
+                    }
+                };
+                let r = r.and_then(|()| f(self.check_len(buf)?));
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+                r
+            }
+            Err(_) => {
+                let raw =
+                    zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
+                        .map_err(|e| self.decompress_error(e))?;
+                f(self.check_len(&raw)?)
+            }
+        })
+    }
+
+    fn decompress_error(&self, e: std::io::Error) -> ReadError {
+        ReadError::corrupt(
+            self.offset + CHUNK_HEADER_LEN as u64,
+            format!("chunk does not decompress: {e}"),
+        )
+    }
+
+    /// Checks a (decompressed) payload against the header's length.
+    fn check_len<'a>(&self, raw: &'a [u8]) -> Result<&'a [u8], ReadError> {
         let payload_offset = self.offset + CHUNK_HEADER_LEN as u64;
-        let raw: std::borrow::Cow<'_, [u8]> = if self.info.flags & FLAG_ZSTD != 0 {
-            zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
-                .map_err(|e| {
-                    ReadError::corrupt(payload_offset, format!("chunk does not decompress: {e}"))
-                })?
-                .into()
-        } else {
-            (&self.payload[..]).into()
-        };
         if raw.len() != self.info.uncompressed_len as usize {
             return Err(ReadError::corrupt(
                 payload_offset,
