@@ -35,11 +35,13 @@
 //! * Memcheck decides the heuristics by reading the block's memory during the scan.
 //!   The trace holds no raw memory, so the heuristics are an input: a
 //!   [`HeuristicSource`] says which heuristics accept an interior pointer at a given
-//!   offset of a given block. [`NoHeuristicData`] (nothing accepted) is the only
-//!   source available until the recorder records what they need; see
-//!   [`HeuristicMatches`] and [`header_heuristics`] for the two shapes that data can
-//!   take. Without it, blocks memcheck would call reachable via a heuristic come out
-//!   possibly lost.
+//!   offset of a given block. The recorder evaluates memcheck's conditions on the
+//!   memory and writes its verdicts (`SnapshotHeuristic` records) inside the snapshot;
+//!   the replay collects them into a [`HeuristicMatches`] table
+//!   ([`HeuristicSet::from_bits`] decodes them). A trace without verdicts classifies
+//!   as with no heuristic enabled: blocks memcheck would call reachable via a
+//!   heuristic come out possibly lost. [`header_heuristics`] computes the verdicts
+//!   from a block's header words; [`NoHeuristicData`] accepts nothing.
 //! * Which heuristic a reachable block is credited to: memcheck keeps the last
 //!   heuristic that matched while it scanned, which depends on scan order. Here a
 //!   still-reachable block is credited to a heuristic when no start pointer from a root
@@ -186,6 +188,18 @@ impl HeuristicSet {
     /// This set plus `h`.
     pub fn with(self, h: Heuristic) -> Self {
         HeuristicSet(self.0 | h.bit())
+    }
+
+    /// The set whose bits are `bits` in the recorder's encoding
+    /// ([`heaptape_format::Record::SnapshotHeuristic`]'s `matched`): 1 stdstring,
+    /// 2 length64, 4 newarray, 8 multipleinheritance. Other bits are ignored.
+    pub fn from_bits(bits: u8) -> Self {
+        HeuristicSet(bits & Self::ALL.0)
+    }
+
+    /// The set's bits in the recorder's encoding (see [`HeuristicSet::from_bits`]).
+    pub fn bits(self) -> u8 {
+        self.0
     }
 
     /// Whether `h` is in the set.

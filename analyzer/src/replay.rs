@@ -37,7 +37,7 @@ use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackI
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
 use crate::hash::{FastMap, FastSet};
 use crate::heap::{Block, Heap, ImageId};
-use crate::leaks::{HeuristicSet, LeakCheck, LiveBlock, NoHeuristicData, SnapshotGraph};
+use crate::leaks::{HeuristicMatches, HeuristicSet, LeakCheck, LiveBlock, SnapshotGraph};
 use crate::modules::ModuleMap;
 use crate::sites::SiteTable;
 use crate::stacks::StackTable;
@@ -357,6 +357,8 @@ pub struct Replay {
 struct PendingSnapshot {
     image: ImageId,
     graph: SnapshotGraph,
+    /// The recorder's heuristic verdicts (`SnapshotHeuristic` records).
+    heuristics: HeuristicMatches,
 }
 
 /// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
@@ -447,6 +449,7 @@ impl Replay {
                         })
                         .collect(),
                 ),
+                heuristics: HeuristicMatches::new(),
             },
             _ => {
                 self.snapshot_lost(
@@ -475,7 +478,7 @@ impl Replay {
         }
         self.images[pending.image].leaks = match pending
             .graph
-            .classify(&NoHeuristicData, self.leak_heuristics)
+            .classify(&pending.heuristics, self.leak_heuristics)
         {
             Ok(report) => LeakCheck::Done(Box::new(report)),
             Err(reason) => LeakCheck::Unavailable(reason),
@@ -690,9 +693,17 @@ impl Replay {
                 }
             }
             Record::SnapshotEnd { pid, blocks, .. } => self.snapshot_end(pid, blocks),
-            // Heuristic verdicts are not fed to the classification yet (memcheck's
-            // "reachable via heuristic" blocks are reported as possibly lost meanwhile).
-            Record::SnapshotHeuristic { .. } => {}
+            Record::SnapshotHeuristic {
+                pid,
+                address,
+                offset,
+                matched,
+            } => {
+                if let Some(s) = self.snapshots.get_mut(&pid) {
+                    s.heuristics
+                        .insert(address, offset, HeuristicSet::from_bits(matched));
+                }
+            }
         }
     }
 
