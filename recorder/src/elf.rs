@@ -363,6 +363,15 @@ pub enum ResourceCall {
     Accept,
     /// pipe/pipe2: two descriptors stored through argument 0.
     Pipe,
+    /// socketpair(domain, type, protocol, sv): two sockets stored through argument 3.
+    SocketPair,
+    /// fcntl(fd, cmd, arg): a duplicate when cmd is F_DUPFD or F_DUPFD_CLOEXEC.
+    Fcntl,
+    /// close_range(first, last, flags), or closefrom(first) (`to_end`): closes a range.
+    CloseRange {
+        /// closefrom: everything from the first argument up.
+        to_end: bool,
+    },
     /// dup/dup2/dup3: a copy of the descriptor in argument 0.
     Dup,
     /// Returns a descriptor of a special kind (eventfd, epoll, memfd...), named here.
@@ -399,6 +408,10 @@ fn resource_call(name: &str) -> Option<ResourceCall> {
         "socket" => ResourceCall::Socket,
         "accept" | "accept4" => ResourceCall::Accept,
         "pipe" | "pipe2" => ResourceCall::Pipe,
+        "socketpair" => ResourceCall::SocketPair,
+        "fcntl" | "fcntl64" | "__fcntl" => ResourceCall::Fcntl,
+        "close_range" => ResourceCall::CloseRange { to_end: false },
+        "closefrom" => ResourceCall::CloseRange { to_end: true },
         "dup" | "dup2" | "dup3" => ResourceCall::Dup,
         "eventfd" => ResourceCall::Special("eventfd"),
         "epoll_create" | "epoll_create1" => ResourceCall::Special("epoll"),

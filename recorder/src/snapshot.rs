@@ -171,12 +171,18 @@ struct Region {
 
 /// Takes the snapshot of `pid` and appends its records to `out`. `exclude` lists ranges
 /// that belong to the recorder (the probe area).
+///
+/// `allocator_modules` are the paths of the modules that define the hooked `malloc`
+/// (libc, or a static executable): their writable data holds glibc's arena, whose
+/// pointers to chunk boundaries are the allocator's bookkeeping, not the program's (see
+/// [`is_glibc_chunk_boundary`]).
 pub fn take(
     pid: Tid,
     ts: u64,
     threads: &[ThreadState],
     live: &LiveBlocks,
     exclude: &[Range<u64>],
+    allocator_modules: &[String],
     out: &mut Vec<Record>,
 ) -> io::Result<SnapshotStats> {
     let index = BlockIndex::new(live);
@@ -275,7 +281,16 @@ pub fn take(
             &index,
             &mut buf,
             &mut stats,
-            |pointers| {
+            |mut pointers| {
+                if let RootKind::ModuleData { path } = &region.kind {
+                    if allocator_modules.iter().any(|m| m == path) {
+                        pointers.retain(|p| {
+                            !index.block_of(p.target).is_some_and(|(start, size)| {
+                                is_glibc_chunk_boundary(start, size, p.target)
+                            })
+                        });
+                    }
+                }
                 out.push(Record::SnapshotRoot {
                     pid: pid as u32,
                     kind: region.kind.clone(),
@@ -340,6 +355,17 @@ pub fn take(
         scanned_bytes: stats.scanned_bytes,
     });
     Ok(stats)
+}
+
+/// Whether `target` is where glibc's malloc puts the header of the chunk that follows
+/// the block at `start` of `size` bytes. glibc lets a block's last 8 bytes overlap the
+/// next chunk's header, so for sizes of 1 to 8 bytes mod 16 that header lies inside the
+/// block: the arena's `top` and bin pointers (in libc's data) then look like interior
+/// pointers to the block, which memcheck, having replaced the allocator, never sees.
+pub fn is_glibc_chunk_boundary(start: u64, size: u64, target: u64) -> bool {
+    // x86_64: chunk = max(32, round_up(size + 8, 16)); the user pointer is 16 bytes in.
+    let chunk = (size.saturating_add(8 + 15) & !15).max(32);
+    target == start.wrapping_add(chunk - 16) && target < start.saturating_add(size)
 }
 
 /// Heuristic bits, in memcheck's order.
@@ -558,6 +584,18 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn glibc_chunk_boundaries_inside_blocks() {
+        // 24-byte block: 32-byte chunk; the next chunk starts 16 bytes in, inside.
+        assert!(is_glibc_chunk_boundary(0x1010, 24, 0x1020));
+        // 40 bytes: 48-byte chunk, next header 32 bytes in (inside: 32 < 40).
+        assert!(is_glibc_chunk_boundary(0x1010, 40, 0x1040));
+        // 32 bytes: 48-byte chunk; the boundary (+32) is past the block.
+        assert!(!is_glibc_chunk_boundary(0x1010, 32, 0x1030));
+        // Other interior offsets are never boundaries.
+        assert!(!is_glibc_chunk_boundary(0x1010, 24, 0x1018));
     }
 
     #[test]

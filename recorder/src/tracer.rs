@@ -193,6 +193,8 @@ struct Proc {
     live: LiveBlocks,
     /// The exit snapshot was taken.
     snapshot_done: bool,
+    /// Descriptors the trace shows open (for close_range and closefrom).
+    open_fds: std::collections::BTreeSet<i32>,
 }
 
 struct Task {
@@ -357,6 +359,7 @@ impl Tracer {
                 status: None,
                 live: LiveBlocks::default(),
                 snapshot_done: false,
+                open_fds: Default::default(),
             },
         );
     }
@@ -415,8 +418,15 @@ impl Tracer {
         self.sweep();
         if let Some(every) = self.cfg.rss_interval {
             let now = sys::monotonic_ns();
-            if now >= self.next_rss {
-                self.next_rss = now + every.as_nanos() as u64;
+            // Half a tick of slack: the SIGALRM tick and the sample period are the same.
+            if now + every.as_nanos() as u64 / 2 >= self.next_rss {
+                // Keep the cadence: a tick that lands a little early must not skip a period.
+                let every = every.as_nanos() as u64;
+                self.next_rss = if self.next_rss == 0 || now >= self.next_rss + every {
+                    now + every
+                } else {
+                    self.next_rss + every
+                };
                 self.sample_rss();
             }
         }
@@ -749,7 +759,7 @@ impl Tracer {
     fn resource_entry(
         &mut self,
         tid: Tid,
-        _pid: Tid,
+        pid: Tid,
         ts: u64,
         rc: ResourceCall,
         args: &[u64; 6],
@@ -761,16 +771,57 @@ impl Tracer {
             ResourceCall::Accept => format!("socket accepted on fd {}", args[0] as i32),
             ResourceCall::Dup => format!("duplicate of fd {}", args[0] as i32),
             ResourceCall::Pipe => "pipe".to_string(),
+            ResourceCall::SocketPair => socket_detail(args[0], args[1]),
+            ResourceCall::Fcntl => format!("duplicate of fd {}", args[0] as i32),
             ResourceCall::Special(name) => name.to_string(),
             _ => String::new(),
         };
         match rc {
-            ResourceCall::Close => self.out.buf().push(Record::FdClose {
-                ts,
-                tid: tid as u32,
-                fd: args[0] as i32,
-                stack,
-            }),
+            ResourceCall::Close => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.open_fds.remove(&(args[0] as i32));
+                }
+                self.out.buf().push(Record::FdClose {
+                    ts,
+                    tid: tid as u32,
+                    fd: args[0] as i32,
+                    stack,
+                })
+            }
+            ResourceCall::CloseRange { to_end } => {
+                // close_range(.., CLOSE_RANGE_CLOEXEC) only marks descriptors.
+                if to_end || args[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 {
+                    let first = args[0] as u32 as i32;
+                    let last = if to_end {
+                        i32::MAX
+                    } else {
+                        args[1].min(i32::MAX as u64) as i32
+                    };
+                    let closed: Vec<i32> = self
+                        .procs
+                        .get_mut(&pid)
+                        .map(|p| {
+                            let v: Vec<i32> = p
+                                .open_fds
+                                .range(first.max(0)..=last.max(0))
+                                .copied()
+                                .collect();
+                            for fd in &v {
+                                p.open_fds.remove(fd);
+                            }
+                            v
+                        })
+                        .unwrap_or_default();
+                    for fd in closed {
+                        self.out.buf().push(Record::FdClose {
+                            ts,
+                            tid: tid as u32,
+                            fd,
+                            stack,
+                        });
+                    }
+                }
+            }
             ResourceCall::Munmap => self.out.buf().push(Record::Munmap {
                 ts,
                 tid: tid as u32,
@@ -780,7 +831,11 @@ impl Tracer {
             }),
             _ => {}
         }
-        let outptr = if rc == ResourceCall::Pipe { args[0] } else { 0 };
+        let outptr = match rc {
+            ResourceCall::Pipe => args[0],
+            ResourceCall::SocketPair => args[3],
+            _ => 0,
+        };
         (
             PendingKind::Resource {
                 call: rc,
@@ -869,13 +924,20 @@ impl Tracer {
                 call,
                 ref args,
                 ref detail,
-            } => match resource_record(p, call, args, detail, rax, outval) {
-                Some(recs) => {
+            } => {
+                if let Some(recs) = resource_record(p, call, args, detail, rax, outval) {
+                    let pid = self.tasks.get(&p.tid).map(|t| t.pid);
+                    if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
+                        for r in &recs {
+                            if let Record::FdOpen { fd, .. } = r {
+                                proc_.open_fds.insert(*fd);
+                            }
+                        }
+                    }
                     self.out.buf().extend(recs);
-                    return;
                 }
-                None => return,
-            },
+                return;
+            }
         };
         let pid = self.tasks.get(&p.tid).map(|t| t.pid);
         if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
@@ -1009,12 +1071,21 @@ impl Tracer {
         }
         self.sweep();
         let exclude = self.probe_range(pid);
+        let alloc_mods = self.allocator_modules(pid);
         let ts = self.now();
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.snapshot_done = true;
             let mut recs = Vec::new();
             let t = sys::monotonic_ns();
-            let res = snapshot::take(pid, ts, &states, &proc_.live, &exclude, &mut recs);
+            let res = snapshot::take(
+                pid,
+                ts,
+                &states,
+                &proc_.live,
+                &exclude,
+                &alloc_mods,
+                &mut recs,
+            );
             self.stats.snapshot_ns += sys::monotonic_ns() - t;
             match res {
                 Ok(st) => {
@@ -1105,6 +1176,7 @@ impl Tracer {
                     status: None,
                     live,
                     snapshot_done: false,
+                    open_fds: Default::default(),
                 },
             );
             if follow {
@@ -1679,6 +1751,7 @@ impl Tracer {
                 status: None,
                 live: LiveBlocks::default(),
                 snapshot_done: false,
+                open_fds: Default::default(),
             },
         );
         // Every thread is stopped: code can be patched and system calls injected.
@@ -1819,10 +1892,13 @@ impl Tracer {
                 })
                 .collect();
             let exclude = self.probe_range(pid);
+            let alloc_mods = self.allocator_modules(pid);
             let ts = self.now();
             let mut recs = Vec::new();
             if let Some(p) = self.procs.get(&pid) {
-                if let Err(e) = snapshot::take(pid, ts, &states, &p.live, &exclude, &mut recs) {
+                if let Err(e) =
+                    snapshot::take(pid, ts, &states, &p.live, &exclude, &alloc_mods, &mut recs)
+                {
                     eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}");
                 }
             }
@@ -1869,6 +1945,29 @@ impl Tracer {
         let pid = self.tasks.get(&tid)?.pid;
         let space = self.procs.get(&pid)?.space;
         self.spaces.get(space)?.as_ref()
+    }
+
+    /// Paths of the modules of `pid` that define a hooked `malloc`.
+    fn allocator_modules(&self, pid: Tid) -> Vec<String> {
+        let Some(space) = self
+            .procs
+            .get(&pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+        else {
+            return Vec::new();
+        };
+        space
+            .modules
+            .iter()
+            .filter(|m| {
+                space.hooks.iter().any(|(a, h)| {
+                    m.range.contains(a)
+                        && matches!(&h.kind, HookKind::Alloc(spec) if spec.func == AllocFn::Malloc)
+                })
+            })
+            .map(|m| m.path.clone())
+            .collect()
     }
 
     fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
@@ -1934,7 +2033,9 @@ fn resource_record(
     };
     let ret = rax as i64;
     Some(match call {
-        ResourceCall::Close | ResourceCall::Munmap => return None,
+        ResourceCall::Close | ResourceCall::Munmap | ResourceCall::CloseRange { .. } => {
+            return None
+        }
         ResourceCall::Pipe => {
             if ret != 0 {
                 return None;
@@ -1944,6 +2045,23 @@ fn resource_record(
                 fd_open(r, FdKind::Pipe, "pipe (read end)".into()),
                 fd_open(w, FdKind::Pipe, "pipe (write end)".into()),
             ]
+        }
+        ResourceCall::SocketPair => {
+            if ret != 0 {
+                return None;
+            }
+            let (a, b) = (out as u32 as i32, (out >> 32) as u32 as i32);
+            vec![
+                fd_open(a, FdKind::Socket, format!("{detail} pair")),
+                fd_open(b, FdKind::Socket, format!("{detail} pair")),
+            ]
+        }
+        ResourceCall::Fcntl => {
+            let cmd = args[1] as i32;
+            if (cmd != libc::F_DUPFD && cmd != libc::F_DUPFD_CLOEXEC) || (rax as i32) < 0 {
+                return None;
+            }
+            vec![fd_open(rax as i32, FdKind::Dup, detail.to_string())]
         }
         ResourceCall::Mmap => {
             if (-4095..0).contains(&ret) || rax == u64::MAX {
