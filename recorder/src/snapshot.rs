@@ -591,7 +591,7 @@ mod tests {
         // 24-byte block: 32-byte chunk; the next chunk starts 16 bytes in, inside.
         assert!(is_glibc_chunk_boundary(0x1010, 24, 0x1020));
         // 40 bytes: 48-byte chunk, next header 32 bytes in (inside: 32 < 40).
-        assert!(is_glibc_chunk_boundary(0x1010, 40, 0x1040));
+        assert!(is_glibc_chunk_boundary(0x1010, 40, 0x1030));
         // 32 bytes: 48-byte chunk; the boundary (+32) is past the block.
         assert!(!is_glibc_chunk_boundary(0x1010, 32, 0x1030));
         // Other interior offsets are never boundaries.

@@ -788,38 +788,38 @@ impl Tracer {
                     stack,
                 })
             }
-            ResourceCall::CloseRange { to_end } => {
-                // close_range(.., CLOSE_RANGE_CLOEXEC) only marks descriptors.
-                if to_end || args[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 {
-                    let first = args[0] as u32 as i32;
-                    let last = if to_end {
-                        i32::MAX
-                    } else {
-                        args[1].min(i32::MAX as u64) as i32
-                    };
-                    let closed: Vec<i32> = self
-                        .procs
-                        .get_mut(&pid)
-                        .map(|p| {
-                            let v: Vec<i32> = p
-                                .open_fds
-                                .range(first.max(0)..=last.max(0))
-                                .copied()
-                                .collect();
-                            for fd in &v {
-                                p.open_fds.remove(fd);
-                            }
-                            v
-                        })
-                        .unwrap_or_default();
-                    for fd in closed {
-                        self.out.buf().push(Record::FdClose {
-                            ts,
-                            tid: tid as u32,
-                            fd,
-                            stack,
-                        });
-                    }
+            // close_range(.., CLOSE_RANGE_CLOEXEC) only marks descriptors.
+            ResourceCall::CloseRange { to_end }
+                if to_end || args[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 =>
+            {
+                let first = args[0] as u32 as i32;
+                let last = if to_end {
+                    i32::MAX
+                } else {
+                    args[1].min(i32::MAX as u64) as i32
+                };
+                let closed: Vec<i32> = self
+                    .procs
+                    .get_mut(&pid)
+                    .map(|p| {
+                        let v: Vec<i32> = p
+                            .open_fds
+                            .range(first.max(0)..=last.max(0))
+                            .copied()
+                            .collect();
+                        for fd in &v {
+                            p.open_fds.remove(fd);
+                        }
+                        v
+                    })
+                    .unwrap_or_default();
+                for fd in closed {
+                    self.out.buf().push(Record::FdClose {
+                        ts,
+                        tid: tid as u32,
+                        fd,
+                        stack,
+                    });
                 }
             }
             ResourceCall::Munmap => self.out.buf().push(Record::Munmap {
