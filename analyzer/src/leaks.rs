@@ -55,9 +55,10 @@
 //!
 //! # Performance
 //!
-//! Blocks live in address-sorted arrays, found by binary search; pointer targets are
-//! resolved to block indices in parallel and the edges laid out as a flat adjacency
-//! array (CSR). The two marking passes (reachable, then reached at all) are
+//! Blocks live in an address-sorted array with a bucket index per 4 GiB region (a
+//! lookup touches two or three cache lines, where a binary search over millions of
+//! starts touched twenty-odd); pointer targets are resolved to block indices in
+//! parallel and the edges laid out as a flat adjacency array (CSR). The two marking passes (reachable, then reached at all) are
 //! breadth-first walks that expand large frontiers in parallel and small ones on one
 //! thread; the clique phase is sequential by definition (it depends on address order)
 //! and linear.
@@ -710,9 +711,6 @@ const F_DEFINITE: u8 = 1;
 const F_ANY: u8 = 2;
 const F_START_FROM_DEFINITE: u8 = 4;
 
-/// One start in this many goes into the top level of the block index.
-const INDEX_STRIDE: usize = 32;
-
 /// Frontiers at least this long are expanded in parallel.
 const PAR_FRONTIER: usize = 4096;
 
@@ -781,18 +779,10 @@ impl SnapshotGraph {
             block_pointers: targets.len() as u64,
             ..Default::default()
         };
-        let starts: Vec<u64> = blocks.par_iter().map(|b| b.address).collect();
-        let ends: Vec<u64> = blocks
-            .par_iter()
-            .map(|b| b.address.saturating_add(b.size.max(1)))
-            .collect();
-        // Every INDEX_STRIDE-th start: a top level small enough to stay in cache.
-        let sample: Vec<u64> = starts.iter().step_by(INDEX_STRIDE).copied().collect();
+        let index = BlockIndex::new(&blocks);
         let resolver = Resolver {
             blocks: &blocks,
-            sample: &sample,
-            starts: &starts,
-            ends: &ends,
+            index: &index,
             source,
             enabled,
         };
@@ -808,9 +798,9 @@ impl SnapshotGraph {
 
         // Runs: source address -> block index (u64::MAX: unknown), then CSR.
         runs.par_iter_mut().for_each(|r| {
-            r.source = match starts.binary_search(&r.source) {
-                Ok(i) => i as u64,
-                Err(_) => u64::MAX,
+            r.source = match index.block_at(r.source) {
+                Some(i) if index.spans[i].0 == r.source => i as u64,
+                _ => u64::MAX,
             };
         });
         let mut unknown = 0u64;
@@ -942,9 +932,7 @@ impl SnapshotGraph {
 
 struct Resolver<'a> {
     blocks: &'a [LiveBlock],
-    sample: &'a [u64],
-    starts: &'a [u64],
-    ends: &'a [u64],
+    index: &'a BlockIndex,
     source: &'a dyn HeuristicSource,
     enabled: HeuristicSet,
 }
@@ -953,18 +941,10 @@ impl Resolver<'_> {
     /// The encoded edge for a pointer to `target`.
     #[inline]
     fn edge(&self, target: u64) -> u64 {
-        let j = self.sample.partition_point(|&s| s <= target);
-        if j == 0 {
+        let Some(b) = self.index.block_at(target) else {
             return K_STRAY << KIND_SHIFT;
-        }
-        let lo = (j - 1) * INDEX_STRIDE;
-        let hi = (j * INDEX_STRIDE).min(self.starts.len());
-        let i = lo + self.starts[lo..hi].partition_point(|&s| s <= target);
-        if i == 0 || target >= self.ends[i - 1] {
-            return K_STRAY << KIND_SHIFT;
-        }
-        let b = i - 1;
-        let offset = target - self.starts[b];
+        };
+        let offset = target - self.index.spans[b].0;
         let kind = if offset == 0 {
             K_START
         } else if self.enabled.is_empty() {
@@ -987,6 +967,118 @@ impl Resolver<'_> {
             }
         };
         (kind << KIND_SHIFT) | b as u64
+    }
+}
+
+/// Finds the block holding an address in O(1) expected time: the blocks' (start, end)
+/// in address order, and per 4 GiB region of the address space (addresses sharing
+/// their high 32 bits) a table of equal-width buckets over the region's starts, at most
+/// one per block, each holding the index of the first block starting in or after it.
+/// A lookup reads one bucket pair and searches the few starts between them, so it
+/// costs two or three cache misses where a binary search over millions of starts costs
+/// twenty-odd; bucket ranges are searched by bisection, so a skewed layout is never
+/// worse than a binary search.
+struct BlockIndex {
+    /// (start, end) of each block (end: start + size, at least start + 1).
+    spans: Vec<(u64, u64)>,
+    /// The regions holding some block's start, in address order.
+    regions: Vec<Region>,
+    /// The regions' bucket tables, one after the other (each `buckets + 1` long).
+    firsts: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    /// The high 32 bits of its addresses.
+    hi: u64,
+    /// Its lowest start.
+    base: u64,
+    /// log2 of the bucket width.
+    shift: u32,
+    /// How many buckets.
+    buckets: u64,
+    /// Where its table starts in `firsts`.
+    table: usize,
+    /// One past its last block.
+    end: u32,
+}
+
+impl BlockIndex {
+    /// Indexes `blocks` (sorted by address, distinct).
+    fn new(blocks: &[LiveBlock]) -> BlockIndex {
+        let spans: Vec<(u64, u64)> = blocks
+            .par_iter()
+            .map(|b| (b.address, b.address.saturating_add(b.size.max(1))))
+            .collect();
+        let mut regions = Vec::new();
+        let mut firsts = Vec::with_capacity(spans.len() + 64);
+        let mut i = 0;
+        while i < spans.len() {
+            let hi = spans[i].0 >> 32;
+            let first = i;
+            let len = spans[first..].partition_point(|s| s.0 >> 32 == hi);
+            let end = first + len;
+            let base = spans[first].0;
+            let span = spans[end - 1].0 - base;
+            // The narrowest buckets with at most one per block.
+            let mut shift = 0;
+            while (span >> shift) >= len as u64 {
+                shift += 1;
+            }
+            let buckets = (span >> shift) + 1;
+            let table = firsts.len();
+            let mut b = first;
+            for k in 0..=buckets {
+                let from = base.saturating_add(k << shift);
+                while b < end && spans[b].0 < from {
+                    b += 1;
+                }
+                firsts.push(b as u32);
+            }
+            regions.push(Region {
+                hi,
+                base,
+                shift,
+                buckets,
+                table,
+                end: end as u32,
+            });
+            i = end;
+        }
+        BlockIndex {
+            spans,
+            regions,
+            firsts,
+        }
+    }
+
+    /// The index of the block holding `address`, if any.
+    #[inline]
+    fn block_at(&self, address: u64) -> Option<usize> {
+        // How many blocks start at or below `address`.
+        let hi = address >> 32;
+        let r = self.regions.partition_point(|r| r.hi <= hi);
+        if r == 0 {
+            return None;
+        }
+        let region = &self.regions[r - 1];
+        let count = if region.hi < hi {
+            region.end as usize
+        } else if address < region.base {
+            // The first block of this region starts above: the previous one, if any.
+            self.firsts[region.table] as usize
+        } else {
+            let k = (address - region.base) >> region.shift;
+            if k >= region.buckets {
+                region.end as usize
+            } else {
+                let t = region.table + k as usize;
+                let (lo, up) = (self.firsts[t] as usize, self.firsts[t + 1] as usize);
+                lo + self.spans[lo..up].partition_point(|s| s.0 <= address)
+            }
+        };
+        let b = count.checked_sub(1)?;
+        (address < self.spans[b].1).then_some(b)
     }
 }
 
@@ -1271,5 +1363,79 @@ mod tests {
                 bytes: 4
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    /// The index agrees with a linear search on layouts with several 4 GiB regions,
+    /// gaps, zero-sized blocks and a block crossing a region boundary.
+    #[test]
+    fn block_index_matches_linear_search() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..50 {
+            let mut blocks = Vec::new();
+            let mut addr = 0x5555_0000_0000u64 + (next() % 4096);
+            let n = 1 + next() % 300;
+            for _ in 0..n {
+                let size = match next() % 5 {
+                    0 => 0,
+                    1 => next() % 100_000,
+                    _ => next() % 64,
+                };
+                blocks.push(LiveBlock {
+                    address: addr,
+                    size,
+                    stack: 1,
+                    func: AllocFn::Malloc,
+                });
+                addr += size.max(1)
+                    + match next() % 20 {
+                        0 => 1 << 32,
+                        1 => next() % (1 << 30),
+                        _ => next() % 64,
+                    };
+            }
+            // A block crossing into the next 4 GiB region, and one right after.
+            let last = blocks.last().unwrap();
+            let cross = ((last.address + last.size + 1) | 0xffff_ffff) - 15;
+            blocks.push(LiveBlock {
+                address: cross,
+                size: 64,
+                stack: 1,
+                func: AllocFn::Malloc,
+            });
+            blocks.push(LiveBlock {
+                address: cross + 64 + round,
+                size: 8,
+                stack: 1,
+                func: AllocFn::Malloc,
+            });
+            let index = BlockIndex::new(&blocks);
+            let linear = |a: u64| {
+                blocks
+                    .iter()
+                    .position(|b| a >= b.address && a < b.address + b.size.max(1))
+            };
+            let mut probes = vec![0, u64::MAX, 1 << 32];
+            for b in &blocks {
+                for d in [0, 1, b.size.saturating_sub(1), b.size, b.size + 1] {
+                    probes.push(b.address + d);
+                }
+                probes.push(b.address - 1);
+                probes.push(b.address + next() % (1 << 31));
+            }
+            for a in probes {
+                assert_eq!(index.block_at(a), linear(a), "round {round}: {a:#x}");
+            }
+        }
     }
 }
