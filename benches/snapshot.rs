@@ -94,7 +94,10 @@ fn main() {
             .stdout(Stdio::null())
             .output()
             .unwrap();
-        (t.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            t.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (full_s, report) = run_vg("full");
     let (none_s, _) = run_vg("no");
@@ -102,7 +105,10 @@ fn main() {
         "memcheck: run with leak check {full_s:.1} s, without {none_s:.1} s: leak check {:.2} s",
         full_s - none_s
     );
-    for l in report.lines().filter(|l| l.contains("lost:") || l.contains("reachable:")) {
+    for l in report
+        .lines()
+        .filter(|l| l.contains("lost:") || l.contains("reachable:"))
+    {
         println!("memcheck: {}", l.split("==").last().unwrap_or(l).trim());
     }
     println!(
