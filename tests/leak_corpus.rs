@@ -240,23 +240,6 @@ impl Classes {
     fn get(&self, class: Class) -> Figures {
         self.0.get(&class).copied().unwrap_or_default()
     }
-
-    /// Moves `blocks`/`bytes` from class `from` to class `to`.
-    fn moved(&self, from: Class, to: Class, blocks: u64, bytes: u64) -> Classes {
-        let mut c = self.clone();
-        let f = c.0.entry(from).or_default();
-        assert!(
-            f.blocks >= blocks && f.bytes >= bytes,
-            "cannot move {blocks} blocks / {bytes} bytes out of {from:?} in {self}"
-        );
-        f.blocks -= blocks;
-        f.bytes -= bytes;
-        if f.blocks == 0 && f.bytes == 0 && f.indirect_bytes == 0 {
-            c.0.remove(&from);
-        }
-        c.add(to, blocks, bytes, 0);
-        c
-    }
 }
 
 impl fmt::Display for Classes {
@@ -1092,10 +1075,34 @@ fn static_binary_known_leaks() {
 }
 
 #[test]
-#[ignore = "bug: glibc's arena pointer to its top chunk (16 bytes past the last block's \
-            user pointer, inside blocks of 1-8 mod 16 bytes) is taken as an interior \
-            root pointer: a lost last block is reported possibly lost"]
 fn last_block_before_top_chunk_is_definitely_lost() {
+    // glibc's arena points at its top chunk, 16 bytes past the user pointer of the
+    // block allocated last: inside it for sizes 1-8 mod 16. Not a root pointer.
     let (_dir, out) = fixture("leak_top_chunk.c", &[]);
     out.assert_matches_memcheck(&[&[(Definite, 1, 24, 0)]]);
+}
+
+#[test]
+#[ignore = "bug: the stack of an exited (joined) thread, still mapped in glibc's stack \
+            cache, is scanned as an anonymous root region: stale pointers in it make a \
+            lost block still reachable"]
+fn dead_thread_stack_is_not_a_root() {
+    let (_dir, out) = fixture("leak_thread_stack.c", &["-pthread"]);
+    out.assert_matches_memcheck(&[&[(Definite, 1, 96, 0)]]);
+}
+
+#[test]
+fn last_block_before_top_chunk_static() {
+    // The same in a static executable, where glibc's arena lives in the executable.
+    let src = "leak_top_chunk.c";
+    let dir = TestDir::new("leak_top_chunk_static");
+    let prog = dir.compile(src, "leak_top_chunk", &["-static"]);
+    let out = run_fixture(src, &dir, &prog, &[src], false);
+    let known = Classes::known(&[(Definite, 1, 24, 0)]);
+    assert_eq!(out.ht(0).strict, known, "heaptape's fixture figures");
+    assert_eq!(
+        out.ht(0).broad,
+        known,
+        "heaptape's fixture figures (any frame)"
+    );
 }
