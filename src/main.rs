@@ -311,7 +311,7 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
         call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
         ..Default::default()
     };
-    let analysis = match heaptape_analyzer::analyze(&args.trace, &opts) {
+    let analysis = match heaptape_analyzer::analyze_with_progress(&args.trace, &opts) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("heaptape: {}: {e}", args.trace.display());
@@ -358,7 +358,7 @@ fn load(
     path: &std::path::Path,
     opts: &heaptape_analyzer::AnalyzeOptions,
 ) -> Option<heaptape_analyzer::Analysis> {
-    match heaptape_analyzer::analyze(path, opts) {
+    match heaptape_analyzer::analyze_with_progress(path, opts) {
         Ok(a) => {
             for warning in a.warnings() {
                 eprintln!("heaptape: warning: {}: {warning}", path.display());

@@ -29,6 +29,7 @@ mod hash;
 mod heap;
 pub mod leaks;
 pub mod modules;
+pub mod progress;
 pub mod replay;
 pub mod report;
 pub mod resources;
@@ -124,10 +125,33 @@ pub fn analyze(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, AnalyzeEr
     analyze_reader(TraceReader::open(path)?, opts)
 }
 
+/// [`analyze`], with a progress bar on stderr (bytes read out of the file's size) when
+/// stderr is a terminal and the analysis takes longer than a moment (see
+/// [`progress`]); nothing is written to stderr otherwise.
+pub fn analyze_with_progress(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
+    let reader = TraceReader::open(path)?;
+    let progress = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| progress::Progress::stderr(m.len()));
+    let analysis = analyze_stream(reader, opts, progress.as_ref());
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    analysis
+}
+
 /// Replays a trace from an already opened reader (a file, or bytes in memory).
 pub fn analyze_reader<R: Read + Send>(
     reader: TraceReader<R>,
     opts: &AnalyzeOptions,
+) -> Result<Analysis, AnalyzeError> {
+    analyze_stream(reader, opts, None)
+}
+
+fn analyze_stream<R: Read + Send>(
+    reader: TraceReader<R>,
+    opts: &AnalyzeOptions,
+    progress: Option<&progress::Progress>,
 ) -> Result<Analysis, AnalyzeError> {
     let header = reader.header().clone();
     let mut replay = Replay::new(&header);
@@ -141,8 +165,8 @@ pub fn analyze_reader<R: Read + Send>(
     if let Some(s) = &symbolizer {
         replay.set_symbolizer(s.clone());
     }
-    let end = source::stream(reader, |records| {
-        for rec in records {
+    let end = source::stream(reader, progress, |records| {
+        for rec in records.drain(..) {
             replay.apply(rec);
         }
     })?;

@@ -993,7 +993,6 @@ impl Replay {
         let Some(heap) = self.heaps.get_mut(heap_id).and_then(Option::as_mut) else {
             return;
         };
-        heap.forget_free(address);
         let block = Block {
             size,
             ts,
@@ -1027,11 +1026,61 @@ impl Replay {
         may_be_internal: bool,
     ) {
         let heap_id = self.images[img].heap;
+        let Some(heap) = self.heaps.get_mut(heap_id).and_then(Option::as_mut) else {
+            return;
+        };
+        // The common case first: one lookup that removes the live block.
+        let Some(block) = heap.live.remove(&address) else {
+            self.release_bad(img, tid, ts, func, address, stack, may_be_internal);
+            return;
+        };
+        heap.remember_free(address, block.stack, block.func, stack, block.size);
+        if block.func.family() != func.family() {
+            self.images[img].findings.add(Finding {
+                kind: FindingKind::MismatchedFree,
+                free_fn: func,
+                free_stack: stack,
+                alloc_fn: Some(block.func),
+                alloc_stack: Some(block.stack),
+                previous_free_stack: None,
+                count: 1,
+                first: Occurrence {
+                    address,
+                    tid,
+                    ts,
+                    size: Some(block.size),
+                },
+            });
+        }
+        let temporary = match self.threads.get_mut(&tid) {
+            Some(t) if t.last_alloc == Some((block.owner, address)) => {
+                t.last_alloc = None;
+                true
+            }
+            _ => false,
+        };
+        self.images[block.owner].remove_live(block.stack, block.size, temporary, ts);
+    }
+
+    /// [`Replay::release`] of an address that is not live: allocator bookkeeping, a
+    /// double free, an invalid free, or (in an attached heap) an untracked one.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn release_bad(
+        &mut self,
+        img: ImageId,
+        tid: u32,
+        ts: Timestamp,
+        func: AllocFn,
+        address: u64,
+        stack: StackId,
+        may_be_internal: bool,
+    ) {
+        let heap_id = self.images[img].heap;
         let Some(heap) = self.heaps.get(heap_id).and_then(Option::as_ref) else {
             return;
         };
         if may_be_internal
-            && !heap.live.contains_key(&address)
             && (heap.complete || heap.freed(address).is_some())
             && self.allocator_internal(img, stack)
         {
@@ -1040,7 +1089,7 @@ impl Replay {
             totals.allocator_internal_frees += 1;
             return;
         }
-        let Some(heap) = self.heaps.get_mut(heap_id).and_then(Option::as_mut) else {
+        let Some(heap) = self.heaps.get(heap_id).and_then(Option::as_ref) else {
             return;
         };
         let finding = |kind, alloc_fn, alloc_stack, previous_free_stack, size| Finding {
@@ -1058,45 +1107,21 @@ impl Replay {
                 size,
             },
         };
-        match heap.live.remove(&address) {
-            Some(block) => {
-                heap.remember_free(address, block.stack, block.func, stack, block.size);
-                if block.func.family() != func.family() {
-                    self.images[img].findings.add(finding(
-                        FindingKind::MismatchedFree,
-                        Some(block.func),
-                        Some(block.stack),
-                        None,
-                        Some(block.size),
-                    ));
-                }
-                let temporary = match self.threads.get_mut(&tid) {
-                    Some(t) if t.last_alloc == Some((block.owner, address)) => {
-                        t.last_alloc = None;
-                        true
-                    }
-                    _ => false,
-                };
-                self.images[block.owner].remove_live(block.stack, block.size, temporary, ts);
+        let f = match heap.freed(address) {
+            Some(prev) => finding(
+                FindingKind::DoubleFree,
+                Some(prev.alloc_fn),
+                Some(prev.alloc_stack),
+                Some(prev.free_stack),
+                Some(prev.size),
+            ),
+            None if !heap.complete => {
+                self.images[img].totals.untracked_frees += 1;
+                return;
             }
-            None => {
-                let f = match heap.freed(address) {
-                    Some(prev) => finding(
-                        FindingKind::DoubleFree,
-                        Some(prev.alloc_fn),
-                        Some(prev.alloc_stack),
-                        Some(prev.free_stack),
-                        Some(prev.size),
-                    ),
-                    None if !heap.complete => {
-                        self.images[img].totals.untracked_frees += 1;
-                        return;
-                    }
-                    None => finding(FindingKind::InvalidFree, None, None, None, None),
-                };
-                self.images[img].findings.add(f);
-            }
-        }
+            None => finding(FindingKind::InvalidFree, None, None, None, None),
+        };
+        self.images[img].findings.add(f);
     }
 
     #[allow(clippy::too_many_arguments)]

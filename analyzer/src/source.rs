@@ -1,18 +1,24 @@
 //! Feeding a trace's records to the replay, decoding on every core.
 //!
 //! Chunks decode independently, so a producer thread reads a batch of chunks, decodes
-//! them in parallel with rayon, and hands the batch over a rendezvous channel while the
-//! caller replays the previous batch in file order. At most two batches of decoded
-//! records exist at once (the one being replayed, the one being decoded or waiting), and
-//! a batch is capped by its uncompressed size as well as by the number of cores: decoded
-//! records take about ten times their encoded size, and the sequential replay could not
-//! use more decoding cores anyway. Memory is therefore bounded whatever the trace's
-//! length and the machine's size.
+//! them in parallel with rayon, and queues the batch while the caller replays the
+//! previous one in file order. At most three batches of decoded records exist at once
+//! (the one being replayed, one queued, the one being decoded), and a batch is capped
+//! by its uncompressed size as well as by the number of cores: decoded records take
+//! about ten times their encoded size, and the sequential replay could not use more
+//! decoding cores anyway. The record vectors go back to the producer once replayed and
+//! are decoded into again, so the steady state allocates nothing (fresh vectors of a
+//! few megabytes per chunk cost their page faults, the kernel zeroing every page: 14%
+//! of a profile). Memory is therefore bounded whatever the trace's length and the
+//! machine's size.
 
 use std::io::Read;
 use std::sync::mpsc;
 
-use heaptape_format::{decode_parallel, ReadError, Record, TraceReader, Truncation};
+use heaptape_format::{ReadError, Record, TraceReader, Truncation};
+use rayon::prelude::*;
+
+use crate::progress::Progress;
 
 /// How a stream of records ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,17 +37,33 @@ fn batch_len() -> usize {
 /// A batch is closed once its chunks hold this many uncompressed bytes.
 const BATCH_BYTES: u64 = 4 << 20;
 
+/// Decoded batches that may wait for the replay: one, so that the decoder starts on
+/// the next batch as soon as it handed one over instead of waiting for the replay to
+/// take it.
+const QUEUED_BATCHES: usize = 1;
+
 /// Reads every chunk of `reader` and passes each chunk's records, in file order, to
-/// `sink`. A damaged chunk stops the stream with its error (after the records of the
-/// batches before it were passed on).
-pub(crate) fn stream<R, F>(reader: TraceReader<R>, mut sink: F) -> Result<StreamEnd, ReadError>
+/// `sink`, which drains the vector it is given (what it leaves in it is dropped); the
+/// emptied vectors go back to the decoder, so that decoding does not allocate (and
+/// fault in) fresh memory for every chunk. A damaged chunk stops the stream with its
+/// error (after the records of the batches before it were passed on). `progress`, if
+/// any, is told how far into the file the reader is.
+pub(crate) fn stream<R, F>(
+    reader: TraceReader<R>,
+    progress: Option<&Progress>,
+    mut sink: F,
+) -> Result<StreamEnd, ReadError>
 where
     R: Read + Send,
-    F: FnMut(Vec<Record>),
+    F: FnMut(&mut Vec<Record>),
 {
     let batch = batch_len();
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Vec<Record>>, ReadError>>(0);
+        type Batch = Result<Vec<Vec<Record>>, ReadError>;
+        let (tx, rx) = mpsc::sync_channel::<Batch>(QUEUED_BATCHES);
+        // Emptied record vectors, back from the replay. At most (batches in flight) x
+        // (chunks per batch) of them exist.
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<Record>>();
         let producer = scope.spawn(move || {
             let mut reader = reader;
             loop {
@@ -65,8 +87,23 @@ where
                         }
                     }
                 }
+                if let Some(p) = progress {
+                    p.set(reader.offset());
+                }
                 if !raws.is_empty() {
-                    let decoded = decode_parallel(&raws);
+                    let mut bufs: Vec<Vec<Record>> = raws
+                        .iter()
+                        .map(|_| recycle_rx.try_recv().unwrap_or_default())
+                        .collect();
+                    let decoded = raws
+                        .par_iter()
+                        .zip(bufs.par_iter_mut())
+                        .map(|(raw, buf)| {
+                            buf.clear();
+                            raw.decode_into(buf)
+                        })
+                        .collect::<Result<(), ReadError>>()
+                        .map(|()| bufs);
                     let stop = decoded.is_err();
                     if tx.send(decoded).is_err() || stop {
                         break;
@@ -88,7 +125,15 @@ where
         let mut error = None;
         for msg in rx {
             match msg {
-                Ok(chunks) => chunks.into_iter().for_each(&mut sink),
+                Ok(chunks) => {
+                    for mut records in chunks {
+                        sink(&mut records);
+                        records.clear();
+                        // The producer may be gone (it stops at an error): then the
+                        // vector is simply dropped.
+                        let _ = recycle_tx.send(records);
+                    }
+                }
                 Err(e) => {
                     error = Some(e);
                     break;
