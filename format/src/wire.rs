@@ -12,8 +12,9 @@
 //!   is split into its noisy low byte and the (well compressible) rest;
 //! * the function and size of an event are predicted from the last event with the same
 //!   stack (one call site almost always calls the same function with the same size);
-//! * the model tracks the blocks allocated in the chunk that are still live; a free
-//!   names its block by its distance from the newest live block (usually small), and
+//! * the model tracks the blocks allocated in the chunk that are still live in a table
+//!   of slots (a new block takes the most recently emptied slot); a free names its
+//!   block by slot (a fixed two-byte field: O(1) to undo, nothing shifts), and
 //!   its stack is predicted from where the previous block of the same allocation site
 //!   was freed;
 //! * freed blocks go to per-size bins, as in glibc's tcache: an allocation's address is
@@ -45,7 +46,7 @@ pub(crate) const S_SIZE: usize = 5;
 pub(crate) const S_ADDR: usize = 6;
 /// Depths in a size bin, for allocations that reuse a freed block.
 pub(crate) const S_BIN: usize = 7;
-/// Released addresses: live-block distances or zigzag deltas.
+/// Released addresses: block slots (`u16`) or zigzag delta varints.
 pub(crate) const S_LIVE: usize = 8;
 /// Function bytes (when not predicted).
 pub(crate) const S_FUNC: usize = 9;
@@ -97,29 +98,27 @@ const A_BIN: u8 = 1;
 const A_BUMP: u8 = 2;
 /// Release: zigzag delta from the last address in the release stream.
 const R_DELTA: u8 = 0;
-/// Release: a live block, distance from the newest in the release stream.
+/// Release: a live block, its slot (`u16`) in the release stream.
 const R_LIVE: u8 = 1;
 /// Address is 0 (allocations and releases).
 const A_ZERO: u8 = 3;
 /// Stack node tag bit: the node id is the previous node's plus one.
 const F_NEXT_ID: u8 = 1 << 3;
 
-/// Live blocks the model remembers (the oldest is forgotten beyond this).
-pub(crate) const LIVE_MAX: usize = 1024;
-/// Only the newest this many live blocks can be named by a release; older ones are
-/// released by address delta. This keeps the model's updates cheap.
-pub(crate) const LIVE_WINDOW: u64 = 256;
+/// Slots of the block table (a power of two, at most 65536: a slot is stored as a
+/// `u16`).
+pub(crate) const BLOCKS: usize = 4096;
 /// Size of the per-stack prediction table (a power of two).
 const TABLE: usize = 4096;
 /// Number of size bins (a power of two) and blocks remembered per bin.
 const BINS: usize = 128;
 const BIN_DEPTH: usize = 8;
-/// Slots of the encoder's live-block presence filter (a power of two).
-const PRESENT: usize = 4096;
+/// Entries of the encoder's (lossy) index from address to block slot (a power of two).
+const INDEX: usize = 1 << 16;
 
 #[inline(always)]
-fn present_slot(addr: u64) -> usize {
-    ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize & (PRESENT - 1)
+fn index_of(addr: u64) -> usize {
+    ((addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize & (INDEX - 1)
 }
 
 /// Allocations at least this big are assumed to come from mmap and do not move the bump
@@ -189,7 +188,7 @@ struct Slot {
 }
 
 /// A block allocated in this chunk and not yet released. Only its size bin is kept of
-/// its size (all a release needs), so a block takes 16 bytes and the list shifts fast.
+/// its size (all a release needs), so a block takes 16 bytes.
 #[derive(Clone, Copy, Default)]
 struct Live {
     addr: u64,
@@ -197,89 +196,75 @@ struct Live {
     bin: u32,
 }
 
-/// Room in the live list's buffer: twice [`LIVE_MAX`], so that dropping the oldest
-/// block is a moved start and the blocks are moved back to the front at most once
-/// every [`LIVE_MAX`] pushes.
-const LIVE_BUF: usize = 2 * LIVE_MAX;
-
-/// The live list: at most [`LIVE_MAX`] blocks, oldest first, in `buf[start..end]`.
-struct LiveList {
+/// The block table: [`BLOCKS`] slots, each empty or holding one live block (a
+/// non-zero address). An allocation takes the most recently emptied slot, else the
+/// lowest never-used one, else (all in use) the slot under a cyclic hand, whose block
+/// is forgotten. A release names its block by slot: O(1), nothing moves.
+struct Blocks {
     buf: Vec<Live>,
-    start: usize,
-    end: usize,
+    /// Emptied slots, most recent last (`free[..nfree]`).
+    free: Vec<u16>,
+    nfree: usize,
+    /// Slots `next..` have never been used in this chunk.
+    next: usize,
+    /// The slot overwritten when every slot is in use.
+    hand: usize,
 }
 
-impl LiveList {
+impl Blocks {
     fn new() -> Self {
-        LiveList {
-            buf: vec![Live::default(); LIVE_BUF],
-            start: 0,
-            end: 0,
+        Blocks {
+            buf: vec![Live::default(); BLOCKS],
+            free: vec![0; BLOCKS],
+            nfree: 0,
+            next: 0,
+            hand: 0,
         }
-    }
-
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.end - self.start
     }
 
     fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
+        self.nfree = 0;
+        self.next = 0;
+        self.hand = 0;
     }
 
-    /// The block `d` places before the newest (`d < len`).
+    /// Stores a block (`l.addr != 0`); returns its slot.
     #[inline(always)]
-    fn back(&self, d: usize) -> &Live {
-        &self.buf[self.end - 1 - d]
+    fn push(&mut self, l: Live) -> usize {
+        let s = if self.nfree > 0 {
+            self.nfree -= 1;
+            self.free[self.nfree] as usize
+        } else if self.next < BLOCKS {
+            self.next += 1;
+            self.next - 1
+        } else {
+            let s = self.hand;
+            self.hand = (s + 1) & (BLOCKS - 1);
+            s
+        };
+        self.buf[s & (BLOCKS - 1)] = l;
+        s
     }
 
-    /// The oldest block.
+    /// Empties slot `s` and returns its block, if it holds one.
     #[inline(always)]
-    fn front(&self) -> Option<&Live> {
-        (self.end > self.start).then(|| &self.buf[self.start])
-    }
-
-    /// Appends a block, dropping the oldest when full.
-    #[inline(always)]
-    fn push(&mut self, l: Live) {
-        if self.end - self.start == LIVE_MAX {
-            self.start += 1;
-        }
-        if self.end == LIVE_BUF {
-            self.compact();
-        }
-        self.buf[self.end] = l;
-        self.end += 1;
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn compact(&mut self) {
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-    }
-
-    /// Removes and returns the block `d` places before the newest.
-    #[inline(always)]
-    fn take(&mut self, d: usize) -> Option<Live> {
-        if d >= self.len() {
+    fn take(&mut self, s: usize) -> Option<Live> {
+        if s >= self.next {
             return None;
         }
-        let i = self.end - 1 - d;
-        let out = self.buf[i];
-        let buf = &mut self.buf[i..self.end];
-        // Most releases name one of the newest blocks: move those few inline.
-        if buf.len() <= 4 {
-            for j in 1..buf.len() {
-                buf[j - 1] = buf[j];
-            }
-        } else {
-            buf.copy_within(1.., 0);
+        let slot = &mut self.buf[s];
+        let b = *slot;
+        if b.addr == 0 {
+            return None;
         }
-        self.end -= 1;
-        Some(out)
+        slot.addr = 0;
+        // A slot below `next` is either live or among the `nfree` emptied ones, so
+        // `nfree < next <= BLOCKS` here.
+        if let Some(f) = self.free.get_mut(self.nfree) {
+            *f = s as u16;
+            self.nfree += 1;
+        }
+        Some(b)
     }
 }
 
@@ -334,7 +319,7 @@ struct Model {
     node_id: StackId,
     node_addr: u64,
     table: Vec<Slot>,
-    live: LiveList,
+    blocks: Blocks,
     bins: Vec<Bin>,
 }
 
@@ -348,7 +333,7 @@ impl Model {
             node_id: 0,
             node_addr: 0,
             table: vec![Slot::default(); TABLE],
-            live: LiveList::new(),
+            blocks: Blocks::new(),
             bins: vec![Bin::default(); BINS],
         }
     }
@@ -362,7 +347,7 @@ impl Model {
         self.node_id = 0;
         self.node_addr = 0;
         self.table.fill(Slot::default());
-        self.live.clear();
+        self.blocks.clear();
         self.bins.fill(Bin::default());
     }
 
@@ -371,23 +356,23 @@ impl Model {
         &mut self.table[stack as usize & (TABLE - 1)]
     }
 
-    /// Records a new live block.
+    /// Records a new live block; returns its slot.
     #[inline(always)]
-    fn push_live(&mut self, addr: u64, size: u64, stack: StackId) {
-        self.live.push(Live {
+    fn push_live(&mut self, addr: u64, size: u64, stack: StackId) -> usize {
+        self.blocks.push(Live {
             addr,
             stack,
             bin: bin_of(size) as u32,
-        });
+        })
     }
 
-    /// Removes and returns the live block `d` places before the newest.
+    /// Empties block slot `d` and returns its block (none if it is empty).
     #[inline(always)]
     fn take_live(&mut self, d: u64) -> Option<Live> {
-        if d >= LIVE_WINDOW {
+        if d >= BLOCKS as u64 {
             return None;
         }
-        self.live.take(d as usize)
+        self.blocks.take(d as usize)
     }
 
     /// The stack the free of a block allocated at `alloc_stack` is predicted to have.
@@ -431,23 +416,25 @@ impl Model {
 
     /// Model update after an allocation at `address` (mode `mode`).
     #[inline(always)]
-    fn after_alloc(&mut self, address: u64, size: u64, stack: StackId, mode: u8) {
+    fn after_alloc(&mut self, address: u64, size: u64, stack: StackId, mode: u8) -> usize {
+        let mut slot = 0;
         if address != 0 {
-            self.push_live(address, size, stack);
+            slot = self.push_live(address, size, stack);
             self.addr = address;
             if (mode == A_DELTA || mode == A_BUMP) && size < BUMP_MAX_SIZE {
                 self.bump = address.wrapping_add(bump_step(size));
             }
         }
+        slot
     }
 }
 
 /// Encodes the records of one chunk into its streams.
 pub(crate) struct Encoder {
     m: Model,
-    /// How many blocks in `m.live` hash to each slot: lets a release skip the search
-    /// for blocks that are certainly not live.
-    present: Vec<u16>,
+    /// Block slot + 1 by hashed address (0: none). Lossy: a colliding block overwrites
+    /// the entry and is then released by address delta, so entries are verified.
+    index: Vec<u16>,
     streams: [Vec<u8>; STREAMS],
     len: usize,
     records: u32,
@@ -458,7 +445,7 @@ impl Encoder {
     pub(crate) fn new() -> Self {
         Encoder {
             m: Model::new(),
-            present: vec![0; PRESENT],
+            index: vec![0; INDEX],
             streams: Default::default(),
             len: 0,
             records: 0,
@@ -475,16 +462,18 @@ impl Encoder {
         self.records
     }
 
-    /// Finds the live block at `addr` among the newest: its distance from the newest.
+    /// Finds the block slot holding `addr != 0`.
     #[inline(always)]
     fn find_live(&self, addr: u64) -> Option<u64> {
-        if self.present[present_slot(addr)] == 0 {
-            return None;
-        }
-        let live = &self.m.live;
-        (0..live.len().min(LIVE_WINDOW as usize))
-            .find(|&d| live.back(d).addr == addr)
-            .map(|d| d as u64)
+        let s = usize::from(self.index[index_of(addr)]).checked_sub(1)?;
+        let b = &self.m.blocks;
+        (s < b.next && b.buf[s].addr == addr).then_some(s as u64)
+    }
+
+    /// Records a new live block at `addr != 0` in the model and the index.
+    #[inline(always)]
+    fn index_block(&mut self, addr: u64, slot: usize) {
+        self.index[index_of(addr)] = slot as u16 + 1;
     }
 
     #[inline(always)]
@@ -537,13 +526,8 @@ impl Encoder {
             return (A_ZERO, None);
         }
         if let Some(d) = self.find_live(address) {
-            put_var(&mut self.streams[S_LIVE], d);
-            let block = self.m.take_live(d);
-            if let Some(b) = block {
-                let slot = &mut self.present[present_slot(b.addr)];
-                *slot = slot.saturating_sub(1);
-            }
-            return (R_LIVE, block);
+            self.streams[S_LIVE].extend_from_slice(&(d as u16).to_le_bytes());
+            return (R_LIVE, self.m.take_live(d));
         }
         put_var(&mut self.streams[S_LIVE], delta(address, self.m.addr));
         (R_DELTA, None)
@@ -588,10 +572,10 @@ impl Encoder {
                         }
                     }
                 };
+                let slot = self.m.after_alloc(address, size, stack, mode);
                 if address != 0 {
-                    self.before_push_live(address);
+                    self.index_block(address, slot);
                 }
-                self.m.after_alloc(address, size, stack, mode);
                 tag | mode << A_SHIFT
             }
             Record::Free {
@@ -642,8 +626,8 @@ impl Encoder {
                     }
                 }
                 if new_address != 0 {
-                    self.before_push_live(new_address);
-                    self.m.push_live(new_address, size, stack);
+                    let slot = self.m.push_live(new_address, size, stack);
+                    self.index_block(new_address, slot);
                     self.m.addr = new_address;
                 } else if old_address != 0 {
                     self.m.addr = old_address;
@@ -693,20 +677,6 @@ impl Encoder {
         Ok(())
     }
 
-    /// Keeps `present` in step with a block about to be pushed to the live list (which
-    /// may push out the oldest).
-    #[inline(always)]
-    fn before_push_live(&mut self, addr: u64) {
-        if self.m.live.len() == LIVE_MAX {
-            if let Some(old) = self.m.live.front() {
-                let slot = &mut self.present[present_slot(old.addr)];
-                *slot = slot.saturating_sub(1);
-            }
-        }
-        let slot = &mut self.present[present_slot(addr)];
-        *slot = slot.saturating_add(1);
-    }
-
     /// Appends the chunk payload (stream lengths, then the streams) to `out` and starts
     /// a new chunk.
     pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
@@ -719,7 +689,7 @@ impl Encoder {
             s.clear();
         }
         self.m.reset();
-        self.present.fill(0);
+        self.index.fill(0);
         self.len = 0;
         self.records = 0;
     }
@@ -766,6 +736,18 @@ impl<'a> Cur<'a> {
                 Ok(b)
             }
             None => Err(self.short()),
+        }
+    }
+
+    /// Reads a little-endian `u16`.
+    #[inline(always)]
+    fn u16(&mut self) -> Result<u16, Short> {
+        match self.b.get(self.pos..self.pos + 2) {
+            Some(&[a, b]) => {
+                self.pos += 2;
+                Ok(u16::from_le_bytes([a, b]))
+            }
+            _ => Err(self.short()),
         }
     }
 
@@ -1141,7 +1123,7 @@ fn decode_released(
     mode: u8,
 ) -> Result<(u64, Option<Live>), Short> {
     if mode == R_LIVE {
-        let v = cur[S_LIVE].var1()?;
+        let v = u64::from(cur[S_LIVE].u16()?);
         match m.take_live(v) {
             Some(b) => Ok((b.addr, Some(b))),
             None => Err(bad_live(m, v)),
@@ -1159,8 +1141,8 @@ fn decode_released(
 #[inline(never)]
 fn bad_live(m: &Model, d: u64) -> Short {
     Short(format!(
-        "release names live block {d} back, only {} can be named",
-        m.live.len().min(LIVE_WINDOW as usize)
+        "release names block slot {d}, which is empty (slots in use: {})",
+        m.blocks.next
     ))
 }
 
@@ -1483,13 +1465,34 @@ mod tests {
         }
         let (e, out) = encode_all(&recs);
         assert_eq!(out, recs);
-        // Every free names the newest live block: distance 0, one byte each.
+        // Every free names the block in slot 0 (two zero bytes each).
         assert!(e.streams[S_LIVE].iter().all(|&b| b == 0));
         // The free stack is learnt after the first free.
         assert_eq!(e.streams[S_STACK].len(), 50 + 1);
         // Reused blocks come from their size bin, at depth 0.
         assert!(e.streams[S_BIN].iter().all(|&b| b == 0));
         assert!(!e.streams[S_BIN].is_empty());
+    }
+
+    #[test]
+    fn a_full_block_table_overwrites_cyclically() {
+        // More live blocks than slots: the oldest are overwritten, and their frees
+        // fall back to address deltas. Then free in an interleaved order.
+        let n = BLOCKS as u64 + 1500;
+        let mut recs = Vec::new();
+        for i in 0..n {
+            recs.push(alloc(i, 0x1000 + i * 0x40, 48, (i % 7) as StackId));
+        }
+        for i in (0..n)
+            .step_by(3)
+            .chain((1..n).step_by(3))
+            .chain((2..n).step_by(3))
+        {
+            recs.push(free(n + i, 0x1000 + i * 0x40, 9));
+            recs.push(alloc(2 * n + i, 0x9000_0000 + i * 0x40, 16, 3));
+        }
+        let (_, out) = encode_all(&recs);
+        assert_eq!(out, recs);
     }
 
     #[test]

@@ -395,7 +395,7 @@ fn mutate(t: &mut Vec<u8>, bases: &[Vec<u8>], rng: &mut Rng) {
                 other[from..from + n].iter().copied(),
             );
         }
-        5 => {
+        5 if t.len() >= 4 => {
             // Tamper with a 32-bit little-endian field (lengths, counts).
             let at = at.min(t.len().saturating_sub(4));
             let v = match rng.below(4) {
