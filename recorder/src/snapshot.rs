@@ -172,6 +172,11 @@ struct Region {
 /// Takes the snapshot of `pid` and appends its records to `out`. `exclude` lists ranges
 /// that belong to the recorder (the probe area).
 ///
+/// `dead_stacks` are the stack pointers of threads at their exit: glibc keeps their
+/// stacks mapped for reuse, with stale pointers below that point. Like memcheck, only the
+/// part from the final stack pointer up (the exit path's frames, the thread descriptor
+/// and its TLS) is a root; the rest of such a mapping is not.
+///
 /// `allocator_modules` are the paths of the modules that define the hooked `malloc`
 /// (libc, or a static executable): their writable data holds glibc's arena, whose
 /// pointers to chunk boundaries are the allocator's bookkeeping, not the program's (see
@@ -183,6 +188,7 @@ pub fn take(
     live: &LiveBlocks,
     exclude: &[Range<u64>],
     allocator_modules: &[String],
+    dead_stacks: &[u64],
     out: &mut Vec<Record>,
 ) -> io::Result<SnapshotStats> {
     let index = BlockIndex::new(live);
@@ -243,6 +249,13 @@ pub fn take(
         if stack_maps.iter().any(|s| s.start == m.start)
             || exclude.iter().any(|e| e.start < m.end && m.start < e.end)
         {
+            continue;
+        }
+        if let Some(&sp) = dead_stacks.iter().filter(|&&sp| m.contains(sp)).min() {
+            regions.push(Region {
+                kind: RootKind::Anonymous,
+                range: (sp & !7)..m.end,
+            });
             continue;
         }
         let kind = if m.is_file_backed() {

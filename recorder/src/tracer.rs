@@ -195,6 +195,8 @@ struct Proc {
     snapshot_done: bool,
     /// Descriptors the trace shows open (for close_range and closefrom).
     open_fds: std::collections::BTreeSet<i32>,
+    /// Stack pointers of threads that exited (their stacks stay mapped; not roots).
+    dead_stacks: Vec<u64>,
 }
 
 struct Task {
@@ -360,6 +362,7 @@ impl Tracer {
                 live: LiveBlocks::default(),
                 snapshot_done: false,
                 open_fds: Default::default(),
+                dead_stacks: Vec::new(),
             },
         );
     }
@@ -986,6 +989,7 @@ impl Tracer {
                 self.sweep();
                 if self.cfg.snapshot {
                     self.maybe_snapshot(tid);
+                    self.note_dead_stack(tid);
                 }
                 self.abandon_calls(tid);
                 self.resume(tid, 0);
@@ -1084,6 +1088,7 @@ impl Tracer {
                 &proc_.live,
                 &exclude,
                 &alloc_mods,
+                &proc_.dead_stacks,
                 &mut recs,
             );
             self.stats.snapshot_ns += sys::monotonic_ns() - t;
@@ -1102,6 +1107,20 @@ impl Tracer {
         }
         for (t, ev) in deferred {
             self.handle(t, ev);
+        }
+    }
+
+    /// Remembers where an exiting thread's stack is (glibc caches thread stacks; the
+    /// stale pointers in them must not keep blocks alive in a later snapshot).
+    fn note_dead_stack(&mut self, tid: Tid) {
+        let Some(pid) = self.tasks.get(&tid).map(|t| t.pid) else {
+            return;
+        };
+        if tid == pid {
+            return;
+        }
+        if let (Ok(regs), Some(p)) = (sys::get_regs(tid), self.procs.get_mut(&pid)) {
+            p.dead_stacks.push(regs.rsp);
         }
     }
 
@@ -1177,6 +1196,7 @@ impl Tracer {
                     live,
                     snapshot_done: false,
                     open_fds: Default::default(),
+                    dead_stacks: Vec::new(),
                 },
             );
             if follow {
@@ -1681,6 +1701,7 @@ impl Tracer {
         // Collect every thread's stop; remember signals that arrive meanwhile.
         let mut held: HashMap<Tid, Vec<i32>> = HashMap::new();
         let mut stopped: HashSet<Tid> = HashSet::new();
+        let mut born: Vec<(Tid, i32)> = Vec::new();
         for &tid in &seized {
             loop {
                 match sys::wait_with_timeout(tid, std::time::Duration::from_secs(5))? {
@@ -1696,7 +1717,20 @@ impl Tracer {
                         let _ = sys::cont(tid, 0);
                         let _ = sys::interrupt(tid);
                     }
-                    Some(WaitEvent::Event { .. }) => {
+                    Some(WaitEvent::Event { event, .. }) => {
+                        // A thread or process born while we were stopping everyone: it is
+                        // traced already (TRACECLONE/FORK) and reports its own first stop
+                        // later; remember it.
+                        if matches!(
+                            event,
+                            libc::PTRACE_EVENT_CLONE
+                                | libc::PTRACE_EVENT_FORK
+                                | libc::PTRACE_EVENT_VFORK
+                        ) {
+                            if let Ok(child) = sys::event_msg(tid) {
+                                born.push((child as Tid, event));
+                            }
+                        }
                         let _ = sys::cont(tid, 0);
                         let _ = sys::interrupt(tid);
                     }
@@ -1704,6 +1738,20 @@ impl Tracer {
                         break
                     }
                 }
+            }
+        }
+        // Threads born meanwhile become tasks (started at their first stop, in the main
+        // loop); processes forked meanwhile carry no breakpoints yet: let them go.
+        let mut new_threads = Vec::new();
+        for (child, event) in born {
+            let is_thread = event == libc::PTRACE_EVENT_CLONE
+                && std::path::Path::new(&format!("/proc/{pid}/task/{child}")).exists();
+            if is_thread {
+                new_threads.push(child);
+            } else if let Ok(Some(_)) =
+                sys::wait_with_timeout(child, std::time::Duration::from_secs(1))
+            {
+                let _ = sys::detach(child, 0);
             }
         }
         let leader = if stopped.contains(&pid) {
@@ -1740,6 +1788,24 @@ impl Tracer {
                 },
             );
         }
+        for &tid in &new_threads {
+            self.out.buf().push(Record::ThreadStart {
+                ts,
+                pid: pid as u32,
+                tid: tid as u32,
+            });
+            self.tasks.insert(
+                tid,
+                Task {
+                    pid,
+                    armed: Vec::new(),
+                    started: false,
+                    held: Vec::new(),
+                },
+            );
+        }
+        let mut all_threads = stopped.clone();
+        all_threads.extend(new_threads.iter().copied());
         self.procs.insert(
             pid,
             Proc {
@@ -1747,11 +1813,12 @@ impl Tracer {
                 recording: true,
                 detach_on_exec: false,
                 detach_at_start: false,
-                threads: stopped.clone(),
+                threads: all_threads,
                 status: None,
                 live: LiveBlocks::default(),
                 snapshot_done: false,
                 open_fds: Default::default(),
+                dead_stacks: Vec::new(),
             },
         );
         // Every thread is stopped: code can be patched and system calls injected.
@@ -1896,9 +1963,16 @@ impl Tracer {
             let ts = self.now();
             let mut recs = Vec::new();
             if let Some(p) = self.procs.get(&pid) {
-                if let Err(e) =
-                    snapshot::take(pid, ts, &states, &p.live, &exclude, &alloc_mods, &mut recs)
-                {
+                if let Err(e) = snapshot::take(
+                    pid,
+                    ts,
+                    &states,
+                    &p.live,
+                    &exclude,
+                    &alloc_mods,
+                    &p.dead_stacks,
+                    &mut recs,
+                ) {
                     eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}");
                 }
             }
