@@ -169,9 +169,20 @@ struct Region {
     range: Range<u64>,
 }
 
-/// Takes the snapshot of `pid` and appends its records to `out`. `exclude` lists ranges
-/// that belong to the recorder (the probe area).
+/// What the tracer knows about a process's memory besides its threads and live blocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapshotContext<'a> {
+    /// Ranges that belong to the recorder (the probe area): never scanned.
+    pub exclude: &'a [Range<u64>],
+    /// Paths of the modules that define the hooked `malloc`.
+    pub allocator_modules: &'a [String],
+    /// Final stack pointers of threads that exited.
+    pub dead_stacks: &'a [u64],
+}
+
+/// Takes the snapshot of `pid` and appends its records to `out`.
 ///
+/// In `ctx`, `exclude` lists ranges that belong to the recorder (the probe area), and
 /// `dead_stacks` are the stack pointers of threads at their exit: glibc keeps their
 /// stacks mapped for reuse, with stale pointers below that point. Like memcheck, only the
 /// part from the final stack pointer up (the exit path's frames, the thread descriptor
@@ -186,11 +197,14 @@ pub fn take(
     ts: u64,
     threads: &[ThreadState],
     live: &LiveBlocks,
-    exclude: &[Range<u64>],
-    allocator_modules: &[String],
-    dead_stacks: &[u64],
+    ctx: &SnapshotContext<'_>,
     out: &mut Vec<Record>,
 ) -> io::Result<SnapshotStats> {
+    let SnapshotContext {
+        exclude,
+        allocator_modules,
+        dead_stacks,
+    } = *ctx;
     let index = BlockIndex::new(live);
     let mut stats = SnapshotStats {
         blocks: live.len() as u64,

@@ -30,7 +30,7 @@ use crate::maps::{self, MappedModule};
 use crate::output::Output;
 use crate::probe::{Probe, Slot};
 use crate::relocate;
-use crate::snapshot::{self, LiveBlocks, ThreadState};
+use crate::snapshot::{self, LiveBlocks, SnapshotContext, ThreadState};
 use crate::stacks::StackTrie;
 use crate::sys::{self, ProcMem, Regs, Tid, WaitEvent};
 use crate::unwind::{EntryRegs, StackUnwinder};
@@ -1086,9 +1086,11 @@ impl Tracer {
                 ts,
                 &states,
                 &proc_.live,
-                &exclude,
-                &alloc_mods,
-                &proc_.dead_stacks,
+                &SnapshotContext {
+                    exclude: &exclude,
+                    allocator_modules: &alloc_mods,
+                    dead_stacks: &proc_.dead_stacks,
+                },
                 &mut recs,
             );
             self.stats.snapshot_ns += sys::monotonic_ns() - t;
@@ -1968,9 +1970,11 @@ impl Tracer {
                     ts,
                     &states,
                     &p.live,
-                    &exclude,
-                    &alloc_mods,
-                    &p.dead_stacks,
+                    &SnapshotContext {
+                        exclude: &exclude,
+                        allocator_modules: &alloc_mods,
+                        dead_stacks: &p.dead_stacks,
+                    },
                     &mut recs,
                 ) {
                     eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}");
