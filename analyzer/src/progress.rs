@@ -25,12 +25,17 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar for reading `total` bytes, drawn on stderr after [`SHOW_AFTER`]; `None`
-    /// when stderr is not a terminal.
+    /// A bar for reading `total` bytes, drawn on stderr after [`SHOW_AFTER`] (or after
+    /// `HEAPTAPE_PROGRESS_DELAY_MS` milliseconds, for tests); `None` when stderr is not
+    /// a terminal.
     pub fn stderr(total: u64) -> Option<Progress> {
+        let delay = std::env::var("HEAPTAPE_PROGRESS_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(SHOW_AFTER, Duration::from_millis);
         std::io::stderr()
             .is_terminal()
-            .then(|| Progress::new(total, SHOW_AFTER))
+            .then(|| Progress::new(total, delay))
     }
 
     /// A bar for `total` bytes that draws on stderr once `delay` has passed (whether
