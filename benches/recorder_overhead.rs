@@ -22,9 +22,13 @@ use heaptape_recorder::sys::{self, WaitEvent};
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
 fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("benches/programs")
-        .join(format!("{name}.c"));
+    // The thread loop is the test fixture; the others are benchmark programs.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = if name == "threads" {
+        root.join("tests/fixtures/threads.c")
+    } else {
+        root.join("benches/programs").join(format!("{name}.c"))
+    };
     let out = dir.join(name);
     let status = Command::new("gcc")
         .args(["-O2", "-fno-builtin", "-g", "-o"])

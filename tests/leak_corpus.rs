@@ -1083,9 +1083,6 @@ fn last_block_before_top_chunk_is_definitely_lost() {
 }
 
 #[test]
-#[ignore = "bug: the stack of an exited (joined) thread, still mapped in glibc's stack \
-            cache, is scanned as an anonymous root region: stale pointers in it make a \
-            lost block still reachable"]
 fn dead_thread_stack_is_not_a_root() {
     let (_dir, out) = fixture("leak_thread_stack.c", &["-pthread"]);
     out.assert_matches_memcheck(&[&[(Definite, 1, 96, 0)]]);

@@ -519,30 +519,16 @@ impl Tracer {
                 let _ = sys::set_regs(tid, &regs);
                 self.resume(tid, 0);
             }
-            HookKind::Alloc(spec) => {
-                self.stats.breakpoint_stops += 1;
-                self.on_call(
-                    tid,
-                    pid,
-                    space_id,
-                    &mut regs,
-                    bp,
-                    hook.trampoline,
-                    Call::Alloc(spec),
-                );
-                let _ = sys::set_regs(tid, &regs);
-                self.resume(tid, 0);
-            }
-            HookKind::Resource(call) => {
-                self.on_call(
-                    tid,
-                    pid,
-                    space_id,
-                    &mut regs,
-                    bp,
-                    hook.trampoline,
-                    Call::Resource(call),
-                );
+            HookKind::Alloc(_) | HookKind::Resource(_) => {
+                let call = if let HookKind::Alloc(spec) = hook.kind {
+                    self.stats.breakpoint_stops += 1;
+                    Call::Alloc(spec)
+                } else if let HookKind::Resource(rc) = hook.kind {
+                    Call::Resource(rc)
+                } else {
+                    return;
+                };
+                self.on_call(tid, pid, space_id, &mut regs, bp, hook.trampoline, call);
                 let _ = sys::set_regs(tid, &regs);
                 self.resume(tid, 0);
             }
