@@ -83,12 +83,37 @@ impl LiveBlocks {
 }
 
 /// Live blocks sorted by address, for "does this word point into a block?".
+///
+/// Every word of every root and live block is looked up, so the lookup must not be a
+/// binary search over millions of blocks (a cache miss per step). Blocks are grouped by
+/// 4 GiB region (heaps, mmap'd blocks and thread arenas live far apart); each region's
+/// span is cut into buckets of about one block each, and `buckets[b]` is the index of the
+/// first block starting at or after bucket b's start. A lookup binary-searches the few
+/// regions, then the few blocks of one bucket: never worse than a plain binary search.
 struct BlockIndex {
     starts: Vec<u64>,
     ends: Vec<u64>,
     sizes: Vec<u64>,
     lo: u64,
     hi: u64,
+    regions: Vec<Region4G>,
+    buckets: Vec<u32>,
+}
+
+/// One 4 GiB region of the address space that holds blocks.
+struct Region4G {
+    /// `address >> 32` of the region.
+    key: u64,
+    /// Lowest block start in the region.
+    lo: u64,
+    /// log2 of the bucket size.
+    shift: u32,
+    /// Where this region's buckets start in `BlockIndex::buckets`.
+    first_bucket: usize,
+    /// Number of buckets.
+    len: usize,
+    /// Index of the region's first block (the answer before its first bucket).
+    first_block: usize,
 }
 
 impl BlockIndex {
@@ -100,13 +125,81 @@ impl BlockIndex {
         let sizes: Vec<u64> = v.iter().map(|b| b.1).collect();
         let lo = starts.first().copied().unwrap_or(u64::MAX);
         let hi = ends.iter().copied().max().unwrap_or(0);
+        let mut regions = Vec::new();
+        let mut buckets: Vec<u32> = Vec::new();
+        let mut i = 0;
+        while i < starts.len() {
+            let key = starts[i] >> 32;
+            let j = starts[i..].partition_point(|&s| s >> 32 == key) + i;
+            let (rlo, rhi) = (starts[i], starts[j - 1] + 1);
+            let want = ((j - i) as u64).max(1);
+            let span = rhi - rlo;
+            let shift = (64 - (span / want).max(1).leading_zeros()).max(4);
+            let len = (span >> shift) as usize + 1;
+            let first_bucket = buckets.len();
+            let mut k = i;
+            for b in 0..=len {
+                let at = rlo + ((b as u64) << shift);
+                while k < j && starts[k] < at {
+                    k += 1;
+                }
+                buckets.push(k as u32);
+            }
+            regions.push(Region4G {
+                key,
+                lo: rlo,
+                shift,
+                first_bucket,
+                len,
+                first_block: i,
+            });
+            i = j;
+        }
         BlockIndex {
             starts,
             ends,
             sizes,
             lo,
             hi,
+            regions,
+            buckets,
         }
+    }
+
+    /// Index of the last block starting at or before `v` (`v` in [lo, hi)).
+    #[inline]
+    fn last_start_at_or_before(&self, v: u64) -> Option<usize> {
+        let key = v >> 32;
+        let r = self
+            .regions
+            .partition_point(|r| r.key <= key)
+            .checked_sub(1)?;
+        let region = &self.regions[r];
+        if key != region.key || v < region.lo {
+            // Before this region's first block (or in a region with none): the last
+            // block of the regions before it.
+            let first = if key != region.key {
+                region.first_block + self.region_len(r)
+            } else {
+                region.first_block
+            };
+            return first.checked_sub(1);
+        }
+        let b = (((v - region.lo) >> region.shift) as usize).min(region.len);
+        let from = self.buckets[region.first_bucket + b] as usize;
+        let to = self.buckets[region.first_bucket + (b + 1).min(region.len)] as usize;
+        let to = to.max(from);
+        let i = from + self.starts[from..to].partition_point(|&s| s <= v);
+        i.checked_sub(1)
+    }
+
+    fn region_len(&self, r: usize) -> usize {
+        let next = self
+            .regions
+            .get(r + 1)
+            .map(|n| n.first_block)
+            .unwrap_or(self.starts.len());
+        next - self.regions[r].first_block
     }
 
     #[inline]
@@ -114,8 +207,8 @@ impl BlockIndex {
         if v < self.lo || v >= self.hi {
             return false;
         }
-        let i = self.starts.partition_point(|&s| s <= v);
-        i > 0 && v < self.ends[i - 1]
+        self.last_start_at_or_before(v)
+            .is_some_and(|i| v < self.ends[i])
     }
 
     /// The start and size of the block containing `v`, if any.
@@ -124,8 +217,8 @@ impl BlockIndex {
         if v < self.lo || v >= self.hi {
             return None;
         }
-        let i = self.starts.partition_point(|&s| s <= v);
-        (i > 0 && v < self.ends[i - 1]).then(|| (self.starts[i - 1], self.sizes[i - 1]))
+        let i = self.last_start_at_or_before(v)?;
+        (v < self.ends[i]).then(|| (self.starts[i], self.sizes[i]))
     }
 
     /// Appends the pointers found in `bytes` (which start at an 8-aligned address).
@@ -611,6 +704,44 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn bucketed_lookup_agrees_with_a_linear_search() {
+        // Deterministic pseudo-random layouts: clustered, sparse, zero-sized blocks.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20 {
+            let mut live = LiveBlocks::default();
+            // Odd rounds spread blocks over several 4 GiB regions, far apart (heap and
+            // mmap'd blocks).
+            let mut addr = 0x5555_0000_0000u64 + round * 0x1000;
+            let far = round % 2 == 1;
+            let mut blocks = Vec::new();
+            for _ in 0..(50 + round * 40) {
+                addr += (16 + (next() % if round % 3 == 0 { 1 << 20 } else { 256 })) & !15;
+                let size = if next() % 7 == 0 { 0 } else { 1 + next() % 200 };
+                live.alloc(addr, size);
+                blocks.push((addr, addr + size.max(1)));
+                addr += size;
+                if far && next() % 10 == 0 {
+                    addr += 0x1_0000_0000 * (1 + next() % 0x2000);
+                }
+            }
+            let idx = BlockIndex::new(&live);
+            for _ in 0..2000 {
+                let (s, e) = blocks[(next() % blocks.len() as u64) as usize];
+                for v in [s, e - 1, e, s.wrapping_sub(1), s + next() % 300] {
+                    let expect = blocks.iter().any(|&(a, b)| a <= v && v < b);
+                    assert_eq!(idx.contains(v), expect, "round {round} value {v:#x}");
+                }
+            }
+        }
     }
 
     #[test]
