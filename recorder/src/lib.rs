@@ -85,6 +85,9 @@ pub enum RecordError {
     /// The process to attach to does not exist.
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
+    /// The process to attach to belongs to another user.
+    #[error("cannot attach to pid {0}: it belongs to another user; attaching to it needs root or CAP_SYS_PTRACE")]
+    OtherUser(u32),
     /// The process to attach to is already traced.
     #[error("cannot attach to pid {0}: it is already being traced by pid {1} ({2}); detach the other tracer (debugger, strace) first")]
     AlreadyTraced(u32, u32, String),
@@ -305,6 +308,24 @@ fn comm(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `pid` runs under another user than the recorder (and the recorder is not root).
+fn owner_differs(pid: u32) -> bool {
+    let uid_of = |p: &str| -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    match (uid_of("self"), uid_of(&pid.to_string())) {
+        (Some(me), Some(them)) => me != 0 && me != them,
+        _ => false,
+    }
+}
+
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -461,6 +482,12 @@ fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, Reco
             other => io::Error::other(other.to_string()),
         };
         return Err(match io.raw_os_error() {
+            Some(libc::EPERM) if owner_differs(pid) => RecordError::PtraceDenied(
+                format!(
+                    "pid {pid} (owned by another user: attaching needs root or CAP_SYS_PTRACE)"
+                ),
+                io,
+            ),
             Some(libc::EPERM) => RecordError::PtraceDenied(format!("pid {pid}"), io),
             Some(libc::ESRCH) => RecordError::NoSuchProcess(pid),
             _ => RecordError::Os("attach", io),
