@@ -482,12 +482,7 @@ fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, Reco
             other => io::Error::other(other.to_string()),
         };
         return Err(match io.raw_os_error() {
-            Some(libc::EPERM) if owner_differs(pid) => RecordError::PtraceDenied(
-                format!(
-                    "pid {pid} (owned by another user: attaching needs root or CAP_SYS_PTRACE)"
-                ),
-                io,
-            ),
+            Some(libc::EPERM) if owner_differs(pid) => RecordError::OtherUser(pid),
             Some(libc::EPERM) => RecordError::PtraceDenied(format!("pid {pid}"), io),
             Some(libc::ESRCH) => RecordError::NoSuchProcess(pid),
             _ => RecordError::Os("attach", io),
