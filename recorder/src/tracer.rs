@@ -1760,7 +1760,13 @@ impl Tracer {
             origin: ProcessOrigin::Attached,
             command: read_cmdline(pid),
         });
-        for &tid in &stopped {
+        // Stopped threads run again at the end of the attach; threads born meanwhile
+        // start at their own first stop, in the main loop.
+        let threads = stopped
+            .iter()
+            .map(|&t| (t, true))
+            .chain(new_threads.iter().map(|&t| (t, false)));
+        for (tid, started) in threads {
             self.out.buf().push(Record::ThreadStart {
                 ts,
                 pid: pid as u32,
@@ -1771,24 +1777,8 @@ impl Tracer {
                 Task {
                     pid,
                     armed: Vec::new(),
-                    started: true,
+                    started,
                     held: held.remove(&tid).unwrap_or_default(),
-                },
-            );
-        }
-        for &tid in &new_threads {
-            self.out.buf().push(Record::ThreadStart {
-                ts,
-                pid: pid as u32,
-                tid: tid as u32,
-            });
-            self.tasks.insert(
-                tid,
-                Task {
-                    pid,
-                    armed: Vec::new(),
-                    started: false,
-                    held: Vec::new(),
                 },
             );
         }
