@@ -331,8 +331,12 @@ fn a_process_traced_by_another_heaptape_is_refused() {
         .expect("start heaptape record");
     let start = Instant::now();
     let pid = loop {
-        if let Ok(s) = std::fs::read_to_string(&pidfile) {
-            break s.trim().parse::<u32>().expect("pid");
+        // The file may exist before the pid is written into it: poll until it parses.
+        if let Some(p) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break p;
         }
         if start.elapsed() > TIMEOUT {
             let _ = first.kill();
