@@ -19,20 +19,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{run, Run};
+
 /// The `heaptape` binary under test.
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
-
-/// How long any single command may take before the test fails instead of hanging.
-const TIMEOUT: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------
 // Test directories and commands
@@ -102,64 +100,6 @@ impl Drop for TestDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
-    }
-}
-
-/// What a finished command did.
-struct Run {
-    stdout: Vec<u8>,
-    stderr: String,
-    status: ExitStatus,
-}
-
-impl Run {
-    /// The exit status as a shell reports it: the code, or 128+N for signal N.
-    fn shell_code(&self) -> i32 {
-        match (self.status.code(), self.status.signal()) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            _ => unreachable!("a finished process has a code or a signal"),
-        }
-    }
-}
-
-/// Runs `cmd` with stdin from /dev/null, capturing its output, failing after `TIMEOUT`.
-fn run(mut cmd: Command) -> Run {
-    let what = format!("{cmd:?}");
-    let mut child: Child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Run {
-        stdout: t_out.join().expect("stdout reader"),
-        stderr: String::from_utf8_lossy(&t_err.join().expect("stderr reader")).into_owned(),
-        status,
     }
 }
 
