@@ -175,7 +175,7 @@ fn bin_of(size: u64) -> usize {
 }
 
 /// Prediction for one stack (slot chosen by the low bits of the stack id).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Slot {
     /// Stack id + 1, 0 when empty.
     key: u64,
@@ -184,7 +184,18 @@ struct Slot {
     /// Stack id + 1 of the last free of a block allocated with this stack, 0 if none.
     free_key: u64,
     /// Function of the last event with this stack.
-    func: u8,
+    func: AllocFn,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            key: 0,
+            size: 0,
+            free_key: 0,
+            func: AllocFn::Malloc,
+        }
+    }
 }
 
 /// A block allocated in this chunk and not yet released. Only its size bin is kept of
@@ -268,22 +279,23 @@ impl Blocks {
     }
 }
 
-/// A size bin: the most recently freed blocks of one size class, newest last.
+/// A size bin: the most recently freed blocks of one size class, newest last, kept
+/// as a ring of [`BIN_DEPTH`] entries (pushing onto a full bin overwrites the oldest,
+/// taking the newest moves nothing).
 #[derive(Clone, Copy, Default)]
 struct Bin {
     addrs: [u64; BIN_DEPTH],
+    /// Ring index of the next push.
+    top: usize,
     len: usize,
 }
 
 impl Bin {
     #[inline(always)]
     fn push(&mut self, addr: u64) {
-        if self.len == BIN_DEPTH {
-            self.addrs.copy_within(1.., 0);
-            self.len -= 1;
-        }
-        self.addrs[self.len] = addr;
-        self.len += 1;
+        self.addrs[self.top & (BIN_DEPTH - 1)] = addr;
+        self.top = (self.top + 1) & (BIN_DEPTH - 1);
+        self.len = (self.len + 1).min(BIN_DEPTH);
     }
 
     /// Removes and returns the block `depth` below the newest.
@@ -292,9 +304,14 @@ impl Bin {
         if depth >= self.len as u64 {
             return None;
         }
-        let i = self.len - 1 - depth as usize;
+        let d = depth as usize;
+        let i = self.top.wrapping_sub(1 + d) & (BIN_DEPTH - 1);
         let addr = self.addrs[i];
-        self.addrs.copy_within(i + 1..self.len, i);
+        // The `d` newer entries move down one place (none for the newest).
+        for k in 0..d {
+            self.addrs[(i + k) & (BIN_DEPTH - 1)] = self.addrs[(i + k + 1) & (BIN_DEPTH - 1)];
+        }
+        self.top = self.top.wrapping_sub(1) & (BIN_DEPTH - 1);
         self.len -= 1;
         Some(addr)
     }
@@ -302,10 +319,8 @@ impl Bin {
     /// Depth of `addr` below the newest block, if the bin holds it.
     #[inline(always)]
     fn find(&self, addr: u64) -> Option<u64> {
-        self.addrs[..self.len]
-            .iter()
-            .rev()
-            .position(|&a| a == addr)
+        (0..self.len)
+            .find(|&d| self.addrs[self.top.wrapping_sub(1 + d) & (BIN_DEPTH - 1)] == addr)
             .map(|d| d as u64)
     }
 }
@@ -410,7 +425,7 @@ impl Model {
                 None => 0,
             },
             free_key: if hit { slot.free_key } else { 0 },
-            func: func as u8,
+            func,
         };
     }
 
@@ -505,7 +520,7 @@ impl Encoder {
         let key = u64::from(stack) + 1;
         let slot = *self.m.slot(stack);
         let hit = slot.key == key;
-        if !(hit && slot.func == func as u8) {
+        if !(hit && slot.func == func) {
             tag |= F_FUNC;
             self.streams[S_FUNC].push(func as u8);
         }
@@ -717,132 +732,165 @@ fn squeeze(w: u64, stop: u64) -> (u64, usize) {
     (x, len)
 }
 
-/// A cursor over one stream.
+/// What is wrong with a record, cheap to return through the hot path; the message is
+/// only built when decoding fails.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// The stream ends early.
+    Short(usize),
+    /// A varint in the stream overflows 64 bits.
+    Overflow(usize),
+    /// An unknown allocator function byte.
+    Func(u8),
+    /// A value that does not fit its field.
+    Range(&'static str, u64),
+    /// A fixed message.
+    Msg(&'static str),
+    /// A release names an empty block slot.
+    Slot(u64),
+    /// An allocation names a bin entry that does not exist.
+    Bin(u64),
+    /// An unknown record kind.
+    Kind(u8),
+}
+
+impl Fault {
+    #[cold]
+    #[inline(never)]
+    fn message(self, m: &Model) -> String {
+        match self {
+            Fault::Short(s) => format!("the {} stream ends early", STREAM_NAMES[s]),
+            Fault::Overflow(s) => {
+                format!("varint overflows 64 bits in the {} stream", STREAM_NAMES[s])
+            }
+            Fault::Func(b) => format!("unknown allocator function {b}"),
+            Fault::Range(what, v) => format!("{what} {v} out of range"),
+            Fault::Msg(what) => what.into(),
+            Fault::Slot(d) => format!(
+                "release names block slot {d}, which is empty (slots in use: {})",
+                m.blocks.next
+            ),
+            Fault::Bin(d) => format!("allocation names bin entry {d}, which does not exist"),
+            Fault::Kind(k) => format!("unknown record kind {k}"),
+        }
+    }
+}
+
+/// A cursor over one stream. The decoder keeps its cursors in local variables and
+/// only ever passes them by reference to inlined functions (or copies), so that they
+/// stay in registers.
+#[derive(Clone, Copy)]
 struct Cur<'a> {
     b: &'a [u8],
     pos: usize,
-    stream: usize,
 }
-
-/// Stream-level failure, turned into a [`DecodeError`] with the record index.
-struct Short(String);
 
 impl<'a> Cur<'a> {
     #[inline(always)]
-    fn byte(&mut self) -> Result<u8, Short> {
+    fn byte(&mut self, s: usize) -> Result<u8, Fault> {
         match self.b.get(self.pos) {
             Some(&b) => {
                 self.pos += 1;
                 Ok(b)
             }
-            None => Err(self.short()),
+            None => Err(Fault::Short(s)),
         }
     }
 
     /// Reads a little-endian `u16`.
     #[inline(always)]
-    fn u16(&mut self) -> Result<u16, Short> {
+    fn u16(&mut self, s: usize) -> Result<u16, Fault> {
         match self.b.get(self.pos..self.pos + 2) {
             Some(&[a, b]) => {
                 self.pos += 2;
                 Ok(u16::from_le_bytes([a, b]))
             }
-            _ => Err(self.short()),
+            _ => Err(Fault::Short(s)),
         }
+    }
+
+    /// The eight bytes at the cursor, if there are eight left.
+    #[inline(always)]
+    fn word(&self) -> Option<u64> {
+        let bytes = self.b.get(self.pos..self.pos + 8)?;
+        <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
     }
 
     /// Reads a LEB128 varint. The common case (at least eight bytes left, at most
     /// eight bytes long) decodes without a loop: it finds the stop byte with one mask
     /// and squeezes the 7-bit groups together in three steps.
     #[inline(always)]
-    fn var(&mut self) -> Result<u64, Short> {
-        if let Some(bytes) = self.b.get(self.pos..self.pos + 8) {
-            if let Ok(arr) = <[u8; 8]>::try_from(bytes) {
-                let w = u64::from_le_bytes(arr);
-                let stop = !w & 0x8080_8080_8080_8080;
-                if stop != 0 {
-                    let (x, len) = squeeze(w, stop);
-                    self.pos += len;
-                    return Ok(x);
-                }
+    fn var(&mut self, s: usize) -> Result<u64, Fault> {
+        if let Some(w) = self.word() {
+            let stop = !w & 0x8080_8080_8080_8080;
+            if stop != 0 {
+                let (x, len) = squeeze(w, stop);
+                self.pos += len;
+                return Ok(x);
             }
         }
-        self.var_slow()
+        let (x, pos) = var_slow(self.b, self.pos, s)?;
+        self.pos = pos;
+        Ok(x)
     }
 
     /// Reads a varint that is usually one byte long (a branch that predicts well
     /// there, cheaper than the general decoding).
     #[inline(always)]
-    fn var1(&mut self) -> Result<u64, Short> {
+    fn var1(&mut self, s: usize) -> Result<u64, Fault> {
         if let Some(&b) = self.b.get(self.pos) {
             if b < 0x80 {
                 self.pos += 1;
                 return Ok(u64::from(b));
             }
         }
-        self.var()
+        self.var(s)
     }
 
     /// Reads a varint if `cond`; otherwise reads nothing and returns 0. The common
     /// case has no branch on `cond`: the varint is decoded either way and the cursor
     /// moves by its length or by nothing.
     #[inline(always)]
-    fn var_if(&mut self, cond: bool) -> Result<u64, Short> {
-        if let Some(bytes) = self.b.get(self.pos..self.pos + 8) {
-            if let Ok(arr) = <[u8; 8]>::try_from(bytes) {
-                let w = u64::from_le_bytes(arr);
-                let stop = !w & 0x8080_8080_8080_8080;
-                if stop != 0 {
-                    let (x, len) = squeeze(w, stop);
-                    let mask = u64::from(cond).wrapping_neg();
-                    self.pos += len & mask as usize;
-                    return Ok(x & mask);
-                }
+    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
+        if let Some(w) = self.word() {
+            let stop = !w & 0x8080_8080_8080_8080;
+            if stop != 0 {
+                let (x, len) = squeeze(w, stop);
+                let mask = u64::from(cond).wrapping_neg();
+                self.pos += len & mask as usize;
+                return Ok(x & mask);
             }
         }
-        self.var_if_slow(cond)
-    }
-
-    #[inline(never)]
-    fn var_if_slow(&mut self, cond: bool) -> Result<u64, Short> {
         if cond {
-            self.var_slow()
+            let (x, pos) = var_slow(self.b, self.pos, s)?;
+            self.pos = pos;
+            Ok(x)
         } else {
             Ok(0)
         }
     }
+}
 
-    /// Byte-at-a-time varint decoding, for the end of a stream and for long varints.
-    #[inline(never)]
-    fn var_slow(&mut self) -> Result<u64, Short> {
-        let b = self.byte()?;
-        if b < 0x80 {
-            return Ok(u64::from(b));
+/// Byte-at-a-time varint decoding at `b[pos..]`, for the end of a stream and for long
+/// varints. Returns the value and the position after it. (Takes and returns the
+/// position by value so that the caller's cursor never needs an address.)
+#[inline(never)]
+fn var_slow(b: &[u8], mut pos: usize, s: usize) -> Result<(u64, usize), Fault> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let Some(&x) = b.get(pos) else {
+            return Err(Fault::Short(s));
+        };
+        pos += 1;
+        if shift == 63 && x > 1 {
+            return Err(Fault::Overflow(s));
         }
-        let mut v = u64::from(b & 0x7f);
-        let mut shift = 7;
-        loop {
-            let b = self.byte()?;
-            if shift == 63 && b > 1 {
-                return Err(Short(format!(
-                    "varint overflows 64 bits in the {} stream",
-                    STREAM_NAMES[self.stream]
-                )));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-            shift += 7;
+        v |= u64::from(x & 0x7f) << shift;
+        if x < 0x80 {
+            return Ok((v, pos));
         }
-    }
-
-    #[cold]
-    fn short(&self) -> Short {
-        Short(format!(
-            "the {} stream ends early",
-            STREAM_NAMES[self.stream]
-        ))
+        shift += 7;
     }
 }
 
@@ -852,47 +900,34 @@ pub(crate) fn decode_payload(
     count: u32,
     out: &mut Vec<Record>,
 ) -> Result<(), DecodeError> {
-    decode_payload_with(raw, count, &mut VecSink { out, n: 0 })
+    let streams = split_streams(raw, count)?;
+    // `split_streams` bounded `count` by the payload size.
+    out.reserve(count as usize);
+    let before = out.len();
+    let mut sink = SliceSink {
+        spare: out.spare_capacity_mut(),
+        n: 0,
+    };
+    let r = decode_streams(streams, count, &mut sink);
+    let len = before + sink.n;
+    // SAFETY: the sink wrote `sink.n` records, in order, into the first `sink.n` slots
+    // of the spare capacity after `before` (it counts a slot only once it is written),
+    // and nothing else touched the vector since.
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(len);
+    }
+    r
 }
 
-/// Appends records to a vector by writing them straight into its spare capacity.
-/// (`Vec::push` is not inlined into the decoder, so each record would be built on the
-/// stack and copied, a store-forwarding stall per record.)
-struct VecSink<'a> {
-    out: &'a mut Vec<Record>,
-    /// Records written after `out.len()`, not yet counted in it.
+/// Writes records into a vector's spare capacity, in order.
+struct SliceSink<'a> {
+    spare: &'a mut [std::mem::MaybeUninit<Record>],
+    /// Slots written.
     n: usize,
 }
 
-impl VecSink<'_> {
-    /// Counts the written records in the vector's length.
-    #[inline(always)]
-    fn commit(&mut self) {
-        let len = self.out.len() + self.n;
-        debug_assert!(len <= self.out.capacity());
-        // SAFETY: the `n` slots after `out.len()` are within the capacity and were
-        // initialised by `push`, in order, and nothing else touched the vector since.
-        #[allow(unsafe_code)]
-        unsafe {
-            self.out.set_len(len);
-        }
-        self.n = 0;
-    }
-}
-
-impl Drop for VecSink<'_> {
-    fn drop(&mut self) {
-        self.commit();
-    }
-}
-
-impl Sink for VecSink<'_> {
-    #[inline(always)]
-    fn reserve(&mut self, n: usize) {
-        self.commit();
-        self.out.reserve(n);
-    }
-
+impl Sink for SliceSink<'_> {
     #[inline(always)]
     fn push(&mut self, rec: Record) {
         self.push_with(|| rec);
@@ -900,24 +935,17 @@ impl Sink for VecSink<'_> {
 
     #[inline(always)]
     fn push_with(&mut self, f: impl FnOnce() -> Record) {
-        let n = self.n;
-        match self.out.spare_capacity_mut().get_mut(n) {
-            Some(slot) => {
-                slot.write(f());
-                self.n = n + 1;
-            }
-            None => {
-                self.commit();
-                self.out.push(f());
-            }
+        // The spare capacity holds at least `count` slots and the decoder pushes at
+        // most `count` records, so this always finds a slot.
+        if let Some(slot) = self.spare.get_mut(self.n) {
+            slot.write(f());
+            self.n += 1;
         }
     }
 }
 
 /// Where decoded records go.
 pub(crate) trait Sink {
-    /// Told the record count once it is known to be plausible.
-    fn reserve(&mut self, n: usize);
     /// Takes the next record.
     fn push(&mut self, rec: Record);
     /// Takes the next record, built by `f` (so it can be built in place).
@@ -932,9 +960,6 @@ pub(crate) struct FnSink<F>(pub(crate) F);
 
 impl<F: FnMut(Record)> Sink for FnSink<F> {
     #[inline(always)]
-    fn reserve(&mut self, _: usize) {}
-
-    #[inline(always)]
     fn push(&mut self, rec: Record) {
         (self.0)(rec);
     }
@@ -947,229 +972,304 @@ pub(crate) fn decode_payload_with(
     count: u32,
     sink: &mut impl Sink,
 ) -> Result<(), DecodeError> {
-    let err = |record: u32, what: String| DecodeError { record, what };
-    // The stream length prefix.
-    let mut head = Cur {
-        b: raw,
-        pos: 0,
-        stream: S_TAG,
-    };
+    let streams = split_streams(raw, count)?;
+    decode_streams(streams, count, sink)
+}
+
+/// Checks the stream length prefix and the record count; returns the streams.
+fn split_streams(raw: &[u8], count: u32) -> Result<[&[u8]; STREAMS], DecodeError> {
+    let err = |what: String| DecodeError { record: 0, what };
+    let mut pos = 0;
     let mut lens = [0usize; STREAMS];
     for len in &mut lens {
-        let v = head
-            .var_slow()
-            .map_err(|_| err(0, "stream length prefix is cut short".into()))?;
+        let (v, p) = var_slow(raw, pos, S_TAG)
+            .map_err(|_| err("stream length prefix is cut short".into()))?;
+        pos = p;
         *len = usize::try_from(v)
             .ok()
             .filter(|&l| l <= raw.len())
-            .ok_or_else(|| err(0, format!("stream length {v} is over the payload size")))?;
+            .ok_or_else(|| err(format!("stream length {v} is over the payload size")))?;
     }
-    let body = &raw[head.pos..];
+    let body = &raw[pos..];
     let total: usize = lens.iter().sum();
     if total != body.len() {
-        return Err(err(
-            0,
-            format!(
-                "streams add up to {total} bytes but {} follow the prefix",
-                body.len()
-            ),
-        ));
+        return Err(err(format!(
+            "streams add up to {total} bytes but {} follow the prefix",
+            body.len()
+        )));
     }
     if lens[S_TAG] != count as usize {
-        return Err(err(
-            0,
-            format!(
-                "chunk header says {count} records but the tag stream holds {}",
-                lens[S_TAG]
-            ),
-        ));
+        return Err(err(format!(
+            "chunk header says {count} records but the tag stream holds {}",
+            lens[S_TAG]
+        )));
     }
     // Every record takes at least MIN_RECORD_BYTES of payload, which bounds `count` (and
-    // so this reservation) by the payload size.
+    // so what a caller reserves for the records) by the payload size.
     if (count as usize).saturating_mul(MIN_RECORD_BYTES) > raw.len() {
-        return Err(err(
-            0,
-            format!("{count} records cannot fit in {} payload bytes", raw.len()),
-        ));
+        return Err(err(format!(
+            "{count} records cannot fit in {} payload bytes",
+            raw.len()
+        )));
     }
     let mut at = 0;
-    let mut cur: [Cur<'_>; STREAMS] = std::array::from_fn(|i| {
-        let c = Cur {
-            b: &body[at..at + lens[i]],
-            pos: 0,
-            stream: i,
-        };
+    Ok(std::array::from_fn(|i| {
+        let s = &body[at..at + lens[i]];
         at += lens[i];
-        c
-    });
-    sink.reserve(count as usize);
+        s
+    }))
+}
+
+/// The cursors of the streams the hot loop reads (the tag stream is indexed by the
+/// record number, the node and other streams are read out of line).
+#[derive(Clone, Copy)]
+struct Hot<'a> {
+    ts_lo: Cur<'a>,
+    ts_hi: Cur<'a>,
+    tid: Cur<'a>,
+    stack: Cur<'a>,
+    size: Cur<'a>,
+    addr: Cur<'a>,
+    bin: Cur<'a>,
+    live: Cur<'a>,
+    func: Cur<'a>,
+}
+
+/// Decodes the streams of a chunk of `count` records, handing each to `sink` in order.
+#[inline(always)]
+fn decode_streams(
+    s: [&[u8]; STREAMS],
+    count: u32,
+    sink: &mut impl Sink,
+) -> Result<(), DecodeError> {
+    let cur = |i: usize| Cur { b: s[i], pos: 0 };
+    let mut c = Hot {
+        ts_lo: cur(S_TS_LO),
+        ts_hi: cur(S_TS_HI),
+        tid: cur(S_TID),
+        stack: cur(S_STACK),
+        size: cur(S_SIZE),
+        addr: cur(S_ADDR),
+        bin: cur(S_BIN),
+        live: cur(S_LIVE),
+        func: cur(S_FUNC),
+    };
+    let mut node = cur(S_NODE);
+    let mut other = cur(S_OTHER);
     let mut m = Model::new();
-    for i in 0..count {
-        decode_one(&mut m, &mut cur, sink).map_err(|Short(what)| err(i, what))?;
+    let tags = s[S_TAG];
+    let mut i = 0;
+    let r = loop {
+        // `split_streams` checked that the tag stream holds `count` bytes.
+        let Some(&tag) = tags.get(i) else {
+            break Ok(());
+        };
+        let kind = tag & KIND_MASK;
+        let r = if kind == K_FREE {
+            decode_free(&mut m, &mut c, tag, sink)
+        } else if kind & !1 == K_ALLOC {
+            decode_alloc(&mut m, &mut c, tag, sink)
+        } else if kind == K_REALLOC {
+            let mut c2 = c;
+            let r = decode_realloc(&mut m, &mut c2, tag, sink);
+            c = c2;
+            r
+        } else if kind == K_NODE {
+            let mut n2 = node;
+            let r = decode_node(&mut m, &mut n2, tag).map(|rec| sink.push(rec));
+            node = n2;
+            r
+        } else if kind == K_OTHER {
+            let mut o2 = other;
+            let r = decode_other(&mut m, &mut o2);
+            other = o2;
+            match r {
+                Ok(rec) => {
+                    sink.push(rec);
+                    Ok(())
+                }
+                Err(what) => {
+                    return Err(DecodeError {
+                        record: i as u32,
+                        what,
+                    })
+                }
+            }
+        } else {
+            Err(Fault::Kind(kind))
+        };
+        if let Err(f) = r {
+            break Err((i, f));
+        }
+        i += 1;
+    };
+    if let Err((i, f)) = r {
+        return Err(DecodeError {
+            record: i as u32,
+            what: f.message(&m),
+        });
     }
-    for c in &cur {
+    debug_assert_eq!(i, count as usize);
+    let ends = [
+        (S_TS_LO, c.ts_lo),
+        (S_TS_HI, c.ts_hi),
+        (S_TID, c.tid),
+        (S_STACK, c.stack),
+        (S_SIZE, c.size),
+        (S_ADDR, c.addr),
+        (S_BIN, c.bin),
+        (S_LIVE, c.live),
+        (S_FUNC, c.func),
+        (S_NODE, node),
+        (S_OTHER, other),
+    ];
+    for (s, c) in ends {
         if c.pos != c.b.len() {
-            return Err(err(
-                count,
-                format!(
+            return Err(DecodeError {
+                record: count,
+                what: format!(
                     "{} bytes left in the {} stream after the last record",
                     c.b.len() - c.pos,
-                    STREAM_NAMES[c.stream]
+                    STREAM_NAMES[s]
                 ),
-            ));
+            });
         }
     }
     Ok(())
 }
 
 #[inline(always)]
-fn decode_func(b: u8) -> Result<AllocFn, Short> {
+fn decode_func(b: u8) -> Result<AllocFn, Fault> {
     match AllocFn::ALL.get(b as usize) {
         Some(&f) => Ok(f),
-        None => Err(bad_func(b)),
+        None => Err(Fault::Func(b)),
     }
 }
 
-#[cold]
-#[inline(never)]
-fn bad_func(b: u8) -> Short {
-    Short(format!("unknown allocator function {b}"))
-}
-
-#[cold]
-#[inline(never)]
-fn fail(what: &str) -> Short {
-    Short(what.into())
-}
-
-#[cold]
-#[inline(never)]
-fn out_of_range(what: &str, v: u64) -> Short {
-    Short(format!("{what} {v} out of range"))
-}
-
 #[inline(always)]
-fn decode_ts(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<u64, Short> {
-    let lo = cur[S_TS_LO].byte()?;
-    let hi = cur[S_TS_HI].var1()?;
+fn decode_ts(m: &mut Model, c: &mut Hot<'_>) -> Result<u64, Fault> {
+    let lo = c.ts_lo.byte(S_TS_LO)?;
+    let hi = c.ts_hi.var1(S_TS_HI)?;
     m.ts = undelta(m.ts, hi << 8 | u64::from(lo));
     Ok(m.ts)
 }
 
 /// The thread: a delta in the thread stream when `F_TID` is set (rarely: a branch).
 #[inline(always)]
-fn decode_tid(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<u32, Short> {
+fn decode_tid(m: &mut Model, c: &mut Hot<'_>, tag: u8) -> Result<u32, Fault> {
     if tag & F_TID != 0 {
-        let tid = undelta(u64::from(m.tid), cur[S_TID].var1()?);
-        m.tid = u32::try_from(tid).map_err(|_| out_of_range("thread id", tid))?;
+        let tid = undelta(u64::from(m.tid), c.tid.var1(S_TID)?);
+        m.tid = u32::try_from(tid).map_err(|_| Fault::Range("thread id", tid))?;
     }
     Ok(m.tid)
 }
 
 #[inline(always)]
-fn decode_stack(cur: &mut [Cur<'_>; STREAMS]) -> Result<StackId, Short> {
-    let stack = cur[S_STACK].var()?;
-    StackId::try_from(stack).map_err(|_| out_of_range("stack id", stack))
+fn decode_stack(c: &mut Hot<'_>) -> Result<StackId, Fault> {
+    let stack = c.stack.var(S_STACK)?;
+    StackId::try_from(stack).map_err(|_| Fault::Range("stack id", stack))
 }
 
-/// Decodes the function and (with `with_size`) the size of an event at `stack`, and
-/// updates the stack's slot. Stored and predicted fields are selected without
-/// branches.
+/// Decodes the function and the size of an allocation at `stack`, and updates the
+/// stack's slot. Stored and predicted sizes are selected without branches.
 #[inline(always)]
 fn decode_func_size(
     m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
+    c: &mut Hot<'_>,
     tag: u8,
     stack: StackId,
-    with_size: bool,
-) -> Result<(AllocFn, u64), Short> {
+) -> Result<(AllocFn, u64), Fault> {
     let key = u64::from(stack) + 1;
     let slot = m.slot(stack);
     let old = *slot;
     let hit = old.key == key;
     let f_func = tag & F_FUNC != 0;
-    let f_size = with_size & (tag & F_SIZE != 0);
-    let stored_func = if f_func { cur[S_FUNC].byte()? } else { 0 };
+    let f_size = tag & F_SIZE != 0;
     // Whether the size is stored is not predictable (about 2 in 3 here): no branch.
-    let stored_size = cur[S_SIZE].var_if(f_size)?;
-    if !hit & (!f_func | (with_size & !f_size)) {
-        return Err(fail(if f_func {
-            "size predicted from an unseen stack"
-        } else {
-            "function predicted from an unseen stack"
-        }));
+    let stored_size = c.size.var_if(f_size, S_SIZE)?;
+    let func = if f_func {
+        decode_func(c.func.byte(S_FUNC)?)?
+    } else if hit {
+        old.func
+    } else {
+        return Err(Fault::Msg("function predicted from an unseen stack"));
+    };
+    if !hit & !f_size {
+        return Err(Fault::Msg("size predicted from an unseen stack"));
     }
-    let func = decode_func(sel(f_func, stored_func.into(), old.func.into()) as u8)?;
-    // Without a size (a free), a hit keeps the slot's size and a miss clears it.
-    let size = sel(
-        f_size,
-        stored_size,
-        old.size & u64::from(hit).wrapping_neg(),
-    );
+    let size = sel(f_size, stored_size, old.size);
     *slot = Slot {
         key,
         size,
         free_key: old.free_key & u64::from(hit).wrapping_neg(),
-        func: func as u8,
+        func,
     };
     Ok((func, size))
 }
 
+/// Decodes the function of a free at `stack`, and updates the stack's slot (a hit
+/// keeps its size, a miss clears it).
+#[inline(always)]
+fn decode_free_func(
+    m: &mut Model,
+    c: &mut Hot<'_>,
+    tag: u8,
+    stack: StackId,
+) -> Result<AllocFn, Fault> {
+    let key = u64::from(stack) + 1;
+    let slot = m.slot(stack);
+    let old = *slot;
+    let hit = old.key == key;
+    let func = if tag & F_FUNC != 0 {
+        decode_func(c.func.byte(S_FUNC)?)?
+    } else if hit {
+        old.func
+    } else {
+        return Err(Fault::Msg("function predicted from an unseen stack"));
+    };
+    let keep = u64::from(hit).wrapping_neg();
+    *slot = Slot {
+        key,
+        size: old.size & keep,
+        free_key: old.free_key & keep,
+        func,
+    };
+    Ok(func)
+}
+
 /// Decodes a released address; returns it and, for a live block, the block.
 #[inline(always)]
-fn decode_released(
-    m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
-    mode: u8,
-) -> Result<(u64, Option<Live>), Short> {
+fn decode_released(m: &mut Model, c: &mut Hot<'_>, mode: u8) -> Result<(u64, Option<Live>), Fault> {
     if mode == R_LIVE {
-        let v = u64::from(cur[S_LIVE].u16()?);
+        let v = u64::from(c.live.u16(S_LIVE)?);
         match m.take_live(v) {
             Some(b) => Ok((b.addr, Some(b))),
-            None => Err(bad_live(m, v)),
+            None => Err(Fault::Slot(v)),
         }
     } else if mode == R_DELTA {
-        Ok((undelta(m.addr, cur[S_LIVE].var()?), None))
+        Ok((undelta(m.addr, c.live.var(S_LIVE)?), None))
     } else if mode == A_ZERO {
         Ok((0, None))
     } else {
-        Err(fail("bump address mode on a release"))
+        Err(Fault::Msg("bump address mode on a release"))
     }
 }
 
-#[cold]
-#[inline(never)]
-fn bad_live(m: &Model, d: u64) -> Short {
-    Short(format!(
-        "release names block slot {d}, which is empty (slots in use: {})",
-        m.blocks.next
-    ))
-}
-
-#[cold]
-#[inline(never)]
-fn bad_bin(d: u64) -> Short {
-    Short(format!(
-        "allocation names bin entry {d}, which does not exist"
-    ))
-}
-
-/// Decodes an allocation (kinds 2 and 3). The address modes are selected without
-/// branches: whether an allocation is fresh, reused or elsewhere is not predictable.
+/// Decodes an allocation (kinds 2 and 3).
 #[inline(always)]
 fn decode_alloc(
     m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
+    c: &mut Hot<'_>,
     tag: u8,
     sink: &mut impl Sink,
-) -> Result<(), Short> {
+) -> Result<(), Fault> {
     let mode = tag >> A_SHIFT;
-    let ts = decode_ts(m, cur)?;
-    let tid = decode_tid(m, cur, tag)?;
-    let stack = decode_stack(cur)?;
-    let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
+    let ts = decode_ts(m, c)?;
+    let tid = decode_tid(m, c, tag)?;
+    let stack = decode_stack(c)?;
+    let (func, size) = decode_func_size(m, c, tag, stack)?;
     let align = if tag & KIND_MASK == K_ALIGNED {
-        cur[S_SIZE].var()?
+        c.size.var(S_SIZE)?
     } else {
         0
     };
@@ -1177,13 +1277,13 @@ fn decode_alloc(
     let bump = m.bump;
     let address = match mode {
         A_BIN => {
-            let depth = cur[S_BIN].var1()?;
+            let depth = c.bin.var1(S_BIN)?;
             match m.bins[bin_of(size)].take(depth) {
                 Some(a) => a,
-                None => return Err(bad_bin(depth)),
+                None => return Err(Fault::Bin(depth)),
             }
         }
-        A_DELTA => undelta(bump, cur[S_ADDR].var()?),
+        A_DELTA => undelta(bump, c.addr.var(S_ADDR)?),
         A_BUMP => bump,
         _ => 0,
     };
@@ -1207,42 +1307,23 @@ fn decode_alloc(
 }
 
 #[inline(always)]
-fn decode_free(
-    m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
-    tag: u8,
-    sink: &mut impl Sink,
-) -> Result<(), Short> {
-    let ts = decode_ts(m, cur)?;
-    let tid = decode_tid(m, cur, tag)?;
-    let (address, block) = decode_released(m, cur, tag >> A_SHIFT)?;
-    let f_stack = tag & F_STACK != 0;
-    let stored = if f_stack { cur[S_STACK].var()? } else { 0 };
-    let (predicted, ok) = match block {
-        Some(b) => {
-            let s = m.table[b.stack as usize & (TABLE - 1)];
-            (
-                s.free_key.wrapping_sub(1),
-                s.key == u64::from(b.stack) + 1 && s.free_key != 0,
-            )
+fn decode_free(m: &mut Model, c: &mut Hot<'_>, tag: u8, sink: &mut impl Sink) -> Result<(), Fault> {
+    let ts = decode_ts(m, c)?;
+    let tid = decode_tid(m, c, tag)?;
+    let (address, block) = decode_released(m, c, tag >> A_SHIFT)?;
+    let stack = if tag & F_STACK != 0 {
+        decode_stack(c)?
+    } else {
+        match block.and_then(|b| m.predicted_free_stack(b.stack)) {
+            Some(s) => s,
+            None => return Err(Fault::Msg("free stack predicted without a basis")),
         }
-        None => (0, false),
     };
-    if !f_stack & !ok {
-        return Err(fail("free stack predicted without a basis"));
-    }
-    let stack = sel(f_stack, stored, predicted);
-    let stack = StackId::try_from(stack).map_err(|_| out_of_range("stack id", stack))?;
-    let (func, _) = decode_func_size(m, cur, tag, stack, false)?;
+    let func = decode_free_func(m, c, tag, stack)?;
     m.addr = sel(address != 0, address, m.addr);
     if let Some(b) = block {
         m.bins[b.bin as usize].push(address);
-        let s = m.slot(b.stack);
-        s.free_key = sel(
-            s.key == u64::from(b.stack) + 1,
-            u64::from(stack) + 1,
-            s.free_key,
-        );
+        m.learn_free_stack(b.stack, stack);
     }
     sink.push_with(|| Record::Free {
         ts,
@@ -1257,16 +1338,16 @@ fn decode_free(
 #[inline(never)]
 fn decode_realloc(
     m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
+    c: &mut Hot<'_>,
     tag: u8,
     sink: &mut impl Sink,
-) -> Result<(), Short> {
-    let ts = decode_ts(m, cur)?;
-    let tid = decode_tid(m, cur, tag)?;
-    let stack = decode_stack(cur)?;
-    let (func, size) = decode_func_size(m, cur, tag, stack, true)?;
-    let (old_address, block) = decode_released(m, cur, tag >> A_SHIFT)?;
-    let new_address = undelta(old_address, cur[S_ADDR].var()?);
+) -> Result<(), Fault> {
+    let ts = decode_ts(m, c)?;
+    let tid = decode_tid(m, c, tag)?;
+    let stack = decode_stack(c)?;
+    let (func, size) = decode_func_size(m, c, tag, stack)?;
+    let (old_address, block) = decode_released(m, c, tag >> A_SHIFT)?;
+    let new_address = undelta(old_address, c.addr.var(S_ADDR)?);
     if let Some(b) = block {
         if new_address != old_address {
             m.bins[b.bin as usize].push(old_address);
@@ -1290,48 +1371,17 @@ fn decode_realloc(
     Ok(())
 }
 
-#[inline(always)]
-fn decode_one(
-    m: &mut Model,
-    cur: &mut [Cur<'_>; STREAMS],
-    sink: &mut impl Sink,
-) -> Result<(), Short> {
-    let tag = cur[S_TAG].byte()?;
-    match tag & KIND_MASK {
-        K_ALLOC | K_ALIGNED => decode_alloc(m, cur, tag, sink),
-        K_FREE => decode_free(m, cur, tag, sink),
-        K_REALLOC => decode_realloc(m, cur, tag, sink),
-        K_NODE => {
-            sink.push(decode_node(m, cur, tag)?);
-            Ok(())
-        }
-        K_OTHER => {
-            sink.push(decode_other(m, cur)?);
-            Ok(())
-        }
-        k => Err(unknown_kind(k)),
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn unknown_kind(k: u8) -> Short {
-    Short(format!("unknown record kind {k}"))
-}
-
 /// Decodes a stack node (rare after the first chunks: kept out of the hot loop).
 #[inline(never)]
-fn decode_node(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<Record, Short> {
-    let node = &mut cur[S_NODE];
+fn decode_node(m: &mut Model, node: &mut Cur<'_>, tag: u8) -> Result<Record, Fault> {
     let id = if tag & F_NEXT_ID != 0 {
         m.node_id.wrapping_add(1)
     } else {
-        undelta(u64::from(m.node_id), node.var()?) as StackId
+        undelta(u64::from(m.node_id), node.var(S_NODE)?) as StackId
     };
-    let up = node.var()?;
-    let up = StackId::try_from(up)
-        .map_err(|_| Short(format!("stack node parent distance {up} out of range")))?;
-    let address = undelta(m.node_addr, node.var()?);
+    let up = node.var(S_NODE)?;
+    let up = StackId::try_from(up).map_err(|_| Fault::Range("stack node parent distance", up))?;
+    let address = undelta(m.node_addr, node.var(S_NODE)?);
     m.node_id = id;
     m.node_addr = address;
     Ok(Record::StackNode {
@@ -1343,10 +1393,9 @@ fn decode_node(m: &mut Model, cur: &mut [Cur<'_>; STREAMS], tag: u8) -> Result<R
 
 /// Decodes a rare record (postcard).
 #[inline(never)]
-fn decode_other(m: &mut Model, cur: &mut [Cur<'_>; STREAMS]) -> Result<Record, Short> {
-    let other = &mut cur[S_OTHER];
+fn decode_other(m: &mut Model, other: &mut Cur<'_>) -> Result<Record, String> {
     let (rec, rest) = postcard::take_from_bytes::<Record>(&other.b[other.pos..])
-        .map_err(|e| Short(format!("record does not decode: {e}")))?;
+        .map_err(|e| format!("record does not decode: {e}"))?;
     other.pos = other.b.len() - rest.len();
     if let Some(ts) = rec.timestamp() {
         m.ts = ts;
@@ -1410,32 +1459,16 @@ mod tests {
         for pad in [0usize, 8] {
             let mut b = buf.clone();
             b.extend(std::iter::repeat_n(0x80, pad));
-            let mut c = Cur {
-                b: &b,
-                pos: 0,
-                stream: 0,
-            };
+            let mut c = Cur { b: &b, pos: 0 };
             for &v in &values {
-                assert_eq!(c.var().ok(), Some(v));
+                assert_eq!(c.var(S_SIZE).ok(), Some(v));
             }
         }
         // An eleven-byte varint and one overflowing 64 bits are errors, not panics.
         let bad = [0xff; 11];
-        assert!(Cur {
-            b: &bad,
-            pos: 0,
-            stream: 0
-        }
-        .var()
-        .is_err());
+        assert!(Cur { b: &bad, pos: 0 }.var(S_SIZE).is_err());
         let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
-        assert!(Cur {
-            b: &over,
-            pos: 0,
-            stream: 0
-        }
-        .var()
-        .is_err());
+        assert!(Cur { b: &over, pos: 0 }.var(S_SIZE).is_err());
     }
 
     #[test]
