@@ -785,89 +785,13 @@ struct Cur<'a> {
     pos: usize,
 }
 
-impl<'a> Cur<'a> {
-    #[inline(always)]
-    fn byte(&mut self, s: usize) -> Result<u8, Fault> {
-        match self.b.get(self.pos) {
-            Some(&b) => {
-                self.pos += 1;
-                Ok(b)
-            }
-            None => Err(Fault::Short(s)),
-        }
-    }
-
-    /// Reads a little-endian `u16`.
-    #[inline(always)]
-    fn u16(&mut self, s: usize) -> Result<u16, Fault> {
-        match self.b.get(self.pos..self.pos + 2) {
-            Some(&[a, b]) => {
-                self.pos += 2;
-                Ok(u16::from_le_bytes([a, b]))
-            }
-            _ => Err(Fault::Short(s)),
-        }
-    }
-
-    /// The eight bytes at the cursor, if there are eight left.
-    #[inline(always)]
-    fn word(&self) -> Option<u64> {
-        let bytes = self.b.get(self.pos..self.pos + 8)?;
-        <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
-    }
-
-    /// Reads a LEB128 varint. The common case (at least eight bytes left, at most
-    /// eight bytes long) decodes without a loop: it finds the stop byte with one mask
-    /// and squeezes the 7-bit groups together in three steps.
+impl Cur<'_> {
+    /// Reads a LEB128 varint (out of the hot loop: stack nodes, tests).
     #[inline(always)]
     fn var(&mut self, s: usize) -> Result<u64, Fault> {
-        if let Some(w) = self.word() {
-            let stop = !w & 0x8080_8080_8080_8080;
-            if stop != 0 {
-                let (x, len) = squeeze(w, stop);
-                self.pos += len;
-                return Ok(x);
-            }
-        }
-        let (x, pos) = var_slow(self.b, self.pos, s)?;
+        let (x, pos) = var_slow(self.b, self.b.len(), self.pos, s)?;
         self.pos = pos;
         Ok(x)
-    }
-
-    /// Reads a varint that is usually one byte long (a branch that predicts well
-    /// there, cheaper than the general decoding).
-    #[inline(always)]
-    fn var1(&mut self, s: usize) -> Result<u64, Fault> {
-        if let Some(&b) = self.b.get(self.pos) {
-            if b < 0x80 {
-                self.pos += 1;
-                return Ok(u64::from(b));
-            }
-        }
-        self.var(s)
-    }
-
-    /// Reads a varint if `cond`; otherwise reads nothing and returns 0. The common
-    /// case has no branch on `cond`: the varint is decoded either way and the cursor
-    /// moves by its length or by nothing.
-    #[inline(always)]
-    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
-        if let Some(w) = self.word() {
-            let stop = !w & 0x8080_8080_8080_8080;
-            if stop != 0 {
-                let (x, len) = squeeze(w, stop);
-                let mask = u64::from(cond).wrapping_neg();
-                self.pos += len & mask as usize;
-                return Ok(x & mask);
-            }
-        }
-        if cond {
-            let (x, pos) = var_slow(self.b, self.pos, s)?;
-            self.pos = pos;
-            Ok(x)
-        } else {
-            Ok(0)
-        }
     }
 }
 
@@ -875,7 +799,8 @@ impl<'a> Cur<'a> {
 /// varints. Returns the value and the position after it. (Takes and returns the
 /// position by value so that the caller's cursor never needs an address.)
 #[inline(never)]
-fn var_slow(b: &[u8], mut pos: usize, s: usize) -> Result<(u64, usize), Fault> {
+fn var_slow(b: &[u8], end: usize, mut pos: usize, s: usize) -> Result<(u64, usize), Fault> {
+    let b = b.get(..end).unwrap_or_default();
     let mut v = 0u64;
     let mut shift = 0;
     loop {
@@ -900,7 +825,7 @@ pub(crate) fn decode_payload(
     count: u32,
     out: &mut Vec<Record>,
 ) -> Result<(), DecodeError> {
-    let streams = split_streams(raw, count)?;
+    let (body, streams) = split_streams(raw, count)?;
     // `split_streams` bounded `count` by the payload size.
     out.reserve(count as usize);
     let before = out.len();
@@ -908,7 +833,7 @@ pub(crate) fn decode_payload(
         spare: out.spare_capacity_mut(),
         n: 0,
     };
-    let r = decode_streams(streams, count, &mut sink);
+    let r = decode_streams(body, streams, count, &mut sink);
     let len = before + sink.n;
     // SAFETY: the sink wrote `sink.n` records, in order, into the first `sink.n` slots
     // of the spare capacity after `before` (it counts a slot only once it is written),
@@ -972,17 +897,17 @@ pub(crate) fn decode_payload_with(
     count: u32,
     sink: &mut impl Sink,
 ) -> Result<(), DecodeError> {
-    let streams = split_streams(raw, count)?;
-    decode_streams(streams, count, sink)
+    let (body, streams) = split_streams(raw, count)?;
+    decode_streams(body, streams, count, sink)
 }
 
 /// Checks the stream length prefix and the record count; returns the streams.
-fn split_streams(raw: &[u8], count: u32) -> Result<[&[u8]; STREAMS], DecodeError> {
+fn split_streams(raw: &[u8], count: u32) -> Result<(&[u8], [&[u8]; STREAMS]), DecodeError> {
     let err = |what: String| DecodeError { record: 0, what };
     let mut pos = 0;
     let mut lens = [0usize; STREAMS];
     for len in &mut lens {
-        let (v, p) = var_slow(raw, pos, S_TAG)
+        let (v, p) = var_slow(raw, raw.len(), pos, S_TAG)
             .map_err(|_| err("stream length prefix is cut short".into()))?;
         pos = p;
         *len = usize::try_from(v)
@@ -1013,95 +938,190 @@ fn split_streams(raw: &[u8], count: u32) -> Result<[&[u8]; STREAMS], DecodeError
         )));
     }
     let mut at = 0;
-    Ok(std::array::from_fn(|i| {
+    let streams = std::array::from_fn(|i| {
         let s = &body[at..at + lens[i]];
         at += lens[i];
         s
-    }))
+    });
+    Ok((body, streams))
 }
 
-/// The cursors of the streams the hot loop reads (the tag stream is indexed by the
-/// record number, the node and other streams are read out of line).
+/// The cursors of the streams the hot loop reads. Positions are offsets in the body of
+/// the payload (all streams back to back); stream `s` is read through `b[s]`, the body
+/// up to the end of stream `s`, so that one comparison bounds a read. (All the slices
+/// share one base pointer, and a read of eight bytes may look into earlier streams'
+/// bytes only if the cursor went back, which it never does.)
 #[derive(Clone, Copy)]
 struct Hot<'a> {
-    ts_lo: Cur<'a>,
-    ts_hi: Cur<'a>,
-    tid: Cur<'a>,
-    stack: Cur<'a>,
-    size: Cur<'a>,
-    addr: Cur<'a>,
-    bin: Cur<'a>,
-    live: Cur<'a>,
-    func: Cur<'a>,
+    b: [&'a [u8]; STREAMS],
+    pos: [usize; STREAMS],
+}
+
+impl Hot<'_> {
+    /// The eight bytes at `p` in stream `s`, if the stream holds them.
+    #[inline(always)]
+    fn word(&self, s: usize, p: usize) -> Option<u64> {
+        self.b[s]
+            .get(p..)
+            .and_then(|t| t.first_chunk::<8>())
+            .map(|w| u64::from_le_bytes(*w))
+    }
+
+    /// The slow path of the varint readers: byte by byte, within the stream. (The
+    /// cursor is passed by value: a reference to it would keep it in memory.)
+    #[inline(always)]
+    fn var_slow(&self, s: usize) -> Result<(u64, usize), Fault> {
+        var_slow(self.b[s], self.b[s].len(), self.pos[s], s)
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, s: usize) -> Result<u8, Fault> {
+        let p = self.pos[s];
+        match self.b[s].get(p) {
+            Some(&b) => {
+                self.pos[s] = p + 1;
+                Ok(b)
+            }
+            None => Err(Fault::Short(s)),
+        }
+    }
+
+    /// Reads a little-endian `u16`.
+    #[inline(always)]
+    fn u16(&mut self, s: usize) -> Result<u16, Fault> {
+        let p = self.pos[s];
+        match self.b[s].get(p..).and_then(|t| t.first_chunk::<2>()) {
+            Some(w) => {
+                self.pos[s] = p + 2;
+                Ok(u16::from_le_bytes(*w))
+            }
+            None => Err(Fault::Short(s)),
+        }
+    }
+
+    /// Reads a LEB128 varint. The common case (at most eight bytes long, eight bytes
+    /// left in the stream) decodes without a loop: it finds the stop byte with one
+    /// mask and squeezes the 7-bit groups together in three steps.
+    #[inline(always)]
+    fn var(&mut self, s: usize) -> Result<u64, Fault> {
+        let p = self.pos[s];
+        if let Some(w) = self.word(s, p) {
+            let stop = !w & 0x8080_8080_8080_8080;
+            if stop != 0 {
+                let (x, len) = squeeze(w, stop);
+                self.pos[s] = p + len;
+                return Ok(x);
+            }
+        }
+        let (x, p) = self.var_slow(s)?;
+        self.pos[s] = p;
+        Ok(x)
+    }
+
+    /// Reads a varint that is usually one byte long (a branch that predicts well
+    /// there, cheaper than the general decoding).
+    #[inline(always)]
+    fn var1(&mut self, s: usize) -> Result<u64, Fault> {
+        let p = self.pos[s];
+        if let Some(&b) = self.b[s].get(p) {
+            if b < 0x80 {
+                self.pos[s] = p + 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.var(s)
+    }
+
+    /// Reads a varint if `cond`; otherwise reads nothing and returns 0. The common
+    /// case has no branch on `cond`: the varint is decoded either way and the cursor
+    /// moves by its length or by nothing.
+    #[inline(always)]
+    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
+        let p = self.pos[s];
+        if let Some(w) = self.word(s, p) {
+            let stop = !w & 0x8080_8080_8080_8080;
+            if stop != 0 {
+                let (x, len) = squeeze(w, stop);
+                let mask = u64::from(cond).wrapping_neg();
+                self.pos[s] = p + (len & mask as usize);
+                return Ok(x & mask);
+            }
+        }
+        if cond {
+            let (x, p) = self.var_slow(s)?;
+            self.pos[s] = p;
+            Ok(x)
+        } else {
+            Ok(0)
+        }
+    }
 }
 
 /// Decodes the streams of a chunk of `count` records, handing each to `sink` in order.
 #[inline(always)]
 fn decode_streams(
+    body: &[u8],
     s: [&[u8]; STREAMS],
     count: u32,
     sink: &mut impl Sink,
 ) -> Result<(), DecodeError> {
     let cur = |i: usize| Cur { b: s[i], pos: 0 };
     let mut c = Hot {
-        ts_lo: cur(S_TS_LO),
-        ts_hi: cur(S_TS_HI),
-        tid: cur(S_TID),
-        stack: cur(S_STACK),
-        size: cur(S_SIZE),
-        addr: cur(S_ADDR),
-        bin: cur(S_BIN),
-        live: cur(S_LIVE),
-        func: cur(S_FUNC),
+        b: [&[]; STREAMS],
+        pos: [0; STREAMS],
     };
+    let mut at = 0;
+    for (i, stream) in s.iter().enumerate() {
+        c.pos[i] = at;
+        at += stream.len();
+        c.b[i] = body.get(..at).unwrap_or_default();
+    }
     let mut node = cur(S_NODE);
     let mut other = cur(S_OTHER);
     let mut m = Model::new();
     let tags = s[S_TAG];
     let mut i = 0;
     let r = loop {
-        // `split_streams` checked that the tag stream holds `count` bytes.
+        // The hot loop: allocations and frees, with no calls (so that the cursors and
+        // the model's scalars can stay in registers). It stops at any other record.
+        let fault = loop {
+            // `split_streams` checked that the tag stream holds `count` bytes.
+            let Some(&tag) = tags.get(i) else {
+                break None;
+            };
+            let kind = tag & KIND_MASK;
+            let r = if kind == K_FREE {
+                decode_free(&mut m, &mut c, tag, sink)
+            } else if kind & !1 == K_ALLOC {
+                decode_alloc(&mut m, &mut c, tag, sink)
+            } else {
+                break None;
+            };
+            if let Err(f) = r {
+                break Some(f);
+            }
+            i += 1;
+        };
+        if let Some(f) = fault {
+            break Err((i, f));
+        }
         let Some(&tag) = tags.get(i) else {
             break Ok(());
         };
-        let kind = tag & KIND_MASK;
-        let r = if kind == K_FREE {
-            decode_free(&mut m, &mut c, tag, sink)
-        } else if kind & !1 == K_ALLOC {
-            decode_alloc(&mut m, &mut c, tag, sink)
-        } else if kind == K_REALLOC {
-            let mut c2 = c;
-            let r = decode_realloc(&mut m, &mut c2, tag, sink);
-            c = c2;
-            r
-        } else if kind == K_NODE {
-            let mut n2 = node;
-            let r = decode_node(&mut m, &mut n2, tag).map(|rec| sink.push(rec));
-            node = n2;
-            r
-        } else if kind == K_OTHER {
-            let mut o2 = other;
-            let r = decode_other(&mut m, &mut o2);
-            other = o2;
-            match r {
-                Ok(rec) => {
-                    sink.push(rec);
-                    Ok(())
-                }
-                Err(what) => {
-                    return Err(DecodeError {
-                        record: i as u32,
-                        what,
-                    })
-                }
+        // A copy of the cursors goes out of line, so that their address is never taken.
+        let mut c2 = c;
+        let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tag, sink);
+        c = c2;
+        match r {
+            Ok(()) => i += 1,
+            Err(Rare::Fault(f)) => break Err((i, f)),
+            Err(Rare::Text(what)) => {
+                return Err(DecodeError {
+                    record: i as u32,
+                    what,
+                })
             }
-        } else {
-            Err(Fault::Kind(kind))
-        };
-        if let Err(f) = r {
-            break Err((i, f));
         }
-        i += 1;
     };
     if let Err((i, f)) = r {
         return Err(DecodeError {
@@ -1111,31 +1131,56 @@ fn decode_streams(
     }
     debug_assert_eq!(i, count as usize);
     let ends = [
-        (S_TS_LO, c.ts_lo),
-        (S_TS_HI, c.ts_hi),
-        (S_TID, c.tid),
-        (S_STACK, c.stack),
-        (S_SIZE, c.size),
-        (S_ADDR, c.addr),
-        (S_BIN, c.bin),
-        (S_LIVE, c.live),
-        (S_FUNC, c.func),
-        (S_NODE, node),
-        (S_OTHER, other),
-    ];
-    for (s, c) in ends {
-        if c.pos != c.b.len() {
+        S_TS_LO, S_TS_HI, S_TID, S_STACK, S_SIZE, S_ADDR, S_BIN, S_LIVE, S_FUNC,
+    ]
+    .map(|i| (i, c.b[i].len() - c.pos[i]))
+    .into_iter()
+    .chain([
+        (S_NODE, node.b.len() - node.pos),
+        (S_OTHER, other.b.len() - other.pos),
+    ]);
+    for (s, left) in ends {
+        if left != 0 {
             return Err(DecodeError {
                 record: count,
                 what: format!(
-                    "{} bytes left in the {} stream after the last record",
-                    c.b.len() - c.pos,
+                    "{left} bytes left in the {} stream after the last record",
                     STREAM_NAMES[s]
                 ),
             });
         }
     }
     Ok(())
+}
+
+/// Why a rare record does not decode.
+enum Rare {
+    Fault(Fault),
+    Text(String),
+}
+
+/// Decodes a record that is neither an allocation nor a free (out of the hot loop).
+#[inline(never)]
+fn decode_rare(
+    m: &mut Model,
+    c: &mut Hot<'_>,
+    node: &mut Cur<'_>,
+    other: &mut Cur<'_>,
+    tag: u8,
+    sink: &mut impl Sink,
+) -> Result<(), Rare> {
+    let kind = tag & KIND_MASK;
+    if kind == K_REALLOC {
+        decode_realloc(m, c, tag, sink).map_err(Rare::Fault)
+    } else if kind == K_NODE {
+        sink.push(decode_node(m, node, tag).map_err(Rare::Fault)?);
+        Ok(())
+    } else if kind == K_OTHER {
+        sink.push(decode_other(m, other).map_err(Rare::Text)?);
+        Ok(())
+    } else {
+        Err(Rare::Fault(Fault::Kind(kind)))
+    }
 }
 
 #[inline(always)]
@@ -1148,8 +1193,8 @@ fn decode_func(b: u8) -> Result<AllocFn, Fault> {
 
 #[inline(always)]
 fn decode_ts(m: &mut Model, c: &mut Hot<'_>) -> Result<u64, Fault> {
-    let lo = c.ts_lo.byte(S_TS_LO)?;
-    let hi = c.ts_hi.var1(S_TS_HI)?;
+    let lo = c.byte(S_TS_LO)?;
+    let hi = c.var1(S_TS_HI)?;
     m.ts = undelta(m.ts, hi << 8 | u64::from(lo));
     Ok(m.ts)
 }
@@ -1158,7 +1203,7 @@ fn decode_ts(m: &mut Model, c: &mut Hot<'_>) -> Result<u64, Fault> {
 #[inline(always)]
 fn decode_tid(m: &mut Model, c: &mut Hot<'_>, tag: u8) -> Result<u32, Fault> {
     if tag & F_TID != 0 {
-        let tid = undelta(u64::from(m.tid), c.tid.var1(S_TID)?);
+        let tid = undelta(u64::from(m.tid), c.var1(S_TID)?);
         m.tid = u32::try_from(tid).map_err(|_| Fault::Range("thread id", tid))?;
     }
     Ok(m.tid)
@@ -1166,7 +1211,7 @@ fn decode_tid(m: &mut Model, c: &mut Hot<'_>, tag: u8) -> Result<u32, Fault> {
 
 #[inline(always)]
 fn decode_stack(c: &mut Hot<'_>) -> Result<StackId, Fault> {
-    let stack = c.stack.var(S_STACK)?;
+    let stack = c.var(S_STACK)?;
     StackId::try_from(stack).map_err(|_| Fault::Range("stack id", stack))
 }
 
@@ -1186,9 +1231,9 @@ fn decode_func_size(
     let f_func = tag & F_FUNC != 0;
     let f_size = tag & F_SIZE != 0;
     // Whether the size is stored is not predictable (about 2 in 3 here): no branch.
-    let stored_size = c.size.var_if(f_size, S_SIZE)?;
+    let stored_size = c.var_if(f_size, S_SIZE)?;
     let func = if f_func {
-        decode_func(c.func.byte(S_FUNC)?)?
+        decode_func(c.byte(S_FUNC)?)?
     } else if hit {
         old.func
     } else {
@@ -1221,7 +1266,7 @@ fn decode_free_func(
     let old = *slot;
     let hit = old.key == key;
     let func = if tag & F_FUNC != 0 {
-        decode_func(c.func.byte(S_FUNC)?)?
+        decode_func(c.byte(S_FUNC)?)?
     } else if hit {
         old.func
     } else {
@@ -1241,13 +1286,13 @@ fn decode_free_func(
 #[inline(always)]
 fn decode_released(m: &mut Model, c: &mut Hot<'_>, mode: u8) -> Result<(u64, Option<Live>), Fault> {
     if mode == R_LIVE {
-        let v = u64::from(c.live.u16(S_LIVE)?);
+        let v = u64::from(c.u16(S_LIVE)?);
         match m.take_live(v) {
             Some(b) => Ok((b.addr, Some(b))),
             None => Err(Fault::Slot(v)),
         }
     } else if mode == R_DELTA {
-        Ok((undelta(m.addr, c.live.var(S_LIVE)?), None))
+        Ok((undelta(m.addr, c.var(S_LIVE)?), None))
     } else if mode == A_ZERO {
         Ok((0, None))
     } else {
@@ -1269,7 +1314,7 @@ fn decode_alloc(
     let stack = decode_stack(c)?;
     let (func, size) = decode_func_size(m, c, tag, stack)?;
     let align = if tag & KIND_MASK == K_ALIGNED {
-        c.size.var(S_SIZE)?
+        c.var(S_SIZE)?
     } else {
         0
     };
@@ -1277,13 +1322,13 @@ fn decode_alloc(
     let bump = m.bump;
     let address = match mode {
         A_BIN => {
-            let depth = c.bin.var1(S_BIN)?;
+            let depth = c.var1(S_BIN)?;
             match m.bins[bin_of(size)].take(depth) {
                 Some(a) => a,
                 None => return Err(Fault::Bin(depth)),
             }
         }
-        A_DELTA => undelta(bump, c.addr.var(S_ADDR)?),
+        A_DELTA => undelta(bump, c.var(S_ADDR)?),
         A_BUMP => bump,
         _ => 0,
     };
@@ -1335,7 +1380,7 @@ fn decode_free(m: &mut Model, c: &mut Hot<'_>, tag: u8, sink: &mut impl Sink) ->
     Ok(())
 }
 
-#[inline(never)]
+#[inline(always)]
 fn decode_realloc(
     m: &mut Model,
     c: &mut Hot<'_>,
@@ -1347,7 +1392,7 @@ fn decode_realloc(
     let stack = decode_stack(c)?;
     let (func, size) = decode_func_size(m, c, tag, stack)?;
     let (old_address, block) = decode_released(m, c, tag >> A_SHIFT)?;
-    let new_address = undelta(old_address, c.addr.var(S_ADDR)?);
+    let new_address = undelta(old_address, c.var(S_ADDR)?);
     if let Some(b) = block {
         if new_address != old_address {
             m.bins[b.bin as usize].push(old_address);
@@ -1372,7 +1417,7 @@ fn decode_realloc(
 }
 
 /// Decodes a stack node (rare after the first chunks: kept out of the hot loop).
-#[inline(never)]
+#[inline(always)]
 fn decode_node(m: &mut Model, node: &mut Cur<'_>, tag: u8) -> Result<Record, Fault> {
     let id = if tag & F_NEXT_ID != 0 {
         m.node_id.wrapping_add(1)
@@ -1392,7 +1437,7 @@ fn decode_node(m: &mut Model, node: &mut Cur<'_>, tag: u8) -> Result<Record, Fau
 }
 
 /// Decodes a rare record (postcard).
-#[inline(never)]
+#[inline(always)]
 fn decode_other(m: &mut Model, other: &mut Cur<'_>) -> Result<Record, String> {
     let (rec, rest) = postcard::take_from_bytes::<Record>(&other.b[other.pos..])
         .map_err(|e| format!("record does not decode: {e}"))?;
