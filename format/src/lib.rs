@@ -32,7 +32,7 @@ pub use writer::{TraceWriter, DEFAULT_CHUNK_TARGET, DEFAULT_ZSTD_LEVEL};
 /// The eight bytes every trace starts with.
 pub const MAGIC: [u8; 8] = *b"HEAPTAPE";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Upper bound on the encoded header.
 pub const MAX_HEADER_BYTES: usize = 1 << 20;
 /// Upper bound on a chunk's payload, compressed or not. Every record takes at least

@@ -161,6 +161,24 @@ pub(crate) fn put_var(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Appends `v` as a prefix varint: a value below 2^56 takes `n` = 1 to 8 bytes (7 bits
+/// each), stored as the little-endian `n`-byte integer `v << n | 1 << (n - 1)`, so the
+/// first byte's trailing zeros tell the length; a larger value is a zero byte and the
+/// eight-byte little-endian value. (Cheaper to decode than LEB128: the length is one
+/// trailing-zero count, the value one shift and one mask.)
+#[inline(always)]
+pub(crate) fn put_pv(out: &mut Vec<u8>, v: u64) {
+    if v < 1 << 56 {
+        let bits = 64 - (v | 1).leading_zeros() as usize;
+        let n = bits.div_ceil(7);
+        let x = v << n | 1 << (n - 1);
+        out.extend_from_slice(&x.to_le_bytes()[..n]);
+    } else {
+        out.push(0);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// The distance from a fresh block of `size` bytes to the next fresh block of a
 /// glibc-like allocator: the user size plus an 8-byte header, rounded up to 16, at
 /// least 32. Also names the block's size bin.
@@ -172,6 +190,15 @@ fn bump_step(size: u64) -> u64 {
 #[inline(always)]
 fn bin_of(size: u64) -> usize {
     (bump_step(size) >> 4) as usize & (BINS - 1)
+}
+
+/// A boxed array of `N` copies of `x` (fixed-size, so that indexing with a masked index
+/// needs no bound check), built on the heap.
+fn boxed<T: Clone, const N: usize>(x: T) -> Box<[T; N]> {
+    match vec![x; N].into_boxed_slice().try_into() {
+        Ok(b) => b,
+        Err(_) => unreachable!("a vector of N elements converts to [T; N]"),
+    }
 }
 
 /// Prediction for one stack (slot chosen by the low bits of the stack id).
@@ -212,9 +239,9 @@ struct Live {
 /// lowest never-used one, else (all in use) the slot under a cyclic hand, whose block
 /// is forgotten. A release names its block by slot: O(1), nothing moves.
 struct Blocks {
-    buf: Vec<Live>,
+    buf: Box<[Live; BLOCKS]>,
     /// Emptied slots, most recent last (`free[..nfree]`).
-    free: Vec<u16>,
+    free: Box<[u16; BLOCKS]>,
     nfree: usize,
     /// Slots `next..` have never been used in this chunk.
     next: usize,
@@ -225,8 +252,8 @@ struct Blocks {
 impl Blocks {
     fn new() -> Self {
         Blocks {
-            buf: vec![Live::default(); BLOCKS],
-            free: vec![0; BLOCKS],
+            buf: boxed(Live::default()),
+            free: boxed(0),
             nfree: 0,
             next: 0,
             hand: 0,
@@ -333,9 +360,9 @@ struct Model {
     bump: u64,
     node_id: StackId,
     node_addr: u64,
-    table: Vec<Slot>,
+    table: Box<[Slot; TABLE]>,
     blocks: Blocks,
-    bins: Vec<Bin>,
+    bins: Box<[Bin; BINS]>,
 }
 
 impl Model {
@@ -347,9 +374,9 @@ impl Model {
             bump: 0,
             node_id: 0,
             node_addr: 0,
-            table: vec![Slot::default(); TABLE],
+            table: boxed(Slot::default()),
             blocks: Blocks::new(),
-            bins: vec![Bin::default(); BINS],
+            bins: boxed(Bin::default()),
         }
     }
 
@@ -495,7 +522,7 @@ impl Encoder {
     fn put_ts(&mut self, ts: u64) {
         let d = delta(ts, self.m.ts);
         self.streams[S_TS_LO].push(d as u8);
-        put_var(&mut self.streams[S_TS_HI], d >> 8);
+        put_pv(&mut self.streams[S_TS_HI], d >> 8);
         self.m.ts = ts;
     }
 
@@ -504,7 +531,7 @@ impl Encoder {
         if tid == self.m.tid {
             return 0;
         }
-        put_var(
+        put_pv(
             &mut self.streams[S_TID],
             delta(u64::from(tid), u64::from(self.m.tid)),
         );
@@ -527,7 +554,7 @@ impl Encoder {
         if let Some(size) = size {
             if !(hit && slot.size == size) {
                 tag |= F_SIZE;
-                put_var(&mut self.streams[S_SIZE], size);
+                put_pv(&mut self.streams[S_SIZE], size);
             }
         }
         self.m.learn(stack, func, size);
@@ -544,7 +571,7 @@ impl Encoder {
             self.streams[S_LIVE].extend_from_slice(&(d as u16).to_le_bytes());
             return (R_LIVE, self.m.take_live(d));
         }
-        put_var(&mut self.streams[S_LIVE], delta(address, self.m.addr));
+        put_pv(&mut self.streams[S_LIVE], delta(address, self.m.addr));
         (R_DELTA, None)
     }
 
@@ -564,10 +591,10 @@ impl Encoder {
                 let mut tag = if align == 0 { K_ALLOC } else { K_ALIGNED };
                 self.put_ts(ts);
                 tag |= self.put_tid(tid);
-                put_var(&mut self.streams[S_STACK], u64::from(stack));
+                put_pv(&mut self.streams[S_STACK], u64::from(stack));
                 tag |= self.put_func_size(stack, func, Some(size));
                 if align != 0 {
-                    put_var(&mut self.streams[S_SIZE], align);
+                    put_pv(&mut self.streams[S_SIZE], align);
                 }
                 let mode = if address == 0 {
                     A_ZERO
@@ -578,11 +605,11 @@ impl Encoder {
                     match bin.find(address) {
                         Some(d) => {
                             bin.take(d);
-                            put_var(&mut self.streams[S_BIN], d);
+                            put_pv(&mut self.streams[S_BIN], d);
                             A_BIN
                         }
                         None => {
-                            put_var(&mut self.streams[S_ADDR], delta(address, self.m.bump));
+                            put_pv(&mut self.streams[S_ADDR], delta(address, self.m.bump));
                             A_DELTA
                         }
                     }
@@ -607,7 +634,7 @@ impl Encoder {
                 let predicted = block.and_then(|b| self.m.predicted_free_stack(b.stack));
                 if predicted != Some(stack) {
                     tag |= F_STACK;
-                    put_var(&mut self.streams[S_STACK], u64::from(stack));
+                    put_pv(&mut self.streams[S_STACK], u64::from(stack));
                 }
                 tag |= self.put_func_size(stack, func, None);
                 if address != 0 {
@@ -631,10 +658,10 @@ impl Encoder {
                 let mut tag = K_REALLOC;
                 self.put_ts(ts);
                 tag |= self.put_tid(tid);
-                put_var(&mut self.streams[S_STACK], u64::from(stack));
+                put_pv(&mut self.streams[S_STACK], u64::from(stack));
                 tag |= self.put_func_size(stack, func, Some(size));
                 let (mode, block) = self.put_released(old_address);
-                put_var(&mut self.streams[S_ADDR], delta(new_address, old_address));
+                put_pv(&mut self.streams[S_ADDR], delta(new_address, old_address));
                 if let Some(b) = block {
                     if new_address != old_address {
                         self.m.bins[b.bin as usize].push(old_address);
@@ -717,19 +744,6 @@ pub(crate) struct DecodeError {
     pub(crate) record: u32,
     /// What is wrong.
     pub(crate) what: String,
-}
-
-/// Decodes the varint at the start of `w` (eight bytes, little-endian), given
-/// `stop = !w & 0x8080_8080_8080_8080 != 0`: finds the stop byte with one mask and
-/// squeezes the 7-bit groups together in three steps. Returns the value and length.
-#[inline(always)]
-fn squeeze(w: u64, stop: u64) -> (u64, usize) {
-    let len = (stop.trailing_zeros() / 8 + 1) as usize;
-    let mut x = w & (u64::MAX >> (64 - 8 * len)) & 0x7f7f_7f7f_7f7f_7f7f;
-    x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
-    x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
-    x = ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff);
-    (x, len)
 }
 
 /// What is wrong with a record, cheap to return through the hot path; the message is
@@ -967,11 +981,12 @@ impl Hot<'_> {
             .map(|w| u64::from_le_bytes(*w))
     }
 
-    /// The slow path of the varint readers: byte by byte, within the stream. (The
-    /// cursor is passed by value: a reference to it would keep it in memory.)
+    /// The slow path of the prefix varint readers: within the stream, near its end
+    /// or for nine-byte values. (The cursor is passed by value: a reference to it would
+    /// keep it in memory.)
     #[inline(always)]
-    fn var_slow(&self, s: usize) -> Result<(u64, usize), Fault> {
-        var_slow(self.b[s], self.b[s].len(), self.pos[s], s)
+    fn pv_slow(&self, s: usize) -> Result<(u64, usize), Fault> {
+        pv_slow(self.b[s], self.pos[s], s)
     }
 
     #[inline(always)]
@@ -999,62 +1014,92 @@ impl Hot<'_> {
         }
     }
 
-    /// Reads a LEB128 varint. The common case (at most eight bytes long, eight bytes
-    /// left in the stream) decodes without a loop: it finds the stop byte with one
-    /// mask and squeezes the 7-bit groups together in three steps.
+    /// Reads a prefix varint. The common case (at most eight bytes long, eight bytes
+    /// left in the stream) is a load, a trailing-zero count, a shift and a mask.
     #[inline(always)]
     fn var(&mut self, s: usize) -> Result<u64, Fault> {
         let p = self.pos[s];
         if let Some(w) = self.word(s, p) {
-            let stop = !w & 0x8080_8080_8080_8080;
-            if stop != 0 {
-                let (x, len) = squeeze(w, stop);
-                self.pos[s] = p + len;
+            if w & 0xff != 0 {
+                let (x, n) = pv_word(w);
+                self.pos[s] = p + n;
                 return Ok(x);
             }
         }
-        let (x, p) = self.var_slow(s)?;
+        let (x, p) = self.pv_slow(s)?;
         self.pos[s] = p;
         Ok(x)
     }
 
-    /// Reads a varint that is usually one byte long (a branch that predicts well
-    /// there, cheaper than the general decoding).
+    /// Reads a prefix varint that is usually one byte long (a branch that predicts
+    /// well there, cheaper than the general decoding).
     #[inline(always)]
     fn var1(&mut self, s: usize) -> Result<u64, Fault> {
         let p = self.pos[s];
         if let Some(&b) = self.b[s].get(p) {
-            if b < 0x80 {
+            if b & 1 != 0 {
                 self.pos[s] = p + 1;
-                return Ok(u64::from(b));
+                return Ok(u64::from(b >> 1));
             }
         }
         self.var(s)
     }
 
-    /// Reads a varint if `cond`; otherwise reads nothing and returns 0. The common
-    /// case has no branch on `cond`: the varint is decoded either way and the cursor
-    /// moves by its length or by nothing.
+    /// Reads a prefix varint if `cond`; otherwise reads nothing and returns 0. The
+    /// common case has no branch on `cond`: the varint is decoded either way and the
+    /// cursor moves by its length or by nothing.
     #[inline(always)]
     fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
         let p = self.pos[s];
         if let Some(w) = self.word(s, p) {
-            let stop = !w & 0x8080_8080_8080_8080;
-            if stop != 0 {
-                let (x, len) = squeeze(w, stop);
+            if w & 0xff != 0 {
+                let (x, n) = pv_word(w);
                 let mask = u64::from(cond).wrapping_neg();
-                self.pos[s] = p + (len & mask as usize);
+                self.pos[s] = p + (n & mask as usize);
                 return Ok(x & mask);
             }
         }
         if cond {
-            let (x, p) = self.var_slow(s)?;
+            let (x, p) = self.pv_slow(s)?;
             self.pos[s] = p;
             Ok(x)
         } else {
             Ok(0)
         }
     }
+}
+
+/// Decodes the prefix varint at the start of `w` (eight bytes, little-endian, first
+/// byte not zero): returns the value and its length (1 to 8).
+#[inline(always)]
+fn pv_word(w: u64) -> (u64, usize) {
+    let n = w.trailing_zeros() as usize + 1;
+    let x = (w >> n) & (u64::MAX >> (64 - 7 * n));
+    (x, n)
+}
+
+/// Prefix varint decoding at `b[pos..]` when fewer than eight bytes are left or the
+/// value takes nine bytes. Returns the value and the position after it.
+#[inline(never)]
+fn pv_slow(b: &[u8], pos: usize, s: usize) -> Result<(u64, usize), Fault> {
+    let rest = b.get(pos..).unwrap_or_default();
+    let Some(&first) = rest.first() else {
+        return Err(Fault::Short(s));
+    };
+    let n = if first == 0 {
+        9
+    } else {
+        first.trailing_zeros() as usize + 1
+    };
+    let Some(bytes) = rest.get(..n) else {
+        return Err(Fault::Short(s));
+    };
+    let le = |b: &[u8]| b.iter().rev().fold(0u64, |x, &b| x << 8 | u64::from(b));
+    let x = match bytes.split_first() {
+        Some((0, value)) => le(value),
+        _ => (le(bytes) >> n) & (u64::MAX >> (64 - 7 * n)),
+    };
+    Ok((x, pos + n))
 }
 
 /// Decodes the streams of a chunk of `count` records, handing each to `sink` in order.
@@ -1517,6 +1562,41 @@ mod tests {
     }
 
     #[test]
+    fn prefix_varints_round_trip_at_every_length() {
+        let mut values = vec![0, 1, 127, 128, 16383, 16384, u64::MAX, u64::MAX - 1];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((1..64).map(|b| (1u64 << b) - 1));
+        let mut buf = Vec::new();
+        for &v in &values {
+            put_pv(&mut buf, v);
+        }
+        // Read through the hot loop's cursor (word at a time while eight bytes are
+        // left, then the slow path), and through the slow path alone.
+        let mut c = Hot {
+            b: [&buf[..]; STREAMS],
+            pos: [0; STREAMS],
+        };
+        let mut pos = 0;
+        for &v in &values {
+            assert_eq!(c.var(S_SIZE).ok(), Some(v));
+            let Ok((x, p)) = pv_slow(&buf, pos, S_SIZE) else {
+                panic!("slow path fails at {pos}");
+            };
+            assert_eq!((x, p), (v, c.pos[S_SIZE]));
+            pos = p;
+        }
+        assert_eq!(pos, buf.len());
+        // Cut short: an error, not a panic.
+        for cut in 0..9 {
+            let b = &buf[buf.len() - 9..buf.len() - cut];
+            if cut > 0 {
+                assert!(pv_slow(b, 0, S_SIZE).is_err());
+            }
+        }
+        assert!(pv_slow(&[0x04, 0], 0, S_SIZE).is_err());
+    }
+
+    #[test]
     fn bump_allocations_store_no_address() {
         // Fresh blocks laid out one after the other, as from a heap top.
         let mut recs = Vec::new();
@@ -1547,8 +1627,8 @@ mod tests {
         assert!(e.streams[S_LIVE].iter().all(|&b| b == 0));
         // The free stack is learnt after the first free.
         assert_eq!(e.streams[S_STACK].len(), 50 + 1);
-        // Reused blocks come from their size bin, at depth 0.
-        assert!(e.streams[S_BIN].iter().all(|&b| b == 0));
+        // Reused blocks come from their size bin, at depth 0 (prefix varint 0: 0x01).
+        assert!(e.streams[S_BIN].iter().all(|&b| b == 1));
         assert!(!e.streams[S_BIN].is_empty());
     }
 
@@ -1578,10 +1658,11 @@ mod tests {
         // A free whose stack is "predicted" with nothing to predict from.
         let tag = K_FREE | A_ZERO << A_SHIFT;
         let mut payload = Vec::new();
+        // Timestamp low byte 0, high part 0 (prefix varint 0x01).
         let streams: [&[u8]; STREAMS] = [
             &[tag],
             &[0],
-            &[0],
+            &[1],
             &[],
             &[],
             &[],
