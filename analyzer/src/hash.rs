@@ -24,8 +24,9 @@ impl FastHasher {
     }
 }
 
+/// MurmurHash3's 64-bit finalizer.
 #[inline]
-fn fmix64(mut k: u64) -> u64 {
+pub(crate) fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
     k ^= k >> 33;

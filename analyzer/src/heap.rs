@@ -16,7 +16,7 @@ use std::cell::OnceCell;
 
 use heaptape_format::{AllocFn, StackId, Timestamp};
 
-use crate::hash::FastMap;
+use crate::hash::{fmix64, FastMap};
 
 /// How many freed blocks a heap remembers for double-free detection.
 pub const FREED_HISTORY: usize = 1 << 16;
@@ -128,11 +128,260 @@ impl FreedHistory {
     }
 }
 
+/// One slot of a [`LiveTable`]: address 0 marks an empty slot (no allocation returns
+/// NULL as a block).
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    address: u64,
+    block: Block,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    address: 0,
+    block: Block {
+        size: 0,
+        ts: 0,
+        stack: 0,
+        owner: 0,
+        func: AllocFn::Malloc,
+    },
+};
+
+/// Live blocks by address: open addressing with linear probing and backward-shift
+/// deletion (no tombstones, so a long run of frees and allocations never degrades or
+/// rehashes in place), blocks stored in the slots. The slot of an address is known
+/// from its hash alone, so a caller that knows which addresses come next can
+/// [`LiveTable::prefetch`] their slots and overlap the cache misses, which dominate
+/// a replay whose live set does not fit the cache.
+#[derive(Clone, Debug)]
+pub(crate) struct LiveTable {
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl Default for LiveTable {
+    fn default() -> Self {
+        LiveTable {
+            slots: vec![EMPTY_SLOT; 16],
+            len: 0,
+        }
+    }
+}
+
+impl LiveTable {
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & self.mask()
+    }
+
+    /// The slot holding `address`, if it is live.
+    #[inline]
+    fn find(&self, address: u64, hash: u64) -> Option<usize> {
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        loop {
+            let a = self.slots[i].address;
+            if a == address {
+                return Some(i);
+            }
+            if a == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Starts loading the slot `address` would be found at.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let slot = &self.slots[self.home(hash)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint:
+            // it never faults and changes no memory (the pointer comes from a reference
+            // anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast::<i8>()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
+    /// The block at `address` (whose hash is `hash`), if it is live.
+    #[inline]
+    pub fn get_hashed(&self, address: u64, hash: u64) -> Option<&Block> {
+        self.find(address, hash).map(|i| &self.slots[i].block)
+    }
+
+    /// Makes `block` live at `address` (not 0), returning the block it replaces.
+    #[inline]
+    pub fn insert_hashed(&mut self, address: u64, hash: u64, block: Block) -> Option<Block> {
+        debug_assert_ne!(address, 0, "address 0 marks an empty slot");
+        if (self.len + 1) * 8 > self.slots.len() * 5 {
+            self.grow();
+        }
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.address == address {
+                return Some(std::mem::replace(&mut slot.block, block));
+            }
+            if slot.address == 0 {
+                *slot = Slot { address, block };
+                self.len += 1;
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Removes the block at `address`, if it is live.
+    #[inline]
+    pub fn remove_hashed(&mut self, address: u64, hash: u64) -> Option<Block> {
+        let mut hole = self.find(address, hash)?;
+        let block = self.slots[hole].block;
+        self.len -= 1;
+        // Backward shift: move later members of the cluster into the hole when their
+        // home slot does not lie (cyclically) after it.
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let a = self.slots[j].address;
+            if a == 0 {
+                break;
+            }
+            let home = self.home(fmix64(a));
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+        }
+        self.slots[hole] = EMPTY_SLOT;
+        Some(block)
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let bigger = vec![EMPTY_SLOT; self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, bigger);
+        self.len = 0;
+        for s in old {
+            if s.address != 0 {
+                self.insert_hashed(s.address, fmix64(s.address), s.block);
+            }
+        }
+    }
+
+    /// Live blocks.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Every live block with its address, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Block)> {
+        self.slots
+            .iter()
+            .filter(|s| s.address != 0)
+            .map(|s| (s.address, &s.block))
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Block> {
+        self.slots
+            .iter_mut()
+            .filter(|s| s.address != 0)
+            .map(|s| &mut s.block)
+    }
+}
+
+/// A heap's live blocks, split by address into shards that the replay can update in
+/// parallel (each address always lives in the same shard; see `replay`'s batch path).
+#[derive(Clone, Debug)]
+pub(crate) struct Live {
+    shards: Box<[LiveTable]>,
+}
+
+impl Live {
+    /// An empty set of `shards` shards (at least one).
+    pub fn new(shards: usize) -> Self {
+        Live {
+            shards: (0..shards.max(1)).map(|_| LiveTable::default()).collect(),
+        }
+    }
+
+    /// The shard of an address whose hash is `hash` (the high half picks the shard,
+    /// the low bits the slot inside it).
+    #[inline]
+    pub fn shard_of(hash: u64, shards: usize) -> usize {
+        (((hash >> 32) * shards as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &LiveTable {
+        &self.shards[Self::shard_of(hash, self.shards.len())]
+    }
+
+    #[inline]
+    fn shard_mut(&mut self, hash: u64) -> &mut LiveTable {
+        let n = self.shards.len();
+        &mut self.shards[Self::shard_of(hash, n)]
+    }
+
+    /// The shards, for the batch replay.
+    pub fn shards_mut(&mut self) -> &mut [LiveTable] {
+        &mut self.shards
+    }
+
+    /// Makes `block` live at `address` (not 0), returning the block it replaces.
+    pub fn insert(&mut self, address: u64, block: Block) -> Option<Block> {
+        let h = fmix64(address);
+        self.shard_mut(h).insert_hashed(address, h, block)
+    }
+
+    /// Removes the block at `address`, if it is live.
+    pub fn remove(&mut self, address: u64) -> Option<Block> {
+        let h = fmix64(address);
+        self.shard_mut(h).remove_hashed(address, h)
+    }
+
+    /// The block at `address`, if it is live.
+    pub fn get(&self, address: u64) -> Option<&Block> {
+        let h = fmix64(address);
+        self.shard(h).get_hashed(address, h)
+    }
+
+    /// Whether a block is live at `address`.
+    pub fn contains_key(&self, address: u64) -> bool {
+        self.get(address).is_some()
+    }
+
+    /// Every live block with its address, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Block)> {
+        self.shards.iter().flat_map(LiveTable::iter)
+    }
+
+    /// Every live block, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &Block> {
+        self.iter().map(|(_, b)| b)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Block> {
+        self.shards.iter_mut().flat_map(LiveTable::values_mut)
+    }
+}
+
 /// One heap (see the module docs).
 #[derive(Clone, Debug)]
 pub(crate) struct Heap {
     /// Live blocks by address.
-    pub live: FastMap<u64, Block>,
+    pub live: Live,
     /// Whether every block of this heap was seen being allocated. False for a heap
     /// attached to mid-run: frees of blocks allocated before the attach are then not
     /// invalid, just untracked.
@@ -143,10 +392,10 @@ pub(crate) struct Heap {
 }
 
 impl Heap {
-    /// An empty heap with one user.
-    pub fn new(complete: bool) -> Self {
+    /// An empty heap with one user, its live blocks in `shards` shards.
+    pub fn new(complete: bool, shards: usize) -> Self {
         Heap {
-            live: FastMap::default(),
+            live: Live::new(shards),
             complete,
             users: 1,
             freed: FreedHistory::default(),
@@ -196,7 +445,7 @@ mod tests {
 
     #[test]
     fn freed_history_is_bounded_and_newest_free_wins() {
-        let mut h = Heap::new(true);
+        let mut h = Heap::new(true, 1);
         h.remember_free(0x10, 1, AllocFn::Malloc, 2, 8);
         assert_eq!(h.freed(0x10).unwrap().free_stack, 2);
         // Allocated again and freed from elsewhere: the newest free is the one reported
@@ -217,7 +466,7 @@ mod tests {
 
     #[test]
     fn freed_index_built_late_sees_the_newest_free_after_wrapping() {
-        let mut h = Heap::new(true);
+        let mut h = Heap::new(true, 1);
         // Fill the ring and wrap it, with 0x10 freed once early and once late: the
         // late free (in a slot before `next`) must win when the index is built.
         h.remember_free(0x10, 1, AllocFn::Malloc, 2, 8);
@@ -238,7 +487,7 @@ mod tests {
 
     #[test]
     fn fork_copies_blocks_under_the_child() {
-        let mut h = Heap::new(true);
+        let mut h = Heap::new(true, 1);
         h.live.insert(
             0x10,
             Block {
@@ -251,8 +500,8 @@ mod tests {
         );
         h.users = 2;
         let c = h.fork(7);
-        assert_eq!(c.live[&0x10].owner, 7);
-        assert_eq!(h.live[&0x10].owner, 0);
+        assert_eq!(c.live.get(0x10).unwrap().owner, 7);
+        assert_eq!(h.live.get(0x10).unwrap().owner, 0);
         assert_eq!(c.users, 1);
     }
 }

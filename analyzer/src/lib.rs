@@ -165,11 +165,7 @@ fn analyze_stream<R: Read + Send>(
     if let Some(s) = &symbolizer {
         replay.set_symbolizer(s.clone());
     }
-    let end = source::stream(reader, progress, |records| {
-        for rec in records.drain(..) {
-            replay.apply(rec);
-        }
-    })?;
+    let end = source::stream(reader, progress, |records| replay.apply_chunk(records))?;
     let outcome = replay.finish();
     let truncation = end.truncation.or_else(|| {
         (!outcome.complete).then(|| Truncation {

@@ -36,7 +36,7 @@ use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackI
 
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
 use crate::hash::{FastMap, FastSet};
-use crate::heap::{Block, Heap, ImageId};
+use crate::heap::{Block, Heap, ImageId, Live, LiveTable};
 use crate::leaks::{HeuristicMatches, HeuristicSet, LeakCheck, LiveBlock, SnapshotGraph};
 use crate::modules::ModuleMap;
 use crate::sites::SiteTable;
@@ -350,6 +350,125 @@ pub struct Replay {
     /// Snapshots begun and not yet ended, by pid.
     snapshots: FastMap<u32, PendingSnapshot>,
     leak_heuristics: HeuristicSet,
+    /// Address shards of every heap's live blocks (see [`Replay::apply_chunk`]).
+    shards: usize,
+    /// Buffers of the batch path, kept between chunks.
+    batch: Batch,
+}
+
+/// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Applied by [`Replay::apply`], in order: the record at this index of the chunk.
+    Deferred(usize),
+    /// An allocation (non-NULL) in an existing heap.
+    Alloc {
+        img: ImageId,
+        tid: u32,
+        ts: Timestamp,
+        address: u64,
+        size: u64,
+        stack: StackId,
+        shard: usize,
+    },
+    /// A free of a non-NULL pointer in an existing heap.
+    Free {
+        img: ImageId,
+        tid: u32,
+        ts: Timestamp,
+        func: AllocFn,
+        address: u64,
+        stack: StackId,
+        shard: usize,
+    },
+    /// A realloc in an existing heap, other than `realloc(NULL, n)` returning NULL.
+    Realloc {
+        img: ImageId,
+        tid: u32,
+        ts: Timestamp,
+        func: AllocFn,
+        old: u64,
+        new: u64,
+        size: u64,
+        stack: StackId,
+        old_shard: usize,
+        new_shard: usize,
+    },
+}
+
+/// One live-table operation, run by the shard owning its address.
+#[derive(Clone, Copy, Debug)]
+struct ShardOp {
+    /// Index into [`Batch::heaps`].
+    heap: usize,
+    kind: ShardOpKind,
+    address: u64,
+    hash: u64,
+    block: Block,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShardOpKind {
+    /// Make `block` live; the result is the block it replaced.
+    Insert,
+    /// The result is the block removed.
+    Remove,
+    /// The result is the live block (left live).
+    Get,
+}
+
+/// The batch path's buffers (see [`Replay::apply_chunk`]).
+#[derive(Debug, Default)]
+struct Batch {
+    steps: Vec<Step>,
+    /// Per shard: its operations, in file order.
+    ops: Vec<Vec<ShardOp>>,
+    /// Per shard: the results of its operations, in the same order.
+    results: Vec<Vec<Option<Block>>>,
+    /// The heaps the pending steps use (ids into `Replay::heaps`).
+    heaps: Vec<usize>,
+}
+
+/// Stands in for a record taken out of a chunk.
+const PLACEHOLDER: Record = Record::ThreadExit { ts: 0, tid: 0 };
+
+/// The block of an operation that makes nothing live.
+const NO_BLOCK: Block = Block {
+    size: 0,
+    ts: 0,
+    stack: 0,
+    owner: 0,
+    func: AllocFn::Malloc,
+};
+
+/// Most steps run at once: enough to amortise handing the shards to the thread pool,
+/// few enough for the buffers to stay in the cache.
+const RUN_STEPS: usize = 1 << 15;
+
+/// How far ahead a shard prefetches the slots of its next operations.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Runs one shard's operations on its tables (one per heap of the batch), prefetching
+/// the slots of the operations a few steps ahead.
+fn run_shard(tables: &mut [Option<&mut LiveTable>], ops: &[ShardOp], out: &mut Vec<Option<Block>>) {
+    out.clear();
+    out.reserve(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(next) = ops.get(i + PREFETCH_AHEAD) {
+            if let Some(t) = &tables[next.heap] {
+                t.prefetch(next.hash);
+            }
+        }
+        let Some(t) = tables[op.heap].as_deref_mut() else {
+            out.push(None);
+            continue;
+        };
+        out.push(match op.kind {
+            ShardOpKind::Insert => t.insert_hashed(op.address, op.hash, op.block),
+            ShardOpKind::Remove => t.remove_hashed(op.address, op.hash),
+            ShardOpKind::Get => t.get_hashed(op.address, op.hash).copied(),
+        });
+    }
 }
 
 /// A snapshot between its begin and end records.
@@ -404,7 +523,17 @@ impl Replay {
             internal_frees: FastMap::default(),
             snapshots: FastMap::default(),
             leak_heuristics: HeuristicSet::ALL,
+            shards: rayon::current_num_threads().clamp(1, 64),
+            batch: Batch::default(),
         }
+    }
+
+    /// [`Replay::new`] with the heaps' live blocks in `shards` address shards (the
+    /// default is one per rayon thread). Results do not depend on it.
+    pub fn with_shards(header: &Header, shards: usize) -> Self {
+        let mut r = Replay::new(header);
+        r.shards = shards.clamp(1, 64);
+        r
     }
 
     /// Gives the replay a symbolizer for recognising the C library's internal frees in
@@ -441,7 +570,7 @@ impl Replay {
                 graph: SnapshotGraph::new(
                     heap.live
                         .iter()
-                        .map(|(&address, b)| LiveBlock {
+                        .map(|(address, b)| LiveBlock {
                             address,
                             size: b.size,
                             stack: b.stack,
@@ -707,6 +836,339 @@ impl Replay {
         }
     }
 
+    /// Applies a chunk's records, in file order, with the same result as
+    /// [`Replay::apply`] on each, and leaves `records` empty.
+    ///
+    /// Runs of allocations, frees and reallocs are applied in three passes: a
+    /// sequential one resolves each record's thread to its image and heap and hands the
+    /// live-block operation (insert, remove, look up) to the shard owning its address;
+    /// the shards then run their operations in parallel, each in file order (an
+    /// address only ever meets its own shard, so each sees its addresses' history in
+    /// order), prefetching the slots of the operations ahead; a last sequential pass
+    /// does the accounting in file order with the blocks the shards found (sites,
+    /// totals, peak, temporaries, freed history, findings). Records that change which
+    /// image or heap a thread's events go to (process and thread starts and ends, exec,
+    /// snapshots) end a run and are applied on their own; the other records (stack
+    /// nodes, modules, resources, RSS samples) are applied in order by the last pass.
+    pub fn apply_chunk(&mut self, records: &mut Vec<Record>) {
+        let mut batch = std::mem::take(&mut self.batch);
+        if batch.ops.len() != self.shards {
+            batch.ops = (0..self.shards).map(|_| Vec::new()).collect();
+            batch.results = (0..self.shards).map(|_| Vec::new()).collect();
+        }
+        // The image of the latest thread looked up (valid until the next barrier).
+        let mut cached: Option<(u32, ImageId, usize)> = None;
+        for i in 0..records.len() {
+            let step = self.plan(&records[i], i, &mut batch, &mut cached);
+            match step {
+                Some(step) => {
+                    batch.steps.push(step);
+                    if batch.steps.len() >= RUN_STEPS {
+                        self.flush(&mut batch, records);
+                        cached = None;
+                    }
+                }
+                None => {
+                    // A barrier: everything before it first, then it alone.
+                    self.flush(&mut batch, records);
+                    cached = None;
+                    let rec = std::mem::replace(&mut records[i], PLACEHOLDER);
+                    self.apply(rec);
+                }
+            }
+        }
+        self.flush(&mut batch, records);
+        records.clear();
+        self.batch = batch;
+    }
+
+    /// The batch step of record `i` (see [`Replay::apply_chunk`]), or `None` if it must
+    /// be applied alone after everything before it.
+    fn plan(
+        &mut self,
+        rec: &Record,
+        i: usize,
+        batch: &mut Batch,
+        cached: &mut Option<(u32, ImageId, usize)>,
+    ) -> Option<Step> {
+        if self.end_seen {
+            return None;
+        }
+        let tid = match rec {
+            Record::Alloc { tid, .. } | Record::Free { tid, .. } | Record::Realloc { tid, .. } => {
+                *tid
+            }
+            Record::StackNode { .. }
+            | Record::RssSample { .. }
+            | Record::ModuleUnload { .. }
+            | Record::SnapshotRoot { .. }
+            | Record::SnapshotBlock { .. }
+            | Record::SnapshotHeuristic { .. } => return Some(Step::Deferred(i)),
+            Record::ModuleLoad { pid, .. } => {
+                return self.running(*pid).map(|_| Step::Deferred(i));
+            }
+            _ => {
+                return match crate::resources::event_thread(rec) {
+                    Some((tid, _)) if self.threads.contains_key(&tid) => Some(Step::Deferred(i)),
+                    _ => None,
+                };
+            }
+        };
+        // The thread's image and the batch's index of its heap.
+        let (img, heap) = match *cached {
+            Some((t, img, heap)) if t == tid => (img, heap),
+            _ => {
+                let t = self.threads.get(&tid)?;
+                let img = self.procs[t.process].current();
+                let heap_id = self.images[img].heap;
+                if self.heaps.get(heap_id).and_then(Option::as_ref).is_none() {
+                    // Nothing but counters change.
+                    return Some(Step::Deferred(i));
+                }
+                let heap = match batch.heaps.iter().position(|&h| h == heap_id) {
+                    Some(h) => h,
+                    None => {
+                        batch.heaps.push(heap_id);
+                        batch.heaps.len() - 1
+                    }
+                };
+                *cached = Some((tid, img, heap));
+                (img, heap)
+            }
+        };
+        let shards = self.shards;
+        let mut op = |kind, address, block| {
+            let hash = crate::hash::fmix64(address);
+            let shard = Live::shard_of(hash, shards);
+            batch.ops[shard].push(ShardOp {
+                heap,
+                kind,
+                address,
+                hash,
+                block,
+            });
+            shard
+        };
+        let step = match *rec {
+            Record::Alloc {
+                ts,
+                func,
+                address,
+                size,
+                stack,
+                ..
+            } if address != 0 => {
+                let block = Block {
+                    size,
+                    ts,
+                    stack,
+                    owner: img,
+                    func,
+                };
+                Step::Alloc {
+                    img,
+                    tid,
+                    ts,
+                    address,
+                    size,
+                    stack,
+                    shard: op(ShardOpKind::Insert, address, block),
+                }
+            }
+            Record::Free {
+                ts,
+                func,
+                address,
+                stack,
+                ..
+            } if address != 0 => Step::Free {
+                img,
+                tid,
+                ts,
+                func,
+                address,
+                stack,
+                shard: op(ShardOpKind::Remove, address, NO_BLOCK),
+            },
+            Record::Realloc {
+                ts,
+                func,
+                old_address: old,
+                new_address: new,
+                size,
+                stack,
+                ..
+            } if old != 0 || new != 0 => {
+                let frees_old = old != 0 && (new != 0 || size == 0);
+                let old_shard = if frees_old {
+                    op(ShardOpKind::Remove, old, NO_BLOCK)
+                } else if old != 0 {
+                    // A failed realloc: is the pointer live?
+                    op(ShardOpKind::Get, old, NO_BLOCK)
+                } else {
+                    0
+                };
+                let new_shard = if new != 0 && (frees_old || old == 0) {
+                    let block = Block {
+                        size,
+                        ts,
+                        stack,
+                        owner: img,
+                        func,
+                    };
+                    op(ShardOpKind::Insert, new, block)
+                } else {
+                    0
+                };
+                Step::Realloc {
+                    img,
+                    tid,
+                    ts,
+                    func,
+                    old,
+                    new,
+                    size,
+                    stack,
+                    old_shard,
+                    new_shard,
+                }
+            }
+            _ => Step::Deferred(i),
+        };
+        Some(step)
+    }
+
+    /// Runs the pending steps of `batch`: the shards' operations (in parallel when
+    /// there are several shards), then the accounting in file order.
+    fn flush(&mut self, batch: &mut Batch, records: &mut [Record]) {
+        if batch.steps.is_empty() {
+            return;
+        }
+        // The shards: each gets its table of every heap the steps use.
+        {
+            let mut tables: Vec<Vec<Option<&mut LiveTable>>> = (0..self.shards)
+                .map(|_| (0..batch.heaps.len()).map(|_| None).collect())
+                .collect();
+            for (id, heap) in self.heaps.iter_mut().enumerate() {
+                let Some(local) = batch.heaps.iter().position(|&h| h == id) else {
+                    continue;
+                };
+                if let Some(heap) = heap {
+                    for (s, t) in heap.live.shards_mut().iter_mut().enumerate() {
+                        tables[s][local] = Some(t);
+                    }
+                }
+            }
+            if self.shards == 1 {
+                run_shard(&mut tables[0], &batch.ops[0], &mut batch.results[0]);
+            } else {
+                use rayon::prelude::*;
+                tables
+                    .par_iter_mut()
+                    .zip(batch.ops.par_iter())
+                    .zip(batch.results.par_iter_mut())
+                    .for_each(|((tables, ops), out)| run_shard(tables, ops, out));
+            }
+        }
+        // The accounting, in file order.
+        let mut results: Vec<std::vec::Drain<'_, Option<Block>>> =
+            batch.results.iter_mut().map(|r| r.drain(..)).collect();
+        let mut next = |shard: usize| -> Option<Block> {
+            results[shard]
+                .next()
+                .expect("one result per shard operation")
+        };
+        for step in batch.steps.drain(..) {
+            match step {
+                Step::Deferred(i) => {
+                    let rec = std::mem::replace(&mut records[i], PLACEHOLDER);
+                    self.apply(rec);
+                }
+                Step::Alloc {
+                    img,
+                    tid,
+                    ts,
+                    address,
+                    size,
+                    stack,
+                    shard,
+                } => {
+                    self.count_alloc_event(ts);
+                    let old = next(shard);
+                    self.allocated(img, tid, ts, address, size, stack, old);
+                }
+                Step::Free {
+                    img,
+                    tid,
+                    ts,
+                    func,
+                    address,
+                    stack,
+                    shard,
+                } => {
+                    self.count_alloc_event(ts);
+                    self.images[img].totals.frees += 1;
+                    let removed = next(shard);
+                    self.released(img, tid, ts, func, address, stack, true, removed);
+                }
+                Step::Realloc {
+                    img,
+                    tid,
+                    ts,
+                    func,
+                    old,
+                    new,
+                    size,
+                    stack,
+                    old_shard,
+                    new_shard,
+                } => {
+                    self.count_alloc_event(ts);
+                    // As `Replay::realloc`.
+                    let frees_old = old != 0 && (new != 0 || size == 0);
+                    if frees_old {
+                        self.images[img].totals.frees += 1;
+                        let removed = next(old_shard);
+                        self.released(img, tid, ts, func, old, stack, false, removed);
+                    } else if old != 0 {
+                        self.images[img].totals.failed_allocations += 1;
+                        let live = next(old_shard).is_some();
+                        let heap = self.images[img].heap;
+                        let bad = !live
+                            && self
+                                .heaps
+                                .get(heap)
+                                .and_then(Option::as_ref)
+                                .is_some_and(|h| h.complete || h.freed(old).is_some());
+                        if bad {
+                            self.released(img, tid, ts, func, old, stack, false, None);
+                        }
+                        continue;
+                    }
+                    if new != 0 {
+                        let old_block = next(new_shard);
+                        self.allocated(img, tid, ts, new, size, stack, old_block);
+                    } else if old == 0 {
+                        self.images[img].totals.failed_allocations += 1;
+                    }
+                }
+            }
+        }
+        drop(results);
+        batch.heaps.clear();
+        for ops in &mut batch.ops {
+            ops.clear();
+        }
+    }
+
+    /// [`Replay::apply`]'s bookkeeping of an allocator event.
+    #[inline]
+    fn count_alloc_event(&mut self, ts: Timestamp) {
+        self.last_ts = self.last_ts.max(ts);
+        self.records += 1;
+        self.alloc_events += 1;
+    }
+
     /// Ends every process still running (at the latest timestamp seen) and returns the
     /// results.
     pub fn finish(mut self) -> ReplayOutcome {
@@ -768,7 +1230,7 @@ impl Replay {
         } else {
             Vec::new()
         };
-        let heap = self.new_heap(Heap::new(first_process));
+        let heap = self.new_heap(Heap::new(first_process, self.shards));
         self.add_process(ts, pid, None, None, command, heap, ModuleMap::new())
     }
 
@@ -854,7 +1316,7 @@ impl Replay {
                 let parent = &self.images[pi];
                 let heap = match self.heaps.get(parent.heap).and_then(Option::as_ref) {
                     Some(h) => h.fork(child_img),
-                    None => Heap::new(false),
+                    None => Heap::new(false, self.shards),
                 };
                 let modules = parent.modules.clone();
                 (self.new_heap(heap), modules)
@@ -866,13 +1328,19 @@ impl Replay {
                         h.users += 1;
                         (heap_id, modules)
                     }
-                    None => (self.new_heap(Heap::new(false)), modules),
+                    None => (self.new_heap(Heap::new(false, self.shards)), modules),
                 }
             }
-            (ProcessOrigin::Launched, _) => (self.new_heap(Heap::new(true)), ModuleMap::new()),
+            (ProcessOrigin::Launched, _) => (
+                self.new_heap(Heap::new(true, self.shards)),
+                ModuleMap::new(),
+            ),
             // Attached, or a child whose parent the trace does not know: blocks may exist
             // that the trace never saw allocated.
-            _ => (self.new_heap(Heap::new(false)), ModuleMap::new()),
+            _ => (
+                self.new_heap(Heap::new(false, self.shards)),
+                ModuleMap::new(),
+            ),
         };
         let p = self.add_process(ts, pid, parent_pid, Some(origin), command, heap, modules);
         debug_assert_eq!(self.procs[p].current(), child_img);
@@ -910,7 +1378,7 @@ impl Replay {
         let p = self.process_for(pid, ts);
         let old = self.procs[p].current();
         self.close_image(old, ts, ImageEnd::Exec);
-        let heap = self.new_heap(Heap::new(true));
+        let heap = self.new_heap(Heap::new(true, self.shards));
         let img = self.images.len();
         self.images
             .push(Image::new(command, ts, heap, ModuleMap::new()));
@@ -1000,7 +1468,25 @@ impl Replay {
             owner: img,
             func,
         };
-        if let Some(old) = heap.live.insert(address, block) {
+        let old = heap.live.insert(address, block);
+        self.allocated(img, tid, ts, address, size, stack, old);
+    }
+
+    /// The accounting of an allocation whose block was made live (in an existing
+    /// heap), replacing `old` if a block was still live at its address.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn allocated(
+        &mut self,
+        img: ImageId,
+        tid: u32,
+        ts: Timestamp,
+        address: u64,
+        size: u64,
+        stack: StackId,
+        old: Option<Block>,
+    ) {
+        if let Some(old) = old {
             self.anomalies.alloc_at_live_address += 1;
             if let Some(owner) = self.images.get_mut(old.owner) {
                 owner.remove_live(old.stack, old.size, false, ts);
@@ -1030,11 +1516,36 @@ impl Replay {
             return;
         };
         // The common case first: one lookup that removes the live block.
-        let Some(block) = heap.live.remove(&address) else {
+        let removed = heap.live.remove(address);
+        self.released(img, tid, ts, func, address, stack, may_be_internal, removed);
+    }
+
+    /// The accounting of a release (in an existing heap) that removed `removed` from
+    /// the live blocks (`None`: the address was not live).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn released(
+        &mut self,
+        img: ImageId,
+        tid: u32,
+        ts: Timestamp,
+        func: AllocFn,
+        address: u64,
+        stack: StackId,
+        may_be_internal: bool,
+        removed: Option<Block>,
+    ) {
+        let Some(block) = removed else {
             self.release_bad(img, tid, ts, func, address, stack, may_be_internal);
             return;
         };
-        heap.remember_free(address, block.stack, block.func, stack, block.size);
+        if let Some(heap) = self
+            .heaps
+            .get_mut(self.images[img].heap)
+            .and_then(Option::as_mut)
+        {
+            heap.remember_free(address, block.stack, block.func, stack, block.size);
+        }
         if block.func.family() != func.family() {
             self.images[img].findings.add(Finding {
                 kind: FindingKind::MismatchedFree,
@@ -1151,7 +1662,7 @@ impl Replay {
                 .get(heap)
                 .and_then(Option::as_ref)
                 .is_some_and(|h| {
-                    !h.live.contains_key(&old) && (h.complete || h.freed(old).is_some())
+                    !h.live.contains_key(old) && (h.complete || h.freed(old).is_some())
                 });
             if bad {
                 self.release(img, tid, ts, func, old, stack, false);
@@ -1163,5 +1674,282 @@ impl Replay {
         } else if old == 0 {
             self.images[img].totals.failed_allocations += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heaptape_format::{ClockSource, EndCounts};
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            tool_version: "test".into(),
+            command: vec!["./app".into()],
+            pid: 100,
+            start_time_unix_ns: 0,
+            host: "h".into(),
+            kernel: "k".into(),
+            page_size: 4096,
+            pointer_size: 8,
+            clock: ClockSource::Synthetic,
+        }
+    }
+
+    /// A random trace with processes (fork, vfork, exec, exit), threads that come and
+    /// go, unbound threads, and allocator events over a small pool of addresses, so
+    /// that double, invalid and mismatched frees, temporaries, allocations at live
+    /// addresses, reallocs in place and failed reallocs all happen.
+    fn random_trace(seed: u64, n: usize) -> Vec<Record> {
+        let mut r = Rng(seed | 1);
+        let mut recs = vec![Record::ProcessStart {
+            ts: 1,
+            pid: 100,
+            parent_pid: None,
+            origin: ProcessOrigin::Launched,
+            command: vec!["./app".into()],
+        }];
+        let mut ts = 10u64;
+        let funcs = [
+            AllocFn::Malloc,
+            AllocFn::Calloc,
+            AllocFn::New,
+            AllocFn::NewArray,
+        ];
+        let frees = [
+            AllocFn::Free,
+            AllocFn::Free,
+            AllocFn::Delete,
+            AllocFn::DeleteArray,
+        ];
+        let mut next_pid = 101;
+        for id in 1..8 {
+            recs.push(Record::StackNode {
+                id,
+                parent: id - 1,
+                address: 0x1000 + u64::from(id),
+            });
+        }
+        for _ in 0..n {
+            // Mostly forward, sometimes back (threads' clocks need not agree), with
+            // gaps that widen the growth buckets.
+            ts = match r.below(100) {
+                0 => ts.saturating_sub(5_000),
+                1 => ts + 1_000_000,
+                _ => ts + 1 + r.below(300),
+            };
+            let tid = [100, 100, 100, 101, 102, 103, 104, 999][r.below(8) as usize];
+            let address = 0x10_0000 + 16 * r.below(48);
+            let stack = r.below(8) as StackId;
+            let rec = match r.below(1000) {
+                0..=3 => Record::ProcessStart {
+                    ts,
+                    pid: next_pid,
+                    parent_pid: Some(100),
+                    origin: [
+                        ProcessOrigin::Fork,
+                        ProcessOrigin::Vfork,
+                        ProcessOrigin::Attached,
+                    ][r.below(3) as usize],
+                    command: vec![],
+                },
+                4 => Record::Exec {
+                    ts,
+                    pid: [100, 101, 102][r.below(3) as usize],
+                    command: vec!["./next".into()],
+                },
+                5..=6 => Record::ProcessExit {
+                    ts,
+                    pid: 100 + r.below(4) as u32,
+                    status: ExitStatus::Code(0),
+                },
+                7..=14 => Record::ThreadStart {
+                    ts,
+                    pid: 100 + r.below(4) as u32,
+                    tid,
+                },
+                15..=18 => Record::ThreadExit { ts, tid },
+                19..=25 => Record::RssSample {
+                    ts,
+                    pid: 100 + r.below(3) as u32,
+                    rss: r.below(1 << 30),
+                    hwm: 0,
+                    anon: r.below(1 << 30),
+                    file: 0,
+                    pss: None,
+                },
+                26 => Record::SnapshotBegin { ts, pid: 100 },
+                27 => Record::SnapshotEnd {
+                    pid: 100,
+                    blocks: r.below(40),
+                    scanned_bytes: 0,
+                },
+                28..=29 => Record::StackNode {
+                    id: 8 + r.below(8) as StackId,
+                    parent: r.below(8) as StackId,
+                    address: 0x2000 + r.below(100),
+                },
+                30..=489 => Record::Alloc {
+                    ts,
+                    tid,
+                    func: funcs[r.below(4) as usize],
+                    address: if r.below(50) == 0 { 0 } else { address },
+                    size: r.below(5000),
+                    align: 0,
+                    stack,
+                },
+                490..=939 => Record::Free {
+                    ts,
+                    tid,
+                    func: frees[r.below(4) as usize],
+                    address: if r.below(50) == 0 { 0 } else { address },
+                    stack,
+                },
+                _ => Record::Realloc {
+                    ts,
+                    tid,
+                    func: AllocFn::Realloc,
+                    old_address: if r.below(4) == 0 { 0 } else { address },
+                    new_address: match r.below(4) {
+                        0 => 0,
+                        1 => address,
+                        _ => 0x10_0000 + 16 * r.below(48),
+                    },
+                    size: if r.below(5) == 0 { 0 } else { r.below(5000) },
+                    stack,
+                },
+            };
+            if let Record::ProcessStart { pid, .. } = rec {
+                if pid == next_pid {
+                    next_pid += 1;
+                }
+            }
+            recs.push(rec);
+        }
+        recs.push(Record::End {
+            ts,
+            counts: EndCounts {
+                records: recs.len() as u64,
+                alloc_events: 0,
+                chunks: 0,
+            },
+        });
+        recs
+    }
+
+    /// Everything the replay produced, in a form that does not depend on map order.
+    fn canonical(o: &ReplayOutcome) -> String {
+        let mut out = format!(
+            "{:?} {} {} {}\n",
+            o.anomalies, o.complete, o.records, o.last_ts
+        );
+        for p in &o.processes {
+            out += &format!(
+                "process {} {:?} {:?} {:?}\n",
+                p.pid, p.parent_pid, p.origin, p.exit
+            );
+            for img in &p.images {
+                out += &format!(
+                    "image {:?} {} {} {:?}\n{:?}\n{:?}\n{:?}\n{:?}\nbucket {}\n",
+                    img.command,
+                    img.start_ts,
+                    img.end_ts,
+                    img.end,
+                    img.totals,
+                    img.findings.list(),
+                    img.timeline,
+                    img.leaks,
+                    img.sites.bucket_ns()
+                );
+                let mut sites: Vec<_> = img.sites.iter().collect();
+                sites.sort_by_key(|(k, _)| *k);
+                for (k, s) in sites {
+                    out += &format!("site {k} {s:?}\n");
+                }
+            }
+        }
+        out
+    }
+
+    fn sequential(recs: &[Record]) -> String {
+        let mut r = Replay::with_shards(&header(), 1);
+        for rec in recs {
+            r.apply(rec.clone());
+        }
+        canonical(&r.finish())
+    }
+
+    fn batched(recs: &[Record], shards: usize, chunk: usize) -> String {
+        let mut r = Replay::with_shards(&header(), shards);
+        for c in recs.chunks(chunk) {
+            let mut v = c.to_vec();
+            r.apply_chunk(&mut v);
+            assert!(v.is_empty());
+        }
+        canonical(&r.finish())
+    }
+
+    #[test]
+    fn batch_replay_equals_record_by_record_replay() {
+        for seed in 1..40u64 {
+            let recs = random_trace(seed * 0x9e37_79b9, 3000);
+            let expected = sequential(&recs);
+            for (shards, chunk) in [(1, 5000), (2, 5000), (3, 97), (4, 1), (7, 613)] {
+                let got = batched(&recs, shards, chunk);
+                assert!(
+                    got == expected,
+                    "seed {seed}, {shards} shards, chunks of {chunk}: differs"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn live_table_matches_a_map() {
+        let mut r = Rng(7);
+        let mut t = LiveTable::default();
+        let mut m = FastMap::default();
+        let block = |size| Block {
+            size,
+            ts: 0,
+            stack: 0,
+            owner: 0,
+            func: AllocFn::Malloc,
+        };
+        for i in 0..200_000u64 {
+            // A pool that grows then shrinks, so the table grows and clusters form.
+            let pool = if i < 100_000 {
+                64 + i / 50
+            } else {
+                64 + (200_000 - i) / 50
+            };
+            let a = 16 * (1 + r.below(pool));
+            let h = crate::hash::fmix64(a);
+            if r.below(2) == 0 {
+                assert_eq!(t.insert_hashed(a, h, block(i)), m.insert(a, block(i)));
+            } else {
+                assert_eq!(t.remove_hashed(a, h), m.remove(&a));
+            }
+            assert_eq!(t.len(), m.len());
+        }
+        let mut got: Vec<_> = t.iter().map(|(a, b)| (a, *b)).collect();
+        got.sort_by_key(|x| x.0);
+        let mut want: Vec<_> = m.into_iter().collect();
+        want.sort_by_key(|x| x.0);
+        assert_eq!(got, want);
     }
 }
