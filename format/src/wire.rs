@@ -172,7 +172,10 @@ pub(crate) fn put_pv(out: &mut Vec<u8>, v: u64) {
         let bits = 64 - (v | 1).leading_zeros() as usize;
         let n = bits.div_ceil(7);
         let x = v << n | 1 << (n - 1);
-        out.extend_from_slice(&x.to_le_bytes()[..n]);
+        // Eight bytes then cut back: one fixed-size store instead of a copy of `n`.
+        let len = out.len();
+        out.extend_from_slice(&x.to_le_bytes());
+        out.truncate(len + n);
     } else {
         out.push(0);
         out.extend_from_slice(&v.to_le_bytes());
