@@ -20,7 +20,7 @@
 
 use crate::error::ReadError;
 use crate::record::Record;
-use crate::wire::{decode_payload, decode_payload_with, DecodeError, FnSink};
+use crate::wire::{decode_payload_padded, decode_payload_with, DecodeError, FnSink, DECODE_PAD};
 use crate::MAX_CHUNK_BYTES;
 
 /// Magic that starts every chunk (also a resynchronisation point for recovery tools).
@@ -162,8 +162,8 @@ impl RawChunk {
     /// fresh one per chunk.
     pub fn decode_into(&self, out: &mut Vec<Record>) -> Result<(), ReadError> {
         let before = out.len();
-        self.with_uncompressed(|raw| {
-            decode_payload(raw, self.info.record_count, out).map_err(|e| {
+        self.with_uncompressed(|buf, len| {
+            decode_payload_padded(buf, len, self.info.record_count, out).map_err(|e| {
                 out.truncate(before);
                 self.decode_error(e)
             })
@@ -174,7 +174,8 @@ impl RawChunk {
     /// them: the fastest way to consume a chunk. On error, `f` has seen the records
     /// before the damaged one; returns the number of records.
     pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<u32, ReadError> {
-        self.with_uncompressed(|raw| {
+        self.with_uncompressed(|buf, len| {
+            let raw = &buf[..len];
             let mut n = 0;
             let mut sink = FnSink(|rec| {
                 n += 1;
@@ -186,48 +187,58 @@ impl RawChunk {
         })
     }
 
-    /// Calls `f` with the payload, decompressed if needed and checked against the
-    /// header's length. Decompression reuses this thread's zstd context and buffer
-    /// (a fresh 1 MiB buffer per chunk costs its page faults every time); a nested
-    /// call (from a `for_each_record` callback) uses fresh ones.
+    /// Calls `f` with a buffer that starts with the payload, decompressed if needed and
+    /// checked against the header's length, and the payload's length. The buffer holds
+    /// [`DECODE_PAD`] more bytes after the payload (for the fast decoder), except in a
+    /// nested call (from a `for_each_record` callback), which uses fresh buffers.
+    /// Decompression reuses this thread's zstd context and buffer (a fresh 1 MiB buffer
+    /// per chunk costs its page faults every time); an uncompressed payload is copied
+    /// into that buffer too.
     fn with_uncompressed<R>(
         &self,
-        f: impl FnOnce(&[u8]) -> Result<R, ReadError>,
+        f: impl FnOnce(&[u8], usize) -> Result<R, ReadError>,
     ) -> Result<R, ReadError> {
-        if self.info.flags & FLAG_ZSTD == 0 {
-            return f(self.check_len(&self.payload)?);
-        }
+        let len = self.info.uncompressed_len as usize;
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut scratch) => {
                 let Scratch { zstd, buf } = &mut *scratch;
-                if zstd.is_none() {
-                    *zstd = zstd::bulk::Decompressor::new().ok();
-                }
                 buf.clear();
-                let r = match zstd {
-                    Some(z) => {
-                        buf.reserve(self.info.uncompressed_len as usize);
-                        z.decompress_to_buffer(&self.payload, buf)
-                            .map(drop)
-                            .map_err(|e| self.decompress_error(e))
+                // The header bounds `len` by MAX_CHUNK_BYTES.
+                buf.reserve(len + DECODE_PAD);
+                let r = if self.info.flags & FLAG_ZSTD == 0 {
+                    buf.extend_from_slice(&self.payload);
+                    Ok(())
+                } else {
+                    if zstd.is_none() {
+                        *zstd = zstd::bulk::Decompressor::new().ok();
                     }
-                    None => {
-                        zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
-                            .map(|v| *buf = v)
-                            .map_err(|e| self.decompress_error(e))
+                    match zstd {
+                        Some(z) => z
+                            .decompress_to_buffer(&self.payload, buf)
+                            .map(drop)
+                            .map_err(|e| self.decompress_error(e)),
+                        None => zstd::bulk::decompress(&self.payload, len)
+                            .map(|v| buf.extend_from_slice(&v))
+                            .map_err(|e| self.decompress_error(e)),
                     }
                 };
-                let r = r.and_then(|()| f(self.check_len(buf)?));
+                let r = r.and_then(|()| {
+                    self.check_len(buf)?;
+                    buf.resize(len + DECODE_PAD, 0);
+                    f(buf, len)
+                });
                 if buf.capacity() > SCRATCH_KEEP {
                     *buf = Vec::new();
                 }
                 r
             }
             Err(_) => {
-                let raw =
-                    zstd::bulk::decompress(&self.payload, self.info.uncompressed_len as usize)
-                        .map_err(|e| self.decompress_error(e))?;
-                f(self.check_len(&raw)?)
+                if self.info.flags & FLAG_ZSTD == 0 {
+                    return f(self.check_len(&self.payload)?, len);
+                }
+                let raw = zstd::bulk::decompress(&self.payload, len)
+                    .map_err(|e| self.decompress_error(e))?;
+                f(self.check_len(&raw)?, len)
             }
         })
     }

@@ -963,6 +963,22 @@ fn split_streams(raw: &[u8], count: u32) -> Result<(&[u8], [&[u8]; STREAMS]), De
     Ok((body, streams))
 }
 
+/// Reads of the allocator event streams, through checked cursors ([`Hot`]) or, in the
+/// batches of the fast path, unchecked ones ([`Fast`]). Every read returns the value
+/// of the stream's bytes at the cursor and moves the cursor past them.
+trait Reads {
+    /// One byte.
+    fn byte(&mut self, s: usize) -> Result<u8, Fault>;
+    /// A little-endian `u16`.
+    fn u16(&mut self, s: usize) -> Result<u16, Fault>;
+    /// A prefix varint.
+    fn var(&mut self, s: usize) -> Result<u64, Fault>;
+    /// A prefix varint that is usually one byte long.
+    fn var1(&mut self, s: usize) -> Result<u64, Fault>;
+    /// A prefix varint if `cond`; otherwise nothing is read and the value is 0.
+    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault>;
+}
+
 /// The cursors of the streams the hot loop reads. Positions are offsets in the body of
 /// the payload (all streams back to back); stream `s` is read through `b[s]`, the body
 /// up to the end of stream `s`, so that one comparison bounds a read. (All the slices
@@ -991,7 +1007,9 @@ impl Hot<'_> {
     fn pv_slow(&self, s: usize) -> Result<(u64, usize), Fault> {
         pv_slow(self.b[s], self.pos[s], s)
     }
+}
 
+impl Reads for Hot<'_> {
     #[inline(always)]
     fn byte(&mut self, s: usize) -> Result<u8, Fault> {
         let p = self.pos[s];
@@ -1070,6 +1088,243 @@ impl Hot<'_> {
             Ok(0)
         }
     }
+}
+
+/// Records per batch of the fast decoder: its cursors are checked against their
+/// streams' ends once per batch, not at every read.
+const BATCH: usize = 64;
+/// The most bytes one record moves one cursor by: an aligned allocation reads two
+/// prefix varints (at most nine bytes each) from the size stream, and no record reads
+/// more from any stream.
+const MAX_ADVANCE: usize = 18;
+/// Readable bytes the fast decoder needs after a payload's last byte (see [`Fast`]).
+pub(crate) const DECODE_PAD: usize = BATCH * MAX_ADVANCE;
+
+/// The fast decoder's cursors: offsets into `mem`, read without bound checks.
+///
+/// Invariant, kept by [`decode_fast`] (the only code that makes a `Fast`): `mem` is the
+/// payload body followed by at least [`DECODE_PAD`] more bytes; before each batch of at
+/// most [`BATCH`] records, every cursor is checked to be at most its stream's end, so
+/// at most the body's length; a record moves a cursor by at most [`MAX_ADVANCE`] bytes
+/// (at most two reads of one stream, each of at most nine bytes), and a read touches
+/// only the nine bytes from its cursor (an eight-byte load at the cursor, or at the
+/// cursor plus one for the nine-byte form). So a read in the `k`-th record of a batch
+/// (`k < BATCH`) touches bytes below `body + k * MAX_ADVANCE + 9 + 9 <= body +
+/// BATCH * MAX_ADVANCE <= mem.len()`. Bytes read past a stream's end (into the next
+/// stream or the padding) are harmless to memory; they make the cursor pass the
+/// stream's end, which the next check (or the final one) turns into a failure.
+#[derive(Clone, Copy)]
+struct Fast<'a> {
+    mem: &'a [u8],
+    pos: [usize; STREAMS],
+}
+
+impl Fast<'_> {
+    /// The eight bytes at `p`, little-endian.
+    #[inline(always)]
+    fn word_at(&self, p: usize) -> u64 {
+        debug_assert!(p + 8 <= self.mem.len());
+        // SAFETY: `p` is a cursor, or a cursor plus one, of a read in a batch, so the
+        // eight bytes at `p` are inside `mem` (the invariant of `Fast`).
+        #[allow(unsafe_code)]
+        let w = unsafe { std::ptr::read_unaligned(self.mem.as_ptr().add(p).cast::<u64>()) };
+        u64::from_le(w)
+    }
+
+    /// The byte at `p`.
+    #[inline(always)]
+    fn byte_at(&self, p: usize) -> u8 {
+        debug_assert!(p < self.mem.len());
+        // SAFETY: `p` is a cursor of a read in a batch: inside `mem` (the invariant of
+        // `Fast`).
+        #[allow(unsafe_code)]
+        unsafe {
+            *self.mem.get_unchecked(p)
+        }
+    }
+}
+
+impl Reads for Fast<'_> {
+    #[inline(always)]
+    fn byte(&mut self, s: usize) -> Result<u8, Fault> {
+        let p = self.pos[s];
+        self.pos[s] = p + 1;
+        Ok(self.byte_at(p))
+    }
+
+    #[inline(always)]
+    fn u16(&mut self, s: usize) -> Result<u16, Fault> {
+        let p = self.pos[s];
+        self.pos[s] = p + 2;
+        Ok(self.word_at(p) as u16)
+    }
+
+    #[inline(always)]
+    fn var(&mut self, s: usize) -> Result<u64, Fault> {
+        let p = self.pos[s];
+        let w = self.word_at(p);
+        if w & 0xff != 0 {
+            let (x, n) = pv_word(w);
+            self.pos[s] = p + n;
+            Ok(x)
+        } else {
+            self.pos[s] = p + 9;
+            Ok(self.word_at(p + 1))
+        }
+    }
+
+    #[inline(always)]
+    fn var1(&mut self, s: usize) -> Result<u64, Fault> {
+        let p = self.pos[s];
+        let b = self.byte_at(p);
+        if b & 1 != 0 {
+            self.pos[s] = p + 1;
+            return Ok(u64::from(b >> 1));
+        }
+        self.var(s)
+    }
+
+    #[inline(always)]
+    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
+        let p = self.pos[s];
+        let w = self.word_at(p);
+        if w & 0xff != 0 {
+            let (x, n) = pv_word(w);
+            let mask = u64::from(cond).wrapping_neg();
+            self.pos[s] = p + (n & mask as usize);
+            Ok(x & mask)
+        } else if cond {
+            self.pos[s] = p + 9;
+            Ok(self.word_at(p + 1))
+        } else {
+            Ok(0)
+        }
+    }
+}
+
+/// The streams the event decoders read (through [`Reads`]).
+const EVENT_STREAMS: [usize; 9] = [
+    S_TS_LO, S_TS_HI, S_TID, S_STACK, S_SIZE, S_ADDR, S_BIN, S_LIVE, S_FUNC,
+];
+
+/// Decodes the streams of a chunk like [`decode_streams`], reading the event streams
+/// through [`Fast`] cursors: `mem` is the body of the payload (its streams back to
+/// back, `body_len` bytes) followed by at least [`DECODE_PAD`] bytes. Returns whether
+/// the chunk decoded; if not, `sink` may hold records decoded from damaged data, to be
+/// discarded, and the checked decoder must be run for the error.
+#[inline(always)]
+fn decode_fast(mem: &[u8], body_len: usize, s: [&[u8]; STREAMS], sink: &mut impl Sink) -> bool {
+    if mem.len() < body_len.saturating_add(DECODE_PAD) {
+        return false;
+    }
+    let mut c = Fast {
+        mem,
+        pos: [0; STREAMS],
+    };
+    let mut end = [0; STREAMS];
+    let mut at = 0;
+    for (i, stream) in s.iter().enumerate() {
+        c.pos[i] = at;
+        at += stream.len();
+        end[i] = at;
+    }
+    if at != body_len {
+        return false;
+    }
+    let mut node = Cur {
+        b: s[S_NODE],
+        pos: 0,
+    };
+    let mut other = Cur {
+        b: s[S_OTHER],
+        pos: 0,
+    };
+    let mut m = Model::new();
+    let tags = s[S_TAG];
+    let mut i = 0;
+    while i < tags.len() {
+        // The check that keeps `Fast`'s invariant: every cursor at most its stream's
+        // end. (Cursors never move back, so this also proves that every record so far
+        // read its own streams' bytes only.)
+        if EVENT_STREAMS.iter().any(|&k| c.pos[k] > end[k]) {
+            return false;
+        }
+        let stop = tags.len().min(i + BATCH);
+        // The hot loop: allocations and frees, with no calls.
+        while i < stop {
+            let tag = tags[i];
+            let kind = tag & KIND_MASK;
+            let r = if kind == K_FREE {
+                decode_free(&mut m, &mut c, tag, sink)
+            } else if kind & !1 == K_ALLOC {
+                decode_alloc(&mut m, &mut c, tag, sink)
+            } else {
+                break;
+            };
+            if r.is_err() {
+                return false;
+            }
+            i += 1;
+        }
+        if i < stop {
+            // Any other record, out of line, on a copy of the cursors; it is the last
+            // record of this batch.
+            let mut c2 = c;
+            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tags[i], sink);
+            c = c2;
+            if r.is_err() {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    EVENT_STREAMS.iter().all(|&k| c.pos[k] == end[k])
+        && node.pos == node.b.len()
+        && other.pos == other.b.len()
+}
+
+/// Decodes a chunk payload of `count` records, `buf[..len]`, appending them to `out`
+/// (left as it was on error). When `buf` holds at least [`DECODE_PAD`] bytes after the
+/// payload, the fast decoder runs first; the checked one only when it fails (for the
+/// error, which is the same either way).
+pub(crate) fn decode_payload_padded(
+    buf: &[u8],
+    len: usize,
+    count: u32,
+    out: &mut Vec<Record>,
+) -> Result<(), DecodeError> {
+    let Some(raw) = buf.get(..len) else {
+        return Err(DecodeError {
+            record: 0,
+            what: "payload length over the buffer".into(),
+        });
+    };
+    let (body, streams) = split_streams(raw, count)?;
+    let mem = &buf[len - body.len()..];
+    if mem.len() >= body.len() + DECODE_PAD {
+        // `split_streams` bounded `count` by the payload size.
+        out.reserve(count as usize);
+        let before = out.len();
+        let mut sink = SliceSink {
+            spare: out.spare_capacity_mut(),
+            n: 0,
+        };
+        let ok = decode_fast(mem, body.len(), streams, &mut sink);
+        let len = before + sink.n;
+        // SAFETY: the sink wrote `sink.n` records, in order, into the first `sink.n`
+        // slots of the spare capacity after `before` (it counts a slot only once it is
+        // written), and nothing else touched the vector since.
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(len);
+        }
+        if ok {
+            return Ok(());
+        }
+        // Damaged: drop what was decoded, and decode again for the error.
+        out.truncate(before);
+    }
+    decode_payload(raw, count, out)
 }
 
 /// Decodes the prefix varint at the start of `w` (eight bytes, little-endian, first
@@ -1211,7 +1466,7 @@ enum Rare {
 #[inline(never)]
 fn decode_rare(
     m: &mut Model,
-    c: &mut Hot<'_>,
+    c: &mut impl Reads,
     node: &mut Cur<'_>,
     other: &mut Cur<'_>,
     tag: u8,
@@ -1240,7 +1495,7 @@ fn decode_func(b: u8) -> Result<AllocFn, Fault> {
 }
 
 #[inline(always)]
-fn decode_ts(m: &mut Model, c: &mut Hot<'_>) -> Result<u64, Fault> {
+fn decode_ts(m: &mut Model, c: &mut impl Reads) -> Result<u64, Fault> {
     let lo = c.byte(S_TS_LO)?;
     let hi = c.var1(S_TS_HI)?;
     m.ts = undelta(m.ts, hi << 8 | u64::from(lo));
@@ -1249,7 +1504,7 @@ fn decode_ts(m: &mut Model, c: &mut Hot<'_>) -> Result<u64, Fault> {
 
 /// The thread: a delta in the thread stream when `F_TID` is set (rarely: a branch).
 #[inline(always)]
-fn decode_tid(m: &mut Model, c: &mut Hot<'_>, tag: u8) -> Result<u32, Fault> {
+fn decode_tid(m: &mut Model, c: &mut impl Reads, tag: u8) -> Result<u32, Fault> {
     if tag & F_TID != 0 {
         let tid = undelta(u64::from(m.tid), c.var1(S_TID)?);
         m.tid = u32::try_from(tid).map_err(|_| Fault::Range("thread id", tid))?;
@@ -1258,7 +1513,7 @@ fn decode_tid(m: &mut Model, c: &mut Hot<'_>, tag: u8) -> Result<u32, Fault> {
 }
 
 #[inline(always)]
-fn decode_stack(c: &mut Hot<'_>) -> Result<StackId, Fault> {
+fn decode_stack(c: &mut impl Reads) -> Result<StackId, Fault> {
     let stack = c.var(S_STACK)?;
     StackId::try_from(stack).map_err(|_| Fault::Range("stack id", stack))
 }
@@ -1268,7 +1523,7 @@ fn decode_stack(c: &mut Hot<'_>) -> Result<StackId, Fault> {
 #[inline(always)]
 fn decode_func_size(
     m: &mut Model,
-    c: &mut Hot<'_>,
+    c: &mut impl Reads,
     tag: u8,
     stack: StackId,
 ) -> Result<(AllocFn, u64), Fault> {
@@ -1305,7 +1560,7 @@ fn decode_func_size(
 #[inline(always)]
 fn decode_free_func(
     m: &mut Model,
-    c: &mut Hot<'_>,
+    c: &mut impl Reads,
     tag: u8,
     stack: StackId,
 ) -> Result<AllocFn, Fault> {
@@ -1332,7 +1587,11 @@ fn decode_free_func(
 
 /// Decodes a released address; returns it and, for a live block, the block.
 #[inline(always)]
-fn decode_released(m: &mut Model, c: &mut Hot<'_>, mode: u8) -> Result<(u64, Option<Live>), Fault> {
+fn decode_released(
+    m: &mut Model,
+    c: &mut impl Reads,
+    mode: u8,
+) -> Result<(u64, Option<Live>), Fault> {
     if mode == R_LIVE {
         let v = u64::from(c.u16(S_LIVE)?);
         match m.take_live(v) {
@@ -1352,7 +1611,7 @@ fn decode_released(m: &mut Model, c: &mut Hot<'_>, mode: u8) -> Result<(u64, Opt
 #[inline(always)]
 fn decode_alloc(
     m: &mut Model,
-    c: &mut Hot<'_>,
+    c: &mut impl Reads,
     tag: u8,
     sink: &mut impl Sink,
 ) -> Result<(), Fault> {
@@ -1400,7 +1659,12 @@ fn decode_alloc(
 }
 
 #[inline(always)]
-fn decode_free(m: &mut Model, c: &mut Hot<'_>, tag: u8, sink: &mut impl Sink) -> Result<(), Fault> {
+fn decode_free(
+    m: &mut Model,
+    c: &mut impl Reads,
+    tag: u8,
+    sink: &mut impl Sink,
+) -> Result<(), Fault> {
     let ts = decode_ts(m, c)?;
     let tid = decode_tid(m, c, tag)?;
     let (address, block) = decode_released(m, c, tag >> A_SHIFT)?;
@@ -1431,7 +1695,7 @@ fn decode_free(m: &mut Model, c: &mut Hot<'_>, tag: u8, sink: &mut impl Sink) ->
 #[inline(always)]
 fn decode_realloc(
     m: &mut Model,
-    c: &mut Hot<'_>,
+    c: &mut impl Reads,
     tag: u8,
     sink: &mut impl Sink,
 ) -> Result<(), Fault> {
