@@ -222,7 +222,7 @@ impl LiveTable {
     #[inline]
     pub fn insert_hashed(&mut self, address: u64, hash: u64, block: Block) -> Option<Block> {
         debug_assert_ne!(address, 0, "address 0 marks an empty slot");
-        if (self.len + 1) * 8 > self.slots.len() * 5 {
+        if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
         let mask = self.mask();

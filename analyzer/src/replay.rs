@@ -357,64 +357,109 @@ pub struct Replay {
 }
 
 /// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
+/// Kept small: a run's steps are written, read by the shards and read again.
 #[derive(Clone, Copy, Debug)]
 enum Step {
     /// Applied by [`Replay::apply`], in order: the record at this index of the chunk.
     Deferred(usize),
     /// An allocation (non-NULL) in an existing heap.
     Alloc {
-        img: ImageId,
+        img: u32,
         tid: u32,
+        stack: StackId,
+        func: AllocFn,
+        shard: u16,
         ts: Timestamp,
         address: u64,
         size: u64,
-        stack: StackId,
-        shard: usize,
     },
     /// A free of a non-NULL pointer in an existing heap.
     Free {
-        img: ImageId,
+        img: u32,
         tid: u32,
-        ts: Timestamp,
-        func: AllocFn,
-        address: u64,
         stack: StackId,
-        shard: usize,
+        func: AllocFn,
+        shard: u16,
+        ts: Timestamp,
+        address: u64,
     },
     /// A realloc in an existing heap, other than `realloc(NULL, n)` returning NULL.
     Realloc {
-        img: ImageId,
+        img: u32,
         tid: u32,
-        ts: Timestamp,
+        stack: StackId,
         func: AllocFn,
+        old_shard: u16,
+        new_shard: u16,
+        ts: Timestamp,
         old: u64,
         new: u64,
         size: u64,
-        stack: StackId,
-        old_shard: usize,
-        new_shard: usize,
     },
 }
 
-/// One live-table operation, run by the shard owning its address.
+/// One live-table operation, run by the shard owning its address: what it is follows
+/// from its step.
 #[derive(Clone, Copy, Debug)]
 struct ShardOp {
+    /// Index into [`Batch::steps`].
+    step: u32,
     /// Index into [`Batch::heaps`].
-    heap: usize,
+    heap: u16,
     kind: ShardOpKind,
-    address: u64,
-    hash: u64,
-    block: Block,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ShardOpKind {
-    /// Make `block` live; the result is the block it replaced.
+    /// Make the step's block live; the result is the block it replaced.
     Insert,
-    /// The result is the block removed.
+    /// Remove the block at the step's (old) address; the result is the block removed.
     Remove,
-    /// The result is the live block (left live).
+    /// The result is the live block at the step's old address (left live).
     Get,
+}
+
+impl ShardOp {
+    /// The address the operation is about.
+    #[inline]
+    fn address(self, steps: &[Step]) -> u64 {
+        match (steps[self.step as usize], self.kind) {
+            (Step::Alloc { address, .. } | Step::Free { address, .. }, _) => address,
+            (Step::Realloc { new, .. }, ShardOpKind::Insert) => new,
+            (Step::Realloc { old, .. }, _) => old,
+            (Step::Deferred(_), _) => unreachable!("deferred steps have no operation"),
+        }
+    }
+
+    /// The block an insert makes live.
+    #[inline]
+    fn block(self, steps: &[Step]) -> Block {
+        match steps[self.step as usize] {
+            Step::Alloc {
+                img,
+                stack,
+                func,
+                ts,
+                size,
+                ..
+            }
+            | Step::Realloc {
+                img,
+                stack,
+                func,
+                ts,
+                size,
+                ..
+            } => Block {
+                size,
+                ts,
+                stack,
+                owner: img as ImageId,
+                func,
+            },
+            _ => unreachable!("only allocations insert"),
+        }
+    }
 }
 
 /// The batch path's buffers (see [`Replay::apply_chunk`]).
@@ -432,41 +477,39 @@ struct Batch {
 /// Stands in for a record taken out of a chunk.
 const PLACEHOLDER: Record = Record::ThreadExit { ts: 0, tid: 0 };
 
-/// The block of an operation that makes nothing live.
-const NO_BLOCK: Block = Block {
-    size: 0,
-    ts: 0,
-    stack: 0,
-    owner: 0,
-    func: AllocFn::Malloc,
-};
-
 /// Most steps run at once: enough to amortise handing the shards to the thread pool,
 /// few enough for the buffers to stay in the cache.
-const RUN_STEPS: usize = 1 << 15;
+const RUN_STEPS: usize = 1 << 13;
 
 /// How far ahead a shard prefetches the slots of its next operations.
 const PREFETCH_AHEAD: usize = 8;
 
 /// Runs one shard's operations on its tables (one per heap of the batch), prefetching
 /// the slots of the operations a few steps ahead.
-fn run_shard(tables: &mut [Option<&mut LiveTable>], ops: &[ShardOp], out: &mut Vec<Option<Block>>) {
+fn run_shard(
+    tables: &mut [Option<&mut LiveTable>],
+    steps: &[Step],
+    ops: &[ShardOp],
+    out: &mut Vec<Option<Block>>,
+) {
     out.clear();
     out.reserve(ops.len());
-    for (i, op) in ops.iter().enumerate() {
-        if let Some(next) = ops.get(i + PREFETCH_AHEAD) {
-            if let Some(t) = &tables[next.heap] {
-                t.prefetch(next.hash);
+    for (i, &op) in ops.iter().enumerate() {
+        if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
+            if let Some(t) = &tables[usize::from(next.heap)] {
+                t.prefetch(crate::hash::fmix64(next.address(steps)));
             }
         }
-        let Some(t) = tables[op.heap].as_deref_mut() else {
+        let Some(t) = tables[usize::from(op.heap)].as_deref_mut() else {
             out.push(None);
             continue;
         };
+        let address = op.address(steps);
+        let hash = crate::hash::fmix64(address);
         out.push(match op.kind {
-            ShardOpKind::Insert => t.insert_hashed(op.address, op.hash, op.block),
-            ShardOpKind::Remove => t.remove_hashed(op.address, op.hash),
-            ShardOpKind::Get => t.get_hashed(op.address, op.hash).copied(),
+            ShardOpKind::Insert => t.insert_hashed(address, hash, op.block(steps)),
+            ShardOpKind::Remove => t.remove_hashed(address, hash),
+            ShardOpKind::Get => t.get_hashed(address, hash).copied(),
         });
     }
 }
@@ -937,18 +980,15 @@ impl Replay {
             }
         };
         let shards = self.shards;
-        let mut op = |kind, address, block| {
-            let hash = crate::hash::fmix64(address);
-            let shard = Live::shard_of(hash, shards);
-            batch.ops[shard].push(ShardOp {
-                heap,
-                kind,
-                address,
-                hash,
-                block,
-            });
-            shard
+        let step = batch.steps.len() as u32;
+        let ops = &mut batch.ops;
+        let heap = heap as u16;
+        let mut op = |kind, address| {
+            let shard = Live::shard_of(crate::hash::fmix64(address), shards);
+            ops[shard].push(ShardOp { step, heap, kind });
+            shard as u16
         };
+        let img = img as u32;
         let step = match *rec {
             Record::Alloc {
                 ts,
@@ -957,24 +997,16 @@ impl Replay {
                 size,
                 stack,
                 ..
-            } if address != 0 => {
-                let block = Block {
-                    size,
-                    ts,
-                    stack,
-                    owner: img,
-                    func,
-                };
-                Step::Alloc {
-                    img,
-                    tid,
-                    ts,
-                    address,
-                    size,
-                    stack,
-                    shard: op(ShardOpKind::Insert, address, block),
-                }
-            }
+            } if address != 0 => Step::Alloc {
+                img,
+                tid,
+                stack,
+                func,
+                shard: op(ShardOpKind::Insert, address),
+                ts,
+                address,
+                size,
+            },
             Record::Free {
                 ts,
                 func,
@@ -984,11 +1016,11 @@ impl Replay {
             } if address != 0 => Step::Free {
                 img,
                 tid,
-                ts,
-                func,
-                address,
                 stack,
-                shard: op(ShardOpKind::Remove, address, NO_BLOCK),
+                func,
+                shard: op(ShardOpKind::Remove, address),
+                ts,
+                address,
             },
             Record::Realloc {
                 ts,
@@ -1001,36 +1033,29 @@ impl Replay {
             } if old != 0 || new != 0 => {
                 let frees_old = old != 0 && (new != 0 || size == 0);
                 let old_shard = if frees_old {
-                    op(ShardOpKind::Remove, old, NO_BLOCK)
+                    op(ShardOpKind::Remove, old)
                 } else if old != 0 {
                     // A failed realloc: is the pointer live?
-                    op(ShardOpKind::Get, old, NO_BLOCK)
+                    op(ShardOpKind::Get, old)
                 } else {
                     0
                 };
                 let new_shard = if new != 0 && (frees_old || old == 0) {
-                    let block = Block {
-                        size,
-                        ts,
-                        stack,
-                        owner: img,
-                        func,
-                    };
-                    op(ShardOpKind::Insert, new, block)
+                    op(ShardOpKind::Insert, new)
                 } else {
                     0
                 };
                 Step::Realloc {
                     img,
                     tid,
-                    ts,
+                    stack,
                     func,
+                    old_shard,
+                    new_shard,
+                    ts,
                     old,
                     new,
                     size,
-                    stack,
-                    old_shard,
-                    new_shard,
                 }
             }
             _ => Step::Deferred(i),
@@ -1059,22 +1084,23 @@ impl Replay {
                     }
                 }
             }
+            let steps = &batch.steps;
             if self.shards == 1 {
-                run_shard(&mut tables[0], &batch.ops[0], &mut batch.results[0]);
+                run_shard(&mut tables[0], steps, &batch.ops[0], &mut batch.results[0]);
             } else {
                 use rayon::prelude::*;
                 tables
                     .par_iter_mut()
                     .zip(batch.ops.par_iter())
                     .zip(batch.results.par_iter_mut())
-                    .for_each(|((tables, ops), out)| run_shard(tables, ops, out));
+                    .for_each(|((tables, ops), out)| run_shard(tables, steps, ops, out));
             }
         }
         // The accounting, in file order.
         let mut results: Vec<std::vec::Drain<'_, Option<Block>>> =
             batch.results.iter_mut().map(|r| r.drain(..)).collect();
-        let mut next = |shard: usize| -> Option<Block> {
-            results[shard]
+        let mut next = |shard: u16| -> Option<Block> {
+            results[usize::from(shard)]
                 .next()
                 .expect("one result per shard operation")
         };
@@ -1092,7 +1118,9 @@ impl Replay {
                     size,
                     stack,
                     shard,
+                    ..
                 } => {
+                    let img = img as ImageId;
                     self.count_alloc_event(ts);
                     let old = next(shard);
                     self.allocated(img, tid, ts, address, size, stack, old);
@@ -1106,6 +1134,7 @@ impl Replay {
                     stack,
                     shard,
                 } => {
+                    let img = img as ImageId;
                     self.count_alloc_event(ts);
                     self.images[img].totals.frees += 1;
                     let removed = next(shard);
@@ -1123,6 +1152,7 @@ impl Replay {
                     old_shard,
                     new_shard,
                 } => {
+                    let img = img as ImageId;
                     self.count_alloc_event(ts);
                     // As `Replay::realloc`.
                     let frees_old = old != 0 && (new != 0 || size == 0);
