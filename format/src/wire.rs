@@ -27,6 +27,7 @@
 
 use crate::record::{AllocFn, Record, StackId};
 use crate::MIN_RECORD_BYTES;
+use std::mem::MaybeUninit;
 
 /// Number of streams in a chunk payload.
 pub(crate) const STREAMS: usize = 12;
@@ -195,15 +196,6 @@ fn bin_of(size: u64) -> usize {
     (bump_step(size) >> 4) as usize & (BINS - 1)
 }
 
-/// A boxed array of `N` copies of `x` (fixed-size, so that indexing with a masked index
-/// needs no bound check), built on the heap.
-fn boxed<T: Clone, const N: usize>(x: T) -> Box<[T; N]> {
-    match vec![x; N].into_boxed_slice().try_into() {
-        Ok(b) => b,
-        Err(_) => unreachable!("a vector of N elements converts to [T; N]"),
-    }
-}
-
 /// Prediction for one stack (slot chosen by the low bits of the stack id).
 #[derive(Clone, Copy)]
 struct Slot {
@@ -217,24 +209,30 @@ struct Slot {
     func: AllocFn,
 }
 
-impl Default for Slot {
-    fn default() -> Self {
-        Slot {
-            key: 0,
-            size: 0,
-            free_key: 0,
-            func: AllocFn::Malloc,
-        }
-    }
+impl Slot {
+    const EMPTY: Slot = Slot {
+        key: 0,
+        size: 0,
+        free_key: 0,
+        func: AllocFn::Malloc,
+    };
 }
 
 /// A block allocated in this chunk and not yet released. Only its size bin is kept of
 /// its size (all a release needs), so a block takes 16 bytes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Live {
     addr: u64,
     stack: StackId,
     bin: u32,
+}
+
+impl Live {
+    const EMPTY: Live = Live {
+        addr: 0,
+        stack: 0,
+        bin: 0,
+    };
 }
 
 /// The block table: [`BLOCKS`] slots, each empty or holding one live block (a
@@ -242,9 +240,9 @@ struct Live {
 /// lowest never-used one, else (all in use) the slot under a cyclic hand, whose block
 /// is forgotten. A release names its block by slot: O(1), nothing moves.
 struct Blocks {
-    buf: Box<[Live; BLOCKS]>,
+    buf: [Live; BLOCKS],
     /// Emptied slots, most recent last (`free[..nfree]`).
-    free: Box<[u16; BLOCKS]>,
+    free: [u16; BLOCKS],
     nfree: usize,
     /// Slots `next..` have never been used in this chunk.
     next: usize,
@@ -253,17 +251,18 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn new() -> Self {
-        Blocks {
-            buf: boxed(Live::default()),
-            free: boxed(0),
-            nfree: 0,
-            next: 0,
-            hand: 0,
-        }
-    }
+    const EMPTY: Blocks = Blocks {
+        buf: [Live::EMPTY; BLOCKS],
+        free: [0; BLOCKS],
+        nfree: 0,
+        next: 0,
+        hand: 0,
+    };
 
     fn clear(&mut self) {
+        // Slots `next..` are kept empty, so that a release needs no check against
+        // `next`.
+        self.buf.fill(Live::EMPTY);
         self.nfree = 0;
         self.next = 0;
         self.hand = 0;
@@ -274,7 +273,7 @@ impl Blocks {
     fn push(&mut self, l: Live) -> usize {
         let s = if self.nfree > 0 {
             self.nfree -= 1;
-            self.free[self.nfree] as usize
+            self.free[self.nfree & (BLOCKS - 1)] as usize
         } else if self.next < BLOCKS {
             self.next += 1;
             self.next - 1
@@ -287,24 +286,20 @@ impl Blocks {
         s
     }
 
-    /// Empties slot `s` and returns its block, if it holds one.
+    /// Empties slot `s < BLOCKS` and returns its block, if it holds one. (Slots from
+    /// `next` on are always empty: never used in this chunk, and zeroed by `clear`.)
     #[inline(always)]
     fn take(&mut self, s: usize) -> Option<Live> {
-        if s >= self.next {
-            return None;
-        }
-        let slot = &mut self.buf[s];
+        let slot = &mut self.buf[s & (BLOCKS - 1)];
         let b = *slot;
         if b.addr == 0 {
             return None;
         }
         slot.addr = 0;
         // A slot below `next` is either live or among the `nfree` emptied ones, so
-        // `nfree < next <= BLOCKS` here.
-        if let Some(f) = self.free.get_mut(self.nfree) {
-            *f = s as u16;
-            self.nfree += 1;
-        }
+        // `nfree < next <= BLOCKS` here (the mask never changes the index).
+        self.free[self.nfree & (BLOCKS - 1)] = s as u16;
+        self.nfree += 1;
         Some(b)
     }
 }
@@ -312,7 +307,7 @@ impl Blocks {
 /// A size bin: the most recently freed blocks of one size class, newest last, kept
 /// as a ring of [`BIN_DEPTH`] entries (pushing onto a full bin overwrites the oldest,
 /// taking the newest moves nothing).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Bin {
     addrs: [u64; BIN_DEPTH],
     /// Ring index of the next push.
@@ -321,6 +316,12 @@ struct Bin {
 }
 
 impl Bin {
+    const EMPTY: Bin = Bin {
+        addrs: [0; BIN_DEPTH],
+        top: 0,
+        len: 0,
+    };
+
     #[inline(always)]
     fn push(&mut self, addr: u64) {
         self.addrs[self.top & (BIN_DEPTH - 1)] = addr;
@@ -363,9 +364,23 @@ struct Model {
     bump: u64,
     node_id: StackId,
     node_addr: u64,
-    table: Box<[Slot; TABLE]>,
+    /// The tables, in one allocation (one base pointer for all of them).
+    t: Box<Tables>,
+}
+
+/// The model's tables.
+struct Tables {
+    table: [Slot; TABLE],
     blocks: Blocks,
-    bins: Box<[Bin; BINS]>,
+    bins: [Bin; BINS],
+}
+
+impl Tables {
+    const EMPTY: Tables = Tables {
+        table: [Slot::EMPTY; TABLE],
+        blocks: Blocks::EMPTY,
+        bins: [Bin::EMPTY; BINS],
+    };
 }
 
 impl Model {
@@ -377,9 +392,7 @@ impl Model {
             bump: 0,
             node_id: 0,
             node_addr: 0,
-            table: boxed(Slot::default()),
-            blocks: Blocks::new(),
-            bins: boxed(Bin::default()),
+            t: Box::new(Tables::EMPTY),
         }
     }
 
@@ -391,20 +404,20 @@ impl Model {
         self.bump = 0;
         self.node_id = 0;
         self.node_addr = 0;
-        self.table.fill(Slot::default());
-        self.blocks.clear();
-        self.bins.fill(Bin::default());
+        self.t.table.fill(Slot::EMPTY);
+        self.t.blocks.clear();
+        self.t.bins.fill(Bin::EMPTY);
     }
 
     #[inline(always)]
     fn slot(&mut self, stack: StackId) -> &mut Slot {
-        &mut self.table[stack as usize & (TABLE - 1)]
+        &mut self.t.table[stack as usize & (TABLE - 1)]
     }
 
     /// Records a new live block; returns its slot.
     #[inline(always)]
     fn push_live(&mut self, addr: u64, size: u64, stack: StackId) -> usize {
-        self.blocks.push(Live {
+        self.t.blocks.push(Live {
             addr,
             stack,
             bin: bin_of(size) as u32,
@@ -417,7 +430,7 @@ impl Model {
         if d >= BLOCKS as u64 {
             return None;
         }
-        self.blocks.take(d as usize)
+        self.t.blocks.take(d as usize)
     }
 
     /// The stack the free of a block allocated at `alloc_stack` is predicted to have.
@@ -511,7 +524,7 @@ impl Encoder {
     #[inline(always)]
     fn find_live(&self, addr: u64) -> Option<u64> {
         let s = usize::from(self.index[index_of(addr)]).checked_sub(1)?;
-        let b = &self.m.blocks;
+        let b = &self.m.t.blocks;
         (s < b.next && b.buf[s].addr == addr).then_some(s as u64)
     }
 
@@ -604,7 +617,7 @@ impl Encoder {
                 } else if address == self.m.bump {
                     A_BUMP
                 } else {
-                    let bin = &mut self.m.bins[bin_of(size)];
+                    let bin = &mut self.m.t.bins[bin_of(size)];
                     match bin.find(address) {
                         Some(d) => {
                             bin.take(d);
@@ -644,7 +657,7 @@ impl Encoder {
                     self.m.addr = address;
                 }
                 if let Some(b) = block {
-                    self.m.bins[b.bin as usize].push(address);
+                    self.m.t.bins[b.bin as usize].push(address);
                     self.m.learn_free_stack(b.stack, stack);
                 }
                 tag | mode << A_SHIFT
@@ -667,7 +680,7 @@ impl Encoder {
                 put_pv(&mut self.streams[S_ADDR], delta(new_address, old_address));
                 if let Some(b) = block {
                     if new_address != old_address {
-                        self.m.bins[b.bin as usize].push(old_address);
+                        self.m.t.bins[b.bin as usize].push(old_address);
                     }
                 }
                 if new_address != 0 {
@@ -785,7 +798,7 @@ impl Fault {
             Fault::Msg(what) => what.into(),
             Fault::Slot(d) => format!(
                 "release names block slot {d}, which is empty (slots in use: {})",
-                m.blocks.next
+                m.t.blocks.next
             ),
             Fault::Bin(d) => format!("allocation names bin entry {d}, which does not exist"),
             Fault::Kind(k) => format!("unknown record kind {k}"),
@@ -1209,13 +1222,18 @@ const EVENT_STREAMS: [usize; 9] = [
 
 /// Decodes the streams of a chunk like [`decode_streams`], reading the event streams
 /// through [`Fast`] cursors: `mem` is the body of the payload (its streams back to
-/// back, `body_len` bytes) followed by at least [`DECODE_PAD`] bytes. Returns whether
-/// the chunk decoded; if not, `sink` may hold records decoded from damaged data, to be
-/// discarded, and the checked decoder must be run for the error.
+/// back, `body_len` bytes) followed by at least [`DECODE_PAD`] bytes. Record `i` is
+/// written to `out[i]`. On failure, returns the number of records written (decoded
+/// from damaged data, so to be discarded; the checked decoder must run for the error).
 #[inline(always)]
-fn decode_fast(mem: &[u8], body_len: usize, s: [&[u8]; STREAMS], sink: &mut impl Sink) -> bool {
+fn decode_fast(
+    mem: &[u8],
+    body_len: usize,
+    s: [&[u8]; STREAMS],
+    out: &mut [MaybeUninit<Record>],
+) -> Result<(), usize> {
     if mem.len() < body_len.saturating_add(DECODE_PAD) {
-        return false;
+        return Err(0);
     }
     let mut c = Fast {
         mem,
@@ -1229,7 +1247,7 @@ fn decode_fast(mem: &[u8], body_len: usize, s: [&[u8]; STREAMS], sink: &mut impl
         end[i] = at;
     }
     if at != body_len {
-        return false;
+        return Err(0);
     }
     let mut node = Cur {
         b: s[S_NODE],
@@ -1241,28 +1259,36 @@ fn decode_fast(mem: &[u8], body_len: usize, s: [&[u8]; STREAMS], sink: &mut impl
     };
     let mut m = Model::new();
     let tags = s[S_TAG];
+    // Record `i` goes to `out[i]` (so that no bound check is left in the loop).
+    let Some(out) = out.get_mut(..tags.len()) else {
+        return Err(0);
+    };
     let mut i = 0;
     while i < tags.len() {
         // The check that keeps `Fast`'s invariant: every cursor at most its stream's
         // end. (Cursors never move back, so this also proves that every record so far
         // read its own streams' bytes only.)
         if EVENT_STREAMS.iter().any(|&k| c.pos[k] > end[k]) {
-            return false;
+            return Err(i);
         }
         let stop = tags.len().min(i + BATCH);
         // The hot loop: allocations and frees, with no calls.
         while i < stop {
             let tag = tags[i];
             let kind = tag & KIND_MASK;
+            let slot = &mut out[i];
+            let put = |rec| {
+                slot.write(rec);
+            };
             let r = if kind == K_FREE {
-                decode_free(&mut m, &mut c, tag, sink)
+                decode_free(&mut m, &mut c, tag, put)
             } else if kind & !1 == K_ALLOC {
-                decode_alloc(&mut m, &mut c, tag, sink)
+                decode_alloc(&mut m, &mut c, tag, put)
             } else {
                 break;
             };
             if r.is_err() {
-                return false;
+                return Err(i);
             }
             i += 1;
         }
@@ -1270,17 +1296,23 @@ fn decode_fast(mem: &[u8], body_len: usize, s: [&[u8]; STREAMS], sink: &mut impl
             // Any other record, out of line, on a copy of the cursors; it is the last
             // record of this batch.
             let mut c2 = c;
-            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tags[i], sink);
+            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tags[i]);
             c = c2;
-            if r.is_err() {
-                return false;
-            }
+            let Ok(rec) = r else {
+                return Err(i);
+            };
+            out[i].write(rec);
             i += 1;
         }
     }
-    EVENT_STREAMS.iter().all(|&k| c.pos[k] == end[k])
+    if EVENT_STREAMS.iter().all(|&k| c.pos[k] == end[k])
         && node.pos == node.b.len()
         && other.pos == other.b.len()
+    {
+        Ok(())
+    } else {
+        Err(i)
+    }
 }
 
 /// Decodes a chunk payload of `count` records, `buf[..len]`, appending them to `out`
@@ -1305,20 +1337,20 @@ pub(crate) fn decode_payload_padded(
         // `split_streams` bounded `count` by the payload size.
         out.reserve(count as usize);
         let before = out.len();
-        let mut sink = SliceSink {
-            spare: out.spare_capacity_mut(),
-            n: 0,
+        let r = decode_fast(mem, body.len(), streams, out.spare_capacity_mut());
+        let done = match r {
+            Ok(()) => count as usize,
+            Err(n) => n,
         };
-        let ok = decode_fast(mem, body.len(), streams, &mut sink);
-        let len = before + sink.n;
-        // SAFETY: the sink wrote `sink.n` records, in order, into the first `sink.n`
-        // slots of the spare capacity after `before` (it counts a slot only once it is
-        // written), and nothing else touched the vector since.
+        let len = before + done;
+        // SAFETY: `decode_fast` wrote records into the first `done` slots of the spare
+        // capacity after `before` (it counts a record only once it is written), and
+        // nothing else touched the vector since.
         #[allow(unsafe_code)]
         unsafe {
             out.set_len(len);
         }
-        if ok {
+        if r.is_ok() {
             return Ok(());
         }
         // Damaged: drop what was decoded, and decode again for the error.
@@ -1393,10 +1425,11 @@ fn decode_streams(
                 break None;
             };
             let kind = tag & KIND_MASK;
+            let put = |rec| sink.push(rec);
             let r = if kind == K_FREE {
-                decode_free(&mut m, &mut c, tag, sink)
+                decode_free(&mut m, &mut c, tag, put)
             } else if kind & !1 == K_ALLOC {
-                decode_alloc(&mut m, &mut c, tag, sink)
+                decode_alloc(&mut m, &mut c, tag, put)
             } else {
                 break None;
             };
@@ -1413,10 +1446,13 @@ fn decode_streams(
         };
         // A copy of the cursors goes out of line, so that their address is never taken.
         let mut c2 = c;
-        let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tag, sink);
+        let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tag);
         c = c2;
         match r {
-            Ok(()) => i += 1,
+            Ok(rec) => {
+                sink.push(rec);
+                i += 1;
+            }
             Err(Rare::Fault(f)) => break Err((i, f)),
             Err(Rare::Text(what)) => {
                 return Err(DecodeError {
@@ -1470,17 +1506,17 @@ fn decode_rare(
     node: &mut Cur<'_>,
     other: &mut Cur<'_>,
     tag: u8,
-    sink: &mut impl Sink,
-) -> Result<(), Rare> {
+) -> Result<Record, Rare> {
     let kind = tag & KIND_MASK;
     if kind == K_REALLOC {
-        decode_realloc(m, c, tag, sink).map_err(Rare::Fault)
+        let mut rec = None;
+        decode_realloc(m, c, tag, |r| rec = Some(r)).map_err(Rare::Fault)?;
+        // `decode_realloc` calls `put` exactly once when it succeeds.
+        rec.ok_or(Rare::Fault(Fault::Msg("realloc without a record")))
     } else if kind == K_NODE {
-        sink.push(decode_node(m, node, tag).map_err(Rare::Fault)?);
-        Ok(())
+        decode_node(m, node, tag).map_err(Rare::Fault)
     } else if kind == K_OTHER {
-        sink.push(decode_other(m, other).map_err(Rare::Text)?);
-        Ok(())
+        decode_other(m, other).map_err(Rare::Text)
     } else {
         Err(Rare::Fault(Fault::Kind(kind)))
     }
@@ -1613,7 +1649,7 @@ fn decode_alloc(
     m: &mut Model,
     c: &mut impl Reads,
     tag: u8,
-    sink: &mut impl Sink,
+    put: impl FnOnce(Record),
 ) -> Result<(), Fault> {
     let mode = tag >> A_SHIFT;
     let ts = decode_ts(m, c)?;
@@ -1627,10 +1663,13 @@ fn decode_alloc(
     };
     // Most allocations reuse a freed block (BIN): plain branches predict well.
     let bump = m.bump;
+    // The bump step and the size bin, computed once.
+    let step = bump_step(size);
+    let bin = (step >> 4) as usize & (BINS - 1);
     let address = match mode {
         A_BIN => {
             let depth = c.var1(S_BIN)?;
-            match m.bins[bin_of(size)].take(depth) {
+            match m.t.bins[bin].take(depth) {
                 Some(a) => a,
                 None => return Err(Fault::Bin(depth)),
             }
@@ -1641,12 +1680,16 @@ fn decode_alloc(
     };
     let nonzero = address != 0;
     if nonzero {
-        m.push_live(address, size, stack);
+        m.t.blocks.push(Live {
+            addr: address,
+            stack,
+            bin: bin as u32,
+        });
     }
     m.addr = sel(nonzero, address, m.addr);
     let moves_bump = nonzero & (mode & 1 == 0) & (size < BUMP_MAX_SIZE);
-    m.bump = sel(moves_bump, address.wrapping_add(bump_step(size)), bump);
-    sink.push_with(|| Record::Alloc {
+    m.bump = sel(moves_bump, address.wrapping_add(step), bump);
+    put(Record::Alloc {
         ts,
         tid,
         func,
@@ -1663,7 +1706,7 @@ fn decode_free(
     m: &mut Model,
     c: &mut impl Reads,
     tag: u8,
-    sink: &mut impl Sink,
+    put: impl FnOnce(Record),
 ) -> Result<(), Fault> {
     let ts = decode_ts(m, c)?;
     let tid = decode_tid(m, c, tag)?;
@@ -1679,10 +1722,10 @@ fn decode_free(
     let func = decode_free_func(m, c, tag, stack)?;
     m.addr = sel(address != 0, address, m.addr);
     if let Some(b) = block {
-        m.bins[b.bin as usize].push(address);
+        m.t.bins[b.bin as usize].push(address);
         m.learn_free_stack(b.stack, stack);
     }
-    sink.push_with(|| Record::Free {
+    put(Record::Free {
         ts,
         tid,
         func,
@@ -1697,7 +1740,7 @@ fn decode_realloc(
     m: &mut Model,
     c: &mut impl Reads,
     tag: u8,
-    sink: &mut impl Sink,
+    put: impl FnOnce(Record),
 ) -> Result<(), Fault> {
     let ts = decode_ts(m, c)?;
     let tid = decode_tid(m, c, tag)?;
@@ -1707,7 +1750,7 @@ fn decode_realloc(
     let new_address = undelta(old_address, c.var(S_ADDR)?);
     if let Some(b) = block {
         if new_address != old_address {
-            m.bins[b.bin as usize].push(old_address);
+            m.t.bins[b.bin as usize].push(old_address);
         }
     }
     if new_address != 0 {
@@ -1716,7 +1759,7 @@ fn decode_realloc(
     } else if old_address != 0 {
         m.addr = old_address;
     }
-    sink.push_with(|| Record::Realloc {
+    put(Record::Realloc {
         ts,
         tid,
         func,
@@ -1918,6 +1961,164 @@ mod tests {
         }
         let (_, out) = encode_all(&recs);
         assert_eq!(out, recs);
+    }
+
+    /// A mixed stream: allocations (some aligned, some failing), frees (of live,
+    /// unknown and null blocks), reallocs, stack nodes and rare records, over a few
+    /// threads, with sizes up to nine-byte varints.
+    fn mixed_records(n: usize, seed: u64) -> Vec<Record> {
+        let mut x = seed;
+        let mut rnd = move |k: u64| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) % k
+        };
+        let mut recs = Vec::new();
+        let mut live: Vec<(u64, StackId)> = Vec::new();
+        let mut ts = 0u64;
+        let mut top = 0x5555_0000_0000u64;
+        for _ in 0..n {
+            ts += 1 + rnd(3000);
+            let tid = 100 + rnd(3) as u32;
+            let stack = rnd(40) as StackId;
+            match rnd(20) {
+                0..=8 => {
+                    let size = match rnd(10) {
+                        0 => u64::MAX - rnd(5),
+                        1..=2 => rnd(1 << 20),
+                        _ => 16 * (1 + u64::from(stack) % 7),
+                    };
+                    let address = if rnd(50) == 0 { 0 } else { top };
+                    top += (size & 0xffff) + 32;
+                    if address != 0 {
+                        live.push((address, stack));
+                    }
+                    recs.push(Record::Alloc {
+                        ts,
+                        tid,
+                        func: AllocFn::ALL[rnd(14) as usize],
+                        address,
+                        size,
+                        align: if rnd(10) == 0 { 1 << rnd(13) } else { 0 },
+                        stack,
+                    });
+                }
+                9..=16 => {
+                    let address = match (live.len(), rnd(30)) {
+                        (0, _) | (_, 0) => rnd(3) * 0x1234_5678,
+                        (l, _) => live.swap_remove(rnd(l as u64) as usize).0,
+                    };
+                    recs.push(Record::Free {
+                        ts,
+                        tid,
+                        func: AllocFn::Free,
+                        address,
+                        stack: stack + 100,
+                    });
+                }
+                17 => {
+                    let old_address = live.pop().map_or(0, |b| b.0);
+                    let new_address = if rnd(4) == 0 { old_address } else { top };
+                    top += 4096;
+                    if new_address != 0 {
+                        live.push((new_address, stack));
+                    }
+                    recs.push(Record::Realloc {
+                        ts,
+                        tid,
+                        func: AllocFn::Realloc,
+                        old_address,
+                        new_address,
+                        size: rnd(100_000),
+                        stack,
+                    });
+                }
+                18 => recs.push(Record::StackNode {
+                    id: rnd(1000) as StackId,
+                    parent: rnd(1000) as StackId,
+                    address: 0x40_0000 + rnd(1 << 20),
+                }),
+                _ => recs.push(Record::ThreadExit { ts, tid }),
+            }
+        }
+        recs
+    }
+
+    fn payload_of(recs: &[Record]) -> (Vec<u8>, u32) {
+        let mut e = Encoder::new();
+        for r in recs {
+            e.encode(r, usize::MAX).expect("encode");
+        }
+        let count = e.records();
+        let mut payload = Vec::new();
+        e.finish_into(&mut payload);
+        (payload, count)
+    }
+
+    /// Both decoders on one payload: the padded one (fast path first) and the checked
+    /// one must agree on the records or on the error.
+    fn both(payload: &[u8], count: u32) -> Result<Vec<Record>, (u32, String)> {
+        let mut buf = payload.to_vec();
+        buf.resize(payload.len() + DECODE_PAD, 0xff);
+        let mut fast = vec![alloc(1, 2, 3, 4)];
+        let f = decode_payload_padded(&buf, payload.len(), count, &mut fast);
+        let mut checked = vec![alloc(1, 2, 3, 4)];
+        let c = decode_payload(payload, count, &mut checked);
+        match (f, c) {
+            (Ok(()), Ok(())) => {
+                assert_eq!(fast, checked);
+                Ok(fast.split_off(1))
+            }
+            (Err(f), Err(c)) => {
+                assert_eq!((f.record, &f.what), (c.record, &c.what));
+                assert_eq!(fast, checked);
+                Err((f.record, f.what))
+            }
+            (f, c) => panic!("fast {f:?}, checked {c:?}"),
+        }
+    }
+
+    #[test]
+    fn fast_and_checked_decoders_agree_on_damaged_payloads() {
+        let recs = mixed_records(3000, 7);
+        let (payload, count) = payload_of(&recs);
+        assert_eq!(both(&payload, count).expect("decodes"), recs);
+        let mut x = 12345u64;
+        let mut rnd = move |k: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % k as u64) as usize
+        };
+        let mut errors = 0;
+        for round in 0..3000 {
+            let mut p = payload.clone();
+            let mut n = count;
+            match round % 4 {
+                // Bytes overwritten.
+                0 | 1 => {
+                    for _ in 0..1 + rnd(4) {
+                        let i = rnd(p.len());
+                        p[i] = rnd(256) as u8;
+                    }
+                }
+                // Bytes removed or inserted (so that streams run short or long).
+                2 => {
+                    let i = rnd(p.len());
+                    if rnd(2) == 0 {
+                        p.remove(i);
+                    } else {
+                        p.insert(i, rnd(256) as u8);
+                    }
+                }
+                // A wrong record count.
+                _ => n = n.wrapping_add(rnd(5) as u32).wrapping_sub(2),
+            }
+            errors += usize::from(both(&p, n).is_err());
+        }
+        assert!(errors > 1000, "only {errors} damaged payloads failed");
     }
 
     #[test]
