@@ -657,7 +657,7 @@ impl Encoder {
                     self.m.addr = address;
                 }
                 if let Some(b) = block {
-                    self.m.t.bins[b.bin as usize].push(address);
+                    self.m.t.bins[b.bin as usize & (BINS - 1)].push(address);
                     self.m.learn_free_stack(b.stack, stack);
                 }
                 tag | mode << A_SHIFT
@@ -680,7 +680,7 @@ impl Encoder {
                 put_pv(&mut self.streams[S_ADDR], delta(new_address, old_address));
                 if let Some(b) = block {
                     if new_address != old_address {
-                        self.m.t.bins[b.bin as usize].push(old_address);
+                        self.m.t.bins[b.bin as usize & (BINS - 1)].push(old_address);
                     }
                 }
                 if new_address != 0 {
@@ -1666,18 +1666,30 @@ fn decode_alloc(
     // The bump step and the size bin, computed once.
     let step = bump_step(size);
     let bin = (step >> 4) as usize & (BINS - 1);
-    let address = match mode {
-        A_BIN => {
-            let depth = c.var1(S_BIN)?;
-            match m.t.bins[bin].take(depth) {
-                Some(a) => a,
-                None => return Err(Fault::Bin(depth)),
-            }
+    let address = if mode == A_BIN {
+        let depth = c.var1(S_BIN)?;
+        match m.t.bins[bin].take(depth) {
+            Some(a) => a,
+            None => return Err(Fault::Bin(depth)),
         }
-        A_DELTA => undelta(bump, c.var(S_ADDR)?),
-        A_BUMP => bump,
-        _ => 0,
+    } else if mode == A_DELTA {
+        undelta(bump, c.var(S_ADDR)?)
+    } else if mode == A_BUMP {
+        bump
+    } else {
+        0
     };
+    // The record is written before the model updates, so that the compiler does not
+    // merge the stores of the two kinds of record into one (slower) sequence.
+    put(Record::Alloc {
+        ts,
+        tid,
+        func,
+        address,
+        size,
+        align,
+        stack,
+    });
     let nonzero = address != 0;
     if nonzero {
         m.t.blocks.push(Live {
@@ -1689,15 +1701,6 @@ fn decode_alloc(
     m.addr = sel(nonzero, address, m.addr);
     let moves_bump = nonzero & (mode & 1 == 0) & (size < BUMP_MAX_SIZE);
     m.bump = sel(moves_bump, address.wrapping_add(step), bump);
-    put(Record::Alloc {
-        ts,
-        tid,
-        func,
-        address,
-        size,
-        align,
-        stack,
-    });
     Ok(())
 }
 
@@ -1720,11 +1723,6 @@ fn decode_free(
         }
     };
     let func = decode_free_func(m, c, tag, stack)?;
-    m.addr = sel(address != 0, address, m.addr);
-    if let Some(b) = block {
-        m.t.bins[b.bin as usize].push(address);
-        m.learn_free_stack(b.stack, stack);
-    }
     put(Record::Free {
         ts,
         tid,
@@ -1732,6 +1730,11 @@ fn decode_free(
         address,
         stack,
     });
+    m.addr = sel(address != 0, address, m.addr);
+    if let Some(b) = block {
+        m.t.bins[b.bin as usize & (BINS - 1)].push(address);
+        m.learn_free_stack(b.stack, stack);
+    }
     Ok(())
 }
 
@@ -1750,7 +1753,7 @@ fn decode_realloc(
     let new_address = undelta(old_address, c.var(S_ADDR)?);
     if let Some(b) = block {
         if new_address != old_address {
-            m.t.bins[b.bin as usize].push(old_address);
+            m.t.bins[b.bin as usize & (BINS - 1)].push(old_address);
         }
     }
     if new_address != 0 {
