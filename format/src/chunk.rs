@@ -20,7 +20,7 @@
 
 use crate::error::ReadError;
 use crate::record::Record;
-use crate::wire::{decode_payload_padded, decode_payload_with, DecodeError, FnSink, DECODE_PAD};
+use crate::wire::{decode_payload_each, decode_payload_padded, DecodeError, DECODE_PAD};
 use crate::MAX_CHUNK_BYTES;
 
 /// Magic that starts every chunk (also a resynchronisation point for recovery tools).
@@ -175,14 +175,12 @@ impl RawChunk {
     /// before the damaged one; returns the number of records.
     pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<u32, ReadError> {
         self.with_uncompressed(|buf, len| {
-            let raw = &buf[..len];
             let mut n = 0;
-            let mut sink = FnSink(|rec| {
+            decode_payload_each(buf, len, self.info.record_count, |rec| {
                 n += 1;
                 f(rec)
-            });
-            decode_payload_with(raw, self.info.record_count, &mut sink)
-                .map_err(|e| self.decode_error(e))?;
+            })
+            .map_err(|e| self.decode_error(e))?;
             Ok(n)
         })
     }

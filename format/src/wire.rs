@@ -920,17 +920,6 @@ impl<F: FnMut(Record)> Sink for FnSink<F> {
     }
 }
 
-/// Decodes a chunk payload of `count` records, handing each to `sink` in order.
-#[inline(always)]
-pub(crate) fn decode_payload_with(
-    raw: &[u8],
-    count: u32,
-    sink: &mut impl Sink,
-) -> Result<(), DecodeError> {
-    let (body, streams) = split_streams(raw, count)?;
-    decode_streams(body, streams, count, sink)
-}
-
 /// Checks the stream length prefix and the record count; returns the streams.
 fn split_streams(raw: &[u8], count: u32) -> Result<(&[u8], [&[u8]; STREAMS]), DecodeError> {
     let err = |what: String| DecodeError { record: 0, what };
@@ -1220,6 +1209,114 @@ const EVENT_STREAMS: [usize; 9] = [
     S_TS_LO, S_TS_HI, S_TID, S_STACK, S_SIZE, S_ADDR, S_BIN, S_LIVE, S_FUNC,
 ];
 
+/// Where the fast decoder puts records: record `i` is written to `slot(i)` (once),
+/// and `commit(i)` says that records `..i` are valid (decoded from their streams'
+/// bytes only, as the checked decoder would); records after the last commit may come
+/// from damaged data.
+trait FastOut {
+    /// Whether there is room for `count` records.
+    fn holds(&self, count: usize) -> bool;
+    /// The place of record `i`: `i` is less than the count `holds` accepted, and less
+    /// than [`BATCH`] past the last commit.
+    fn slot(&mut self, i: usize) -> &mut MaybeUninit<Record>;
+    /// Record `i`'s slot has been written.
+    fn wrote(&mut self, i: usize);
+    /// Records `..i` are valid; every one of them has been written.
+    fn commit(&mut self, i: usize);
+}
+
+/// The spare capacity of a vector (record `i` in slot `i`); commits cost nothing.
+struct SpareOut<'a>(&'a mut [MaybeUninit<Record>]);
+
+impl FastOut for SpareOut<'_> {
+    #[inline(always)]
+    fn holds(&self, count: usize) -> bool {
+        self.0.len() >= count
+    }
+
+    #[inline(always)]
+    fn slot(&mut self, i: usize) -> &mut MaybeUninit<Record> {
+        &mut self.0[i]
+    }
+
+    #[inline(always)]
+    fn wrote(&mut self, _: usize) {}
+
+    #[inline(always)]
+    fn commit(&mut self, _: usize) {}
+}
+
+/// Records held back until they are committed, then handed to a function (so that
+/// it never sees a record decoded from damaged data).
+struct HeldOut<F: FnMut(Record)> {
+    buf: [MaybeUninit<Record>; BATCH],
+    /// Records `..start` were handed on; records `start..start + written` are
+    /// initialized in `buf[..written]`.
+    start: usize,
+    written: usize,
+    f: F,
+}
+
+impl<F: FnMut(Record)> HeldOut<F> {
+    fn new(f: F) -> Self {
+        HeldOut {
+            buf: [const { MaybeUninit::uninit() }; BATCH],
+            start: 0,
+            written: 0,
+            f,
+        }
+    }
+}
+
+impl<F: FnMut(Record)> FastOut for HeldOut<F> {
+    #[inline(always)]
+    fn holds(&self, _: usize) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn slot(&mut self, i: usize) -> &mut MaybeUninit<Record> {
+        // Less than BATCH past the last commit: the mask never changes the index.
+        &mut self.buf[i.wrapping_sub(self.start) & (BATCH - 1)]
+    }
+
+    #[inline(always)]
+    fn wrote(&mut self, i: usize) {
+        // Records are written in order, each once.
+        self.written = i - self.start + 1;
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, i: usize) {
+        let n = i - self.start;
+        debug_assert!(n <= self.written);
+        for slot in &mut self.buf[..n.min(self.written)] {
+            // SAFETY: slots `..written` were written since the last commit (each
+            // record once, in order, and `commit(i)` is only called when records
+            // `..i` are written), and this reads each of them once: `written` is
+            // reset below.
+            #[allow(unsafe_code)]
+            let rec = unsafe { slot.assume_init_read() };
+            (self.f)(rec);
+        }
+        self.start = i;
+        self.written = 0;
+    }
+}
+
+impl<F: FnMut(Record)> Drop for HeldOut<F> {
+    fn drop(&mut self) {
+        for slot in &mut self.buf[..self.written.min(BATCH)] {
+            // SAFETY: slots `..written` are initialized and were not handed on (a
+            // commit resets `written`).
+            #[allow(unsafe_code)]
+            unsafe {
+                slot.assume_init_drop();
+            }
+        }
+    }
+}
+
 /// Decodes the streams of a chunk like [`decode_streams`], reading the event streams
 /// through [`Fast`] cursors: `mem` is the body of the payload (its streams back to
 /// back, `body_len` bytes) followed by at least [`DECODE_PAD`] bytes. Record `i` is
@@ -1230,7 +1327,7 @@ fn decode_fast(
     mem: &[u8],
     body_len: usize,
     s: [&[u8]; STREAMS],
-    out: &mut [MaybeUninit<Record>],
+    out: &mut impl FastOut,
 ) -> Result<(), usize> {
     if mem.len() < body_len.saturating_add(DECODE_PAD) {
         return Err(0);
@@ -1259,10 +1356,9 @@ fn decode_fast(
     };
     let mut m = Model::new();
     let tags = s[S_TAG];
-    // Record `i` goes to `out[i]` (so that no bound check is left in the loop).
-    let Some(out) = out.get_mut(..tags.len()) else {
+    if !out.holds(tags.len()) {
         return Err(0);
-    };
+    }
     let mut i = 0;
     while i < tags.len() {
         // The check that keeps `Fast`'s invariant: every cursor at most its stream's
@@ -1271,12 +1367,13 @@ fn decode_fast(
         if EVENT_STREAMS.iter().any(|&k| c.pos[k] > end[k]) {
             return Err(i);
         }
+        out.commit(i);
         let stop = tags.len().min(i + BATCH);
         // The hot loop: allocations and frees, with no calls.
         while i < stop {
             let tag = tags[i];
             let kind = tag & KIND_MASK;
-            let slot = &mut out[i];
+            let slot = out.slot(i);
             let put = |rec| {
                 slot.write(rec);
             };
@@ -1290,6 +1387,7 @@ fn decode_fast(
             if r.is_err() {
                 return Err(i);
             }
+            out.wrote(i);
             i += 1;
         }
         if i < stop {
@@ -1301,9 +1399,13 @@ fn decode_fast(
             let Ok(rec) = r else {
                 return Err(i);
             };
-            out[i].write(rec);
+            out.slot(i).write(rec);
+            out.wrote(i);
             i += 1;
         }
+    }
+    if EVENT_STREAMS.iter().all(|&k| c.pos[k] <= end[k]) {
+        out.commit(i);
     }
     if EVENT_STREAMS.iter().all(|&k| c.pos[k] == end[k])
         && node.pos == node.b.len()
@@ -1313,6 +1415,45 @@ fn decode_fast(
     } else {
         Err(i)
     }
+}
+
+/// Decodes a chunk payload of `count` records, `buf[..len]`, handing each to `f` in
+/// order; on error, `f` has seen the records before the damaged one. When `buf` holds
+/// at least [`DECODE_PAD`] bytes after the payload, the fast decoder runs first,
+/// holding records back until their batch is checked (so `f` never sees a record the
+/// checked decoder would not produce); if it fails, the checked decoder runs again for
+/// the error, skipping the records already handed on.
+pub(crate) fn decode_payload_each(
+    buf: &[u8],
+    len: usize,
+    count: u32,
+    mut f: impl FnMut(Record),
+) -> Result<(), DecodeError> {
+    let Some(raw) = buf.get(..len) else {
+        return Err(DecodeError {
+            record: 0,
+            what: "payload length over the buffer".into(),
+        });
+    };
+    let (body, streams) = split_streams(raw, count)?;
+    let mem = &buf[len - body.len()..];
+    let mut handed = 0;
+    if mem.len() >= body.len() + DECODE_PAD {
+        let mut out = HeldOut::new(&mut f);
+        if decode_fast(mem, body.len(), streams, &mut out).is_ok() {
+            return Ok(());
+        }
+        handed = out.start;
+    }
+    let mut n = 0;
+    let mut sink = FnSink(|rec| {
+        if n < handed {
+            n += 1;
+        } else {
+            f(rec);
+        }
+    });
+    decode_streams(body, streams, count, &mut sink)
 }
 
 /// Decodes a chunk payload of `count` records, `buf[..len]`, appending them to `out`
@@ -1337,7 +1478,12 @@ pub(crate) fn decode_payload_padded(
         // `split_streams` bounded `count` by the payload size.
         out.reserve(count as usize);
         let before = out.len();
-        let r = decode_fast(mem, body.len(), streams, out.spare_capacity_mut());
+        let r = decode_fast(
+            mem,
+            body.len(),
+            streams,
+            &mut SpareOut(out.spare_capacity_mut()),
+        );
         let done = match r {
             Ok(()) => count as usize,
             Err(n) => n,
@@ -2069,6 +2215,14 @@ mod tests {
         let f = decode_payload_padded(&buf, payload.len(), count, &mut fast);
         let mut checked = vec![alloc(1, 2, 3, 4)];
         let c = decode_payload(payload, count, &mut checked);
+        // Handed on one at a time: the records before the error, then the error.
+        let mut each = vec![alloc(1, 2, 3, 4)];
+        let e = decode_payload_each(&buf, payload.len(), count, |r| each.push(r));
+        assert_eq!(each, checked);
+        assert_eq!(
+            e.as_ref().map_err(|e| (e.record, &e.what)),
+            c.as_ref().map_err(|e| (e.record, &e.what))
+        );
         match (f, c) {
             (Ok(()), Ok(())) => {
                 assert_eq!(fast, checked);
