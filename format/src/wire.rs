@@ -1728,12 +1728,18 @@ fn decode_func_size(
         return Err(Fault::Msg("size predicted from an unseen stack"));
     }
     let size = sel(f_size, stored_size, old.size);
-    *slot = Slot {
-        key,
-        size,
-        free_key: old.free_key & u64::from(hit).wrapping_neg(),
-        func,
-    };
+    // A hit (the common case) keeps the key and the free stack.
+    if hit {
+        slot.size = size;
+        slot.func = func;
+    } else {
+        *slot = Slot {
+            key,
+            size,
+            free_key: 0,
+            func,
+        };
+    }
     Ok((func, size))
 }
 
@@ -1757,13 +1763,17 @@ fn decode_free_func(
     } else {
         return Err(Fault::Msg("function predicted from an unseen stack"));
     };
-    let keep = u64::from(hit).wrapping_neg();
-    *slot = Slot {
-        key,
-        size: old.size & keep,
-        free_key: old.free_key & keep,
-        func,
-    };
+    // A hit (the common case) keeps everything but the function.
+    if hit {
+        slot.func = func;
+    } else {
+        *slot = Slot {
+            key,
+            size: 0,
+            free_key: 0,
+            func,
+        };
+    }
     Ok(func)
 }
 
