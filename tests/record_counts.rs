@@ -151,3 +151,40 @@ fn static_binary_counts_known_allocations() {
     assert_eq!(t.live_at_exit_blocks, 5 + startup_blocks);
     assert_eq!(findings(p), vec![]);
 }
+
+/// Every allocator call of a C and a C++ program is handed over by an entry trampoline
+/// (no register access at its stop) and costs exactly one stop: operator new's inner
+/// malloc does not stop at all. Guards the fast path against silently falling back to
+/// plain breakpoints.
+#[test]
+fn allocator_calls_take_one_stop_on_the_fast_path() {
+    let dir = TestDir::new("fastpath");
+    for (src, name) in [("reallocs.c", "reallocs"), ("cxx.cc", "cxx")] {
+        let prog = dir.compile(src, name, &[]);
+        let trace = dir.join(format!("{name}.trace"));
+        let rec = record(&dir, &trace, &["--stats"], &prog, &[]);
+        assert!(rec.status.success(), "{}", rec.stderr);
+        let number_before = |marker: &str| -> u64 {
+            let at = rec
+                .stderr
+                .find(marker)
+                .unwrap_or_else(|| panic!("no {marker:?} in --stats output:\n{}", rec.stderr));
+            let head = rec.stderr[..at].trim_end();
+            head.rsplit([' ', '(']).next().unwrap().parse().unwrap()
+        };
+        let at_breakpoints = number_before(" at allocator breakpoints");
+        let recorded = number_before(" recorded, ");
+        let fast = number_before(" allocator stops on the fast path");
+        assert!(recorded > 0);
+        assert_eq!(
+            at_breakpoints, recorded,
+            "{name}: stops per call\n{}",
+            rec.stderr
+        );
+        assert_eq!(
+            fast, at_breakpoints,
+            "{name}: slow-path stops\n{}",
+            rec.stderr
+        );
+    }
+}

@@ -252,3 +252,46 @@ fn ctrl_c_without_a_handler_kills_the_program_and_heaptape_exits_130() {
         77 + 4096 + 100 * (t.live_at_exit_blocks - 2)
     );
 }
+
+/// Signals delivered while calls are between their hooked entry and the recorder's stop
+/// (the entry trampoline's window), SIGTRAP included, with handlers on an alternate
+/// stack that call a hooked function: the program runs to its end and every call of its
+/// loop is in the trace exactly once, with its result.
+#[test]
+fn signals_in_the_middle_of_allocator_calls_lose_nothing() {
+    let dir = TestDir::new("signal_storm");
+    let prog = dir.compile("signal_storm.c", "signal_storm", &["-pthread"]);
+    let trace = dir.join("storm.trace");
+    let rec = record(&dir, &trace, &[], &prog, &["20000"]);
+    assert_eq!(rec.status.code(), Some(0), "{}", rec.stderr);
+    let out = rec.stdout_str();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words.len(), 4, "unexpected output {out:?}");
+    let (loop_n, handlers): (u64, u64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+    assert_eq!(loop_n, 20000);
+    assert!(handlers > 0, "no signal reached a handler");
+
+    let mut cmd = Command::new(HEAPTAPE);
+    cmd.arg("dump").arg(&trace);
+    let dump = run(cmd);
+    assert!(dump.status.success(), "{}", dump.stderr);
+    let text = dump.stdout_str();
+    let (mut in_loop, mut missing_result) = (0u64, 0u64);
+    for line in text.lines().filter(|l| l.starts_with("Alloc {")) {
+        let field = |name: &str| -> u64 {
+            let rest = &line[line.find(name).expect("field") + name.len()..];
+            rest.split([',', ' ']).next().unwrap().parse().unwrap()
+        };
+        if !(5000..=5255).contains(&field("size: ")) {
+            continue;
+        }
+        in_loop += 1;
+        if field("address: ") == 0 {
+            missing_result += 1;
+        }
+    }
+    assert_eq!(in_loop, loop_n);
+    assert_eq!(missing_result, 0);
+    // The trace is complete and reads back without warnings.
+    analyze(&trace);
+}

@@ -393,6 +393,8 @@ pub struct ResourceHook {
     pub name: String,
     /// Link-time address.
     pub vaddr: u64,
+    /// Symbol size (0 when the symbol table does not say).
+    pub size: u64,
     /// What it does.
     pub call: ResourceCall,
 }
@@ -857,7 +859,7 @@ impl ElfModule {
     /// [`ResourceCall`]), one per address.
     pub fn resource_hooks(&self) -> Vec<ResourceHook> {
         let mut by_addr: HashMap<u64, ResourceHook> = HashMap::new();
-        self.for_each_defined_function(|name, value, _size, ifunc| {
+        self.for_each_defined_function(|name, value, size, ifunc| {
             if ifunc {
                 return;
             }
@@ -865,6 +867,7 @@ impl ElfModule {
                 by_addr.entry(value).or_insert_with(|| ResourceHook {
                     name: name.to_string(),
                     vaddr: value,
+                    size,
                     call,
                 });
             }

@@ -27,10 +27,17 @@
 //! then sets `rip` to the shim: no extra ptrace call. It reads `done`/`result` at a later
 //! stop, as plain memory.
 //!
+//! That is the slow path. The fast path needs no register access at all: after the
+//! slots come a tid-indexed table of *thread areas* and the areas themselves, which
+//! each hooked function's entry trampoline ([`entry_trampoline`]) fills before its
+//! `int3` (arguments, stack pointer, a copy of the top of the stack) and whose return
+//! cells it fills when the function returns.
+//!
 //! The area also holds a `syscall; int3` stub at offset 0, used to inject system calls.
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 
 use crate::sys::SharedMap;
 
@@ -42,10 +49,60 @@ const SLOT_BYTES: usize = 64;
 const SHIM_BASE: usize = 64;
 /// Size of the code part (read-execute in the tracee).
 pub const CODE_LEN: usize = round_page(SHIM_BASE + SLOTS * SLOT_BYTES);
-/// Size of the data part (read-write in the tracee).
-pub const DATA_LEN: usize = round_page(SLOTS * SLOT_BYTES);
-/// Total size of the memfd.
-pub const TOTAL_LEN: usize = CODE_LEN + DATA_LEN;
+/// Size of the slot part of the data (read-write in the tracee).
+const SLOTS_LEN: usize = round_page(SLOTS * SLOT_BYTES);
+/// Thread ids the entry trampolines can look up (PID_MAX_LIMIT on 64-bit Linux).
+pub const MAX_TID: u32 = 1 << 22;
+/// Offset of the tid table: one `u32` area number per thread id (0: none).
+const TABLE_OFF: usize = CODE_LEN + SLOTS_LEN;
+/// Offset of the thread areas.
+const AREAS_OFF: usize = TABLE_OFF + MAX_TID as usize * 4;
+/// Bytes per thread area.
+pub const AREA_BYTES: usize = 8192;
+/// Thread areas (threads alive at once that take the fast path; others take the slow one).
+pub const AREAS: u32 = 1024;
+/// Size of the data part (read-write in the tracee): slots, tid table, thread areas.
+pub const DATA_LEN: usize = TOTAL_LEN - CODE_LEN;
+/// Total size of the memfd (sparse: only touched pages use memory).
+pub const TOTAL_LEN: usize = AREAS_OFF + AREAS as usize * AREA_BYTES;
+
+// Thread area layout (byte offsets within an area). Written by the entry trampoline
+// (see [`entry_trampoline`]) and read by the tracer while the thread is stopped.
+/// 1 while the area holds an entry the tracer has not taken yet.
+const A_READY: usize = 0;
+/// 1 while a call of this thread is in flight through an entry trampoline (from the
+/// trampoline's start to the function's return): hooked calls made meanwhile are
+/// nested ones and go straight to their function.
+const A_LEVEL: usize = 16;
+/// The hooked function's entry address.
+const A_ENTRY: usize = 24;
+/// The stack pointer at the function's entry (pointing at the return address).
+const A_RSP: usize = 32;
+/// The caller's frame pointer.
+const A_RBP: usize = 40;
+/// The six argument registers (rdi, rsi, rdx, rcx, r8, r9).
+const A_ARGS: usize = 48;
+/// The thread's stack mapping: low end, span, high end (set by the tracer).
+const A_LO: usize = 96;
+const A_SPAN: usize = 104;
+const A_HI: usize = 112;
+/// Bytes of stack copied to `A_STACK`.
+const A_LEN: usize = 120;
+/// The return cell of the call in flight.
+const A_CELL: usize = 128;
+/// The stack copy.
+const A_STACK: usize = 1024;
+/// Bytes of stack the trampoline copies at most.
+pub const STACK_COPY: usize = 4096;
+
+// Return cell layout.
+const C_RESULT: usize = 0;
+const C_RESULT2: usize = 8;
+const C_OUTPTR: usize = 16;
+const C_DONE: usize = 24;
+
+const _: () = assert!(A_CELL + 32 <= A_STACK);
+const _: () = assert!(A_STACK + STACK_COPY <= AREA_BYTES);
 
 const fn round_page(n: usize) -> usize {
     (n + 4095) & !4095
@@ -103,6 +160,187 @@ pub fn code_image() -> Vec<u8> {
     img
 }
 
+/// Bytes an entry trampoline takes before its displaced block (which follows it).
+pub const ENTRY_TRAMPOLINE_LEN: u64 = 384;
+
+/// An entry trampoline assembled for its address.
+#[derive(Debug, Clone)]
+pub struct EntryTrampoline {
+    /// Machine code, at most [`ENTRY_TRAMPOLINE_LEN`] bytes.
+    pub code: Vec<u8>,
+    /// Address of its `int3` (the stop reports `trap + 1`).
+    pub trap: u64,
+}
+
+/// Assembles the entry trampoline of the function at `entry`, to run at `at`, for a probe
+/// mapped at `probe_base`; `displaced` is the function's displaced first instructions
+/// (which jump back into the function).
+///
+/// The function's entry is patched with a `jmp` here. The trampoline hands the call to the
+/// tracer without the tracer having to read or write registers (each ptrace register
+/// request costs about a sixth of a stop here, see docs/PERFORMANCE.md):
+///
+/// ```text
+///   push rax; push rcx                  ; rax: al of variadic calls; rcx: 4th argument
+///   mov eax, SYS_gettid; syscall        ; (clobbers rcx, r11)
+///   area = table[tid]                   ; 0 (no area) or tid too large: slow
+///   if level > 0: pop rcx; pop rax; jmp displaced   ; nested in a hooked call: no stop
+///   level = 1
+///   area.{entry, rsp, rbp, args} = ...  ; what GETREGS would have given
+///   area.stack = copy of [rsp, rsp+len) ; len: up to the stack's end, at most 4 KiB
+///   ready = 1; pop rcx; pop rax         ; every register as at the entry, r11 = area
+///   int3                                ; the stop: the tracer reads the area
+///   push cell                           ; capture the result in the return cell
+///   call displaced                      ; the function sees its own stack layout
+///   pop cell; cell.result = rax; if cell.outptr: cell.result2 = *cell.outptr
+///   cell.done = 1; level = 0; ret
+/// ```
+///
+/// The slow path (`r11` = 0 at the `int3`) leaves every register as at the entry, so the
+/// tracer reads them with GETREGS and points `rip` at a slot shim or at `displaced`, as
+/// for a breakpoint on the entry itself. Only rax, rcx, r10, r11 and flags are used,
+/// and rax and rcx are restored: r10 and r11 are scratch at a call in the SysV ABI.
+pub fn entry_trampoline(
+    at: u64,
+    probe_base: u64,
+    entry: u64,
+    displaced: u64,
+) -> Result<EntryTrampoline, iced_x86::IcedError> {
+    use iced_x86::code_asm::*;
+    let table = probe_base + TABLE_OFF as u64;
+    let areas = probe_base + AREAS_OFF as u64 - AREA_BYTES as u64; // area numbers start at 1
+    let d = |off: usize| off as i32;
+    let mut a = CodeAssembler::new(64)?;
+    let mut slow = a.create_label();
+    let mut trap = a.create_label();
+    let mut page_rule = a.create_label();
+    let mut have_len = a.create_label();
+    let mut plain = a.create_label();
+    let mut no_out = a.create_label();
+    let mut nested = a.create_label();
+    a.push(rax)?;
+    a.push(rcx)?;
+    a.mov(eax, libc::SYS_gettid as u32)?;
+    a.syscall()?;
+    a.cmp(eax, MAX_TID)?;
+    a.jae(slow)?;
+    a.mov(r11, table)?;
+    a.mov(eax, dword_ptr(r11 + rax * 4))?;
+    a.test(eax, eax)?;
+    a.jz(slow)?;
+    a.shl(rax, AREA_BYTES.trailing_zeros())?;
+    a.mov(r11, areas)?;
+    a.add(r11, rax)?;
+    // Called from inside a hooked call (operator new -> malloc, or a signal handler
+    // that interrupted one, even in this trampoline): not recorded, no stop.
+    a.cmp(qword_ptr(r11 + d(A_LEVEL)), 0)?;
+    a.jne(nested)?;
+    a.mov(qword_ptr(r11 + d(A_LEVEL)), 1)?;
+    a.mov(qword_ptr(r11 + d(A_ARGS)), rdi)?;
+    a.mov(qword_ptr(r11 + d(A_ARGS + 8)), rsi)?;
+    a.mov(qword_ptr(r11 + d(A_ARGS + 16)), rdx)?;
+    a.mov(rax, qword_ptr(rsp))?; // the saved rcx
+    a.mov(qword_ptr(r11 + d(A_ARGS + 24)), rax)?;
+    a.mov(qword_ptr(r11 + d(A_ARGS + 32)), r8)?;
+    a.mov(qword_ptr(r11 + d(A_ARGS + 40)), r9)?;
+    a.mov(qword_ptr(r11 + d(A_RBP)), rbp)?;
+    a.mov(rax, entry)?;
+    a.mov(qword_ptr(r11 + d(A_ENTRY)), rax)?;
+    a.lea(rax, qword_ptr(rsp + 16))?; // the entry's rsp
+    a.mov(qword_ptr(r11 + d(A_RSP)), rax)?;
+    // Length: to the end of the thread's stack when rsp is in it (at most 4 KiB), else
+    // to the end of rsp's page (a signal stack, a coroutine: never past a mapping).
+    a.mov(rcx, rax)?;
+    a.sub(rcx, qword_ptr(r11 + d(A_LO)))?;
+    a.cmp(rcx, qword_ptr(r11 + d(A_SPAN)))?;
+    a.jae(page_rule)?;
+    a.mov(rcx, qword_ptr(r11 + d(A_HI)))?;
+    a.sub(rcx, rax)?;
+    a.cmp(rcx, STACK_COPY as i32)?;
+    a.jbe(have_len)?;
+    a.mov(ecx, STACK_COPY as u32)?;
+    a.jmp(have_len)?;
+    a.set_label(&mut page_rule)?;
+    a.mov(ecx, eax)?;
+    a.and(ecx, 4095)?;
+    a.neg(rcx)?;
+    a.add(rcx, 4096)?;
+    a.set_label(&mut have_len)?;
+    a.mov(qword_ptr(r11 + d(A_LEN)), rcx)?;
+    a.lea(rdi, qword_ptr(r11 + d(A_STACK)))?;
+    a.mov(rsi, rax)?;
+    a.rep().movsb()?; // DF is clear at a call (SysV ABI)
+    a.mov(rdi, qword_ptr(r11 + d(A_ARGS)))?;
+    a.mov(rsi, qword_ptr(r11 + d(A_ARGS + 8)))?;
+    a.mov(qword_ptr(r11 + d(A_READY)), 1)?;
+    a.pop(rcx)?;
+    a.pop(rax)?;
+    a.jmp(trap)?;
+    a.set_label(&mut slow)?;
+    a.xor(r11d, r11d)?;
+    a.pop(rcx)?;
+    a.pop(rax)?;
+    a.set_label(&mut trap)?;
+    a.int3()?;
+    // Only the fast path gets here (the tracer moves slow-path threads elsewhere), and
+    // after a detach, when the int3 has become a nop: then r11 may be 0.
+    a.test(r11, r11)?;
+    a.jz(plain)?;
+    a.lea(r10, qword_ptr(r11 + d(A_CELL)))?;
+    a.push(r10)?;
+    a.call(displaced)?;
+    a.pop(r10)?;
+    a.mov(qword_ptr(r10 + d(C_RESULT)), rax)?;
+    a.mov(r11, qword_ptr(r10 + d(C_OUTPTR)))?;
+    a.test(r11, r11)?;
+    a.jz(no_out)?;
+    a.mov(r11, qword_ptr(r11))?;
+    a.mov(qword_ptr(r10 + d(C_RESULT2)), r11)?;
+    a.set_label(&mut no_out)?;
+    a.mov(qword_ptr(r10 + d(C_DONE)), 1)?;
+    a.mov(qword_ptr(r10 - (A_CELL - A_LEVEL) as i32), 0)?;
+    a.ret()?;
+    a.set_label(&mut nested)?;
+    a.pop(rcx)?;
+    a.pop(rax)?;
+    a.set_label(&mut plain)?;
+    a.jmp(displaced)?;
+    let res = a.assemble_options(
+        at,
+        iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )?;
+    let trap = res.label_ip(&trap)?;
+    let code = res.inner.code_buffer;
+    debug_assert!(code.len() as u64 <= ENTRY_TRAMPOLINE_LEN);
+    Ok(EntryTrampoline { code, trap })
+}
+
+/// What an entry trampoline handed over (see [`entry_trampoline`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFrame {
+    /// The hooked function's entry address.
+    pub entry: u64,
+    /// Stack pointer at the entry.
+    pub rsp: u64,
+    /// The caller's frame pointer.
+    pub rbp: u64,
+    /// rdi, rsi, rdx, rcx, r8, r9.
+    pub args: [u64; 6],
+    /// Bytes of stack copied into the caller's buffer.
+    pub stack_len: usize,
+    /// The return cell this call uses.
+    pub cell: Option<usize>,
+}
+
+/// Where a pending call's result will appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnRef {
+    /// A slot shim (the slow path).
+    Slot(Slot),
+    /// A return cell of a thread area: its byte offset in the probe.
+    Cell(usize),
+}
+
 /// The tracer's side of one probe area: the shared mapping plus slot bookkeeping. Shared
 /// by every process whose address space maps this memfd (a fork child inherits it).
 pub struct Probe {
@@ -110,6 +348,7 @@ pub struct Probe {
     /// Where the code part is mapped in the tracee (the data part follows it).
     pub code_addr: u64,
     free: Vec<u32>,
+    free_areas: Vec<u32>,
 }
 
 /// A reserved slot index.
@@ -125,6 +364,7 @@ impl Probe {
             map,
             code_addr,
             free: (0..SLOTS as u32).rev().collect(),
+            free_areas: (1..=AREAS).rev().collect(),
         })
     }
 
@@ -170,6 +410,104 @@ impl Probe {
             self.map.read_u64(Self::off(slot, RESULT)),
             self.map.read_u64(Self::off(slot, RESULT2)),
         ))
+    }
+
+    /// Gives thread `tid` an area, with its stack mapping `stack` (empty if unknown), so
+    /// its calls take the fast path. `None` when every area is taken or `tid` is too large.
+    pub fn assign_area(&mut self, tid: u32, stack: Range<u64>) -> Option<u32> {
+        if tid >= MAX_TID {
+            return None;
+        }
+        let area = self.free_areas.pop()?;
+        let base = Self::area_off(area);
+        for off in [A_READY, A_LEVEL] {
+            self.map.write_u64(base + off, 0);
+        }
+        self.map.write_u64(base + A_LO, stack.start);
+        self.map
+            .write_u64(base + A_SPAN, stack.end.saturating_sub(stack.start));
+        self.map.write_u64(base + A_HI, stack.end);
+        self.map.write_u32(TABLE_OFF + tid as usize * 4, area);
+        Some(area)
+    }
+
+    /// Takes `tid`'s area back (the thread exited or left this address space).
+    pub fn release_area(&mut self, tid: u32, area: u32) {
+        if tid < MAX_TID {
+            self.map.write_u32(TABLE_OFF + tid as usize * 4, 0);
+        }
+        self.free_areas.push(area);
+    }
+
+    fn area_off(area: u32) -> usize {
+        AREAS_OFF + (area as usize - 1) * AREA_BYTES
+    }
+
+    /// The entry the stopped thread owning `area` handed over, if it did; its stack copy
+    /// goes to `stack`. Resets the call's return cell (if any) so that it is unarmed.
+    pub fn take_entry(&self, area: u32, stack: &mut [u8]) -> Option<EntryFrame> {
+        let base = Self::area_off(area);
+        if self.map.read_u64(base + A_READY) == 0 {
+            return None;
+        }
+        self.map.write_u64(base + A_READY, 0);
+        let mut args = [0u64; 6];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = self.map.read_u64(base + A_ARGS + 8 * i);
+        }
+        let len = (self.map.read_u64(base + A_LEN) as usize)
+            .min(STACK_COPY)
+            .min(stack.len());
+        self.map.read_bytes(base + A_STACK, &mut stack[..len]);
+        let cell = base + A_CELL;
+        self.map.write_u64(cell + C_OUTPTR, 0);
+        self.map.write_u64(cell + C_DONE, 0);
+        Some(EntryFrame {
+            entry: self.map.read_u64(base + A_ENTRY),
+            rsp: self.map.read_u64(base + A_RSP),
+            rbp: self.map.read_u64(base + A_RBP),
+            args,
+            stack_len: len,
+            cell: Some(cell),
+        })
+    }
+
+    /// Arms return cell `cell` (from [`EntryFrame::cell`]): `outptr` as in [`Probe::arm`].
+    pub fn arm_cell(&self, cell: usize, outptr: u64) {
+        self.map.write_u64(cell + C_DONE, 0);
+        self.map.write_u64(cell + C_OUTPTR, outptr);
+    }
+
+    /// Clears every return cell's out-pointer, so that calls still in flight when the
+    /// tracer leaves never dereference one armed for an earlier call.
+    pub fn disarm_all_cells(&self) {
+        for area in 1..=AREAS {
+            self.map
+                .write_u64(Self::area_off(area) + A_CELL + C_OUTPTR, 0);
+        }
+    }
+
+    /// `Some((rax, *outptr))` once the call behind `r` has returned.
+    pub fn result_of(&self, r: ReturnRef) -> Option<(u64, u64)> {
+        match r {
+            ReturnRef::Slot(s) => self.result(s),
+            ReturnRef::Cell(c) => {
+                if self.map.read_u64(c + C_DONE) == 0 {
+                    return None;
+                }
+                Some((
+                    self.map.read_u64(c + C_RESULT),
+                    self.map.read_u64(c + C_RESULT2),
+                ))
+            }
+        }
+    }
+
+    /// Frees what `r` holds (cells belong to their thread and need nothing).
+    pub fn release_ref(&mut self, r: ReturnRef) {
+        if let ReturnRef::Slot(s) = r {
+            self.release(s);
+        }
     }
 
     /// The caller's return address saved in `slot` (where the thread really returns).
@@ -219,5 +557,25 @@ mod tests {
             assert_eq!(ins[8].immediate32(), 1);
             assert_eq!(mem(9), slot + RET as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entry_trampoline_fits_and_traps() {
+        let at = 0x7f00_0000_1000u64;
+        let t = entry_trampoline(
+            at,
+            0x7f10_0000_0000,
+            0x7f00_2000_0000,
+            at + ENTRY_TRAMPOLINE_LEN,
+        )
+        .unwrap();
+        eprintln!("len {}", t.code.len());
+        assert!(t.code.len() as u64 <= ENTRY_TRAMPOLINE_LEN);
+        assert_eq!(t.code[(t.trap - at) as usize], 0xcc);
     }
 }

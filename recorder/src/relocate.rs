@@ -193,3 +193,167 @@ pub fn displaced_copy(code: &[u8], entry: u64, dest: u64) -> Result<Displaced, R
         displaced_len: len,
     })
 }
+
+/// Build the displaced block for a `jmp rel32` patch: the instructions at `entry` that
+/// cover at least `min_len` bytes (read from `code`), re-encoded to run at `dest`,
+/// followed by a jump back to the first instruction after them.
+///
+/// Unlike [`displaced_copy`], nothing is emulated: a block holding a call, a return, a
+/// debug trap or an indirect jump is refused (the caller then uses a one-byte `int3`).
+/// The caller must also check that nothing branches into the middle of the block; see
+/// [`branches_into`].
+pub fn displaced_block(
+    code: &[u8],
+    entry: u64,
+    dest: u64,
+    min_len: usize,
+) -> Result<Displaced, RelocateError> {
+    let not = |reason| RelocateError::NotDisplaceable { entry, reason };
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut block: Vec<Instruction> = Vec::with_capacity(6);
+    let mut len = 0usize;
+    while len < min_len {
+        if !decoder.can_decode() {
+            return Err(RelocateError::Undecodable { entry });
+        }
+        let instr = decoder.decode();
+        if instr.is_invalid() {
+            return Err(RelocateError::Undecodable { entry });
+        }
+        match instr.flow_control() {
+            FlowControl::Next | FlowControl::ConditionalBranch => {}
+            FlowControl::UnconditionalBranch if len + instr.len() >= min_len => {}
+            _ => {
+                return Err(not(
+                    "a call, return, trap or jump among the first instructions",
+                ))
+            }
+        }
+        if instr.is_ip_rel_memory_operand() {
+            let target = instr.ip_rel_memory_address();
+            if !rel32_reachable(dest, target) {
+                return Err(RelocateError::OutOfRange { target, dest });
+            }
+        }
+        len += instr.len();
+        block.push(instr);
+    }
+    let resume = entry + len as u64;
+    block.push(
+        Instruction::with_branch(Code::Jmp_rel32_64, resume).map_err(|e| {
+            RelocateError::Encode {
+                entry,
+                message: e.to_string(),
+            }
+        })?,
+    );
+    let encoded = BlockEncoder::encode(
+        64,
+        InstructionBlock::new(&block, dest),
+        BlockEncoderOptions::NONE,
+    )
+    .map_err(|e| RelocateError::Encode {
+        entry,
+        message: e.to_string(),
+    })?;
+    Ok(Displaced {
+        bytes: encoded.code_buffer,
+        displaced_len: len,
+    })
+}
+
+/// Whether any direct branch in the function `code` (starting at `start`) lands strictly
+/// inside `start..start + len`, i.e. into the middle of a patched entry. Code that does
+/// not decode counts as a yes (the caller then patches one byte only); callers pass the
+/// function's bytes as far as its symbol's size says.
+pub fn branches_into(code: &[u8], start: u64, len: usize) -> bool {
+    let inside = |t: u64| t > start && t < start + len as u64;
+    let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let instr = decoder.decode();
+        if instr.is_invalid() {
+            return true;
+        }
+        let direct = matches!(
+            instr.flow_control(),
+            FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch | FlowControl::Call
+        );
+        if direct && inside(instr.near_branch_target()) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    // glibc-like entries: `push r12; push rbp; mov rbp, rdi` (1+2+1+3 bytes...).
+    const MALLOC_LIKE: &[u8] = &[
+        0x41, 0x54, // push r12
+        0x55, // push rbp
+        0x48, 0x89, 0xfd, // mov rbp, rdi
+        0x53, // push rbx
+        0xc3, // ret
+    ];
+
+    #[test]
+    fn a_block_covers_whole_instructions_and_jumps_back() {
+        let entry = 0x7f00_0000_1000;
+        let dest = 0x7f00_0010_0000;
+        let d = displaced_block(MALLOC_LIKE, entry, dest, 5).unwrap();
+        assert_eq!(d.displaced_len, 6); // push r12, push rbp, mov rbp, rdi
+        let mut dec = Decoder::with_ip(64, &d.bytes, dest, DecoderOptions::NONE);
+        let ins: Vec<Instruction> = dec.iter().collect();
+        assert_eq!(&d.bytes[..6], &MALLOC_LIKE[..6]);
+        let last = ins.last().unwrap();
+        assert_eq!(last.flow_control(), FlowControl::UnconditionalBranch);
+        assert_eq!(last.near_branch_target(), entry + 6);
+    }
+
+    #[test]
+    fn a_conditional_branch_keeps_its_target() {
+        // test rdi, rdi; je +0x40; ...
+        let code = [0x48, 0x85, 0xff, 0x74, 0x40, 0x90, 0x90, 0x90];
+        let entry = 0x5555_0000_0000;
+        let dest = 0x5555_1000_0000;
+        let d = displaced_block(&code, entry, dest, 5).unwrap();
+        assert_eq!(d.displaced_len, 5);
+        let mut dec = Decoder::with_ip(64, &d.bytes, dest, DecoderOptions::NONE);
+        let jcc = dec
+            .iter()
+            .find(|i| i.flow_control() == FlowControl::ConditionalBranch);
+        assert_eq!(jcc.unwrap().near_branch_target(), entry + 5 + 0x40);
+    }
+
+    #[test]
+    fn calls_and_returns_in_the_window_are_refused() {
+        let entry = 0x1000;
+        // call rel32 first.
+        let call = [0xe8, 0, 0, 0, 0, 0x90];
+        assert!(displaced_block(&call, entry, 0x2000, 5).is_err());
+        // ret before five bytes.
+        let ret = [0x90, 0xc3, 0x90, 0x90, 0x90, 0x90];
+        assert!(displaced_block(&ret, entry, 0x2000, 5).is_err());
+        // A 5-byte jmp thunk is fine.
+        let thunk = [0xe9, 0x10, 0, 0, 0];
+        assert_eq!(
+            displaced_block(&thunk, entry, 0x2000, 5)
+                .unwrap()
+                .displaced_len,
+            5
+        );
+    }
+
+    #[test]
+    fn branches_into_the_patched_bytes_are_found() {
+        let start = 0x1000;
+        // push rbp; mov rbp, rsp; nop; jmp back to start+1 (into the window).
+        let into = [0x55, 0x48, 0x89, 0xe5, 0x90, 0xeb, 0xfa];
+        assert!(branches_into(&into, start, 5));
+        // The same loop to the entry itself is fine (the jmp there is whole).
+        let to_entry = [0x55, 0x48, 0x89, 0xe5, 0x90, 0xeb, 0xf9];
+        assert!(!branches_into(&to_entry, start, 5));
+    }
+}

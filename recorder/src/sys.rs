@@ -548,6 +548,29 @@ impl SharedMap {
         unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u64>(), v) }
     }
 
+    /// Writes the u32 at byte offset `off` (4-aligned).
+    #[inline]
+    pub fn write_u32(&self, off: usize, v: u32) {
+        assert!(
+            off % 4 == 0 && off + 4 <= self.len,
+            "shared write out of bounds"
+        );
+        // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
+        unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u32>(), v) }
+    }
+
+    /// Copies `buf.len()` bytes from byte offset `off`. Only for memory no one writes
+    /// meanwhile (a stopped thread's area): the copy is not volatile.
+    pub fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        assert!(
+            off.checked_add(buf.len()).is_some_and(|e| e <= self.len),
+            "shared read out of bounds"
+        );
+        // SAFETY: in bounds (checked above); the mapping is live (invariant); `buf` is a
+        // distinct local buffer, so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), buf.as_mut_ptr(), buf.len()) }
+    }
+
     /// Copies `bytes` to byte offset `off`.
     pub fn write_bytes(&self, off: usize, bytes: &[u8]) {
         assert!(off + bytes.len() <= self.len, "shared write out of bounds");

@@ -1,19 +1,32 @@
 //! The tracer: one `waitpid(-1, __WALL)` loop over every task of the traced process tree.
 //!
-//! Each stop is one of: an allocator breakpoint (the hot path), the dynamic linker's
-//! debug hook (a library was loaded or unloaded), a ptrace event (clone, fork, vfork,
-//! exec, exit), a group-stop, or a signal for the program, which is passed on untouched.
+//! Each stop is one of: an allocator call (the hot path), the dynamic linker's debug hook
+//! (a library was loaded or unloaded), a ptrace event (clone, fork, vfork, exec, exit), a
+//! group-stop, or a signal for the program, which is passed on untouched.
 //!
-//! Hot path, per allocator call (one stop, five system calls): `waitpid`, `GETREGS`, one
-//! `process_vm_readv` of the top of the stack, `SETREGS` (rip to the return shim of a
-//! probe slot, see [`crate::probe`]), `CONT`. Results of earlier calls are read from the
-//! probe's shared memory at the start of every stop ("the sweep"), which also keeps the
-//! trace causal: an allocation is always written before any free of its pointer, because
-//! the free's stop comes after the allocation returned and sweeps it first. Frees are
-//! written at their entry, before the block is released.
+//! Hot path, per allocator call: one stop and two system calls (`waitpid`, `CONT`). Each
+//! hooked function's entry jumps to an *entry trampoline* (see
+//! [`crate::probe::entry_trampoline`]) which writes the call's arguments, stack pointer
+//! and a copy of the top of its stack into the thread's area of the shared probe memory,
+//! then executes `int3`. The tracer reads the area as plain memory, unwinds, and arms the
+//! thread's return cell, which the trampoline fills when the function returns: no
+//! GETREGS, no process_vm_readv (unless the unwind needs more than the copy), no SETREGS.
+//! Calls made from inside a hooked call (operator new -> malloc) do not stop at all.
 //!
-//! Breakpoints are never lifted while the program runs: the displaced first instruction
-//! of each hooked function runs from a trampoline page mapped near its module.
+//! The slow path, for what the fast one cannot take (a thread without an area, a signal
+//! handler's call while the trampoline was writing, functions whose first bytes cannot
+//! take a 5-byte jump, the dynamic linker's hook): an `int3`, then `GETREGS`, one
+//! `process_vm_readv` of the stack, `SETREGS` (rip to the return shim of a probe slot).
+//!
+//! Results of earlier calls are read from the probe's shared memory at the start of
+//! every stop ("the sweep"), which also keeps the trace causal: an allocation is always
+//! written before any free of its pointer, because the free's stop comes after the
+//! allocation returned and sweeps it first. Frees are written at their entry, before
+//! the block is released.
+//!
+//! Breakpoints are never lifted while the program runs: the displaced first
+//! instructions of each hooked function run from a trampoline page mapped near its
+//! module.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -28,7 +41,7 @@ use crate::elf::{CallKind, ElfModule, HookSpec, ResourceCall};
 use crate::inject;
 use crate::maps::{self, MappedModule};
 use crate::output::Output;
-use crate::probe::{Probe, Slot};
+use crate::probe::{self as probe_area, EntryFrame, Probe, ReturnRef};
 use crate::relocate;
 use crate::snapshot::{self, LiveBlocks, SnapshotContext, ThreadState};
 use crate::stacks::StackTrie;
@@ -37,8 +50,11 @@ use crate::unwind::{EntryRegs, StackUnwinder};
 
 /// Bytes of stack copied at each event (more is read on demand by the unwinder).
 const STACK_COPY: usize = 4096;
-/// Bytes reserved per trampoline.
-const TRAMPOLINE_BYTES: u64 = 64;
+/// Bytes reserved per hook for its trampolines: an entry trampoline (for a `jmp` patch),
+/// then the displaced first instructions.
+const TRAMPOLINE_BYTES: u64 = probe_area::ENTRY_TRAMPOLINE_LEN + 64;
+/// Bytes a `jmp rel32` patch covers.
+const JMP_LEN: usize = 5;
 
 /// Settings of a tracing session.
 #[derive(Clone, Debug)]
@@ -70,12 +86,16 @@ pub struct TracerStats {
     pub nested_calls: u64,
     /// Calls recorded without a return value because every probe slot was busy.
     pub slot_exhausted: u64,
+    /// Allocator stops handed over by an entry trampoline (no register access).
+    pub fast_stops: u64,
     /// Signals passed on to the program.
     pub signals_delivered: u64,
     /// Modules hooked.
     pub modules_hooked: u64,
     /// Hook sites installed.
     pub hooks: u64,
+    /// Of those, sites patched with a `jmp` to an entry trampoline (the others: `int3`).
+    pub jmp_hooks: u64,
     /// Hooks that could not be installed (instruction could not be displaced).
     pub hook_failures: Vec<String>,
     /// Nanoseconds spent unwinding and interning stacks (with `measure_time`).
@@ -110,8 +130,8 @@ impl std::fmt::Display for TracerStats {
         )?;
         writeln!(
             f,
-            "calls: {} recorded, {} nested (inside another allocator call), {} without a free return slot",
-            self.recorded_calls, self.nested_calls, self.slot_exhausted
+            "calls: {} recorded, {} nested (inside another allocator call), {} without a free return slot; {} allocator stops on the fast path (no register access)",
+            self.recorded_calls, self.nested_calls, self.slot_exhausted, self.fast_stops
         )?;
         writeln!(
             f,
@@ -130,8 +150,8 @@ impl std::fmt::Display for TracerStats {
         )?;
         write!(
             f,
-            "hooks: {} sites in {} modules, {} signals passed on",
-            self.hooks, self.modules_hooked, self.signals_delivered
+            "hooks: {} sites in {} modules ({} through entry trampolines), {} signals passed on",
+            self.hooks, self.modules_hooked, self.jmp_hooks, self.signals_delivered
         )
     }
 }
@@ -150,11 +170,34 @@ enum Call {
     Resource(ResourceCall),
 }
 
+/// A hooked call's state at its entry, from GETREGS or from an entry trampoline.
+struct EntryState {
+    /// The function's entry address.
+    entry: u64,
+    rsp: u64,
+    rbp: u64,
+    /// rdi, rsi, rdx, rcx, r8, r9.
+    args: [u64; 6],
+}
+
+/// How a call's result comes back.
+enum ReturnPath<'a> {
+    /// Through a slot shim: `rip` is pointed at it (the slow path, then SETREGS).
+    Shim(&'a mut Regs),
+    /// Through the thread area's return cell (`None`: none, no result).
+    Cell(Option<usize>),
+}
+
 #[derive(Clone)]
 struct Hook {
     kind: HookKind,
+    /// Where the function's displaced first instructions run (then jump back).
     trampoline: u64,
-    orig: u8,
+    /// The original bytes the patch at the entry replaced (one for an `int3`, five for
+    /// a `jmp` to an entry trampoline).
+    orig: Vec<u8>,
+    /// Address of the entry trampoline's `int3`, for a `jmp` patch.
+    trap: Option<u64>,
 }
 
 struct KnownModule {
@@ -172,7 +215,12 @@ struct Space {
     owner: Tid,
     mem: ProcMem,
     probe: Option<Rc<RefCell<Probe>>>,
+    /// Hooks by function entry address.
     hooks: HashMap<u64, Hook>,
+    /// Entry trampolines' `int3` addresses, to their function's entry.
+    traps: HashMap<u64, u64>,
+    /// Threads here may use thread areas (same pid namespace as the tracer).
+    fast: bool,
     modules: Vec<KnownModule>,
     unwinder: StackUnwinder,
     /// Trampoline pages: (next free address, end).
@@ -201,8 +249,10 @@ struct Proc {
 
 struct Task {
     pid: Tid,
-    /// Probe slots armed by this thread, innermost last.
-    armed: Vec<Slot>,
+    /// Returns armed for this thread's calls, innermost last.
+    armed: Vec<ReturnRef>,
+    /// This thread's area in its space's probe (the fast path), if it has one.
+    area: Option<u32>,
     /// Seen its initial stop (new tasks wait for both that and the parent's event).
     started: bool,
     /// Signals to deliver at the next resume (held during an injection).
@@ -233,7 +283,7 @@ enum PendingKind {
 struct Pending {
     tid: Tid,
     probe: Rc<RefCell<Probe>>,
-    slot: Slot,
+    ret: ReturnRef,
     ts: u64,
     stack: StackId,
     kind: PendingKind,
@@ -346,6 +396,7 @@ impl Tracer {
             Task {
                 pid: root,
                 armed: Vec::new(),
+                area: None,
                 started: true,
                 held: Vec::new(),
             },
@@ -396,7 +447,7 @@ impl Tracer {
         self.sweep();
         // Calls that never returned (the process died inside the allocator).
         for p in std::mem::take(&mut self.pending) {
-            p.probe.borrow_mut().release(p.slot);
+            p.probe.borrow_mut().release_ref(p.ret);
         }
         self.out.publish();
         self.stats.tracer_cpu_ns = sys::thread_cpu_ns();
@@ -493,25 +544,46 @@ impl Tracer {
             return;
         };
         let pid = task.pid;
+        let area = task.area;
         let Some(space_id) = self.procs.get(&pid).map(|p| p.space) else {
             let _ = sys::cont(tid, libc::SIGTRAP);
             return;
         };
+        // The fast path: an entry trampoline left the call in the thread's area, and the
+        // stop costs no register access at all (see `probe::entry_trampoline`).
+        if let Some(area) = area {
+            let probe = self
+                .spaces
+                .get(space_id)
+                .and_then(|s| s.as_ref())
+                .and_then(|s| s.probe.clone());
+            let frame = probe.and_then(|p| p.borrow().take_entry(area, &mut self.stack_buf));
+            if let Some(frame) = frame {
+                self.on_fast_call(tid, pid, space_id, &frame);
+                self.resume(tid, 0);
+                return;
+            }
+        }
         let Ok(mut regs) = sys::get_regs(tid) else {
             return;
         };
         let bp = regs.rip.wrapping_sub(1);
-        let hook = self
-            .spaces
-            .get(space_id)
-            .and_then(|s| s.as_ref())
-            .and_then(|s| s.hooks.get(&bp))
-            .cloned();
+        let space = self.spaces.get(space_id).and_then(|s| s.as_ref());
+        let trap_entry = space.and_then(|s| s.traps.get(&bp)).copied();
+        let entry = trap_entry.unwrap_or(bp);
+        let hook = space.and_then(|s| s.hooks.get(&entry)).cloned();
         let Some(hook) = hook else {
             // Not ours: the program's own SIGTRAP (raise, int3, kill).
             self.resume(tid, libc::SIGTRAP);
             return;
         };
+        if trap_entry.is_some() && regs.r11 != 0 {
+            // An entry trampoline's int3 on the fast path whose entry was already taken:
+            // the stop that took it was a SIGTRAP sent to the program at that moment.
+            // Deliver it now; the thread goes on past the int3.
+            self.resume(tid, libc::SIGTRAP);
+            return;
+        }
         match hook.kind {
             HookKind::DlDebugState => {
                 self.rescan(space_id, tid);
@@ -520,34 +592,94 @@ impl Tracer {
                 self.resume(tid, 0);
             }
             HookKind::Alloc(_) | HookKind::Resource(_) => {
-                let call = if let HookKind::Alloc(spec) = hook.kind {
-                    self.stats.breakpoint_stops += 1;
-                    Call::Alloc(spec)
-                } else if let HookKind::Resource(rc) = hook.kind {
-                    Call::Resource(rc)
-                } else {
+                let Some(call) = self.call_of(&hook.kind) else {
                     return;
                 };
-                self.on_call(tid, pid, space_id, &mut regs, bp, hook.trampoline, call);
+                // By default the call just runs its displaced first instructions.
+                regs.rip = hook.trampoline;
+                let st = EntryState {
+                    entry,
+                    rsp: regs.rsp,
+                    rbp: regs.rbp,
+                    args: [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9],
+                };
+                self.on_call(
+                    tid,
+                    pid,
+                    space_id,
+                    &st,
+                    None,
+                    hook.trampoline,
+                    call,
+                    &mut ReturnPath::Shim(&mut regs),
+                );
                 let _ = sys::set_regs(tid, &regs);
                 self.resume(tid, 0);
             }
         }
     }
 
+    /// What a hook's stop is, counting allocator stops.
+    fn call_of(&mut self, kind: &HookKind) -> Option<Call> {
+        match *kind {
+            HookKind::Alloc(spec) => {
+                self.stats.breakpoint_stops += 1;
+                Some(Call::Alloc(spec))
+            }
+            HookKind::Resource(rc) => Some(Call::Resource(rc)),
+            HookKind::DlDebugState => None,
+        }
+    }
+
+    /// A call handed over by an entry trampoline (its stack copy is in `stack_buf`).
+    fn on_fast_call(&mut self, tid: Tid, pid: Tid, space_id: usize, frame: &EntryFrame) {
+        let hook = self
+            .spaces
+            .get(space_id)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.hooks.get(&frame.entry))
+            .map(|h| (h.kind.clone(), h.trampoline));
+        let Some((kind, trampoline)) = hook else {
+            return;
+        };
+        let Some(call) = self.call_of(&kind) else {
+            return;
+        };
+        if matches!(call, Call::Alloc(_)) {
+            self.stats.fast_stops += 1;
+        }
+        let st = EntryState {
+            entry: frame.entry,
+            rsp: frame.rsp,
+            rbp: frame.rbp,
+            args: frame.args,
+        };
+        self.on_call(
+            tid,
+            pid,
+            space_id,
+            &st,
+            Some(frame.stack_len),
+            trampoline,
+            call,
+            &mut ReturnPath::Cell(frame.cell),
+        );
+    }
+
+    /// Records a hooked call at its entry and arms the capture of its result. The stack
+    /// from `st.rsp` is in `stack_buf` (`stack_len` bytes) or, if `None`, read here.
     #[allow(clippy::too_many_arguments)]
     fn on_call(
         &mut self,
         tid: Tid,
         pid: Tid,
         space_id: usize,
-        regs: &mut Regs,
-        entry: u64,
+        st: &EntryState,
+        stack_len: Option<usize>,
         trampoline: u64,
         call: Call,
+        ret_path: &mut ReturnPath,
     ) {
-        // By default the call just runs its displaced first instruction and goes on.
-        regs.rip = trampoline;
         let recording = self.procs.get(&pid).is_some_and(|p| p.recording);
         let task = self.tasks.get(&tid).expect("caller checked");
         if !task.armed.is_empty() {
@@ -560,10 +692,13 @@ impl Tracer {
             return;
         }
         let ts = self.now();
-        let args = [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9];
+        let args = st.args;
         // Stack copy and unwind.
+        let n = match stack_len {
+            Some(n) => n,
+            None => sys::read_memory(tid, st.rsp, &mut self.stack_buf).unwrap_or(0),
+        };
         let space = self.spaces[space_id].as_mut().expect("live space");
-        let n = sys::read_memory(tid, regs.rsp, &mut self.stack_buf).unwrap_or(0);
         let stack = &self.stack_buf[..n];
         let ret = if n >= 8 {
             u64::from_le_bytes(stack[..8].try_into().unwrap())
@@ -571,9 +706,9 @@ impl Tracer {
             0
         };
         let entry_regs = EntryRegs {
-            rip: entry,
-            rsp: regs.rsp,
-            rbp: regs.rbp,
+            rip: st.entry,
+            rsp: st.rsp,
+            rbp: st.rbp,
         };
         // Deep stacks: read further windows of 16 KiB at a time, not word by word.
         let more = &mut self.more_stack;
@@ -596,7 +731,7 @@ impl Tracer {
         space.unwinder.unwind_with(
             entry_regs,
             stack,
-            regs.rsp,
+            st.rsp,
             self.cfg.max_depth,
             &mut self.frames,
             &mut read_more,
@@ -613,7 +748,7 @@ impl Tracer {
             Call::Resource(rc) => {
                 let (kind, outptr) = self.resource_entry(tid, pid, ts, rc, &args, stack_id);
                 self.arm(
-                    tid, space_id, regs, ret, trampoline, outptr, ts, stack_id, kind,
+                    tid, space_id, ret_path, ret, trampoline, outptr, ts, stack_id, kind,
                 );
                 return;
             }
@@ -684,18 +819,18 @@ impl Tracer {
             _ => 0,
         };
         self.arm(
-            tid, space_id, regs, ret, trampoline, outptr, ts, stack_id, kind,
+            tid, space_id, ret_path, ret, trampoline, outptr, ts, stack_id, kind,
         );
     }
 
-    /// Arms a return slot for the call `tid` is entering, so nested calls are recognised
-    /// and the result comes back (see [`crate::probe`]).
+    /// Arms the capture of the result of the call `tid` is entering, so nested calls
+    /// are recognised and the result comes back (see [`crate::probe`]).
     #[allow(clippy::too_many_arguments)]
     fn arm(
         &mut self,
         tid: Tid,
         space_id: usize,
-        regs: &mut Regs,
+        ret_path: &mut ReturnPath,
         ret: u64,
         trampoline: u64,
         outptr: u64,
@@ -707,8 +842,21 @@ impl Tracer {
         let Some(probe) = space.probe.clone() else {
             return;
         };
-        let slot = probe.borrow_mut().alloc();
-        let Some(slot) = slot else {
+        let armed = match ret_path {
+            ReturnPath::Shim(regs) => {
+                let slot = probe.borrow_mut().alloc();
+                slot.map(|slot| {
+                    probe.borrow().arm(slot, ret, trampoline, outptr);
+                    regs.rip = probe.borrow().shim_addr(slot);
+                    ReturnRef::Slot(slot)
+                })
+            }
+            ReturnPath::Cell(cell) => cell.map(|c| {
+                probe.borrow().arm_cell(c, outptr);
+                ReturnRef::Cell(c)
+            }),
+        };
+        let Some(r) = armed else {
             self.stats.slot_exhausted += 1;
             if let PendingKind::Alloc {
                 func, size, align, ..
@@ -726,17 +874,15 @@ impl Tracer {
             }
             return;
         };
-        probe.borrow().arm(slot, ret, trampoline, outptr);
-        regs.rip = probe.borrow().shim_addr(slot);
         self.tasks
             .get_mut(&tid)
             .expect("caller checked")
             .armed
-            .push(slot);
+            .push(r);
         self.pending.push(Pending {
             tid,
             probe,
-            slot,
+            ret: r,
             ts,
             stack: stack_id,
             kind,
@@ -844,7 +990,7 @@ impl Tracer {
         while i < self.pending.len() {
             let res = {
                 let p = &self.pending[i];
-                p.probe.borrow().result(p.slot)
+                p.probe.borrow().result_of(p.ret)
             };
             if res.is_some() {
                 let p = self.pending.swap_remove(i);
@@ -862,7 +1008,7 @@ impl Tracer {
             .sort_by_key(|p| (!matches!(p.kind, PendingKind::Realloc { .. }), p.ts));
         let done = std::mem::take(&mut self.done_buf);
         for p in &done {
-            let (rax, out) = p.probe.borrow().result(p.slot).unwrap_or((0, 0));
+            let (rax, out) = p.probe.borrow().result_of(p.ret).unwrap_or((0, 0));
             self.finish_call(p, rax, out);
         }
         self.done_buf = done;
@@ -870,9 +1016,9 @@ impl Tracer {
     }
 
     fn finish_call(&mut self, p: &Pending, rax: u64, outval: u64) {
-        p.probe.borrow_mut().release(p.slot);
+        p.probe.borrow_mut().release_ref(p.ret);
         if let Some(t) = self.tasks.get_mut(&p.tid) {
-            if let Some(pos) = t.armed.iter().rposition(|&s| s == p.slot) {
+            if let Some(pos) = t.armed.iter().rposition(|&s| s == p.ret) {
                 t.armed.remove(pos);
             }
         }
@@ -950,7 +1096,7 @@ impl Tracer {
         while i < self.pending.len() {
             if self.pending[i].tid == tid {
                 let p = self.pending.swap_remove(i);
-                p.probe.borrow_mut().release(p.slot);
+                p.probe.borrow_mut().release_ref(p.ret);
             } else {
                 i += 1;
             }
@@ -1123,7 +1269,54 @@ impl Tracer {
             }
             let _ = sys::detach(tid, 0);
         } else {
+            self.give_area(tid);
             self.resume(tid, 0);
+        }
+    }
+
+    /// Gives `tid` an area in its space's probe, so that its calls take the fast path.
+    fn give_area(&mut self, tid: Tid) {
+        let Some(task) = self.tasks.get(&tid) else {
+            return;
+        };
+        if task.area.is_some() {
+            return;
+        }
+        let Some(proc_) = self.procs.get(&task.pid) else {
+            return;
+        };
+        if !proc_.recording {
+            return;
+        }
+        let Some(space) = self.spaces.get(proc_.space).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        let Some(probe) = space.probe.clone().filter(|_| space.fast) else {
+            return;
+        };
+        let stack = thread_stack(tid).unwrap_or(0..0);
+        let area = probe.borrow_mut().assign_area(tid as u32, stack);
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.area = area;
+        }
+    }
+
+    /// Takes `tid`'s area back (it exits or leaves its address space).
+    fn take_area(&mut self, tid: Tid) {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let Some(area) = task.area.take() else {
+            return;
+        };
+        let probe = self
+            .procs
+            .get(&task.pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.probe.clone());
+        if let Some(p) = probe {
+            p.borrow_mut().release_area(tid as u32, area);
         }
     }
 
@@ -1215,6 +1408,7 @@ impl Tracer {
             Task {
                 pid: if is_thread { ppid } else { child },
                 armed: Vec::new(),
+                area: None,
                 started: false,
                 held: Vec::new(),
             },
@@ -1235,7 +1429,7 @@ impl Tracer {
         let parent = self.spaces[parent_space].as_ref().expect("live space");
         if !follow {
             for (&addr, hook) in &parent.hooks {
-                let _ = mem.write(addr, &[hook.orig]);
+                let _ = mem.write(addr, &hook.orig);
             }
             return usize::MAX;
         }
@@ -1256,6 +1450,8 @@ impl Tracer {
             mem,
             probe: parent.probe.clone(),
             hooks: parent.hooks.clone(),
+            traps: parent.traps.clone(),
+            fast: parent.fast,
             modules,
             unwinder,
             tramp_pages: parent.tramp_pages.clone(),
@@ -1285,17 +1481,21 @@ impl Tracer {
             for t in p.threads.clone() {
                 if t != tid {
                     self.abandon_calls(t);
+                    self.take_area(t);
                     self.tasks.remove(&t);
                 }
             }
         }
         self.abandon_calls(former);
+        self.take_area(former);
+        self.take_area(tid);
         if former != tid {
             self.tasks.remove(&former);
         }
         self.tasks.entry(tid).or_insert(Task {
             pid,
             armed: Vec::new(),
+            area: None,
             started: true,
             held: Vec::new(),
         });
@@ -1333,6 +1533,7 @@ impl Tracer {
         if new_space != usize::MAX {
             self.rescan(new_space, tid);
         }
+        self.give_area(tid);
         self.resume(tid, 0);
     }
 
@@ -1356,6 +1557,8 @@ impl Tracer {
             mem,
             probe,
             hooks: HashMap::new(),
+            traps: HashMap::new(),
+            fast: same_pid_namespace(tid),
             modules: Vec::new(),
             unwinder: StackUnwinder::new(),
             tramp_pages: Vec::new(),
@@ -1377,6 +1580,7 @@ impl Tracer {
     fn on_gone(&mut self, tid: Tid, status: ExitStatus) {
         let ts = self.now();
         self.abandon_calls(tid);
+        self.take_area(tid);
         let Some(task) = self.tasks.remove(&tid) else {
             return;
         };
@@ -1482,6 +1686,7 @@ impl Tracer {
             for (path, bias, range) in gone {
                 space.unwinder.remove_module(range.start);
                 space.hooks.retain(|a, _| !range.contains(a));
+                space.traps.retain(|_, entry| !range.contains(entry));
                 if recording {
                     self.out.buf().push(Record::ModuleUnload {
                         ts,
@@ -1547,16 +1752,24 @@ impl Tracer {
         range: Range<u64>,
     ) {
         let prefixes: Vec<&str> = self.prefixes.iter().map(|s| s.as_str()).collect();
-        let mut sites: Vec<(u64, HookKind, String)> = elf
+        let mut sites: Vec<(u64, HookKind, String, u64)> = elf
             .hook_symbols(&prefixes)
             .into_iter()
-            .map(|s| (s.vaddr.wrapping_add(bias), HookKind::Alloc(s.spec), s.name))
+            .map(|s| {
+                (
+                    s.vaddr.wrapping_add(bias),
+                    HookKind::Alloc(s.spec),
+                    s.name,
+                    s.size,
+                )
+            })
             .collect();
         sites.extend(elf.resource_hooks().into_iter().map(|h| {
             (
                 h.vaddr.wrapping_add(bias),
                 HookKind::Resource(h.call),
                 h.name,
+                h.size,
             )
         }));
         if let Some(v) = elf.dl_debug_state() {
@@ -1564,13 +1777,14 @@ impl Tracer {
                 v.wrapping_add(bias),
                 HookKind::DlDebugState,
                 "_dl_debug_state".into(),
+                0,
             ));
         }
         if sites.is_empty() {
             return;
         }
         let space = self.spaces[space_id].as_mut().expect("live");
-        sites.retain(|(a, _, _)| !space.hooks.contains_key(a));
+        sites.retain(|(a, _, _, _)| !space.hooks.contains_key(a));
         let Some(probe) = space.probe.clone() else {
             return;
         };
@@ -1604,15 +1818,45 @@ impl Tracer {
                 }
             }
         };
+        // Where threads stand (attaching: they stopped anywhere), so that no patch
+        // covers an instruction a thread is in the middle of.
+        let busy_ips: Vec<u64> = if self.attached {
+            let pid = self.tasks.get(&tid).map(|t| t.pid);
+            self.tasks
+                .iter()
+                .filter(|(_, t)| Some(t.pid) == pid)
+                .filter_map(|(&t, _)| sys::get_regs(t).ok().map(|r| r.rip))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let probe_base = probe.borrow().code_addr;
         let space = self.spaces[space_id].as_mut().expect("live");
         let mut installed = 0;
-        for (addr, kind, name) in sites {
+        for (addr, kind, name, size) in sites {
             let mut code = [0u8; 16];
             if space.mem.read(addr, &mut code).is_err() {
                 continue;
             }
             if code[0] == 0xcc {
                 continue;
+            }
+            let patchable = !matches!(kind, HookKind::DlDebugState)
+                && space.fast
+                && jmp_patchable(&space.mem, addr, size, &busy_ips);
+            if patchable {
+                if let Some(hook) =
+                    install_jmp_hook(&space.mem, addr, &code, next, probe_base, &kind)
+                {
+                    if let Some(t) = hook.trap {
+                        space.traps.insert(t, addr);
+                    }
+                    space.hooks.insert(addr, hook);
+                    next += TRAMPOLINE_BYTES;
+                    installed += 1;
+                    self.stats.jmp_hooks += 1;
+                    continue;
+                }
             }
             let disp = match relocate::displaced_copy(&code, addr, next) {
                 Ok(d) => d,
@@ -1636,7 +1880,8 @@ impl Tracer {
                 Hook {
                     kind,
                     trampoline: next,
-                    orig: code[0],
+                    orig: vec![code[0]],
+                    trap: None,
                 },
             );
             next += TRAMPOLINE_BYTES;
@@ -1777,6 +2022,7 @@ impl Tracer {
                 Task {
                     pid,
                     armed: Vec::new(),
+                    area: None,
                     started,
                     held: held.remove(&tid).unwrap_or_default(),
                 },
@@ -1806,6 +2052,9 @@ impl Tracer {
         }
         if space != usize::MAX {
             self.rescan(space, leader);
+        }
+        for &tid in &stopped {
+            self.give_area(tid);
         }
         self.out.publish();
         for &tid in &stopped {
@@ -1863,10 +2112,20 @@ impl Tracer {
                     // entry, which will hold the original byte again.
                     if let Ok(regs) = sys::get_regs(tid) {
                         let bp = regs.rip.wrapping_sub(1);
-                        let ours = self
-                            .space_of(tid)
-                            .is_some_and(|s| s.hooks.contains_key(&bp));
-                        if ours {
+                        let space = self.space_of(tid);
+                        let trap = space.and_then(|s| {
+                            let entry = s.traps.get(&bp)?;
+                            Some(s.hooks.get(entry)?.trampoline)
+                        });
+                        let ours = space.is_some_and(|s| s.hooks.contains_key(&bp));
+                        if let Some(displaced) = trap {
+                            // At an entry trampoline's int3: on the fast path (r11 set) it
+                            // goes on by itself; on the slow path it runs the function's
+                            // displaced instructions, unrecorded.
+                            if regs.r11 == 0 {
+                                rewind.insert(tid, displaced);
+                            }
+                        } else if ours {
                             rewind.insert(tid, bp);
                         } else {
                             deliver.insert(tid, libc::SIGTRAP);
@@ -1894,7 +2153,7 @@ impl Tracer {
                                     (self.space_of(tid), ProcMem::open(child))
                                 {
                                     for (&addr, h) in &space.hooks {
-                                        let _ = mem.write(addr, &[h.orig]);
+                                        let _ = mem.write(addr, &h.orig);
                                     }
                                 }
                             }
@@ -1915,6 +2174,43 @@ impl Tracer {
                     pending.remove(&tid);
                     self.on_gone(tid, ExitStatus::Signal(sig));
                 }
+            }
+        }
+        // A thread can report the interrupt's stop after executing one of our int3s but
+        // before its SIGTRAP was dequeued: detached like that, the pending SIGTRAP would
+        // kill the program. Let it dequeue the trap (a signal-delivery stop, where the
+        // detach discards it) and rewind it like any thread stopped on a breakpoint.
+        let stopped: Vec<Tid> = self.tasks.keys().copied().collect();
+        for tid in stopped {
+            if rewind.contains_key(&tid) || deliver.contains_key(&tid) {
+                continue;
+            }
+            let Ok(regs) = sys::get_regs(tid) else {
+                continue;
+            };
+            let bp = regs.rip.wrapping_sub(1);
+            let Some(space) = self.space_of(tid) else {
+                continue;
+            };
+            let target = match space.traps.get(&bp) {
+                Some(entry) if regs.r11 == 0 => space.hooks.get(entry).map(|h| h.trampoline),
+                Some(_) => None,
+                None if space.hooks.contains_key(&bp) => Some(bp),
+                None => continue,
+            };
+            if !sigtrap_pending(tid) || sys::cont(tid, 0).is_err() {
+                continue;
+            }
+            match sys::wait_with_timeout(tid, std::time::Duration::from_secs(1)) {
+                Ok(Some(WaitEvent::Signal { sig: libc::SIGTRAP })) => {
+                    if let Some(t) = target {
+                        rewind.insert(tid, t);
+                    }
+                }
+                Ok(Some(WaitEvent::Signal { sig })) => {
+                    deliver.insert(tid, sig);
+                }
+                _ => {}
             }
         }
         self.sweep();
@@ -1958,10 +2254,18 @@ impl Tracer {
             }
             self.out.buf().extend(recs);
         }
-        // Remove every breakpoint from every address space.
+        // Remove every breakpoint from every address space. Entry trampolines stay
+        // (threads may be inside them): their int3 becomes a nop, and no return cell
+        // keeps an out-pointer of a call that is not the one in flight.
         for space in self.spaces.iter().flatten() {
             for (&addr, h) in &space.hooks {
-                let _ = space.mem.write(addr, &[h.orig]);
+                let _ = space.mem.write(addr, &h.orig);
+            }
+            for &trap in space.traps.keys() {
+                let _ = space.mem.write(trap, &[0x90]);
+            }
+            if let Some(p) = &space.probe {
+                p.borrow().disarm_all_cells();
             }
         }
         let ts = self.now();
@@ -2234,4 +2538,99 @@ pub fn read_cmdline(pid: Tid) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether the function at `addr` (`size` bytes per its symbol) can take a 5-byte `jmp`
+/// at its entry: it is long enough, nothing in it branches into the bytes the jump
+/// covers, and no thread stands inside them (`busy_ips`, when attaching). Otherwise it
+/// gets a one-byte `int3`.
+fn jmp_patchable(mem: &ProcMem, addr: u64, size: u64, busy_ips: &[u64]) -> bool {
+    const MAX_SCAN: u64 = 64 * 1024;
+    if size < JMP_LEN as u64 || size > MAX_SCAN {
+        return false;
+    }
+    let mut body = vec![0u8; size as usize];
+    if mem.read(addr, &mut body).is_err() {
+        return false;
+    }
+    // The instructions the jump displaces (at least 5 bytes of them).
+    let Some(covered) = relocate::displaced_block(&body, addr, addr, JMP_LEN)
+        .ok()
+        .map(|d| d.displaced_len)
+    else {
+        return false;
+    };
+    let inside = |ip: u64| ip > addr && ip < addr + covered as u64;
+    !relocate::branches_into(&body, addr, covered) && !busy_ips.iter().any(|&ip| inside(ip))
+}
+
+/// Writes the entry trampoline and displaced block for the function at `addr` into the
+/// hook's trampoline space at `at`, then patches the entry with a `jmp` to it. `None`
+/// (nothing patched) if the function's first instructions cannot be displaced.
+fn install_jmp_hook(
+    mem: &ProcMem,
+    addr: u64,
+    code: &[u8; 16],
+    at: u64,
+    probe_base: u64,
+    kind: &HookKind,
+) -> Option<Hook> {
+    let displaced_at = at + probe_area::ENTRY_TRAMPOLINE_LEN;
+    let disp = relocate::displaced_block(code, addr, displaced_at, JMP_LEN).ok()?;
+    if disp.bytes.len() as u64 > TRAMPOLINE_BYTES - probe_area::ENTRY_TRAMPOLINE_LEN {
+        return None;
+    }
+    let tramp = probe_area::entry_trampoline(at, probe_base, addr, displaced_at).ok()?;
+    if tramp.code.len() as u64 > probe_area::ENTRY_TRAMPOLINE_LEN {
+        return None;
+    }
+    mem.write(at, &tramp.code).ok()?;
+    mem.write(displaced_at, &disp.bytes).ok()?;
+    let rel = (at as i64 - (addr as i64 + JMP_LEN as i64)) as i32;
+    let mut patch = [0u8; JMP_LEN];
+    patch[0] = 0xe9;
+    patch[1..].copy_from_slice(&rel.to_le_bytes());
+    // An int3 first, so that a thread running into the entry meanwhile stops (and is
+    // sent to the displaced block like at any breakpoint) instead of running a half
+    // written jump; then the displacement; then the jump's opcode.
+    mem.write(addr, &[0xcc]).ok()?;
+    mem.write(addr + 1, &patch[1..]).ok()?;
+    mem.write(addr, &patch[..1]).ok()?;
+    Some(Hook {
+        kind: kind.clone(),
+        trampoline: displaced_at,
+        orig: code[..disp.displaced_len].to_vec(),
+        trap: Some(tramp.trap),
+    })
+}
+
+/// Whether `tid` sees the same thread ids as the tracer (gettid in an entry trampoline
+/// must name the tid the tracer knows it by).
+fn same_pid_namespace(tid: Tid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|v| v.split_whitespace().count() == 1)
+}
+
+/// The mapping holding `tid`'s stack (where its stack pointer is now).
+fn thread_stack(tid: Tid) -> Option<Range<u64>> {
+    let rsp = sys::get_regs(tid).ok()?.rsp;
+    let maps = maps::read_maps(tid).ok()?;
+    maps.iter().find(|m| m.contains(rsp)).map(|m| m.range())
+}
+
+/// Whether a SIGTRAP is pending for thread `tid` itself (not yet dequeued).
+fn sigtrap_pending(tid: Tid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigPnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
 }
