@@ -306,51 +306,52 @@ impl Blocks {
 
 /// A size bin: the most recently freed blocks of one size class, newest last, kept
 /// as a ring of [`BIN_DEPTH`] entries (pushing onto a full bin overwrites the oldest,
-/// taking the newest moves nothing).
+/// taking the newest moves nothing). Entries that hold no block are 0 (a bin only
+/// ever holds non-zero addresses), so the entries `0..len` below the newest are the
+/// bin's blocks and the others are 0: no length needs to be kept.
 #[derive(Clone, Copy)]
 struct Bin {
     addrs: [u64; BIN_DEPTH],
     /// Ring index of the next push.
     top: usize,
-    len: usize,
 }
 
 impl Bin {
     const EMPTY: Bin = Bin {
         addrs: [0; BIN_DEPTH],
         top: 0,
-        len: 0,
     };
 
+    /// Pushes `addr != 0`.
     #[inline(always)]
     fn push(&mut self, addr: u64) {
         self.addrs[self.top & (BIN_DEPTH - 1)] = addr;
         self.top = (self.top + 1) & (BIN_DEPTH - 1);
-        self.len = (self.len + 1).min(BIN_DEPTH);
     }
 
     /// Removes and returns the block `depth` below the newest.
     #[inline(always)]
     fn take(&mut self, depth: u64) -> Option<u64> {
-        if depth >= self.len as u64 {
-            return None;
-        }
-        let d = depth as usize;
+        let d = (depth as usize) & (BIN_DEPTH - 1);
         let i = self.top.wrapping_sub(1 + d) & (BIN_DEPTH - 1);
         let addr = self.addrs[i];
-        // The `d` newer entries move down one place (none for the newest).
+        if depth >= BIN_DEPTH as u64 || addr == 0 {
+            return None;
+        }
+        // The `d` newer entries move down one place (none for the newest), and the
+        // newest place is emptied.
         for k in 0..d {
             self.addrs[(i + k) & (BIN_DEPTH - 1)] = self.addrs[(i + k + 1) & (BIN_DEPTH - 1)];
         }
         self.top = self.top.wrapping_sub(1) & (BIN_DEPTH - 1);
-        self.len -= 1;
+        self.addrs[self.top] = 0;
         Some(addr)
     }
 
-    /// Depth of `addr` below the newest block, if the bin holds it.
+    /// Depth of `addr != 0` below the newest block, if the bin holds it.
     #[inline(always)]
     fn find(&self, addr: u64) -> Option<u64> {
-        (0..self.len)
+        (0..BIN_DEPTH)
             .find(|&d| self.addrs[self.top.wrapping_sub(1 + d) & (BIN_DEPTH - 1)] == addr)
             .map(|d| d as u64)
     }
