@@ -128,31 +128,63 @@ impl FreedHistory {
     }
 }
 
-/// One slot of a [`LiveTable`]: address 0 marks an empty slot (no allocation returns
-/// NULL as a block).
+/// One slot of a [`LiveTable`]: a block, flattened with its address (0 marks an empty
+/// slot: no allocation returns NULL as a block) and the low half of its address's hash
+/// (its home slot, so that deletion need not hash again), in 40 bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     address: u64,
-    block: Block,
+    size: u64,
+    ts: Timestamp,
+    stack: StackId,
+    hash: u32,
+    owner: u32,
+    func: AllocFn,
 }
 
 const EMPTY_SLOT: Slot = Slot {
     address: 0,
-    block: Block {
-        size: 0,
-        ts: 0,
-        stack: 0,
-        owner: 0,
-        func: AllocFn::Malloc,
-    },
+    size: 0,
+    ts: 0,
+    stack: 0,
+    hash: 0,
+    owner: 0,
+    func: AllocFn::Malloc,
 };
+
+impl Slot {
+    #[inline]
+    fn new(address: u64, hash: u64, b: Block) -> Slot {
+        Slot {
+            address,
+            size: b.size,
+            ts: b.ts,
+            stack: b.stack,
+            hash: hash as u32,
+            // Image ids index a vector of images: far below 2^32.
+            owner: b.owner as u32,
+            func: b.func,
+        }
+    }
+
+    #[inline]
+    fn block(&self) -> Block {
+        Block {
+            size: self.size,
+            ts: self.ts,
+            stack: self.stack,
+            owner: self.owner as ImageId,
+            func: self.func,
+        }
+    }
+}
 
 /// Live blocks by address: open addressing with linear probing and backward-shift
 /// deletion (no tombstones, so a long run of frees and allocations never degrades or
-/// rehashes in place), blocks stored in the slots. The slot of an address is known
-/// from its hash alone, so a caller that knows which addresses come next can
-/// [`LiveTable::prefetch`] their slots and overlap the cache misses, which dominate
-/// a replay whose live set does not fit the cache.
+/// rehashes in place), at most half full, blocks stored in the slots. The slot of an
+/// address is known from its hash alone, so a caller that knows which addresses come
+/// next can [`LiveTable::prefetch`] their slots and overlap the cache misses, which
+/// dominate a replay whose live set does not fit the cache.
 #[derive(Clone, Debug)]
 pub(crate) struct LiveTable {
     slots: Vec<Slot>,
@@ -176,7 +208,8 @@ impl LiveTable {
 
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        hash as usize & self.mask()
+        // Tables stay far below 2^32 slots: the low half of the hash is enough.
+        (hash as u32) as usize & self.mask()
     }
 
     /// The slot holding `address`, if it is live.
@@ -196,7 +229,7 @@ impl LiveTable {
         }
     }
 
-    /// Starts loading the slot `address` would be found at.
+    /// Starts loading the slot an address whose hash is `hash` would be found at.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         let slot = &self.slots[self.home(hash)];
@@ -214,8 +247,8 @@ impl LiveTable {
 
     /// The block at `address` (whose hash is `hash`), if it is live.
     #[inline]
-    pub fn get_hashed(&self, address: u64, hash: u64) -> Option<&Block> {
-        self.find(address, hash).map(|i| &self.slots[i].block)
+    pub fn get_hashed(&self, address: u64, hash: u64) -> Option<Block> {
+        self.find(address, hash).map(|i| self.slots[i].block())
     }
 
     /// Makes `block` live at `address` (not 0), returning the block it replaces.
@@ -230,10 +263,12 @@ impl LiveTable {
         loop {
             let slot = &mut self.slots[i];
             if slot.address == address {
-                return Some(std::mem::replace(&mut slot.block, block));
+                let old = slot.block();
+                *slot = Slot::new(address, hash, block);
+                return Some(old);
             }
             if slot.address == 0 {
-                *slot = Slot { address, block };
+                *slot = Slot::new(address, hash, block);
                 self.len += 1;
                 return None;
             }
@@ -245,7 +280,7 @@ impl LiveTable {
     #[inline]
     pub fn remove_hashed(&mut self, address: u64, hash: u64) -> Option<Block> {
         let mut hole = self.find(address, hash)?;
-        let block = self.slots[hole].block;
+        let block = self.slots[hole].block();
         self.len -= 1;
         // Backward shift: move later members of the cluster into the hole when their
         // home slot does not lie (cyclically) after it.
@@ -253,13 +288,13 @@ impl LiveTable {
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
-            let a = self.slots[j].address;
-            if a == 0 {
+            let s = self.slots[j];
+            if s.address == 0 {
                 break;
             }
-            let home = self.home(fmix64(a));
+            let home = s.hash as usize & mask;
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.slots[hole] = self.slots[j];
+                self.slots[hole] = s;
                 hole = j;
             }
         }
@@ -271,10 +306,14 @@ impl LiveTable {
     fn grow(&mut self) {
         let bigger = vec![EMPTY_SLOT; self.slots.len() * 2];
         let old = std::mem::replace(&mut self.slots, bigger);
-        self.len = 0;
+        let mask = self.mask();
         for s in old {
             if s.address != 0 {
-                self.insert_hashed(s.address, fmix64(s.address), s.block);
+                let mut i = s.hash as usize & mask;
+                while self.slots[i].address != 0 {
+                    i = (i + 1) & mask;
+                }
+                self.slots[i] = s;
             }
         }
     }
@@ -286,18 +325,18 @@ impl LiveTable {
     }
 
     /// Every live block with its address, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Block)> {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Block)> + '_ {
         self.slots
             .iter()
             .filter(|s| s.address != 0)
-            .map(|s| (s.address, &s.block))
+            .map(|s| (s.address, s.block()))
     }
 
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Block> {
-        self.slots
-            .iter_mut()
-            .filter(|s| s.address != 0)
-            .map(|s| &mut s.block)
+    /// Gives every live block to image `owner`.
+    fn set_owner(&mut self, owner: ImageId) {
+        for s in &mut self.slots {
+            s.owner = owner as u32;
+        }
     }
 }
 
@@ -352,7 +391,7 @@ impl Live {
     }
 
     /// The block at `address`, if it is live.
-    pub fn get(&self, address: u64) -> Option<&Block> {
+    pub fn get(&self, address: u64) -> Option<Block> {
         let h = fmix64(address);
         self.shard(h).get_hashed(address, h)
     }
@@ -363,17 +402,13 @@ impl Live {
     }
 
     /// Every live block with its address, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &Block)> {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Block)> + '_ {
         self.shards.iter().flat_map(LiveTable::iter)
     }
 
     /// Every live block, in no particular order.
-    pub fn values(&self) -> impl Iterator<Item = &Block> {
+    pub fn values(&self) -> impl Iterator<Item = Block> + '_ {
         self.iter().map(|(_, b)| b)
-    }
-
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut Block> {
-        self.shards.iter_mut().flat_map(LiveTable::values_mut)
     }
 }
 
@@ -406,8 +441,8 @@ impl Heap {
     /// one user.
     pub fn fork(&self, child: ImageId) -> Heap {
         let mut h = self.clone();
-        for b in h.live.values_mut() {
-            b.owner = child;
+        for t in h.live.shards.iter_mut() {
+            t.set_owner(child);
         }
         h.users = 1;
         h
