@@ -207,21 +207,41 @@ fn main() {
     let n_pairs: u64 = if quick { 20_000 } else { 50_000 };
     let calls = (2 * n_pairs) as f64;
     let alloc_args = vec![n_pairs.to_string()];
+    let small_args = vec![(n_pairs / 10).to_string()];
+    // Interleaved with the floor, round by round, so that both see the same load; per
+    // call is differential, (t(N) - t(N/10)) / (0.9 N calls), which removes start-up,
+    // hooking and the exit snapshot; the ratio is taken per round, then the median.
+    let rounds = if quick { 3 } else { 9 };
+    let once = Tools { dir: &dir, reps: 1 };
     println!(
-        "\n## heaptape per allocator call ({} calls, alloc_loop)",
+        "\n## heaptape per allocator call ({} calls, alloc_loop, median of {rounds} interleaved rounds)",
         2 * n_pairs
     );
-    let native = tools.run("native", &alloc, &alloc_args);
-    for (policy, tool, floor_key) in [
-        ("same", "heaptape-same", "same CPU"),
-        ("free", "heaptape-free", "unpinned"),
+    for (policy, tool, placement) in [
+        ("same", "heaptape-same", Placement::Same),
+        ("free", "heaptape-free", Placement::Free),
     ] {
-        let t = tools.run(tool, &alloc, &alloc_args);
-        let per_call = (t - native) * 1e6 / calls;
-        let (bare, full) = floor[floor_key];
+        let (mut per_calls, mut bares, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let bare = bare_stop_us(&int3, n_stops, placement, false);
+            let t = once.run(tool, &alloc, &alloc_args);
+            let t_small = once.run(tool, &alloc, &small_args);
+            let native =
+                once.run("native", &alloc, &alloc_args) - once.run("native", &alloc, &small_args);
+            let per_call = ((t - t_small) - native) * 1e6 / (0.9 * calls);
+            per_calls.push(per_call);
+            bares.push(bare);
+            ratios.push(per_call / bare);
+        }
+        let (per_call, bare, ratio) = (median(per_calls), median(bares), median(ratios));
+        let full = floor[if placement == Placement::Same {
+            "same CPU"
+        } else {
+            "unpinned"
+        }]
+        .1;
         println!(
-            "| --cpu {policy} | {per_call:.1} us/call | {:.2}x the bare stop ({bare:.1} us) | {:.2}x the stop with hot-path syscalls ({full:.1} us) |",
-            per_call / bare,
+            "| --cpu {policy} | {per_call:.1} us/call | {ratio:.2}x the bare stop ({bare:.1} us) | {:.2}x the stop with GETREGS, readv, SETREGS ({full:.1} us) |",
             per_call / full
         );
     }
