@@ -1251,9 +1251,11 @@ impl FastOut for SpareOut<'_> {
 /// it never sees a record decoded from damaged data).
 struct HeldOut<F: FnMut(Record)> {
     buf: [MaybeUninit<Record>; BATCH],
-    /// Records `..start` were handed on; records `start..start + written` are
-    /// initialized in `buf[..written]`.
+    /// Record `start + k` is in `buf[k]`; records before `start` were handed on.
     start: usize,
+    /// `buf[taken..written]` are initialized and not handed on yet (`buf[..taken]`
+    /// were moved out).
+    taken: usize,
     written: usize,
     f: F,
 }
@@ -1263,6 +1265,7 @@ impl<F: FnMut(Record)> HeldOut<F> {
         HeldOut {
             buf: [const { MaybeUninit::uninit() }; BATCH],
             start: 0,
+            taken: 0,
             written: 0,
             f,
         }
@@ -1283,33 +1286,37 @@ impl<F: FnMut(Record)> FastOut for HeldOut<F> {
 
     #[inline(always)]
     fn wrote(&mut self, i: usize) {
-        // Records are written in order, each once.
-        self.written = i - self.start + 1;
+        // Records are written in order, each once, so the written slots are a prefix.
+        self.written = (i - self.start + 1).min(BATCH);
     }
 
     #[inline(always)]
     fn commit(&mut self, i: usize) {
-        let n = i - self.start;
-        debug_assert!(n <= self.written);
-        for slot in &mut self.buf[..n.min(self.written)] {
-            // SAFETY: slots `..written` were written since the last commit (each
-            // record once, in order, and `commit(i)` is only called when records
-            // `..i` are written), and this reads each of them once: `written` is
-            // reset below.
+        // `commit(i)` comes when records `..i` are written: `i - start == written`.
+        let n = (i - self.start).min(self.written);
+        while self.taken < n {
+            let k = self.taken;
+            // Counted as moved out before the call, so that if `f` panics, the drop
+            // of `self` does not drop it again.
+            self.taken = k + 1;
+            // SAFETY: `k < n <= written` and `k >= taken` (before the increment):
+            // the slot is initialized and not moved out yet.
             #[allow(unsafe_code)]
-            let rec = unsafe { slot.assume_init_read() };
+            let rec = unsafe { self.buf[k].assume_init_read() };
             (self.f)(rec);
         }
+        // Anything written past `n` (none when the caller keeps the contract) is
+        // forgotten, never read again.
         self.start = i;
+        self.taken = 0;
         self.written = 0;
     }
 }
 
 impl<F: FnMut(Record)> Drop for HeldOut<F> {
     fn drop(&mut self) {
-        for slot in &mut self.buf[..self.written.min(BATCH)] {
-            // SAFETY: slots `..written` are initialized and were not handed on (a
-            // commit resets `written`).
+        for slot in &mut self.buf[self.taken..self.written] {
+            // SAFETY: `buf[taken..written]` are initialized and were not moved out.
             #[allow(unsafe_code)]
             unsafe {
                 slot.assume_init_drop();
@@ -2287,6 +2294,42 @@ mod tests {
             errors += usize::from(both(&p, n).is_err());
         }
         assert!(errors > 1000, "only {errors} damaged payloads failed");
+    }
+
+    #[test]
+    fn a_panicking_callback_drops_each_held_record_once() {
+        // Records that own heap memory, so that a double drop would be a double free.
+        // Batches of allocations, each closed by one of them.
+        let recs: Vec<Record> = (0..300u64)
+            .map(|i| {
+                if i % 21 == 20 {
+                    Record::ProcessStart {
+                        ts: i,
+                        pid: i as u32,
+                        parent_pid: None,
+                        origin: crate::record::ProcessOrigin::Launched,
+                        command: vec![format!("command {i}")],
+                    }
+                } else {
+                    alloc(i, 0x1000 + 64 * i, 40, 3)
+                }
+            })
+            .collect();
+        let (payload, count) = payload_of(&recs);
+        let mut buf = payload.clone();
+        buf.resize(payload.len() + DECODE_PAD, 0);
+        for stop in [0, 1, 5, 20, 21, 22, 63, 64, 65, 200, 299] {
+            let mut seen = 0;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode_payload_each(&buf, payload.len(), count, |rec| {
+                    assert_eq!(rec, recs[seen]);
+                    assert!(seen < stop, "stop");
+                    seen += 1;
+                })
+            }));
+            assert!(r.is_err());
+            assert_eq!(seen, stop);
+        }
     }
 
     #[test]
