@@ -60,4 +60,23 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
+    // The chunk's records one at a time must be the same as all at once: the same
+    // records, or the same error after a prefix of them.
+    let mut reader = match TraceReader::new(&t[..]) {
+        Ok(r) => r,
+        Err(e) => panic!("valid preamble rejected: {e}"),
+    };
+    if let Ok(Some(chunk)) = reader.next_chunk() {
+        let all = chunk.decode();
+        let mut each = Vec::new();
+        let one = chunk.for_each_record(|r| each.push(r));
+        match (all, one) {
+            (Ok(all), Ok(n)) => {
+                assert_eq!(n as usize, all.len());
+                assert!(all == each, "for_each_record differs from decode");
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("decode {:?} but for_each_record {:?}", a.map(|v| v.len()), b),
+        }
+    }
 });
