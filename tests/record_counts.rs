@@ -188,3 +188,16 @@ fn allocator_calls_take_one_stop_on_the_fast_path() {
         );
     }
 }
+
+/// Hooked functions receive every argument register intact through the entry
+/// trampoline (posix_memalign, calloc, a six-argument mmap of a file at an offset).
+#[test]
+fn hooked_functions_get_all_their_arguments() {
+    let dir = TestDir::new("args");
+    let prog = dir.compile("args.c", "args", &[]);
+    let native = run_native(&dir, &prog, &[]);
+    assert_eq!(native.stdout_str(), "ok\n");
+    let trace = dir.join("args.trace");
+    let rec = record(&dir, &trace, &[], &prog, &[]);
+    assert_same_run(&native, &rec);
+}

@@ -295,3 +295,20 @@ fn signals_in_the_middle_of_allocator_calls_lose_nothing() {
     // The trace is complete and reads back without warnings.
     analyze(&trace);
 }
+
+/// Allocations in threads that block SIGTRAP (and in a SIGTRAP handler) leave the
+/// program's SIGTRAP handling as it was: it still catches the SIGTRAPs it raises later.
+#[test]
+fn threads_blocking_sigtrap_keep_the_programs_sigtrap_handler() {
+    let dir = TestDir::new("sigtrap_blocked");
+    let prog = dir.compile("sigtrap_blocked.c", "sigtrap_blocked", &["-pthread"]);
+    let native = run_native(&dir, &prog, &[]);
+    assert_eq!(native.stdout_str(), "caught 2\n");
+    let trace = dir.join("blocked.trace");
+    let rec = record(&dir, &trace, &[], &prog, &[]);
+    assert_same_run(&native, &rec);
+    let p = root_process(&analyze(&trace)).clone();
+    let t = totals(&p);
+    // The worker's 1000, the two in the handler, stdout's buffer, the thread's own.
+    assert!(t.allocations >= 1003, "{t:?}");
+}

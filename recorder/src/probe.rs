@@ -90,6 +90,12 @@ const A_HI: usize = 112;
 const A_LEN: usize = 120;
 /// The return cell of the call in flight.
 const A_CELL: usize = 128;
+/// The thread's signal mask at the entry (8 bytes, as rt_sigprocmask gives it).
+const A_MASK: usize = 160;
+/// A signal set holding SIGTRAP alone.
+const A_TRAPSET: usize = 168;
+/// 1 when the trampoline unblocked SIGTRAP for the stop and must restore `A_MASK`.
+const A_REBLOCK: usize = 176;
 /// The stack copy.
 const A_STACK: usize = 1024;
 /// Bytes of stack the trampoline copies at most.
@@ -161,7 +167,7 @@ pub fn code_image() -> Vec<u8> {
 }
 
 /// Bytes an entry trampoline takes before its displaced block (which follows it).
-pub const ENTRY_TRAMPOLINE_LEN: u64 = 384;
+pub const ENTRY_TRAMPOLINE_LEN: u64 = 512;
 
 /// An entry trampoline assembled for its address.
 #[derive(Debug, Clone)]
@@ -187,9 +193,11 @@ pub struct EntryTrampoline {
 ///   if level > 0: pop rcx; pop rax; jmp displaced   ; nested in a hooked call: no stop
 ///   level = 1
 ///   area.{entry, rsp, rbp, args} = ...  ; what GETREGS would have given
+///   if SIGTRAP is blocked: unblock it  ; (rt_sigprocmask; see below)
 ///   area.stack = copy of [rsp, rsp+len) ; len: up to the stack's end, at most 4 KiB
 ///   ready = 1; pop rcx; pop rax         ; every register as at the entry, r11 = area
 ///   int3                                ; the stop: the tracer reads the area
+///   if unblocked above: restore the signal mask
 ///   push cell                           ; capture the result in the return cell
 ///   call displaced                      ; the function sees its own stack layout
 ///   pop cell; cell.result = rax; if cell.outptr: cell.result2 = *cell.outptr
@@ -198,8 +206,9 @@ pub struct EntryTrampoline {
 ///
 /// The slow path (`r11` = 0 at the `int3`) leaves every register as at the entry, so the
 /// tracer reads them with GETREGS and points `rip` at a slot shim or at `displaced`, as
-/// for a breakpoint on the entry itself. Only rax, rcx, r10, r11 and flags are used,
-/// and rax and rcx are restored: r10 and r11 are scratch at a call in the SysV ABI.
+/// for a breakpoint on the entry itself. The function gets every argument register as
+/// it was (rdi, rsi, rdx are reloaded from the area, rax and rcx popped); only r10, r11
+/// (scratch at a call in the SysV ABI) and flags differ.
 pub fn entry_trampoline(
     at: u64,
     probe_base: u64,
@@ -218,6 +227,8 @@ pub fn entry_trampoline(
     let mut plain = a.create_label();
     let mut no_out = a.create_label();
     let mut nested = a.create_label();
+    let mut mask_ok = a.create_label();
+    let mut no_reblock = a.create_label();
     a.push(rax)?;
     a.push(rcx)?;
     a.mov(eax, libc::SYS_gettid as u32)?;
@@ -248,6 +259,39 @@ pub fn entry_trampoline(
     a.mov(qword_ptr(r11 + d(A_ENTRY)), rax)?;
     a.lea(rax, qword_ptr(rsp + 16))?; // the entry's rsp
     a.mov(qword_ptr(r11 + d(A_RSP)), rax)?;
+    // The int3 must not find SIGTRAP blocked: the kernel would then reset the program's
+    // SIGTRAP action to the default and unblock it for good (force_sig). Unblock it
+    // around the stop instead (and block it again before the call runs).
+    let sigprocmask = |a: &mut CodeAssembler,
+                       how: u32,
+                       set: Option<usize>,
+                       old: Option<usize>|
+     -> Result<(), iced_x86::IcedError> {
+        a.push(r11)?;
+        a.mov(eax, libc::SYS_rt_sigprocmask as u32)?;
+        a.mov(edi, how)?;
+        match set {
+            Some(off) => a.lea(rsi, qword_ptr(r11 + d(off)))?,
+            None => a.xor(esi, esi)?,
+        }
+        match old {
+            Some(off) => a.lea(rdx, qword_ptr(r11 + d(off)))?,
+            None => a.xor(edx, edx)?,
+        }
+        a.mov(r10d, 8u32)?;
+        a.syscall()?;
+        a.pop(r11)?;
+        Ok(())
+    };
+    a.mov(qword_ptr(r11 + d(A_REBLOCK)), 0)?;
+    sigprocmask(&mut a, libc::SIG_BLOCK as u32, None, Some(A_MASK))?;
+    a.test(byte_ptr(r11 + d(A_MASK)), 1 << (libc::SIGTRAP - 1))?;
+    a.jz(mask_ok)?;
+    a.mov(qword_ptr(r11 + d(A_TRAPSET)), 1 << (libc::SIGTRAP - 1))?;
+    a.mov(qword_ptr(r11 + d(A_REBLOCK)), 1)?;
+    sigprocmask(&mut a, libc::SIG_UNBLOCK as u32, Some(A_TRAPSET), None)?;
+    a.set_label(&mut mask_ok)?;
+    a.mov(rax, qword_ptr(r11 + d(A_RSP)))?;
     // Length: to the end of the thread's stack when rsp is in it (at most 4 KiB), else
     // to the end of rsp's page (a signal stack, a coroutine: never past a mapping).
     a.mov(rcx, rax)?;
@@ -272,6 +316,7 @@ pub fn entry_trampoline(
     a.rep().movsb()?; // DF is clear at a call (SysV ABI)
     a.mov(rdi, qword_ptr(r11 + d(A_ARGS)))?;
     a.mov(rsi, qword_ptr(r11 + d(A_ARGS + 8)))?;
+    a.mov(rdx, qword_ptr(r11 + d(A_ARGS + 16)))?;
     a.mov(qword_ptr(r11 + d(A_READY)), 1)?;
     a.pop(rcx)?;
     a.pop(rax)?;
@@ -286,6 +331,16 @@ pub fn entry_trampoline(
     // after a detach, when the int3 has become a nop: then r11 may be 0.
     a.test(r11, r11)?;
     a.jz(plain)?;
+    a.cmp(qword_ptr(r11 + d(A_REBLOCK)), 0)?;
+    a.je(no_reblock)?;
+    for r in [rax, rcx, rdx, rsi, rdi] {
+        a.push(r)?;
+    }
+    sigprocmask(&mut a, libc::SIG_SETMASK as u32, Some(A_MASK), None)?;
+    for r in [rdi, rsi, rdx, rcx, rax] {
+        a.pop(r)?;
+    }
+    a.set_label(&mut no_reblock)?;
     a.lea(r10, qword_ptr(r11 + d(A_CELL)))?;
     a.push(r10)?;
     a.call(displaced)?;
@@ -574,7 +629,6 @@ mod entry_tests {
             at + ENTRY_TRAMPOLINE_LEN,
         )
         .unwrap();
-        eprintln!("len {}", t.code.len());
         assert!(t.code.len() as u64 <= ENTRY_TRAMPOLINE_LEN);
         assert_eq!(t.code[(t.trap - at) as usize], 0xcc);
     }
