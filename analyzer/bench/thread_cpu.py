@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Per-thread CPU time of a command (docs/PERFORMANCE.md, "Analyzer").
+
+    thread_cpu.py MODE COMMAND...
+
+Runs COMMAND, reads every thread's CPU time (utime + stime from /proc/PID/task/TID/stat)
+every 20 ms, and prints the elapsed time, the threads' total and each thread's CPU time,
+largest first (the last 20 ms of each thread may be missed). On a shared machine the
+largest one, the replaying thread, bounds the elapsed time on an idle machine with
+enough cores. MODE as compare.py (c1, t1, t2).
+"""
+import os, sys, time
+mode, argv = sys.argv[1], sys.argv[2:]
+env = dict(os.environ); env['RAYON_NUM_THREADS'] = '1' if mode in ('c1','t1') else '2'
+if mode == 'c1': argv = ['taskset','-c','0'] + argv
+tick = os.sysconf('SC_CLK_TCK')
+t0 = time.time()
+pid = os.fork()
+if pid == 0:
+    fd = os.open('/dev/null', os.O_WRONLY); os.dup2(fd, 1); os.dup2(fd, 2)
+    os.execvpe(argv[0], argv, env)
+last = {}
+while True:
+    r, status = os.waitpid(pid, os.WNOHANG)
+    if r: break
+    try:
+        for tid in os.listdir(f'/proc/{pid}/task'):
+            try:
+                f = open(f'/proc/{pid}/task/{tid}/stat').read().rsplit(')',1)[1].split()
+                last[tid] = (int(f[11]) + int(f[12])) / tick
+            except OSError: pass
+    except OSError: pass
+    time.sleep(0.02)
+wall = time.time() - t0
+cpu = sorted(last.values(), reverse=True)
+print(f"{mode} wall {wall:.2f} s, threads' CPU {sum(cpu):.2f} s:", ' '.join(f'{c:.2f}' for c in cpu if c > 0.005))
