@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use heaptape_format::{decode_parallel, RawChunk, Record, TraceReader, TraceWriter};
+use heaptape_format::{clear_records, decode_parallel, RawChunk, Record, TraceReader, TraceWriter};
 
 const EVENTS: usize = 1_000_000;
 
@@ -64,6 +64,18 @@ fn bench(c: &mut Criterion) {
             let mut n = 0;
             for c in &raws {
                 n += black_box(c.decode().expect("decode")).len();
+            }
+            n
+        })
+    });
+    g.bench_function("decode_into_recycled_one_core", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            let mut n = 0;
+            for c in &raws {
+                clear_records(&mut out);
+                c.decode_into(&mut out).expect("decode");
+                n += black_box(&out).len();
             }
             n
         })

@@ -583,3 +583,67 @@ impl Record {
         )
     }
 }
+
+impl Record {
+    /// Whether this record owns heap memory (a path, a command line, a pointer list),
+    /// i.e. whether dropping it does anything. Allocation events, stack nodes and thread
+    /// starts and exits never do.
+    #[inline]
+    pub fn owns_heap(&self) -> bool {
+        !matches!(
+            self,
+            Record::Alloc { .. }
+                | Record::Free { .. }
+                | Record::Realloc { .. }
+                | Record::StackNode { .. }
+                | Record::ThreadStart { .. }
+                | Record::ThreadExit { .. }
+        )
+    }
+}
+
+/// Empties `records` like `Vec::clear`, keeping its capacity, but without running the
+/// drop code of each record when none owns heap memory, which is what a reused decode
+/// vector mostly holds: one inlined check per record instead of a call per record
+/// (about a tenth of the cost of decoding a chunk of allocation events).
+pub fn clear_records(records: &mut Vec<Record>) {
+    if records.iter().any(Record::owns_heap) {
+        records.clear();
+    } else {
+        // SAFETY: a length of 0 never exposes uninitialised elements; the elements are
+        // forgotten instead of dropped, and none of them owns anything (checked above),
+        // so nothing leaks either.
+        unsafe { records.set_len(0) };
+    }
+}
+
+#[cfg(test)]
+mod clear_tests {
+    use super::*;
+
+    #[test]
+    fn clear_records_empties_and_keeps_capacity_with_or_without_heap_records() {
+        let alloc = Record::Free {
+            ts: 1,
+            tid: 2,
+            func: AllocFn::Free,
+            address: 3,
+            stack: 0,
+        };
+        let mut v = vec![alloc.clone(); 100];
+        let cap = v.capacity();
+        clear_records(&mut v);
+        assert!(v.is_empty());
+        assert_eq!(v.capacity(), cap);
+        v.push(alloc);
+        v.push(Record::ModuleUnload {
+            ts: 1,
+            pid: 2,
+            base: 3,
+            path: "/lib/x.so".repeat(100),
+        });
+        assert!(v[1].owns_heap() && !v[0].owns_heap());
+        clear_records(&mut v);
+        assert!(v.is_empty());
+    }
+}
