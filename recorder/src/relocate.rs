@@ -169,19 +169,39 @@ pub fn displaced_copy(code: &[u8], entry: u64, dest: u64) -> Result<Displaced, R
         block.push(jump);
     } else {
         block.push(instr);
-        block.push(
-            Instruction::with_branch(Code::Jmp_rel32_64, resume).map_err(|e| {
-                RelocateError::Encode {
-                    entry,
-                    message: e.to_string(),
-                }
-            })?,
-        );
+        return encode_with_jump_back(block, entry, len, dest);
     }
+    encode(&block, entry, len, dest)
+}
 
+/// Appends a jump to `entry + len` to `block` and encodes it at `dest`.
+fn encode_with_jump_back(
+    mut block: Vec<Instruction>,
+    entry: u64,
+    len: usize,
+    dest: u64,
+) -> Result<Displaced, RelocateError> {
+    let resume = entry.wrapping_add(len as u64);
+    let jump = Instruction::with_branch(Code::Jmp_rel32_64, resume).map_err(|e| {
+        RelocateError::Encode {
+            entry,
+            message: e.to_string(),
+        }
+    })?;
+    block.push(jump);
+    encode(&block, entry, len, dest)
+}
+
+/// Encodes `block` to run at `dest` (the code displaced from `entry`, `len` bytes).
+fn encode(
+    block: &[Instruction],
+    entry: u64,
+    len: usize,
+    dest: u64,
+) -> Result<Displaced, RelocateError> {
     let encoded = BlockEncoder::encode(
         64,
-        InstructionBlock::new(&block, dest),
+        InstructionBlock::new(block, dest),
         BlockEncoderOptions::NONE,
     )
     .map_err(|e| RelocateError::Encode {
@@ -238,28 +258,7 @@ pub fn displaced_block(
         len += instr.len();
         block.push(instr);
     }
-    let resume = entry + len as u64;
-    block.push(
-        Instruction::with_branch(Code::Jmp_rel32_64, resume).map_err(|e| {
-            RelocateError::Encode {
-                entry,
-                message: e.to_string(),
-            }
-        })?,
-    );
-    let encoded = BlockEncoder::encode(
-        64,
-        InstructionBlock::new(&block, dest),
-        BlockEncoderOptions::NONE,
-    )
-    .map_err(|e| RelocateError::Encode {
-        entry,
-        message: e.to_string(),
-    })?;
-    Ok(Displaced {
-        bytes: encoded.code_buffer,
-        displaced_len: len,
-    })
+    encode_with_jump_back(block, entry, len, dest)
 }
 
 /// Whether any direct branch in the function `code` (starting at `start`) lands strictly

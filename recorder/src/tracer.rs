@@ -2607,13 +2607,16 @@ fn install_jmp_hook(
 /// Whether `tid` sees the same thread ids as the tracer (gettid in an entry trampoline
 /// must name the tid the tracer knows it by).
 fn same_pid_namespace(tid: Tid) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
+    proc_status_field(tid, "NSpid:").is_some_and(|v| v.split_whitespace().count() == 1)
+}
+
+/// The value of line `name` (with its colon) of /proc/TID/status.
+fn proc_status_field(tid: Tid, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .is_some_and(|v| v.split_whitespace().count() == 1)
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
 }
 
 /// The mapping holding `tid`'s stack (where its stack pointer is now).
@@ -2625,12 +2628,7 @@ fn thread_stack(tid: Tid) -> Option<Range<u64>> {
 
 /// Whether a SIGTRAP is pending for thread `tid` itself (not yet dequeued).
 fn sigtrap_pending(tid: Tid) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigPnd:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    proc_status_field(tid, "SigPnd:")
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
         .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
 }
