@@ -96,6 +96,12 @@ impl<W: Write> TraceWriter<W> {
         self
     }
 
+    /// Changes the chunk target of a writer in use (see [`TraceWriter::with_chunk_target`]);
+    /// the chunk being built closes when it reaches the new target.
+    pub fn set_chunk_target(&mut self, bytes: usize) {
+        self.chunk_target = bytes.clamp(1, MAX_CHUNK_TARGET);
+    }
+
     /// Sets the zstd compression level.
     pub fn with_level(mut self, level: i32) -> io::Result<Self> {
         self.compressor = zstd::bulk::Compressor::new(level)?;

@@ -19,6 +19,8 @@ use heaptape_format::{EndCounts, Record, TraceWriter, WriteError};
 const WAKE_BACKLOG: usize = 1 << 16;
 const TICK: Duration = Duration::from_millis(200);
 const FLUSH_EVERY: Duration = Duration::from_millis(900);
+/// Uncompressed size of the first chunk (later ones use the format's default).
+const FIRST_CHUNK_TARGET: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Shared {
@@ -118,6 +120,12 @@ fn writer_loop(
     let mut batch: Vec<Record> = Vec::new();
     let mut last_flush = Instant::now();
     let mut error: Option<WriteError> = None;
+    // A small first chunk, so that the start of a trace (header, process, modules, the
+    // first events) is on disk early and fits even on a nearly full disk, however fast
+    // the program allocates; then the default size.
+    let header_bytes = writer.bytes_written();
+    let mut first_chunk = true;
+    writer.set_chunk_target(FIRST_CHUNK_TARGET);
     loop {
         let closing = {
             let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,6 +144,10 @@ fn writer_loop(
                     error = Some(e);
                     break;
                 }
+            }
+            if first_chunk && writer.bytes_written() > header_bytes {
+                writer.set_chunk_target(heaptape_format::DEFAULT_CHUNK_TARGET);
+                first_chunk = false;
             }
             if error.is_none() && (closing.is_some() || last_flush.elapsed() >= FLUSH_EVERY) {
                 if let Err(e) = writer.flush() {
