@@ -68,21 +68,28 @@ fn sigstop_then_sigcont_completes_normally() {
     assert_eq!((t.allocations, t.frees, t.allocated_bytes), (3, 2, 4186));
 }
 
-/// Runs the stop fixture (under heaptape when `trace` is given), waits for it to stop
-/// and continues it with SIGCONT.
-fn run_native_stopped(
+/// `prog args` in `dir`, under `heaptape record -o trace` when `trace` is given.
+fn native_or_recorded(
     dir: &TestDir,
     trace: Option<&std::path::Path>,
     prog: &std::path::Path,
-) -> Run {
-    let mut cmd = match trace {
-        Some(t) => record_cmd(dir, t, &[], prog, &[]),
+    args: &[&str],
+) -> Command {
+    match trace {
+        Some(t) => record_cmd(dir, t, &[], prog, args),
         None => {
             let mut c = Command::new(prog);
-            c.current_dir(dir.path());
+            c.args(args).current_dir(dir.path());
             c
         }
-    };
+    }
+}
+
+/// Starts `cmd` with piped output and waits until its first line, which must be `first`.
+fn spawn_until_line(
+    mut cmd: Command,
+    first: &str,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,9 +97,21 @@ fn run_native_stopped(
         .spawn()
         .expect("start");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("read first line");
-    assert_eq!(first, "stopping\n");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read first line");
+    assert_eq!(line, first);
+    (child, stdout)
+}
+
+/// Runs the stop fixture (under heaptape when `trace` is given), waits for it to stop
+/// and continues it with SIGCONT.
+fn run_native_stopped(
+    dir: &TestDir,
+    trace: Option<&std::path::Path>,
+    prog: &std::path::Path,
+) -> Run {
+    let cmd = native_or_recorded(dir, trace, prog, &[]);
+    let (mut child, mut stdout) = spawn_until_line(cmd, "stopping\n");
     let prog_pid = match trace {
         Some(_) => {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -150,7 +169,7 @@ fn run_native_stopped(
     let status = child.wait().expect("wait");
     let rest = reader.join().expect("reader");
     Run {
-        stdout: format!("{first}{rest}").into_bytes(),
+        stdout: format!("stopping\n{rest}").into_bytes(),
         stderr,
         status,
     }
@@ -164,25 +183,9 @@ fn ctrl_c(
     prog: &std::path::Path,
     args: &[&str],
 ) -> Run {
-    let mut cmd = match trace {
-        Some(t) => record_cmd(dir, t, &[], prog, args),
-        None => {
-            let mut c = Command::new(prog);
-            c.args(args).current_dir(dir.path());
-            c
-        }
-    };
+    let mut cmd = native_or_recorded(dir, trace, prog, args);
     cmd.process_group(0);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("read first line");
-    assert_eq!(first, "ready\n");
+    let (mut child, mut stdout) = spawn_until_line(cmd, "ready\n");
     // SAFETY: kill(2) on the process group we just created.
     let rc = unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
     assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
@@ -190,7 +193,7 @@ fn ctrl_c(
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("stdout");
     child.stdout = None;
     let mut run = wait_output_no_stdout(child);
-    run.stdout = format!("{first}{rest}").into_bytes();
+    run.stdout = format!("ready\n{rest}").into_bytes();
     run
 }
 

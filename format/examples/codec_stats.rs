@@ -138,31 +138,30 @@ fn main() {
         "versus 40 raw bytes:  {:.1}x smaller",
         40.0 * events as f64 / bytes.len() as f64
     );
-    println!(
-        "encode:               {:.1} M records/s wall, {} M/s per CPU-second",
-        total / enc.as_secs_f64() / 1e6,
-        rate(total, enc_cpu)
-    );
-    println!(
-        "decode, one thread:   {:.1} M records/s wall, {} M/s per CPU-second (decode_into, reused vector)",
-        total / dec.as_secs_f64() / 1e6,
-        rate(total, dec_cpu)
-    );
-    println!(
-        "                      {:.1} M records/s wall, {} M/s per CPU-second (decode_into, vector recycled with clear_records)",
-        total / dec_recycled.as_secs_f64() / 1e6,
-        rate(total, dec_recycled_cpu)
-    );
-    println!(
-        "                      {:.1} M records/s wall, {} M/s per CPU-second (for_each_record, no vector)",
-        total / dec_each.as_secs_f64() / 1e6,
-        rate(total, dec_each_cpu)
-    );
-    println!(
-        "                      {:.1} M records/s wall, {} M/s per CPU-second (decode, fresh vector)",
-        total / dec_fresh.as_secs_f64() / 1e6,
-        rate(total, dec_fresh_cpu)
-    );
+    let rows = [
+        ("encode:              ", enc, enc_cpu, ""),
+        (
+            "decode, one thread:  ",
+            dec,
+            dec_cpu,
+            " (decode_into, reused vector)",
+        ),
+        (
+            "",
+            dec_recycled,
+            dec_recycled_cpu,
+            " (decode_into, vector recycled with clear_records)",
+        ),
+        ("", dec_each, dec_each_cpu, " (for_each_record, no vector)"),
+        ("", dec_fresh, dec_fresh_cpu, " (decode, fresh vector)"),
+    ];
+    for (label, wall, cpu, what) in rows {
+        println!(
+            "{label:<21} {:.1} M records/s wall, {} M/s per CPU-second{what}",
+            total / wall.as_secs_f64() / 1e6,
+            rate(total, cpu)
+        );
+    }
     println!(
         "decode, parallel:     {:.1} M records/s on {} threads",
         total / pdec.as_secs_f64() / 1e6,

@@ -383,8 +383,8 @@ pub struct EntryFrame {
     pub args: [u64; 6],
     /// Bytes of stack copied into the caller's buffer.
     pub stack_len: usize,
-    /// The return cell this call uses.
-    pub cell: Option<usize>,
+    /// The return cell this call uses (its byte offset in the probe).
+    pub cell: usize,
 }
 
 /// Where a pending call's result will appear.
@@ -523,7 +523,7 @@ impl Probe {
             rbp: self.map.read_u64(base + A_RBP),
             args,
             stack_len: len,
-            cell: Some(cell),
+            cell,
         })
     }
 

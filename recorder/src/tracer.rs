@@ -184,8 +184,8 @@ struct EntryState {
 enum ReturnPath<'a> {
     /// Through a slot shim: `rip` is pointed at it (the slow path, then SETREGS).
     Shim(&'a mut Regs),
-    /// Through the thread area's return cell (`None`: none, no result).
-    Cell(Option<usize>),
+    /// Through the thread area's return cell (its byte offset in the probe).
+    Cell(usize),
 }
 
 #[derive(Clone)]
@@ -315,6 +315,10 @@ pub struct Tracer {
     more_stack: Vec<u8>,
     frames: Vec<u64>,
     done_buf: Vec<Pending>,
+    /// While attaching: where the stopped threads stand, so that no `jmp` patch covers
+    /// an instruction a thread is in the middle of (empty otherwise: a program's own
+    /// threads are never inside a module that is being hooked for the first time).
+    busy_ips: Vec<u64>,
     /// Counters.
     pub stats: TracerStats,
 }
@@ -357,6 +361,7 @@ impl Tracer {
             more_stack: vec![0u8; 16 * 1024],
             frames: Vec::with_capacity(128),
             done_buf: Vec::new(),
+            busy_ips: Vec::new(),
             stats: TracerStats::default(),
         }
     }
@@ -851,10 +856,10 @@ impl Tracer {
                     ReturnRef::Slot(slot)
                 })
             }
-            ReturnPath::Cell(cell) => cell.map(|c| {
-                probe.borrow().arm_cell(c, outptr);
-                ReturnRef::Cell(c)
-            }),
+            ReturnPath::Cell(cell) => {
+                probe.borrow().arm_cell(*cell, outptr);
+                Some(ReturnRef::Cell(*cell))
+            }
         };
         let Some(r) = armed else {
             self.stats.slot_exhausted += 1;
@@ -1818,18 +1823,7 @@ impl Tracer {
                 }
             }
         };
-        // Where threads stand (attaching: they stopped anywhere), so that no patch
-        // covers an instruction a thread is in the middle of.
-        let busy_ips: Vec<u64> = if self.attached {
-            let pid = self.tasks.get(&tid).map(|t| t.pid);
-            self.tasks
-                .iter()
-                .filter(|(_, t)| Some(t.pid) == pid)
-                .filter_map(|(&t, _)| sys::get_regs(t).ok().map(|r| r.rip))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let busy_ips = std::mem::take(&mut self.busy_ips);
         let probe_base = probe.borrow().code_addr;
         let space = self.spaces[space_id].as_mut().expect("live");
         let mut installed = 0;
@@ -1887,6 +1881,7 @@ impl Tracer {
             next += TRAMPOLINE_BYTES;
             installed += 1;
         }
+        self.busy_ips = busy_ips;
         if let Some(p) = space.tramp_pages.iter_mut().find(|p| p.1 == end) {
             p.0 = next;
         }
@@ -2046,6 +2041,10 @@ impl Tracer {
             },
         );
         // Every thread is stopped: code can be patched and system calls injected.
+        self.busy_ips = stopped
+            .iter()
+            .filter_map(|&t| sys::get_regs(t).ok().map(|r| r.rip))
+            .collect();
         let space = self.new_space(leader);
         if let Some(p) = self.procs.get_mut(&pid) {
             p.space = space;
@@ -2053,6 +2052,7 @@ impl Tracer {
         if space != usize::MAX {
             self.rescan(space, leader);
         }
+        self.busy_ips.clear();
         for &tid in &stopped {
             self.give_area(tid);
         }
