@@ -123,9 +123,10 @@ fn snapshot_of(trace: &std::path::Path) -> Snapshot {
                 snapshots += 1;
                 s.blocks = live.iter().map(|(&a, &z)| (a, z)).collect();
             }
-            Record::SnapshotRoot { kind, pointers, .. } => {
-                let stack = matches!(kind, RootKind::Stack { .. });
-                s.roots.extend(pointers.iter().map(|p| (p.target, stack)));
+            Record::SnapshotRoot(root) => {
+                let stack = matches!(root.kind, RootKind::Stack { .. });
+                s.roots
+                    .extend(root.pointers.iter().map(|p| (p.target, stack)));
             }
             Record::SnapshotBlock { pointers, .. } => {
                 s.inner.extend(pointers.iter().map(|p| p.target));

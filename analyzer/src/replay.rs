@@ -800,13 +800,10 @@ impl Replay {
             }
             return;
         }
-        if let Record::RssSample {
-            ts, pid, rss, anon, ..
-        } = rec
-        {
-            if let Some(p) = self.running(pid) {
+        if let Record::RssSample(s) = rec {
+            if let Some(p) = self.running(s.pid) {
                 let image = &mut self.images[self.procs[p].current()];
-                image.timeline.sample(ts, image.live_bytes, rss, anon);
+                image.timeline.sample(s.ts, image.live_bytes, s.rss, s.anon);
             }
             return;
         }
@@ -832,14 +829,15 @@ impl Replay {
                     self.procs[t.process].threads.remove(&tid);
                 }
             }
-            Record::ModuleLoad {
-                ts,
-                pid,
-                path,
-                build_id,
-                base,
-                segments,
-            } => {
+            Record::ModuleLoad(m) => {
+                let heaptape_format::ModuleLoad {
+                    ts,
+                    pid,
+                    path,
+                    build_id,
+                    base,
+                    segments,
+                } = *m;
                 let p = self.process_for(pid, ts);
                 let img = self.procs[p].current();
                 self.images[img]
@@ -916,15 +914,15 @@ impl Replay {
             }
             Record::Mmap { .. }
             | Record::Munmap { .. }
-            | Record::Mremap { .. }
+            | Record::Mremap(_)
             | Record::FdOpen { .. }
             | Record::FdClose { .. }
-            | Record::RssSample { .. }
+            | Record::RssSample(_)
             | Record::End { .. } => {}
             Record::SnapshotBegin { pid, .. } => self.snapshot_begin(pid),
-            Record::SnapshotRoot { pid, pointers, .. } => {
-                if let Some(s) = self.snapshots.get_mut(&pid) {
-                    s.graph.add_root(&pointers);
+            Record::SnapshotRoot(root) => {
+                if let Some(s) = self.snapshots.get_mut(&root.pid) {
+                    s.graph.add_root(&root.pointers);
                 }
             }
             Record::SnapshotBlock {
@@ -1026,13 +1024,13 @@ impl Replay {
                 *tid
             }
             Record::StackNode { .. }
-            | Record::RssSample { .. }
+            | Record::RssSample(_)
             | Record::ModuleUnload { .. }
-            | Record::SnapshotRoot { .. }
+            | Record::SnapshotRoot(_)
             | Record::SnapshotBlock { .. }
             | Record::SnapshotHeuristic { .. } => return Some(Step::Deferred(i)),
-            Record::ModuleLoad { pid, .. } => {
-                return self.running(*pid).map(|_| Step::Deferred(i));
+            Record::ModuleLoad(m) => {
+                return self.running(m.pid).map(|_| Step::Deferred(i));
             }
             _ => {
                 return match crate::resources::event_thread(rec) {
@@ -1927,7 +1925,7 @@ mod tests {
                     tid,
                 },
                 15..=18 => Record::ThreadExit { ts, tid },
-                19..=25 => Record::RssSample {
+                19..=25 => Record::RssSample(Box::new(heaptape_format::RssSample {
                     ts,
                     pid: 100 + r.below(3) as u32,
                     rss: r.below(1 << 30),
@@ -1935,7 +1933,7 @@ mod tests {
                     anon: r.below(1 << 30),
                     file: 0,
                     pss: None,
-                },
+                })),
                 26 => Record::SnapshotBegin { ts, pid: 100 },
                 27 => Record::SnapshotEnd {
                     pid: 100,

@@ -97,9 +97,9 @@ pub fn event_thread(rec: &Record) -> Option<(u32, Timestamp)> {
     match rec {
         Record::Mmap { tid, ts, .. }
         | Record::Munmap { tid, ts, .. }
-        | Record::Mremap { tid, ts, .. }
         | Record::FdOpen { tid, ts, .. }
         | Record::FdClose { tid, ts, .. } => Some((*tid, *ts)),
+        Record::Mremap(m) => Some((m.tid, m.ts)),
         _ => None,
     }
 }
@@ -202,13 +202,7 @@ impl Resources {
                 );
             }
             Record::Munmap { address, len, .. } => self.unmap(*address, *len),
-            Record::Mremap {
-                old_address,
-                old_len,
-                new_address,
-                new_len,
-                ..
-            } => self.remap(*old_address, *old_len, *new_address, *new_len),
+            Record::Mremap(m) => self.remap(m.old_address, m.old_len, m.new_address, m.new_len),
             _ => {}
         }
     }
@@ -351,7 +345,7 @@ mod tests {
         let (s, m) = (StackTable::new(), ModuleMap::new());
         let mut r = Resources::default();
         r.apply(&mmap(0x10000, 0x2000), &s, &m);
-        let rec = Record::Mremap {
+        let rec = Record::Mremap(Box::new(heaptape_format::Mremap {
             ts: 2,
             tid: 1,
             old_address: 0x10000,
@@ -359,11 +353,11 @@ mod tests {
             new_address: 0x40000,
             new_len: 0x8000,
             stack: 0,
-        };
+        }));
         r.apply(&rec, &s, &m);
         assert_eq!(regions(&r), vec![(0x40000, 0x8000)]);
         // Unknown ranges stay unknown.
-        let rec = Record::Mremap {
+        let rec = Record::Mremap(Box::new(heaptape_format::Mremap {
             ts: 2,
             tid: 1,
             old_address: 0x90000,
@@ -371,7 +365,7 @@ mod tests {
             new_address: 0xa0000,
             new_len: 0x8000,
             stack: 0,
-        };
+        }));
         r.apply(&rec, &s, &m);
         assert_eq!(regions(&r), vec![(0x40000, 0x8000)]);
     }

@@ -23,13 +23,15 @@ fn ptrs(targets: &[u64]) -> Vec<Pointer> {
 /// pointers found in each listed block; `live` is the block count of the end record.
 fn snapshot(t: &mut Trace, pid: u32, roots: &[u64], blocks: &[(u64, &[u64])], live: u64) {
     t.rec(Record::SnapshotBegin { ts: 90_000, pid });
-    t.rec(Record::SnapshotRoot {
-        pid,
-        kind: RootKind::Stack { tid: pid },
-        start: 0x7ff0_0000,
-        len: 4096,
-        pointers: ptrs(roots),
-    });
+    t.rec(Record::SnapshotRoot(Box::new(
+        heaptape_format::SnapshotRoot {
+            pid,
+            kind: RootKind::Stack { tid: pid },
+            start: 0x7ff0_0000,
+            len: 4096,
+            pointers: ptrs(roots),
+        },
+    )));
     for (address, targets) in blocks {
         t.rec(Record::SnapshotBlock {
             pid,
@@ -259,15 +261,17 @@ fn globals_keep_blocks_reachable() {
     t.rec(Record::SnapshotBegin { ts: 1, pid: 1 });
     // The root region comes split over two records (merged).
     for half in [&[][..], &[0x1000u64][..]] {
-        t.rec(Record::SnapshotRoot {
-            pid: 1,
-            kind: RootKind::ModuleData {
-                path: "/bin/app".into(),
+        t.rec(Record::SnapshotRoot(Box::new(
+            heaptape_format::SnapshotRoot {
+                pid: 1,
+                kind: RootKind::ModuleData {
+                    path: "/bin/app".into(),
+                },
+                start: 0x60_0000,
+                len: 64,
+                pointers: ptrs(half),
             },
-            start: 0x60_0000,
-            len: 64,
-            pointers: ptrs(half),
-        });
+        )));
     }
     // A block split over two records too.
     t.rec(Record::SnapshotBlock {
@@ -435,13 +439,15 @@ fn a_cut_off_snapshot_is_unavailable() {
     let mut t = Trace::new(1);
     t.launch(1).malloc(1, 0x1000, 100, 0);
     t.rec(Record::SnapshotBegin { ts: 1, pid: 1 });
-    t.rec(Record::SnapshotRoot {
-        pid: 1,
-        kind: RootKind::Registers { tid: 1 },
-        start: 0,
-        len: 8 * 27,
-        pointers: ptrs(&[0x1000]),
-    });
+    t.rec(Record::SnapshotRoot(Box::new(
+        heaptape_format::SnapshotRoot {
+            pid: 1,
+            kind: RootKind::Registers { tid: 1 },
+            start: 0,
+            len: 8 * 27,
+            pointers: ptrs(&[0x1000]),
+        },
+    )));
     let (_d, path) = t.abandon();
     let a = run(&path);
     let reason = a.process(1).unwrap().image().leaks.unavailable_reason();

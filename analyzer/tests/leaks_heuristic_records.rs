@@ -31,13 +31,15 @@ fn snapshot(
     live: u64,
 ) {
     t.rec(Record::SnapshotBegin { ts: 90_000, pid });
-    t.rec(Record::SnapshotRoot {
-        pid,
-        kind: RootKind::Stack { tid: pid },
-        start: 0x7ff0_0000,
-        len: 4096,
-        pointers: ptrs(roots),
-    });
+    t.rec(Record::SnapshotRoot(Box::new(
+        heaptape_format::SnapshotRoot {
+            pid,
+            kind: RootKind::Stack { tid: pid },
+            start: 0x7ff0_0000,
+            len: 4096,
+            pointers: ptrs(roots),
+        },
+    )));
     for (address, targets) in blocks {
         t.rec(Record::SnapshotBlock {
             pid,
@@ -213,13 +215,15 @@ fn verdicts_belong_to_their_process() {
     t.rec(Record::SnapshotBegin { ts: 90_000, pid: 1 });
     t.rec(Record::SnapshotBegin { ts: 90_000, pid: 2 });
     for pid in [1, 2] {
-        t.rec(Record::SnapshotRoot {
-            pid,
-            kind: RootKind::Stack { tid: pid },
-            start: 0x7ff0_0000,
-            len: 4096,
-            pointers: ptrs(&[0x1008]),
-        });
+        t.rec(Record::SnapshotRoot(Box::new(
+            heaptape_format::SnapshotRoot {
+                pid,
+                kind: RootKind::Stack { tid: pid },
+                start: 0x7ff0_0000,
+                len: 4096,
+                pointers: ptrs(&[0x1008]),
+            },
+        )));
     }
     t.rec(Record::SnapshotHeuristic {
         pid: 2,

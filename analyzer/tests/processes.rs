@@ -70,26 +70,26 @@ fn exec_starts_a_new_image_and_discards_the_old_heap() {
         prot: 5,
     };
     t.launch(20);
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 1500,
         pid: 20,
         path: "/bin/app".into(),
         build_id: vec![0xab, 0xcd],
         base: 0,
         segments: vec![seg(0x400000)],
-    });
+    })));
     t.malloc(20, 0x10, 64, 1)
         .malloc(20, 0x20, 8, 1)
         .free(20, 0x20, 2)
         .exec(20, "/bin/true --x");
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 5500,
         pid: 20,
         path: "/bin/true".into(),
         build_id: vec![],
         base: 0,
         segments: vec![seg(0x500000)],
-    });
+    })));
     t.malloc(20, 0x30, 5, 3)
         .free(20, 0x10, 2) // the old image's block: gone with its address space
         .exit(20, ExitStatus::Code(1));

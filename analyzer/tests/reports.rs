@@ -26,7 +26,7 @@ fn set<'a>(k: &[&'a str]) -> BTreeSet<&'a str> {
 fn scenario() -> Trace {
     let mut t = Trace::new(1);
     t.launch(1);
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 1000,
         pid: 1,
         path: "/bin/app".into(),
@@ -38,7 +38,7 @@ fn scenario() -> Trace {
             file_offset: 0,
             prot: 5,
         }],
-    });
+    })));
     t.stack(1, 0, 0x401000)
         .stack(2, 1, 0x401100)
         .stack(3, 1, 0x401200)

@@ -11,7 +11,7 @@ use heaptape_format::{AllocFn, ExitStatus, FdKind, ProcessOrigin, Record, Segmen
 const MIB: u64 = 1 << 20;
 
 fn module(t: &mut Trace, pid: u32, path: &str, start: u64) {
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 10,
         pid,
         path: path.into(),
@@ -23,7 +23,7 @@ fn module(t: &mut Trace, pid: u32, path: &str, start: u64) {
             file_offset: 0,
             prot: 5,
         }],
-    });
+    })));
 }
 
 fn mmap(t: &mut Trace, address: u64, len: u64, stack: u32) {
@@ -160,7 +160,7 @@ fn timeline_verdict_names_the_growing_site() {
         addr += 0x20_0000;
         t.malloc(9, 0x9000_0000, 4096, 2);
         t.free(9, 0x9000_0000, 2);
-        t.rec(Record::RssSample {
+        t.rec(Record::RssSample(Box::new(heaptape_format::RssSample {
             ts: 100_000_000 * (i + 1),
             pid: 9,
             rss: (i + 10) * MIB,
@@ -168,7 +168,7 @@ fn timeline_verdict_names_the_growing_site() {
             anon: (i + 5) * MIB,
             file: 5 * MIB,
             pss: None,
-        });
+        })));
     }
     t.exit(9, ExitStatus::Code(0));
     let (_dir, path) = t.finish();

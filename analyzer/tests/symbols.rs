@@ -141,14 +141,14 @@ fn trace_with_stack(
 ) -> (tempfile::TempDir, PathBuf) {
     let mut t = Trace::new(10);
     t.launch(10);
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 1500,
         pid: 10,
         path: recorded_path.into(),
         build_id,
         base: BASE,
         segments,
-    });
+    })));
     // Outermost first: node i+1's parent is node i.
     let n = frames.len() as u32;
     for (i, &addr) in frames.iter().rev().enumerate() {
@@ -267,14 +267,14 @@ fn inlined_calls_are_frames_of_their_own() {
     // to helper (inlined) in outer.
     let mut t = Trace::new(10);
     t.launch(10);
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 1500,
         pid: 10,
         path: module.clone(),
         build_id: id,
         base: BASE,
         segments: segs,
-    });
+    })));
     for (i, off) in (1..=size).enumerate() {
         t.stack(i as u32 + 1, 0, BASE + start + off);
         t.malloc(10, 0x10000 + 0x100 * i as u64, 8, i as u32 + 1);
@@ -462,22 +462,22 @@ fn internal_frees_trace(libc: &str) -> (tempfile::TempDir, PathBuf) {
     };
     let mut t = Trace::new(30);
     t.launch(30).thread(30, 31);
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 2500,
         pid: 30,
         path: "/bin/app".into(),
         build_id: vec![],
         base: 0,
         segments: vec![seg(0x1000)],
-    });
-    t.rec(Record::ModuleLoad {
+    })));
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 2600,
         pid: 30,
         path: libc.into(),
         build_id: vec![],
         base: 0x7000,
         segments: vec![seg(0x7000)],
-    });
+    })));
     t.stack(1, 0, 0x1100) // app
         .stack(2, 0, 0x7100) // libc: tcache_thread_shutdown
         .stack(3, 0, 0x7200); // libc: tcache_thread_shutdown, the tcache itself
@@ -573,14 +573,14 @@ fn static_glibc_internal_frees_are_recognised_by_symbol() {
     let build_id = obj.build_id().unwrap().unwrap_or_default().to_vec();
     let mut t = Trace::new(40);
     t.launch(40);
-    t.rec(Record::ModuleLoad {
+    t.rec(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts: 1500,
         pid: 40,
         path: exe.display().to_string(),
         build_id,
         base: 0,
         segments,
-    });
+    })));
     t.stack(1, 0, main_start + 4)
         .stack(2, 0, start + size / 2)
         .malloc(40, 0x5000, 1, 1)

@@ -55,7 +55,7 @@ fn sample_records(n: usize, seed: u64) -> Vec<Record> {
             });
         }
         if i % 250 == 0 {
-            out.push(Record::RssSample {
+            out.push(Record::RssSample(Box::new(heaptape_format::RssSample {
                 ts,
                 pid: 10,
                 rss: ts,
@@ -63,7 +63,7 @@ fn sample_records(n: usize, seed: u64) -> Vec<Record> {
                 anon: 1,
                 file: 2,
                 pss: Some(3),
-            });
+            })));
         }
     }
     out

@@ -131,7 +131,7 @@ fn every_variant_is_covered() {
             pid: 2,
             tid: 3,
         },
-        Record::ModuleLoad {
+        Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
             ts: 4,
             pid: 2,
             path: "/lib/x.so".into(),
@@ -143,7 +143,7 @@ fn every_variant_is_covered() {
                 file_offset: 7,
                 prot: 7,
             }],
-        },
+        })),
         Record::StackNode {
             id: 1,
             parent: 0,
@@ -205,7 +205,7 @@ fn every_variant_is_covered() {
             fd: -1,
             stack: 2,
         },
-        Record::Mremap {
+        Record::Mremap(Box::new(heaptape_format::Mremap {
             ts: 10,
             tid: 3,
             old_address: 0x7f00_0000_0000,
@@ -213,7 +213,7 @@ fn every_variant_is_covered() {
             new_address: 0x7e00_0000_0000,
             new_len: 2 << 20,
             stack: 2,
-        },
+        })),
         Record::Munmap {
             ts: 11,
             tid: 3,
@@ -235,7 +235,7 @@ fn every_variant_is_covered() {
             fd: 3,
             stack: 1,
         },
-        Record::RssSample {
+        Record::RssSample(Box::new(heaptape_format::RssSample {
             ts: 14,
             pid: 2,
             rss: 1,
@@ -243,9 +243,9 @@ fn every_variant_is_covered() {
             anon: 3,
             file: 4,
             pss: None,
-        },
+        })),
         Record::SnapshotBegin { ts: 15, pid: 2 },
-        Record::SnapshotRoot {
+        Record::SnapshotRoot(Box::new(heaptape_format::SnapshotRoot {
             pid: 2,
             kind: heaptape_format::RootKind::ModuleData {
                 path: "/bin/x".into(),
@@ -256,7 +256,7 @@ fn every_variant_is_covered() {
                 offset: 8,
                 target: 0x5555_5556_1000,
             }],
-        },
+        })),
         Record::SnapshotBlock {
             pid: 2,
             address: 0x5555_5556_1000,
@@ -315,7 +315,7 @@ fn kind(r: &Record) -> usize {
         Record::ProcessExit { .. } => 2,
         Record::ThreadStart { .. } => 3,
         Record::ThreadExit { .. } => 4,
-        Record::ModuleLoad { .. } => 5,
+        Record::ModuleLoad(_) => 5,
         Record::ModuleUnload { .. } => 6,
         Record::StackNode { .. } => 7,
         Record::Alloc { .. } => 8,
@@ -323,12 +323,12 @@ fn kind(r: &Record) -> usize {
         Record::Realloc { .. } => 10,
         Record::Mmap { .. } => 11,
         Record::Munmap { .. } => 12,
-        Record::Mremap { .. } => 13,
+        Record::Mremap(_) => 13,
         Record::FdOpen { .. } => 14,
         Record::FdClose { .. } => 15,
-        Record::RssSample { .. } => 16,
+        Record::RssSample(_) => 16,
         Record::SnapshotBegin { .. } => 17,
-        Record::SnapshotRoot { .. } => 18,
+        Record::SnapshotRoot(_) => 18,
         Record::SnapshotBlock { .. } => 19,
         Record::SnapshotEnd { .. } => 20,
         Record::End { .. } => 21,

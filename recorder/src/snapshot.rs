@@ -326,13 +326,15 @@ pub fn take(
             })
             .collect();
         stats.pointers += pointers.len() as u64;
-        out.push(Record::SnapshotRoot {
-            pid: pid as u32,
-            kind: RootKind::Registers { tid: t.tid as u32 },
-            start: 0,
-            len: values.len() as u64 * 8,
-            pointers,
-        });
+        out.push(Record::SnapshotRoot(Box::new(
+            heaptape_format::SnapshotRoot {
+                pid: pid as u32,
+                kind: RootKind::Registers { tid: t.tid as u32 },
+                start: 0,
+                len: values.len() as u64 * 8,
+                pointers,
+            },
+        )));
     }
     // Root regions: live stacks, then writable memory that is neither heap nor ours.
     let maps = maps::read_maps(pid)?;
@@ -411,13 +413,15 @@ pub fn take(
                         });
                     }
                 }
-                out.push(Record::SnapshotRoot {
-                    pid: pid as u32,
-                    kind: region.kind.clone(),
-                    start: region.range.start,
-                    len: region.range.end - region.range.start,
-                    pointers,
-                });
+                out.push(Record::SnapshotRoot(Box::new(
+                    heaptape_format::SnapshotRoot {
+                        pid: pid as u32,
+                        kind: region.kind.clone(),
+                        start: region.range.start,
+                        len: region.range.end - region.range.start,
+                        pointers,
+                    },
+                )));
             },
         )?;
     }
@@ -504,9 +508,8 @@ fn heuristics(pid: Tid, index: &BlockIndex, maps: &[MapEntry], out: &mut Vec<Rec
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         for rec in out.iter() {
             let pointers = match rec {
-                Record::SnapshotRoot { pointers, .. } | Record::SnapshotBlock { pointers, .. } => {
-                    pointers
-                }
+                Record::SnapshotRoot(root) => &root.pointers,
+                Record::SnapshotBlock { pointers, .. } => pointers,
                 _ => continue,
             };
             for p in pointers {

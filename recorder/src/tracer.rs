@@ -2344,14 +2344,14 @@ impl Tracer {
 }
 
 fn module_record(ts: u64, pid: Tid, m: &KnownModule) -> Record {
-    Record::ModuleLoad {
+    Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
         ts,
         pid: pid as u32,
         path: m.path.clone(),
         build_id: m.elf.build_id().map(|b| b.to_vec()).unwrap_or_default(),
         base: m.bias,
         segments: m.elf.format_segments(m.bias),
-    }
+    }))
 }
 
 /// The clone flags of the clone/clone3 call `tid` is stopped in.
@@ -2440,7 +2440,7 @@ fn resource_record(
             if (-4095..0).contains(&ret) || rax == u64::MAX {
                 return None;
             }
-            vec![Record::Mremap {
+            vec![Record::Mremap(Box::new(heaptape_format::Mremap {
                 ts,
                 tid,
                 old_address: args[0],
@@ -2448,7 +2448,7 @@ fn resource_record(
                 new_address: rax,
                 new_len: args[2],
                 stack,
-            }]
+            }))]
         }
         ResourceCall::Open { .. }
         | ResourceCall::Socket
@@ -2517,7 +2517,7 @@ fn read_rss(pid: Tid, ts: u64) -> Option<Record> {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .map(|k| k * 1024);
-    Some(Record::RssSample {
+    Some(Record::RssSample(Box::new(heaptape_format::RssSample {
         ts,
         pid: pid as u32,
         rss: kb("VmRSS:"),
@@ -2525,7 +2525,7 @@ fn read_rss(pid: Tid, ts: u64) -> Option<Record> {
         anon: kb("RssAnon:"),
         file: kb("RssFile:"),
         pss,
-    })
+    })))
 }
 
 /// A process's command line from /proc (empty if unreadable).

@@ -148,7 +148,7 @@ pub fn events(events: usize, seed: u64) -> Vec<Record> {
         .iter()
         .enumerate()
     {
-        out.push(Record::ModuleLoad {
+        out.push(Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
             ts,
             pid,
             path: (*path).into(),
@@ -168,7 +168,7 @@ pub fn events(events: usize, seed: u64) -> Vec<Record> {
                 file_offset: 0,
                 prot: 5,
             }],
-        });
+        })));
     }
 
     // The stack trie: nodes keyed by (parent, address); `nodes[id]` = (parent, address).

@@ -214,9 +214,9 @@ pub fn any_record() -> impl Strategy<Value = Record> {
                 0..6
             )
         )
-            .prop_map(|(ts, pid, path, build_id, base, segments)| Record::ModuleLoad {
+            .prop_map(|(ts, pid, path, build_id, base, segments)| Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
                 ts, pid, path, build_id, base, segments
-            }),
+            }))),
         1 => (any_u64(), any_u32(), any_u64(), any_string())
             .prop_map(|(ts, pid, base, path)| Record::ModuleUnload { ts, pid, base, path }),
         1 => (any_u32(), any_u32(), any_u64()).prop_map(|(id, parent, address)| Record::StackNode { id, parent, address }),
@@ -236,19 +236,19 @@ pub fn any_record() -> impl Strategy<Value = Record> {
         1 => (any_u64(), any_u32(), any_u64(), any_u64(), any_u32())
             .prop_map(|(ts, tid, address, len, stack)| Record::Munmap { ts, tid, address, len, stack }),
         1 => (any_u64(), any_u32(), any_u64(), any_u64(), any_u64(), any_u64(), any_u32()).prop_map(
-            |(ts, tid, old_address, old_len, new_address, new_len, stack)| Record::Mremap {
+            |(ts, tid, old_address, old_len, new_address, new_len, stack)| Record::Mremap(Box::new(heaptape_format::Mremap {
                 ts, tid, old_address, old_len, new_address, new_len, stack
-            }
+            }))
         ),
         1 => (any_u64(), any_u32(), any_i32(), any_fd_kind(), any_string(), any_u32())
             .prop_map(|(ts, tid, fd, kind, detail, stack)| Record::FdOpen { ts, tid, fd, kind, detail, stack }),
         1 => (any_u64(), any_u32(), any_i32(), any_u32()).prop_map(|(ts, tid, fd, stack)| Record::FdClose { ts, tid, fd, stack }),
         1 => (any_u64(), any_u32(), any_u64(), any_u64(), any_u64(), any_u64(), prop::option::of(any_u64())).prop_map(
-            |(ts, pid, rss, hwm, anon, file, pss)| Record::RssSample { ts, pid, rss, hwm, anon, file, pss }
+            |(ts, pid, rss, hwm, anon, file, pss)| Record::RssSample(Box::new(heaptape_format::RssSample { ts, pid, rss, hwm, anon, file, pss }))
         ),
         1 => (any_u64(), any_u32()).prop_map(|(ts, pid)| Record::SnapshotBegin { ts, pid }),
         1 => (any_u32(), any_root_kind(), any_u64(), any_u64(), any_pointers())
-            .prop_map(|(pid, kind, start, len, pointers)| Record::SnapshotRoot { pid, kind, start, len, pointers }),
+            .prop_map(|(pid, kind, start, len, pointers)| Record::SnapshotRoot(Box::new(heaptape_format::SnapshotRoot { pid, kind, start, len, pointers }))),
         1 => (any_u32(), any_u64(), any_pointers())
             .prop_map(|(pid, address, pointers)| Record::SnapshotBlock { pid, address, pointers }),
         1 => (any_u32(), any_u64(), any_u64())
