@@ -378,6 +378,18 @@ impl Live {
         &mut self.shards
     }
 
+    /// Takes the blocks out, leaving a set with no shards at all (no allocation), for
+    /// the replay to lend them to its shard thread; any use before they are put back
+    /// panics (an index into no shards) rather than see an empty heap.
+    pub fn lend(&mut self) -> Live {
+        std::mem::replace(
+            self,
+            Live {
+                shards: Box::new([]),
+            },
+        )
+    }
+
     /// Makes `block` live at `address` (not 0), returning the block it replaces.
     pub fn insert(&mut self, address: u64, block: Block) -> Option<Block> {
         let h = fmix64(address);

@@ -33,6 +33,7 @@ pub mod progress;
 pub mod replay;
 pub mod report;
 pub mod resources;
+mod shards;
 pub mod sites;
 mod source;
 pub mod stacks;

@@ -36,9 +36,10 @@ use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackI
 
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
 use crate::hash::{FastMap, FastSet};
-use crate::heap::{Block, Heap, ImageId, Live, LiveTable};
+use crate::heap::{Block, Heap, ImageId, Live};
 use crate::leaks::{HeuristicMatches, HeuristicSet, LeakCheck, LiveBlock, SnapshotGraph};
 use crate::modules::ModuleMap;
+use crate::shards::{Batch, Lent, ShardOp, ShardOpKind, Shards, RUNS_AHEAD};
 use crate::sites::SiteTable;
 use crate::stacks::StackTable;
 use crate::symbolize::Symbolizer;
@@ -345,6 +346,14 @@ pub struct Replay {
     end_seen: bool,
     last_ts: Timestamp,
     symbolizer: Option<Arc<dyn Symbolizer + Send + Sync>>,
+    /// The image that loaded the latest module: stack addresses are looked up in its
+    /// modules for [`Symbolizer::preload`] hints.
+    hint_image: Option<ImageId>,
+    /// Modules hinted so far: (image, load bias).
+    hinted: FastSet<(ImageId, u64)>,
+    /// The segment of the module hinted last (consecutive stack nodes mostly fall in
+    /// one module: they need no lookup).
+    hint_range: Option<(ImageId, std::ops::Range<u64>)>,
     /// Whether a bad free from (image, stack) is the C library's own bookkeeping.
     internal_frees: FastMap<(ImageId, StackId), bool>,
     /// Snapshots begun and not yet ended, by pid.
@@ -352,16 +361,22 @@ pub struct Replay {
     leak_heuristics: HeuristicSet,
     /// Address shards of every heap's live blocks (see [`Replay::apply_chunk`]).
     shards: usize,
-    /// Buffers of the batch path, kept between chunks.
+    /// Most steps in a run.
+    run_steps: usize,
+    /// The run being planned (it may carry over from one chunk to the next).
     batch: Batch,
+    /// Buffers of accounted runs, for the next ones to plan.
+    spare: Vec<Batch>,
+    /// Where the runs' shard operations happen (started with the first run).
+    shard_runner: Option<Shards>,
 }
 
 /// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
 /// Kept small: a run's steps are written, read by the shards and read again.
 #[derive(Clone, Copy, Debug)]
-enum Step {
-    /// Applied by [`Replay::apply`], in order: the record at this index of the chunk.
-    Deferred(usize),
+pub(crate) enum Step {
+    /// Applied as by [`Replay::apply`], in order: the batch's next deferred record.
+    Deferred,
     /// An allocation (non-NULL) in an existing heap.
     Alloc {
         img: u32,
@@ -396,82 +411,6 @@ enum Step {
         new: u64,
         size: u64,
     },
-}
-
-/// One live-table operation, run by the shard owning its address: what it is follows
-/// from its step.
-#[derive(Clone, Copy, Debug)]
-struct ShardOp {
-    /// Index into [`Batch::steps`].
-    step: u32,
-    /// Index into [`Batch::heaps`].
-    heap: u16,
-    kind: ShardOpKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ShardOpKind {
-    /// Make the step's block live; the result is the block it replaced.
-    Insert,
-    /// Remove the block at the step's (old) address; the result is the block removed.
-    Remove,
-    /// The result is the live block at the step's old address (left live).
-    Get,
-}
-
-impl ShardOp {
-    /// The address the operation is about.
-    #[inline]
-    fn address(self, steps: &[Step]) -> u64 {
-        match (steps[self.step as usize], self.kind) {
-            (Step::Alloc { address, .. } | Step::Free { address, .. }, _) => address,
-            (Step::Realloc { new, .. }, ShardOpKind::Insert) => new,
-            (Step::Realloc { old, .. }, _) => old,
-            (Step::Deferred(_), _) => unreachable!("deferred steps have no operation"),
-        }
-    }
-
-    /// The block an insert makes live.
-    #[inline]
-    fn block(self, steps: &[Step]) -> Block {
-        match steps[self.step as usize] {
-            Step::Alloc {
-                img,
-                stack,
-                func,
-                ts,
-                size,
-                ..
-            }
-            | Step::Realloc {
-                img,
-                stack,
-                func,
-                ts,
-                size,
-                ..
-            } => Block {
-                size,
-                ts,
-                stack,
-                owner: img as ImageId,
-                func,
-            },
-            _ => unreachable!("only allocations insert"),
-        }
-    }
-}
-
-/// The batch path's buffers (see [`Replay::apply_chunk`]).
-#[derive(Debug, Default)]
-struct Batch {
-    steps: Vec<Step>,
-    /// Per shard: its operations, in file order.
-    ops: Vec<Vec<ShardOp>>,
-    /// Per shard: the results of its operations, in the same order.
-    results: Vec<Vec<Option<Block>>>,
-    /// The heaps the pending steps use (ids into `Replay::heaps`).
-    heaps: Vec<usize>,
 }
 
 /// The batch path's copy of one thread's latest allocation (see [`Thread`]), so that
@@ -544,9 +483,6 @@ const PLACEHOLDER: Record = Record::ThreadExit { ts: 0, tid: 0 };
 /// cache.
 const RUN_STEPS: usize = 1 << 15;
 
-/// How far ahead a shard prefetches the slots of its next operations.
-const PREFETCH_AHEAD: usize = 8;
-
 /// Address shards by default: one per rayon thread but one, at least one. The rayon
 /// pool also decodes the chunks (about a third of the work), and a run's shards wait
 /// for each other, so a shard handed to a busy pool holds up the replay: on 2 cores,
@@ -554,36 +490,6 @@ const PREFETCH_AHEAD: usize = 8;
 /// shard took 0.48-0.53 s (0.64-0.69 s of CPU), the other core decoding.
 fn default_shards() -> usize {
     rayon::current_num_threads().saturating_sub(1).clamp(1, 64)
-}
-
-/// Runs one shard's operations on its tables (one per heap of the batch), prefetching
-/// the slots of the operations a few steps ahead.
-fn run_shard(
-    tables: &mut [Option<&mut LiveTable>],
-    steps: &[Step],
-    ops: &[ShardOp],
-    out: &mut Vec<Option<Block>>,
-) {
-    out.clear();
-    out.reserve(ops.len());
-    for (i, &op) in ops.iter().enumerate() {
-        if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
-            if let Some(t) = &tables[usize::from(next.heap)] {
-                t.prefetch(crate::hash::fmix64(next.address(steps)));
-            }
-        }
-        let Some(t) = tables[usize::from(op.heap)].as_deref_mut() else {
-            out.push(None);
-            continue;
-        };
-        let address = op.address(steps);
-        let hash = crate::hash::fmix64(address);
-        out.push(match op.kind {
-            ShardOpKind::Insert => t.insert_hashed(address, hash, op.block(steps)),
-            ShardOpKind::Remove => t.remove_hashed(address, hash),
-            ShardOpKind::Get => t.get_hashed(address, hash),
-        });
-    }
 }
 
 /// A snapshot between its begin and end records.
@@ -635,11 +541,20 @@ impl Replay {
             end_seen: false,
             last_ts: 0,
             symbolizer: None,
+            hint_image: None,
+            hinted: FastSet::default(),
+            hint_range: None,
             internal_frees: FastMap::default(),
             snapshots: FastMap::default(),
             leak_heuristics: HeuristicSet::ALL,
             shards: default_shards(),
+            run_steps: std::env::var("HT_RUN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(RUN_STEPS),
             batch: Batch::default(),
+            spare: Vec::new(),
+            shard_runner: None,
         }
     }
 
@@ -762,13 +677,14 @@ impl Replay {
         verdict
     }
 
-    /// The stack trie as built so far.
-    pub fn stacks(&self) -> &StackTable {
-        &self.stacks
-    }
-
     /// Applies one record, in file order.
     pub fn apply(&mut self, rec: Record) {
+        self.drain();
+        self.apply_now(rec);
+    }
+
+    /// [`Replay::apply`] with no run pending.
+    fn apply_now(&mut self, rec: Record) {
         if self.end_seen {
             self.anomalies.records_after_end += 1;
             return;
@@ -843,6 +759,7 @@ impl Replay {
                 self.images[img]
                     .modules
                     .load(ts, path, build_id, base, segments);
+                self.hint_image = Some(img);
             }
             Record::ModuleUnload {
                 ts,
@@ -863,6 +780,7 @@ impl Replay {
                 if self.stacks.insert(id, parent, address).is_err() {
                     self.anomalies.bad_stack_nodes += 1;
                 }
+                self.hint(address);
             }
             Record::Alloc {
                 ts,
@@ -964,58 +882,100 @@ impl Replay {
     /// snapshots) end a run and are applied on their own; the other records (stack
     /// nodes, modules, resources, RSS samples) are applied in order by the last pass.
     pub fn apply_chunk(&mut self, records: &mut Vec<Record>) {
-        let mut batch = std::mem::take(&mut self.batch);
-        if batch.ops.len() != self.shards {
-            batch.ops = (0..self.shards).map(|_| Vec::new()).collect();
-            batch.results = (0..self.shards).map(|_| Vec::new()).collect();
-        }
-        // The image of the latest thread looked up (valid until the next barrier).
+        self.ready_batch();
+        // The image of the latest thread looked up (valid until the run ends).
         let mut cached: Option<(u32, ImageId, usize)> = None;
-        for i in 0..records.len() {
-            let step = self.plan(&records[i], i, &mut batch, &mut cached);
-            match step {
+        for slot in records.iter_mut() {
+            match self.plan(slot, &mut cached) {
                 Some(step) => {
-                    batch.steps.push(step);
-                    if batch.steps.len() >= RUN_STEPS {
-                        self.flush(&mut batch, records);
+                    if let Step::Deferred = step {
+                        let rec = std::mem::replace(slot, PLACEHOLDER);
+                        self.batch.deferred.push(rec);
+                    }
+                    self.batch.steps.push(step);
+                    if self.batch.steps.len() >= self.run_steps {
+                        self.submit();
                         cached = None;
                     }
                 }
                 None => {
                     // A barrier: everything before it first, then it alone.
-                    self.flush(&mut batch, records);
+                    self.drain();
                     cached = None;
-                    let rec = std::mem::replace(&mut records[i], PLACEHOLDER);
-                    self.apply(rec);
+                    let rec = std::mem::replace(slot, PLACEHOLDER);
+                    self.apply_now(rec);
                 }
             }
         }
-        self.flush(&mut batch, records);
         // Every record that owns memory was taken out (replaced by `PLACEHOLDER`):
         // what is left are allocator events and placeholders, which own nothing, so
         // they need no dropping (a pass over the chunk that was 3% of a profile).
-        debug_assert!(records.iter().all(|r| matches!(
-            r,
-            Record::Alloc { .. }
-                | Record::Free { .. }
-                | Record::Realloc { .. }
-                | Record::ThreadExit { .. }
-        )));
+        debug_assert!(records.iter().all(|r| !r.owns_heap()));
         // SAFETY: shrinking the length never exposes uninitialised elements; the
         // elements are forgotten instead of dropped, which leaks nothing (above).
         unsafe { records.set_len(0) };
-        self.batch = batch;
     }
 
-    /// The batch step of record `i` (see [`Replay::apply_chunk`]), or `None` if it must
+    /// Gives `self.batch` a vector of operations and of results per shard.
+    fn ready_batch(&mut self) {
+        let batch = &mut self.batch;
+        if batch.ops.len() != self.shards {
+            batch.ops = (0..self.shards).map(|_| Vec::new()).collect();
+            batch.results = (0..self.shards).map(|_| Vec::new()).collect();
+        }
+    }
+
+    /// Hands the run planned in `self.batch` to the shards; accounts for the oldest run
+    /// handed over if the shards are [`RUNS_AHEAD`] runs behind.
+    fn submit(&mut self) {
+        if self.batch.steps.is_empty() {
+            return;
+        }
+        let fresh = self.spare.pop().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        self.ready_batch();
+        // Out of `self` while `account` needs it (nothing it calls uses the runner).
+        let mut shards = self.shard_runner.take().unwrap_or_else(Shards::new);
+        let mut lend: Lent = Vec::new();
+        for &h in &batch.heaps {
+            if !shards.has(h) {
+                match &mut self.heaps[h] {
+                    Some(heap) => lend.push((h, heap.live.lend())),
+                    None => unreachable!("a run's heaps exist until the replay drains"),
+                }
+            }
+        }
+        shards.run(batch, lend);
+        if shards.pending() > RUNS_AHEAD {
+            let done = shards.take();
+            self.account(done);
+        }
+        self.shard_runner = Some(shards);
+    }
+
+    /// Finishes every pending run and takes the lent blocks back, so that the state is
+    /// that of all records applied.
+    fn drain(&mut self) {
+        self.submit();
+        let Some(mut shards) = self.shard_runner.take() else {
+            return;
+        };
+        while shards.pending() > 0 {
+            let done = shards.take();
+            self.account(done);
+        }
+        for (h, live) in shards.take_back() {
+            match &mut self.heaps[h] {
+                Some(heap) => heap.live = live,
+                None => unreachable!("a lent heap exists until the replay drains"),
+            }
+        }
+        self.shard_runner = Some(shards);
+    }
+
+    /// The batch step of `rec` (see [`Replay::apply_chunk`]), or `None` if it must
     /// be applied alone after everything before it.
-    fn plan(
-        &mut self,
-        rec: &Record,
-        i: usize,
-        batch: &mut Batch,
-        cached: &mut Option<(u32, ImageId, usize)>,
-    ) -> Option<Step> {
+    fn plan(&mut self, rec: &Record, cached: &mut Option<(u32, ImageId, usize)>) -> Option<Step> {
         if self.end_seen {
             return None;
         }
@@ -1028,13 +988,13 @@ impl Replay {
             | Record::ModuleUnload { .. }
             | Record::SnapshotRoot(_)
             | Record::SnapshotBlock { .. }
-            | Record::SnapshotHeuristic { .. } => return Some(Step::Deferred(i)),
+            | Record::SnapshotHeuristic { .. } => return Some(Step::Deferred),
             Record::ModuleLoad(m) => {
-                return self.running(m.pid).map(|_| Step::Deferred(i));
+                return self.running(m.pid).map(|_| Step::Deferred);
             }
             _ => {
                 return match crate::resources::event_thread(rec) {
-                    Some((tid, _)) if self.threads.contains_key(&tid) => Some(Step::Deferred(i)),
+                    Some((tid, _)) if self.threads.contains_key(&tid) => Some(Step::Deferred),
                     _ => None,
                 };
             }
@@ -1048,13 +1008,13 @@ impl Replay {
                 let heap_id = self.images[img].heap;
                 if self.heaps.get(heap_id).and_then(Option::as_ref).is_none() {
                     // Nothing but counters change.
-                    return Some(Step::Deferred(i));
+                    return Some(Step::Deferred);
                 }
-                let heap = match batch.heaps.iter().position(|&h| h == heap_id) {
+                let heap = match self.batch.heaps.iter().position(|&h| h == heap_id) {
                     Some(h) => h,
                     None => {
-                        batch.heaps.push(heap_id);
-                        batch.heaps.len() - 1
+                        self.batch.heaps.push(heap_id);
+                        self.batch.heaps.len() - 1
                     }
                 };
                 *cached = Some((tid, img, heap));
@@ -1062,8 +1022,8 @@ impl Replay {
             }
         };
         let shards = self.shards;
-        let step = batch.steps.len() as u32;
-        let ops = &mut batch.ops;
+        let step = self.batch.steps.len() as u32;
+        let ops = &mut self.batch.ops;
         let heap = heap as u16;
         let mut op = |kind, address| {
             let shard = Live::shard_of(crate::hash::fmix64(address), shards);
@@ -1140,54 +1100,15 @@ impl Replay {
                     size,
                 }
             }
-            _ => Step::Deferred(i),
+            _ => Step::Deferred,
         };
         Some(step)
     }
 
-    /// Runs the pending steps of `batch`: the shards' operations (in parallel when
-    /// there are several shards), then the accounting in file order.
-    fn flush(&mut self, batch: &mut Batch, records: &mut [Record]) {
-        if batch.steps.is_empty() {
-            return;
-        }
-        // The shards: each gets its table of every heap the steps use.
-        {
-            let mut tables: Vec<Vec<Option<&mut LiveTable>>> = (0..self.shards)
-                .map(|_| (0..batch.heaps.len()).map(|_| None).collect())
-                .collect();
-            for (id, heap) in self.heaps.iter_mut().enumerate() {
-                let Some(local) = batch.heaps.iter().position(|&h| h == id) else {
-                    continue;
-                };
-                if let Some(heap) = heap {
-                    for (s, t) in heap.live.shards_mut().iter_mut().enumerate() {
-                        tables[s][local] = Some(t);
-                    }
-                }
-            }
-            let steps = &batch.steps;
-            if self.shards == 1 {
-                run_shard(&mut tables[0], steps, &batch.ops[0], &mut batch.results[0]);
-            } else {
-                // The other shards go to the pool; this thread runs the first itself
-                // rather than wait idle.
-                let mut shards = tables
-                    .iter_mut()
-                    .zip(&batch.ops)
-                    .zip(&mut batch.results)
-                    .map(|((tables, ops), out)| (tables, ops, out));
-                let first = shards.next();
-                rayon::in_place_scope(|scope| {
-                    for (tables, ops, out) in shards {
-                        scope.spawn(move |_| run_shard(tables, steps, ops, out));
-                    }
-                    if let Some((tables, ops, out)) = first {
-                        run_shard(tables, steps, ops, out);
-                    }
-                });
-            }
-        }
+    /// The accounting of a run whose shards are done, in file order; its buffers are
+    /// kept for a later run.
+    fn account(&mut self, mut batch: Batch) {
+        let mut deferred = batch.deferred.drain(..);
         // The accounting, in file order.
         let mut results: Vec<std::vec::Drain<'_, Option<Block>>> =
             batch.results.iter_mut().map(|r| r.drain(..)).collect();
@@ -1202,10 +1123,10 @@ impl Replay {
         let mut hot = HotThread::default();
         for step in batch.steps.drain(..) {
             match step {
-                Step::Deferred(i) => {
+                Step::Deferred => {
                     hot.write_back(&mut self.threads);
-                    let rec = std::mem::replace(&mut records[i], PLACEHOLDER);
-                    self.apply(rec);
+                    let rec = deferred.next().expect("a record per deferred step");
+                    self.apply_now(rec);
                 }
                 Step::Alloc {
                     img,
@@ -1287,10 +1208,13 @@ impl Replay {
         }
         hot.write_back(&mut self.threads);
         drop(results);
+        debug_assert!(deferred.next().is_none(), "a deferred step per record");
+        drop(deferred);
         batch.heaps.clear();
         for ops in &mut batch.ops {
             ops.clear();
         }
+        self.spare.push(batch);
     }
 
     /// [`Replay::apply`]'s bookkeeping of an allocator event.
@@ -1304,6 +1228,7 @@ impl Replay {
     /// Ends every process still running (at the latest timestamp seen) and returns the
     /// results.
     pub fn finish(mut self) -> ReplayOutcome {
+        self.drain();
         let ts = self.last_ts;
         for p in 0..self.procs.len() {
             if !self.procs[p].ended {
@@ -1340,6 +1265,32 @@ impl Replay {
             complete: self.end_seen,
             records: self.records,
             last_ts: self.last_ts,
+        }
+    }
+
+    /// Tells the symbolizer, once per module, that a stack passes through the module
+    /// holding `address` (in the image that loaded a module last: a guess in a trace of
+    /// several processes, and only a hint).
+    fn hint(&mut self, address: u64) {
+        let (Some(sym), Some(img)) = (&self.symbolizer, self.hint_image) else {
+            return;
+        };
+        if matches!(&self.hint_range, Some((i, r)) if *i == img && r.contains(&address)) {
+            return;
+        }
+        let Some(image) = self.images.get(img) else {
+            return;
+        };
+        if let Some(hit) = image.modules.lookup(address) {
+            if self.hinted.insert((img, hit.module.base)) {
+                sym.preload(&hit.module.path, &hit.module.build_id);
+            }
+            self.hint_range = hit
+                .module
+                .segments
+                .iter()
+                .find(|s| address.wrapping_sub(s.start) < s.len)
+                .map(|s| (img, s.start..s.start.saturating_add(s.len)));
         }
     }
 
@@ -1822,6 +1773,7 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heap::LiveTable;
     use heaptape_format::{ClockSource, EndCounts};
 
     struct Rng(u64);
@@ -2035,8 +1987,9 @@ mod tests {
         canonical(&r.finish())
     }
 
-    fn batched(recs: &[Record], shards: usize, chunk: usize) -> String {
+    fn batched(recs: &[Record], shards: usize, chunk: usize, run_steps: usize) -> String {
         let mut r = Replay::with_shards(&header(), shards);
+        r.run_steps = run_steps;
         for c in recs.chunks(chunk) {
             let mut v = c.to_vec();
             r.apply_chunk(&mut v);
@@ -2050,11 +2003,32 @@ mod tests {
         for seed in 1..40u64 {
             let recs = random_trace(seed * 0x9e37_79b9, 3000);
             let expected = sequential(&recs);
-            for (shards, chunk) in [(1, 5000), (2, 5000), (3, 97), (4, 1), (7, 613)] {
-                let got = batched(&recs, shards, chunk);
+            // Runs longer than the trace, and short ones (many runs in flight, runs
+            // spanning chunks).
+            for (shards, chunk, run) in [
+                (1, 5000, RUN_STEPS),
+                (1, 5000, 1),
+                (2, 5000, 7),
+                (3, 97, 50),
+                (4, 1, 3),
+                (7, 613, 1000),
+            ] {
+                let got = batched(&recs, shards, chunk, run);
                 assert!(
                     got == expected,
-                    "seed {seed}, {shards} shards, chunks of {chunk}: differs"
+                    "seed {seed}, {shards} shards, chunks of {chunk}, runs of {run}: differs"
+                );
+            }
+            // With one rayon thread, the shards run inline.
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+            for (shards, chunk, run) in [(1, 97, 5), (2, 613, 50)] {
+                let got = one
+                    .as_ref()
+                    .expect("a pool")
+                    .install(|| batched(&recs, shards, chunk, run));
+                assert!(
+                    got == expected,
+                    "seed {seed}, inline, {shards} shards, chunks of {chunk}, runs of {run}: differs"
                 );
             }
         }

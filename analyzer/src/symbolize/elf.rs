@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
@@ -84,9 +85,13 @@ enum SlotState {
 
 /// One (path, build-id) module and its lazily loaded debug info.
 struct Slot {
+    /// Its index in [`Slots::list`] (the order warnings are given in).
+    index: usize,
     path: String,
     build_id: Vec<u8>,
     state: Mutex<SlotState>,
+    /// Whether a background load was started ([`Symbolizer::preload`]).
+    preloading: AtomicBool,
 }
 
 #[derive(Default)]
@@ -107,7 +112,8 @@ pub struct ElfSymbolizer {
     slots: Mutex<Slots>,
     /// (slot, probe address) → frames, innermost first (empty: nothing known).
     cache: RwLock<Cache>,
-    warnings: Mutex<Vec<String>>,
+    /// (slot index, warning); shared with background loads.
+    warnings: Arc<Mutex<Vec<(usize, String)>>>,
 }
 
 impl fmt::Debug for ElfSymbolizer {
@@ -125,14 +131,16 @@ impl ElfSymbolizer {
             options,
             slots: Mutex::default(),
             cache: RwLock::default(),
-            warnings: Mutex::default(),
+            warnings: Arc::default(),
         }
     }
 
-    /// The warnings so far, in the order they arose: one per module whose file was
-    /// rejected.
+    /// The warnings so far, in the order their modules were first asked about: one
+    /// per module whose file was rejected.
     pub fn warnings(&self) -> Vec<String> {
-        lock(&self.warnings).clone()
+        let mut w = lock(&self.warnings).clone();
+        w.sort_by_key(|(slot, _)| *slot);
+        w.into_iter().map(|(_, text)| text).collect()
     }
 
     /// Resolves every address of `requests` (as [`Symbolizer::symbolize`] would, with
@@ -187,6 +195,7 @@ impl ElfSymbolizer {
         Some((slot, probe))
     }
 
+    /// The slot of a module, made if new.
     fn slot(&self, path: &str, build_id: &[u8]) -> usize {
         let mut slots = lock(&self.slots);
         if let Some(&i) = slots.by_path.get(path).and_then(|m| m.get(build_id)) {
@@ -194,9 +203,11 @@ impl ElfSymbolizer {
         }
         let i = slots.list.len();
         slots.list.push(Arc::new(Slot {
+            index: i,
             path: path.to_owned(),
             build_id: build_id.to_vec(),
             state: Mutex::new(SlotState::Unloaded),
+            preloading: AtomicBool::new(false),
         }));
         slots
             .by_path
@@ -211,23 +222,7 @@ impl ElfSymbolizer {
         let Some(slot) = lock(&self.slots).list.get(slot).cloned() else {
             return probes.iter().map(|_| Arc::from(Vec::new())).collect();
         };
-        let mut state = lock(&slot.state);
-        if matches!(*state, SlotState::Unloaded) {
-            *state = match guarded(|| load_module(&slot.path, &slot.build_id, &self.options)) {
-                Some(Ok(m)) => SlotState::Ready(Box::new(m)),
-                Some(Err(Unavailable::BuildIdMismatch(found))) => {
-                    lock(&self.warnings).push(format!(
-                        "{}: build-id differs from the recorded one (the binary was rebuilt \
-                         or replaced; {found}); its frames are shown as module+offset",
-                        slot.path
-                    ));
-                    SlotState::Unavailable
-                }
-                Some(Err(Unavailable::Missing | Unavailable::Unreadable)) | None => {
-                    SlotState::Unavailable
-                }
-            };
-        }
+        let state = load_slot(&slot, &self.options, &self.warnings);
         match &*state {
             SlotState::Ready(m) => probes
                 .iter()
@@ -238,7 +233,55 @@ impl ElfSymbolizer {
     }
 }
 
+/// Slot `slot`'s state, loaded first if it was not (under its lock, so a load that a
+/// background task started is waited for, never repeated).
+fn load_slot<'s>(
+    slot: &'s Slot,
+    options: &SymbolizerOptions,
+    warnings: &Mutex<Vec<(usize, String)>>,
+) -> std::sync::MutexGuard<'s, SlotState> {
+    let mut state = lock(&slot.state);
+    if matches!(*state, SlotState::Unloaded) {
+        *state = match guarded(|| load_module(&slot.path, &slot.build_id, options)) {
+            Some(Ok(m)) => SlotState::Ready(Box::new(m)),
+            Some(Err(Unavailable::BuildIdMismatch(found))) => {
+                lock(warnings).push((
+                    slot.index,
+                    format!(
+                        "{}: build-id differs from the recorded one (the binary was rebuilt \
+                         or replaced; {found}); its frames are shown as module+offset",
+                        slot.path
+                    ),
+                ));
+                SlotState::Unavailable
+            }
+            Some(Err(Unavailable::Missing | Unavailable::Unreadable)) | None => {
+                SlotState::Unavailable
+            }
+        };
+    }
+    state
+}
+
 impl Symbolizer for ElfSymbolizer {
+    /// Loads the module's symbols and debug info on the rayon pool (a module with
+    /// compressed DWARF, such as the C library's debug file, takes tens of
+    /// milliseconds: ready by the end of the replay instead of holding up the report).
+    fn preload(&self, path: &str, build_id: &[u8]) {
+        let index = self.slot(path, build_id);
+        let Some(slot) = lock(&self.slots).list.get(index).cloned() else {
+            return;
+        };
+        if slot.preloading.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let options = self.options.clone();
+        let warnings = self.warnings.clone();
+        rayon::spawn(move || {
+            drop(load_slot(&slot, &options, &warnings));
+        });
+    }
+
     fn symbolize(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Vec<Frame> {
         let Some(hit) = modules.lookup(address) else {
             return vec![Frame {

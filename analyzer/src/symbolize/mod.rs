@@ -75,6 +75,14 @@ pub trait Symbolizer {
     /// to), so a line lookup should use `address - 1`; the frames still report
     /// `address`.
     fn symbolize(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Vec<Frame>;
+
+    /// A hint that reports will ask about addresses in this module (the replay gives
+    /// it when a recorded stack first passes through the module): a symbolizer may
+    /// start loading the module's debug info in the background, so that it is ready
+    /// when the replay ends. The default does nothing.
+    fn preload(&self, path: &str, build_id: &[u8]) {
+        let _ = (path, build_id);
+    }
 }
 
 /// A symbolizer that only knows the module map: address and `module+offset`.
