@@ -9,7 +9,8 @@
 //! [`Analysis::render_text`] turn it into the `heaptape analyze` report.
 //!
 //! Layout: [`replay`] (processes, threads, images, accounting) over `heap` (live
-//! blocks of one address space), [`sites`] (per-call-site aggregates), [`findings`]
+//! blocks of one address space) and `shards` (the thread that updates the live-block
+//! tables while the replay accounts), [`sites`] (per-call-site aggregates), [`findings`]
 //! (bad frees), [`stacks`] (the stack trie) and [`modules`] (module maps); [`report`]
 //! renders, asking a [`Symbolizer`] to describe addresses; `source` feeds the replay.
 //! `docs/ANALYZER.md` describes the semantics in prose.
