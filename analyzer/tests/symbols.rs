@@ -243,6 +243,44 @@ fn call_chain_gets_functions_files_and_lines() {
 }
 
 #[test]
+fn compressed_debug_sections_give_the_same_frames() {
+    // gcc -gz: zlib-compressed DWARF sections (SHF_COMPRESSED), as in distributions'
+    // debug files; the frames must be exactly those of the uncompressed build.
+    let plain = compile("gcc", "c", CHAIN_C, &["-O0", "-g"]);
+    let packed = compile("gcc", "c", CHAIN_C, &["-O0", "-g", "-gz=zlib"]);
+    let sections = Command::new("readelf")
+        .arg("-SW")
+        .arg(&packed.path)
+        .output()
+        .expect("readelf");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    let info = sections
+        .lines()
+        .find(|l| l.contains(".debug_info"))
+        .expect("a .debug_info section");
+    // The flags column holds C (compressed).
+    assert!(
+        info.split_whitespace().any(|w| w.contains('C')),
+        "not compressed: {info}"
+    );
+    let frames_of = |bin: &Bin| {
+        let (id, segs) = describe(&bin.path);
+        let addrs = chain_addresses(&bin.path);
+        let module = bin.path.display().to_string();
+        let (_d, trace) = trace_with_stack(&module, id, segs, &addrs);
+        let a = run(&trace);
+        assert_eq!(a.warnings(), Vec::<String>::new());
+        let frames = leak_frames(&a);
+        assert_chain(&frames, &addrs, &module);
+        frames
+            .iter()
+            .map(|f| (f.function.clone(), f.line, f.inlined))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(frames_of(&packed), frames_of(&plain));
+}
+
+#[test]
 fn return_addresses_are_looked_up_one_byte_before() {
     // A return address just past a function's last byte (a call to a noreturn
     // function ending it) belongs to that function, not to the next one.
