@@ -5,8 +5,9 @@
 //! heap, which shard), the shards' table operations, then the accounting in file order.
 //! The middle pass is a third of the replay's work and needs nothing but the tables and
 //! the run, so it runs here, on a thread of its own, while the replaying thread accounts
-//! for earlier runs and plans later ones: up to [`RUNS_AHEAD`] runs wait here at once,
-//! so that neither side waits for the other over the jitter of one run. The tables are
+//! for earlier runs and plans later ones. The replaying thread takes a run back (and
+//! accounts for it) only once more than [`RUNS_AHEAD`] are pending, so that neither
+//! side waits for the other over the jitter of one run. The tables are
 //! lent to this thread while runs flow (the replaying thread's passes never touch them)
 //! and given back whenever the replay needs its state whole: before a record that
 //! changes processes, threads or heaps, and at the end. Everything moves by channel:
@@ -24,8 +25,8 @@ use heaptape_format::Record;
 use crate::heap::{Block, ImageId, Live, LiveTable};
 use crate::replay::Step;
 
-/// Runs handed over and not yet taken back, at most: the replaying thread waits when
-/// it is this far ahead.
+/// Runs the shards may have pending after the replaying thread took one back: with
+/// more, it takes back the oldest (waiting for it if need be) before planning on.
 pub(crate) const RUNS_AHEAD: usize = 2;
 
 /// One live-table operation, run by the shard owning its address: what it is follows
@@ -36,6 +37,7 @@ pub(crate) struct ShardOp {
     pub step: u32,
     /// Index into [`Batch::heaps`].
     pub heap: u16,
+    /// Insert, remove or look up.
     pub kind: ShardOpKind,
 }
 
