@@ -177,6 +177,16 @@ fn chain_addresses(path: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// The trace of a leak whose stack is the chain of `bin`, recorded under its own path:
+/// (its directory, the trace, the chain's addresses, the module path).
+fn chain_trace(bin: &Bin) -> (tempfile::TempDir, PathBuf, Vec<u64>, String) {
+    let (id, segs) = describe(&bin.path);
+    let addrs = chain_addresses(&bin.path);
+    let module = bin.path.display().to_string();
+    let (dir, trace) = trace_with_stack(&module, id, segs, &addrs);
+    (dir, trace, addrs, module)
+}
+
 fn assert_chain(frames: &[Frame], addresses: &[u64], module: &str) {
     assert_eq!(frames.len(), CHAIN_LINES.len());
     for ((f, (name, first, last)), addr) in frames.iter().zip(CHAIN_LINES).zip(addresses) {
@@ -197,10 +207,7 @@ fn assert_chain(frames: &[Frame], addresses: &[u64], module: &str) {
 #[test]
 fn call_chain_gets_functions_files_and_lines() {
     let bin = compile("gcc", "c", CHAIN_C, &["-O0", "-g"]);
-    let (id, segs) = describe(&bin.path);
-    let addrs = chain_addresses(&bin.path);
-    let module = bin.path.display().to_string();
-    let (_d, trace) = trace_with_stack(&module, id, segs, &addrs);
+    let (_d, trace, addrs, module) = chain_trace(&bin);
     let a = run(&trace);
     assert_eq!(a.warnings(), Vec::<String>::new());
     let frames = leak_frames(&a);
@@ -264,10 +271,7 @@ fn compressed_debug_sections_give_the_same_frames() {
         "not compressed: {info}"
     );
     let frames_of = |bin: &Bin| {
-        let (id, segs) = describe(&bin.path);
-        let addrs = chain_addresses(&bin.path);
-        let module = bin.path.display().to_string();
-        let (_d, trace) = trace_with_stack(&module, id, segs, &addrs);
+        let (_d, trace, addrs, module) = chain_trace(bin);
         let a = run(&trace);
         assert_eq!(a.warnings(), Vec::<String>::new());
         let frames = leak_frames(&a);
