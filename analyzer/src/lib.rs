@@ -26,6 +26,7 @@ pub mod diff;
 pub mod findings;
 pub mod flamegraph;
 pub mod growth;
+mod handoff;
 mod hash;
 mod heap;
 pub mod leaks;

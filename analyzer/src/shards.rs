@@ -246,7 +246,7 @@ impl Shards {
         let Mode::Thread { to, from, handle } = &mut self.mode else {
             unreachable!("only the thread sends");
         };
-        match from.recv() {
+        match crate::handoff::recv(from) {
             Ok(msg) => msg,
             Err(_) => {
                 *to = None;
@@ -279,7 +279,7 @@ fn spawn() -> Option<Mode> {
         .name("heaptape-shards".into())
         .spawn(move || {
             let mut lives: Lent = Vec::new();
-            for msg in todo {
+            while let Ok(msg) = crate::handoff::recv(&todo) {
                 let reply = match msg {
                     ToShards::Run(mut batch, lend) => {
                         lives.extend(lend);

@@ -123,7 +123,7 @@ where
             }
         });
         let mut error = None;
-        for msg in rx {
+        while let Ok(msg) = crate::handoff::recv(&rx) {
             match msg {
                 Ok(chunks) => {
                     for mut records in chunks {
