@@ -5,10 +5,11 @@
 //! chunks from the decoders. A blocked `recv` parks the thread, and if its CPU has
 //! nothing else to run, the CPU goes idle; the sender's wake-up must then bring it back,
 //! which on a virtual machine costs tens of microseconds to a tenth of a millisecond
-//! (the docs' "cross-CPU wake-up costs ~10x"). Paid at every handoff, those wake-ups
-//! kept 15% of a two-core machine idle during a replay. So a receiver first polls for a
-//! short while, yielding its CPU to any other runnable thread between polls (the
-//! decoders, for instance), and only then blocks. See docs/PERFORMANCE.md.
+//! (compare the recorder's same-CPU and other-CPU stop costs in docs/PERFORMANCE.md).
+//! Paid at every handoff, those wake-ups kept 15% of a two-core machine idle during a
+//! replay. So a receiver first polls for a short while, yielding its CPU to any other
+//! runnable thread between polls (the decoders, for instance), and only then blocks.
+//! See docs/PERFORMANCE.md.
 
 use std::sync::mpsc::{Receiver, RecvError, TryRecvError};
 use std::time::{Duration, Instant};
