@@ -497,6 +497,48 @@ const RUN_STEPS: usize = 1 << 14;
 /// for each other, so a shard handed to a busy pool holds up the replay: on 2 cores,
 /// 2 shards replayed 10 M recorded events in 0.60-0.63 s (0.85-0.89 s of CPU) where 1
 /// shard took 0.48-0.53 s (0.64-0.69 s of CPU), the other core decoding.
+/// A call that releases a block (a free, or the old block of a realloc), as the
+/// release accounting needs it.
+#[derive(Clone, Copy, Debug)]
+struct Release {
+    img: ImageId,
+    tid: u32,
+    ts: Timestamp,
+    func: AllocFn,
+    address: u64,
+    stack: StackId,
+    /// A plain free, which may turn out to be allocator bookkeeping.
+    may_be_internal: bool,
+}
+
+impl Release {
+    /// A finding about this call, first seen now.
+    fn finding(
+        &self,
+        kind: FindingKind,
+        alloc_fn: Option<AllocFn>,
+        alloc_stack: Option<StackId>,
+        previous_free_stack: Option<StackId>,
+        size: Option<u64>,
+    ) -> Finding {
+        Finding {
+            kind,
+            free_fn: self.func,
+            free_stack: self.stack,
+            alloc_fn,
+            alloc_stack,
+            previous_free_stack,
+            count: 1,
+            first: Occurrence {
+                address: self.address,
+                tid: self.tid,
+                ts: self.ts,
+                size,
+            },
+        }
+    }
+}
+
 fn default_shards() -> usize {
     rayon::current_num_threads().saturating_sub(1).clamp(1, 64)
 }
@@ -820,7 +862,15 @@ impl Replay {
                     return;
                 };
                 self.images[img].totals.frees += 1;
-                self.release(img, tid, ts, func, address, stack, true);
+                self.release(Release {
+                    img,
+                    tid,
+                    ts,
+                    func,
+                    address,
+                    stack,
+                    may_be_internal: true,
+                });
             }
             Record::Realloc {
                 ts,
@@ -1166,7 +1216,16 @@ impl Replay {
                     self.images[img].totals.frees += 1;
                     let removed = next(shard);
                     let temporary = hot.get(&mut self.threads, tid).freed(removed, address);
-                    self.released(img, tid, ts, func, address, stack, true, removed, temporary);
+                    let r = Release {
+                        img,
+                        tid,
+                        ts,
+                        func,
+                        address,
+                        stack,
+                        may_be_internal: true,
+                    };
+                    self.released(r, removed, temporary);
                 }
                 Step::Realloc {
                     img,
@@ -1184,16 +1243,25 @@ impl Replay {
                     self.count_alloc_event(ts);
                     // As `Replay::realloc`.
                     let frees_old = old != 0 && (new != 0 || size == 0);
+                    let r = Release {
+                        img,
+                        tid,
+                        ts,
+                        func,
+                        address: old,
+                        stack,
+                        may_be_internal: false,
+                    };
                     if frees_old {
                         self.images[img].totals.frees += 1;
                         let removed = next(old_shard);
                         let temporary = hot.get(&mut self.threads, tid).freed(removed, old);
-                        self.released(img, tid, ts, func, old, stack, false, removed, temporary);
+                        self.released(r, removed, temporary);
                     } else if old != 0 {
                         self.images[img].totals.failed_allocations += 1;
                         let live = next(old_shard).is_some();
                         if !live && self.bad_pointer(img, old) {
-                            self.released(img, tid, ts, func, old, stack, false, None, false);
+                            self.released(r, None, false);
                         }
                         continue;
                     }
@@ -1580,104 +1648,61 @@ impl Replay {
         self.images[img].add_live(stack, size, ts, true);
     }
 
-    /// Releases `address` on behalf of image `img` (the free itself is already counted;
-    /// `may_be_internal`: a plain free, which may turn out to be allocator bookkeeping).
-    #[allow(clippy::too_many_arguments)]
-    fn release(
-        &mut self,
-        img: ImageId,
-        tid: u32,
-        ts: Timestamp,
-        func: AllocFn,
-        address: u64,
-        stack: StackId,
-        may_be_internal: bool,
-    ) {
-        let heap_id = self.images[img].heap;
+    /// Releases `r.address` on behalf of image `r.img` (the free itself is already
+    /// counted).
+    fn release(&mut self, r: Release) {
+        let heap_id = self.images[r.img].heap;
         let Some(heap) = self.heaps.get_mut(heap_id).and_then(Option::as_mut) else {
             return;
         };
         // The common case first: one lookup that removes the live block.
-        let removed = heap.live.remove(address);
+        let removed = heap.live.remove(r.address);
         let temporary = self
             .threads
-            .get_mut(&tid)
-            .is_some_and(|t| frees_latest(&mut t.last_alloc, removed, address));
-        self.released(
-            img,
-            tid,
-            ts,
-            func,
-            address,
-            stack,
-            may_be_internal,
-            removed,
-            temporary,
-        );
+            .get_mut(&r.tid)
+            .is_some_and(|t| frees_latest(&mut t.last_alloc, removed, r.address));
+        self.released(r, removed, temporary);
     }
 
     /// The accounting of a release (in an existing heap) that removed `removed` from
     /// the live blocks (`None`: the address was not live); `temporary`: the block was
     /// its thread's latest allocation (the caller checked and cleared that).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn released(
-        &mut self,
-        img: ImageId,
-        tid: u32,
-        ts: Timestamp,
-        func: AllocFn,
-        address: u64,
-        stack: StackId,
-        may_be_internal: bool,
-        removed: Option<Block>,
-        temporary: bool,
-    ) {
+    fn released(&mut self, r: Release, removed: Option<Block>, temporary: bool) {
         let Some(block) = removed else {
-            self.release_bad(img, tid, ts, func, address, stack, may_be_internal);
+            self.release_bad(r);
             return;
         };
         if let Some(heap) = self
             .heaps
-            .get_mut(self.images[img].heap)
+            .get_mut(self.images[r.img].heap)
             .and_then(Option::as_mut)
         {
-            heap.remember_free(address, block.stack, block.func, stack, block.size);
+            heap.remember_free(r.address, block.stack, block.func, r.stack, block.size);
         }
-        if block.func.family() != func.family() {
-            self.images[img].findings.add(Finding {
-                kind: FindingKind::MismatchedFree,
-                free_fn: func,
-                free_stack: stack,
-                alloc_fn: Some(block.func),
-                alloc_stack: Some(block.stack),
-                previous_free_stack: None,
-                count: 1,
-                first: Occurrence {
-                    address,
-                    tid,
-                    ts,
-                    size: Some(block.size),
-                },
-            });
+        if block.func.family() != r.func.family() {
+            self.images[r.img].findings.add(r.finding(
+                FindingKind::MismatchedFree,
+                Some(block.func),
+                Some(block.stack),
+                None,
+                Some(block.size),
+            ));
         }
-        self.images[block.owner].remove_live(block.stack, block.size, temporary, ts);
+        self.images[block.owner].remove_live(block.stack, block.size, temporary, r.ts);
     }
 
     /// [`Replay::release`] of an address that is not live: allocator bookkeeping, a
     /// double free, an invalid free, or (in an attached heap) an untracked one.
-    #[allow(clippy::too_many_arguments)]
     #[cold]
-    fn release_bad(
-        &mut self,
-        img: ImageId,
-        tid: u32,
-        ts: Timestamp,
-        func: AllocFn,
-        address: u64,
-        stack: StackId,
-        may_be_internal: bool,
-    ) {
+    fn release_bad(&mut self, r: Release) {
+        let Release {
+            img,
+            address,
+            stack,
+            may_be_internal,
+            ..
+        } = r;
         let heap_id = self.images[img].heap;
         let Some(heap) = self.heaps.get(heap_id).and_then(Option::as_ref) else {
             return;
@@ -1694,23 +1719,8 @@ impl Replay {
         let Some(heap) = self.heaps.get(heap_id).and_then(Option::as_ref) else {
             return;
         };
-        let finding = |kind, alloc_fn, alloc_stack, previous_free_stack, size| Finding {
-            kind,
-            free_fn: func,
-            free_stack: stack,
-            alloc_fn,
-            alloc_stack,
-            previous_free_stack,
-            count: 1,
-            first: Occurrence {
-                address,
-                tid,
-                ts,
-                size,
-            },
-        };
         let f = match heap.freed(address) {
-            Some(prev) => finding(
+            Some(prev) => r.finding(
                 FindingKind::DoubleFree,
                 Some(prev.alloc_fn),
                 Some(prev.alloc_stack),
@@ -1721,7 +1731,7 @@ impl Replay {
                 self.images[img].totals.untracked_frees += 1;
                 return;
             }
-            None => finding(FindingKind::InvalidFree, None, None, None, None),
+            None => r.finding(FindingKind::InvalidFree, None, None, None, None),
         };
         self.images[img].findings.add(f);
     }
@@ -1752,9 +1762,18 @@ impl Replay {
         // glibc: realloc(p, 0) frees p and returns NULL; realloc(p, n) that fails
         // returns NULL and leaves p alone.
         let frees_old = old != 0 && (new != 0 || size == 0);
+        let r = Release {
+            img,
+            tid,
+            ts,
+            func,
+            address: old,
+            stack,
+            may_be_internal: false,
+        };
         if frees_old {
             self.images[img].totals.frees += 1;
-            self.release(img, tid, ts, func, old, stack, false);
+            self.release(r);
         } else if old != 0 {
             // Failed: nothing changes, but a bad pointer is still worth reporting.
             self.images[img].totals.failed_allocations += 1;
@@ -1764,7 +1783,7 @@ impl Replay {
                 .and_then(Option::as_ref)
                 .is_some_and(|h| h.live.contains_key(old));
             if !live && self.bad_pointer(img, old) {
-                self.release(img, tid, ts, func, old, stack, false);
+                self.release(r);
             }
             return;
         }

@@ -2,36 +2,17 @@
 
 mod common;
 
-use common::{run, Trace};
+use common::{ptrs, run, Trace};
 use heaptape_analyzer::leaks::{Count, LeakKind, NO_SNAPSHOT};
 use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions, FailOn, LeakReport};
-use heaptape_format::{ExitStatus, Pointer, ProcessOrigin, Record, RootKind};
+use heaptape_format::{ExitStatus, ProcessOrigin, Record, RootKind};
 use serde_json::json;
-
-fn ptrs(targets: &[u64]) -> Vec<Pointer> {
-    targets
-        .iter()
-        .enumerate()
-        .map(|(i, &target)| Pointer {
-            offset: i as u64 * 8,
-            target,
-        })
-        .collect()
-}
 
 /// Writes a complete snapshot of `pid`: one stack root holding `roots`, and the
 /// pointers found in each listed block; `live` is the block count of the end record.
 fn snapshot(t: &mut Trace, pid: u32, roots: &[u64], blocks: &[(u64, &[u64])], live: u64) {
     t.rec(Record::SnapshotBegin { ts: 90_000, pid });
-    t.rec(Record::SnapshotRoot(Box::new(
-        heaptape_format::SnapshotRoot {
-            pid,
-            kind: RootKind::Stack { tid: pid },
-            start: 0x7ff0_0000,
-            len: 4096,
-            pointers: ptrs(roots),
-        },
-    )));
+    t.root(pid, RootKind::Stack { tid: pid }, 0x7ff0_0000, 4096, roots);
     for (address, targets) in blocks {
         t.rec(Record::SnapshotBlock {
             pid,
@@ -261,17 +242,15 @@ fn globals_keep_blocks_reachable() {
     t.rec(Record::SnapshotBegin { ts: 1, pid: 1 });
     // The root region comes split over two records (merged).
     for half in [&[][..], &[0x1000u64][..]] {
-        t.rec(Record::SnapshotRoot(Box::new(
-            heaptape_format::SnapshotRoot {
-                pid: 1,
-                kind: RootKind::ModuleData {
-                    path: "/bin/app".into(),
-                },
-                start: 0x60_0000,
-                len: 64,
-                pointers: ptrs(half),
+        t.root(
+            1,
+            RootKind::ModuleData {
+                path: "/bin/app".into(),
             },
-        )));
+            0x60_0000,
+            64,
+            half,
+        );
     }
     // A block split over two records too.
     t.rec(Record::SnapshotBlock {
@@ -439,15 +418,7 @@ fn a_cut_off_snapshot_is_unavailable() {
     let mut t = Trace::new(1);
     t.launch(1).malloc(1, 0x1000, 100, 0);
     t.rec(Record::SnapshotBegin { ts: 1, pid: 1 });
-    t.rec(Record::SnapshotRoot(Box::new(
-        heaptape_format::SnapshotRoot {
-            pid: 1,
-            kind: RootKind::Registers { tid: 1 },
-            start: 0,
-            len: 8 * 27,
-            pointers: ptrs(&[0x1000]),
-        },
-    )));
+    t.root(1, RootKind::Registers { tid: 1 }, 0, 8 * 27, &[0x1000]);
     let (_d, path) = t.abandon();
     let a = run(&path);
     let reason = a.process(1).unwrap().image().leaks.unavailable_reason();

@@ -3,22 +3,11 @@
 
 mod common;
 
-use common::{run, Trace};
+use common::{ptrs, run, Trace};
 use heaptape_analyzer::leaks::{Count, Heuristic, HeuristicSet, LeakKind};
 use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions, LeakReport};
-use heaptape_format::{AllocFn, ExitStatus, Pointer, ProcessOrigin, Record, RootKind};
+use heaptape_format::{AllocFn, ExitStatus, ProcessOrigin, Record, RootKind};
 use serde_json::json;
-
-fn ptrs(targets: &[u64]) -> Vec<Pointer> {
-    targets
-        .iter()
-        .enumerate()
-        .map(|(i, &target)| Pointer {
-            offset: i as u64 * 8,
-            target,
-        })
-        .collect()
-}
 
 /// A complete snapshot of `pid`: one stack root holding `roots`, the pointers of each
 /// listed block, then the heuristic verdicts `(block, offset, matched)`.
@@ -31,15 +20,7 @@ fn snapshot(
     live: u64,
 ) {
     t.rec(Record::SnapshotBegin { ts: 90_000, pid });
-    t.rec(Record::SnapshotRoot(Box::new(
-        heaptape_format::SnapshotRoot {
-            pid,
-            kind: RootKind::Stack { tid: pid },
-            start: 0x7ff0_0000,
-            len: 4096,
-            pointers: ptrs(roots),
-        },
-    )));
+    t.root(pid, RootKind::Stack { tid: pid }, 0x7ff0_0000, 4096, roots);
     for (address, targets) in blocks {
         t.rec(Record::SnapshotBlock {
             pid,
@@ -215,15 +196,13 @@ fn verdicts_belong_to_their_process() {
     t.rec(Record::SnapshotBegin { ts: 90_000, pid: 1 });
     t.rec(Record::SnapshotBegin { ts: 90_000, pid: 2 });
     for pid in [1, 2] {
-        t.rec(Record::SnapshotRoot(Box::new(
-            heaptape_format::SnapshotRoot {
-                pid,
-                kind: RootKind::Stack { tid: pid },
-                start: 0x7ff0_0000,
-                len: 4096,
-                pointers: ptrs(&[0x1008]),
-            },
-        )));
+        t.root(
+            pid,
+            RootKind::Stack { tid: pid },
+            0x7ff0_0000,
+            4096,
+            &[0x1008],
+        );
     }
     t.rec(Record::SnapshotHeuristic {
         pid: 2,

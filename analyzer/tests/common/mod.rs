@@ -7,9 +7,22 @@ use std::path::PathBuf;
 
 use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions};
 use heaptape_format::{
-    AllocFn, ClockSource, ExitStatus, Header, ProcessOrigin, Record, StackId, TraceWriter,
+    AllocFn, ClockSource, ExitStatus, Header, Pointer, ProcessOrigin, Record, RootKind,
+    SnapshotRoot, StackId, TraceWriter,
 };
 use tempfile::TempDir;
+
+/// Consecutive pointer-sized words, from offset 0, pointing at `targets`.
+pub fn ptrs(targets: &[u64]) -> Vec<Pointer> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, &target)| Pointer {
+            offset: i as u64 * 8,
+            target,
+        })
+        .collect()
+}
 
 /// A trace being written; every record gets a timestamp 1000 ns after the previous.
 pub struct Trace {
@@ -63,6 +76,24 @@ impl Trace {
     pub fn rec(&mut self, r: Record) -> &mut Self {
         self.w.write(&r).unwrap();
         self
+    }
+
+    /// A snapshot root region of `pid` whose consecutive words point at `targets`.
+    pub fn root(
+        &mut self,
+        pid: u32,
+        kind: RootKind,
+        start: u64,
+        len: u64,
+        targets: &[u64],
+    ) -> &mut Self {
+        self.rec(Record::SnapshotRoot(Box::new(SnapshotRoot {
+            pid,
+            kind,
+            start,
+            len,
+            pointers: ptrs(targets),
+        })))
     }
 
     pub fn start(
