@@ -216,28 +216,45 @@ fn dump(args: DumpArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "{:?}", reader.header()).is_err() {
-        return ExitCode::SUCCESS;
-    }
+    let mut out = report_output();
+    let mut written = writeln!(out, "{:?}", reader.header());
     let mut records = reader.records();
+    let mut failed = false;
     for rec in records.by_ref() {
+        if written.is_err() {
+            break;
+        }
         match rec {
-            Ok(r) => {
-                if writeln!(out, "{r:?}").is_err() {
-                    return ExitCode::SUCCESS;
-                }
-            }
+            Ok(r) => written = writeln!(out, "{r:?}"),
             Err(e) => {
                 eprintln!("heaptape: {}: {e}", args.trace.display());
-                return ExitCode::from(1);
+                failed = true;
+                break;
             }
         }
+    }
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("heaptape: cannot write the records: {e}");
+        return ExitCode::from(1);
+    }
+    if failed {
+        return ExitCode::from(1);
     }
     if let Some(t) = records.truncation() {
         eprintln!("heaptape: warning: {t}");
     }
     ExitCode::SUCCESS
+}
+
+/// Standard output for a report or a listing, buffered: Rust's stdout is line-buffered
+/// even into a file or a pipe, so a JSON report went out in one `write` call per line
+/// (5,500 calls for the report of a small trace, a tenth of its analysis time) and
+/// `dump` in one per record. Callers flush it and report the error (a full disk).
+fn report_output() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock())
 }
 
 /// Parses `30s`, `2m`, `500ms`, `1h` or plain seconds.
@@ -321,14 +338,15 @@ fn analyze(args: AnalyzeArgs) -> ExitCode {
     for warning in analysis.warnings() {
         eprintln!("heaptape: warning: {warning}");
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = report_output();
     let res = if args.json {
         serde_json::to_writer_pretty(&mut out, &analysis.to_json())
             .map_err(std::io::Error::from)
             .and_then(|_| std::io::Write::write_all(&mut out, b"\n"))
     } else {
         analysis.render_text(&mut out, &opts)
-    };
+    }
+    .and_then(|()| std::io::Write::flush(&mut out));
     let written = match &res {
         Ok(()) => true,
         Err(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
@@ -386,8 +404,8 @@ fn flamegraph(args: FlamegraphArgs) -> ExitCode {
     let lines = fg::folded(&analysis, metric, analysis.symbolizer());
     let res = match (&args.output, args.folded) {
         (None, true) => {
-            let mut out = std::io::stdout().lock();
-            fg::write_folded(&lines, &mut out)
+            let mut out = report_output();
+            fg::write_folded(&lines, &mut out).and_then(|()| std::io::Write::flush(&mut out))
         }
         (path, folded) => {
             let path = path
@@ -440,14 +458,15 @@ fn diff(args: DiffArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = report_output();
     let res = if args.json {
         serde_json::to_writer_pretty(&mut out, &d::to_json(&result, &failures))
             .map_err(std::io::Error::from)
             .and_then(|_| std::io::Write::write_all(&mut out, b"\n"))
     } else {
         d::render_text(&result, args.top, &mut out)
-    };
+    }
+    .and_then(|()| std::io::Write::flush(&mut out));
     if let Err(e) = res {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("heaptape: cannot write report: {e}");

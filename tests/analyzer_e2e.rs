@@ -432,3 +432,50 @@ fn diff_reports_the_new_leak_and_fails_on_it() {
         "{text}"
     );
 }
+
+/// Reports and listings go to standard output through a buffer; writing them to a full
+/// disk must still fail with one clear line and a non-zero exit, never a silent
+/// success with a cut-off report (`dump` used to stop quietly with status 0).
+#[test]
+fn reports_to_a_full_disk_fail_with_one_line() {
+    let (dir, _exe, trace) = recorded("fulldisk");
+    let t = trace.to_str().unwrap();
+    let other = dir.0.join("again.trace");
+    std::fs::copy(&trace, &other).unwrap();
+    let o = other.to_str().unwrap();
+    let cases: [&[&str]; 6] = [
+        &["analyze", t],
+        &["analyze", "--json", t],
+        &["dump", t],
+        &["flamegraph", "--folded", t],
+        &["diff", t, o],
+        &["diff", "--json", t, o],
+    ];
+    for args in cases {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full opens");
+        let out = Command::new(HEAPTAPE)
+            .args(args)
+            .stdout(full)
+            .output()
+            .expect("heaptape runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("heaptape: cannot write")
+                && lines[0].contains("No space left on device"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The same listings into a pipe are whole: the buffer is flushed at the end.
+    let out = heaptape(&["dump", t]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Header {"), "{text}");
+    assert!(text.trim_end().ends_with('}'), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("End {"), "{text}");
+}
