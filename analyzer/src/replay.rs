@@ -485,6 +485,15 @@ fn frees_latest(
     }
 }
 
+/// Whether a realloc of `old` to `size` bytes that returned `new` released `old`.
+/// glibc: `realloc(p, 0)` frees `p` and returns NULL; a `realloc(p, n)` that fails
+/// returns NULL and leaves `p` alone. (Planning, the batch accounting and the
+/// record-by-record path all follow this one rule.)
+#[inline]
+fn realloc_frees_old(old: u64, new: u64, size: u64) -> bool {
+    old != 0 && (new != 0 || size == 0)
+}
+
 /// Most steps in a run: enough to amortise handing runs to the shard thread (a channel
 /// message each way), few enough for a run's steps (56 bytes each, about 0.9 MB) to
 /// stay in a core's cache between planning, the shards and the accounting. On 2 cores,
@@ -1131,7 +1140,7 @@ impl Replay {
                 stack,
                 ..
             } if old != 0 || new != 0 => {
-                let frees_old = old != 0 && (new != 0 || size == 0);
+                let frees_old = realloc_frees_old(old, new, size);
                 let old_shard = if frees_old {
                     op(ShardOpKind::Remove, old)
                 } else if old != 0 {
@@ -1242,7 +1251,7 @@ impl Replay {
                     let img = img as ImageId;
                     self.count_alloc_event(ts);
                     // As `Replay::realloc`.
-                    let frees_old = old != 0 && (new != 0 || size == 0);
+                    let frees_old = realloc_frees_old(old, new, size);
                     let r = Release {
                         img,
                         tid,
@@ -1759,9 +1768,7 @@ impl Replay {
         size: u64,
         stack: StackId,
     ) {
-        // glibc: realloc(p, 0) frees p and returns NULL; realloc(p, n) that fails
-        // returns NULL and leaves p alone.
-        let frees_old = old != 0 && (new != 0 || size == 0);
+        let frees_old = realloc_frees_old(old, new, size);
         let r = Release {
             img,
             tid,
