@@ -10,8 +10,10 @@
 //!
 //! Every distinct (module, address) is resolved once and cached. [`ElfSymbolizer::prefetch`]
 //! resolves a batch of addresses grouped by module, the modules in parallel (rayon). The
-//! DWARF is read into memory once per module, lazily; nothing of a malformed or truncated
-//! file can panic the analysis: such a module's frames simply stay `module+offset`.
+//! DWARF is read into memory once per module, lazily, and parsed one compilation unit at
+//! a time where `.debug_aranges` allows it (see [`units`]); nothing of a malformed or
+//! truncated file can panic the analysis: such a module's frames simply stay
+//! `module+offset`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -27,6 +29,10 @@ use rayon::prelude::*;
 use crate::hash::FastMap;
 use crate::modules::ModuleMap;
 use crate::symbolize::{Frame, Symbolizer};
+
+mod units;
+
+use units::ModuleDwarf;
 
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
@@ -64,7 +70,7 @@ enum Unavailable {
 
 /// The symbol tables and DWARF of one module file.
 struct DebugModule {
-    dwarf: Option<addr2line::Context<Reader>>,
+    dwarf: Option<ModuleDwarf>,
     /// Function symbols sorted by start address, one per address.
     symbols: Vec<ElfSym>,
 }
@@ -222,8 +228,8 @@ impl ElfSymbolizer {
         let Some(slot) = lock(&self.slots).list.get(slot).cloned() else {
             return probes.iter().map(|_| Arc::from(Vec::new())).collect();
         };
-        let state = load_slot(&slot, &self.options, &self.warnings);
-        match &*state {
+        let mut state = load_slot(&slot, &self.options, &self.warnings);
+        match &mut *state {
             SlotState::Ready(m) => probes
                 .iter()
                 .map(|&p| Arc::from(guarded(|| m.resolve(p)).unwrap_or_default()))
@@ -264,8 +270,8 @@ fn load_slot<'s>(
 }
 
 impl Symbolizer for ElfSymbolizer {
-    /// Loads the module's symbols and debug info on the rayon pool (a module with
-    /// compressed DWARF, such as the C library's debug file, takes tens of
+    /// Loads the module's symbols and debug info on the rayon pool (inflating a module's
+    /// compressed DWARF, such as the C library's debug file, takes over ten
     /// milliseconds: ready by the end of the replay instead of holding up the report).
     fn preload(&self, path: &str, build_id: &[u8]) {
         let index = self.slot(path, build_id);
@@ -347,32 +353,11 @@ const MAX_INLINE_DEPTH: usize = 64;
 
 impl DebugModule {
     /// The frames of link-time address `probe`, innermost first; empty if unknown.
-    fn resolve(&self, probe: u64) -> Vec<Sym> {
-        let mut out = Vec::new();
-        if let Some(ctx) = &self.dwarf {
-            if let Ok(mut frames) = ctx.find_frames(probe).skip_all_loads() {
-                while let Ok(Some(frame)) = frames.next() {
-                    let function = frame
-                        .function
-                        .as_ref()
-                        .and_then(|f| f.demangle().ok())
-                        .map(Cow::into_owned);
-                    let (file, line) = match &frame.location {
-                        Some(l) => (l.file.map(str::to_owned), l.line),
-                        None => (None, None),
-                    };
-                    out.push(Sym {
-                        function,
-                        file,
-                        line,
-                        inlined: true,
-                    });
-                    if out.len() == MAX_INLINE_DEPTH {
-                        break;
-                    }
-                }
-            }
-        }
+    fn resolve(&mut self, probe: u64) -> Vec<Sym> {
+        let mut out = match &mut self.dwarf {
+            Some(dwarf) => dwarf.frames(probe),
+            None => Vec::new(),
+        };
         let symbol = || self.symbol(probe);
         match out.last_mut() {
             Some(outer) => {
@@ -509,13 +494,19 @@ fn load_dwarf(
     obj: &object::File<'_>,
     path: &Path,
     options: &SymbolizerOptions,
-) -> Option<addr2line::Context<Reader>> {
+) -> Option<ModuleDwarf> {
     let endian = if obj.is_little_endian() {
         gimli::RunTimeEndian::Little
     } else {
         gimli::RunTimeEndian::Big
     };
-    let mut dwarf = gimli::Dwarf::load(|id| section(obj, id.name(), endian)).ok()?;
+    let mut sections = Vec::new();
+    let mut dwarf = gimli::Dwarf::load(|id| {
+        let s = section(obj, id.name(), endian)?;
+        sections.push((id, s.clone()));
+        Ok::<_, gimli::Error>(s)
+    })
+    .ok()?;
     if let Ok(Some((alt_path, alt_id))) = obj.gnu_debugaltlink() {
         let alt = alt_candidates(alt_path, alt_id, path, options)
             .into_iter()
@@ -529,7 +520,7 @@ fn load_dwarf(
             dwarf.set_sup(sup);
         }
     }
-    addr2line::Context::from_dwarf(dwarf).ok()
+    Some(ModuleDwarf::new(dwarf, sections))
 }
 
 /// Sections that function, file and line lookups never read: location lists and
