@@ -24,6 +24,10 @@
 //! * addresses that no arange covers, or that aranges of two units cover;
 //! * units read alone that give no frame for the address (the whole-module context
 //!   then looks at the other units its own table says cover it, as it always did).
+//!
+//! One difference, on damaged files only: the whole-module context fails altogether
+//! when one unit's first entry cannot be read, while a unit read alone does not depend
+//! on the others, so the addresses of its functions keep their frames.
 
 use std::sync::Arc;
 
