@@ -127,8 +127,8 @@ struct AnalyzeArgs {
 struct FlamegraphArgs {
     /// The trace.
     trace: PathBuf,
-    /// File to write (SVG, or folded stacks with --folded) [default: heaptape.svg;
-    /// with --folded: standard output].
+    /// File to write (SVG, or folded stacks with --folded), `-` for standard output
+    /// [default: heaptape.svg; with --folded: standard output].
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// What widths measure: bytes live at exit (leaked), bytes allocated, allocation
@@ -402,10 +402,20 @@ fn flamegraph(args: FlamegraphArgs) -> ExitCode {
     };
     let metric = args.metric.metric();
     let lines = fg::folded(&analysis, metric, analysis.symbolizer());
+    // `-o -`, and folded stacks without `-o`, go to standard output.
+    let to_stdout = match &args.output {
+        Some(path) => path.as_os_str() == "-",
+        None => args.folded,
+    };
     let res = match (&args.output, args.folded) {
-        (None, true) => {
+        _ if to_stdout => {
             let mut out = report_output();
-            fg::write_folded(&lines, &mut out).and_then(|()| std::io::Write::flush(&mut out))
+            if args.folded {
+                fg::write_folded(&lines, &mut out)
+            } else {
+                fg::write_svg(&lines, metric.title(), metric.unit(), &mut out)
+            }
+            .and_then(|()| std::io::Write::flush(&mut out))
         }
         (path, folded) => {
             let path = path

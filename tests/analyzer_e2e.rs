@@ -322,6 +322,16 @@ fn flamegraphs_of_leaked_and_allocated_bytes() {
     assert_eq!(w["main"], 3000 + 1000 + 8 * 512, "{w}");
     assert!(w.get("cache_insert").is_none(), "{w}");
 
+    // `-o -`: the same SVG on standard output, and no file named `-`.
+    let out = Command::new(HEAPTAPE)
+        .args(["flamegraph", trace.to_str().unwrap(), "-o", "-"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    assert!(!dir.0.join("-").exists());
+
     // Folded stacks, outermost first.
     let out = heaptape(&[
         "flamegraph",
