@@ -87,6 +87,16 @@ impl Clock {
         ((offset >> self.shift) as usize).min(MAX_BUCKETS - 1)
     }
 
+    /// log2 of the bucket width.
+    pub(crate) fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// This clock with buckets `1 << shift` wide.
+    pub(crate) fn with_shift(self, shift: u32) -> Clock {
+        Clock { shift, ..self }
+    }
+
     /// Width of a bucket, in nanoseconds.
     pub fn bucket_ns(&self) -> u64 {
         1u64 << self.shift

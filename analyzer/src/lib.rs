@@ -39,6 +39,7 @@ mod shards;
 pub mod sites;
 mod source;
 pub mod stacks;
+mod summary;
 pub mod symbolize;
 pub mod timeline;
 

@@ -30,11 +30,13 @@
 //! Memory is bounded by live blocks, call sites, live threads and the processes of the
 //! tree, never by the number of records.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{mpsc, Arc};
 
 use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackId, Timestamp};
 
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
+use crate::growth::Clock;
 use crate::hash::{FastMap, FastSet};
 use crate::heap::{Block, Heap, ImageId, Live};
 use crate::leaks::{HeuristicMatches, HeuristicSet, LeakCheck, LiveBlock, SnapshotGraph};
@@ -42,6 +44,7 @@ use crate::modules::ModuleMap;
 use crate::shards::{Batch, Lent, ShardOp, ShardOpKind, Shards, RUNS_AHEAD};
 use crate::sites::SiteTable;
 use crate::stacks::StackTable;
+use crate::summary::RunSummary;
 use crate::symbolize::Symbolizer;
 
 /// Whole-image figures, counted the way valgrind's "total heap usage" line counts.
@@ -369,7 +372,30 @@ pub struct Replay {
     spare: Vec<Batch>,
     /// Where the runs' shard operations happen (started with the first run).
     shard_runner: Option<Shards>,
+    /// Runs whose summaries are being computed on the pool, oldest first (see
+    /// [`crate::summary`]).
+    summaries: VecDeque<mpsc::Receiver<(Batch, Option<RunSummary>)>>,
+    /// Per image: its bucket clock as predicted after the runs handed over so far.
+    predicted_clocks: Vec<Option<Clock>>,
+    /// Runs accounted for through a summary, and serially.
+    runs_merged: u64,
+    runs_serial: u64,
 }
+
+/// Runs whose summaries may be pending after a merge: with more, the oldest is merged
+/// (waiting for it if need be).
+const SUMMARIES_AHEAD: usize = 2;
+
+/// Fewest rayon threads with which runs are summarized on the pool (see
+/// [`crate::summary`]); with fewer, the replaying thread accounts for them itself.
+///
+/// Summaries take the accounting off the replaying thread (100 M synthetic events on
+/// two cores: its CPU time 1.79 -> 1.12 s, its share of the work 36% -> 20%) but cost
+/// more in all (5.7 s of CPU against 4.9: the pool reads each run's steps and results
+/// from another core's cache). On two cores that made the replay 5-12% slower, so
+/// there they stay off; from the per-thread figures, the shorter replaying thread
+/// should pay for the extra work from about four cores (see docs/PERFORMANCE.md).
+const SUMMARY_MIN_THREADS: usize = 4;
 
 /// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
 /// Kept small: a run's steps are written, read by the shards and read again.
@@ -490,7 +516,7 @@ fn frees_latest(
 /// returns NULL and leaves `p` alone. (Planning, the batch accounting and the
 /// record-by-record path all follow this one rule.)
 #[inline]
-fn realloc_frees_old(old: u64, new: u64, size: u64) -> bool {
+pub(crate) fn realloc_frees_old(old: u64, new: u64, size: u64) -> bool {
     old != 0 && (new != 0 || size == 0)
 }
 
@@ -612,6 +638,10 @@ impl Replay {
             batch: Batch::default(),
             spare: Vec::new(),
             shard_runner: None,
+            summaries: VecDeque::new(),
+            predicted_clocks: Vec::new(),
+            runs_merged: 0,
+            runs_serial: 0,
         }
     }
 
@@ -948,8 +978,9 @@ impl Replay {
     /// nodes, modules, resources, RSS samples) are applied in order by the last pass.
     pub fn apply_chunk(&mut self, records: &mut Vec<Record>) {
         self.ready_batch();
-        // The image of the latest thread looked up (valid until the run ends).
-        let mut cached: Option<(u32, ImageId, usize)> = None;
+        // The image of the latest thread looked up, the batch's indices of its heap and
+        // image (valid until the run ends).
+        let mut cached: Option<(u32, ImageId, usize, usize)> = None;
         for rec in records.drain(..) {
             match self.plan(&rec, &mut cached) {
                 Some(step) => {
@@ -1007,12 +1038,147 @@ impl Replay {
                 }
             }
         }
+        let mut batch = batch;
+        self.predict_clocks(&mut batch);
         shards.run(batch, lend);
         if shards.pending() > RUNS_AHEAD {
             let done = shards.take();
-            self.account(done);
+            self.retire(done);
         }
         self.shard_runner = Some(shards);
+    }
+
+    /// Notes in `batch.clocks` the clock each of its images is predicted to have before
+    /// it, and predicts the clocks after it (see [`crate::summary`]).
+    fn predict_clocks(&mut self, batch: &mut Batch) {
+        for &(img, latest) in &batch.images {
+            if self.predicted_clocks.len() <= img {
+                self.predicted_clocks.resize(img + 1, None);
+            }
+            let real = self.images[img].sites.clock();
+            let start = match self.predicted_clocks[img] {
+                Some(p) if p.start() == real.start() && p.shift() >= real.shift() => p,
+                _ => real,
+            };
+            let mut end = start;
+            end.advance(latest);
+            self.predicted_clocks[img] = Some(end);
+            batch.clocks.push((img, start));
+        }
+    }
+
+    /// Accounts for a run whose shards are done: summarized on the pool and merged in
+    /// order when the pool has [`SUMMARY_MIN_THREADS`] threads or more (see
+    /// [`crate::summary`]), at once otherwise.
+    fn retire(&mut self, batch: Batch) {
+        if rayon::current_num_threads() < SUMMARY_MIN_THREADS {
+            self.account(batch);
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        rayon::spawn(move || {
+            // A summary that panics is left to the serial accounting, which then
+            // panics on this thread, where the panic is reported.
+            let summary = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::summary::summarize(&batch)
+            }))
+            .ok()
+            .flatten();
+            let _ = tx.send((batch, summary));
+        });
+        self.summaries.push_back(rx);
+        while self.summaries.len() > SUMMARIES_AHEAD {
+            self.merge_oldest();
+        }
+    }
+
+    /// Merges the oldest run being summarized, waiting for its summary.
+    fn merge_oldest(&mut self) {
+        let Some(rx) = self.summaries.pop_front() else {
+            return;
+        };
+        let (batch, summary) =
+            crate::handoff::recv(&rx).expect("a summary task always sends its run back");
+        match summary {
+            Some(sum) if self.summary_applies(&sum) => self.merge(batch, sum),
+            _ => self.account(batch),
+        }
+    }
+
+    /// Whether a run's summary holds in the current state: its images are open, their
+    /// clocks are the predicted ones, and no live figure goes below zero.
+    fn summary_applies(&self, sum: &RunSummary) -> bool {
+        sum.images.iter().all(|im| {
+            let image = &self.images[im.img];
+            image.is_open()
+                && image.sites.clock() == im.start_clock
+                && image.live_bytes as i128 + i128::from(im.min_bytes) >= 0
+                && image.live_blocks as i128 + i128::from(im.min_blocks) >= 0
+                && im.sites.iter().all(|s| {
+                    let (bytes, blocks) = image.sites.live_of(s.stack);
+                    bytes as i128 + i128::from(s.min_bytes) >= 0
+                        && blocks as i128 + i128::from(s.min_blocks) >= 0
+                })
+        })
+    }
+
+    /// Applies a run through its summary, with the same result as [`Replay::account`].
+    fn merge(&mut self, mut batch: Batch, sum: RunSummary) {
+        self.runs_merged += 1;
+        // The run's other records touch nothing its allocator steps change.
+        for rec in batch.deferred.drain(..) {
+            self.apply_now(rec);
+        }
+        self.records += sum.steps;
+        self.alloc_events += sum.steps;
+        self.last_ts = self.last_ts.max(sum.max_ts);
+        for im in &sum.images {
+            let image = &mut self.images[im.img];
+            let totals = &mut image.totals;
+            totals.allocations += im.allocations;
+            totals.allocated_bytes = totals.allocated_bytes.saturating_add(im.allocated_bytes);
+            totals.frees += im.frees;
+            totals.failed_allocations += im.failed_allocations;
+            totals.temporary_allocations += im.temporaries;
+            // The record highs above this are new highs of the image.
+            let base = image.live_bytes as i128;
+            let above = i128::from(totals.peak_live_bytes) - base;
+            let new_highs = im.highs.len() - im.highs.partition_point(|&v| i128::from(v) <= above);
+            if let (true, Some(&high)) = (new_highs > 0, im.highs.last()) {
+                totals.peak_live_bytes = (base + i128::from(high)) as u64;
+                totals.peak_live_blocks = (image.live_blocks as i64 + im.high_blocks) as u64;
+                totals.peak_ts = Some(im.high_ts);
+            }
+            image.sites.apply_run(&im.sites, new_highs, im.end_clock);
+            image.live_bytes = (base + i128::from(im.d_bytes)) as u64;
+            image.live_blocks = (image.live_blocks as i64 + im.d_blocks) as u64;
+        }
+        for th in &sum.threads {
+            let Some(t) = self.threads.get_mut(&th.tid) else {
+                continue;
+            };
+            let mut carried = t.last_alloc;
+            for &(owner, address, stack) in &th.pending {
+                if carried == Some((owner, address)) {
+                    carried = None;
+                    let image = &mut self.images[owner];
+                    image.totals.temporary_allocations += 1;
+                    image.sites.add_temporary(stack);
+                }
+            }
+            t.last_alloc = th.latest.unwrap_or(carried);
+        }
+        for &(img, address, b, free_stack) in &sum.freed {
+            if let Some(heap) = self
+                .heaps
+                .get_mut(self.images[img].heap)
+                .and_then(Option::as_mut)
+            {
+                heap.remember_free(address, b.stack, b.func, free_stack, b.size);
+            }
+        }
+        batch.clear();
+        self.spare.push(batch);
     }
 
     /// Finishes every pending run and takes the lent blocks back, so that the state is
@@ -1024,7 +1190,10 @@ impl Replay {
         };
         while shards.pending() > 0 {
             let done = shards.take();
-            self.account(done);
+            self.retire(done);
+        }
+        while !self.summaries.is_empty() {
+            self.merge_oldest();
         }
         for (h, live) in shards.take_back() {
             match &mut self.heaps[h] {
@@ -1037,7 +1206,11 @@ impl Replay {
 
     /// The batch step of `rec` (see [`Replay::apply_chunk`]), or `None` if it must
     /// be applied alone after everything before it.
-    fn plan(&mut self, rec: &Record, cached: &mut Option<(u32, ImageId, usize)>) -> Option<Step> {
+    fn plan(
+        &mut self,
+        rec: &Record,
+        cached: &mut Option<(u32, ImageId, usize, usize)>,
+    ) -> Option<Step> {
         if self.end_seen {
             return None;
         }
@@ -1062,8 +1235,8 @@ impl Replay {
             }
         };
         // The thread's image and the batch's index of its heap.
-        let (img, heap) = match *cached {
-            Some((t, img, heap)) if t == tid => (img, heap),
+        let (img, heap, image) = match *cached {
+            Some((t, img, heap, image)) if t == tid => (img, heap, image),
             _ => {
                 let t = self.threads.get(&tid)?;
                 let img = self.procs[t.process].current();
@@ -1079,8 +1252,15 @@ impl Replay {
                         self.batch.heaps.len() - 1
                     }
                 };
-                *cached = Some((tid, img, heap));
-                (img, heap)
+                let image = match self.batch.images.iter().position(|&(i, _)| i == img) {
+                    Some(i) => i,
+                    None => {
+                        self.batch.images.push((img, 0));
+                        self.batch.images.len() - 1
+                    }
+                };
+                *cached = Some((tid, img, heap, image));
+                (img, heap, image)
             }
         };
         let shards = self.shards;
@@ -1169,12 +1349,17 @@ impl Replay {
             }
             _ => Step::Deferred,
         };
+        if let Step::Alloc { ts, .. } | Step::Free { ts, .. } | Step::Realloc { ts, .. } = step {
+            let latest = &mut self.batch.images[image].1;
+            *latest = (*latest).max(ts);
+        }
         Some(step)
     }
 
     /// The accounting of a run whose shards are done, in file order; its buffers are
     /// kept for a later run.
     fn account(&mut self, mut batch: Batch) {
+        self.runs_serial += 1;
         let mut deferred = batch.deferred.drain(..);
         // The accounting, in file order.
         let mut results: Vec<std::vec::Drain<'_, Option<Block>>> =
@@ -1288,10 +1473,7 @@ impl Replay {
         drop(results);
         debug_assert!(deferred.next().is_none(), "a deferred step per record");
         drop(deferred);
-        batch.heaps.clear();
-        for ops in &mut batch.ops {
-            ops.clear();
-        }
+        batch.clear();
         self.spare.push(batch);
     }
 
@@ -1977,6 +2159,183 @@ mod tests {
         recs
     }
 
+    /// A random trace of mostly valid allocator calls (the kind of run the summaries
+    /// take, see [`crate::summary`]): threads that churn, free each other's blocks and
+    /// make temporaries, reallocs, timestamps that jump ahead and back, stack nodes, a
+    /// fork and an exec; now and then an RSS sample, a double free or a mismatched
+    /// free, whose runs take the serial accounting.
+    fn clean_trace(seed: u64, n: usize) -> Vec<Record> {
+        let mut r = Rng(seed | 1);
+        let mut recs = vec![Record::ProcessStart {
+            ts: 1,
+            pid: 100,
+            parent_pid: None,
+            origin: ProcessOrigin::Launched,
+            command: vec!["./app".into()],
+        }];
+        for tid in 101..104 {
+            recs.push(Record::ThreadStart {
+                ts: 2,
+                pid: 100,
+                tid,
+            });
+        }
+        let mut ts = 10u64;
+        // Per process (100, then its fork 200): live blocks and freed addresses.
+        type Blocks = (Vec<(u64, AllocFn)>, Vec<u64>);
+        let mut heaps: [Blocks; 2] = Default::default();
+        let mut next_address = 0x10_0000u64;
+        for i in 0..n {
+            ts = match r.below(200) {
+                0 => ts.saturating_sub(3_000),
+                1 => ts + 300_000,
+                _ => ts + 1 + r.below(200),
+            };
+            let tid = [100, 100, 101, 102, 103][r.below(5) as usize];
+            let stack = r.below(12) as StackId;
+            if i == n / 2 {
+                heaps[1] = heaps[0].clone();
+                recs.push(Record::ProcessStart {
+                    ts,
+                    pid: 200,
+                    parent_pid: Some(100),
+                    origin: ProcessOrigin::Fork,
+                    command: vec![],
+                });
+            }
+            if i == 3 * n / 4 {
+                heaps[1] = Default::default();
+                recs.push(Record::Exec {
+                    ts,
+                    pid: 200,
+                    command: vec!["./child".into()],
+                });
+            }
+            // The forked child's own thread, now and then.
+            let tid = if i > n / 2 && r.below(4) == 0 {
+                200
+            } else {
+                tid
+            };
+            let (live, freed) = &mut heaps[usize::from(tid == 200)];
+            let choice = r.below(5000);
+            let rec = match choice {
+                0 => Record::RssSample(Box::new(heaptape_format::RssSample {
+                    ts,
+                    pid: 100,
+                    rss: r.below(1 << 30),
+                    hwm: 0,
+                    anon: r.below(1 << 30),
+                    file: 0,
+                    pss: None,
+                })),
+                1 if !freed.is_empty() => Record::Free {
+                    ts,
+                    tid,
+                    func: AllocFn::Free,
+                    address: freed[r.below(freed.len() as u64) as usize],
+                    stack,
+                },
+                2..=40 => Record::StackNode {
+                    id: 100 + i as StackId,
+                    parent: r.below(12) as StackId,
+                    address: 0x2000 + r.below(100),
+                },
+                41..=300 if live.last().is_some_and(|b| b.1 != AllocFn::New) => {
+                    let k = live.len() - 1;
+                    let old = live[k].0;
+                    let new = if r.below(3) == 0 {
+                        old
+                    } else {
+                        next_address += 16 * (1 + r.below(4));
+                        next_address
+                    };
+                    let size = r.below(3000);
+                    if size == 0 {
+                        live.swap_remove(k);
+                        freed.push(old);
+                        Record::Realloc {
+                            ts,
+                            tid,
+                            func: AllocFn::Realloc,
+                            old_address: old,
+                            new_address: 0,
+                            size,
+                            stack,
+                        }
+                    } else {
+                        live[k] = (new, AllocFn::Malloc);
+                        Record::Realloc {
+                            ts,
+                            tid,
+                            func: AllocFn::Realloc,
+                            old_address: old,
+                            new_address: new,
+                            size,
+                            stack,
+                        }
+                    }
+                }
+                301..=2600 => {
+                    // Addresses are reused, as allocators do.
+                    let address = match freed.pop() {
+                        Some(a) if r.below(2) == 0 => a,
+                        other => {
+                            freed.extend(other);
+                            next_address += 16 * (1 + r.below(4));
+                            next_address
+                        }
+                    };
+                    let func =
+                        [AllocFn::Malloc, AllocFn::Calloc, AllocFn::New][r.below(3) as usize];
+                    live.push((address, func));
+                    Record::Alloc {
+                        ts,
+                        tid,
+                        func,
+                        address,
+                        size: r.below(4000),
+                        align: 0,
+                        stack,
+                    }
+                }
+                _ if !live.is_empty() => {
+                    // Mostly the newest block (a temporary), else any.
+                    let k = if r.below(3) == 0 {
+                        live.len() - 1
+                    } else {
+                        r.below(live.len() as u64) as usize
+                    };
+                    let (address, func) = live.swap_remove(k);
+                    freed.push(address);
+                    let func = match (func, r.below(10_000)) {
+                        (_, 0) => AllocFn::DeleteArray,
+                        (AllocFn::New, _) => AllocFn::Delete,
+                        _ => AllocFn::Free,
+                    };
+                    Record::Free {
+                        ts,
+                        tid,
+                        func,
+                        address,
+                        stack,
+                    }
+                }
+                _ => continue,
+            };
+            recs.push(rec);
+        }
+        recs.push(Record::End {
+            ts,
+            counts: EndCounts {
+                records: recs.len() as u64,
+                alloc_events: 0,
+                chunks: 0,
+            },
+        });
+        recs
+    }
+
     /// Everything the replay produced, in a form that does not depend on map order.
     fn canonical(o: &ReplayOutcome) -> String {
         let mut out = format!(
@@ -2020,6 +2379,17 @@ mod tests {
     }
 
     fn batched(recs: &[Record], shards: usize, chunk: usize, run_steps: usize) -> String {
+        batched_runs(recs, shards, chunk, run_steps).0
+    }
+
+    /// [`batched`], and how many runs were merged from summaries and accounted for
+    /// serially.
+    fn batched_runs(
+        recs: &[Record],
+        shards: usize,
+        chunk: usize,
+        run_steps: usize,
+    ) -> (String, u64, u64) {
         let mut r = Replay::with_shards(&header(), shards);
         r.run_steps = run_steps;
         for c in recs.chunks(chunk) {
@@ -2027,7 +2397,9 @@ mod tests {
             r.apply_chunk(&mut v);
             assert!(v.is_empty());
         }
-        canonical(&r.finish())
+        r.finish_runs();
+        let (merged, serial) = (r.runs_merged, r.runs_serial);
+        (canonical(&r.finish()), merged, serial)
     }
 
     #[test]
@@ -2064,6 +2436,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The summarized accounting (a pool of [`SUMMARY_MIN_THREADS`] threads, see
+    /// [`crate::summary`]) gives what the record-by-record replay gives, on traces where
+    /// most runs are summarized and some are not.
+    #[test]
+    fn summarized_replay_equals_record_by_record_replay() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(SUMMARY_MIN_THREADS)
+            .build();
+        let pool = pool.as_ref().expect("a pool");
+        let mut runs = (0, 0);
+        for seed in 1..30u64 {
+            let recs = clean_trace(seed * 0x2545_f491, 20_000);
+            let expected = sequential(&recs);
+            for (shards, chunk, run) in
+                [(1, 5000, 500), (1, 333, 64), (2, 1000, 7), (3, 4096, 1000)]
+            {
+                let (got, merged, serial) =
+                    pool.install(|| batched_runs(&recs, shards, chunk, run));
+                assert!(
+                    got == expected,
+                    "seed {seed}, {shards} shards, chunks of {chunk}, runs of {run}: differs"
+                );
+                // Both paths were taken.
+                assert!(
+                    merged > 0 && serial > 0,
+                    "seed {seed}, runs of {run}: {merged} runs merged, {serial} serial"
+                );
+                runs.0 += merged;
+                runs.1 += serial;
+            }
+        }
+        // Most runs were summarized.
+        assert!(
+            runs.0 > 2 * runs.1,
+            "{} runs merged, {} serial",
+            runs.0,
+            runs.1
+        );
     }
 
     #[test]

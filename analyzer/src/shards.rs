@@ -107,6 +107,28 @@ pub(crate) struct Batch {
     pub results: Vec<Vec<Option<Block>>>,
     /// The heaps the pending steps use (ids into `Replay::heaps`).
     pub heaps: Vec<usize>,
+    /// The images the steps name, with their steps' latest timestamp.
+    pub images: Vec<(ImageId, u64)>,
+    /// Each of those images' bucket clock before the run, as predicted when the run
+    /// was handed over (see [`crate::summary`]).
+    pub clocks: Vec<(ImageId, crate::growth::Clock)>,
+}
+
+impl Batch {
+    /// Empties the run for reuse, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.steps.clear();
+        self.deferred.clear();
+        for v in &mut self.ops {
+            v.clear();
+        }
+        for v in &mut self.results {
+            v.clear();
+        }
+        self.heaps.clear();
+        self.images.clear();
+        self.clocks.clear();
+    }
 }
 
 /// How far ahead a shard prefetches the slots of its next operations.

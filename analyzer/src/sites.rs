@@ -17,6 +17,7 @@ use heaptape_format::{StackId, Timestamp};
 
 use crate::growth::{Clock, Series};
 use crate::hash::FastMap;
+use crate::summary::SiteSummary;
 
 /// What one call site did in one process image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -184,6 +185,56 @@ impl SiteTable {
         let site = &mut self.sites[i as usize].1;
         site.sync(epoch);
         site
+    }
+
+    /// The image's bucket clock.
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Live bytes and blocks of `stack`'s site now (0 for a site not seen yet).
+    pub(crate) fn live_of(&self, stack: StackId) -> (u64, u64) {
+        self.get(stack)
+            .map_or((0, 0), |s| (s.live_bytes, s.live_blocks))
+    }
+
+    /// Counts a temporary allocation of `stack`'s site (found by a run's merge).
+    pub(crate) fn add_temporary(&mut self, stack: StackId) {
+        if let Some(&i) = self.index.get(&stack) {
+            self.sites[i as usize].1.temporary_allocations += 1;
+        }
+    }
+
+    /// Applies the sites of a run summary (see [`crate::summary`]): the image reached
+    /// `new_highs` new highs during the run, the last one with each site at its
+    /// summary's high figures; `end` is the clock after the run.
+    pub(crate) fn apply_run(&mut self, sites: &[SiteSummary], new_highs: usize, end: Clock) {
+        self.peak_epoch += new_highs as u64;
+        let clock = self.clock;
+        for s in sites {
+            // Brings the peak figures up to date (to the latest high before the run).
+            let site = self.touch(s.stack);
+            let bytes = site.live_bytes as i64;
+            let blocks = site.live_blocks as i64;
+            let at = |d: i64| (bytes + d) as u64;
+            for st in &s.stretches {
+                let c = clock.with_shift(st.shift);
+                site.series.sync(&c, st.bucket, at(st.first));
+                site.series.sync(&c, st.bucket, at(st.last));
+            }
+            site.max_live_bytes = site.max_live_bytes.max(at(s.max_touch_bytes));
+            site.allocations += s.allocations;
+            site.allocated_bytes = site.allocated_bytes.saturating_add(s.allocated_bytes);
+            site.frees += s.frees;
+            site.temporary_allocations += s.temporaries;
+            site.live_bytes = at(s.d_bytes);
+            site.live_blocks = (blocks + s.d_blocks) as u64;
+            if new_highs > 0 {
+                site.peak_bytes = at(s.high_bytes);
+                site.peak_blocks = (blocks + s.high_blocks) as u64;
+            }
+        }
+        self.clock = end;
     }
 
     /// Marks that the image's live total just reached a new high.
