@@ -13,6 +13,7 @@
 //! reported as an invalid free.
 
 use std::cell::OnceCell;
+use std::collections::VecDeque;
 
 use heaptape_format::{AllocFn, StackId, Timestamp};
 
@@ -43,7 +44,8 @@ pub(crate) struct Block {
 /// What is remembered about a freed block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Freed {
-    address: u64,
+    /// Its address.
+    pub address: u64,
     /// Where the block had been allocated.
     pub alloc_stack: StackId,
     /// Where it was freed.
@@ -54,77 +56,127 @@ pub(crate) struct Freed {
     pub alloc_fn: AllocFn,
 }
 
-/// The freed-block history: the last [`FREED_HISTORY`] frees in a ring, oldest
-/// overwritten first.
+/// The freed-block history: at least the last [`FREED_HISTORY`] frees, in chunks,
+/// oldest dropped first; a lookup sees only the last [`FREED_HISTORY`].
 ///
 /// Every free is remembered but a lookup (a free of an address that is not live) is
 /// rare in a correct program, so remembering must be cheap and looking up need not be:
-/// a free is one write into the ring, with no hashing and no per-free allocation. The
-/// address index that makes lookups O(1) is only built at the first lookup (from the
-/// ring, newest entry winning) and maintained from then on, so a buggy program that
-/// frees wild pointers over and over costs what a hash map would, and a correct one
-/// never pays for it.
+/// a free is one write at the end of the newest chunk, with no hashing and no per-free
+/// allocation, and a run summarized off the replaying thread (see [`crate::summary`])
+/// hands its frees over as one chunk, moved, not copied. The address index that makes
+/// lookups O(1) is only built at the first lookup (from the chunks, newest entry
+/// winning) and maintained from then on, so a buggy program that frees wild pointers
+/// over and over costs what a hash map would, and a correct one never pays for it.
 ///
 /// The most recent free of an address wins. No entry needs forgetting when its address
 /// is allocated again: a lookup only happens for an address that is not live, and the
 /// only way a live block stops being live is a free, which is then the newest entry.
 #[derive(Clone, Debug, Default)]
 struct FreedHistory {
-    ring: Vec<Freed>,
-    /// Where the next free goes once the ring is full.
-    next: usize,
-    /// Address -> ring slot of its newest free, once a lookup asked for it.
-    index: OnceCell<FastMap<u64, u32>>,
+    /// Oldest first.
+    chunks: VecDeque<Vec<Freed>>,
+    /// Frees remembered so far (the number of the next one).
+    total: u64,
+    /// The number of the first entry of `chunks[0]`.
+    first: u64,
+    /// Address -> number of its newest free, once a lookup asked for it.
+    index: OnceCell<FastMap<u64, u64>>,
 }
+
+/// Most frees in a chunk made by single pushes.
+const FREED_CHUNK: usize = 4096;
 
 impl FreedHistory {
     #[inline]
     fn push(&mut self, f: Freed) {
-        let slot = if self.ring.len() < FREED_HISTORY {
-            self.ring.push(f);
-            self.ring.len() - 1
-        } else {
-            let slot = self.next;
-            self.next = if slot + 1 == FREED_HISTORY {
-                0
-            } else {
-                slot + 1
-            };
-            let old = std::mem::replace(&mut self.ring[slot], f);
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < FREED_CHUNK => c.push(f),
+            _ => self.push_chunk(f),
+        }
+        if let Some(index) = self.index.get_mut() {
+            index.insert(f.address, self.total);
+        }
+        self.total += 1;
+    }
+
+    /// Starts a chunk with `f`, dropping the chunks the window no longer needs (only
+    /// here and in `append`: keeping a chunk longer than needed is harmless, since a
+    /// lookup only sees the window).
+    #[cold]
+    fn push_chunk(&mut self, f: Freed) {
+        self.trim();
+        let mut c = Vec::with_capacity(FREED_CHUNK);
+        c.push(f);
+        self.chunks.push_back(c);
+    }
+
+    /// Remembers `frees`, in order, after the frees remembered so far.
+    fn append(&mut self, frees: Vec<Freed>) {
+        if frees.is_empty() {
+            return;
+        }
+        if let Some(index) = self.index.get_mut() {
+            for (i, f) in frees.iter().enumerate() {
+                index.insert(f.address, self.total + i as u64);
+            }
+        }
+        self.total += frees.len() as u64;
+        self.chunks.push_back(frees);
+        self.trim();
+    }
+
+    /// The number of the oldest free a lookup may see.
+    fn window_start(&self) -> u64 {
+        self.total.saturating_sub(FREED_HISTORY as u64)
+    }
+
+    /// Drops the oldest chunks while the others still hold the lookup window.
+    fn trim(&mut self) {
+        let start = self.window_start();
+        while let Some(front) = self.chunks.front() {
+            let end = self.first + front.len() as u64;
+            if end > start {
+                break;
+            }
             if let Some(index) = self.index.get_mut() {
-                if index.get(&old.address) == Some(&(slot as u32)) {
-                    index.remove(&old.address);
+                for (i, f) in front.iter().enumerate() {
+                    if index.get(&f.address) == Some(&(self.first + i as u64)) {
+                        index.remove(&f.address);
+                    }
                 }
             }
-            slot
-        };
-        if let Some(index) = self.index.get_mut() {
-            index.insert(f.address, slot as u32);
+            self.first = end;
+            self.chunks.pop_front();
         }
     }
 
     fn get(&self, address: u64) -> Option<&Freed> {
         let index = self.index.get_or_init(|| {
             // Oldest first, so that the newest free of an address wins.
-            let (older, newer) = self.ring.split_at(self.next.min(self.ring.len()));
             let mut index = FastMap::default();
-            index.reserve(self.ring.len());
-            for (slot, f) in newer
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (i + older.len(), f))
-                .chain(older.iter().enumerate())
-            {
-                index.insert(f.address, slot as u32);
+            for (n, f) in (self.first..).zip(self.chunks.iter().flatten()) {
+                index.insert(f.address, n);
             }
             index
         });
-        index.get(&address).map(|&slot| &self.ring[slot as usize])
+        let n = *index.get(&address)?;
+        if n < self.window_start() {
+            return None;
+        }
+        let mut start = self.first;
+        for c in &self.chunks {
+            if n < start + c.len() as u64 {
+                return c.get((n - start) as usize);
+            }
+            start += c.len() as u64;
+        }
+        None
     }
 
+    /// Frees a lookup may see.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.ring.len()
+    fn len(&self) -> u64 {
+        self.total - self.window_start()
     }
 }
 
@@ -479,6 +531,11 @@ impl Heap {
         });
     }
 
+    /// Remembers `frees` (a run's, in order; see [`crate::summary`]).
+    pub fn remember_frees(&mut self, frees: Vec<Freed>) {
+        self.freed.append(frees);
+    }
+
     /// What is remembered about the latest free of `address`, if it is remembered.
     /// Only meaningful for an address that is not live (see [`FreedHistory`]).
     pub fn freed(&self, address: u64) -> Option<&Freed> {
@@ -507,15 +564,16 @@ mod tests {
         assert!(h.freed(0x10).is_none());
         assert!(h.freed(0x1000).is_none());
         assert!(h.freed(0x1000 + 6 * 16).is_some());
-        assert_eq!(h.freed.len(), FREED_HISTORY);
-        assert!(h.freed.index.get().unwrap().len() <= FREED_HISTORY);
+        assert_eq!(h.freed.len(), FREED_HISTORY as u64);
+        assert!(h.freed.index.get().unwrap().len() <= FREED_HISTORY + FREED_CHUNK);
     }
 
     #[test]
     fn freed_index_built_late_sees_the_newest_free_after_wrapping() {
         let mut h = Heap::new(true, 1);
-        // Fill the ring and wrap it, with 0x10 freed once early and once late: the
-        // late free (in a slot before `next`) must win when the index is built.
+        // Fill the history past its window, with 0x20 freed twice at the end: the
+        // later free must win when the index is built, and 0x10 (freed first) must
+        // have left the window.
         h.remember_free(0x10, 1, AllocFn::Malloc, 2, 8);
         for i in 0..FREED_HISTORY as u64 {
             h.remember_free(0x1000 + i * 16, 1, AllocFn::Malloc, 2, 8);
@@ -530,6 +588,54 @@ mod tests {
         // A fork child keeps the history.
         let c = h.fork(1);
         assert_eq!(c.freed(0x20).unwrap().size, 24);
+    }
+
+    /// Single frees and appended chunks (a summarized run's), lookups before and after
+    /// the index exists: always the newest free of the address among the last
+    /// [`FREED_HISTORY`], as a plain list of every free says.
+    #[test]
+    fn freed_history_matches_a_list_of_every_free() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut h = FreedHistory::default();
+        let mut all: Vec<Freed> = Vec::new();
+        let freed = |address, n: usize| Freed {
+            address,
+            alloc_stack: n as StackId,
+            free_stack: 0,
+            size: n as u64,
+            alloc_fn: AllocFn::Malloc,
+        };
+        for round in 0..400 {
+            if next(3) == 0 {
+                let chunk: Vec<Freed> = (0..next(3000))
+                    .map(|i| freed(16 * next(100_000), all.len() + i as usize))
+                    .collect();
+                all.extend(&chunk);
+                h.append(chunk);
+            } else {
+                for _ in 0..next(300) {
+                    let f = freed(16 * next(100_000), all.len());
+                    all.push(f);
+                    h.push(f);
+                }
+            }
+            // No lookup in the first rounds: the index is built late.
+            if round > 100 {
+                let window = &all[all.len().saturating_sub(FREED_HISTORY)..];
+                for _ in 0..50 {
+                    let a = 16 * next(100_000);
+                    let want = window.iter().rev().find(|f| f.address == a);
+                    assert_eq!(h.get(a), want, "address {a:#x} after {} frees", all.len());
+                }
+            }
+        }
+        assert!(all.len() > 2 * FREED_HISTORY);
     }
 
     #[test]

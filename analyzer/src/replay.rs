@@ -387,15 +387,16 @@ pub struct Replay {
 const SUMMARIES_AHEAD: usize = 2;
 
 /// Fewest rayon threads with which runs are summarized on the pool (see
-/// [`crate::summary`]); with fewer, the replaying thread accounts for them itself.
+/// [`crate::summary`]); with fewer (one core), the replaying thread accounts for them
+/// itself.
 ///
-/// Summaries take the accounting off the replaying thread (100 M synthetic events on
-/// two cores: its CPU time 1.79 -> 1.12 s, its share of the work 36% -> 20%) but cost
-/// more in all (5.7 s of CPU against 4.9: the pool reads each run's steps and results
-/// from another core's cache). On two cores that made the replay 5-12% slower, so
-/// there they stay off; from the per-thread figures, the shorter replaying thread
-/// should pay for the extra work from about four cores (see docs/PERFORMANCE.md).
-const SUMMARY_MIN_THREADS: usize = 4;
+/// Summaries take the accounting off the replaying thread: 100 M synthetic events on
+/// two cores, its CPU time 2.05 -> 0.81 s, its share of the work 37% -> 15%, which is
+/// what bounds the replay on more cores. On two cores the elapsed time is the same
+/// within this VM's noise (medians of alternating runs 6% better to 8% worse), for
+/// 0-10% more CPU in all (the pool reads each run's steps and results from another
+/// core's cache); see docs/PERFORMANCE.md.
+const SUMMARY_MIN_THREADS: usize = 2;
 
 /// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
 /// Kept small: a run's steps are written, read by the shards and read again.
@@ -978,15 +979,21 @@ impl Replay {
     /// nodes, modules, resources, RSS samples) are applied in order by the last pass.
     pub fn apply_chunk(&mut self, records: &mut Vec<Record>) {
         self.ready_batch();
-        // The image of the latest thread looked up, the batch's indices of its heap and
-        // image (valid until the run ends).
-        let mut cached: Option<(u32, ImageId, usize, usize)> = None;
+        // The image of the latest thread looked up and the batch's index of its heap
+        // (valid until the run ends).
+        let mut cached: Option<(u32, ImageId, usize)> = None;
         for rec in records.drain(..) {
             match self.plan(&rec, &mut cached) {
                 Some(step) => {
                     if let Step::Deferred = step {
                         self.batch.deferred.push(rec);
                     } else {
+                        if let Step::Alloc { ts, .. }
+                        | Step::Free { ts, .. }
+                        | Step::Realloc { ts, .. } = step
+                        {
+                            self.batch.max_ts = self.batch.max_ts.max(ts);
+                        }
                         // An allocator event, copied into its step: it owns nothing, so
                         // forgetting it skips a drop call per record (3% of a profile
                         // when the chunk was dropped record by record).
@@ -1051,7 +1058,7 @@ impl Replay {
     /// Notes in `batch.clocks` the clock each of its images is predicted to have before
     /// it, and predicts the clocks after it (see [`crate::summary`]).
     fn predict_clocks(&mut self, batch: &mut Batch) {
-        for &(img, latest) in &batch.images {
+        for &img in &batch.images {
             if self.predicted_clocks.len() <= img {
                 self.predicted_clocks.resize(img + 1, None);
             }
@@ -1060,8 +1067,10 @@ impl Replay {
                 Some(p) if p.start() == real.start() && p.shift() >= real.shift() => p,
                 _ => real,
             };
+            // The run's latest timestamp may be another image's (then the prediction
+            // can be too far ahead, and the merge finds it wrong).
             let mut end = start;
-            end.advance(latest);
+            end.advance(batch.max_ts);
             self.predicted_clocks[img] = Some(end);
             batch.clocks.push((img, start));
         }
@@ -1168,13 +1177,13 @@ impl Replay {
             }
             t.last_alloc = th.latest.unwrap_or(carried);
         }
-        for &(img, address, b, free_stack) in &sum.freed {
+        if let Some(img) = sum.freed_by {
             if let Some(heap) = self
                 .heaps
                 .get_mut(self.images[img].heap)
                 .and_then(Option::as_mut)
             {
-                heap.remember_free(address, b.stack, b.func, free_stack, b.size);
+                heap.remember_frees(sum.freed);
             }
         }
         batch.clear();
@@ -1206,11 +1215,7 @@ impl Replay {
 
     /// The batch step of `rec` (see [`Replay::apply_chunk`]), or `None` if it must
     /// be applied alone after everything before it.
-    fn plan(
-        &mut self,
-        rec: &Record,
-        cached: &mut Option<(u32, ImageId, usize, usize)>,
-    ) -> Option<Step> {
+    fn plan(&mut self, rec: &Record, cached: &mut Option<(u32, ImageId, usize)>) -> Option<Step> {
         if self.end_seen {
             return None;
         }
@@ -1235,8 +1240,8 @@ impl Replay {
             }
         };
         // The thread's image and the batch's index of its heap.
-        let (img, heap, image) = match *cached {
-            Some((t, img, heap, image)) if t == tid => (img, heap, image),
+        let (img, heap) = match *cached {
+            Some((t, img, heap)) if t == tid => (img, heap),
             _ => {
                 let t = self.threads.get(&tid)?;
                 let img = self.procs[t.process].current();
@@ -1252,15 +1257,11 @@ impl Replay {
                         self.batch.heaps.len() - 1
                     }
                 };
-                let image = match self.batch.images.iter().position(|&(i, _)| i == img) {
-                    Some(i) => i,
-                    None => {
-                        self.batch.images.push((img, 0));
-                        self.batch.images.len() - 1
-                    }
-                };
-                *cached = Some((tid, img, heap, image));
-                (img, heap, image)
+                if !self.batch.images.contains(&img) {
+                    self.batch.images.push(img);
+                }
+                *cached = Some((tid, img, heap));
+                (img, heap)
             }
         };
         let shards = self.shards;
@@ -1349,10 +1350,6 @@ impl Replay {
             }
             _ => Step::Deferred,
         };
-        if let Step::Alloc { ts, .. } | Step::Free { ts, .. } | Step::Realloc { ts, .. } = step {
-            let latest = &mut self.batch.images[image].1;
-            *latest = (*latest).max(ts);
-        }
         Some(step)
     }
 

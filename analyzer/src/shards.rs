@@ -107,8 +107,10 @@ pub(crate) struct Batch {
     pub results: Vec<Vec<Option<Block>>>,
     /// The heaps the pending steps use (ids into `Replay::heaps`).
     pub heaps: Vec<usize>,
-    /// The images the steps name, with their steps' latest timestamp.
-    pub images: Vec<(ImageId, u64)>,
+    /// The images the steps name.
+    pub images: Vec<ImageId>,
+    /// The steps' latest timestamp.
+    pub max_ts: u64,
     /// Each of those images' bucket clock before the run, as predicted when the run
     /// was handed over (see [`crate::summary`]).
     pub clocks: Vec<(ImageId, crate::growth::Clock)>,
@@ -127,6 +129,7 @@ impl Batch {
         }
         self.heaps.clear();
         self.images.clear();
+        self.max_ts = 0;
         self.clocks.clear();
     }
 }

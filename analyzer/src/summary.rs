@@ -28,12 +28,15 @@
 //!   predicted, and the merge checks the prediction;
 //! * temporaries: a free before its thread's first allocation in the run is temporary
 //!   iff the block is the thread's latest allocation from before the run; such frees
-//!   are kept as pending checks, resolved by the merge in order.
+//!   are kept as pending checks, resolved by the merge in order;
+//! * the freed-block history (for telling double frees from invalid ones): the run's
+//!   frees, in order, become one chunk of the heap's history, moved, not copied.
 //!
 //! Runs whose events need the whole state (a free of an address that is not live, an
 //! allocation at a live address, a mismatched free, a block freed by another image
-//! than its owner, a failed realloc of a pointer that is not live, an RSS sample, whose
-//! figures read the live total at that point) are not summarized: the merge then runs
+//! than its owner, frees by two images, a failed realloc of a pointer that is not
+//! live, an RSS sample, whose figures read the live total at that point) are not
+//! summarized: the merge then runs
 //! the serial accounting on them, so their results are exactly the serial path's.
 //! The summary is a pure function of the run and the shards' results; the merge checks
 //! its assumptions (the image is open, the predicted clock is the real one, no figure
@@ -43,7 +46,7 @@ use heaptape_format::{AllocFn, Record, StackId, Timestamp};
 
 use crate::growth::Clock;
 use crate::hash::FastMap;
-use crate::heap::{Block, ImageId};
+use crate::heap::{Block, Freed, ImageId};
 use crate::replay::Step;
 use crate::shards::Batch;
 
@@ -62,9 +65,11 @@ pub(crate) struct RunSummary {
     pub images: Vec<ImageSummary>,
     /// Per thread that made an allocator call, in order of first call.
     pub threads: Vec<ThreadSummary>,
-    /// The run's valid frees, in order: the image whose heap remembers them, the
-    /// address, and the freed block.
-    pub freed: Vec<(ImageId, u64, Block, StackId)>,
+    /// The run's valid frees, in order, for the freed-block history of the heap of
+    /// `freed_by` (the image that made them all: a run whose frees come from several
+    /// images is accounted for serially).
+    pub freed: Vec<Freed>,
+    pub freed_by: Option<ImageId>,
 }
 
 /// One image's accounting in a run.
@@ -384,18 +389,29 @@ fn summarize_or_serial(batch: &Batch) -> Result<RunSummary, Serial> {
         // A valid release of `address` by this thread with function `func`.
         let release = |image: &mut ImageSummary,
                        thread: &mut ThreadSummary,
-                       freed: &mut Vec<(ImageId, u64, Block, StackId)>,
+                       freed: &mut Vec<Freed>,
+                       freed_by: &mut Option<ImageId>,
                        removed: Option<Block>,
                        address: u64,
                        func: AllocFn,
                        stack: StackId|
          -> Result<(), Serial> {
             let b = removed.ok_or(Serial)?;
-            if b.owner != img || b.func.family() != func.family() || b.size >= MAX_SIZE {
+            if b.owner != img
+                || b.func.family() != func.family()
+                || b.size >= MAX_SIZE
+                || *freed_by.get_or_insert(img) != img
+            {
                 return Err(Serial);
             }
             let temporary = thread.frees(address, &b) == Some(true);
-            freed.push((img, address, b, stack));
+            freed.push(Freed {
+                address,
+                alloc_stack: b.stack,
+                free_stack: stack,
+                size: b.size,
+                alloc_fn: b.func,
+            });
             image.released(b.stack, b.size, temporary, ts);
             Ok(())
         };
@@ -427,6 +443,7 @@ fn summarize_or_serial(batch: &Batch) -> Result<RunSummary, Serial> {
                     image,
                     &mut sum.threads[t],
                     &mut sum.freed,
+                    &mut sum.freed_by,
                     removed,
                     address,
                     func,
@@ -450,6 +467,7 @@ fn summarize_or_serial(batch: &Batch) -> Result<RunSummary, Serial> {
                         image,
                         &mut sum.threads[t],
                         &mut sum.freed,
+                        &mut sum.freed_by,
                         removed,
                         old,
                         func,
