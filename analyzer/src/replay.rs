@@ -1085,11 +1085,13 @@ impl Replay {
             return;
         }
         let (tx, rx) = mpsc::channel();
+        let mut batch = batch;
+        let freed = std::mem::take(&mut batch.freed);
         rayon::spawn(move || {
             // A summary that panics is left to the serial accounting, which then
             // panics on this thread, where the panic is reported.
             let summary = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::summary::summarize(&batch)
+                crate::summary::summarize(&batch, freed)
             }))
             .ok()
             .flatten();
@@ -1183,7 +1185,7 @@ impl Replay {
                 .get_mut(self.images[img].heap)
                 .and_then(Option::as_mut)
             {
-                heap.remember_frees(sum.freed);
+                batch.freed = heap.remember_frees(sum.freed);
             }
         }
         batch.clear();

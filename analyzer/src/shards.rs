@@ -111,6 +111,9 @@ pub(crate) struct Batch {
     pub images: Vec<ImageId>,
     /// The steps' latest timestamp.
     pub max_ts: u64,
+    /// A buffer for the frees of the run's summary (recycled from the freed-block
+    /// history, so that no run allocates and faults in a fresh one).
+    pub freed: Vec<crate::heap::Freed>,
     /// Each of those images' bucket clock before the run, as predicted when the run
     /// was handed over (see [`crate::summary`]).
     pub clocks: Vec<(ImageId, crate::growth::Clock)>,
@@ -141,8 +144,9 @@ const PREFETCH_AHEAD: usize = 8;
 pub(crate) type Lent = Vec<(usize, Live)>;
 
 enum ToShards {
-    /// Run this batch; the heaps that come with it are lent from now on.
-    Run(Batch, Lent),
+    /// Run this batch; the heaps that come with it are lent from now on (boxed: a
+    /// message per run of thousands of steps).
+    Run(Box<Batch>, Lent),
     /// Give every lent heap back.
     Return,
 }
@@ -220,7 +224,7 @@ impl Shards {
             Mode::Thread { to, .. } => {
                 // The thread is gone only after a panic, which `take` passes on.
                 if let Some(to) = to {
-                    let _ = to.send(ToShards::Run(batch, lend));
+                    let _ = to.send(ToShards::Run(Box::new(batch), lend));
                 }
             }
             Mode::Inline { lives, done } => {
@@ -306,7 +310,8 @@ fn spawn() -> Option<Mode> {
             let mut lives: Lent = Vec::new();
             while let Ok(msg) = crate::handoff::recv(&todo) {
                 let reply = match msg {
-                    ToShards::Run(mut batch, lend) => {
+                    ToShards::Run(batch, lend) => {
+                        let mut batch = *batch;
                         lives.extend(lend);
                         run_shards(&mut batch, &mut lives);
                         FromShards::Ran(batch)

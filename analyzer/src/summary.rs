@@ -315,12 +315,18 @@ struct Serial;
 /// The summary of `batch`, whose shards have run, or `None` if the run must be
 /// accounted for serially (see the module docs). `batch.clocks` holds the predicted
 /// clock of every image its steps name.
-pub(crate) fn summarize(batch: &Batch) -> Option<RunSummary> {
-    summarize_or_serial(batch).ok()
+/// The summary's list of frees starts as `freed` (emptied), a buffer recycled from the
+/// freed-block history.
+pub(crate) fn summarize(batch: &Batch, freed: Vec<Freed>) -> Option<RunSummary> {
+    summarize_or_serial(batch, freed).ok()
 }
 
-fn summarize_or_serial(batch: &Batch) -> Result<RunSummary, Serial> {
-    let mut sum = RunSummary::default();
+fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummary, Serial> {
+    freed.clear();
+    let mut sum = RunSummary {
+        freed,
+        ..RunSummary::default()
+    };
     let mut cursors = vec![0usize; batch.results.len()];
     let mut next = |shard: u16| -> Result<Option<Block>, Serial> {
         let s = usize::from(shard);
