@@ -1136,9 +1136,25 @@ impl Replay {
     /// Applies a run through its summary, with the same result as [`Replay::account`].
     fn merge(&mut self, mut batch: Batch, sum: RunSummary) {
         self.runs_merged += 1;
-        // The run's other records touch nothing its allocator steps change.
-        for rec in batch.deferred.drain(..) {
-            self.apply_now(rec);
+        // The run's other records touch nothing its allocator steps change, except RSS
+        // samples, which read an image's live bytes at their point of the run.
+        let mut rss = sum.rss.iter().peekable();
+        for (i, rec) in batch.deferred.drain(..).enumerate() {
+            match (rec, rss.peek()) {
+                (Record::RssSample(s), Some((at, deltas))) if *at == i => {
+                    self.last_ts = self.last_ts.max(s.ts);
+                    self.records += 1;
+                    if let Some(p) = self.running(s.pid) {
+                        let img = self.procs[p].current();
+                        let delta = deltas.iter().find(|d| d.0 == img).map_or(0, |d| d.1);
+                        let image = &mut self.images[img];
+                        let live = (image.live_bytes as i64 + delta) as u64;
+                        image.timeline.sample(s.ts, live, s.rss, s.anon);
+                    }
+                    rss.next();
+                }
+                (rec, _) => self.apply_now(rec),
+            }
         }
         self.records += sum.steps;
         self.alloc_events += sum.steps;

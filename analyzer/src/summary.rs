@@ -35,8 +35,7 @@
 //! Runs whose events need the whole state (a free of an address that is not live, an
 //! allocation at a live address, a mismatched free, a block freed by another image
 //! than its owner, frees by two images, a failed realloc of a pointer that is not
-//! live, an RSS sample, whose figures read the live total at that point) are not
-//! summarized: the merge then runs
+//! live) are not summarized: the merge then runs
 //! the serial accounting on them, so their results are exactly the serial path's.
 //! The summary is a pure function of the run and the shards' results; the merge checks
 //! its assumptions (the image is open, the predicted clock is the real one, no figure
@@ -70,6 +69,10 @@ pub(crate) struct RunSummary {
     /// images is accounted for serially).
     pub freed: Vec<Freed>,
     pub freed_by: Option<ImageId>,
+    /// Per RSS sample among the run's other records (by its index among them): the
+    /// relative live bytes of each image touched so far, which the sample records
+    /// beside the process's RSS.
+    pub rss: Vec<(usize, Vec<(ImageId, i64)>)>,
 }
 
 /// One image's accounting in a run.
@@ -334,15 +337,21 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         cursors[s] += 1;
         r.copied().ok_or(Serial)
     };
-    let mut deferred = batch.deferred.iter();
+    let mut deferred = batch.deferred.iter().enumerate();
     // The index of the latest image and thread used (most steps repeat them).
     let mut last_img: Option<(u32, usize)> = None;
     let mut last_tid: Option<(u32, usize)> = None;
     for step in &batch.steps {
         let (img, tid, ts) = match *step {
             Step::Deferred => {
-                if let Some(Record::RssSample(_)) | None = deferred.next() {
-                    return Err(Serial);
+                match deferred.next() {
+                    // Its sample reads the live total at this point.
+                    Some((i, Record::RssSample(_))) => sum.rss.push((
+                        i,
+                        sum.images.iter().map(|im| (im.img, im.d_bytes)).collect(),
+                    )),
+                    Some(_) => {}
+                    None => return Err(Serial),
                 }
                 continue;
             }
