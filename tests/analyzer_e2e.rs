@@ -489,3 +489,114 @@ fn reports_to_a_full_disk_fail_with_one_line() {
     assert!(text.trim_end().ends_with('}'), "{text}");
     assert!(text.lines().last().unwrap().starts_with("End {"), "{text}");
 }
+
+/// Three threads churning through a shared pool of blocks under a lock: each frees
+/// blocks the others allocated, reallocs some, makes temporaries, and leaks a few;
+/// about 60,000 allocator calls, so the replay runs them in several runs.
+const THREADS_C: &str = r#"
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define POOL 4096
+static void *pool[POOL];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+void *volatile sink;
+
+__attribute__((noinline)) static void *grab(unsigned size) { return malloc(size); }
+__attribute__((noinline)) static void *grow(void *p, unsigned size) { return realloc(p, size); }
+__attribute__((noinline)) static void drop(void *p) { free(p); }
+
+static void *worker(void *arg) {
+    unsigned x = (unsigned)(unsigned long)arg * 2654435761u + 1;
+    for (int i = 0; i < 5000; i++) {
+        x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+        unsigned slot = x % POOL;
+        pthread_mutex_lock(&lock);
+        drop(pool[slot]);
+        pool[slot] = grab(16 + x % 700);
+        if (x % 5 == 0) pool[slot] = grow(pool[slot], 32 + x % 3000);
+        pthread_mutex_unlock(&lock);
+        char *t = grab(64);
+        memset(t, 1, 64);
+        drop(t);
+        if (x % 997 == 0) sink = grab(100);
+    }
+    return 0;
+}
+
+int main(void) {
+    pthread_t t[3];
+    for (long i = 0; i < 3; i++) pthread_create(&t[i], 0, worker, (void *)(i + 1));
+    for (int i = 0; i < 3; i++) pthread_join(t[i], 0);
+    for (int i = 0; i < POOL; i += 2) drop(pool[i]);
+    return 0;
+}
+"#;
+
+/// The report is the same whatever the number of threads analyzing: one (the
+/// replaying thread accounts for every run), two and four (runs summarized on the pool
+/// and merged, one and three address shards).
+#[test]
+fn reports_do_not_depend_on_the_threads_analyzing() {
+    let dir = Dir::new("threads");
+    let src = dir.0.join("threads.c");
+    std::fs::write(&src, THREADS_C).unwrap();
+    let exe = dir.0.join("threads");
+    let out = Command::new("cc")
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = dir.0.join("threads.trace");
+    record(&exe, &trace);
+    let report = |threads: &str, json: bool| {
+        let mut args = vec!["analyze", "--top", "100"];
+        if json {
+            args.push("--json");
+        }
+        args.push(trace.to_str().unwrap());
+        let out = Command::new(HEAPTAPE)
+            .args(&args)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("heaptape runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let one = report("1", true);
+    let v: Value = serde_json::from_slice(&one).unwrap();
+    let totals = &v["processes"][0]["totals"];
+    // 3 threads x 5,000 iterations: a malloc and a free of the pool slot (the first
+    // frees of empty slots are free(NULL)), a temporary malloc and free, a realloc
+    // every fifth iteration or so.
+    let allocations = totals["allocations"].as_u64().unwrap();
+    assert!(allocations > 30_000, "{totals}");
+    assert!(
+        totals["temporary_allocations"].as_u64().unwrap() >= 15_000,
+        "{totals}"
+    );
+    for threads in ["2", "4"] {
+        assert!(
+            one == report(threads, true),
+            "JSON with {threads} threads differs"
+        );
+    }
+    let text = report("1", false);
+    for threads in ["2", "4"] {
+        assert!(
+            text == report(threads, false),
+            "text with {threads} threads differs"
+        );
+    }
+}
