@@ -1293,7 +1293,12 @@ impl Replay {
             } else {
                 Live::shard_of(crate::hash::fmix64(address), shards)
             };
-            ops[shard].push(ShardOp { step, heap, kind });
+            ops[shard].push(ShardOp {
+                address,
+                step,
+                heap,
+                kind,
+            });
             shard as u16
         };
         let img = img as u32;

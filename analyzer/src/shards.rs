@@ -29,10 +29,13 @@ use crate::replay::Step;
 /// more, it takes back the oldest (waiting for it if need be) before planning on.
 pub(crate) const RUNS_AHEAD: usize = 2;
 
-/// One live-table operation, run by the shard owning its address: what it is follows
-/// from its step.
+/// One live-table operation, run by the shard owning its address. The address is
+/// copied here so that a removal or a look-up (and the prefetch of every operation's
+/// slot) need not read the step: only an insertion reads its block from it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ShardOp {
+    /// The address the operation is about.
+    pub address: u64,
     /// Index into [`Batch::steps`].
     pub step: u32,
     /// Index into [`Batch::heaps`].
@@ -52,17 +55,6 @@ pub(crate) enum ShardOpKind {
 }
 
 impl ShardOp {
-    /// The address the operation is about.
-    #[inline]
-    fn address(self, steps: &[Step]) -> u64 {
-        match (steps[self.step as usize], self.kind) {
-            (Step::Alloc { address, .. } | Step::Free { address, .. }, _) => address,
-            (Step::Realloc { new, .. }, ShardOpKind::Insert) => new,
-            (Step::Realloc { old, .. }, _) => old,
-            (Step::Deferred, _) => unreachable!("deferred steps have no operation"),
-        }
-    }
-
     /// The block an insert makes live.
     #[inline]
     fn block(self, steps: &[Step]) -> Block {
@@ -390,10 +382,10 @@ fn run_shard(
     out.reserve(ops.len());
     for (i, &op) in ops.iter().enumerate() {
         if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
-            tables[usize::from(next.heap)].prefetch(crate::hash::fmix64(next.address(steps)));
+            tables[usize::from(next.heap)].prefetch(crate::hash::fmix64(next.address));
         }
         let t = &mut *tables[usize::from(op.heap)];
-        let address = op.address(steps);
+        let address = op.address;
         let hash = crate::hash::fmix64(address);
         out.push(match op.kind {
             ShardOpKind::Insert => t.insert_hashed(address, hash, op.block(steps)),
