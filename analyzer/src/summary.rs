@@ -317,9 +317,8 @@ struct Serial;
 
 /// The summary of `batch`, whose shards have run, or `None` if the run must be
 /// accounted for serially (see the module docs). `batch.clocks` holds the predicted
-/// clock of every image its steps name.
-/// The summary's list of frees starts as `freed` (emptied), a buffer recycled from the
-/// freed-block history.
+/// clock of every image its steps name. The summary collects the run's frees in
+/// `freed` (emptied first), a buffer recycled from the freed-block history.
 pub(crate) fn summarize(batch: &Batch, freed: Vec<Freed>) -> Option<RunSummary> {
     summarize_or_serial(batch, freed).ok()
 }
@@ -338,9 +337,11 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         r.copied().ok_or(Serial)
     };
     let mut deferred = batch.deferred.iter().enumerate();
-    // The index of the latest image and thread used (most steps repeat them).
+    // The index of the latest image and thread used (most steps repeat them), and of
+    // every thread (a program may have thousands).
     let mut last_img: Option<(u32, usize)> = None;
     let mut last_tid: Option<(u32, usize)> = None;
+    let mut thread_index: FastMap<u32, usize> = FastMap::default();
     for step in &batch.steps {
         let (img, tid, ts) = match *step {
             Step::Deferred => {
@@ -384,17 +385,15 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         let t = match last_tid {
             Some((t, k)) if t == tid => k,
             _ => {
-                let k = match sum.threads.iter().position(|s| s.tid == tid) {
-                    Some(k) => k,
-                    None => {
-                        sum.threads.push(ThreadSummary {
-                            tid,
-                            latest: None,
-                            pending: Vec::new(),
-                        });
-                        sum.threads.len() - 1
-                    }
-                };
+                let threads = &mut sum.threads;
+                let k = *thread_index.entry(tid).or_insert_with(|| {
+                    threads.push(ThreadSummary {
+                        tid,
+                        latest: None,
+                        pending: Vec::new(),
+                    });
+                    threads.len() - 1
+                });
                 last_tid = Some((tid, k));
                 k
             }
