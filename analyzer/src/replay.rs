@@ -2038,6 +2038,18 @@ mod tests {
         }
     }
 
+    /// Ends a generated trace with its end record.
+    fn push_end(recs: &mut Vec<Record>, ts: u64) {
+        recs.push(Record::End {
+            ts,
+            counts: EndCounts {
+                records: recs.len() as u64,
+                alloc_events: 0,
+                chunks: 0,
+            },
+        });
+    }
+
     /// A random trace with processes (fork, vfork, exec, exit), threads that come and
     /// go, unbound threads, and allocator events over a small pool of addresses, so
     /// that double, invalid and mismatched frees, temporaries, allocations at live
@@ -2168,14 +2180,7 @@ mod tests {
             }
             recs.push(rec);
         }
-        recs.push(Record::End {
-            ts,
-            counts: EndCounts {
-                records: recs.len() as u64,
-                alloc_events: 0,
-                chunks: 0,
-            },
-        });
+        push_end(&mut recs, ts);
         recs
     }
 
@@ -2345,14 +2350,7 @@ mod tests {
             };
             recs.push(rec);
         }
-        recs.push(Record::End {
-            ts,
-            counts: EndCounts {
-                records: recs.len() as u64,
-                alloc_events: 0,
-                chunks: 0,
-            },
-        });
+        push_end(&mut recs, ts);
         recs
     }
 
