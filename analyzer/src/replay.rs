@@ -1022,6 +1022,7 @@ impl Replay {
         if batch.ops.len() != self.shards {
             batch.ops = (0..self.shards).map(|_| Vec::new()).collect();
             batch.results = (0..self.shards).map(|_| Vec::new()).collect();
+            batch.replaced = (0..self.shards).map(|_| Vec::new()).collect();
         }
     }
 
@@ -1387,13 +1388,24 @@ impl Replay {
         let mut next = |shard: u16| -> Option<Block> {
             results[usize::from(shard)]
                 .next()
-                .expect("one result per shard operation")
+                .expect("one result per shard removal or look-up")
+        };
+        let mut replaced: Vec<_> = batch
+            .replaced
+            .iter_mut()
+            .map(|r| r.drain(..).peekable())
+            .collect();
+        // The block the insertion of step `step` replaced.
+        let mut replaced_at = |shard: u16, step: u32| -> Option<Block> {
+            let r = &mut replaced[usize::from(shard)];
+            r.next_if(|&(s, _)| s == step).map(|(_, b)| b)
         };
         // The latest allocation of the thread of the latest step, written back to
         // `self.threads` when another thread comes, before a deferred record and at the
         // end (no deferred record reads it, but this keeps the rule simple).
         let mut hot = HotThread::default();
-        for step in batch.steps.drain(..) {
+        for (i, step) in batch.steps.drain(..).enumerate() {
+            let i = i as u32;
             match step {
                 Step::Deferred => {
                     hot.write_back(&mut self.threads);
@@ -1412,7 +1424,7 @@ impl Replay {
                 } => {
                     let img = img as ImageId;
                     self.count_alloc_event(ts);
-                    let old = next(shard);
+                    let old = replaced_at(shard, i);
                     self.allocated(img, ts, size, stack, old);
                     hot.get(&mut self.threads, tid).allocated(img, address);
                 }
@@ -1480,7 +1492,7 @@ impl Replay {
                         continue;
                     }
                     if new != 0 {
-                        let old_block = next(new_shard);
+                        let old_block = replaced_at(new_shard, i);
                         self.allocated(img, ts, size, stack, old_block);
                         hot.get(&mut self.threads, tid).allocated(img, new);
                     } else if old == 0 {
@@ -1491,6 +1503,7 @@ impl Replay {
         }
         hot.write_back(&mut self.threads);
         drop(results);
+        drop(replaced);
         debug_assert!(deferred.next().is_none(), "a deferred step per record");
         drop(deferred);
         batch.clear();

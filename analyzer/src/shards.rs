@@ -46,7 +46,8 @@ pub(crate) struct ShardOp {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ShardOpKind {
-    /// Make the step's block live; the result is the block it replaced.
+    /// Make the step's block live; the result is the block it replaced, if any (see
+    /// [`Batch::replaced`]).
     Insert,
     /// Remove the block at the step's (old) address; the result is the block removed.
     Remove,
@@ -95,8 +96,12 @@ pub(crate) struct Batch {
     pub deferred: Vec<Record>,
     /// Per shard: its operations, in file order.
     pub ops: Vec<Vec<ShardOp>>,
-    /// Per shard: the results of its operations, in the same order.
+    /// Per shard: the results of its removals and look-ups, in order.
     pub results: Vec<Vec<Option<Block>>>,
+    /// Per shard: the blocks its insertions replaced (an allocation at a live address,
+    /// which is rare), with the insertion's step, in order. Insertions that replaced
+    /// nothing leave no result: half the operations write and hand over nothing.
+    pub replaced: Vec<Vec<(u32, Block)>>,
     /// The heaps the pending steps use (ids into `Replay::heaps`).
     pub heaps: Vec<usize>,
     /// The images the steps name.
@@ -120,6 +125,9 @@ impl Batch {
             v.clear();
         }
         for v in &mut self.results {
+            v.clear();
+        }
+        for v in &mut self.replaced {
             v.clear();
         }
         self.heaps.clear();
@@ -354,18 +362,19 @@ fn run_shards(batch: &mut Batch, lives: &mut Lent) {
         .iter_mut()
         .zip(&batch.ops)
         .zip(&mut batch.results)
-        .map(|((tables, ops), out)| (tables, ops, out));
-    let Some((tables, ops, out)) = work.next() else {
+        .zip(&mut batch.replaced)
+        .map(|(((tables, ops), out), replaced)| (tables, ops, out, replaced));
+    let Some((tables, ops, out, replaced)) = work.next() else {
         return;
     };
     if shards == 1 {
-        run_shard(tables, steps, ops, out);
+        run_shard(tables, steps, ops, out, replaced);
     } else {
         rayon::in_place_scope(|scope| {
-            for (tables, ops, out) in work {
-                scope.spawn(move |_| run_shard(tables, steps, ops, out));
+            for (tables, ops, out, replaced) in work {
+                scope.spawn(move |_| run_shard(tables, steps, ops, out, replaced));
             }
-            run_shard(tables, steps, ops, out);
+            run_shard(tables, steps, ops, out, replaced);
         });
     }
 }
@@ -377,9 +386,11 @@ fn run_shard(
     steps: &[Step],
     ops: &[ShardOp],
     out: &mut Vec<Option<Block>>,
+    replaced: &mut Vec<(u32, Block)>,
 ) {
     out.clear();
     out.reserve(ops.len());
+    replaced.clear();
     for (i, &op) in ops.iter().enumerate() {
         if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
             tables[usize::from(next.heap)].prefetch(crate::hash::fmix64(next.address));
@@ -387,10 +398,14 @@ fn run_shard(
         let t = &mut *tables[usize::from(op.heap)];
         let address = op.address;
         let hash = crate::hash::fmix64(address);
-        out.push(match op.kind {
-            ShardOpKind::Insert => t.insert_hashed(address, hash, op.block(steps)),
-            ShardOpKind::Remove => t.remove_hashed(address, hash),
-            ShardOpKind::Get => t.get_hashed(address, hash),
-        });
+        match op.kind {
+            ShardOpKind::Insert => {
+                if let Some(old) = t.insert_hashed(address, hash, op.block(steps)) {
+                    replaced.push((op.step, old));
+                }
+            }
+            ShardOpKind::Remove => out.push(t.remove_hashed(address, hash)),
+            ShardOpKind::Get => out.push(t.get_hashed(address, hash)),
+        }
     }
 }

@@ -342,6 +342,11 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
     let mut last_img: Option<(u32, usize)> = None;
     let mut last_tid: Option<(u32, usize)> = None;
     let mut thread_index: FastMap<u32, usize> = FastMap::default();
+    // An allocation at a live address (an insertion that replaced a block) needs the
+    // serial accounting.
+    if batch.replaced.iter().any(|r| !r.is_empty()) {
+        return Err(Serial);
+    }
     for step in &batch.steps {
         let (img, tid, ts) = match *step {
             Step::Deferred => {
@@ -435,10 +440,9 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
                 address,
                 size,
                 stack,
-                shard,
                 ..
             } => {
-                if next(shard)?.is_some() || size >= MAX_SIZE {
+                if size >= MAX_SIZE {
                     return Err(Serial);
                 }
                 image.allocated(stack, size, ts);
@@ -471,7 +475,6 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
                 size,
                 stack,
                 old_shard,
-                new_shard,
                 ..
             } => {
                 if crate::replay::realloc_frees_old(old, new, size) {
@@ -496,7 +499,7 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
                     continue;
                 }
                 if new != 0 {
-                    if next(new_shard)?.is_some() || size >= MAX_SIZE {
+                    if size >= MAX_SIZE {
                         return Err(Serial);
                     }
                     image.allocated(stack, size, ts);
