@@ -183,7 +183,8 @@ struct DiffArgs {
     /// Match call sites by their innermost N symbolized frames.
     #[arg(long, value_name = "N", default_value_t = heaptape_analyzer::diff::DEFAULT_DEPTH)]
     call_site_depth: usize,
-    /// Also write a differential flamegraph (SVG): widths from NEW, red where NEW grew.
+    /// Also write a differential flamegraph (SVG) to this file (not `-`: the report
+    /// goes to standard output): widths from NEW, red where NEW grew.
     #[arg(long, value_name = "SVG")]
     flamegraph: Option<PathBuf>,
     /// What the differential flamegraph measures.
@@ -446,6 +447,16 @@ fn flamegraph(args: FlamegraphArgs) -> ExitCode {
 
 fn diff(args: DiffArgs) -> ExitCode {
     use heaptape_analyzer::{diff as d, flamegraph as fg};
+    if args
+        .flamegraph
+        .as_ref()
+        .is_some_and(|p| p.as_os_str() == "-")
+    {
+        eprintln!(
+            "heaptape: --flamegraph - would mix the SVG with the report on standard output; give a file name"
+        );
+        return ExitCode::from(2);
+    }
     let opts = heaptape_analyzer::AnalyzeOptions::default();
     let (Some(old), Some(new)) = (load(&args.old, &opts), load(&args.new, &opts)) else {
         return ExitCode::from(1);

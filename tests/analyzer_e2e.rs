@@ -425,6 +425,20 @@ fn diff_reports_the_new_leak_and_fails_on_it() {
     assert_eq!(sites[0]["delta"]["leaked_bytes"], 2048);
     svg_frames(&svg);
 
+    // `--flamegraph -` would share standard output with the report: refused in one
+    // line, before any trace is read, and no file named `-`.
+    let out = Command::new(HEAPTAPE)
+        .args(["diff", &s(&t1), &s(&t2), "--flamegraph", "-"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("give a file name"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(!dir.0.join("-").exists());
+
     // Two runs of one build: nothing changed, conditions hold.
     let out = heaptape(&[
         "diff",
