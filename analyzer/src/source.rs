@@ -104,6 +104,9 @@ where
                         })
                         .collect::<Result<(), ReadError>>()
                         .map(|()| bufs);
+                    for raw in raws {
+                        reader.recycle(raw);
+                    }
                     let stop = decoded.is_err();
                     if tx.send(decoded).is_err() || stop {
                         break;

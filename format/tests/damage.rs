@@ -500,3 +500,44 @@ fn damage_payload(t: &mut Vec<u8>, rng: &mut Rng) {
     t.splice(at..at + CH + clen, chunk);
     fix_checksums(t);
 }
+
+/// Reading with payload buffers given back ([`TraceReader::recycle`]) reads the same
+/// records and finds the same cut: a reused buffer larger than the chunk being read
+/// must not hide that the file ends inside it.
+#[test]
+fn recycled_buffers_read_the_same_and_still_see_cuts() {
+    let records = sample_records(600, 9);
+    let bytes = write_trace(&records, 200, 999_999);
+    let read = |bytes: &[u8], recycle: bool| {
+        let mut reader = TraceReader::new(bytes).expect("a header");
+        let mut out = Vec::new();
+        let end = loop {
+            match reader.next_chunk() {
+                Ok(Some(raw)) => {
+                    out.extend(raw.decode().expect("a chunk that decodes"));
+                    if recycle {
+                        reader.recycle(raw);
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        (out, end, reader.truncation().cloned(), reader.chunks_read())
+    };
+    let whole = read(&bytes, true);
+    // The records written, then the end record.
+    assert_eq!(whole.0[..records.len()], records[..]);
+    assert!(matches!(whole.0[records.len()..], [Record::End { .. }]));
+    assert!(whole.3 > 4, "{} chunks", whole.3);
+    assert_eq!(whole, read(&bytes, false));
+    let mut cuts_seen = 0;
+    for cut in (100..bytes.len()).step_by(53) {
+        let cut_bytes = &bytes[..cut];
+        let (got, want) = (read(cut_bytes, true), read(cut_bytes, false));
+        assert_eq!(got, want, "cut at {cut}");
+        // A cut inside a chunk (not between two) is seen by the reader itself.
+        cuts_seen += usize::from(got.2.is_some());
+    }
+    assert!(cuts_seen > 20, "{cuts_seen} cuts seen");
+}
