@@ -372,7 +372,9 @@ impl<R: Read> Iterator for Records<R> {
                             .fail(ReadError::corrupt(offset, "a chunk follows the end record"));
                     }
                     self.chunk_offset = offset;
-                    match raw.decode() {
+                    let decoded = raw.decode();
+                    self.reader.recycle(raw);
+                    match decoded {
                         Ok(recs) => self.buf = recs.into_iter(),
                         Err(e) => return self.fail(e),
                     }
