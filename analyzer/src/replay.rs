@@ -2051,6 +2051,17 @@ mod tests {
         }
     }
 
+    /// The first record of a generated trace: process 100 starts.
+    fn start_record() -> Record {
+        Record::ProcessStart {
+            ts: 1,
+            pid: 100,
+            parent_pid: None,
+            origin: ProcessOrigin::Launched,
+            command: vec!["./app".into()],
+        }
+    }
+
     /// Ends a generated trace with its end record.
     fn push_end(recs: &mut Vec<Record>, ts: u64) {
         recs.push(Record::End {
@@ -2069,13 +2080,7 @@ mod tests {
     /// addresses, reallocs in place and failed reallocs all happen.
     fn random_trace(seed: u64, n: usize) -> Vec<Record> {
         let mut r = Rng(seed | 1);
-        let mut recs = vec![Record::ProcessStart {
-            ts: 1,
-            pid: 100,
-            parent_pid: None,
-            origin: ProcessOrigin::Launched,
-            command: vec!["./app".into()],
-        }];
+        let mut recs = vec![start_record()];
         let mut ts = 10u64;
         let funcs = [
             AllocFn::Malloc,
@@ -2199,18 +2204,12 @@ mod tests {
 
     /// A random trace of mostly valid allocator calls (the kind of run the summaries
     /// take, see [`crate::summary`]): threads that churn, free each other's blocks and
-    /// make temporaries, reallocs, timestamps that jump ahead and back, stack nodes, a
-    /// fork and an exec; now and then an RSS sample, a double free or a mismatched
-    /// free, whose runs take the serial accounting.
+    /// make temporaries, reallocs, timestamps that jump ahead and back, stack nodes, RSS
+    /// samples, a fork and an exec; now and then a double free or a mismatched free,
+    /// whose runs take the serial accounting.
     fn clean_trace(seed: u64, n: usize) -> Vec<Record> {
         let mut r = Rng(seed | 1);
-        let mut recs = vec![Record::ProcessStart {
-            ts: 1,
-            pid: 100,
-            parent_pid: None,
-            origin: ProcessOrigin::Launched,
-            command: vec!["./app".into()],
-        }];
+        let mut recs = vec![start_record()];
         for tid in 101..104 {
             recs.push(Record::ThreadStart {
                 ts: 2,
