@@ -805,10 +805,7 @@ impl Replay {
             return;
         }
         if let Record::RssSample(s) = rec {
-            if let Some(p) = self.running(s.pid) {
-                let image = &mut self.images[self.procs[p].current()];
-                image.timeline.sample(s.ts, image.live_bytes, s.rss, s.anon);
-            }
+            self.sample_rss(&s, &[]);
             return;
         }
         match rec {
@@ -1143,15 +1140,10 @@ impl Replay {
         for (i, rec) in batch.deferred.drain(..).enumerate() {
             match (rec, rss.peek()) {
                 (Record::RssSample(s), Some((at, deltas))) if *at == i => {
+                    // `apply_now`'s bookkeeping, then the sample.
                     self.last_ts = self.last_ts.max(s.ts);
                     self.records += 1;
-                    if let Some(p) = self.running(s.pid) {
-                        let img = self.procs[p].current();
-                        let delta = deltas.iter().find(|d| d.0 == img).map_or(0, |d| d.1);
-                        let image = &mut self.images[img];
-                        let live = (image.live_bytes as i64 + delta) as u64;
-                        image.timeline.sample(s.ts, live, s.rss, s.anon);
-                    }
+                    self.sample_rss(&s, deltas);
                     rss.next();
                 }
                 (rec, _) => self.apply_now(rec),
@@ -1508,6 +1500,19 @@ impl Replay {
         drop(deferred);
         batch.clear();
         self.spare.push(batch);
+    }
+
+    /// Records an RSS sample beside the live bytes of its process's image, plus that
+    /// image's entry in `deltas` (a summarized run's change up to the sample, see
+    /// [`crate::summary`]; none when the image's figures are current).
+    fn sample_rss(&mut self, s: &heaptape_format::RssSample, deltas: &[(ImageId, i64)]) {
+        if let Some(p) = self.running(s.pid) {
+            let img = self.procs[p].current();
+            let delta = deltas.iter().find(|d| d.0 == img).map_or(0, |d| d.1);
+            let image = &mut self.images[img];
+            let live = (image.live_bytes as i64 + delta) as u64;
+            image.timeline.sample(s.ts, live, s.rss, s.anon);
+        }
     }
 
     /// [`Replay::apply`]'s bookkeeping of an allocator event.
@@ -2288,29 +2293,23 @@ mod tests {
                         next_address
                     };
                     let size = r.below(3000);
-                    if size == 0 {
+                    let new = if size == 0 {
+                        // realloc(p, 0) frees p.
                         live.swap_remove(k);
                         freed.push(old);
-                        Record::Realloc {
-                            ts,
-                            tid,
-                            func: AllocFn::Realloc,
-                            old_address: old,
-                            new_address: 0,
-                            size,
-                            stack,
-                        }
+                        0
                     } else {
                         live[k] = (new, AllocFn::Malloc);
-                        Record::Realloc {
-                            ts,
-                            tid,
-                            func: AllocFn::Realloc,
-                            old_address: old,
-                            new_address: new,
-                            size,
-                            stack,
-                        }
+                        new
+                    };
+                    Record::Realloc {
+                        ts,
+                        tid,
+                        func: AllocFn::Realloc,
+                        old_address: old,
+                        new_address: new,
+                        size,
+                        stack,
                     }
                 }
                 301..=2600 => {

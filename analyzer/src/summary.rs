@@ -41,7 +41,7 @@
 //! its assumptions (the image is open, the predicted clock is the real one, no figure
 //! goes below zero) and falls back to the serial accounting when one fails.
 
-use heaptape_format::{AllocFn, Record, StackId, Timestamp};
+use heaptape_format::{Record, StackId, Timestamp};
 
 use crate::growth::Clock;
 use crate::hash::FastMap;
@@ -404,70 +404,26 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
             }
         };
         let image = &mut sum.images[i];
+        let thread = &mut sum.threads[t];
         let img = img as ImageId;
-        // A valid release of `address` by this thread with function `func`.
-        let release = |image: &mut ImageSummary,
-                       thread: &mut ThreadSummary,
-                       freed: &mut Vec<Freed>,
-                       freed_by: &mut Option<ImageId>,
-                       removed: Option<Block>,
-                       address: u64,
-                       func: AllocFn,
-                       stack: StackId|
-         -> Result<(), Serial> {
-            let b = removed.ok_or(Serial)?;
-            if b.owner != img
-                || b.func.family() != func.family()
-                || b.size >= MAX_SIZE
-                || *freed_by.get_or_insert(img) != img
-            {
-                return Err(Serial);
-            }
-            let temporary = thread.frees(address, &b) == Some(true);
-            freed.push(Freed {
-                address,
-                alloc_stack: b.stack,
-                free_stack: stack,
-                size: b.size,
-                alloc_fn: b.func,
-            });
-            image.released(b.stack, b.size, temporary, ts);
-            Ok(())
-        };
-        match *step {
+        // What the step releases (a free, or the old block of a realloc that frees it):
+        // the shard, address, function and stack; and what it allocates: the address,
+        // size and stack.
+        let (release, allocate) = match *step {
             Step::Deferred => unreachable!("handled above"),
             Step::Alloc {
                 address,
                 size,
                 stack,
                 ..
-            } => {
-                if size >= MAX_SIZE {
-                    return Err(Serial);
-                }
-                image.allocated(stack, size, ts);
-                sum.threads[t].latest = Some(Some((img, address)));
-            }
+            } => (None, Some((address, size, stack))),
             Step::Free {
                 func,
                 address,
                 stack,
                 shard,
                 ..
-            } => {
-                image.frees += 1;
-                let removed = next(shard)?;
-                release(
-                    image,
-                    &mut sum.threads[t],
-                    &mut sum.freed,
-                    &mut sum.freed_by,
-                    removed,
-                    address,
-                    func,
-                    stack,
-                )?;
-            }
+            } => (Some((shard, address, func, stack)), None),
             Step::Realloc {
                 func,
                 old,
@@ -477,20 +433,8 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
                 old_shard,
                 ..
             } => {
-                if crate::replay::realloc_frees_old(old, new, size) {
-                    image.frees += 1;
-                    let removed = next(old_shard)?;
-                    release(
-                        image,
-                        &mut sum.threads[t],
-                        &mut sum.freed,
-                        &mut sum.freed_by,
-                        removed,
-                        old,
-                        func,
-                        stack,
-                    )?;
-                } else if old != 0 {
+                let frees_old = crate::replay::realloc_frees_old(old, new, size);
+                if !frees_old && old != 0 {
                     // A failed realloc: nothing changes if the pointer is live.
                     image.failed_allocations += 1;
                     if next(old_shard)?.is_none() {
@@ -498,16 +442,41 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
                     }
                     continue;
                 }
-                if new != 0 {
-                    if size >= MAX_SIZE {
-                        return Err(Serial);
-                    }
-                    image.allocated(stack, size, ts);
-                    sum.threads[t].latest = Some(Some((img, new)));
-                } else if old == 0 {
+                if new == 0 && old == 0 {
                     image.failed_allocations += 1;
                 }
+                (
+                    frees_old.then_some((old_shard, old, func, stack)),
+                    (new != 0).then_some((new, size, stack)),
+                )
             }
+        };
+        if let Some((shard, address, func, stack)) = release {
+            image.frees += 1;
+            let b = next(shard)?.ok_or(Serial)?;
+            if b.owner != img
+                || b.func.family() != func.family()
+                || b.size >= MAX_SIZE
+                || *sum.freed_by.get_or_insert(img) != img
+            {
+                return Err(Serial);
+            }
+            let temporary = thread.frees(address, &b) == Some(true);
+            sum.freed.push(Freed {
+                address,
+                alloc_stack: b.stack,
+                free_stack: stack,
+                size: b.size,
+                alloc_fn: b.func,
+            });
+            image.released(b.stack, b.size, temporary, ts);
+        }
+        if let Some((address, size, stack)) = allocate {
+            if size >= MAX_SIZE {
+                return Err(Serial);
+            }
+            image.allocated(stack, size, ts);
+            thread.latest = Some(Some((img, address)));
         }
     }
     for image in &mut sum.images {
