@@ -1,14 +1,19 @@
 //! Decodes the synthetic benchmark stream over and over, for profiling the decoder
 //! (`perf record`, `perf stat`) without the encoder in the picture.
 //!
-//! `cargo run --release -p heaptape-format --example decode_loop [rounds] [events] [into|each]`
+//! `cargo run --release -p heaptape-format --example decode_loop [rounds] [events] [mode]`
+//!
+//! Modes: `into` (`decode_into` into one vector emptied with `Vec::clear`, the default),
+//! `recycled` (the same vector emptied with `clear_records`, as the analyzer does),
+//! `fresh` (`decode`, a fresh vector per chunk, dropped) and `each` (`for_each_record`):
+//! the four one-core harnesses of the criterion benchmark.
 
 #[path = "../benches/support/synth.rs"]
 mod synth;
 
 use std::time::Instant;
 
-use heaptape_format::{Record, TraceReader, TraceWriter};
+use heaptape_format::{clear_records, Record, TraceReader, TraceWriter};
 
 fn thread_cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -24,7 +29,11 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
-    let each = args.next().is_some_and(|a| a == "each");
+    let mode = args.next().unwrap_or_else(|| "into".into());
+    assert!(
+        ["into", "recycled", "fresh", "each"].contains(&mode.as_str()),
+        "mode: into, recycled, fresh or each"
+    );
     let recs = synth::events(n, 42);
     let mut w = TraceWriter::new(Vec::new(), &synth::header()).expect("header");
     for r in &recs {
@@ -44,16 +53,25 @@ fn main() {
         let t = Instant::now();
         let mut k = 0;
         for c in &chunks {
-            if each {
-                k += c
-                    .for_each_record(|r| {
-                        std::hint::black_box(r);
-                    })
-                    .expect("decode") as usize;
-            } else {
-                out.clear();
-                c.decode_into(&mut out).expect("decode");
-                k += out.len();
+            match mode.as_str() {
+                "each" => {
+                    k += c
+                        .for_each_record(|r| {
+                            std::hint::black_box(r);
+                        })
+                        .expect("decode") as usize;
+                }
+                "fresh" => k += std::hint::black_box(c.decode().expect("decode")).len(),
+                "recycled" => {
+                    clear_records(&mut out);
+                    c.decode_into(&mut out).expect("decode");
+                    k += std::hint::black_box(&out).len();
+                }
+                _ => {
+                    out.clear();
+                    c.decode_into(&mut out).expect("decode");
+                    k += std::hint::black_box(&out).len();
+                }
             }
         }
         best_wall = best_wall.min(t.elapsed().as_secs_f64());
@@ -62,11 +80,7 @@ fn main() {
     }
     println!(
         "{}: {:.1} M records/s per CPU-second, {:.1} M/s wall (best of {rounds})",
-        if each {
-            "for_each_record"
-        } else {
-            "decode_into"
-        },
+        mode,
         recs.len() as f64 / (best_cpu as f64 / 1e9) / 1e6,
         recs.len() as f64 / best_wall / 1e6
     );
