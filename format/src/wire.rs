@@ -348,6 +348,19 @@ impl Bin {
         Some(addr)
     }
 
+    /// Removes and returns the newest block (`take(0)`).
+    #[inline(always)]
+    fn take_newest(&mut self) -> Option<u64> {
+        let i = self.top.wrapping_sub(1) & (BIN_DEPTH - 1);
+        let addr = self.addrs[i];
+        if addr == 0 {
+            return None;
+        }
+        self.addrs[i] = 0;
+        self.top = i;
+        Some(addr)
+    }
+
     /// Depth of `addr != 0` below the newest block, if the bin holds it.
     #[inline(always)]
     fn find(&self, addr: u64) -> Option<u64> {
@@ -980,6 +993,8 @@ trait Reads {
     fn var1(&mut self, s: usize) -> Result<u64, Fault>;
     /// A prefix varint if `cond`; otherwise nothing is read and the value is 0.
     fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault>;
+    /// Whether the next byte is `b` (then it is read; otherwise nothing is).
+    fn skip(&mut self, s: usize, b: u8) -> bool;
 }
 
 /// The cursors of the streams the hot loop reads. Positions are offsets in the body of
@@ -1090,6 +1105,16 @@ impl Reads for Hot<'_> {
         } else {
             Ok(0)
         }
+    }
+
+    #[inline(always)]
+    fn skip(&mut self, s: usize, b: u8) -> bool {
+        let p = self.pos[s];
+        let hit = self.b[s].get(p) == Some(&b);
+        if hit {
+            self.pos[s] = p + 1;
+        }
+        hit
     }
 }
 
@@ -1202,6 +1227,14 @@ impl Reads for Fast<'_> {
         } else {
             Ok(0)
         }
+    }
+
+    #[inline(always)]
+    fn skip(&mut self, s: usize, b: u8) -> bool {
+        let p = self.pos[s];
+        let hit = self.byte_at(p) == b;
+        self.pos[s] = p + usize::from(hit);
+        hit
     }
 }
 
@@ -1517,7 +1550,12 @@ pub(crate) fn decode_payload_padded(
 /// byte not zero): returns the value and its length (1 to 8).
 #[inline(always)]
 fn pv_word(w: u64) -> (u64, usize) {
-    let n = w.trailing_zeros() as usize + 1;
+    // `w` is not 0 (its first byte is not), which the compiler sees from the callers'
+    // checks: the count then needs no special case for 0.
+    let n = match std::num::NonZeroU64::new(w) {
+        Some(w) => w.trailing_zeros() as usize + 1,
+        None => 65,
+    };
     let x = (w >> n) & (u64::MAX >> (64 - 7 * n));
     (x, n)
 }
@@ -1831,8 +1869,14 @@ fn decode_alloc(
     let step = bump_step(size);
     let bin = (step >> 4) as usize & (BINS - 1);
     let address = if mode == A_BIN {
-        let depth = c.var1(S_BIN)?;
-        match m.t.bins[bin].take(depth) {
+        // Nearly always the newest block of the bin: depth 0, the one-byte varint 1.
+        let (depth, a) = if c.skip(S_BIN, 1) {
+            (0, m.t.bins[bin].take_newest())
+        } else {
+            let depth = c.var1(S_BIN)?;
+            (depth, m.t.bins[bin].take(depth))
+        };
+        match a {
             Some(a) => a,
             None => return Err(Fault::Bin(depth)),
         }
@@ -1854,17 +1898,18 @@ fn decode_alloc(
         align,
         stack,
     });
-    let nonzero = address != 0;
-    if nonzero {
+    if address != 0 {
         m.t.blocks.push(Live {
             addr: address,
             stack,
             bin: bin as u32,
         });
+        m.addr = address;
+        // Only the address modes other than BIN (8 % here) move the bump pointer.
+        if (mode & 1 == 0) & (size < BUMP_MAX_SIZE) {
+            m.bump = address.wrapping_add(step);
+        }
     }
-    m.addr = sel(nonzero, address, m.addr);
-    let moves_bump = nonzero & (mode & 1 == 0) & (size < BUMP_MAX_SIZE);
-    m.bump = sel(moves_bump, address.wrapping_add(step), bump);
     Ok(())
 }
 
@@ -1894,10 +1939,19 @@ fn decode_free(
         address,
         stack,
     });
-    m.addr = sel(address != 0, address, m.addr);
     if let Some(b) = block {
+        // A live block's address is not 0.
+        m.addr = address;
         m.t.bins[b.bin as usize & (BINS - 1)].push(address);
-        m.learn_free_stack(b.stack, stack);
+        // A predicted stack was learnt already: the slot of `b.stack` holds it as its
+        // free stack, and `decode_free_func` changed that slot at most by giving it
+        // another key (a miss on a colliding stack), which the learning would skip.
+        // So only a stored stack can teach anything (most frees here are predicted).
+        if tag & F_STACK != 0 {
+            m.learn_free_stack(b.stack, stack);
+        }
+    } else {
+        m.addr = sel(address != 0, address, m.addr);
     }
     Ok(())
 }
