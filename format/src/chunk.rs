@@ -175,13 +175,10 @@ impl RawChunk {
     /// before the damaged one; returns the number of records.
     pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<u32, ReadError> {
         self.with_uncompressed(|buf, len| {
-            let mut n = 0;
-            decode_payload_each(buf, len, self.info.record_count, |rec| {
-                n += 1;
-                f(rec)
-            })
-            .map_err(|e| self.decode_error(e))?;
-            Ok(n)
+            // Decoding succeeds only with every record of the count handed on.
+            decode_payload_each(buf, len, self.info.record_count, &mut f)
+                .map_err(|e| self.decode_error(e))?;
+            Ok(self.info.record_count)
         })
     }
 

@@ -1243,20 +1243,22 @@ const EVENT_STREAMS: [usize; 9] = [
     S_TS_LO, S_TS_HI, S_TID, S_STACK, S_SIZE, S_ADDR, S_BIN, S_LIVE, S_FUNC,
 ];
 
-/// Where the fast decoder puts records: record `i` is written to `slot(i)` (once),
-/// and `commit(i)` says that records `..i` are valid (decoded from their streams'
-/// bytes only, as the checked decoder would); records after the last commit may come
-/// from damaged data.
+/// Where the fast decoder puts records, a batch at a time: `window(i, n)` gives the
+/// places of records `i..i + n` (record `i + k` is written to `window[k]`, once),
+/// `commit(i)` says that records `..i` are valid (decoded from their streams' bytes
+/// only, as the checked decoder would) and `stop(i)` that decoding ended with records
+/// `..i` written; records after the last commit may come from damaged data.
 trait FastOut {
     /// Whether there is room for `count` records.
     fn holds(&self, count: usize) -> bool;
-    /// The place of record `i`: `i` is less than the count `holds` accepted, and less
-    /// than [`BATCH`] past the last commit.
-    fn slot(&mut self, i: usize) -> &mut MaybeUninit<Record>;
-    /// Record `i`'s slot has been written.
-    fn wrote(&mut self, i: usize);
+    /// The places of records `i..i + n`, `n` of them: `i` is the last commit, `n` is
+    /// at most [`BATCH`] and `i + n` at most the count `holds` accepted.
+    fn window(&mut self, i: usize, n: usize) -> &mut [MaybeUninit<Record>];
     /// Records `..i` are valid; every one of them has been written.
     fn commit(&mut self, i: usize);
+    /// Decoding stopped: records `..i` (at least the last commit) have been written,
+    /// and no more will be.
+    fn stop(&mut self, i: usize);
 }
 
 /// The spare capacity of a vector (record `i` in slot `i`); commits cost nothing.
@@ -1269,15 +1271,15 @@ impl FastOut for SpareOut<'_> {
     }
 
     #[inline(always)]
-    fn slot(&mut self, i: usize) -> &mut MaybeUninit<Record> {
-        &mut self.0[i]
+    fn window(&mut self, i: usize, n: usize) -> &mut [MaybeUninit<Record>] {
+        &mut self.0[i..i + n]
     }
 
     #[inline(always)]
-    fn wrote(&mut self, _: usize) {}
+    fn commit(&mut self, _: usize) {}
 
     #[inline(always)]
-    fn commit(&mut self, _: usize) {}
+    fn stop(&mut self, _: usize) {}
 }
 
 /// Records held back until they are committed, then handed to a function (so that
@@ -1287,7 +1289,10 @@ struct HeldOut<F: FnMut(Record)> {
     /// Record `start + k` is in `buf[k]`; records before `start` were handed on.
     start: usize,
     /// `buf[taken..written]` are initialized and not handed on yet (`buf[..taken]`
-    /// were moved out).
+    /// were moved out). Kept up to date only while records are handed on and once
+    /// decoding stops: in between, only the drop reads them, and a record written
+    /// but not counted would only be leaked (a leak is safe, a drop of an
+    /// uninitialized record is not).
     taken: usize,
     written: usize,
     f: F,
@@ -1303,6 +1308,24 @@ impl<F: FnMut(Record)> HeldOut<F> {
             f,
         }
     }
+
+    /// Hands on `buf[..n]` (all initialized), out of the decoding loop: there the
+    /// call of `f` can be inlined.
+    #[inline(never)]
+    fn hand_on(&mut self, n: usize) {
+        self.written = n;
+        while self.taken < n {
+            let k = self.taken;
+            // Counted as moved out before the call, so that if `f` panics, the drop
+            // of `self` does not drop it again.
+            self.taken = k + 1;
+            // SAFETY: `k < n == written` and `k >= taken` (before the increment):
+            // the slot is initialized and not moved out yet.
+            #[allow(unsafe_code)]
+            let rec = unsafe { self.buf[k].assume_init_read() };
+            (self.f)(rec);
+        }
+    }
 }
 
 impl<F: FnMut(Record)> FastOut for HeldOut<F> {
@@ -1312,37 +1335,29 @@ impl<F: FnMut(Record)> FastOut for HeldOut<F> {
     }
 
     #[inline(always)]
-    fn slot(&mut self, i: usize) -> &mut MaybeUninit<Record> {
-        // Less than BATCH past the last commit: the mask never changes the index.
-        &mut self.buf[i.wrapping_sub(self.start) & (BATCH - 1)]
-    }
-
-    #[inline(always)]
-    fn wrote(&mut self, i: usize) {
-        // Records are written in order, each once, so the written slots are a prefix.
-        self.written = (i - self.start + 1).min(BATCH);
+    fn window(&mut self, _: usize, n: usize) -> &mut [MaybeUninit<Record>] {
+        &mut self.buf[..n]
     }
 
     #[inline(always)]
     fn commit(&mut self, i: usize) {
-        // `commit(i)` comes when records `..i` are written: `i - start == written`.
-        let n = (i - self.start).min(self.written);
-        while self.taken < n {
-            let k = self.taken;
-            // Counted as moved out before the call, so that if `f` panics, the drop
-            // of `self` does not drop it again.
-            self.taken = k + 1;
-            // SAFETY: `k < n <= written` and `k >= taken` (before the increment):
-            // the slot is initialized and not moved out yet.
-            #[allow(unsafe_code)]
-            let rec = unsafe { self.buf[k].assume_init_read() };
-            (self.f)(rec);
+        // Records `start..i` are in `buf[..i - start]`, all written (`i - start` is
+        // at most BATCH: the window's length).
+        let n = (i - self.start).min(BATCH);
+        if n > 0 {
+            self.hand_on(n);
         }
-        // Anything written past `n` (none when the caller keeps the contract) is
-        // forgotten, never read again.
         self.start = i;
         self.taken = 0;
         self.written = 0;
+    }
+
+    #[inline(always)]
+    fn stop(&mut self, i: usize) {
+        // Records `start..i` are written; the drop drops them (those a commit handed
+        // on were counted out of `start..i` already).
+        self.taken = 0;
+        self.written = (i - self.start).min(BATCH);
     }
 }
 
@@ -1358,11 +1373,22 @@ impl<F: FnMut(Record)> Drop for HeldOut<F> {
     }
 }
 
+/// Why the hot loop of [`decode_fast`] stopped.
+enum Stop {
+    /// The end of the batch.
+    End,
+    /// A record other than an allocation or a free.
+    Rare,
+    /// Damaged data.
+    Fault,
+}
+
 /// Decodes the streams of a chunk like [`decode_streams`], reading the event streams
 /// through [`Fast`] cursors: `mem` is the body of the payload (its streams back to
-/// back, `body_len` bytes) followed by at least [`DECODE_PAD`] bytes. Record `i` is
-/// written to `out[i]`. On failure, returns the number of records written (decoded
-/// from damaged data, so to be discarded; the checked decoder must run for the error).
+/// back, `body_len` bytes) followed by at least [`DECODE_PAD`] bytes. Records go to
+/// `out`, a batch at a time. On failure, returns the number of records written
+/// (decoded from damaged data, so to be discarded; the checked decoder must run for
+/// the error).
 #[inline(always)]
 fn decode_fast(
     mem: &[u8],
@@ -1401,20 +1427,26 @@ fn decode_fast(
         return Err(0);
     }
     let mut i = 0;
-    while i < tags.len() {
+    let r = loop {
+        if i >= tags.len() {
+            break Ok(());
+        }
         // The check that keeps `Fast`'s invariant: every cursor at most its stream's
         // end. (Cursors never move back, so this also proves that every record so far
         // read its own streams' bytes only.)
         if EVENT_STREAMS.iter().any(|&k| c.pos[k] > end[k]) {
-            return Err(i);
+            break Err(i);
         }
         out.commit(i);
-        let stop = tags.len().min(i + BATCH);
-        // The hot loop: allocations and frees, with no calls.
-        while i < stop {
-            let tag = tags[i];
+        let batch = &tags[i..tags.len().min(i + BATCH)];
+        let win = out.window(i, batch.len());
+        // The hot loop: allocations and frees, with no calls. Record `i + k`.
+        let mut k = 0;
+        let stopped = loop {
+            let (Some(&tag), Some(slot)) = (batch.get(k), win.get_mut(k)) else {
+                break Stop::End;
+            };
             let kind = tag & KIND_MASK;
-            let slot = out.slot(i);
             let put = |rec| {
                 slot.write(rec);
             };
@@ -1423,38 +1455,46 @@ fn decode_fast(
             } else if kind & !1 == K_ALLOC {
                 decode_alloc(&mut m, &mut c, tag, put)
             } else {
-                break;
+                break Stop::Rare;
             };
             if r.is_err() {
-                return Err(i);
+                break Stop::Fault;
             }
-            out.wrote(i);
-            i += 1;
-        }
-        if i < stop {
+            k += 1;
+        };
+        if let Stop::Rare = stopped {
             // Any other record, out of line, on a copy of the cursors; it is the last
             // record of this batch.
             let mut c2 = c;
-            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tags[i]);
+            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, batch[k]);
             c = c2;
-            let Ok(rec) = r else {
-                return Err(i);
-            };
-            out.slot(i).write(rec);
-            out.wrote(i);
-            i += 1;
+            if let Ok(rec) = r {
+                win[k].write(rec);
+                k += 1;
+            } else {
+                i += k;
+                break Err(i);
+            }
         }
-    }
-    if EVENT_STREAMS.iter().all(|&k| c.pos[k] <= end[k]) {
+        i += k;
+        if let Stop::Fault = stopped {
+            break Err(i);
+        }
+    };
+    if r.is_ok() && EVENT_STREAMS.iter().all(|&k| c.pos[k] <= end[k]) {
         out.commit(i);
-    }
-    if EVENT_STREAMS.iter().all(|&k| c.pos[k] == end[k])
-        && node.pos == node.b.len()
-        && other.pos == other.b.len()
-    {
-        Ok(())
     } else {
-        Err(i)
+        out.stop(i);
+    }
+    match r {
+        Ok(())
+            if EVENT_STREAMS.iter().all(|&k| c.pos[k] == end[k])
+                && node.pos == node.b.len()
+                && other.pos == other.b.len() =>
+        {
+            Ok(())
+        }
+        _ => Err(i),
     }
 }
 
@@ -2348,6 +2388,44 @@ mod tests {
             errors += usize::from(both(&p, n).is_err());
         }
         assert!(errors > 1000, "only {errors} damaged payloads failed");
+    }
+
+    #[test]
+    fn damaged_payloads_with_heap_records_agree_and_free_each_record_once() {
+        // Records that own heap memory among the events, so that a record held back
+        // by `decode_payload_each` and dropped twice (or a drop of a slot never
+        // written) would be a double or invalid free (memcheck also reports leaks).
+        let mut recs = mixed_records(2000, 11);
+        for (k, i) in (0..recs.len()).step_by(37).enumerate().rev() {
+            recs.insert(
+                i,
+                Record::ModuleUnload {
+                    ts: recs[i].timestamp().unwrap_or(0),
+                    pid: 7,
+                    base: 0x1000 * k as u64,
+                    path: format!("/lib/module-{k}.so"),
+                },
+            );
+        }
+        let (payload, count) = payload_of(&recs);
+        assert_eq!(both(&payload, count).expect("decodes"), recs);
+        let mut x = 777u64;
+        let mut rnd = move |k: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % k as u64) as usize
+        };
+        let mut errors = 0;
+        for _ in 0..600 {
+            let mut p = payload.clone();
+            for _ in 0..1 + rnd(3) {
+                let i = rnd(p.len());
+                p[i] = rnd(256) as u8;
+            }
+            errors += usize::from(both(&p, count).is_err());
+        }
+        assert!(errors > 200, "only {errors} damaged payloads failed");
     }
 
     #[test]
