@@ -991,8 +991,8 @@ trait Reads {
     fn var(&mut self, s: usize) -> Result<u64, Fault>;
     /// A prefix varint that is usually one byte long.
     fn var1(&mut self, s: usize) -> Result<u64, Fault>;
-    /// A prefix varint if `cond`; otherwise nothing is read and the value is 0.
-    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault>;
+    /// A prefix varint if `cond`; otherwise nothing is read and the value is `or`.
+    fn var_or(&mut self, cond: bool, s: usize, or: u64) -> Result<u64, Fault>;
     /// Whether the next byte is `b` (then it is read; otherwise nothing is).
     fn skip(&mut self, s: usize, b: u8) -> bool;
 }
@@ -1084,18 +1084,17 @@ impl Reads for Hot<'_> {
         self.var(s)
     }
 
-    /// Reads a prefix varint if `cond`; otherwise reads nothing and returns 0. The
-    /// common case has no branch on `cond`: the varint is decoded either way and the
-    /// cursor moves by its length or by nothing.
+    /// Reads a prefix varint if `cond`; otherwise reads nothing and returns `or`.
+    /// The common case has no branch on `cond`: the varint is decoded either way and
+    /// the cursor moves by its length or by nothing.
     #[inline(always)]
-    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
+    fn var_or(&mut self, cond: bool, s: usize, or: u64) -> Result<u64, Fault> {
         let p = self.pos[s];
         if let Some(w) = self.word(s, p) {
             if w & 0xff != 0 {
                 let (x, n) = pv_word(w);
-                let mask = u64::from(cond).wrapping_neg();
-                self.pos[s] = p + (n & mask as usize);
-                return Ok(x & mask);
+                self.pos[s] = p + (n & usize::from(cond).wrapping_neg());
+                return Ok(if cond { x } else { or });
             }
         }
         if cond {
@@ -1103,7 +1102,7 @@ impl Reads for Hot<'_> {
             self.pos[s] = p;
             Ok(x)
         } else {
-            Ok(0)
+            Ok(or)
         }
     }
 
@@ -1140,7 +1139,10 @@ pub(crate) const DECODE_PAD: usize = BATCH * MAX_ADVANCE;
 /// (`k < BATCH`) touches bytes below `body + k * MAX_ADVANCE + 9 + 9 <= body +
 /// BATCH * MAX_ADVANCE <= mem.len()`. Bytes read past a stream's end (into the next
 /// stream or the padding) are harmless to memory; they make the cursor pass the
-/// stream's end, which the next check (or the final one) turns into a failure.
+/// stream's end, which the next check (or the final one) turns into a failure. (The
+/// hot loop reads the low timestamp byte of its `k`-th record at the position the
+/// cursor checked before the batch plus `k`, below `body + BATCH`: where the cursor
+/// stands for that record, since each record before it in the batch read one byte.)
 #[derive(Clone, Copy)]
 struct Fast<'a> {
     mem: &'a [u8],
@@ -1163,8 +1165,9 @@ impl Fast<'_> {
     #[inline(always)]
     fn byte_at(&self, p: usize) -> u8 {
         debug_assert!(p < self.mem.len());
-        // SAFETY: `p` is a cursor of a read in a batch: inside `mem` (the invariant of
-        // `Fast`).
+        // SAFETY: `p` is a cursor of a read in a batch (or the low timestamp byte's
+        // position computed from the record's index in its batch, below `body +
+        // BATCH`): inside `mem` (the invariant of `Fast`).
         #[allow(unsafe_code)]
         unsafe {
             *self.mem.get_unchecked(p)
@@ -1196,6 +1199,7 @@ impl Reads for Fast<'_> {
             self.pos[s] = p + n;
             Ok(x)
         } else {
+            cold();
             self.pos[s] = p + 9;
             Ok(self.word_at(p + 1))
         }
@@ -1209,23 +1213,24 @@ impl Reads for Fast<'_> {
             self.pos[s] = p + 1;
             return Ok(u64::from(b >> 1));
         }
+        cold();
         self.var(s)
     }
 
     #[inline(always)]
-    fn var_if(&mut self, cond: bool, s: usize) -> Result<u64, Fault> {
+    fn var_or(&mut self, cond: bool, s: usize, or: u64) -> Result<u64, Fault> {
         let p = self.pos[s];
         let w = self.word_at(p);
         if w & 0xff != 0 {
             let (x, n) = pv_word(w);
-            let mask = u64::from(cond).wrapping_neg();
-            self.pos[s] = p + (n & mask as usize);
-            Ok(x & mask)
+            self.pos[s] = p + (n & usize::from(cond).wrapping_neg());
+            Ok(if cond { x } else { or })
         } else if cond {
+            cold();
             self.pos[s] = p + 9;
             Ok(self.word_at(p + 1))
         } else {
-            Ok(0)
+            Ok(or)
         }
     }
 
@@ -1373,6 +1378,12 @@ impl<F: FnMut(Record)> Drop for HeldOut<F> {
     }
 }
 
+/// Marks the path that calls it as rarely taken (for block placement and register
+/// allocation).
+#[cold]
+#[inline(never)]
+fn cold() {}
+
 /// Why the hot loop of [`decode_fast`] stopped.
 enum Stop {
     /// The end of the batch.
@@ -1439,42 +1450,57 @@ fn decode_fast(
         }
         out.commit(i);
         let batch = &tags[i..tags.len().min(i + BATCH)];
-        let win = out.window(i, batch.len());
+        let n = batch.len();
+        let Some(win) = out.window(i, n).get_mut(..n) else {
+            break Err(i);
+        };
+        // Allocations and frees read one byte each of the low timestamp bytes, in
+        // record order: the `k`-th record of the batch reads the byte at `lo + k`
+        // (a cursor of the batch, read through the record index so that the loop
+        // keeps one index fewer), and the rare record that may end the batch reads
+        // from there on.
+        let lo = c.pos[S_TS_LO];
         // The hot loop: allocations and frees, with no calls. Record `i + k`.
         let mut k = 0;
         let stopped = loop {
-            let (Some(&tag), Some(slot)) = (batch.get(k), win.get_mut(k)) else {
+            if k >= n {
                 break Stop::End;
-            };
+            }
+            let tag = batch[k];
+            let slot = &mut win[k];
             let kind = tag & KIND_MASK;
             let put = |rec| {
                 slot.write(rec);
             };
+            let ts_lo = c.byte_at(lo + k);
             let r = if kind == K_FREE {
-                decode_free(&mut m, &mut c, tag, put)
+                decode_free(&mut m, &mut c, tag, ts_lo, put)
             } else if kind & !1 == K_ALLOC {
-                decode_alloc(&mut m, &mut c, tag, put)
+                decode_alloc(&mut m, &mut c, tag, ts_lo, put)
             } else {
                 break Stop::Rare;
             };
             if r.is_err() {
+                cold();
                 break Stop::Fault;
             }
             k += 1;
         };
+        c.pos[S_TS_LO] = lo + k;
         if let Stop::Rare = stopped {
             // Any other record, out of line, on a copy of the cursors; it is the last
             // record of this batch.
+            let (Some(&tag), Some(slot)) = (batch.get(k), win.get_mut(k)) else {
+                break Err(i + k);
+            };
             let mut c2 = c;
-            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, batch[k]);
+            let r = decode_rare(&mut m, &mut c2, &mut node, &mut other, tag);
             c = c2;
-            if let Ok(rec) = r {
-                win[k].write(rec);
-                k += 1;
-            } else {
-                i += k;
-                break Err(i);
-            }
+            let Ok(rec) = r else {
+                break Err(i + k);
+            };
+            slot.write(rec);
+            k += 1;
         }
         i += k;
         if let Stop::Fault = stopped {
@@ -1659,9 +1685,11 @@ fn decode_streams(
             let kind = tag & KIND_MASK;
             let put = |rec| sink.push(rec);
             let r = if kind == K_FREE {
-                decode_free(&mut m, &mut c, tag, put)
+                c.byte(S_TS_LO)
+                    .and_then(|lo| decode_free(&mut m, &mut c, tag, lo, put))
             } else if kind & !1 == K_ALLOC {
-                decode_alloc(&mut m, &mut c, tag, put)
+                c.byte(S_TS_LO)
+                    .and_then(|lo| decode_alloc(&mut m, &mut c, tag, lo, put))
             } else {
                 break None;
             };
@@ -1762,9 +1790,9 @@ fn decode_func(b: u8) -> Result<AllocFn, Fault> {
     }
 }
 
+/// The timestamp, from its low byte `lo` (read by the caller) and its high part.
 #[inline(always)]
-fn decode_ts(m: &mut Model, c: &mut impl Reads) -> Result<u64, Fault> {
-    let lo = c.byte(S_TS_LO)?;
+fn decode_ts(m: &mut Model, c: &mut impl Reads, lo: u8) -> Result<u64, Fault> {
     let hi = c.var1(S_TS_HI)?;
     m.ts = undelta(m.ts, hi << 8 | u64::from(lo));
     Ok(m.ts)
@@ -1774,6 +1802,7 @@ fn decode_ts(m: &mut Model, c: &mut impl Reads) -> Result<u64, Fault> {
 #[inline(always)]
 fn decode_tid(m: &mut Model, c: &mut impl Reads, tag: u8) -> Result<u32, Fault> {
     if tag & F_TID != 0 {
+        cold();
         let tid = undelta(u64::from(m.tid), c.var1(S_TID)?);
         m.tid = u32::try_from(tid).map_err(|_| Fault::Range("thread id", tid))?;
     }
@@ -1802,8 +1831,9 @@ fn decode_func_size(
     let f_func = tag & F_FUNC != 0;
     let f_size = tag & F_SIZE != 0;
     // Whether the size is stored is not predictable (about 2 in 3 here): no branch.
-    let stored_size = c.var_if(f_size, S_SIZE)?;
+    let size = c.var_or(f_size, S_SIZE, old.size)?;
     let func = if f_func {
+        cold();
         decode_func(c.byte(S_FUNC)?)?
     } else if hit {
         old.func
@@ -1813,7 +1843,6 @@ fn decode_func_size(
     if !hit & !f_size {
         return Err(Fault::Msg("size predicted from an unseen stack"));
     }
-    let size = sel(f_size, stored_size, old.size);
     // A hit (the common case) keeps the key and the free stack.
     if hit {
         slot.size = size;
@@ -1843,6 +1872,7 @@ fn decode_free_func(
     let old = *slot;
     let hit = old.key == key;
     let func = if tag & F_FUNC != 0 {
+        cold();
         decode_func(c.byte(S_FUNC)?)?
     } else if hit {
         old.func
@@ -1877,10 +1907,13 @@ fn decode_released(
             None => Err(Fault::Slot(v)),
         }
     } else if mode == R_DELTA {
+        cold();
         Ok((undelta(m.addr, c.var(S_LIVE)?), None))
     } else if mode == A_ZERO {
+        cold();
         Ok((0, None))
     } else {
+        cold();
         Err(Fault::Msg("bump address mode on a release"))
     }
 }
@@ -1891,28 +1924,32 @@ fn decode_alloc(
     m: &mut Model,
     c: &mut impl Reads,
     tag: u8,
+    lo: u8,
     put: impl FnOnce(Record),
 ) -> Result<(), Fault> {
     let mode = tag >> A_SHIFT;
-    let ts = decode_ts(m, c)?;
+    let ts = decode_ts(m, c, lo)?;
     let tid = decode_tid(m, c, tag)?;
     let stack = decode_stack(c)?;
     let (func, size) = decode_func_size(m, c, tag, stack)?;
     let align = if tag & KIND_MASK == K_ALIGNED {
+        cold();
         c.var(S_SIZE)?
     } else {
         0
     };
-    // Most allocations reuse a freed block (BIN): plain branches predict well.
-    let bump = m.bump;
     // The bump step and the size bin, computed once.
     let step = bump_step(size);
     let bin = (step >> 4) as usize & (BINS - 1);
+    // Most allocations reuse a freed block (BIN): plain branches predict well. Only
+    // the DELTA and BUMP modes move the bump pointer (past a non-zero address, for a
+    // size below BUMP_MAX_SIZE).
     let address = if mode == A_BIN {
         // Nearly always the newest block of the bin: depth 0, the one-byte varint 1.
         let (depth, a) = if c.skip(S_BIN, 1) {
             (0, m.t.bins[bin].take_newest())
         } else {
+            cold();
             let depth = c.var1(S_BIN)?;
             (depth, m.t.bins[bin].take(depth))
         };
@@ -1920,11 +1957,19 @@ fn decode_alloc(
             Some(a) => a,
             None => return Err(Fault::Bin(depth)),
         }
-    } else if mode == A_DELTA {
-        undelta(bump, c.var(S_ADDR)?)
-    } else if mode == A_BUMP {
-        bump
+    } else if mode == A_DELTA || mode == A_BUMP {
+        cold();
+        let address = if mode == A_DELTA {
+            undelta(m.bump, c.var(S_ADDR)?)
+        } else {
+            m.bump
+        };
+        if (address != 0) & (size < BUMP_MAX_SIZE) {
+            m.bump = address.wrapping_add(step);
+        }
+        address
     } else {
+        cold();
         0
     };
     // The record is written before the model updates, so that the compiler does not
@@ -1945,10 +1990,6 @@ fn decode_alloc(
             bin: bin as u32,
         });
         m.addr = address;
-        // Only the address modes other than BIN (8 % here) move the bump pointer.
-        if (mode & 1 == 0) & (size < BUMP_MAX_SIZE) {
-            m.bump = address.wrapping_add(step);
-        }
     }
     Ok(())
 }
@@ -1958,12 +1999,14 @@ fn decode_free(
     m: &mut Model,
     c: &mut impl Reads,
     tag: u8,
+    lo: u8,
     put: impl FnOnce(Record),
 ) -> Result<(), Fault> {
-    let ts = decode_ts(m, c)?;
+    let ts = decode_ts(m, c, lo)?;
     let tid = decode_tid(m, c, tag)?;
     let (address, block) = decode_released(m, c, tag >> A_SHIFT)?;
     let stack = if tag & F_STACK != 0 {
+        cold();
         decode_stack(c)?
     } else {
         match block.and_then(|b| m.predicted_free_stack(b.stack)) {
@@ -2003,7 +2046,8 @@ fn decode_realloc(
     tag: u8,
     put: impl FnOnce(Record),
 ) -> Result<(), Fault> {
-    let ts = decode_ts(m, c)?;
+    let lo = c.byte(S_TS_LO)?;
+    let ts = decode_ts(m, c, lo)?;
     let tid = decode_tid(m, c, tag)?;
     let stack = decode_stack(c)?;
     let (func, size) = decode_func_size(m, c, tag, stack)?;
