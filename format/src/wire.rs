@@ -193,7 +193,8 @@ fn bump_step(size: u64) -> u64 {
 
 #[inline(always)]
 fn bin_of(size: u64) -> usize {
-    (bump_step(size) >> 4) as usize & (BINS - 1)
+    // `bump_step(size) >> 4`, without the low bits the shift drops anyway.
+    (size.wrapping_add(8 + 15) >> 4).max(2) as usize & (BINS - 1)
 }
 
 /// Prediction for one stack (slot chosen by the low bits of the stack id).
@@ -1938,9 +1939,7 @@ fn decode_alloc(
     } else {
         0
     };
-    // The bump step and the size bin, computed once.
-    let step = bump_step(size);
-    let bin = (step >> 4) as usize & (BINS - 1);
+    let bin = bin_of(size);
     // Most allocations reuse a freed block (BIN): plain branches predict well. Only
     // the DELTA and BUMP modes move the bump pointer (past a non-zero address, for a
     // size below BUMP_MAX_SIZE).
@@ -1965,7 +1964,7 @@ fn decode_alloc(
             m.bump
         };
         if (address != 0) & (size < BUMP_MAX_SIZE) {
-            m.bump = address.wrapping_add(step);
+            m.bump = address.wrapping_add(bump_step(size));
         }
         address
     } else {
@@ -2432,6 +2431,20 @@ mod tests {
             errors += usize::from(both(&p, n).is_err());
         }
         assert!(errors > 1000, "only {errors} damaged payloads failed");
+    }
+
+    #[test]
+    fn size_bins_are_the_bump_step_over_16() {
+        let sizes = (0..5000u64)
+            .chain((0..64).map(|k| 1u64 << k))
+            .chain((0..100).map(|k| u64::MAX - k));
+        for size in sizes {
+            assert_eq!(
+                bin_of(size),
+                (bump_step(size) >> 4) as usize & (BINS - 1),
+                "{size}"
+            );
+        }
     }
 
     #[test]
