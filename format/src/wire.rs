@@ -1380,9 +1380,10 @@ impl<F: FnMut(Record)> Drop for HeldOut<F> {
 }
 
 /// Marks the path that calls it as rarely taken (for block placement and register
-/// allocation).
+/// allocation). `#[inline]`, so that every codegen unit sees it is empty and drops
+/// the call: a copy in another unit than its caller was a real (indirect) call.
 #[cold]
-#[inline(never)]
+#[inline]
 fn cold() {}
 
 /// Why the hot loop of [`decode_fast`] stopped.
