@@ -1360,8 +1360,8 @@ impl<F: FnMut(Record)> FastOut for HeldOut<F> {
 
     #[inline(always)]
     fn stop(&mut self, i: usize) {
-        // Records `start..i` are written; the drop drops them (those a commit handed
-        // on were counted out of `start..i` already).
+        // Records `start..i`, written since the last commit (which handed on all
+        // before `start`), are in `buf[..i - start]`: the drop drops them.
         self.taken = 0;
         self.written = (i - self.start).min(BATCH);
     }
