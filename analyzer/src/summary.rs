@@ -47,7 +47,7 @@ use crate::growth::Clock;
 use crate::hash::FastMap;
 use crate::heap::{Block, Freed, ImageId};
 use crate::replay::Step;
-use crate::shards::Batch;
+use crate::shards::{Batch, LastBinding};
 
 /// Largest block size a summary handles (larger ones, if any, take the serial path, so
 /// that a run's byte deltas cannot overflow an `i64`).
@@ -336,7 +336,13 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         cursors[s] += 1;
         r.copied().ok_or(Serial)
     };
-    let mut deferred = batch.deferred.iter().enumerate();
+    // A thread whose image has no heap makes steps that are applied as other records:
+    // the serial accounting does that.
+    if batch.bindings.headless() {
+        return Err(Serial);
+    }
+    let chunk = batch.chunk();
+    let mut deferred = batch.others().iter().enumerate();
     // The index of the latest image and thread used (most steps repeat them), and of
     // every thread (a program may have thousands).
     let mut last_img: Option<(u32, usize)> = None;
@@ -347,10 +353,15 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
     if batch.replaced.iter().any(|r| !r.is_empty()) {
         return Err(Serial);
     }
-    for step in &batch.steps {
-        let (img, tid, ts) = match *step {
+    let mut last = LastBinding::default();
+    for i in batch.range.clone() {
+        let step = batch.step(i, &mut last);
+        let (img, tid, ts) = match step {
             Step::Deferred => {
-                match deferred.next() {
+                match deferred
+                    .next()
+                    .map(|(k, &j)| (k, &chunk.records[j as usize]))
+                {
                     // Its sample reads the live total at this point.
                     Some((i, Record::RssSample(_))) => sum.rss.push((
                         i,
@@ -409,7 +420,7 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         // What the step releases (a free, or the old block of a realloc that frees it):
         // the shard, address, function and stack; and what it allocates: the address,
         // size and stack.
-        let (release, allocate) = match *step {
+        let (release, allocate) = match step {
             Step::Deferred => unreachable!("handled above"),
             Step::Alloc {
                 address,
