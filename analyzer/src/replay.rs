@@ -370,7 +370,7 @@ pub struct Replay {
     run_steps: usize,
     /// Chunks whose runs are done, emptied, for their buffers to be reused.
     spent: Vec<Prepared>,
-    /// Buffers of accounted runs, for the next ones to plan.
+    /// Buffers of accounted runs, for the next ones.
     spare: Vec<Batch>,
     /// Where the runs' shard operations happen (started with the first run).
     shard_runner: Option<Shards>,
@@ -396,15 +396,17 @@ const SUMMARIES_AHEAD: usize = 2;
 /// two cores, its CPU time 2.05 -> 0.81 s, its share of the work 37% -> 15%, which is
 /// what bounds the replay on more cores. On two cores the elapsed time is the same
 /// within this VM's noise (medians of alternating runs 6% better to 8% worse), for
-/// 0-10% more CPU in all (the pool reads each run's steps and results from another
+/// 0-10% more CPU in all (the pool reads each run's steps (now records) and results from another
 /// core's cache); see docs/PERFORMANCE.md.
 const SUMMARY_MIN_THREADS: usize = 2;
 
-/// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
-/// Kept small: a run's steps are written, read by the shards and read again.
+/// What the batch path does with one record of a run: computed from the record and the
+/// run's bindings where it is needed (by the accounting and the summaries, see
+/// [`crate::shards::step`]), never stored.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Step {
-    /// Applied as by [`Replay::apply`], in order: the batch's next deferred record.
+    /// Applied as by [`Replay::apply`], in order: a record that is not a live-table
+    /// event, or one of a thread whose image has no heap.
     Deferred,
     /// An allocation (non-NULL) in an existing heap.
     Alloc {
@@ -522,11 +524,11 @@ pub(crate) fn realloc_frees_old(old: u64, new: u64, size: u64) -> bool {
     old != 0 && (new != 0 || size == 0)
 }
 
-/// Most steps in a run: enough to amortise handing runs to the shard thread (a channel
-/// message each way), few enough for a run's steps (56 bytes each, about 0.9 MB) to
-/// stay in a core's cache between planning, the shards and the accounting. On 2 cores,
-/// synthetic 10 M events: 16,384-step runs 0.28-0.31 s, 32,768 0.32-0.44 s, 8,192
-/// 0.31-0.32 s, 4,096 0.31-0.33 s (elapsed, best and median of 3).
+/// Most records in a run: enough to amortise handing runs to the shard thread (a
+/// channel message each way), few enough for a run's records and results to stay in a
+/// core's cache between the shards and the accounting. On 2 cores, synthetic 10 M
+/// events: 16,384-step runs 0.28-0.31 s, 32,768 0.32-0.44 s, 8,192 0.31-0.32 s, 4,096
+/// 0.31-0.33 s (elapsed, best and median of 3; measured when runs were planned steps).
 const RUN_STEPS: usize = 1 << 14;
 
 /// Address shards by default: one per rayon thread but one, at least one. The rayon

@@ -1,17 +1,18 @@
 //! The shard thread: where the replay's live-block tables are updated.
 //!
 //! The replay applies runs of allocator events in three passes (see
-//! [`Replay::apply_chunk`](crate::replay::Replay::apply_chunk)): plan (which image and
-//! heap, which shard), the shards' table operations, then the accounting in file order.
-//! The middle pass is a third of the replay's work and needs nothing but the tables and
-//! the run, so it runs here, on a thread of its own, while the replaying thread accounts
-//! for earlier runs and plans later ones. The replaying thread takes a run back (and
-//! accounts for it) only once more than [`RUNS_AHEAD`] are pending, so that neither
-//! side waits for the other over the jitter of one run. The tables are
-//! lent to this thread while runs flow (the replaying thread's passes never touch them)
+//! [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)): binding the run's
+//! threads to their images and heaps, the shards' table operations (listed when the
+//! chunk was prepared, see [`crate::prepare`]), then the accounting in file order. The
+//! middle pass is a third of the replay's work and needs nothing but the tables, the
+//! run's records and its bindings, so it runs here, on a thread of its own, while the
+//! pool summarizes earlier runs and the replaying thread merges them and binds later
+//! ones. The replaying thread takes a run back only once more than [`RUNS_AHEAD`] are
+//! pending, so that neither side waits for the other over the jitter of one run. The
+//! tables are lent to this thread while runs flow (the other passes never touch them)
 //! and given back whenever the replay needs its state whole: before a record that
-//! changes processes, threads or heaps, and at the end. Everything moves by channel:
-//! nothing is shared.
+//! changes processes, threads or heaps, and at the end. Everything moves by channel;
+//! the only thing shared is the chunk, read-only.
 //!
 //! Why a thread and not the rayon pool: the pool decodes chunks, milliseconds of work
 //! that a queued shard job would wait behind; the operating system time-slices a thread.
@@ -28,7 +29,7 @@ use crate::prepare::{shard_of, table_event, Prepared, ShardOpKind};
 use crate::replay::Step;
 
 /// Runs the shards may have pending after the replaying thread took one back: with
-/// more, it takes back the oldest (waiting for it if need be) before planning on.
+/// more, it takes back the oldest (waiting for it if need be) before handing more over.
 pub(crate) const RUNS_AHEAD: usize = 2;
 
 /// The image and heap a thread's events go to during a run.

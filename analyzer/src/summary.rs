@@ -24,7 +24,7 @@
 //! * growth series: a site's series only changes where its (bucket width, bucket)
 //!   changes; the run keeps, per site, one entry per such stretch with the relative live
 //!   bytes at its first and last touch. The bucket widths follow the image's clock,
-//!   which depends only on timestamps: the run starts from the clock the planner
+//!   which depends only on timestamps: the run starts from the clock the replaying thread
 //!   predicted, and the merge checks the prediction;
 //! * temporaries: a free before its thread's first allocation in the run is temporary
 //!   iff the block is the thread's latest allocation from before the run; such frees
@@ -79,7 +79,7 @@ pub(crate) struct RunSummary {
 #[derive(Debug)]
 pub(crate) struct ImageSummary {
     pub img: ImageId,
-    /// The clock the run started from (the planner's prediction).
+    /// The clock the run started from (predicted when the run was handed over).
     pub start_clock: Clock,
     /// The clock after the run.
     pub end_clock: Clock,
