@@ -100,7 +100,7 @@ impl LastBinding {
     }
 }
 
-/// One run of the batch path (see [`Replay::apply_chunk`]): a stretch of a prepared
+/// One run of the batch path (see [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)): a stretch of a prepared
 /// chunk's records, with everything its passes need, so that it can move to the shard
 /// thread, to the pool, and back.
 #[derive(Debug, Default)]
