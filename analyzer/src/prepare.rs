@@ -111,6 +111,13 @@ pub(crate) struct Prepared {
     pub block_max: Vec<u64>,
 }
 
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Chunks waiting to be reused hold their records: no drop call for each.
+        self.clear_records();
+    }
+}
+
 /// Whether `rec` is a live-table event: an allocator call that inserts, removes or
 /// looks up a block (allocations and frees of NULL, and `realloc(NULL, n)` returning
 /// NULL, change counters only).
@@ -124,6 +131,14 @@ pub(crate) fn table_event(rec: &Record) -> bool {
             ..
         } => old_address != 0 || new_address != 0,
         _ => false,
+    }
+}
+
+/// Puts a thread's span in `threads` (in order of first event), or updates it.
+fn write_back(threads: &mut Vec<ThreadSpan>, span: ThreadSpan) {
+    match threads.iter_mut().find(|s| s.tid == span.tid) {
+        Some(s) => *s = span,
+        None => threads.push(span),
     }
 }
 
@@ -155,9 +170,15 @@ impl Prepared {
         self.threads.clear();
         self.block_max.clear();
         self.block_max.resize(self.records.len().div_ceil(BLOCK), 0);
-        // The latest thread's span (most events repeat it).
-        let mut last: Option<usize> = None;
+        // The span of the latest thread (most events repeat it; written back when
+        // another comes), and the latest timestamp of the current block.
+        let mut span: Option<ThreadSpan> = None;
+        let mut block_max = 0;
         for (i, rec) in self.records.iter().enumerate() {
+            if i % BLOCK == 0 && i > 0 {
+                self.block_max[i / BLOCK - 1] = block_max;
+                block_max = 0;
+            }
             let (tid, ts) = match *rec {
                 Record::Alloc { tid, ts, .. }
                 | Record::Free { tid, ts, .. }
@@ -167,44 +188,38 @@ impl Prepared {
                     continue;
                 }
             };
-            let t = match last {
-                Some(t) if self.threads[t].tid == tid => t,
+            match &mut span {
+                Some(s) if s.tid == tid => s.last = i as u32,
                 _ => {
-                    let t = match self.threads.iter().position(|s| s.tid == tid) {
-                        Some(t) => t,
-                        None => {
-                            self.threads.push(ThreadSpan {
-                                tid,
-                                first: i as u32,
-                                last: i as u32,
-                            });
-                            self.threads.len() - 1
-                        }
-                    };
-                    last = Some(t);
-                    t
+                    if let Some(s) = span {
+                        write_back(&mut self.threads, s);
+                    }
+                    span = Some(match self.threads.iter().find(|s| s.tid == tid) {
+                        Some(&s) => ThreadSpan {
+                            last: i as u32,
+                            ..s
+                        },
+                        None => ThreadSpan {
+                            tid,
+                            first: i as u32,
+                            last: i as u32,
+                        },
+                    });
                 }
-            };
-            self.threads[t].last = i as u32;
-            if !table_event(rec) {
-                self.others.push(i as u32);
-                continue;
             }
-            let b = &mut self.block_max[i / BLOCK];
-            *b = (*b).max(ts);
             let ops = &mut self.ops;
             let mut op = |kind, address| {
                 ops[shard_of(address, shards)].push(ShardOp::new(address, i, tid, kind));
             };
             match *rec {
-                Record::Alloc { address, .. } => op(ShardOpKind::Insert, address),
-                Record::Free { address, .. } => op(ShardOpKind::Remove, address),
+                Record::Alloc { address, .. } if address != 0 => op(ShardOpKind::Insert, address),
+                Record::Free { address, .. } if address != 0 => op(ShardOpKind::Remove, address),
                 Record::Realloc {
                     old_address: old,
                     new_address: new,
                     size,
                     ..
-                } => {
+                } if old != 0 || new != 0 => {
                     let frees_old = crate::replay::realloc_frees_old(old, new, size);
                     if frees_old {
                         op(ShardOpKind::Remove, old);
@@ -216,9 +231,38 @@ impl Prepared {
                         op(ShardOpKind::Insert, new);
                     }
                 }
-                _ => unreachable!("a live-table event"),
+                // NULL: counters only.
+                _ => {
+                    self.others.push(i as u32);
+                    continue;
+                }
+            }
+            block_max = block_max.max(ts);
+        }
+        if let Some(b) = self.block_max.last_mut() {
+            *b = block_max;
+        }
+        if let Some(s) = span {
+            write_back(&mut self.threads, s);
+        }
+    }
+
+    /// Empties [`Prepared::records`], keeping its capacity, without a drop call per
+    /// record: the records that own memory are among the others, and are dropped first.
+    pub fn clear_records(&mut self) {
+        for &i in &self.others {
+            if let Some(rec) = self.records.get_mut(i as usize) {
+                if rec.owns_heap() {
+                    *rec = Record::StackNode {
+                        id: 0,
+                        parent: 0,
+                        address: 0,
+                    };
+                }
             }
         }
+        self.others.clear();
+        heaptape_format::clear_records(&mut self.records);
     }
 
     /// The latest timestamp of the live-table events among records `range`.
@@ -282,10 +326,8 @@ mod tests {
         });
         let n = recs.len();
         for shards in [1, 3] {
-            let mut p = Prepared {
-                records: recs.clone(),
-                ..Prepared::default()
-            };
+            let mut p = Prepared::default();
+            p.records.clone_from(&recs);
             p.prepare(shards);
             // Every live-table operation once, in order within its shard.
             let ops: usize = p.ops.iter().map(Vec::len).sum();

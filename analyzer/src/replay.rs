@@ -974,7 +974,7 @@ impl Replay {
         let mut all = std::mem::take(records).into_iter().peekable();
         while all.peek().is_some() {
             let mut chunk = self.spent.pop().unwrap_or_default();
-            chunk.records.clear();
+            chunk.clear_records();
             chunk
                 .records
                 .extend(all.by_ref().take(crate::prepare::MAX_RECORDS - 1));

@@ -15,7 +15,7 @@
 use std::io::Read;
 use std::sync::mpsc;
 
-use heaptape_format::{clear_records, ReadError, TraceReader, Truncation};
+use heaptape_format::{ReadError, TraceReader, Truncation};
 use rayon::prelude::*;
 
 use crate::prepare::Prepared;
@@ -102,7 +102,7 @@ where
                         .par_iter()
                         .zip(bufs.par_iter_mut())
                         .map(|(raw, buf)| {
-                            clear_records(&mut buf.records);
+                            buf.clear_records();
                             raw.decode_into(&mut buf.records)?;
                             buf.prepare(shards);
                             Ok(())
