@@ -379,4 +379,31 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn emptied_with_or_without_records_that_own_memory() {
+        let unload = Record::ModuleUnload {
+            ts: 1,
+            pid: 2,
+            base: 3,
+            path: "/lib/x.so".repeat(50),
+        };
+        for prepared in [true, false] {
+            let mut p = Prepared::default();
+            p.records = vec![alloc(1, 1, 0x10), unload.clone(), alloc(2, 1, 0x20)];
+            if prepared {
+                p.prepare(1);
+                assert_eq!(p.others, [1]);
+            }
+            let cap = p.records.capacity();
+            p.clear_records();
+            assert!(p.records.is_empty() && p.others.is_empty());
+            assert_eq!(p.records.capacity(), cap);
+            // And dropped full.
+            p.records.push(unload.clone());
+            if prepared {
+                p.prepare(1);
+            }
+        }
+    }
 }
