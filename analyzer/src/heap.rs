@@ -335,7 +335,7 @@ impl LiveTable {
     }
 
     /// Removes the block at `address`, if it is live.
-    #[inline]
+    #[inline(always)]
     pub fn remove_hashed(&mut self, address: u64, hash: u64) -> Option<Block> {
         let mut hole = self.find(address, hash)?;
         let block = self.slots[hole].block();

@@ -72,6 +72,16 @@ impl Bindings {
         }
     }
 
+    /// The image, if every thread is bound to it and its heap is the run's first.
+    #[inline]
+    pub fn single_heap(&self) -> Option<u32> {
+        let first = self.entries.first()?;
+        self.entries
+            .iter()
+            .all(|b| b.img == first.img && b.heap == Some(0))
+            .then_some(first.img)
+    }
+
     /// Whether a thread's image has no heap.
     pub fn headless(&self) -> bool {
         self.entries.iter().any(|b| b.heap.is_none())
@@ -549,22 +559,50 @@ fn run_shard(
     out.clear();
     out.reserve(ops.len());
     replaced.clear();
-    let mut last = LastBinding::default();
-    let mut ahead = LastBinding::default();
+    match bindings.single_heap() {
+        // Every thread's events go to one heap (the usual case): no look-up per
+        // operation.
+        Some(img) => run_ops(tables, records, ops, out, replaced, |_| Some((0, img))),
+        None => {
+            let mut last = LastBinding::default();
+            run_ops(tables, records, ops, out, replaced, |tid| {
+                match last.get(bindings, tid) {
+                    Some(Binding {
+                        heap: Some(h), img, ..
+                    }) => Some((h, img)),
+                    _ => None,
+                }
+            })
+        }
+    }
+}
+
+/// [`run_shard`]'s loop, with `heap_of` giving the heap (index into `tables`) and the
+/// image of a thread's operations (`None`: skip them).
+#[inline(always)]
+fn run_ops(
+    tables: &mut [&mut LiveTable],
+    records: &[Record],
+    ops: &[crate::prepare::ShardOp],
+    out: &mut Vec<Option<Block>>,
+    replaced: &mut Vec<(u32, Block)>,
+    mut heap_of: impl FnMut(u32) -> Option<(u16, u32)>,
+) {
     for (i, &op) in ops.iter().enumerate() {
         if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
-            if let Some(Binding { heap: Some(h), .. }) = ahead.get(bindings, next.tid) {
-                tables[usize::from(h)].prefetch(crate::hash::fmix64(next.address));
-            }
+            // The table of the next operation's heap (the first one if it is skipped:
+            // a prefetch is only a hint).
+            let h = match tables.len() {
+                1 => 0,
+                _ => heap_of(next.tid).map_or(0, |(h, _)| usize::from(h)),
+            };
+            tables[h].prefetch(crate::hash::fmix64(next.address));
             if next.kind() == ShardOpKind::Insert {
                 // Its block comes from its record.
                 crate::heap::prefetch(&records[next.index() as usize]);
             }
         }
-        let Some(Binding {
-            heap: Some(h), img, ..
-        }) = last.get(bindings, op.tid)
-        else {
+        let Some((h, img)) = heap_of(op.tid) else {
             continue;
         };
         let t = &mut *tables[usize::from(h)];
