@@ -385,8 +385,11 @@ pub struct Replay {
 }
 
 /// Runs whose summaries may be pending after a merge: with more, the oldest is merged
-/// (waiting for it if need be).
-const SUMMARIES_AHEAD: usize = 2;
+/// (waiting for it if need be). One per rayon thread, at least two: summaries are a
+/// quarter of a replay's work, and they must be able to run on every core at once.
+fn summaries_ahead() -> usize {
+    rayon::current_num_threads().max(2)
+}
 
 /// Fewest rayon threads with which runs are summarized on the pool (see
 /// [`crate::summary`]); with fewer (one core), the replaying thread accounts for them
@@ -1225,7 +1228,7 @@ impl Replay {
             let _ = tx.send((batch, summary));
         });
         self.summaries.push_back(rx);
-        while self.summaries.len() > SUMMARIES_AHEAD {
+        while self.summaries.len() > summaries_ahead() {
             self.merge_oldest();
         }
     }
