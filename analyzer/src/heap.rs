@@ -300,17 +300,7 @@ impl LiveTable {
     /// Starts loading the slot an address whose hash is `hash` would be found at.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let slot = &self.slots[self.home(hash)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint:
-            // it never faults and changes no memory (the pointer comes from a reference
-            // anyway).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast::<i8>()) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
+        prefetch(&self.slots[self.home(hash)]);
     }
 
     /// The block at `address` (whose hash is `hash`), if it is live.
@@ -345,7 +335,7 @@ impl LiveTable {
     }
 
     /// Removes the block at `address`, if it is live.
-    #[inline]
+    #[inline(always)]
     pub fn remove_hashed(&mut self, address: u64, hash: u64) -> Option<Block> {
         let mut hole = self.find(address, hash)?;
         let block = self.slots[hole].block();
@@ -558,6 +548,20 @@ impl Heap {
     pub fn freed(&self, address: u64) -> Option<&Freed> {
         self.freed.get(address)
     }
+}
+
+/// Starts loading the cache line of `value` (a hint: nothing else happens).
+#[inline]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it
+        // never faults and changes no memory (the pointer comes from a reference anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 #[cfg(test)]

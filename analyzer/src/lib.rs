@@ -31,6 +31,7 @@ mod hash;
 mod heap;
 pub mod leaks;
 pub mod modules;
+mod prepare;
 pub mod progress;
 pub mod replay;
 pub mod report;
@@ -169,7 +170,11 @@ fn analyze_stream<R: Read + Send>(
     if let Some(s) = &symbolizer {
         replay.set_symbolizer(s.clone());
     }
-    let end = source::stream(reader, progress, |records| replay.apply_chunk(records))?;
+    let shards = replay.shards();
+    let end = source::stream(reader, progress, shards, |chunk, spent| {
+        replay.apply_prepared(chunk);
+        replay.take_spent(spent);
+    })?;
     let outcome = replay.finish();
     let truncation = end.truncation.or_else(|| {
         (!outcome.complete).then(|| Truncation {

@@ -31,6 +31,7 @@
 //! tree, never by the number of records.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{mpsc, Arc};
 
 use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackId, Timestamp};
@@ -38,10 +39,11 @@ use heaptape_format::{AllocFn, ExitStatus, Header, ProcessOrigin, Record, StackI
 use crate::findings::{Finding, FindingKind, Findings, Occurrence};
 use crate::growth::Clock;
 use crate::hash::{FastMap, FastSet};
-use crate::heap::{Block, Heap, ImageId, Live};
+use crate::heap::{Block, Heap, ImageId};
 use crate::leaks::{HeuristicMatches, HeuristicSet, LeakCheck, LiveBlock, SnapshotGraph};
 use crate::modules::ModuleMap;
-use crate::shards::{Batch, Lent, ShardOp, ShardOpKind, Shards, RUNS_AHEAD};
+use crate::prepare::Prepared;
+use crate::shards::{Batch, Binding, LastBinding, Lent, Shards, RUNS_AHEAD};
 use crate::sites::SiteTable;
 use crate::stacks::StackTable;
 use crate::summary::RunSummary;
@@ -366,9 +368,9 @@ pub struct Replay {
     shards: usize,
     /// Most steps in a run.
     run_steps: usize,
-    /// The run being planned (it may carry over from one chunk to the next).
-    batch: Batch,
-    /// Buffers of accounted runs, for the next ones to plan.
+    /// Chunks whose runs are done, emptied, for their buffers to be reused.
+    spent: Vec<Prepared>,
+    /// Buffers of accounted runs, for the next ones.
     spare: Vec<Batch>,
     /// Where the runs' shard operations happen (started with the first run).
     shard_runner: Option<Shards>,
@@ -383,8 +385,11 @@ pub struct Replay {
 }
 
 /// Runs whose summaries may be pending after a merge: with more, the oldest is merged
-/// (waiting for it if need be).
-const SUMMARIES_AHEAD: usize = 2;
+/// (waiting for it if need be). One per rayon thread, at least two: summaries are a
+/// quarter of a replay's work, and they must be able to run on every core at once.
+fn summaries_ahead() -> usize {
+    rayon::current_num_threads().max(2)
+}
 
 /// Fewest rayon threads with which runs are summarized on the pool (see
 /// [`crate::summary`]); with fewer (one core), the replaying thread accounts for them
@@ -394,22 +399,23 @@ const SUMMARIES_AHEAD: usize = 2;
 /// two cores, its CPU time 2.05 -> 0.81 s, its share of the work 37% -> 15%, which is
 /// what bounds the replay on more cores. On two cores the elapsed time is the same
 /// within this VM's noise (medians of alternating runs 6% better to 8% worse), for
-/// 0-10% more CPU in all (the pool reads each run's steps and results from another
+/// 0-10% more CPU in all (the pool reads each run's steps (now records) and results from another
 /// core's cache); see docs/PERFORMANCE.md.
 const SUMMARY_MIN_THREADS: usize = 2;
 
-/// What the batch path does with one record of a chunk (see [`Replay::apply_chunk`]).
-/// Kept small: a run's steps are written, read by the shards and read again.
+/// What the batch path does with one record of a run: computed from the record and the
+/// run's bindings where it is needed (by the accounting and the summaries, see
+/// [`crate::shards::step`]), never stored.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Step {
-    /// Applied as by [`Replay::apply`], in order: the batch's next deferred record.
+    /// Applied as by [`Replay::apply`], in order: a record that is not a live-table
+    /// event, or one of a thread whose image has no heap.
     Deferred,
     /// An allocation (non-NULL) in an existing heap.
     Alloc {
         img: u32,
         tid: u32,
         stack: StackId,
-        func: AllocFn,
         shard: u16,
         ts: Timestamp,
         address: u64,
@@ -521,11 +527,11 @@ pub(crate) fn realloc_frees_old(old: u64, new: u64, size: u64) -> bool {
     old != 0 && (new != 0 || size == 0)
 }
 
-/// Most steps in a run: enough to amortise handing runs to the shard thread (a channel
-/// message each way), few enough for a run's steps (56 bytes each, about 0.9 MB) to
-/// stay in a core's cache between planning, the shards and the accounting. On 2 cores,
-/// synthetic 10 M events: 16,384-step runs 0.28-0.31 s, 32,768 0.32-0.44 s, 8,192
-/// 0.31-0.32 s, 4,096 0.31-0.33 s (elapsed, best and median of 3).
+/// Most records in a run: enough to amortise handing runs to the shard thread (a
+/// channel message each way), few enough for a run's records and results to stay in a
+/// core's cache between the shards and the accounting. On 2 cores, synthetic 10 M
+/// events: 16,384-step runs 0.28-0.31 s, 32,768 0.32-0.44 s, 8,192 0.31-0.32 s, 4,096
+/// 0.31-0.33 s (elapsed, best and median of 3; measured when runs were planned steps).
 const RUN_STEPS: usize = 1 << 14;
 
 /// Address shards by default: one per rayon thread but one, at least one. The rayon
@@ -636,7 +642,7 @@ impl Replay {
             leak_heuristics: HeuristicSet::ALL,
             shards: default_shards(),
             run_steps: RUN_STEPS,
-            batch: Batch::default(),
+            spent: Vec::new(),
             spare: Vec::new(),
             shard_runner: None,
             summaries: VecDeque::new(),
@@ -652,6 +658,11 @@ impl Replay {
         let mut r = Replay::new(header);
         r.shards = shards.clamp(1, 64);
         r
+    }
+
+    /// The number of address shards of the heaps' live blocks.
+    pub(crate) fn shards(&self) -> usize {
+        self.shards
     }
 
     /// Gives the replay a symbolizer for recognising the C library's internal frees in
@@ -962,76 +973,198 @@ impl Replay {
 
     /// Applies a chunk's records, in file order, with the same result as
     /// [`Replay::apply`] on each, and leaves `records` empty.
-    ///
-    /// Runs of allocations, frees and reallocs are applied in three passes: a
-    /// sequential one resolves each record's thread to its image and heap and hands the
-    /// live-block operation (insert, remove, look up) to the shard owning its address;
-    /// the shards then run their operations in parallel, each in file order (an
-    /// address only ever meets its own shard, so each sees its addresses' history in
-    /// order), prefetching the slots of the operations ahead; a last sequential pass
-    /// does the accounting in file order with the blocks the shards found (sites,
-    /// totals, peak, temporaries, freed history, findings). Records that change which
-    /// image or heap a thread's events go to (process and thread starts and ends, exec,
-    /// snapshots) end a run and are applied on their own; the other records (stack
-    /// nodes, modules, resources, RSS samples) are applied in order by the last pass.
     pub fn apply_chunk(&mut self, records: &mut Vec<Record>) {
-        self.ready_batch();
-        // The image of the latest thread looked up and the batch's index of its heap
-        // (valid until the run ends).
-        let mut cached: Option<(u32, ImageId, usize)> = None;
-        for rec in records.drain(..) {
-            match self.plan(&rec, &mut cached) {
-                Some(step) => {
-                    if let Step::Deferred = step {
-                        self.batch.deferred.push(rec);
-                    } else {
-                        if let Step::Alloc { ts, .. }
-                        | Step::Free { ts, .. }
-                        | Step::Realloc { ts, .. } = step
-                        {
-                            self.batch.max_ts = self.batch.max_ts.max(ts);
-                        }
-                        // An allocator event, copied into its step: it owns nothing, so
-                        // forgetting it skips a drop call per record (3% of a profile
-                        // when the chunk was dropped record by record).
-                        debug_assert!(!rec.owns_heap());
-                        std::mem::forget(rec);
-                    }
-                    self.batch.steps.push(step);
-                    if self.batch.steps.len() >= self.run_steps {
-                        self.submit();
-                        cached = None;
-                    }
+        let mut all = std::mem::take(records).into_iter().peekable();
+        while all.peek().is_some() {
+            let mut chunk = self.spent.pop().unwrap_or_default();
+            chunk.clear_records();
+            chunk
+                .records
+                .extend(all.by_ref().take(crate::prepare::MAX_RECORDS - 1));
+            chunk.prepare(self.shards);
+            self.apply_prepared(chunk);
+        }
+    }
+
+    /// Applies a prepared chunk's records (see [`crate::prepare`]), in file order, with
+    /// the same result as [`Replay::apply`] on each. The chunk's buffers come back
+    /// through [`Replay::take_spent`] once its runs are done.
+    ///
+    /// Runs of allocator events are applied in three passes: the shards run the
+    /// live-table operations (insert, remove, look up) the chunk's preparation listed,
+    /// each shard in file order (an address only ever meets its own shard, so each sees
+    /// its addresses' history in order), prefetching the slots of the operations ahead;
+    /// then the accounting, in file order, with the blocks the shards found (sites,
+    /// totals, peak, temporaries, freed history, findings): on the pool through run
+    /// summaries (see [`crate::summary`]), or serially. The replaying thread binds each
+    /// run's threads to their images and heaps and looks at the records that are not
+    /// live-table events: those that change which image or heap a thread's events go to
+    /// (process and thread starts and ends, exec, snapshots), and allocator events of
+    /// threads it does not know, end a run and are applied on their own; the others
+    /// (stack nodes, modules, resources, RSS samples) are applied in order with the run.
+    pub(crate) fn apply_prepared(&mut self, chunk: Prepared) {
+        let chunk = Arc::new(chunk);
+        let n = chunk.records.len();
+        // The first record not yet handed over or applied, and the first of the
+        // chunk's other records at or after it.
+        let mut start = 0;
+        let mut other = 0;
+        while start < n {
+            if self.end_seen {
+                // Everything after the end record is counted, not applied.
+                self.finish_runs();
+                for rec in &chunk.records[start..] {
+                    self.apply_now(rec.clone());
                 }
-                None => {
-                    // A barrier: everything before it first, then it alone.
-                    self.finish_runs();
-                    cached = None;
-                    self.apply_now(rec);
+                break;
+            }
+            let others = &chunk.others;
+            while other < others.len() && (others[other] as usize) < start {
+                other += 1;
+            }
+            let mut barrier = n;
+            while other < others.len() {
+                let i = others[other] as usize;
+                if self.ends_run(&chunk.records[i]) {
+                    barrier = i;
+                    break;
                 }
+                other += 1;
+            }
+            let end = self
+                .first_unbound(&chunk, start..barrier)
+                .unwrap_or(barrier);
+            self.hand_over(&chunk, start..end);
+            if end < n {
+                // A barrier: everything before it first, then it alone.
+                self.finish_runs();
+                self.apply_now(chunk.records[end].clone());
+            }
+            start = end + 1;
+        }
+        self.release_chunk(chunk);
+    }
+
+    /// Moves emptied chunks (whose runs are done) into `out`, for their buffers to be
+    /// reused.
+    pub(crate) fn take_spent(&mut self, out: &mut Vec<Prepared>) {
+        out.append(&mut self.spent);
+    }
+
+    /// Drops a reference to a chunk; the last one keeps its buffers for reuse (with
+    /// its records: whoever reuses it empties them, on another thread).
+    fn release_chunk(&mut self, chunk: Arc<Prepared>) {
+        if let Ok(chunk) = Arc::try_unwrap(chunk) {
+            self.spent.push(chunk);
+        }
+    }
+
+    /// Whether `rec`, a record that is not a live-table event, must be applied alone
+    /// after everything before it (otherwise it is applied in order with its run).
+    fn ends_run(&self, rec: &Record) -> bool {
+        match rec {
+            Record::StackNode { .. }
+            | Record::RssSample(_)
+            | Record::ModuleUnload { .. }
+            | Record::SnapshotRoot(_)
+            | Record::SnapshotBlock { .. }
+            | Record::SnapshotHeuristic { .. } => false,
+            Record::ModuleLoad(m) => self.running(m.pid).is_none(),
+            // Allocator events that change counters only (the thread is known: see
+            // `first_unbound`).
+            Record::Alloc { .. } | Record::Free { .. } | Record::Realloc { .. } => false,
+            _ => match crate::resources::event_thread(rec) {
+                Some((tid, _)) => !self.threads.contains_key(&tid),
+                None => true,
+            },
+        }
+    }
+
+    /// The first allocator event among `range` of the chunk's records made by a thread
+    /// that is not bound (applied alone: `Replay::apply` finds out what it is).
+    fn first_unbound(&self, chunk: &Prepared, range: Range<usize>) -> Option<usize> {
+        let mut first: Option<usize> = None;
+        for span in &chunk.threads {
+            let (a, b) = (span.first as usize, span.last as usize + 1);
+            if b <= range.start || a >= range.end || self.threads.contains_key(&span.tid) {
+                continue;
+            }
+            let from = a.max(range.start);
+            let to = b.min(range.end).min(first.unwrap_or(usize::MAX));
+            let found = chunk.records[from..to.max(from)].iter().position(|r| {
+                matches!(*r, Record::Alloc { tid, .. } | Record::Free { tid, .. } | Record::Realloc { tid, .. } if tid == span.tid)
+            });
+            if let Some(k) = found {
+                first = Some(from + k);
             }
         }
+        first
     }
 
-    /// Gives `self.batch` a vector of operations and of results per shard.
-    fn ready_batch(&mut self) {
-        let batch = &mut self.batch;
-        if batch.ops.len() != self.shards {
-            batch.ops = (0..self.shards).map(|_| Vec::new()).collect();
-            batch.results = (0..self.shards).map(|_| Vec::new()).collect();
-            batch.replaced = (0..self.shards).map(|_| Vec::new()).collect();
+    /// Hands records `range` of `chunk` (no barrier among them) to the shards, in runs
+    /// of at most `run_steps` records that end at multiples of it.
+    fn hand_over(&mut self, chunk: &Arc<Prepared>, range: Range<usize>) {
+        let mut a = range.start;
+        while a < range.end {
+            let b = ((a / self.run_steps + 1) * self.run_steps).min(range.end);
+            self.hand_over_run(chunk, a..b);
+            a = b;
         }
     }
 
-    /// Hands the run planned in `self.batch` to the shards; accounts for the oldest run
-    /// handed over if the shards are [`RUNS_AHEAD`] runs behind.
-    fn submit(&mut self) {
-        if self.batch.steps.is_empty() {
-            return;
+    /// Hands one run over; accounts for the oldest run handed over if the shards are
+    /// [`RUNS_AHEAD`] runs behind.
+    fn hand_over_run(&mut self, chunk: &Arc<Prepared>, range: Range<usize>) {
+        let mut batch = self.spare.pop().unwrap_or_default();
+        let shards = self.shards;
+        batch.results.resize_with(shards, Vec::new);
+        batch.replaced.resize_with(shards, Vec::new);
+        batch.op_ranges.extend(chunk.ops.iter().map(|ops| {
+            let at = |i: usize| ops.partition_point(|o| (o.index() as usize) < i);
+            at(range.start)..at(range.end)
+        }));
+        let others = |i: usize| chunk.others.partition_point(|&o| (o as usize) < i);
+        batch.others = others(range.start)..others(range.end);
+        // The threads of the run: bound (see `first_unbound`).
+        for span in &chunk.threads {
+            if (span.last as usize) < range.start || span.first as usize >= range.end {
+                continue;
+            }
+            let Some(t) = self.threads.get(&span.tid) else {
+                continue;
+            };
+            let img = self.procs[t.process].current();
+            let heap_id = self.images[img].heap;
+            let heap = if self.heaps.get(heap_id).and_then(Option::as_ref).is_some() {
+                if !batch.images.contains(&img) {
+                    batch.images.push(img);
+                }
+                Some(match batch.heaps.iter().position(|&h| h == heap_id) {
+                    Some(h) => h as u16,
+                    None => {
+                        batch.heaps.push(heap_id);
+                        (batch.heaps.len() - 1) as u16
+                    }
+                })
+            } else {
+                None
+            };
+            batch.bindings.push(Binding {
+                tid: span.tid,
+                img: img as u32,
+                heap,
+            });
         }
-        let fresh = self.spare.pop().unwrap_or_default();
-        let batch = std::mem::replace(&mut self.batch, fresh);
-        self.ready_batch();
+        batch.bindings.seal();
+        batch.max_ts = chunk.max_ts(range.clone());
+        batch.range = range;
+        batch.chunk = Some(chunk.clone());
+        self.submit(batch);
+    }
+
+    /// Hands a run to the shards; accounts for the oldest run handed over if the shards
+    /// are [`RUNS_AHEAD`] runs behind.
+    fn submit(&mut self, mut batch: Batch) {
         // Out of `self` while `account` needs it (nothing it calls uses the runner).
         let mut shards = self.shard_runner.take().unwrap_or_else(Shards::new);
         let mut lend: Lent = Vec::new();
@@ -1043,7 +1176,6 @@ impl Replay {
                 }
             }
         }
-        let mut batch = batch;
         self.predict_clocks(&mut batch);
         shards.run(batch, lend);
         if shards.pending() > RUNS_AHEAD {
@@ -1096,7 +1228,7 @@ impl Replay {
             let _ = tx.send((batch, summary));
         });
         self.summaries.push_back(rx);
-        while self.summaries.len() > SUMMARIES_AHEAD {
+        while self.summaries.len() > summaries_ahead() {
             self.merge_oldest();
         }
     }
@@ -1136,17 +1268,18 @@ impl Replay {
         self.runs_merged += 1;
         // The run's other records touch nothing its allocator steps change, except RSS
         // samples, which read an image's live bytes at their point of the run.
+        let chunk = batch.chunk.clone().expect("a run has a chunk");
         let mut rss = sum.rss.iter().peekable();
-        for (i, rec) in batch.deferred.drain(..).enumerate() {
-            match (rec, rss.peek()) {
-                (Record::RssSample(s), Some((at, deltas))) if *at == i => {
+        for (k, &i) in chunk.others[batch.others.clone()].iter().enumerate() {
+            match (&chunk.records[i as usize], rss.peek()) {
+                (Record::RssSample(s), Some((at, deltas))) if *at == k => {
                     // `apply_now`'s bookkeeping, then the sample.
                     self.last_ts = self.last_ts.max(s.ts);
                     self.records += 1;
-                    self.sample_rss(&s, deltas);
+                    self.sample_rss(s, deltas);
                     rss.next();
                 }
-                (rec, _) => self.apply_now(rec),
+                (rec, _) => self.apply_now(rec.clone()),
             }
         }
         self.records += sum.steps;
@@ -1197,14 +1330,21 @@ impl Replay {
                 batch.freed = heap.remember_frees(sum.freed);
             }
         }
-        batch.clear();
+        drop(chunk);
+        self.recycle(batch);
+    }
+
+    /// Keeps an accounted run's buffers for a later run, and gives its chunk back.
+    fn recycle(&mut self, mut batch: Batch) {
+        if let Some(chunk) = batch.clear() {
+            self.release_chunk(chunk);
+        }
         self.spare.push(batch);
     }
 
     /// Finishes every pending run and takes the lent blocks back, so that the state is
     /// that of all records applied.
     fn finish_runs(&mut self) {
-        self.submit();
         let Some(mut shards) = self.shard_runner.take() else {
             return;
         };
@@ -1224,156 +1364,12 @@ impl Replay {
         self.shard_runner = Some(shards);
     }
 
-    /// The batch step of `rec` (see [`Replay::apply_chunk`]), or `None` if it must
-    /// be applied alone after everything before it.
-    fn plan(&mut self, rec: &Record, cached: &mut Option<(u32, ImageId, usize)>) -> Option<Step> {
-        if self.end_seen {
-            return None;
-        }
-        let tid = match rec {
-            Record::Alloc { tid, .. } | Record::Free { tid, .. } | Record::Realloc { tid, .. } => {
-                *tid
-            }
-            Record::StackNode { .. }
-            | Record::RssSample(_)
-            | Record::ModuleUnload { .. }
-            | Record::SnapshotRoot(_)
-            | Record::SnapshotBlock { .. }
-            | Record::SnapshotHeuristic { .. } => return Some(Step::Deferred),
-            Record::ModuleLoad(m) => {
-                return self.running(m.pid).map(|_| Step::Deferred);
-            }
-            _ => {
-                return match crate::resources::event_thread(rec) {
-                    Some((tid, _)) if self.threads.contains_key(&tid) => Some(Step::Deferred),
-                    _ => None,
-                };
-            }
-        };
-        // The thread's image and the batch's index of its heap.
-        let (img, heap) = match *cached {
-            Some((t, img, heap)) if t == tid => (img, heap),
-            _ => {
-                let t = self.threads.get(&tid)?;
-                let img = self.procs[t.process].current();
-                let heap_id = self.images[img].heap;
-                if self.heaps.get(heap_id).and_then(Option::as_ref).is_none() {
-                    // Nothing but counters change.
-                    return Some(Step::Deferred);
-                }
-                let heap = match self.batch.heaps.iter().position(|&h| h == heap_id) {
-                    Some(h) => h,
-                    None => {
-                        self.batch.heaps.push(heap_id);
-                        self.batch.heaps.len() - 1
-                    }
-                };
-                if !self.batch.images.contains(&img) {
-                    self.batch.images.push(img);
-                }
-                *cached = Some((tid, img, heap));
-                (img, heap)
-            }
-        };
-        let shards = self.shards;
-        let step = self.batch.steps.len() as u32;
-        let ops = &mut self.batch.ops;
-        let heap = heap as u16;
-        let mut op = |kind, address| {
-            // One shard (the default on two cores): no hash to compute.
-            let shard = if shards == 1 {
-                0
-            } else {
-                Live::shard_of(crate::hash::fmix64(address), shards)
-            };
-            ops[shard].push(ShardOp {
-                address,
-                step,
-                heap,
-                kind,
-            });
-            shard as u16
-        };
-        let img = img as u32;
-        let step = match *rec {
-            Record::Alloc {
-                ts,
-                func,
-                address,
-                size,
-                stack,
-                ..
-            } if address != 0 => Step::Alloc {
-                img,
-                tid,
-                stack,
-                func,
-                shard: op(ShardOpKind::Insert, address),
-                ts,
-                address,
-                size,
-            },
-            Record::Free {
-                ts,
-                func,
-                address,
-                stack,
-                ..
-            } if address != 0 => Step::Free {
-                img,
-                tid,
-                stack,
-                func,
-                shard: op(ShardOpKind::Remove, address),
-                ts,
-                address,
-            },
-            Record::Realloc {
-                ts,
-                func,
-                old_address: old,
-                new_address: new,
-                size,
-                stack,
-                ..
-            } if old != 0 || new != 0 => {
-                let frees_old = realloc_frees_old(old, new, size);
-                let old_shard = if frees_old {
-                    op(ShardOpKind::Remove, old)
-                } else if old != 0 {
-                    // A failed realloc: is the pointer live?
-                    op(ShardOpKind::Get, old)
-                } else {
-                    0
-                };
-                let new_shard = if new != 0 && (frees_old || old == 0) {
-                    op(ShardOpKind::Insert, new)
-                } else {
-                    0
-                };
-                Step::Realloc {
-                    img,
-                    tid,
-                    stack,
-                    func,
-                    old_shard,
-                    new_shard,
-                    ts,
-                    old,
-                    new,
-                    size,
-                }
-            }
-            _ => Step::Deferred,
-        };
-        Some(step)
-    }
-
     /// The accounting of a run whose shards are done, in file order; its buffers are
     /// kept for a later run.
     fn account(&mut self, mut batch: Batch) {
         self.runs_serial += 1;
-        let mut deferred = batch.deferred.drain(..);
+        let chunk = batch.chunk.clone().expect("a run has a chunk");
+        let shards = batch.results.len();
         // The accounting, in file order.
         let mut results: Vec<std::vec::Drain<'_, Option<Block>>> =
             batch.results.iter_mut().map(|r| r.drain(..)).collect();
@@ -1387,22 +1383,23 @@ impl Replay {
             .iter_mut()
             .map(|r| r.drain(..).peekable())
             .collect();
-        // The block the insertion of step `step` replaced.
-        let mut replaced_at = |shard: u16, step: u32| -> Option<Block> {
+        // The block the insertion of record `i` replaced.
+        let mut replaced_at = |shard: u16, i: u32| -> Option<Block> {
             let r = &mut replaced[usize::from(shard)];
-            r.next_if(|&(s, _)| s == step).map(|(_, b)| b)
+            r.next_if(|&(s, _)| s == i).map(|(_, b)| b)
         };
         // The latest allocation of the thread of the latest step, written back to
         // `self.threads` when another thread comes, before a deferred record and at the
         // end (no deferred record reads it, but this keeps the rule simple).
         let mut hot = HotThread::default();
-        for (i, step) in batch.steps.drain(..).enumerate() {
+        let mut last = LastBinding::default();
+        for i in batch.range.clone() {
+            let step = crate::shards::step(&chunk, &batch.bindings, shards, i, &mut last);
             let i = i as u32;
             match step {
                 Step::Deferred => {
                     hot.write_back(&mut self.threads);
-                    let rec = deferred.next().expect("a record per deferred step");
-                    self.apply_now(rec);
+                    self.apply_now(chunk.records[i as usize].clone());
                 }
                 Step::Alloc {
                     img,
@@ -1496,10 +1493,8 @@ impl Replay {
         hot.write_back(&mut self.threads);
         drop(results);
         drop(replaced);
-        debug_assert!(deferred.next().is_none(), "a deferred step per record");
-        drop(deferred);
-        batch.clear();
-        self.spare.push(batch);
+        drop(chunk);
+        self.recycle(batch);
     }
 
     /// Records an RSS sample beside the live bytes of its process's image, plus that
@@ -2166,7 +2161,34 @@ mod tests {
                     parent: r.below(8) as StackId,
                     address: 0x2000 + r.below(100),
                 },
-                30..=489 => Record::Alloc {
+                // A process starting again under a pid that runs (a damaged trace):
+                // the threads bound to the old one keep an image without a heap.
+                30 => Record::ProcessStart {
+                    ts,
+                    pid: 100 + r.below(4) as u32,
+                    parent_pid: None,
+                    origin: ProcessOrigin::Launched,
+                    command: vec![],
+                },
+                31 => Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
+                    ts,
+                    pid: 100 + r.below(5) as u32,
+                    path: "/lib/libx.so".into(),
+                    build_id: vec![],
+                    base: 0x7000_0000,
+                    segments: vec![],
+                })),
+                32..=33 => Record::Mmap {
+                    ts,
+                    tid,
+                    address: 0x5000_0000 + (r.below(8) << 12),
+                    len: 4096,
+                    prot: 3,
+                    flags: 0x22,
+                    fd: -1,
+                    stack,
+                },
+                34..=489 => Record::Alloc {
                     ts,
                     tid,
                     func: funcs[r.below(4) as usize],
@@ -2204,6 +2226,20 @@ mod tests {
             recs.push(rec);
         }
         push_end(&mut recs, ts);
+        // Sometimes records after the end (counted, never applied).
+        if r.below(3) == 0 {
+            for k in 0..5 {
+                recs.push(Record::Alloc {
+                    ts: ts + k,
+                    tid: 100,
+                    func: AllocFn::Malloc,
+                    address: 0x10_0000 + 16 * k,
+                    size: 8,
+                    align: 0,
+                    stack: 1,
+                });
+            }
+        }
         recs
     }
 

@@ -1,112 +1,142 @@
 //! The shard thread: where the replay's live-block tables are updated.
 //!
 //! The replay applies runs of allocator events in three passes (see
-//! [`Replay::apply_chunk`](crate::replay::Replay::apply_chunk)): plan (which image and
-//! heap, which shard), the shards' table operations, then the accounting in file order.
-//! The middle pass is a third of the replay's work and needs nothing but the tables and
-//! the run, so it runs here, on a thread of its own, while the replaying thread accounts
-//! for earlier runs and plans later ones. The replaying thread takes a run back (and
-//! accounts for it) only once more than [`RUNS_AHEAD`] are pending, so that neither
-//! side waits for the other over the jitter of one run. The tables are
-//! lent to this thread while runs flow (the replaying thread's passes never touch them)
+//! [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)): binding the run's
+//! threads to their images and heaps, the shards' table operations (listed when the
+//! chunk was prepared, see [`crate::prepare`]), then the accounting in file order. The
+//! middle pass is a third of the replay's work and needs nothing but the tables, the
+//! run's records and its bindings, so it runs here, on a thread of its own, while the
+//! pool summarizes earlier runs and the replaying thread merges them and binds later
+//! ones. The replaying thread takes a run back only once more than [`RUNS_AHEAD`] are
+//! pending, so that neither side waits for the other over the jitter of one run. The
+//! tables are lent to this thread while runs flow (the other passes never touch them)
 //! and given back whenever the replay needs its state whole: before a record that
-//! changes processes, threads or heaps, and at the end. Everything moves by channel:
-//! nothing is shared.
+//! changes processes, threads or heaps, and at the end. Everything moves by channel;
+//! the only thing shared is the chunk, read-only.
 //!
 //! Why a thread and not the rayon pool: the pool decodes chunks, milliseconds of work
 //! that a queued shard job would wait behind; the operating system time-slices a thread.
 //! With one rayon thread (one core), the shards run inline on the replaying thread.
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::ops::Range;
+use std::sync::{mpsc, Arc};
 
 use heaptape_format::Record;
 
 use crate::heap::{Block, ImageId, Live, LiveTable};
+use crate::prepare::{shard_of, table_event, Prepared, ShardOpKind};
 use crate::replay::Step;
 
 /// Runs the shards may have pending after the replaying thread took one back: with
-/// more, it takes back the oldest (waiting for it if need be) before planning on.
+/// more, it takes back the oldest (waiting for it if need be) before handing more over.
 pub(crate) const RUNS_AHEAD: usize = 2;
 
-/// One live-table operation, run by the shard owning its address. The address is
-/// copied here so that a removal or a look-up (and the prefetch of every operation's
-/// slot) need not read the step: only an insertion reads its block from it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ShardOp {
-    /// The address the operation is about.
-    pub address: u64,
-    /// Index into [`Batch::steps`].
-    pub step: u32,
-    /// Index into [`Batch::heaps`].
-    pub heap: u16,
-    /// Insert, remove or look up.
-    pub kind: ShardOpKind,
-}
-
+/// The image and heap a thread's events go to during a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ShardOpKind {
-    /// Make the step's block live; the result is the block it replaced, if any (see
-    /// [`Batch::replaced`]).
-    Insert,
-    /// Remove the block at the step's (old) address; the result is the block removed.
-    Remove,
-    /// The result is the live block at the step's old address (left live).
-    Get,
+pub(crate) struct Binding {
+    pub tid: u32,
+    /// Its image.
+    pub img: u32,
+    /// Index into [`Batch::heaps`] of its image's heap; `None` if that heap is gone
+    /// (its events then change counters only, and the run is accounted for serially).
+    pub heap: Option<u16>,
 }
 
-impl ShardOp {
-    /// The block an insert makes live.
+/// The bindings of a run's threads, sorted by thread id.
+#[derive(Debug, Default)]
+pub(crate) struct Bindings {
+    entries: Vec<Binding>,
+}
+
+impl Bindings {
+    /// Adds a binding (in any order; [`Bindings::seal`] sorts them).
+    pub fn push(&mut self, b: Binding) {
+        self.entries.push(b);
+    }
+
+    /// Sorts the bindings for look-ups.
+    pub fn seal(&mut self) {
+        self.entries.sort_unstable_by_key(|b| b.tid);
+    }
+
+    /// The binding of `tid`, if the run has one.
     #[inline]
-    fn block(self, steps: &[Step]) -> Block {
-        match steps[self.step as usize] {
-            Step::Alloc {
-                img,
-                stack,
-                func,
-                ts,
-                size,
-                ..
+    pub fn get(&self, tid: u32) -> Option<Binding> {
+        match self.entries.as_slice() {
+            [only] => (only.tid == tid).then_some(*only),
+            all => all
+                .binary_search_by_key(&tid, |b| b.tid)
+                .ok()
+                .map(|i| all[i]),
+        }
+    }
+
+    /// The image, if every thread is bound to it and its heap is the run's first.
+    #[inline]
+    pub fn single_heap(&self) -> Option<u32> {
+        let first = self.entries.first()?;
+        self.entries
+            .iter()
+            .all(|b| b.img == first.img && b.heap == Some(0))
+            .then_some(first.img)
+    }
+
+    /// Whether a thread's image has no heap.
+    pub fn headless(&self) -> bool {
+        self.entries.iter().any(|b| b.heap.is_none())
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// A one-entry cache in front of [`Bindings::get`] (consecutive events mostly come from
+/// one thread).
+#[derive(Debug, Default)]
+pub(crate) struct LastBinding(Option<Binding>);
+
+impl LastBinding {
+    #[inline]
+    pub fn get(&mut self, bindings: &Bindings, tid: u32) -> Option<Binding> {
+        match self.0 {
+            Some(b) if b.tid == tid => Some(b),
+            _ => {
+                self.0 = bindings.get(tid);
+                self.0
             }
-            | Step::Realloc {
-                img,
-                stack,
-                func,
-                ts,
-                size,
-                ..
-            } => Block {
-                size,
-                ts,
-                stack,
-                owner: img as ImageId,
-                func,
-            },
-            _ => unreachable!("only allocations insert"),
         }
     }
 }
 
-/// One run of the batch path (see [`Replay::apply_chunk`]): everything its three passes
-/// need, so that it can move to the shard thread and back.
+/// One run of the batch path (see [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)): a stretch of a prepared
+/// chunk's records, with everything its passes need, so that it can move to the shard
+/// thread, to the pool, and back.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    pub steps: Vec<Step>,
-    /// The records of its [`Step::Deferred`] steps, in order (taken out of the chunk).
-    pub deferred: Vec<Record>,
-    /// Per shard: its operations, in file order.
-    pub ops: Vec<Vec<ShardOp>>,
+    /// The chunk its records are in.
+    pub chunk: Option<Arc<Prepared>>,
+    /// Its records (indices into the chunk's).
+    pub range: Range<usize>,
+    /// Per shard: its operations (indices into the chunk's operations of that shard).
+    pub op_ranges: Vec<Range<usize>>,
+    /// Its records that are not live-table events (indices into the chunk's `others`).
+    pub others: Range<usize>,
+    /// The image and heap of each thread of the run.
+    pub bindings: Bindings,
     /// Per shard: the results of its removals and look-ups, in order.
     pub results: Vec<Vec<Option<Block>>>,
     /// Per shard: the blocks its insertions replaced (an allocation at a live address,
-    /// which is rare), with the insertion's step, in order. Insertions that replaced
-    /// nothing leave no result: half the operations write and hand over nothing.
+    /// which is rare), with the insertion's record index, in order. Insertions that
+    /// replaced nothing leave no result: half the operations write and hand over
+    /// nothing.
     pub replaced: Vec<Vec<(u32, Block)>>,
-    /// The heaps the pending steps use (ids into `Replay::heaps`).
+    /// The heaps the run uses (ids into `Replay::heaps`).
     pub heaps: Vec<usize>,
-    /// The images the steps name.
+    /// The images its threads are bound to.
     pub images: Vec<ImageId>,
-    /// The steps' latest timestamp.
+    /// The latest timestamp of its live-table events.
     pub max_ts: u64,
     /// A buffer for the frees of the run's summary (recycled from the freed-block
     /// history, so that no run allocates and faults in a fresh one).
@@ -117,23 +147,156 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Empties the run for reuse, keeping its buffers.
-    pub fn clear(&mut self) {
-        self.steps.clear();
-        self.deferred.clear();
-        for v in &mut self.ops {
-            v.clear();
+    /// The run's chunk.
+    #[inline]
+    pub fn chunk(&self) -> &Prepared {
+        self.chunk.as_deref().expect("a run has a chunk")
+    }
+
+    /// The run's records that are not live-table events.
+    pub fn others(&self) -> &[u32] {
+        &self.chunk().others[self.others.clone()]
+    }
+
+    /// The step of record `i` of the chunk, one of the run's (see [`Step`]).
+    #[inline]
+    pub fn step(&self, i: usize, last: &mut LastBinding) -> Step {
+        step(self.chunk(), &self.bindings, self.results.len(), i, last)
+    }
+}
+
+/// The step of record `i` of `chunk` in a run with `bindings` and `shards` address
+/// shards (see [`Step`]).
+#[inline]
+pub(crate) fn step(
+    chunk: &Prepared,
+    bindings: &Bindings,
+    shards: usize,
+    i: usize,
+    last: &mut LastBinding,
+) -> Step {
+    {
+        let rec = &chunk.records[i];
+        if !table_event(rec) {
+            return Step::Deferred;
         }
+        let tid = match *rec {
+            Record::Alloc { tid, .. } | Record::Free { tid, .. } | Record::Realloc { tid, .. } => {
+                tid
+            }
+            _ => unreachable!("a live-table event"),
+        };
+        let img = match last.get(bindings, tid) {
+            Some(Binding {
+                img, heap: Some(_), ..
+            }) => img,
+            // A thread of an image without a heap: counters only.
+            _ => return Step::Deferred,
+        };
+        let shard = |address| shard_of(address, shards) as u16;
+        match *rec {
+            Record::Alloc {
+                ts,
+                address,
+                size,
+                stack,
+                ..
+            } => Step::Alloc {
+                img,
+                tid,
+                stack,
+                shard: shard(address),
+                ts,
+                address,
+                size,
+            },
+            Record::Free {
+                ts,
+                func,
+                address,
+                stack,
+                ..
+            } => Step::Free {
+                img,
+                tid,
+                stack,
+                func,
+                shard: shard(address),
+                ts,
+                address,
+            },
+            Record::Realloc {
+                ts,
+                func,
+                old_address: old,
+                new_address: new,
+                size,
+                stack,
+                ..
+            } => Step::Realloc {
+                img,
+                tid,
+                stack,
+                func,
+                old_shard: shard(old),
+                new_shard: shard(new),
+                ts,
+                old,
+                new,
+                size,
+            },
+            _ => unreachable!("a live-table event"),
+        }
+    }
+}
+
+impl Batch {
+    /// Empties the run for reuse, keeping its buffers; gives its chunk back.
+    pub fn clear(&mut self) -> Option<Arc<Prepared>> {
         for v in &mut self.results {
             v.clear();
         }
         for v in &mut self.replaced {
             v.clear();
         }
+        self.op_ranges.clear();
+        self.bindings.clear();
         self.heaps.clear();
         self.images.clear();
         self.max_ts = 0;
         self.clocks.clear();
+        self.range = 0..0;
+        self.others = 0..0;
+        self.chunk.take()
+    }
+}
+
+/// The block an insertion of record `rec` (an allocation or a realloc) by a thread
+/// of image `img` makes live.
+#[inline]
+fn inserted_block(rec: &Record, img: u32) -> Block {
+    match *rec {
+        Record::Alloc {
+            ts,
+            func,
+            size,
+            stack,
+            ..
+        }
+        | Record::Realloc {
+            ts,
+            func,
+            size,
+            stack,
+            ..
+        } => Block {
+            size,
+            ts,
+            stack,
+            owner: img as ImageId,
+            func,
+        },
+        _ => unreachable!("only allocations insert"),
     }
 }
 
@@ -152,7 +315,7 @@ enum ToShards {
 }
 
 enum FromShards {
-    Ran(Batch),
+    Ran(Box<Batch>),
     Returned(Lent),
 }
 
@@ -242,7 +405,7 @@ impl Shards {
         self.pending -= 1;
         match &mut self.mode {
             Mode::Thread { .. } => match self.receive() {
-                FromShards::Ran(batch) => batch,
+                FromShards::Ran(batch) => *batch,
                 FromShards::Returned(_) => unreachable!("blocks come back only when asked"),
             },
             Mode::Inline { done, .. } => done.pop_front().expect("a run per take"),
@@ -310,8 +473,7 @@ fn spawn() -> Option<Mode> {
             let mut lives: Lent = Vec::new();
             while let Ok(msg) = crate::handoff::recv(&todo) {
                 let reply = match msg {
-                    ToShards::Run(batch, lend) => {
-                        let mut batch = *batch;
+                    ToShards::Run(mut batch, lend) => {
                         lives.extend(lend);
                         run_shards(&mut batch, &mut lives);
                         FromShards::Ran(batch)
@@ -335,7 +497,7 @@ fn spawn() -> Option<Mode> {
 /// shards in parallel when there are several (this thread runs the first, the pool
 /// the others).
 fn run_shards(batch: &mut Batch, lives: &mut Lent) {
-    let shards = batch.ops.len();
+    let shards = batch.results.len();
     // The batch's heaps, in `batch.heaps` order (a run uses a handful at most).
     lives.sort_unstable_by_key(|(id, _)| {
         batch
@@ -357,51 +519,101 @@ fn run_shards(batch: &mut Batch, lives: &mut Lent) {
             tables[s].push(t);
         }
     }
-    let steps = &batch.steps;
+    let chunk = batch.chunk.as_deref().expect("a run has a chunk");
+    let bindings = &batch.bindings;
     let mut work = tables
         .iter_mut()
-        .zip(&batch.ops)
+        .zip(chunk.ops.iter().zip(&batch.op_ranges))
         .zip(&mut batch.results)
         .zip(&mut batch.replaced)
-        .map(|(((tables, ops), out), replaced)| (tables, ops, out, replaced));
+        .map(|(((tables, (ops, range)), out), replaced)| {
+            (tables, &ops[range.clone()], out, replaced)
+        });
     let Some((tables, ops, out, replaced)) = work.next() else {
         return;
     };
+    let records = &chunk.records;
     if shards == 1 {
-        run_shard(tables, steps, ops, out, replaced);
+        run_shard(tables, records, bindings, ops, out, replaced);
     } else {
         rayon::in_place_scope(|scope| {
             for (tables, ops, out, replaced) in work {
-                scope.spawn(move |_| run_shard(tables, steps, ops, out, replaced));
+                scope.spawn(move |_| run_shard(tables, records, bindings, ops, out, replaced));
             }
-            run_shard(tables, steps, ops, out, replaced);
+            run_shard(tables, records, bindings, ops, out, replaced);
         });
     }
 }
 
 /// Runs one shard's operations on its tables (one per heap of the batch), prefetching
-/// the slots of the operations a few steps ahead.
+/// the slots of the operations a few steps ahead. Operations of threads whose image
+/// has no heap are skipped (their records change counters only).
 fn run_shard(
     tables: &mut [&mut LiveTable],
-    steps: &[Step],
-    ops: &[ShardOp],
+    records: &[Record],
+    bindings: &Bindings,
+    ops: &[crate::prepare::ShardOp],
     out: &mut Vec<Option<Block>>,
     replaced: &mut Vec<(u32, Block)>,
 ) {
     out.clear();
     out.reserve(ops.len());
     replaced.clear();
+    match bindings.single_heap() {
+        // Every thread's events go to one heap (the usual case): no look-up per
+        // operation.
+        Some(img) => run_ops(tables, records, ops, out, replaced, |_| Some((0, img))),
+        None => {
+            let mut last = LastBinding::default();
+            run_ops(tables, records, ops, out, replaced, |tid| {
+                match last.get(bindings, tid) {
+                    Some(Binding {
+                        heap: Some(h), img, ..
+                    }) => Some((h, img)),
+                    _ => None,
+                }
+            })
+        }
+    }
+}
+
+/// [`run_shard`]'s loop, with `heap_of` giving the heap (index into `tables`) and the
+/// image of a thread's operations (`None`: skip them).
+#[inline(always)]
+fn run_ops(
+    tables: &mut [&mut LiveTable],
+    records: &[Record],
+    ops: &[crate::prepare::ShardOp],
+    out: &mut Vec<Option<Block>>,
+    replaced: &mut Vec<(u32, Block)>,
+    mut heap_of: impl FnMut(u32) -> Option<(u16, u32)>,
+) {
     for (i, &op) in ops.iter().enumerate() {
         if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
-            tables[usize::from(next.heap)].prefetch(crate::hash::fmix64(next.address));
+            // The table of the next operation's heap (the first one if it is skipped:
+            // a prefetch is only a hint).
+            let h = match tables.len() {
+                1 => 0,
+                _ => heap_of(next.tid).map_or(0, |(h, _)| usize::from(h)),
+            };
+            tables[h].prefetch(crate::hash::fmix64(next.address));
+            if next.kind() == ShardOpKind::Insert {
+                // Its block comes from its record.
+                crate::heap::prefetch(&records[next.index() as usize]);
+            }
         }
-        let t = &mut *tables[usize::from(op.heap)];
+        let Some((h, img)) = heap_of(op.tid) else {
+            continue;
+        };
+        let t = &mut *tables[usize::from(h)];
         let address = op.address;
         let hash = crate::hash::fmix64(address);
-        match op.kind {
+        match op.kind() {
             ShardOpKind::Insert => {
-                if let Some(old) = t.insert_hashed(address, hash, op.block(steps)) {
-                    replaced.push((op.step, old));
+                let index = op.index();
+                let block = inserted_block(&records[index as usize], img);
+                if let Some(old) = t.insert_hashed(address, hash, block) {
+                    replaced.push((index, old));
                 }
             }
             ShardOpKind::Remove => out.push(t.remove_hashed(address, hash)),

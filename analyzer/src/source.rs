@@ -15,9 +15,10 @@
 use std::io::Read;
 use std::sync::mpsc;
 
-use heaptape_format::{ReadError, Record, TraceReader, Truncation};
+use heaptape_format::{ReadError, TraceReader, Truncation};
 use rayon::prelude::*;
 
+use crate::prepare::Prepared;
 use crate::progress::Progress;
 
 /// How a stream of records ended.
@@ -42,28 +43,30 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// take it.
 const QUEUED_BATCHES: usize = 1;
 
-/// Reads every chunk of `reader` and passes each chunk's records, in file order, to
-/// `sink`, which drains the vector it is given (what it leaves in it is dropped); the
-/// emptied vectors go back to the decoder, so that decoding does not allocate (and
-/// fault in) fresh memory for every chunk. A damaged chunk stops the stream with its
-/// error (after the records of the batches before it were passed on). `progress`, if
-/// any, is told how far into the file the reader is.
+/// Reads every chunk of `reader`, decodes and prepares it for a replay with `shards`
+/// address shards (see [`crate::prepare`]), and passes the chunks, in file order, to
+/// `sink`. The sink puts the chunks it is done with in the vector it is given; they go
+/// back to the decoder, so that decoding does not allocate (and fault in) fresh memory
+/// for every chunk. A damaged chunk stops the stream with its error (after the records
+/// of the batches before it were passed on). `progress`, if any, is told how far into
+/// the file the reader is.
 pub(crate) fn stream<R, F>(
     reader: TraceReader<R>,
     progress: Option<&Progress>,
+    shards: usize,
     mut sink: F,
 ) -> Result<StreamEnd, ReadError>
 where
     R: Read + Send,
-    F: FnMut(&mut Vec<Record>),
+    F: FnMut(Prepared, &mut Vec<Prepared>),
 {
     let batch = batch_len();
     std::thread::scope(|scope| {
-        type Batch = Result<Vec<Vec<Record>>, ReadError>;
+        type Batch = Result<Vec<Prepared>, ReadError>;
         let (tx, rx) = mpsc::sync_channel::<Batch>(QUEUED_BATCHES);
-        // Emptied record vectors, back from the replay. At most (batches in flight) x
-        // (chunks per batch) of them exist.
-        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<Record>>();
+        // Emptied chunks, back from the replay. At most (batches in flight) x (chunks
+        // per batch) of them exist, plus the few the replay's runs hold.
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Prepared>();
         let producer = scope.spawn(move || {
             let mut reader = reader;
             loop {
@@ -91,7 +94,7 @@ where
                     p.set(reader.offset());
                 }
                 if !raws.is_empty() {
-                    let mut bufs: Vec<Vec<Record>> = raws
+                    let mut bufs: Vec<Prepared> = raws
                         .iter()
                         .map(|_| recycle_rx.try_recv().unwrap_or_default())
                         .collect();
@@ -99,8 +102,10 @@ where
                         .par_iter()
                         .zip(bufs.par_iter_mut())
                         .map(|(raw, buf)| {
-                            buf.clear();
-                            raw.decode_into(buf)
+                            buf.clear_records();
+                            raw.decode_into(&mut buf.records)?;
+                            buf.prepare(shards);
+                            Ok(())
                         })
                         .collect::<Result<(), ReadError>>()
                         .map(|()| bufs);
@@ -126,15 +131,17 @@ where
             }
         });
         let mut error = None;
+        let mut spent = Vec::new();
         while let Ok(msg) = crate::handoff::recv(&rx) {
             match msg {
                 Ok(chunks) => {
-                    for mut records in chunks {
-                        sink(&mut records);
-                        records.clear();
-                        // The producer may be gone (it stops at an error): then the
-                        // vector is simply dropped.
-                        let _ = recycle_tx.send(records);
+                    for chunk in chunks {
+                        sink(chunk, &mut spent);
+                        for chunk in spent.drain(..) {
+                            // The producer may be gone (it stops at an error): then the
+                            // chunk is simply dropped.
+                            let _ = recycle_tx.send(chunk);
+                        }
                     }
                 }
                 Err(e) => {

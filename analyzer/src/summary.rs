@@ -24,7 +24,7 @@
 //! * growth series: a site's series only changes where its (bucket width, bucket)
 //!   changes; the run keeps, per site, one entry per such stretch with the relative live
 //!   bytes at its first and last touch. The bucket widths follow the image's clock,
-//!   which depends only on timestamps: the run starts from the clock the planner
+//!   which depends only on timestamps: the run starts from the clock the replaying thread
 //!   predicted, and the merge checks the prediction;
 //! * temporaries: a free before its thread's first allocation in the run is temporary
 //!   iff the block is the thread's latest allocation from before the run; such frees
@@ -47,7 +47,7 @@ use crate::growth::Clock;
 use crate::hash::FastMap;
 use crate::heap::{Block, Freed, ImageId};
 use crate::replay::Step;
-use crate::shards::Batch;
+use crate::shards::{Batch, LastBinding};
 
 /// Largest block size a summary handles (larger ones, if any, take the serial path, so
 /// that a run's byte deltas cannot overflow an `i64`).
@@ -79,7 +79,7 @@ pub(crate) struct RunSummary {
 #[derive(Debug)]
 pub(crate) struct ImageSummary {
     pub img: ImageId,
-    /// The clock the run started from (the planner's prediction).
+    /// The clock the run started from (predicted when the run was handed over).
     pub start_clock: Clock,
     /// The clock after the run.
     pub end_clock: Clock,
@@ -336,7 +336,13 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         cursors[s] += 1;
         r.copied().ok_or(Serial)
     };
-    let mut deferred = batch.deferred.iter().enumerate();
+    // A thread whose image has no heap makes steps that are applied as other records:
+    // the serial accounting does that.
+    if batch.bindings.headless() {
+        return Err(Serial);
+    }
+    let chunk = batch.chunk();
+    let mut deferred = batch.others().iter().enumerate();
     // The index of the latest image and thread used (most steps repeat them), and of
     // every thread (a program may have thousands).
     let mut last_img: Option<(u32, usize)> = None;
@@ -347,10 +353,15 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
     if batch.replaced.iter().any(|r| !r.is_empty()) {
         return Err(Serial);
     }
-    for step in &batch.steps {
-        let (img, tid, ts) = match *step {
+    let mut last = LastBinding::default();
+    for i in batch.range.clone() {
+        let step = batch.step(i, &mut last);
+        let (img, tid, ts) = match step {
             Step::Deferred => {
-                match deferred.next() {
+                match deferred
+                    .next()
+                    .map(|(k, &j)| (k, &chunk.records[j as usize]))
+                {
                     // Its sample reads the live total at this point.
                     Some((i, Record::RssSample(_))) => sum.rss.push((
                         i,
@@ -409,7 +420,7 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
         // What the step releases (a free, or the old block of a realloc that frees it):
         // the shard, address, function and stack; and what it allocates: the address,
         // size and stack.
-        let (release, allocate) = match *step {
+        let (release, allocate) = match step {
             Step::Deferred => unreachable!("handled above"),
             Step::Alloc {
                 address,
