@@ -185,6 +185,17 @@ fn ctrl_c(
 ) -> Run {
     let mut cmd = native_or_recorded(dir, trace, prog, args);
     cmd.process_group(0);
+    // A shell without job control starts background commands with SIGINT ignored, and
+    // an ignored signal stays ignored across exec: give the run the default action that
+    // a terminal's Ctrl-C meets, whatever started the tests.
+    // SAFETY: signal(2) is async-signal-safe, the only kind of call allowed between
+    // fork and exec; it touches nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let (mut child, mut stdout) = spawn_until_line(cmd, "ready\n");
     // SAFETY: kill(2) on the process group we just created.
     let rc = unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
