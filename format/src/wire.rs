@@ -2393,18 +2393,23 @@ mod tests {
         }
     }
 
+    /// A xorshift generator of numbers below its argument, from `seed`.
+    fn below(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut x = seed;
+        move |k: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % k as u64) as usize
+        }
+    }
+
     #[test]
     fn fast_and_checked_decoders_agree_on_damaged_payloads() {
         let recs = mixed_records(3000, 7);
         let (payload, count) = payload_of(&recs);
         assert_eq!(both(&payload, count).expect("decodes"), recs);
-        let mut x = 12345u64;
-        let mut rnd = move |k: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % k as u64) as usize
-        };
+        let mut rnd = below(12345);
         let mut errors = 0;
         for round in 0..3000 {
             let mut p = payload.clone();
@@ -2467,13 +2472,7 @@ mod tests {
         }
         let (payload, count) = payload_of(&recs);
         assert_eq!(both(&payload, count).expect("decodes"), recs);
-        let mut x = 777u64;
-        let mut rnd = move |k: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % k as u64) as usize
-        };
+        let mut rnd = below(777);
         let mut errors = 0;
         for _ in 0..600 {
             let mut p = payload.clone();
