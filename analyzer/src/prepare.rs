@@ -21,6 +21,7 @@
 
 use heaptape_format::Record;
 
+use crate::hash::FastMap;
 use crate::heap::Live;
 
 /// Records per block of [`Prepared::block_max`].
@@ -109,6 +110,8 @@ pub(crate) struct Prepared {
     /// Per [`BLOCK`] records: the latest timestamp of their live-table events (0 if
     /// none).
     pub block_max: Vec<u64>,
+    /// Each thread's index in `threads` (a program may run thousands).
+    thread_index: FastMap<u32, usize>,
 }
 
 impl Drop for Prepared {
@@ -134,11 +137,15 @@ pub(crate) fn table_event(rec: &Record) -> bool {
     }
 }
 
-/// Puts a thread's span in `threads` (in order of first event), or updates it.
-fn write_back(threads: &mut Vec<ThreadSpan>, span: ThreadSpan) {
-    match threads.iter_mut().find(|s| s.tid == span.tid) {
-        Some(s) => *s = span,
-        None => threads.push(span),
+/// Puts a thread's span in `threads` (in order of first event), or updates it;
+/// `index` gives each thread's place in `threads`.
+fn write_back(threads: &mut Vec<ThreadSpan>, index: &mut FastMap<u32, usize>, span: ThreadSpan) {
+    match index.get(&span.tid) {
+        Some(&t) => threads[t] = span,
+        None => {
+            index.insert(span.tid, threads.len());
+            threads.push(span);
+        }
     }
 }
 
@@ -168,6 +175,7 @@ impl Prepared {
         }
         self.others.clear();
         self.threads.clear();
+        self.thread_index.clear();
         self.block_max.clear();
         self.block_max.resize(self.records.len().div_ceil(BLOCK), 0);
         // The span of the latest thread (most events repeat it; written back when
@@ -192,12 +200,12 @@ impl Prepared {
                 Some(s) if s.tid == tid => s.last = i as u32,
                 _ => {
                     if let Some(s) = span {
-                        write_back(&mut self.threads, s);
+                        write_back(&mut self.threads, &mut self.thread_index, s);
                     }
-                    span = Some(match self.threads.iter().find(|s| s.tid == tid) {
-                        Some(&s) => ThreadSpan {
+                    span = Some(match self.thread_index.get(&tid) {
+                        Some(&t) => ThreadSpan {
                             last: i as u32,
-                            ..s
+                            ..self.threads[t]
                         },
                         None => ThreadSpan {
                             tid,
@@ -243,7 +251,7 @@ impl Prepared {
             *b = block_max;
         }
         if let Some(s) = span {
-            write_back(&mut self.threads, s);
+            write_back(&mut self.threads, &mut self.thread_index, s);
         }
     }
 
