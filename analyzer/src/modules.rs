@@ -161,6 +161,19 @@ impl ModuleMap {
     }
 }
 
+/// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
+pub fn is_libc_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libc.so") || name.starts_with("libc-")
+}
+
+/// Whether a module path names the dynamic loader (`ld-linux-x86-64.so.2`,
+/// `ld-2.31.so`).
+pub fn is_loader_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("ld-linux") || (name.starts_with("ld-") && name.contains(".so"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,8 @@ use std::sync::mpsc;
 use heaptape_format::{ReadError, TraceReader, Truncation};
 use rayon::prelude::*;
 
-use crate::prepare::Prepared;
+use super::handoff;
+use super::prepare::Prepared;
 use crate::progress::Progress;
 
 /// How a stream of records ended.
@@ -132,7 +133,7 @@ where
         });
         let mut error = None;
         let mut spent = Vec::new();
-        while let Ok(msg) = crate::handoff::recv(&rx) {
+        while let Ok(msg) = handoff::recv(&rx) {
             match msg {
                 Ok(chunks) => {
                     for chunk in chunks {
