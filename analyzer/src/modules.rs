@@ -9,6 +9,10 @@
 //!
 //! Unloaded modules are kept (marked with the time they went away): a leak allocated from
 //! a library that was later `dlclose`d still deserves a module name.
+//!
+//! Which paths name the C library and the dynamic loader ([`is_libc_path`],
+//! [`is_loader_path`]) is decided here too, for the replay (the C library's own frees)
+//! and the resource check (mappings the libraries made) alike.
 
 use std::collections::BTreeMap;
 

@@ -45,7 +45,7 @@ pub struct SiteStats {
     pub max_live_bytes: u64,
     /// The peak epoch `peak_*` were last brought up to.
     epoch: u64,
-    /// Live bytes over time (see [`super::growth`]).
+    /// Live bytes over time (see `callsites::growth`).
     series: Series,
 }
 
@@ -59,7 +59,7 @@ impl SiteStats {
         }
     }
 
-    /// Live bytes at the end of each time bucket of the image (see [`super::growth`];
+    /// Live bytes at the end of each time bucket of the image (see `callsites::growth`;
     /// complete once the image ended).
     pub fn series(&self) -> &[u64] {
         self.series.values()

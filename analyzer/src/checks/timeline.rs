@@ -3,7 +3,7 @@
 //!
 //! Every `RssSample` of a process is paired with the live heap bytes of its current image
 //! at that instant (the replay's exact figure, not a sample). At the end of the image the
-//! series is reduced to at most [`BUCKETS`] points (the last sample of each of that many
+//! series is reduced to at most `BUCKETS` (100) points (the last sample of each of that many
 //! equal time slices) and judged:
 //!
 //! * The first [`WARMUP_PERCENT`]% of the samples (at least one) are **start-up** and
@@ -116,7 +116,7 @@ pub struct Verdict {
     pub kind: VerdictKind,
     /// One sentence with the figures behind it.
     pub explanation: String,
-    /// For a leak: the sites that grew most (at most [`VERDICT_SITES`]).
+    /// For a leak: the sites that grew most (at most `VERDICT_SITES`, 5).
     pub sites: Vec<GrowingSite>,
     /// Live heap growth between the first and last quarter after start-up (bytes,
     /// negative when it shrank); 0 without a judgement.
@@ -213,7 +213,7 @@ impl Timeline {
         self.seen
     }
 
-    /// The reduced timeline: at most [`BUCKETS`] points, the last sample of each equal
+    /// The reduced timeline: at most `BUCKETS` (100) points, the last sample of each equal
     /// time slice between the first and the last sample (filled in when the image ends).
     pub fn points(&self) -> &[TimelinePoint] {
         &self.points

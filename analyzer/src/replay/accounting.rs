@@ -297,7 +297,7 @@ impl Replay {
 
     /// Records an RSS sample beside the live bytes of its process's image, plus that
     /// image's entry in `deltas` (a summarized run's change up to the sample, see
-    /// [`crate::summary`]; none when the image's figures are current).
+    /// [`super::run_summary`]; none when the image's figures are current).
     pub(super) fn sample_rss(&mut self, s: &heaptape_format::RssSample, deltas: &[(ImageId, i64)]) {
         if let Some(p) = self.running(s.pid) {
             let img = self.procs[p].current();

@@ -11,8 +11,9 @@ use super::prepare::Prepared;
 use super::step::{step, Bindings, LastBinding, Step};
 use crate::callsites::Clock;
 
-/// One run of the batch path (see [`Replay::apply_prepared`](super::Replay::apply_prepared)): a
-/// stretch of a prepared chunk's records, with everything its passes need, so that it can move to the shard
+/// One run of the batch path (see
+/// [`Replay::apply_prepared`](super::Replay::apply_prepared)): a stretch of a prepared
+/// chunk's records, with everything its passes need, so that it can move to the shard
 /// thread, to the pool, and back.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
@@ -43,7 +44,7 @@ pub(crate) struct Batch {
     /// history, so that no run allocates and faults in a fresh one).
     pub freed: Vec<Freed>,
     /// Each of those images' bucket clock before the run, as predicted when the run
-    /// was handed over (see [`crate::summary`]).
+    /// was handed over (see [`super::run_summary`]).
     pub clocks: Vec<(ImageId, Clock)>,
 }
 

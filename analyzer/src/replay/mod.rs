@@ -29,6 +29,20 @@
 //!
 //! Memory is bounded by live blocks, call sites, live threads and the processes of the
 //! tree, never by the number of records.
+//!
+//! # Layout
+//!
+//! * This file: [`Replay`], its public entry points and the record-by-record path
+//!   ([`Replay::apply`]); `model`: the public types it hands back ([`Process`],
+//!   [`Image`], [`Totals`], [`Anomalies`], [`ReplayOutcome`]).
+//! * `lifecycle`: processes, threads, exec and exit; `accounting`: what allocator
+//!   events do to an image (both paths); `snapshots`: reachability snapshots into leak
+//!   checks; `heap`: the live blocks of an address space and its freed-block history.
+//! * The batch path, for speed: `source` decodes and prepares chunks on the pool
+//!   (`prepare`), `step` holds the per-record rules every stage follows, `pipeline`
+//!   cuts chunks into runs (`batch`) and hands them to the shard thread (`shards`),
+//!   whose results are accounted for through run summaries on the pool
+//!   (`run_summary`) or serially; `handoff` is how the threads wait for each other.
 
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc};
@@ -43,7 +57,7 @@ use crate::symbolize::Symbolizer;
 
 mod accounting;
 mod batch;
-pub(crate) mod handoff;
+mod handoff;
 mod heap;
 mod lifecycle;
 mod model;
@@ -111,7 +125,7 @@ pub struct Replay {
     /// Where the runs' shard operations happen (started with the first run).
     shard_runner: Option<Shards>,
     /// Runs whose summaries are being computed on the pool, oldest first (see
-    /// [`crate::summary`]).
+    /// [`run_summary`]).
     summaries: VecDeque<mpsc::Receiver<(Batch, Option<RunSummary>)>>,
     /// Per image: its bucket clock as predicted after the runs handed over so far.
     predicted_clocks: Vec<Option<Clock>>,
@@ -167,7 +181,8 @@ impl Replay {
     }
 
     /// [`Replay::new`] with the heaps' live blocks in `shards` address shards (the
-    /// default: see [`default_shards`]). Results do not depend on it.
+    /// default: one per rayon thread but one, at least one; see
+    /// `pipeline::default_shards`). Results do not depend on it.
     pub fn with_shards(header: &Header, shards: usize) -> Self {
         let mut r = Replay::new(header);
         r.shards = shards.clamp(1, 64);

@@ -42,7 +42,8 @@ pub struct Totals {
     pub untracked_frees: u64,
     /// Frees made by the C library's own allocator bookkeeping (glibc's
     /// `tcache_thread_shutdown` at thread exit) of pointers that were not live blocks:
-    /// neither counted in `frees` nor reported (see [`Replay::set_symbolizer`]).
+    /// neither counted in `frees` nor reported (see
+    /// [`Replay::set_symbolizer`](super::Replay::set_symbolizer)).
     pub allocator_internal_frees: u64,
 }
 

@@ -25,7 +25,7 @@ fn summaries_ahead() -> usize {
 }
 
 /// Fewest rayon threads with which runs are summarized on the pool (see
-/// [`crate::summary`]); with fewer (one core), the replaying thread accounts for them
+/// [`super::run_summary`]); with fewer (one core), the replaying thread accounts for them
 /// itself.
 ///
 /// Summaries take the accounting off the replaying thread: 100 M synthetic events on
@@ -66,7 +66,7 @@ impl Replay {
         }
     }
 
-    /// Applies a prepared chunk's records (see [`crate::prepare`]), in file order, with
+    /// Applies a prepared chunk's records (see [`super::prepare`]), in file order, with
     /// the same result as [`Replay::apply`] on each. The chunk's buffers come back
     /// through [`Replay::take_spent`] once its runs are done.
     ///
@@ -76,7 +76,7 @@ impl Replay {
     /// its addresses' history in order), prefetching the slots of the operations ahead;
     /// then the accounting, in file order, with the blocks the shards found (sites,
     /// totals, peak, temporaries, freed history, findings): on the pool through run
-    /// summaries (see [`crate::summary`]), or serially. The replaying thread binds each
+    /// summaries (see [`super::run_summary`]), or serially. The replaying thread binds each
     /// run's threads to their images and heaps and looks at the records that are not
     /// live-table events: those that change which image or heap a thread's events go to
     /// (process and thread starts and ends, exec, snapshots), and allocator events of
@@ -266,7 +266,7 @@ impl Replay {
     }
 
     /// Notes in `batch.clocks` the clock each of its images is predicted to have before
-    /// it, and predicts the clocks after it (see [`crate::summary`]).
+    /// it, and predicts the clocks after it (see [`super::run_summary`]).
     pub(super) fn predict_clocks(&mut self, batch: &mut Batch) {
         for &img in &batch.images {
             if self.predicted_clocks.len() <= img {
@@ -288,7 +288,7 @@ impl Replay {
 
     /// Accounts for a run whose shards are done: summarized on the pool and merged in
     /// order when the pool has [`SUMMARY_MIN_THREADS`] threads or more (see
-    /// [`crate::summary`]), at once otherwise.
+    /// [`super::run_summary`]), at once otherwise.
     pub(super) fn retire(&mut self, batch: Batch) {
         if rayon::current_num_threads() < SUMMARY_MIN_THREADS {
             self.account(batch);

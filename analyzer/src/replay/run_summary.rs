@@ -142,7 +142,8 @@ impl ImageSummary {
         }
     }
 
-    /// The site of `stack`, touched at `ts` as [`SiteTable::touch_at`](crate::callsites::SiteTable::touch_at)
+    /// The site of `stack`, touched at `ts` as
+    /// [`SiteTable::touch_at`](crate::callsites::SiteTable::touch_at)
     /// does: its bucket stretch, highest touch and high figures brought up to date.
     #[inline]
     fn touch(&mut self, stack: StackId, ts: Timestamp) -> usize {

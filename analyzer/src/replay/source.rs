@@ -45,7 +45,7 @@ const BATCH_BYTES: u64 = 4 << 20;
 const QUEUED_BATCHES: usize = 1;
 
 /// Reads every chunk of `reader`, decodes and prepares it for a replay with `shards`
-/// address shards (see [`crate::prepare`]), and passes the chunks, in file order, to
+/// address shards (see [`super::prepare`]), and passes the chunks, in file order, to
 /// `sink`. The sink puts the chunks it is done with in the vector it is given; they go
 /// back to the decoder, so that decoding does not allocate (and fault in) fresh memory
 /// for every chunk. A damaged chunk stops the stream with its error (after the records

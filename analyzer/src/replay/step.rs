@@ -11,11 +11,11 @@ use super::heap::Live;
 
 /// What the batch path does with one record of a run: computed from the record and the
 /// run's bindings where it is needed (by the accounting and the summaries, see
-/// [`crate::shards::step`]), never stored.
+/// [`step`]), never stored.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Step {
-    /// Applied as by [`Replay::apply`], in order: a record that is not a live-table
-    /// event, or one of a thread whose image has no heap.
+    /// Applied as by [`Replay::apply`](super::Replay::apply), in order: a record that is
+    /// not a live-table event, or one of a thread whose image has no heap.
     Deferred,
     /// An allocation (non-NULL) in an existing heap.
     Alloc {
@@ -94,8 +94,9 @@ pub(crate) struct Binding {
     pub tid: u32,
     /// Its image.
     pub img: u32,
-    /// Index into [`Batch::heaps`] of its image's heap; `None` if that heap is gone
-    /// (its events then change counters only, and the run is accounted for serially).
+    /// Index into [`Batch::heaps`](super::batch::Batch::heaps) of its image's heap;
+    /// `None` if that heap is gone (its events then change counters only, and the run
+    /// is accounted for serially).
     pub heap: Option<u16>,
 }
 

@@ -230,7 +230,7 @@ fn random_trace(seed: u64, n: usize) -> Vec<Record> {
 }
 
 /// A random trace of mostly valid allocator calls (the kind of run the summaries
-/// take, see [`crate::summary`]): threads that churn, free each other's blocks and
+/// take, see [`super::run_summary`]): threads that churn, free each other's blocks and
 /// make temporaries, reallocs, timestamps that jump ahead and back, stack nodes, RSS
 /// samples, a fork and an exec; now and then a double free or a mismatched free,
 /// whose runs take the serial accounting.
@@ -489,7 +489,7 @@ fn batch_replay_equals_record_by_record_replay() {
 }
 
 /// The summarized accounting (a pool of [`SUMMARY_MIN_THREADS`] threads, see
-/// [`crate::summary`]) gives what the record-by-record replay gives, on traces where
+/// [`super::run_summary`]) gives what the record-by-record replay gives, on traces where
 /// most runs are summarized and some are not.
 #[test]
 fn summarized_replay_equals_record_by_record_replay() {

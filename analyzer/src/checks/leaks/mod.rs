@@ -2,7 +2,8 @@
 //!
 //! At a snapshot the recorder scans the process's roots (registers, stacks, writable
 //! module data, TLS, anonymous mappings) and every live heap block for aligned words
-//! whose value points into a live block, and writes those words ([`Pointer`]s) into
+//! whose value points into a live block, and writes those words
+//! ([`Pointer`](heaptape_format::Pointer)s) into
 //! the trace. No raw memory is kept. This module turns that pointer graph, plus the
 //! replay's live blocks (addresses, sizes, allocation stacks), into valgrind memcheck's
 //! four classes, with memcheck's rules (3.19 defaults):
