@@ -8,12 +8,25 @@
 //! trie and module maps that symbolization needs. [`Analysis::to_json`] and
 //! [`Analysis::render_text`] turn it into the `heaptape analyze` report.
 //!
-//! Layout: [`replay`] (processes, threads, images, accounting) over `heap` (live
-//! blocks of one address space) and `shards` (the thread that updates the live-block
-//! tables while the replay accounts), [`sites`] (per-call-site aggregates), [`findings`]
-//! (bad frees), [`stacks`] (the stack trie) and [`modules`] (module maps); [`report`]
-//! renders, asking a [`Symbolizer`] to describe addresses; `source` feeds the replay.
+//! Layout (each folder's `mod.rs` says more; lower layers never import higher ones):
+//!
+//! * foundations: `hash` (fast maps), `stacks` (the stack trie, [`StackTable`]),
+//!   `modules` (module maps, [`ModuleMap`], and which paths are the C library or the
+//!   loader), `symbolize` (the [`Symbolizer`] seam and [`ElfSymbolizer`]), `units`
+//!   (figures in words), `progress` (the progress bar), `platform` (the only `unsafe`
+//!   code: a prefetch hint and a read-only file map);
+//! * analyses kept per image: `callsites` (per-call-site aggregates, [`SiteTable`];
+//!   grouping, ranking and growth of call sites) and `checks` (leaks, bad frees,
+//!   descriptors and mappings, the memory timeline);
+//! * `replay`: the [`Replay`] state machine and its public model ([`Process`],
+//!   [`Image`], [`Totals`], ...): per-record rules (`step`), process lifecycle, the
+//!   accounting, snapshots, and the batch pipeline (chunk preparation, the shard thread,
+//!   run summaries on the pool) fed by `source`;
+//! * `report`: the text and JSON reports, their sections, frames in words
+//!   (`report::frames`), and the [`flamegraph`] and [`diff`] outputs.
+//!
 //! `docs/ANALYZER.md` describes the semantics in prose.
+#![deny(unsafe_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,39 +34,38 @@ use std::sync::{Arc, Mutex};
 
 use heaptape_format::{Header, ReadError, StackId, TraceReader, Truncation};
 
-pub mod callsites;
-pub mod diff;
-pub mod findings;
-pub mod flamegraph;
-pub mod growth;
-mod handoff;
+mod callsites;
+mod checks;
 mod hash;
-mod heap;
-pub mod leaks;
-pub mod modules;
-mod prepare;
-pub mod progress;
-pub mod replay;
-pub mod report;
-pub mod resources;
-mod shards;
-pub mod sites;
-mod source;
-pub mod stacks;
-mod summary;
-pub mod symbolize;
-pub mod timeline;
+mod modules;
+mod platform;
+mod progress;
+mod replay;
+mod report;
+mod stacks;
+mod symbolize;
+mod units;
 
-pub use findings::{Finding, FindingKind, Findings, Occurrence};
-pub use heap::FREED_HISTORY;
-pub use leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind, LeakReport, LeakSummary, LossRecord};
+pub use callsites::{SiteStats, SiteTable};
+pub use checks::leaks::{
+    header_heuristics, BlockHeader, BlockRef, BlockVerdict, Count, GraphStats, Heuristic,
+    HeuristicMatches, HeuristicSource, LeakReport, LeakSummary, LiveBlock, LossRecord,
+    NoHeuristicData, SnapshotGraph, NO_SNAPSHOT,
+};
+pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind};
+pub use checks::{
+    Finding, FindingKind, Findings, GrowingSite, Mapping, Occurrence, OpenFd, Resources, Timeline,
+    TimelinePoint, Verdict, VerdictKind,
+};
 pub use modules::{Module, ModuleHit, ModuleMap};
-pub use replay::{Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals};
-pub use resources::{Mapping, OpenFd, Resources};
-pub use sites::{SiteStats, SiteTable};
-pub use stacks::StackTable;
+pub use replay::{
+    Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals, FREED_HISTORY,
+    INTERNAL_FREE_FUNCTIONS,
+};
+pub use report::frames::symbolize_stack;
+pub use report::{diff, flamegraph};
+pub use stacks::{StackNodeError, StackTable};
 pub use symbolize::{ElfSymbolizer, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions};
-pub use timeline::{GrowingSite, Timeline, TimelinePoint, Verdict, VerdictKind};
 
 /// Options of an analysis and of its reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,8 +143,8 @@ pub fn analyze(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, AnalyzeEr
 }
 
 /// [`analyze`], with a progress bar on stderr (bytes read out of the file's size) when
-/// stderr is a terminal and the analysis takes longer than a moment (see
-/// [`progress`]); nothing is written to stderr otherwise.
+/// stderr is a terminal and the analysis takes longer than half a second; nothing is
+/// written to stderr otherwise.
 pub fn analyze_with_progress(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
     let reader = TraceReader::open(path)?;
     let progress = std::fs::metadata(path)
@@ -171,7 +183,7 @@ fn analyze_stream<R: Read + Send>(
         replay.set_symbolizer(s.clone());
     }
     let shards = replay.shards();
-    let end = source::stream(reader, progress, shards, |chunk, spent| {
+    let end = replay::source::stream(reader, progress, shards, |chunk, spent| {
         replay.apply_prepared(chunk);
         replay.take_spent(spent);
     })?;

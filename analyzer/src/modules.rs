@@ -9,6 +9,10 @@
 //!
 //! Unloaded modules are kept (marked with the time they went away): a leak allocated from
 //! a library that was later `dlclose`d still deserves a module name.
+//!
+//! Which paths name the C library and the dynamic loader ([`is_libc_path`],
+//! [`is_loader_path`]) is decided here too, for the replay (the C library's own frees)
+//! and the resource check (mappings the libraries made) alike.
 
 use std::collections::BTreeMap;
 
@@ -159,6 +163,19 @@ impl ModuleMap {
     pub fn modules(&self) -> &[Module] {
         &self.modules
     }
+}
+
+/// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
+pub fn is_libc_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libc.so") || name.starts_with("libc-")
+}
+
+/// Whether a module path names the dynamic loader (`ld-linux-x86-64.so.2`,
+/// `ld-2.31.so`).
+pub fn is_loader_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("ld-linux") || (name.starts_with("ld-") && name.contains(".so"))
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ impl Progress {
     }
 
     /// Whether the bar was made visible (the delay passed while reading).
+    #[cfg(test)]
     pub fn shown(&self) -> bool {
         self.shown.load(Ordering::Relaxed)
     }

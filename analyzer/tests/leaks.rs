@@ -3,8 +3,8 @@
 mod common;
 
 use common::{ptrs, run, Trace};
-use heaptape_analyzer::leaks::{Count, LeakKind, NO_SNAPSHOT};
 use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions, FailOn, LeakReport};
+use heaptape_analyzer::{Count, LeakKind, NO_SNAPSHOT};
 use heaptape_format::{ExitStatus, ProcessOrigin, Record, RootKind};
 use serde_json::json;
 

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{ptrs, run, Trace};
-use heaptape_analyzer::leaks::{Count, Heuristic, HeuristicSet, LeakKind};
 use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions, LeakReport};
+use heaptape_analyzer::{Count, Heuristic, HeuristicSet, LeakKind};
 use heaptape_format::{AllocFn, ExitStatus, ProcessOrigin, Record, RootKind};
 use serde_json::json;
 

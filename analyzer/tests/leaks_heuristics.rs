@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use heaptape_analyzer::leaks::{
+use heaptape_analyzer::{
     header_heuristics, BlockHeader, BlockRef, Count, Heuristic, HeuristicMatches, HeuristicSet,
     LeakKind, LiveBlock, SnapshotGraph,
 };

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use heaptape_analyzer::leaks::{HeuristicSet, LiveBlock, NoHeuristicData, SnapshotGraph};
+use heaptape_analyzer::{HeuristicSet, LiveBlock, NoHeuristicData, SnapshotGraph};
 use heaptape_format::{AllocFn, Pointer};
 
 struct XorShift(u64);

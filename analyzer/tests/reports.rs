@@ -167,10 +167,7 @@ fn json_shape_and_values() {
         }])
     );
     assert_eq!(p["leaks"], Value::Null);
-    assert_eq!(
-        p["leaks_unavailable"],
-        heaptape_analyzer::leaks::NO_SNAPSHOT
-    );
+    assert_eq!(p["leaks_unavailable"], heaptape_analyzer::NO_SNAPSHOT);
     assert_eq!(p["loss_records"], json!([]));
     let free_frames = json!([
         {"address": "0x401200", "module": "/bin/app", "offset": "0x401200",

@@ -161,7 +161,7 @@ fn trace_with_stack(
 fn leak_frames(a: &Analysis) -> Vec<Frame> {
     let img = a.processes[0].image();
     let (stack, _) = img.sites.top_by_live(1)[0];
-    heaptape_analyzer::report::frames(&a.stacks, img, stack, a.symbolizer())
+    heaptape_analyzer::symbolize_stack(&a.stacks, &img.modules, stack, a.symbolizer())
 }
 
 /// A return address inside each function of the chain (its middle, so the probe at
@@ -328,7 +328,7 @@ fn inlined_calls_are_frames_of_their_own() {
     let sym = a.symbolizer();
     let mut found = false;
     for (stack, _) in img.sites.top_by_live(usize::MAX) {
-        let frames = heaptape_analyzer::report::frames(&a.stacks, img, stack, sym);
+        let frames = heaptape_analyzer::symbolize_stack(&a.stacks, &img.modules, stack, sym);
         let outermost = frames.last().unwrap();
         assert_eq!(outermost.function.as_deref(), Some("outer"));
         assert!(!outermost.inlined);

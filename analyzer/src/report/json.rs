@@ -8,13 +8,14 @@
 
 use serde_json::{json, Value};
 
-use crate::findings::Finding;
-use crate::leaks::{Count, Heuristic, LeakReport, LossRecord};
+use super::frames::{json_list, symbolize_stack};
+use super::names::{end_name, origin_name};
+use crate::checks::leaks::{Count, Heuristic, LeakReport, LossRecord};
+use crate::checks::Finding;
 use crate::replay::{Image, Process, Totals};
-use crate::symbolize::{Frame, Symbolizer};
+use crate::symbolize::Symbolizer;
+use crate::units::addr;
 use crate::Analysis;
-
-use super::{end_name, frames, origin_name};
 
 /// The whole document.
 pub fn analysis(a: &Analysis, sym: &dyn Symbolizer) -> Value {
@@ -96,7 +97,7 @@ fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Value {
                 "inherited_bytes": s.inherited_bytes,
                 "peak_bytes": s.peak_bytes,
                 "peak_blocks": s.peak_blocks,
-                "frames": frame_list(&frames(&a.stacks, img, stack, sym)),
+                "frames": json_list(&symbolize_stack(&a.stacks, &img.modules, stack, sym)),
             }))
             .collect::<Vec<_>>(),
         "leaks": img.leaks.report().map(leaks),
@@ -124,7 +125,7 @@ fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Value {
     });
     if let Value::Object(o) = &mut v {
         o.extend(super::resources::json(a, img, sym));
-        super::growth::json(a, img, sym, o);
+        super::callsites::json(a, img, sym, o);
     }
     v
 }
@@ -154,7 +155,7 @@ pub fn totals(t: &Totals) -> Value {
 /// before (a double free); the `*_stack_id`s are the trie ids of the same stacks.
 fn finding(a: &Analysis, img: &Image, f: &Finding, sym: &dyn Symbolizer) -> Value {
     let stack = |id: Option<heaptape_format::StackId>| {
-        id.map(|id| frame_list(&frames(&a.stacks, img, id, sym)))
+        id.map(|id| json_list(&symbolize_stack(&a.stacks, &img.modules, id, sym)))
     };
     json!({
         "kind": f.kind.name(),
@@ -218,31 +219,9 @@ fn loss_record(
         "bytes": lr.bytes,
         "indirect_bytes": lr.indirect_bytes,
         "allocator": lr.func.name(),
-        "stack": frame_list(&frames(&a.stacks, img, lr.stack, sym)),
+        "stack": json_list(&symbolize_stack(&a.stacks, &img.modules, lr.stack, sym)),
         "stack_id": lr.stack,
     })
-}
-
-pub(crate) fn frame_list(frames: &[Frame]) -> Value {
-    frames
-        .iter()
-        .map(|f| {
-            json!({
-                "address": addr(f.address),
-                "module": f.module,
-                "offset": f.module_offset.map(addr),
-                "function": f.function,
-                "file": f.file,
-                "line": f.line,
-                "inlined": f.inlined,
-            })
-        })
-        .collect()
-}
-
-/// An address as a `0x…` string.
-pub fn addr(a: u64) -> String {
-    format!("{a:#x}")
 }
 
 fn hex(bytes: &[u8]) -> String {

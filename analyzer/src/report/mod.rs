@@ -1,127 +1,18 @@
 //! Rendering an [`Analysis`](crate::Analysis) for people ([`text`]) and programs
-//! ([`json`]).
+//! ([`json`]), plus the other outputs of the CLI: flamegraphs ([`flamegraph`]) and the
+//! comparison of two analyses ([`diff`]).
 //!
 //! Both renderers read the same replay results and describe frames through the same
-//! [`Symbolizer`], so the two reports always agree; the helpers here hold what they
-//! share (names of enums, stack expansion).
+//! [`Symbolizer`](crate::Symbolizer), so the two reports always agree. Each renderer
+//! calls the sections of the checks ([`resources`]: descriptors, mappings, timeline)
+//! and of the call-site analyses ([`callsites`]); all of them put frames in words
+//! through [`frames`], enums through [`names`], and figures through [`crate::units`].
 
-use heaptape_format::{ExitStatus, ProcessOrigin, StackId};
-
-use crate::replay::{Image, ImageEnd};
-use crate::stacks::StackTable;
-use crate::symbolize::{Frame, Symbolizer};
-
-pub mod growth;
-pub mod json;
-pub mod resources;
-pub mod text;
-
-/// The frames of stack `id` in `image`, innermost first, as the symbolizer describes
-/// them (every address of a stack is a return address).
-pub fn frames(
-    stacks: &StackTable,
-    image: &Image,
-    id: StackId,
-    symbolizer: &dyn Symbolizer,
-) -> Vec<Frame> {
-    stacks
-        .iter(id)
-        .flat_map(|addr| symbolizer.symbolize(&image.modules, addr, true))
-        .collect()
-}
-
-/// `launched`, `attached`, `fork`, `vfork` or `clone`.
-pub fn origin_name(origin: ProcessOrigin) -> &'static str {
-    match origin {
-        ProcessOrigin::Launched => "launched",
-        ProcessOrigin::Attached => "attached",
-        ProcessOrigin::Fork => "fork",
-        ProcessOrigin::Vfork => "vfork",
-        ProcessOrigin::Clone => "clone",
-    }
-}
-
-/// `exit`, `exec`, `trace_end` or `superseded`.
-pub fn end_name(end: Option<ImageEnd>) -> &'static str {
-    match end {
-        Some(ImageEnd::Exit) => "exit",
-        Some(ImageEnd::Exec) => "exec",
-        Some(ImageEnd::TraceEnd) | None => "trace_end",
-        Some(ImageEnd::Superseded) => "superseded",
-    }
-}
-
-/// The usual name of a Linux x86_64 signal number.
-pub fn signal_name(sig: i32) -> Option<&'static str> {
-    const NAMES: [&str; 31] = [
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    usize::try_from(sig)
-        .ok()
-        .and_then(|s| s.checked_sub(1))
-        .and_then(|i| NAMES.get(i).copied())
-}
-
-/// How a process ended, in words.
-pub fn describe_exit(exit: Option<ExitStatus>, end: Option<ImageEnd>) -> String {
-    match exit {
-        Some(ExitStatus::Code(c)) => format!("exited with code {c}"),
-        Some(ExitStatus::Signal(s)) => match signal_name(s) {
-            Some(name) => format!("killed by signal {s} ({name})"),
-            None => format!("killed by signal {s}"),
-        },
-        Some(ExitStatus::Detached) => "still running when the recorder detached".into(),
-        None => match end {
-            Some(ImageEnd::Superseded) => "end not recorded".into(),
-            _ => "still running when the trace ended".into(),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signal_names() {
-        assert_eq!(signal_name(11), Some("SIGSEGV"));
-        assert_eq!(signal_name(31), Some("SIGSYS"));
-        assert_eq!(signal_name(0), None);
-        assert_eq!(signal_name(-4), None);
-        assert_eq!(signal_name(64), None);
-        assert_eq!(
-            describe_exit(Some(ExitStatus::Signal(6)), Some(ImageEnd::Exit)),
-            "killed by signal 6 (SIGABRT)"
-        );
-    }
-}
+pub(crate) mod callsites;
+pub mod diff;
+pub mod flamegraph;
+pub(crate) mod frames;
+pub(crate) mod json;
+pub(crate) mod names;
+pub(crate) mod resources;
+pub(crate) mod text;

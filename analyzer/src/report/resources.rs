@@ -1,25 +1,24 @@
-//! The report sections of [`crate::resources`] (descriptors and mappings left open) and
-//! [`crate::timeline`] (live heap beside RSS, and its verdict), for both renderers.
+//! The report sections of [`crate::checks::resources`] (descriptors and mappings left
+//! open) and [`crate::checks::timeline`] (live heap beside RSS, and its verdict), for
+//! both renderers.
 
 use std::io::{self, Write};
 
 use heaptape_format::{ExitStatus, StackId};
 use serde_json::{json, Map, Value};
 
+use super::frames::{json_list, symbolize_stack, write_stack};
+use crate::checks::resources::kind_name;
+use crate::checks::TimelinePoint;
 use crate::replay::{Image, ImageEnd, Process};
-use crate::resources::kind_name;
 use crate::symbolize::Symbolizer;
-use crate::timeline::{human_bytes, sparkline};
+use crate::units::{addr, bytes, num, seconds, sparkline};
 use crate::{Analysis, AnalyzeOptions};
-
-use super::frames;
-use super::json::{addr, frame_list};
-use super::text::num;
 
 /// The JSON keys of an image: `fd_leaks`, `mmap_leaks`, `timeline` and
 /// `timeline_verdict`.
 pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Map<String, Value> {
-    let stack = |id: StackId| frame_list(&frames(&a.stacks, img, id, sym));
+    let stack = |id: StackId| json_list(&symbolize_stack(&a.stacks, &img.modules, id, sym));
     let r = &img.resources;
     let v = img.timeline.verdict();
     let mut m = Map::new();
@@ -115,12 +114,8 @@ pub fn text(
 ) -> io::Result<()> {
     let img = p.image();
     let when = moment(p, img);
-    let write_stack = |out: &mut dyn Write, id: StackId| -> io::Result<()> {
-        for (i, frame) in frames(&a.stacks, img, id, sym).iter().enumerate() {
-            let word = if i == 0 { "at" } else { "by" };
-            writeln!(out, "        {word} {frame}")?;
-        }
-        Ok(())
+    let stack_lines = |out: &mut dyn Write, id: StackId| -> io::Result<()> {
+        write_stack(out, &symbolize_stack(&a.stacks, &img.modules, id, sym))
     };
     let fds = img.resources.open_fds();
     if !fds.is_empty() {
@@ -135,7 +130,7 @@ pub fn text(
                 what.push_str(&format!(" (duplicate of fd {old})"));
             }
             writeln!(out, "   Open file descriptor {}: {what}", f.fd)?;
-            write_stack(out, f.stack)?;
+            stack_lines(out, f.stack)?;
         }
         if fds.len() > opts.top.max(1) {
             writeln!(out, "   ... and {} more", fds.len() - opts.top.max(1))?;
@@ -163,7 +158,7 @@ pub fn text(
                     String::new()
                 }
             )?;
-            write_stack(out, m.stack)?;
+            stack_lines(out, m.stack)?;
         }
         if maps.len() > opts.top.max(1) {
             writeln!(out, "   ... and {} more", maps.len() - opts.top.max(1))?;
@@ -183,9 +178,7 @@ pub fn text(
             seconds(first),
             seconds(last)
         )?;
-        let series = |f: fn(&crate::timeline::TimelinePoint) -> u64| -> Vec<u64> {
-            points.iter().map(f).collect()
-        };
+        let series = |f: fn(&TimelinePoint) -> u64| -> Vec<u64> { points.iter().map(f).collect() };
         for (label, values) in [
             ("live heap", series(|p| p.live_heap_bytes)),
             ("RSS anon ", series(|p| p.rss_anon)),
@@ -195,8 +188,8 @@ pub fn text(
             writeln!(
                 out,
                 "     {label} {} max {}",
-                sparkline(&values),
-                human_bytes(max)
+                sparkline(&values, values.len()),
+                bytes(max)
             )?;
         }
     }
@@ -216,15 +209,7 @@ pub fn text(
             num(s.blocks),
             s.stack
         )?;
-        write_stack(out, s.stack)?;
+        stack_lines(out, s.stack)?;
     }
     Ok(())
-}
-
-fn seconds(ns: u64) -> String {
-    format!(
-        "{}.{:03} s",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1_000_000
-    )
 }

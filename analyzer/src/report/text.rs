@@ -3,13 +3,14 @@
 
 use std::io::{self, Write};
 
-use crate::findings::{Finding, FindingKind};
-use crate::leaks::{Heuristic, LeakCheck, LeakKind};
+use super::frames::{symbolize_stack, write_stack};
+use super::names::{describe_exit, origin_name};
+use crate::checks::leaks::{Heuristic, LeakCheck, LeakKind};
+use crate::checks::{Finding, FindingKind};
 use crate::replay::{Image, ImageEnd, Process};
 use crate::symbolize::Symbolizer;
+use crate::units::{bytes_in_blocks, num, seconds};
 use crate::{Analysis, AnalyzeOptions};
-
-use super::{describe_exit, frames, origin_name};
 
 /// Writes the whole report.
 pub fn render(
@@ -169,7 +170,7 @@ fn image(
             write_finding(a, img, finding, out, sym)?;
         }
     }
-    super::growth::text(a, img, out, opts, sym)
+    super::callsites::text(a, img, out, opts, sym)
 }
 
 /// memcheck's LEAK SUMMARY, then the largest definitely and possibly lost loss records
@@ -276,43 +277,7 @@ fn write_frames(
     out: &mut dyn Write,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
-    for (i, frame) in frames(&a.stacks, img, stack, sym).iter().enumerate() {
-        let word = if i == 0 { "at" } else { "by" };
-        writeln!(out, "        {word} {frame}")?;
-    }
-    Ok(())
-}
-
-/// `64 bytes in 1 block`.
-fn bytes_in_blocks(bytes: u64, blocks: u64) -> String {
-    format!(
-        "{} bytes in {} block{}",
-        num(bytes),
-        num(blocks),
-        if blocks == 1 { "" } else { "s" }
-    )
-}
-
-/// A count with thousands separators, as valgrind prints them: `1,234,567`.
-pub fn num(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Nanoseconds as seconds with millisecond precision: `1.234 s`.
-fn seconds(ns: u64) -> String {
-    format!(
-        "{}.{:03} s",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1_000_000
-    )
+    write_stack(out, &symbolize_stack(&a.stacks, &img.modules, stack, sym))
 }
 
 /// A command line for display; arguments that need it are quoted.
@@ -337,14 +302,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formatting_helpers() {
-        assert_eq!(num(0), "0");
-        assert_eq!(num(999), "999");
-        assert_eq!(num(1000), "1,000");
-        assert_eq!(num(1234567), "1,234,567");
-        assert_eq!(num(u64::MAX), "18,446,744,073,709,551,615");
-        assert_eq!(seconds(1_234_567_890), "1.234 s");
-        assert_eq!(bytes_in_blocks(1, 1), "1 bytes in 1 block");
+    fn command_lines() {
         assert_eq!(
             command_line(&["sh".into(), "-c".into(), "echo hi".into(), "it's".into()]),
             "sh -c 'echo hi' 'it'\\''s'"

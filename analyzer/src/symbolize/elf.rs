@@ -411,10 +411,8 @@ fn map_file(path: &Path) -> Option<Mapped> {
     if !file.metadata().ok()?.is_file() {
         return None;
     }
-    // SAFETY: the map is read-only and private to this function's callers; a file
-    // truncated under our feet could fault, which is the accepted risk of every
-    // debugger and symbolizer that maps binaries.
-    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    // Read-only: see `crate::platform` for why mapping is sound enough.
+    let map = crate::platform::map_read_only(&file).ok()?;
     Some(Mapped {
         path: path.to_owned(),
         map,

@@ -7,16 +7,15 @@
 //! frame as its address and `module+offset`; [`ElfSymbolizer`] adds function names,
 //! source lines and inlined frames from the modules' ELF files and DWARF.
 
-use std::fmt;
-
 use crate::modules::ModuleMap;
 
-pub mod elf;
+mod elf;
 
 pub use elf::{ElfSymbolizer, SymbolizerOptions};
 
 /// One described frame. A symbolizer may return several for one address when calls were
-/// inlined (innermost first); all of them carry the same `address`.
+/// inlined (innermost first); all of them carry the same `address`. Its `Display` (memcheck's
+/// wording) and every other way reports put it in words are in `report::frames`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Frame {
     /// The address from the stack.
@@ -34,37 +33,6 @@ pub struct Frame {
     /// Whether this frame is a call that the compiler inlined into the next frame (all
     /// frames of one address but the last, outermost one).
     pub inlined: bool,
-}
-
-impl fmt::Display for Frame {
-    /// Worded like memcheck: `0x4011d6: main (app.c:12)` (the source file's name
-    /// only), `0x4011d6: free (in libc.so.6)` without line information,
-    /// `0x4011d6: app+0x11d6` without a symbol, or `0x4011d6: ???`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}: ", self.address)?;
-        match (&self.function, &self.module) {
-            (Some(func), _) => {
-                f.write_str(func)?;
-                match (&self.file, self.line) {
-                    (Some(file), Some(line)) => write!(f, " ({}:{line})", file_name(file)),
-                    (Some(file), None) => write!(f, " ({})", file_name(file)),
-                    _ => match &self.module {
-                        Some(m) => write!(f, " (in {})", file_name(m)),
-                        None => Ok(()),
-                    },
-                }
-            }
-            (None, Some(m)) => match self.module_offset {
-                Some(off) => write!(f, "{}+{off:#x}", file_name(m)),
-                None => f.write_str(file_name(m)),
-            },
-            (None, None) => f.write_str("???"),
-        }
-    }
-}
-
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Describes addresses for reports (see the module docs).

@@ -32,8 +32,7 @@ use std::collections::BTreeMap;
 use heaptape_format::{FdKind, Record, StackId, Timestamp};
 
 use crate::hash::FastMap;
-use crate::modules::ModuleMap;
-use crate::replay::is_libc_path;
+use crate::modules::{is_libc_path, is_loader_path, ModuleMap};
 use crate::stacks::StackTable;
 
 /// A descriptor opened by the image and not closed.
@@ -102,13 +101,6 @@ pub fn event_thread(rec: &Record) -> Option<(u32, Timestamp)> {
         Record::Mremap(m) => Some((m.tid, m.ts)),
         _ => None,
     }
-}
-
-/// Whether a module path names the dynamic loader (`ld-linux-x86-64.so.2`,
-/// `ld-2.31.so`).
-pub fn is_loader_path(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with("ld-linux") || (name.starts_with("ld-") && name.contains(".so"))
 }
 
 /// The name of a descriptor kind in reports: `file`, `socket`, `pipe`, `special`,

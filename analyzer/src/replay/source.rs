@@ -18,7 +18,8 @@ use std::sync::mpsc;
 use heaptape_format::{ReadError, TraceReader, Truncation};
 use rayon::prelude::*;
 
-use crate::prepare::Prepared;
+use super::handoff;
+use super::prepare::Prepared;
 use crate::progress::Progress;
 
 /// How a stream of records ended.
@@ -44,7 +45,7 @@ const BATCH_BYTES: u64 = 4 << 20;
 const QUEUED_BATCHES: usize = 1;
 
 /// Reads every chunk of `reader`, decodes and prepares it for a replay with `shards`
-/// address shards (see [`crate::prepare`]), and passes the chunks, in file order, to
+/// address shards (see [`super::prepare`]), and passes the chunks, in file order, to
 /// `sink`. The sink puts the chunks it is done with in the vector it is given; they go
 /// back to the decoder, so that decoding does not allocate (and fault in) fresh memory
 /// for every chunk. A damaged chunk stops the stream with its error (after the records
@@ -132,7 +133,7 @@ where
         });
         let mut error = None;
         let mut spent = Vec::new();
-        while let Ok(msg) = crate::handoff::recv(&rx) {
+        while let Ok(msg) = handoff::recv(&rx) {
             match msg {
                 Ok(chunks) => {
                     for chunk in chunks {

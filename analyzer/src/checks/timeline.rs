@@ -3,7 +3,7 @@
 //!
 //! Every `RssSample` of a process is paired with the live heap bytes of its current image
 //! at that instant (the replay's exact figure, not a sample). At the end of the image the
-//! series is reduced to at most [`BUCKETS`] points (the last sample of each of that many
+//! series is reduced to at most `BUCKETS` (100) points (the last sample of each of that many
 //! equal time slices) and judged:
 //!
 //! * The first [`WARMUP_PERCENT`]% of the samples (at least one) are **start-up** and
@@ -35,6 +35,7 @@
 use heaptape_format::{StackId, Timestamp};
 
 use crate::hash::FastMap;
+use crate::units::{bytes, signed_bytes};
 
 /// Points of the reduced timeline.
 pub const BUCKETS: usize = 100;
@@ -115,7 +116,7 @@ pub struct Verdict {
     pub kind: VerdictKind,
     /// One sentence with the figures behind it.
     pub explanation: String,
-    /// For a leak: the sites that grew most (at most [`VERDICT_SITES`]).
+    /// For a leak: the sites that grew most (at most `VERDICT_SITES`, 5).
     pub sites: Vec<GrowingSite>,
     /// Live heap growth between the first and last quarter after start-up (bytes,
     /// negative when it shrank); 0 without a judgement.
@@ -149,29 +150,6 @@ impl Default for Timeline {
                 rss_anon_growth: 0,
             },
         }
-    }
-}
-
-/// Bytes in a readable unit: `512 B`, `12.0 KiB`, `3.4 MiB`, `1.2 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
-fn signed_bytes(n: i64) -> String {
-    if n < 0 {
-        format!("-{}", human_bytes(n.unsigned_abs()))
-    } else {
-        format!("+{}", human_bytes(n.unsigned_abs()))
     }
 }
 
@@ -235,7 +213,7 @@ impl Timeline {
         self.seen
     }
 
-    /// The reduced timeline: at most [`BUCKETS`] points, the last sample of each equal
+    /// The reduced timeline: at most `BUCKETS` (100) points, the last sample of each equal
     /// time slice between the first and the last sample (filled in when the image ends).
     pub fn points(&self) -> &[TimelinePoint] {
         &self.points
@@ -281,7 +259,7 @@ impl Timeline {
         let cutoff = rest[0].ts;
         let heap = trend(&rest.iter().map(|s| s.live_heap_bytes).collect::<Vec<_>>());
         let anon = trend(&rest.iter().map(|s| s.rss_anon).collect::<Vec<_>>());
-        let b = |x: f64| human_bytes(x.max(0.0) as u64);
+        let b = |x: f64| bytes(x.max(0.0) as u64);
         let heap_growth = heap.growth as i64;
         let anon_growth = anon.growth as i64;
         let mut v = Verdict {
@@ -298,10 +276,10 @@ impl Timeline {
                  ({}): fragmentation or allocator retention, not a leak",
                 b(anon.q[0]),
                 b(anon.q[3]),
-                signed_bytes(anon_growth),
+                signed_bytes(anon_growth as f64),
                 b(heap.q[0]),
                 b(heap.q[3]),
-                signed_bytes(heap_growth)
+                signed_bytes(heap_growth as f64)
             );
         } else if heap.rising {
             v.kind = VerdictKind::Leak;
@@ -311,19 +289,19 @@ impl Timeline {
             } else {
                 format!(
                     "while anonymous RSS did not follow ({}; the blocks may be untouched)",
-                    signed_bytes(anon_growth)
+                    signed_bytes(anon_growth as f64)
                 )
             };
             v.explanation = format!(
                 "the live heap grew from {} to {} ({}) {rss}: leak or unbounded cache",
                 b(heap.q[0]),
                 b(heap.q[3]),
-                signed_bytes(heap_growth)
+                signed_bytes(heap_growth as f64)
             );
             if let Some(top) = v.sites.first() {
                 v.explanation.push_str(&format!(
                     "; the top growing site holds {} in {} block(s) allocated after start-up",
-                    human_bytes(top.bytes),
+                    bytes(top.bytes),
                     top.blocks
                 ));
             }
@@ -332,14 +310,14 @@ impl Timeline {
             v.explanation = format!(
                 "anonymous RSS grew by {} and the live heap by {}: too much heap growth to call \
                  fragmentation, too little to call a leak",
-                signed_bytes(anon_growth),
-                signed_bytes(heap_growth)
+                signed_bytes(anon_growth as f64),
+                signed_bytes(heap_growth as f64)
             );
         } else {
             v.explanation = format!(
                 "neither the live heap ({}) nor anonymous RSS ({}) kept growing after start-up",
-                signed_bytes(heap_growth),
-                signed_bytes(anon_growth)
+                signed_bytes(heap_growth as f64),
+                signed_bytes(anon_growth as f64)
             );
         }
         v
@@ -396,23 +374,6 @@ fn growing_sites(
     sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack.cmp(&b.stack)));
     sites.truncate(VERDICT_SITES);
     sites
-}
-
-/// A one-line sparkline of `values` scaled from 0 to their maximum.
-pub fn sparkline(values: &[u64]) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let max = values.iter().copied().max().unwrap_or(0);
-    values
-        .iter()
-        .map(|&v| {
-            if max == 0 {
-                BARS[0]
-            } else {
-                let i = (v as u128 * (BARS.len() as u128 - 1) + max as u128 / 2) / max as u128;
-                BARS[(i as usize).min(BARS.len() - 1)]
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -502,15 +463,5 @@ mod tests {
         assert_eq!(t.samples.len(), MAX_SAMPLES / 2 + 1);
         assert_eq!(t.samples_seen(), MAX_SAMPLES as u64 * 2 + 1);
         assert!(t.samples.iter().all(|s| s.ts % 4 == 0));
-    }
-
-    #[test]
-    fn sparklines_and_sizes() {
-        assert_eq!(sparkline(&[0, 1, 2, 3, 4, 5, 6, 7]), "▁▂▃▄▅▆▇█");
-        assert_eq!(sparkline(&[0, 0]), "▁▁");
-        assert_eq!(sparkline(&[]), "");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 * MIB), "3.0 MiB");
     }
 }

@@ -5,12 +5,10 @@
 
 use heaptape_format::StackId;
 
-use crate::growth::{fit, SiteGrowth};
+use super::growth::{fit, SiteGrowth};
+use super::table::{SiteStats, SiteTable};
 use crate::hash::FastMap;
-use crate::replay::Image;
-use crate::sites::SiteStats;
 use crate::stacks::StackTable;
-use crate::symbolize::{Frame, Symbolizer};
 
 /// One call site of an image (one stack, or a group of stacks).
 #[derive(Clone, Debug)]
@@ -33,29 +31,16 @@ impl CallSite {
             .take(self.depth.unwrap_or(usize::MAX))
             .collect()
     }
-
-    /// Its frames, innermost first, as `symbolizer` describes them.
-    pub fn frames(
-        &self,
-        stacks: &StackTable,
-        image: &Image,
-        symbolizer: &dyn Symbolizer,
-    ) -> Vec<Frame> {
-        self.addresses(stacks)
-            .into_iter()
-            .flat_map(|a| symbolizer.symbolize(&image.modules, a, true))
-            .collect()
-    }
 }
 
-/// The call sites of `image`, grouped by their innermost `depth` frames (`None` or
-/// `Some(0)`: one per stack), in ascending order of representative stack id.
-pub fn call_sites(stacks: &StackTable, image: &Image, depth: Option<usize>) -> Vec<CallSite> {
+/// The call sites of an image (its `sites`), grouped by their innermost `depth` frames
+/// (`None` or `Some(0)`: one per stack), in ascending order of representative stack id.
+pub fn call_sites(stacks: &StackTable, sites: &SiteTable, depth: Option<usize>) -> Vec<CallSite> {
     let depth = depth.filter(|&d| d > 0);
     let mut out: Vec<CallSite> = Vec::new();
     match depth {
         None => {
-            out.extend(image.sites.iter().map(|(stack, s)| CallSite {
+            out.extend(sites.iter().map(|(stack, s)| CallSite {
                 stack,
                 depth: None,
                 stacks: 1,
@@ -63,7 +48,7 @@ pub fn call_sites(stacks: &StackTable, image: &Image, depth: Option<usize>) -> V
             }));
         }
         Some(d) => {
-            let mut members: Vec<(StackId, &SiteStats)> = image.sites.iter().collect();
+            let mut members: Vec<(StackId, &SiteStats)> = sites.iter().collect();
             members.sort_by_key(|m| m.0);
             let mut index: FastMap<Vec<u64>, usize> = FastMap::default();
             for (stack, s) in members {
@@ -114,11 +99,11 @@ fn top_by(sites: &[CallSite], n: usize, key: impl Fn(&SiteStats) -> (u64, u64)) 
     v
 }
 
-/// The growth of every site of `sites` (which belong to `image`), most suspicious
-/// first: by score, then peak live bytes, then stack id. Sites that never held a byte
-/// are left out.
-pub fn growth(image: &Image, sites: &[CallSite]) -> Vec<SiteGrowth> {
-    let bucket_ns = image.sites.bucket_ns();
+/// The growth of every site of `sites` (the call sites of an image whose site table is
+/// `table`), most suspicious first: by score, then peak live bytes, then stack id. Sites
+/// that never held a byte are left out.
+pub fn growth(table: &SiteTable, sites: &[CallSite]) -> Vec<SiteGrowth> {
+    let bucket_ns = table.bucket_ns();
     let mut v: Vec<SiteGrowth> = sites
         .iter()
         .enumerate()
@@ -142,10 +127,4 @@ pub fn growth(image: &Image, sites: &[CallSite]) -> Vec<SiteGrowth> {
             .then(sites[a.site].stack.cmp(&sites[b.site].stack))
     });
     v
-}
-
-/// Allocations per second over the image's lifetime (`None` for a zero-length one).
-pub fn allocation_rate(image: &Image) -> Option<f64> {
-    let ns = image.end_ts.saturating_sub(image.start_ts);
-    (ns > 0).then(|| image.totals.allocations as f64 * 1e9 / ns as f64)
 }

@@ -1,9 +1,9 @@
 //! The shard thread: where the replay's live-block tables are updated.
 //!
 //! The replay applies runs of allocator events in three passes (see
-//! [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)): binding the run's
+//! [`Replay::apply_prepared`](super::Replay::apply_prepared)): binding the run's
 //! threads to their images and heaps, the shards' table operations (listed when the
-//! chunk was prepared, see [`crate::prepare`]), then the accounting in file order. The
+//! chunk was prepared, see [`super::prepare`]), then the accounting in file order. The
 //! middle pass is a third of the replay's work and needs nothing but the tables, the
 //! run's records and its bindings, so it runs here, on a thread of its own, while the
 //! pool summarizes earlier runs and the replaying thread merges them and binds later
@@ -19,253 +19,21 @@
 //! With one rayon thread (one core), the shards run inline on the replaying thread.
 
 use std::collections::VecDeque;
-use std::ops::Range;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 use heaptape_format::Record;
 
-use crate::heap::{Block, ImageId, Live, LiveTable};
-use crate::prepare::{shard_of, table_event, Prepared, ShardOpKind};
-use crate::replay::Step;
+use super::batch::Batch;
+use super::handoff;
+use super::heap::{Block, ImageId, Live, LiveTable};
+use super::prepare::{ShardOp, ShardOpKind};
+use super::step::{Binding, Bindings, LastBinding};
+use crate::hash::fmix64;
+use crate::platform::prefetch;
 
 /// Runs the shards may have pending after the replaying thread took one back: with
 /// more, it takes back the oldest (waiting for it if need be) before handing more over.
 pub(crate) const RUNS_AHEAD: usize = 2;
-
-/// The image and heap a thread's events go to during a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Binding {
-    pub tid: u32,
-    /// Its image.
-    pub img: u32,
-    /// Index into [`Batch::heaps`] of its image's heap; `None` if that heap is gone
-    /// (its events then change counters only, and the run is accounted for serially).
-    pub heap: Option<u16>,
-}
-
-/// The bindings of a run's threads, sorted by thread id.
-#[derive(Debug, Default)]
-pub(crate) struct Bindings {
-    entries: Vec<Binding>,
-}
-
-impl Bindings {
-    /// Adds a binding (in any order; [`Bindings::seal`] sorts them).
-    pub fn push(&mut self, b: Binding) {
-        self.entries.push(b);
-    }
-
-    /// Sorts the bindings for look-ups.
-    pub fn seal(&mut self) {
-        self.entries.sort_unstable_by_key(|b| b.tid);
-    }
-
-    /// The binding of `tid`, if the run has one.
-    #[inline]
-    pub fn get(&self, tid: u32) -> Option<Binding> {
-        match self.entries.as_slice() {
-            [only] => (only.tid == tid).then_some(*only),
-            all => all
-                .binary_search_by_key(&tid, |b| b.tid)
-                .ok()
-                .map(|i| all[i]),
-        }
-    }
-
-    /// The image, if every thread is bound to it and its heap is the run's first.
-    #[inline]
-    pub fn single_heap(&self) -> Option<u32> {
-        let first = self.entries.first()?;
-        self.entries
-            .iter()
-            .all(|b| b.img == first.img && b.heap == Some(0))
-            .then_some(first.img)
-    }
-
-    /// Whether a thread's image has no heap.
-    pub fn headless(&self) -> bool {
-        self.entries.iter().any(|b| b.heap.is_none())
-    }
-
-    fn clear(&mut self) {
-        self.entries.clear();
-    }
-}
-
-/// A one-entry cache in front of [`Bindings::get`] (consecutive events mostly come from
-/// one thread).
-#[derive(Debug, Default)]
-pub(crate) struct LastBinding(Option<Binding>);
-
-impl LastBinding {
-    #[inline]
-    pub fn get(&mut self, bindings: &Bindings, tid: u32) -> Option<Binding> {
-        match self.0 {
-            Some(b) if b.tid == tid => Some(b),
-            _ => {
-                self.0 = bindings.get(tid);
-                self.0
-            }
-        }
-    }
-}
-
-/// One run of the batch path (see [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)): a stretch of a prepared
-/// chunk's records, with everything its passes need, so that it can move to the shard
-/// thread, to the pool, and back.
-#[derive(Debug, Default)]
-pub(crate) struct Batch {
-    /// The chunk its records are in.
-    pub chunk: Option<Arc<Prepared>>,
-    /// Its records (indices into the chunk's).
-    pub range: Range<usize>,
-    /// Per shard: its operations (indices into the chunk's operations of that shard).
-    pub op_ranges: Vec<Range<usize>>,
-    /// Its records that are not live-table events (indices into the chunk's `others`).
-    pub others: Range<usize>,
-    /// The image and heap of each thread of the run.
-    pub bindings: Bindings,
-    /// Per shard: the results of its removals and look-ups, in order.
-    pub results: Vec<Vec<Option<Block>>>,
-    /// Per shard: the blocks its insertions replaced (an allocation at a live address,
-    /// which is rare), with the insertion's record index, in order. Insertions that
-    /// replaced nothing leave no result: half the operations write and hand over
-    /// nothing.
-    pub replaced: Vec<Vec<(u32, Block)>>,
-    /// The heaps the run uses (ids into `Replay::heaps`).
-    pub heaps: Vec<usize>,
-    /// The images its threads are bound to.
-    pub images: Vec<ImageId>,
-    /// The latest timestamp of its live-table events.
-    pub max_ts: u64,
-    /// A buffer for the frees of the run's summary (recycled from the freed-block
-    /// history, so that no run allocates and faults in a fresh one).
-    pub freed: Vec<crate::heap::Freed>,
-    /// Each of those images' bucket clock before the run, as predicted when the run
-    /// was handed over (see [`crate::summary`]).
-    pub clocks: Vec<(ImageId, crate::growth::Clock)>,
-}
-
-impl Batch {
-    /// The run's chunk.
-    #[inline]
-    pub fn chunk(&self) -> &Prepared {
-        self.chunk.as_deref().expect("a run has a chunk")
-    }
-
-    /// The run's records that are not live-table events.
-    pub fn others(&self) -> &[u32] {
-        &self.chunk().others[self.others.clone()]
-    }
-
-    /// The step of record `i` of the chunk, one of the run's (see [`Step`]).
-    #[inline]
-    pub fn step(&self, i: usize, last: &mut LastBinding) -> Step {
-        step(self.chunk(), &self.bindings, self.results.len(), i, last)
-    }
-
-    /// Empties the run for reuse, keeping its buffers; gives its chunk back.
-    pub fn clear(&mut self) -> Option<Arc<Prepared>> {
-        for v in &mut self.results {
-            v.clear();
-        }
-        for v in &mut self.replaced {
-            v.clear();
-        }
-        self.op_ranges.clear();
-        self.bindings.clear();
-        self.heaps.clear();
-        self.images.clear();
-        self.max_ts = 0;
-        self.clocks.clear();
-        self.range = 0..0;
-        self.others = 0..0;
-        self.chunk.take()
-    }
-}
-
-/// The step of record `i` of `chunk` in a run with `bindings` and `shards` address
-/// shards (see [`Step`]). Always inlined: a call per record, returning the step through
-/// memory, cost 5% of a one-core replay.
-#[inline(always)]
-pub(crate) fn step(
-    chunk: &Prepared,
-    bindings: &Bindings,
-    shards: usize,
-    i: usize,
-    last: &mut LastBinding,
-) -> Step {
-    let rec = &chunk.records[i];
-    let tid = match *rec {
-        Record::Alloc { tid, .. } | Record::Free { tid, .. } | Record::Realloc { tid, .. }
-            if table_event(rec) =>
-        {
-            tid
-        }
-        _ => return Step::Deferred,
-    };
-    let img = match last.get(bindings, tid) {
-        Some(Binding {
-            img, heap: Some(_), ..
-        }) => img,
-        // A thread of an image without a heap: counters only.
-        _ => return Step::Deferred,
-    };
-    let shard = |address| shard_of(address, shards) as u16;
-    match *rec {
-        Record::Alloc {
-            ts,
-            address,
-            size,
-            stack,
-            ..
-        } => Step::Alloc {
-            img,
-            tid,
-            stack,
-            shard: shard(address),
-            ts,
-            address,
-            size,
-        },
-        Record::Free {
-            ts,
-            func,
-            address,
-            stack,
-            ..
-        } => Step::Free {
-            img,
-            tid,
-            stack,
-            func,
-            shard: shard(address),
-            ts,
-            address,
-        },
-        Record::Realloc {
-            ts,
-            func,
-            old_address: old,
-            new_address: new,
-            size,
-            stack,
-            ..
-        } => Step::Realloc {
-            img,
-            tid,
-            stack,
-            func,
-            old_shard: shard(old),
-            new_shard: shard(new),
-            ts,
-            old,
-            new,
-            size,
-        },
-        _ => unreachable!("a live-table event"),
-    }
-}
 
 /// The block an insertion of record `rec` (an allocation or a realloc) by a thread
 /// of image `img` makes live.
@@ -434,7 +202,7 @@ impl Shards {
         let Mode::Thread { to, from, handle } = &mut self.mode else {
             unreachable!("only the thread sends");
         };
-        match crate::handoff::recv(from) {
+        match handoff::recv(from) {
             Ok(msg) => msg,
             Err(_) => {
                 *to = None;
@@ -467,7 +235,7 @@ fn spawn() -> Option<Mode> {
         .name("heaptape-shards".into())
         .spawn(move || {
             let mut lives: Lent = Vec::new();
-            while let Ok(msg) = crate::handoff::recv(&todo) {
+            while let Ok(msg) = handoff::recv(&todo) {
                 let reply = match msg {
                     ToShards::Run(mut batch, lend) => {
                         lives.extend(lend);
@@ -548,7 +316,7 @@ fn run_shard(
     tables: &mut [&mut LiveTable],
     records: &[Record],
     bindings: &Bindings,
-    ops: &[crate::prepare::ShardOp],
+    ops: &[ShardOp],
     out: &mut Vec<Option<Block>>,
     replaced: &mut Vec<(u32, Block)>,
 ) {
@@ -581,7 +349,7 @@ fn run_shard(
 fn run_ops(
     tables: &mut [&mut LiveTable],
     records: &[Record],
-    ops: &[crate::prepare::ShardOp],
+    ops: &[ShardOp],
     out: &mut Vec<Option<Block>>,
     replaced: &mut Vec<(u32, Block)>,
     heap_of: impl Fn(&mut LastBinding, u32) -> Option<(u16, u32)>,
@@ -595,10 +363,10 @@ fn run_ops(
                 1 => 0,
                 _ => heap_of(&mut ahead, next.tid).map_or(0, |(h, _)| usize::from(h)),
             };
-            tables[h].prefetch(crate::hash::fmix64(next.address));
+            tables[h].prefetch(fmix64(next.address));
             if next.kind() == ShardOpKind::Insert {
                 // Its block comes from its record.
-                crate::heap::prefetch(&records[next.index() as usize]);
+                prefetch(&records[next.index() as usize]);
             }
         }
         let Some((h, img)) = heap_of(&mut last, op.tid) else {
@@ -606,7 +374,7 @@ fn run_ops(
         };
         let t = &mut *tables[usize::from(h)];
         let address = op.address;
-        let hash = crate::hash::fmix64(address);
+        let hash = fmix64(address);
         match op.kind() {
             ShardOpKind::Insert => {
                 let index = op.index();

@@ -20,7 +20,7 @@
 //!   prefix. With the live bytes `base` before the run and the peak `peak` so far, the
 //!   record highs above `peak - base` are exactly the new highs the serial path would
 //!   have seen, and each site's figures at the last of them are its delta there (kept
-//!   with the same lazy epoch rule as [`crate::sites`]);
+//!   with the same lazy epoch rule as [`crate::callsites`]);
 //! * growth series: a site's series only changes where its (bucket width, bucket)
 //!   changes; the run keeps, per site, one entry per such stretch with the relative live
 //!   bytes at its first and last touch. The bucket widths follow the image's clock,
@@ -43,11 +43,11 @@
 
 use heaptape_format::{Record, StackId, Timestamp};
 
-use crate::growth::Clock;
+use super::batch::Batch;
+use super::heap::{Block, Freed, ImageId};
+use super::step::{realloc_frees_old, LastBinding, Step};
+use crate::callsites::{Clock, SiteSummary, Stretch};
 use crate::hash::FastMap;
-use crate::heap::{Block, Freed, ImageId};
-use crate::replay::Step;
-use crate::shards::{Batch, LastBinding};
 
 /// Largest block size a summary handles (larger ones, if any, take the serial path, so
 /// that a run's byte deltas cannot overflow an `i64`).
@@ -102,41 +102,8 @@ pub(crate) struct ImageSummary {
     /// Its sites, in order of first touch.
     pub sites: Vec<SiteSummary>,
     index: FastMap<StackId, u32>,
-    /// A direct-mapped cache of `index` (see [`crate::sites::SiteTable`]).
+    /// A direct-mapped cache of `index` (see [`crate::callsites::SiteTable`]).
     cache: [(StackId, u32); 64],
-}
-
-/// One call site's accounting in a run (figures relative to the site before the run).
-#[derive(Debug)]
-pub(crate) struct SiteSummary {
-    pub stack: StackId,
-    pub allocations: u64,
-    pub allocated_bytes: u64,
-    pub frees: u64,
-    pub temporaries: u64,
-    pub d_bytes: i64,
-    pub d_blocks: i64,
-    pub min_bytes: i64,
-    pub min_blocks: i64,
-    /// Highest live bytes seen at a touch, before its change.
-    pub max_touch_bytes: i64,
-    /// Live figures at the run's last record high (valid once settled).
-    pub high_bytes: i64,
-    pub high_blocks: i64,
-    /// The record high `high_*` were last brought up to.
-    epoch: usize,
-    /// Stretches of touches with the same bucket width and bucket.
-    pub stretches: Vec<Stretch>,
-}
-
-/// Consecutive touches of a site in one bucket (see the module docs).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Stretch {
-    pub shift: u32,
-    pub bucket: usize,
-    /// Relative live bytes before the first and before the last touch.
-    pub first: i64,
-    pub last: i64,
 }
 
 /// One thread's calls in a run.
@@ -149,27 +116,6 @@ pub(crate) struct ThreadSummary {
     /// Frees made before `latest` was known: temporary iff the block is the thread's
     /// latest allocation from before the run (checked by the merge, in order).
     pub pending: Vec<(ImageId, u64, StackId)>,
-}
-
-impl SiteSummary {
-    fn new(stack: StackId) -> Self {
-        SiteSummary {
-            stack,
-            allocations: 0,
-            allocated_bytes: 0,
-            frees: 0,
-            temporaries: 0,
-            d_bytes: 0,
-            d_blocks: 0,
-            min_bytes: 0,
-            min_blocks: 0,
-            max_touch_bytes: i64::MIN,
-            high_bytes: 0,
-            high_blocks: 0,
-            epoch: 0,
-            stretches: Vec::new(),
-        }
-    }
 }
 
 impl ImageSummary {
@@ -196,7 +142,8 @@ impl ImageSummary {
         }
     }
 
-    /// The site of `stack`, touched at `ts` as [`crate::sites::SiteTable::touch_at`]
+    /// The site of `stack`, touched at `ts` as
+    /// [`SiteTable::touch_at`](crate::callsites::SiteTable::touch_at)
     /// does: its bucket stretch, highest touch and high figures brought up to date.
     #[inline]
     fn touch(&mut self, stack: StackId, ts: Timestamp) -> usize {
@@ -217,11 +164,7 @@ impl ImageSummary {
         };
         let epoch = self.highs.len();
         let site = &mut self.sites[i];
-        if site.epoch != epoch {
-            site.epoch = epoch;
-            site.high_bytes = site.d_bytes;
-            site.high_blocks = site.d_blocks;
-        }
+        site.sync_high(epoch);
         match site.stretches.last_mut() {
             Some(s) if s.shift == shift && s.bucket == bucket => s.last = site.d_bytes,
             _ => site.stretches.push(Stretch {
@@ -281,11 +224,7 @@ impl ImageSummary {
     fn settle(&mut self) {
         let epoch = self.highs.len();
         for site in &mut self.sites {
-            if site.epoch != epoch {
-                site.epoch = epoch;
-                site.high_bytes = site.d_bytes;
-                site.high_blocks = site.d_blocks;
-            }
+            site.sync_high(epoch);
         }
     }
 }
@@ -444,7 +383,7 @@ fn summarize_or_serial(batch: &Batch, mut freed: Vec<Freed>) -> Result<RunSummar
                 old_shard,
                 ..
             } => {
-                let frees_old = crate::replay::realloc_frees_old(old, new, size);
+                let frees_old = realloc_frees_old(old, new, size);
                 if !frees_old && old != 0 {
                     // A failed realloc: nothing changes if the pointer is live.
                     image.failed_allocations += 1;

@@ -1,19 +1,17 @@
-//! The per-call-site sections of both renderers that [`crate::callsites`] and
-//! [`crate::growth`] compute: allocation rate, the sites holding memory at the peak, the
-//! sites live at exit (grouped by `--call-site-depth`) and growth by call site.
+//! The per-call-site sections of both renderers, which [`crate::callsites`] computes:
+//! allocation rate, the sites holding memory at the peak, the sites live at exit
+//! (grouped by `--call-site-depth`) and growth by call site.
 
 use std::io::{self, Write};
 
 use serde_json::{json, Map, Value};
 
-use crate::callsites::{allocation_rate, call_sites, growth, top_at_peak, top_by_live, CallSite};
-use crate::growth::sparkline;
+use super::frames::{frames_of, json_list, write_stack};
+use crate::callsites::ranking::{call_sites, growth, top_at_peak, top_by_live, CallSite};
 use crate::replay::Image;
 use crate::symbolize::Symbolizer;
+use crate::units::{bytes, bytes_in_blocks, duration, num, rate, signed_bytes, sparkline};
 use crate::{Analysis, AnalyzeOptions};
-
-use super::json::frame_list;
-use super::text::num;
 
 /// Characters of a sparkline in the text report.
 const SPARK_WIDTH: usize = 32;
@@ -23,8 +21,8 @@ const SPARK_WIDTH: usize = 32;
 /// (merged into `totals`, which `base` already holds).
 pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer, base: &mut Map<String, Value>) {
     let top = a.options.top;
-    let sites = call_sites(&a.stacks, img, a.options.call_site_depth);
-    let frames = |c: &CallSite| frame_list(&c.frames(&a.stacks, img, sym));
+    let sites = call_sites(&a.stacks, &img.sites, a.options.call_site_depth);
+    let frames = |c: &CallSite| json_list(&frames_of(c.addresses(&a.stacks), &img.modules, sym));
     if let Some(Value::Object(t)) = base.get_mut("totals") {
         t.insert(
             "allocation_rate_per_sec".into(),
@@ -53,7 +51,7 @@ pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer, base: &mut Map<Stri
     base.insert("growth_bucket_ns".into(), json!(img.sites.bucket_ns()));
     base.insert(
         "growth".into(),
-        growth(img, &sites)
+        growth(&img.sites, &sites)
             .into_iter()
             .take(top)
             .map(|g| {
@@ -112,9 +110,9 @@ pub fn text(
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
-    let sites = call_sites(&a.stacks, img, opts.call_site_depth);
-    if let Some(rate) = allocation_rate(img) {
-        writeln!(out, "   allocation rate: {} allocs/s", rate_str(rate))?;
+    let sites = call_sites(&a.stacks, &img.sites, opts.call_site_depth);
+    if let Some(r) = allocation_rate(img) {
+        writeln!(out, "   allocation rate: {} allocs/s", rate(r))?;
     }
     let peak = top_at_peak(&sites, opts.top);
     if !peak.is_empty() {
@@ -147,7 +145,7 @@ pub fn text(
             write_frames(a, img, c, out, sym)?;
         }
     }
-    let g: Vec<_> = growth(img, &sites)
+    let g: Vec<_> = growth(&img.sites, &sites)
         .into_iter()
         .filter(|x| x.fit.suspect())
         .collect();
@@ -156,7 +154,7 @@ pub fn text(
             out,
             "   growing call sites (leak suspects; {} buckets of {}):",
             g.first().map_or(0, |x| sites[x.site].stats.series().len()),
-            duration_str(img.sites.bucket_ns())
+            duration(img.sites.bucket_ns())
         )?;
         for (rank, x) in g.iter().take(opts.top).enumerate() {
             let c = &sites[x.site];
@@ -165,9 +163,9 @@ pub fn text(
                 "   #{}: {} peak {}, at exit {}, {}/s, r2 {:.2}, monotonicity {:.2}{}, stack {}",
                 rank + 1,
                 sparkline(c.stats.series(), SPARK_WIDTH),
-                bytes_str(x.peak_live_bytes),
-                bytes_str(x.live_bytes_end),
-                signed_bytes_str(x.fit.slope_bytes_per_sec),
+                bytes(x.peak_live_bytes),
+                bytes(x.live_bytes_end),
+                signed_bytes(x.fit.slope_bytes_per_sec),
                 x.fit.r2,
                 x.fit.monotonicity,
                 if x.fit.teardown_excluded {
@@ -190,72 +188,11 @@ fn write_frames(
     out: &mut dyn Write,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
-    for (i, frame) in c.frames(&a.stacks, img, sym).iter().enumerate() {
-        let word = if i == 0 { "at" } else { "by" };
-        writeln!(out, "        {word} {frame}")?;
-    }
-    Ok(())
+    write_stack(out, &frames_of(c.addresses(&a.stacks), &img.modules, sym))
 }
 
-fn bytes_in_blocks(bytes: u64, blocks: u64) -> String {
-    format!(
-        "{} bytes in {} block{}",
-        num(bytes),
-        num(blocks),
-        if blocks == 1 { "" } else { "s" }
-    )
-}
-
-fn rate_str(r: f64) -> String {
-    if r >= 100.0 {
-        num(r.round() as u64)
-    } else {
-        format!("{r:.2}")
-    }
-}
-
-/// Bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 MiB`.
-pub fn bytes_str(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn signed_bytes_str(v: f64) -> String {
-    let sign = if v < 0.0 { "-" } else { "+" };
-    format!("{sign}{}", bytes_str(v.abs().round() as u64))
-}
-
-fn duration_str(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.2} s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.2} ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.2} µs", ns as f64 / 1e3)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units() {
-        assert_eq!(bytes_str(512), "512 B");
-        assert_eq!(bytes_str(1536), "1.5 KiB");
-        assert_eq!(signed_bytes_str(-2048.0), "-2.0 KiB");
-        assert_eq!(duration_str(1 << 20), "1.05 ms");
-        assert_eq!(rate_str(1234.4), "1,234");
-        assert_eq!(rate_str(2.5), "2.50");
-    }
+/// Allocations per second over the image's lifetime (`None` for a zero-length one).
+fn allocation_rate(image: &Image) -> Option<f64> {
+    let ns = image.end_ts.saturating_sub(image.start_ts);
+    (ns > 0).then(|| image.totals.allocations as f64 * 1e9 / ns as f64)
 }

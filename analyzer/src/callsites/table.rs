@@ -15,9 +15,8 @@
 
 use heaptape_format::{StackId, Timestamp};
 
-use crate::growth::{Clock, Series};
+use super::growth::{Clock, Series};
 use crate::hash::FastMap;
-use crate::summary::SiteSummary;
 
 /// What one call site did in one process image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,7 +45,7 @@ pub struct SiteStats {
     pub max_live_bytes: u64,
     /// The peak epoch `peak_*` were last brought up to.
     epoch: u64,
-    /// Live bytes over time (see [`crate::growth`]).
+    /// Live bytes over time (see `callsites::growth`).
     series: Series,
 }
 
@@ -60,7 +59,7 @@ impl SiteStats {
         }
     }
 
-    /// Live bytes at the end of each time bucket of the image (see [`crate::growth`];
+    /// Live bytes at the end of each time bucket of the image (see `callsites::growth`;
     /// complete once the image ended).
     pub fn series(&self) -> &[u64] {
         self.series.values()
@@ -205,7 +204,7 @@ impl SiteTable {
         }
     }
 
-    /// Applies the sites of a run summary (see [`crate::summary`]): the image reached
+    /// Applies the sites of a run summary (see [`SiteSummary`]): the image reached
     /// `new_highs` new highs during the run, the last one with each site at its
     /// summary's high figures; `end` is the clock after the run.
     pub(crate) fn apply_run(&mut self, sites: &[SiteSummary], new_highs: usize, end: Clock) {
@@ -283,6 +282,74 @@ impl SiteTable {
         });
         v.truncate(n);
         v
+    }
+}
+
+/// One call site's accounting in a run, relative to the site before the run: what a
+/// run summary (see `crate::replay`'s run summaries) keeps per site, and what
+/// [`SiteTable::apply_run`] merges.
+#[derive(Debug)]
+pub(crate) struct SiteSummary {
+    pub stack: StackId,
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    pub frees: u64,
+    pub temporaries: u64,
+    pub d_bytes: i64,
+    pub d_blocks: i64,
+    pub min_bytes: i64,
+    pub min_blocks: i64,
+    /// Highest live bytes seen at a touch, before its change.
+    pub max_touch_bytes: i64,
+    /// Live figures at the run's last record high (valid once settled).
+    pub high_bytes: i64,
+    pub high_blocks: i64,
+    /// The record high `high_*` were last brought up to.
+    epoch: usize,
+    /// Stretches of touches with the same bucket width and bucket.
+    pub stretches: Vec<Stretch>,
+}
+
+/// Consecutive touches of a site in one bucket, in a run (see [`SiteSummary`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stretch {
+    pub shift: u32,
+    pub bucket: usize,
+    /// Relative live bytes before the first and before the last touch.
+    pub first: i64,
+    pub last: i64,
+}
+
+impl SiteSummary {
+    /// A site not touched yet in the run.
+    pub(crate) fn new(stack: StackId) -> Self {
+        SiteSummary {
+            stack,
+            allocations: 0,
+            allocated_bytes: 0,
+            frees: 0,
+            temporaries: 0,
+            d_bytes: 0,
+            d_blocks: 0,
+            min_bytes: 0,
+            min_blocks: 0,
+            max_touch_bytes: i64::MIN,
+            high_bytes: 0,
+            high_blocks: 0,
+            epoch: 0,
+            stretches: Vec::new(),
+        }
+    }
+
+    /// Brings `high_*` to the run's record high number `epoch` before the site's
+    /// figures change (the lazy epoch rule of [`SiteStats`]'s peak figures).
+    #[inline]
+    pub(crate) fn sync_high(&mut self, epoch: usize) {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            self.high_bytes = self.d_bytes;
+            self.high_blocks = self.d_blocks;
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use heaptape_format::{AllocFn, StackId, Timestamp};
 
 use crate::hash::{fmix64, FastMap};
+use crate::platform::prefetch;
 
 /// How many freed blocks a heap remembers for double-free detection.
 pub const FREED_HISTORY: usize = 1 << 16;
@@ -62,7 +63,7 @@ pub(crate) struct Freed {
 /// Every free is remembered but a lookup (a free of an address that is not live) is
 /// rare in a correct program, so remembering must be cheap and looking up need not be:
 /// a free is one write at the end of the newest chunk, with no hashing and no per-free
-/// allocation, and a run summarized off the replaying thread (see [`crate::summary`])
+/// allocation, and a run summarized off the replaying thread (see [`super::run_summary`])
 /// hands its frees over as one chunk, moved, not copied. The address index that makes
 /// lookups O(1) is only built at the first lookup (from the chunks, newest entry
 /// winning) and maintained from then on, so a buggy program that frees wild pointers
@@ -537,7 +538,7 @@ impl Heap {
         });
     }
 
-    /// Remembers `frees` (a run's, in order; see [`crate::summary`]); returns an empty
+    /// Remembers `frees` (a run's, in order; see [`super::run_summary`]); returns an empty
     /// vector to collect the next run's in.
     pub fn remember_frees(&mut self, frees: Vec<Freed>) -> Vec<Freed> {
         self.freed.append(frees)
@@ -548,20 +549,6 @@ impl Heap {
     pub fn freed(&self, address: u64) -> Option<&Freed> {
         self.freed.get(address)
     }
-}
-
-/// Starts loading the cache line of `value` (a hint: nothing else happens).
-#[inline]
-pub(crate) fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it
-        // never faults and changes no memory (the pointer comes from a reference anyway).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 #[cfg(test)]

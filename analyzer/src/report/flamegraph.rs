@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::callsites::call_sites;
-use crate::replay::Image;
-use crate::sites::SiteStats;
+use super::frames::{folded_name, frames_of};
+use crate::callsites::ranking::call_sites;
+use crate::callsites::SiteStats;
+use crate::replay::{Image, Process};
 use crate::symbolize::{Frame, Symbolizer};
 use crate::Analysis;
 
@@ -94,25 +95,11 @@ impl Metric {
     }
 }
 
-/// A frame's name in a folded line (see the module docs); never contains `;` or a
-/// line break.
-pub fn frame_name(f: &Frame) -> String {
-    let name = match (&f.function, &f.module, f.module_offset) {
-        (Some(func), _, _) => func.clone(),
-        (None, Some(m), Some(off)) => {
-            format!("{}+{off:#x}", m.rsplit('/').next().unwrap_or(m))
-        }
-        (None, Some(m), None) => m.rsplit('/').next().unwrap_or(m).to_string(),
-        (None, None, _) => format!("{:#x}", f.address),
-    };
-    name.replace([';', '\n', '\r'], ":")
-}
-
 /// The folded stacks of `a` for `metric`: frame names joined by `;`, outermost first,
 /// and their summed values, sorted by frames. Call sites are grouped by the analysis's
 /// call-site depth.
 pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<String, u64> {
-    let images: Vec<(&crate::replay::Process, &Image)> = a
+    let images: Vec<(&Process, &Image)> = a
         .processes
         .iter()
         .flat_map(|p| p.images.iter().map(move |i| (p, i)))
@@ -122,22 +109,22 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
     for (p, img) in images {
         let root = tagged.then(|| {
             let cmd = img.command.join(" ");
-            frame_name(&Frame {
+            folded_name(&Frame {
                 function: Some(format!("pid {}: {}", p.pid, cmd.trim())),
                 ..Frame::default()
             })
         });
-        for site in call_sites(&a.stacks, img, a.options.call_site_depth) {
+        for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
             let v = metric.value(&site.stats);
             if v == 0 {
                 continue;
             }
-            let frames = site.frames(&a.stacks, img, sym);
+            let frames = frames_of(site.addresses(&a.stacks), &img.modules, sym);
             let mut names: Vec<String> = root.iter().cloned().collect();
             if frames.is_empty() {
                 names.push("[unknown stack]".into());
             }
-            names.extend(frames.iter().rev().map(frame_name));
+            names.extend(frames.iter().rev().map(folded_name));
             let e = out.entry(names.join(";")).or_insert(0);
             *e = e.saturating_add(v);
         }
@@ -267,30 +254,6 @@ mod tests {
             assert_eq!(Metric::parse(m.name()), Some(m));
         }
         assert_eq!(Metric::parse("bogus"), None);
-    }
-
-    #[test]
-    fn frame_names() {
-        let f = Frame {
-            address: 0x1234,
-            function: Some("ns::f;g".into()),
-            ..Frame::default()
-        };
-        assert_eq!(frame_name(&f), "ns::f:g");
-        let f = Frame {
-            address: 0x1234,
-            module: Some("/usr/lib/libz.so.1".into()),
-            module_offset: Some(0x234),
-            ..Frame::default()
-        };
-        assert_eq!(frame_name(&f), "libz.so.1+0x234");
-        assert_eq!(
-            frame_name(&Frame {
-                address: 0x99,
-                ..Frame::default()
-            }),
-            "0x99"
-        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! # Why
 //!
 //! The replay's live-table operations run on the shard thread and its accounting on
-//! the pool (see [`crate::shards`] and [`crate::summary`]); what stayed on the replaying
+//! the pool (see [`super::shards`] and [`super::run_summary`]); what stayed on the replaying
 //! thread was the planning: reading every record and writing, per record, a step and a
 //! shard operation. That was a sixth of a replay's work done by one thread, whatever
 //! the number of cores, and the bound on how far the replay could scale.
@@ -16,13 +16,13 @@
 //! state, the image and heap each thread is bound to and whether a record ends a run,
 //! is left to the replaying thread, which now looks at a chunk's few threads and few
 //! other records instead of every record (see
-//! [`Replay::apply_prepared`](crate::replay::Replay::apply_prepared)). The records
+//! [`Replay::apply_prepared`](super::Replay::apply_prepared)). The records
 //! themselves are the runs' data: the shards and the accounting read them in place.
 
 use heaptape_format::Record;
 
+use super::step::{realloc_frees_old, shard_of, table_event};
 use crate::hash::FastMap;
-use crate::heap::Live;
 
 /// Records per block of [`Prepared::block_max`].
 pub(crate) const BLOCK: usize = 1024;
@@ -121,22 +121,6 @@ impl Drop for Prepared {
     }
 }
 
-/// Whether `rec` is a live-table event: an allocator call that inserts, removes or
-/// looks up a block (allocations and frees of NULL, and `realloc(NULL, n)` returning
-/// NULL, change counters only).
-#[inline]
-pub(crate) fn table_event(rec: &Record) -> bool {
-    match *rec {
-        Record::Alloc { address, .. } | Record::Free { address, .. } => address != 0,
-        Record::Realloc {
-            old_address,
-            new_address,
-            ..
-        } => old_address != 0 || new_address != 0,
-        _ => false,
-    }
-}
-
 /// Puts a thread's span in `threads` (in order of first event), or updates it;
 /// `index` gives each thread's place in `threads`.
 fn write_back(threads: &mut Vec<ThreadSpan>, index: &mut FastMap<u32, usize>, span: ThreadSpan) {
@@ -146,17 +130,6 @@ fn write_back(threads: &mut Vec<ThreadSpan>, index: &mut FastMap<u32, usize>, sp
             index.insert(span.tid, threads.len());
             threads.push(span);
         }
-    }
-}
-
-/// The shard owning `address` among `shards`.
-#[inline]
-pub(crate) fn shard_of(address: u64, shards: usize) -> usize {
-    // One shard (the default on two cores): no hash to compute.
-    if shards == 1 {
-        0
-    } else {
-        Live::shard_of(crate::hash::fmix64(address), shards)
     }
 }
 
@@ -228,7 +201,7 @@ impl Prepared {
                     size,
                     ..
                 } if old != 0 || new != 0 => {
-                    let frees_old = crate::replay::realloc_frees_old(old, new, size);
+                    let frees_old = realloc_frees_old(old, new, size);
                     if frees_old {
                         op(ShardOpKind::Remove, old);
                     } else if old != 0 {

@@ -27,11 +27,11 @@ use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
+use super::frames::{describe, json_list};
 use crate::hash::FastMap;
 use crate::replay::Image;
-use crate::report::json::frame_list;
-use crate::report::text::num;
 use crate::symbolize::Frame;
+use crate::units::num;
 use crate::Analysis;
 
 /// Frames in a key when not told otherwise.
@@ -188,19 +188,6 @@ impl Diff {
 struct Side {
     totals: Figures,
     sites: BTreeMap<String, (Figures, Vec<Frame>, String)>,
-}
-
-fn describe(f: &Frame) -> String {
-    let file = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-    match (&f.function, &f.file, f.line, &f.module, f.module_offset) {
-        (Some(func), Some(path), Some(line), _, _) => format!("{func} ({}:{line})", file(path)),
-        (Some(func), Some(path), None, _, _) => format!("{func} ({})", file(path)),
-        (Some(func), None, _, Some(m), _) => format!("{func} (in {})", file(m)),
-        (Some(func), None, _, None, _) => func.clone(),
-        (None, _, _, Some(m), Some(off)) => format!("{}+{off:#x}", file(m)),
-        (None, _, _, Some(m), None) => file(m),
-        (None, _, _, None, _) => format!("{:#x}", f.address),
-    }
 }
 
 fn loose(f: &Frame) -> String {
@@ -483,7 +470,7 @@ pub fn to_json(d: &Diff, failures: &[String]) -> Value {
         "sites": d.sites.iter().filter(|s| s.status != Status::Unchanged).map(|s| json!({
             "status": s.status.name(),
             "key": s.key,
-            "stack": frame_list(&s.frames),
+            "stack": json_list(&s.frames),
             "old": s.old.map(|f| f.json()),
             "new": s.new.map(|f| f.json()),
             "delta": delta(&|m| s.delta(m)),

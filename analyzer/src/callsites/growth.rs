@@ -47,7 +47,7 @@ use heaptape_format::Timestamp;
 pub const MAX_BUCKETS: usize = 128;
 /// Width of the buckets when an image starts, in nanoseconds (doubles as needed).
 pub const INITIAL_BUCKET_NS: u64 = 1 << 10;
-const INITIAL_SHIFT: u32 = 10;
+const INITIAL_SHIFT: u32 = INITIAL_BUCKET_NS.trailing_zeros();
 /// A site's last maximum must lie in this final share of the series for the drop after
 /// it to count as teardown.
 pub const TEARDOWN_SHARE: f64 = 0.25;
@@ -232,34 +232,6 @@ pub struct SiteGrowth {
     pub fit: Fit,
 }
 
-/// Sparkline characters, lowest first.
-pub const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-
-/// `series` as a sparkline of at most `width` characters (buckets are merged by
-/// keeping the later value), scaled from 0 to the series' maximum.
-pub fn sparkline(series: &[u64], width: usize) -> String {
-    if series.is_empty() || width == 0 {
-        return String::new();
-    }
-    let per = series.len().div_ceil(width);
-    let points: Vec<u64> = series
-        .chunks(per)
-        .map(|c| *c.last().unwrap_or(&0))
-        .collect();
-    let max = points.iter().copied().max().unwrap_or(0);
-    points
-        .iter()
-        .map(|&v| {
-            if max == 0 {
-                SPARKS[0]
-            } else {
-                let i = ((v as u128 * 7 + max as u128 / 2) / max as u128) as usize;
-                SPARKS[i.min(7)]
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,13 +313,5 @@ mod tests {
         assert!(!fit(&spike, 1000).teardown_excluded);
         assert!(fit(&[], 1000) == Fit::default());
         assert_eq!(fit(&[7], 1000).monotonicity, 1.0);
-    }
-
-    #[test]
-    fn sparklines() {
-        assert_eq!(sparkline(&[0, 1, 2, 3, 4, 5, 6, 7], 8), "▁▂▃▄▅▆▇█");
-        assert_eq!(sparkline(&[0, 0], 8), "▁▁");
-        assert_eq!(sparkline(&[0, 9, 1, 7], 2), "█▆");
-        assert_eq!(sparkline(&[], 8), "");
     }
 }

@@ -1,0 +1,93 @@
+//! A run of the batch path: a stretch of a prepared chunk's records and everything its
+//! passes need (the bindings of its threads, the shards' results, the heaps and images
+//! it uses, the predicted clocks), so that it can move to the shard thread, to the pool
+//! and back (see [`Replay::apply_prepared`](super::Replay::apply_prepared)).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::heap::{Block, Freed, ImageId};
+use super::prepare::Prepared;
+use super::step::{step, Bindings, LastBinding, Step};
+use crate::callsites::Clock;
+
+/// One run of the batch path (see
+/// [`Replay::apply_prepared`](super::Replay::apply_prepared)): a stretch of a prepared
+/// chunk's records, with everything its passes need, so that it can move to the shard
+/// thread, to the pool, and back.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The chunk its records are in.
+    pub chunk: Option<Arc<Prepared>>,
+    /// Its records (indices into the chunk's).
+    pub range: Range<usize>,
+    /// Per shard: its operations (indices into the chunk's operations of that shard).
+    pub op_ranges: Vec<Range<usize>>,
+    /// Its records that are not live-table events (indices into the chunk's `others`).
+    pub others: Range<usize>,
+    /// The image and heap of each thread of the run.
+    pub bindings: Bindings,
+    /// Per shard: the results of its removals and look-ups, in order.
+    pub results: Vec<Vec<Option<Block>>>,
+    /// Per shard: the blocks its insertions replaced (an allocation at a live address,
+    /// which is rare), with the insertion's record index, in order. Insertions that
+    /// replaced nothing leave no result: half the operations write and hand over
+    /// nothing.
+    pub replaced: Vec<Vec<(u32, Block)>>,
+    /// The heaps the run uses (ids into `Replay::heaps`).
+    pub heaps: Vec<usize>,
+    /// The images its threads are bound to.
+    pub images: Vec<ImageId>,
+    /// The latest timestamp of its live-table events.
+    pub max_ts: u64,
+    /// A buffer for the frees of the run's summary (recycled from the freed-block
+    /// history, so that no run allocates and faults in a fresh one).
+    pub freed: Vec<Freed>,
+    /// Each of those images' bucket clock before the run, as predicted when the run
+    /// was handed over (see [`super::run_summary`]).
+    pub clocks: Vec<(ImageId, Clock)>,
+}
+
+impl Batch {
+    /// The run's chunk.
+    #[inline]
+    pub fn chunk(&self) -> &Prepared {
+        self.chunk.as_deref().expect("a run has a chunk")
+    }
+
+    /// The run's records that are not live-table events.
+    pub fn others(&self) -> &[u32] {
+        &self.chunk().others[self.others.clone()]
+    }
+
+    /// The step of record `i` of the chunk, one of the run's (see [`Step`]).
+    #[inline]
+    pub fn step(&self, i: usize, last: &mut LastBinding) -> Step {
+        step(
+            &self.chunk().records,
+            &self.bindings,
+            self.results.len(),
+            i,
+            last,
+        )
+    }
+
+    /// Empties the run for reuse, keeping its buffers; gives its chunk back.
+    pub fn clear(&mut self) -> Option<Arc<Prepared>> {
+        for v in &mut self.results {
+            v.clear();
+        }
+        for v in &mut self.replaced {
+            v.clear();
+        }
+        self.op_ranges.clear();
+        self.bindings.clear();
+        self.heaps.clear();
+        self.images.clear();
+        self.max_ts = 0;
+        self.clocks.clear();
+        self.range = 0..0;
+        self.others = 0..0;
+        self.chunk.take()
+    }
+}

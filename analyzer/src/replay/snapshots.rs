@@ -1,0 +1,84 @@
+//! Reachability snapshots: a snapshot's records (`SnapshotBegin`, roots, blocks,
+//! heuristic verdicts, `SnapshotEnd`) build the pointer graph over the heap's live
+//! blocks at its start, and its end classifies it (see [`crate::checks::leaks`]) into
+//! the image's [`LeakCheck`].
+
+use super::heap::ImageId;
+use super::Replay;
+use crate::checks::leaks::{HeuristicMatches, LeakCheck, LiveBlock, SnapshotGraph};
+
+/// A snapshot between its begin and end records.
+#[derive(Debug)]
+pub(super) struct PendingSnapshot {
+    pub(super) image: ImageId,
+    pub(super) graph: SnapshotGraph,
+    /// The recorder's heuristic verdicts (`SnapshotHeuristic` records).
+    pub(super) heuristics: HeuristicMatches,
+}
+
+impl Replay {
+    /// A snapshot of `pid` begins: its graph covers the heap's live blocks now.
+    pub(super) fn snapshot_begin(&mut self, pid: u32) {
+        let Some(&p) = self.by_pid.get(&pid) else {
+            return;
+        };
+        let img = self.procs[p].current();
+        let heap = self.images[img].heap;
+        let pending = match self.heaps.get(heap).and_then(Option::as_ref) {
+            Some(heap) if !self.procs[p].ended => PendingSnapshot {
+                image: img,
+                graph: SnapshotGraph::new(
+                    heap.live
+                        .iter()
+                        .map(|(address, b)| LiveBlock {
+                            address,
+                            size: b.size,
+                            stack: b.stack,
+                            func: b.func,
+                        })
+                        .collect(),
+                ),
+                heuristics: HeuristicMatches::new(),
+            },
+            _ => {
+                self.snapshot_lost(
+                    img,
+                    "the snapshot was recorded after the process ended, when its heap \
+                     was no longer known",
+                );
+                return;
+            }
+        };
+        if let Some(old) = self.snapshots.insert(pid, pending) {
+            self.snapshot_lost(
+                old.image,
+                "the snapshot was cut off (another snapshot began before it ended)",
+            );
+        }
+    }
+
+    /// A snapshot of `pid` is complete: classify it.
+    pub(super) fn snapshot_end(&mut self, pid: u32, blocks: u64) {
+        let Some(pending) = self.snapshots.remove(&pid) else {
+            return;
+        };
+        if blocks != pending.graph.block_count() as u64 {
+            self.anomalies.snapshot_block_mismatches += 1;
+        }
+        self.images[pending.image].leaks = match pending
+            .graph
+            .classify(&pending.heuristics, self.leak_heuristics)
+        {
+            Ok(report) => LeakCheck::Done(Box::new(report)),
+            Err(reason) => LeakCheck::Unavailable(reason),
+        };
+    }
+
+    /// Notes why a snapshot of `img` came to nothing, unless an earlier one succeeded.
+    pub(super) fn snapshot_lost(&mut self, img: ImageId, reason: &str) {
+        let leaks = &mut self.images[img].leaks;
+        if leaks.report().is_none() {
+            *leaks = LeakCheck::Unavailable(reason.into());
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Frames in reports: a stack's frames as the symbolizer describes them
+//! ([`symbolize_stack`]), and the one describer that puts a frame in words, whatever the
+//! output:
+//!
+//! * `Display` for [`Frame`] (text reports, after `at`/`by`): memcheck's wording,
+//!   `0x4011d6: main (app.c:12)`, `0x4011d6: free (in libc.so.6)`,
+//!   `0x4011d6: app+0x11d6`, or `0x4011d6: ???`;
+//! * [`describe`] (a diff's keys and lines): the same without the address, the address
+//!   standing for an unknown frame;
+//! * [`folded_name`] (flamegraph frames): the function alone (no source place), else
+//!   the same, made safe for the folded format;
+//! * [`json_list`]: the frames as JSON objects;
+//! * [`write_stack`]: the text reports' `at`/`by` lines.
+
+use std::fmt;
+use std::io;
+
+use heaptape_format::StackId;
+use serde_json::{json, Value};
+
+use crate::modules::ModuleMap;
+use crate::stacks::StackTable;
+use crate::symbolize::{Frame, Symbolizer};
+use crate::units::addr;
+
+/// The frames of stack `id` in the image whose modules are `modules`, innermost first,
+/// as the symbolizer describes them (every address of a stack is a return address).
+pub fn symbolize_stack(
+    stacks: &StackTable,
+    modules: &ModuleMap,
+    id: StackId,
+    symbolizer: &dyn Symbolizer,
+) -> Vec<Frame> {
+    frames_of(stacks.iter(id), modules, symbolizer)
+}
+
+/// The frames of return addresses `addresses`, innermost first.
+pub(crate) fn frames_of(
+    addresses: impl IntoIterator<Item = u64>,
+    modules: &ModuleMap,
+    symbolizer: &dyn Symbolizer,
+) -> Vec<Frame> {
+    addresses
+        .into_iter()
+        .flat_map(|addr| symbolizer.symbolize(modules, addr, true))
+        .collect()
+}
+
+/// What a frame without function or module is called.
+#[derive(Clone, Copy)]
+enum Unknown {
+    /// `???`, as memcheck.
+    Marks,
+    /// Its address.
+    Address,
+}
+
+/// The one describer: the function, then (when `place`) its source file and line, or
+/// the module it is in; else `module+0xoffset`, else the module; else `unknown`. Files
+/// and modules are named by their file name only.
+fn write_description(
+    out: &mut dyn fmt::Write,
+    f: &Frame,
+    place: bool,
+    unknown: Unknown,
+) -> fmt::Result {
+    match (&f.function, &f.module) {
+        (Some(func), _) => {
+            out.write_str(func)?;
+            if !place {
+                return Ok(());
+            }
+            match (&f.file, f.line) {
+                (Some(file), Some(line)) => write!(out, " ({}:{line})", file_name(file)),
+                (Some(file), None) => write!(out, " ({})", file_name(file)),
+                _ => match &f.module {
+                    Some(m) => write!(out, " (in {})", file_name(m)),
+                    None => Ok(()),
+                },
+            }
+        }
+        (None, Some(m)) => match f.module_offset {
+            Some(off) => write!(out, "{}+{off:#x}", file_name(m)),
+            None => out.write_str(file_name(m)),
+        },
+        (None, None) => match unknown {
+            Unknown::Marks => out.write_str("???"),
+            Unknown::Address => write!(out, "{:#x}", f.address),
+        },
+    }
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl fmt::Display for Frame {
+    /// Worded like memcheck: `0x4011d6: main (app.c:12)` (the source file's name
+    /// only), `0x4011d6: free (in libc.so.6)` without line information,
+    /// `0x4011d6: app+0x11d6` without a symbol, or `0x4011d6: ???`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}: ", self.address)?;
+        write_description(f, self, true, Unknown::Marks)
+    }
+}
+
+/// A frame as `function (file:line)`, `function (file)`, `function (in module)`,
+/// `function`, `module+0xoffset`, `module`, or its address.
+pub(crate) fn describe(f: &Frame) -> String {
+    let mut s = String::new();
+    let _ = write_description(&mut s, f, true, Unknown::Address);
+    s
+}
+
+/// A frame's name in a folded flamegraph line: its function (inlined calls are frames
+/// of their own), else `module+0xoffset`, else its address; never contains `;` or a
+/// line break.
+pub(crate) fn folded_name(f: &Frame) -> String {
+    let mut s = String::new();
+    let _ = write_description(&mut s, f, false, Unknown::Address);
+    s.replace([';', '\n', '\r'], ":")
+}
+
+/// Frames as a JSON array of `{address, module, offset, function, file, line,
+/// inlined}` objects.
+pub(crate) fn json_list(frames: &[Frame]) -> Value {
+    frames
+        .iter()
+        .map(|f| {
+            json!({
+                "address": addr(f.address),
+                "module": f.module,
+                "offset": f.module_offset.map(addr),
+                "function": f.function,
+                "file": f.file,
+                "line": f.line,
+                "inlined": f.inlined,
+            })
+        })
+        .collect()
+}
+
+/// Writes `frames` as the text reports' stack lines: `        at FRAME`, then
+/// `        by FRAME` for each caller.
+pub(crate) fn write_stack(out: &mut dyn io::Write, frames: &[Frame]) -> io::Result<()> {
+    for (i, frame) in frames.iter().enumerate() {
+        let word = if i == 0 { "at" } else { "by" };
+        writeln!(out, "        {word} {frame}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_describer_three_wordings() {
+        let full = Frame {
+            address: 0x10,
+            module: Some("/lib/libc.so.6".into()),
+            module_offset: Some(0x10),
+            function: Some("free".into()),
+            file: Some("/src/malloc.c".into()),
+            line: Some(7),
+            inlined: false,
+        };
+        assert_eq!(full.to_string(), "0x10: free (malloc.c:7)");
+        assert_eq!(describe(&full), "free (malloc.c:7)");
+        assert_eq!(folded_name(&full), "free");
+        let unknown = Frame {
+            address: 0x99,
+            ..Frame::default()
+        };
+        assert_eq!(unknown.to_string(), "0x99: ???");
+        assert_eq!(describe(&unknown), "0x99");
+        assert_eq!(folded_name(&unknown), "0x99");
+    }
+
+    #[test]
+    fn folded_names() {
+        let f = Frame {
+            address: 0x1234,
+            function: Some("ns::f;g".into()),
+            ..Frame::default()
+        };
+        assert_eq!(folded_name(&f), "ns::f:g");
+        let f = Frame {
+            address: 0x1234,
+            module: Some("/usr/lib/libz.so.1".into()),
+            module_offset: Some(0x234),
+            ..Frame::default()
+        };
+        assert_eq!(folded_name(&f), "libz.so.1+0x234");
+        assert_eq!(
+            folded_name(&Frame {
+                address: 0x99,
+                ..Frame::default()
+            }),
+            "0x99"
+        );
+    }
+}
