@@ -2,12 +2,13 @@
 //! features: a C program is compiled, recorded with the real CLI, and the reports are
 //! checked against figures the program's source fixes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Stdio};
 
+use common::*;
 use serde_json::Value;
-
-const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
 /// Iterations of the fixture's main loop.
 const N: u64 = 200;
@@ -73,77 +74,24 @@ int main(void) {
 }
 "#;
 
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("heaptape-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Compiles the fixture into `dir/<sub>/growth` (the source is `dir/<sub>/growth.c`, so
 /// both builds carry the same file name).
-fn build(dir: &Path, sub: &str, v2: bool) -> PathBuf {
-    let d = dir.join(sub);
-    std::fs::create_dir_all(&d).unwrap();
-    let src = d.join("growth.c");
-    std::fs::write(&src, GROWTH_C).unwrap();
-    let exe = d.join("growth");
-    let mut cc = Command::new("cc");
-    cc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&exe)
-        .arg(&src);
+fn build(dir: &TestDir, sub: &str, v2: bool) -> PathBuf {
+    let mut cc = vec!["cc", "-O0", "-g", "-fno-omit-frame-pointer"];
     if v2 {
-        cc.arg("-DV2=1");
+        cc.push("-DV2=1");
     }
-    let out = cc.output().expect("cc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
+    dir.compile_source(
+        &format!("{sub}/growth.c"),
+        GROWTH_C,
+        &format!("{sub}/growth"),
+        &cc,
+    )
 }
 
-fn heaptape(args: &[&str]) -> Output {
-    Command::new(HEAPTAPE)
-        .args(args)
-        .output()
-        .expect("heaptape runs")
-}
-
-fn record(exe: &Path, trace: &Path) {
-    let out = heaptape(&[
-        "record",
-        "-o",
-        trace.to_str().unwrap(),
-        "--",
-        exe.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn analyze_json(trace: &Path) -> Value {
-    let out = heaptape(&["analyze", "--json", "--top", "50", trace.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+/// `heaptape record -o trace -- exe`, which must succeed.
+fn record(dir: &TestDir, exe: &Path, trace: &Path) {
+    record_ok(dir, trace, &[], exe, &[]);
 }
 
 /// The innermost function of a JSON stack.
@@ -157,18 +105,18 @@ fn innermost(stack: &Value) -> String {
         .to_string()
 }
 
-fn recorded(name: &str) -> (Dir, PathBuf, PathBuf) {
-    let dir = Dir::new(name);
-    let exe = build(&dir.0, "v1", false);
-    let trace = dir.0.join("v1.trace");
-    record(&exe, &trace);
+fn recorded(name: &str) -> (TestDir, PathBuf, PathBuf) {
+    let dir = TestDir::new(name);
+    let exe = build(&dir, "v1", false);
+    let trace = dir.join("v1.trace");
+    record(&dir, &exe, &trace);
     (dir, exe, trace)
 }
 
 #[test]
 fn growth_peak_and_temporary_allocations() {
     let (_dir, _exe, trace) = recorded("growth");
-    let v = analyze_json(&trace);
+    let v = analyze_json_with(&trace, &["--top", "50"]);
     let p = &v["processes"][0];
     let t = &p["totals"];
     // main's table, the cache, the churn, the ring and two leaks.
@@ -237,8 +185,8 @@ fn growth_peak_and_temporary_allocations() {
     assert_eq!(ring["live_bytes_end"], 8 * 512);
 
     // The text report shows the suspect with a sparkline.
-    let out = heaptape(&["analyze", trace.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = run_heaptape(["analyze", trace.to_str().unwrap()]);
+    let text = out.stdout_str();
     assert!(text.contains("growing call sites (leak suspects"), "{text}");
     assert!(text.contains("cache_insert"), "{text}");
     assert!(text.contains('█'), "{text}");
@@ -248,7 +196,7 @@ fn growth_peak_and_temporary_allocations() {
 fn call_site_depth_groups_stacks() {
     let (_dir, _exe, trace) = recorded("depth");
     // With one frame, ring_alloc's malloc is one site whatever called it.
-    let out = heaptape(&[
+    let out = run_heaptape([
         "analyze",
         "--json",
         "--top",
@@ -284,35 +232,22 @@ for g in root.iter('{http://www.w3.org/2000/svg}g'):
     out[name] = out.get(name, 0) + int(w)
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(svg)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "SVG does not parse: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(Command::new("python3").arg("-c").arg(script).arg(svg));
+    assert!(out.status.success(), "SVG does not parse: {}", out.stderr);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
 fn flamegraphs_of_leaked_and_allocated_bytes() {
     let (dir, _exe, trace) = recorded("flame");
-    let svg = dir.0.join("leaked.svg");
-    let out = heaptape(&[
+    let svg = dir.join("leaked.svg");
+    let out = run_heaptape([
         "flamegraph",
         trace.to_str().unwrap(),
         "-o",
         svg.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", out.stderr);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("Bytes still allocated at exit (leaked), by call stack"));
     let w = svg_frames(&svg);
@@ -323,17 +258,15 @@ fn flamegraphs_of_leaked_and_allocated_bytes() {
     assert!(w.get("cache_insert").is_none(), "{w}");
 
     // `-o -`: the same SVG on standard output, and no file named `-`.
-    let out = Command::new(HEAPTAPE)
+    let out = run(heaptape()
         .args(["flamegraph", trace.to_str().unwrap(), "-o", "-"])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
+        .current_dir(dir.path()));
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
-    assert!(!dir.0.join("-").exists());
+    assert_eq!(out.stdout_str(), text);
+    assert!(!dir.join("-").exists());
 
     // Folded stacks, outermost first.
-    let out = heaptape(&[
+    let out = run_heaptape([
         "flamegraph",
         "--folded",
         "--metric",
@@ -341,7 +274,7 @@ fn flamegraphs_of_leaked_and_allocated_bytes() {
         trace.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let folded = String::from_utf8_lossy(&out.stdout);
+    let folded = out.stdout_str();
     let line = folded
         .lines()
         .find(|l| l.contains("cache_insert"))
@@ -350,14 +283,14 @@ fn flamegraphs_of_leaked_and_allocated_bytes() {
         line.ends_with(&format!(";main;cache_insert {}", N * 1000)),
         "{line}"
     );
-    let temp = heaptape(&[
+    let temp = run_heaptape([
         "flamegraph",
         "--folded",
         "--metric",
         "temporary",
         trace.to_str().unwrap(),
     ]);
-    let temp = String::from_utf8_lossy(&temp.stdout);
+    let temp = temp.stdout_str();
     assert_eq!(temp.lines().count(), 1, "{temp}");
     assert!(
         temp.trim_end().ends_with(&format!(";main;churn {N}")),
@@ -365,37 +298,37 @@ fn flamegraphs_of_leaked_and_allocated_bytes() {
     );
 
     // An unreadable trace: a clear message, a non-zero exit, no output file.
-    let bad = dir.0.join("bad.trace");
+    let bad = dir.join("bad.trace");
     std::fs::write(&bad, b"not a trace").unwrap();
-    let svg2 = dir.0.join("bad.svg");
-    let out = heaptape(&[
+    let svg2 = dir.join("bad.svg");
+    let out = run_heaptape([
         "flamegraph",
         bad.to_str().unwrap(),
         "-o",
         svg2.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.trace"));
+    assert!(out.stderr.contains("bad.trace"));
     assert!(!svg2.exists());
 }
 
 #[test]
 fn diff_reports_the_new_leak_and_fails_on_it() {
-    let dir = Dir::new("diff");
-    let v1 = build(&dir.0, "v1", false);
-    let v2 = build(&dir.0, "v2", true);
+    let dir = TestDir::new("diff");
+    let v1 = build(&dir, "v1", false);
+    let v2 = build(&dir, "v2", true);
     let (t1, t1b, t2) = (
-        dir.0.join("a.trace"),
-        dir.0.join("b.trace"),
-        dir.0.join("c.trace"),
+        dir.join("a.trace"),
+        dir.join("b.trace"),
+        dir.join("c.trace"),
     );
-    record(&v1, &t1);
-    record(&v1, &t1b);
-    record(&v2, &t2);
+    record(&dir, &v1, &t1);
+    record(&dir, &v1, &t1b);
+    record(&dir, &v2, &t2);
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
-    let svg = dir.0.join("diff.svg");
-    let out = heaptape(&[
+    let svg = dir.join("diff.svg");
+    let out = run_heaptape([
         "diff",
         "--json",
         &s(&t1),
@@ -408,7 +341,7 @@ fn diff_reports_the_new_leak_and_fails_on_it() {
         "allocations>+5",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(stderr.contains("leaked_bytes>+1KiB"), "{stderr}");
     assert!(!stderr.contains("allocations>+5"), "{stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -427,20 +360,18 @@ fn diff_reports_the_new_leak_and_fails_on_it() {
 
     // `--flamegraph -` would share standard output with the report: refused in one
     // line, before any trace is read, and no file named `-`.
-    let out = Command::new(HEAPTAPE)
+    let out = run(heaptape()
         .args(["diff", &s(&t1), &s(&t2), "--flamegraph", "-"])
-        .current_dir(&dir.0)
-        .output()
-        .unwrap();
+        .current_dir(dir.path()));
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("give a file name"), "{stderr}");
     assert!(out.stdout.is_empty());
-    assert!(!dir.0.join("-").exists());
+    assert!(!dir.join("-").exists());
 
     // Two runs of one build: nothing changed, conditions hold.
-    let out = heaptape(&[
+    let out = run_heaptape([
         "diff",
         &s(&t1),
         &s(&t1b),
@@ -449,7 +380,7 @@ fn diff_reports_the_new_leak_and_fails_on_it() {
         "--fail-if",
         "peak_bytes>+0",
     ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out.stdout_str();
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         text.contains("call sites: 0 new, 0 vanished, 0 changed"),
@@ -464,7 +395,7 @@ fn diff_reports_the_new_leak_and_fails_on_it() {
 fn reports_to_a_full_disk_fail_with_one_line() {
     let (dir, _exe, trace) = recorded("fulldisk");
     let t = trace.to_str().unwrap();
-    let other = dir.0.join("again.trace");
+    let other = dir.join("again.trace");
     std::fs::copy(&trace, &other).unwrap();
     let o = other.to_str().unwrap();
     let cases: [&[&str]; 6] = [
@@ -480,12 +411,8 @@ fn reports_to_a_full_disk_fail_with_one_line() {
             .write(true)
             .open("/dev/full")
             .expect("/dev/full opens");
-        let out = Command::new(HEAPTAPE)
-            .args(args)
-            .stdout(full)
-            .output()
-            .expect("heaptape runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = run_with_stdout(heaptape().args(args), Stdio::from(full));
+        let stderr = &out.stderr;
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
@@ -496,9 +423,9 @@ fn reports_to_a_full_disk_fail_with_one_line() {
         );
     }
     // The same listings into a pipe are whole: the buffer is flushed at the end.
-    let out = heaptape(&["dump", t]);
+    let out = run_heaptape(["dump", t]);
     assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out.stdout_str();
     assert!(text.starts_with("Header {"), "{text}");
     assert!(text.trim_end().ends_with('}'), "{text}");
     assert!(text.lines().last().unwrap().starts_with("End {"), "{text}");
@@ -553,39 +480,23 @@ int main(void) {
 /// and merged, one and three address shards).
 #[test]
 fn reports_do_not_depend_on_the_threads_analyzing() {
-    let dir = Dir::new("threads");
-    let src = dir.0.join("threads.c");
-    std::fs::write(&src, THREADS_C).unwrap();
-    let exe = dir.0.join("threads");
-    let out = Command::new("cc")
-        .args(["-O1", "-g", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("cc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let dir = TestDir::new("threads");
+    let exe = dir.compile_source(
+        "threads.c",
+        THREADS_C,
+        "threads",
+        &["cc", "-O1", "-g", "-pthread"],
     );
-    let trace = dir.0.join("threads.trace");
-    record(&exe, &trace);
+    let trace = dir.join("threads.trace");
+    record(&dir, &exe, &trace);
     let report = |threads: &str, json: bool| {
         let mut args = vec!["analyze", "--top", "100"];
         if json {
             args.push("--json");
         }
         args.push(trace.to_str().unwrap());
-        let out = Command::new(HEAPTAPE)
-            .args(&args)
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .expect("heaptape runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(heaptape().args(&args).env("RAYON_NUM_THREADS", threads));
+        assert!(out.status.success(), "{}", out.stderr);
         out.stdout
     };
     let one = report("1", true);

@@ -2,11 +2,10 @@
 //! here, as in CI logs and scripts) the CLI writes nothing to stderr, even when the bar
 //! would otherwise show at once.
 
-use std::process::Command;
+mod common;
 
+use common::*;
 use heaptape_format::{AllocFn, ClockSource, Header, ProcessOrigin, Record, TraceWriter};
-
-const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
 fn write_trace(path: &std::path::Path, pairs: u64) {
     let header = Header {
@@ -64,33 +63,23 @@ fn write_trace(path: &std::path::Path, pairs: u64) {
 
 #[test]
 fn no_progress_output_when_stderr_is_not_a_terminal() {
-    let dir = std::env::temp_dir().join(format!("heaptape-progress-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new("progress");
     let trace = dir.join("churn.trace");
     write_trace(&trace, 200_000);
     for json in [true, false] {
-        let mut cmd = Command::new(HEAPTAPE);
+        let mut cmd = heaptape();
         cmd.arg("analyze").arg("--no-symbols");
         if json {
             cmd.arg("--json");
         }
         // No delay: a bar would be drawn at the first chunk if stderr were a terminal.
-        let out = cmd
-            .arg(&trace)
-            .env("HEAPTAPE_PROGRESS_DELAY_MS", "0")
-            .output()
-            .unwrap();
+        let out = run(cmd.arg(&trace).env("HEAPTAPE_PROGRESS_DELAY_MS", "0"));
         assert!(out.status.success(), "{out:?}");
-        assert!(
-            out.stderr.is_empty(),
-            "stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.stderr.is_empty(), "stderr: {}", out.stderr);
         assert!(!out.stdout.is_empty());
         if json {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert!(v.is_object());
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,14 +3,14 @@
 //! what happens in the window (leaks counted exactly), and refuses clearly when there is
 //! no such process or when another tracer holds it.
 
-mod support_attach;
+mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use support_attach::*;
+use common::*;
 
 /// Four threads run a fixed, seeded allocation workload and sum what they read back;
 /// then they keep allocating (outside the sum) until stdin reaches end of file. Prints
@@ -124,17 +124,13 @@ struct Running {
 
 impl Running {
     fn start(exe: &Path, args: &[&str]) -> Running {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start fixture");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read ready line");
-        assert_eq!(line, "ready\n");
+        let (child, stdout) = spawn_until_line(
+            std::process::Command::new(exe)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stderr(Stdio::inherit()),
+            "ready\n",
+        );
         Running {
             pid: child.id(),
             child: Some(child),
@@ -177,27 +173,23 @@ fn native(exe: &Path) -> (String, ExitStatus) {
     run.finish()
 }
 
-fn attach(dir: &Scratch, pid: u32, duration: &str, trace: &Path) -> Run {
-    run(
-        dir,
-        Command::new(HEAPTAPE)
-            .args([
-                "record",
-                "--pid",
-                &pid.to_string(),
-                "--duration",
-                duration,
-                "-o",
-            ])
-            .arg(trace),
-        "heaptape record --pid",
-    )
+fn attach(pid: u32, duration: &str, trace: &Path) -> Run {
+    run(heaptape()
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            duration,
+            "-o",
+        ])
+        .arg(trace))
 }
 
 #[test]
 fn attaching_leaves_a_multithreaded_program_undisturbed() {
-    let dir = Scratch::new("attach-once");
-    let exe = dir.compile("worker", WORKER_C);
+    let dir = TestDir::new("attach-once");
+    let exe = dir.compile_c("worker", WORKER_C);
     let (want_out, want_status) = native(&exe);
     assert!(want_out.starts_with("checksum "), "{want_out}");
     assert_eq!(want_status.code(), Some(3));
@@ -205,15 +197,14 @@ fn attaching_leaves_a_multithreaded_program_undisturbed() {
     let run = Running::start(&exe, &[]);
     std::thread::sleep(Duration::from_millis(200));
     let trace = dir.join("once.trace");
-    let rec = attach(&dir, run.pid(), "1s", &trace);
+    let rec = attach(run.pid(), "1s", &trace);
     assert!(rec.status.success(), "record --pid failed: {}", rec.stderr);
     let (out, status) = run.finish();
     assert_eq!(out, want_out);
     assert_eq!(status.code(), want_status.code());
 
-    let report = analyze_json(&dir, &trace);
-    let pid = report["trace"]["pid"].as_u64().unwrap() as u32;
-    let p = process(&report, pid);
+    let report = analyze_json(&trace);
+    let p = traced_process(&report);
     assert_eq!(p["origin"], "attached");
     assert_eq!(p["exit"]["detached"], true);
     assert!(
@@ -225,19 +216,19 @@ fn attaching_leaves_a_multithreaded_program_undisturbed() {
 
 #[test]
 fn twenty_attach_detach_cycles_on_one_process() {
-    let dir = Scratch::new("attach-20");
-    let exe = dir.compile("worker", WORKER_C);
+    let dir = TestDir::new("attach-20");
+    let exe = dir.compile_c("worker", WORKER_C);
     let (want_out, want_status) = native(&exe);
     let run = Running::start(&exe, &[]);
     for i in 0..20 {
-        let trace = dir.join(&format!("cycle{i}.trace"));
-        let rec = attach(&dir, run.pid(), "100ms", &trace);
+        let trace = dir.join(format!("cycle{i}.trace"));
+        let rec = attach(run.pid(), "100ms", &trace);
         assert!(
             rec.status.success(),
             "cycle {i}: record --pid failed: {}",
             rec.stderr
         );
-        let report = analyze_json(&dir, &trace);
+        let report = analyze_json(&trace);
         assert_eq!(report["trace"]["complete"], true, "cycle {i}");
         let p = process(&report, run.pid());
         assert_eq!(p["origin"], "attached", "cycle {i}");
@@ -250,22 +241,22 @@ fn twenty_attach_detach_cycles_on_one_process() {
 
 #[test]
 fn leaks_during_the_window_are_counted() {
-    let dir = Scratch::new("attach-leak");
-    let exe = dir.compile("leaker", LEAKER_C);
+    let dir = TestDir::new("attach-leak");
+    let exe = dir.compile_c("leaker", LEAKER_C);
     let file = dir.join("opened.txt");
     std::fs::write(&file, "x").unwrap();
     let run = Running::start(&exe, &[file.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(300));
     let trace = dir.join("leak.trace");
     let start = Instant::now();
-    let rec = attach(&dir, run.pid(), "2s", &trace);
+    let rec = attach(run.pid(), "2s", &trace);
     let took = start.elapsed();
     assert!(rec.status.success(), "record --pid failed: {}", rec.stderr);
     drop(run); // kills the leaker
     assert!(took >= Duration::from_secs(2), "detached after {took:?}");
 
-    let report = analyze_json(&dir, &trace);
-    let p = process(&report, report["trace"]["pid"].as_u64().unwrap() as u32);
+    let report = analyze_json(&trace);
+    let p = traced_process(&report);
     let allocations = p["totals"]["allocations"].as_u64().unwrap();
     let lost = p["leaks"]["definitely_lost"]["blocks"]
         .as_u64()
@@ -287,7 +278,7 @@ fn leaks_during_the_window_are_counted() {
     assert!(!fds.is_empty(), "no fd leaks");
     assert!(fds.iter().all(|f| f["path"] == file.to_str().unwrap()));
     assert!(fds.len() as u64 <= allocations / 10 + 1);
-    let text = analyze_text(&dir, &trace);
+    let text = analyze_text(&trace);
     assert!(
         text.contains(&format!(
             "FILE DESCRIPTORS: {} open at detach (opened by the program)",
@@ -299,15 +290,11 @@ fn leaks_during_the_window_are_counted() {
 
 #[test]
 fn a_missing_process_is_a_one_line_error() {
-    let dir = Scratch::new("attach-missing");
+    let dir = TestDir::new("attach-missing");
     // Beyond PID_MAX_LIMIT (4194304 on 64-bit): no process can have this pid.
-    let r = run(
-        &dir,
-        Command::new(HEAPTAPE)
-            .args(["record", "--pid", "4194400", "-o"])
-            .arg(dir.join("none.trace")),
-        "heaptape record --pid",
-    );
+    let r = run(heaptape()
+        .args(["record", "--pid", "4194400", "-o"])
+        .arg(dir.join("none.trace")));
     assert!(!r.status.success());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("no process"), "{}", r.stderr);
@@ -315,10 +302,10 @@ fn a_missing_process_is_a_one_line_error() {
 
 #[test]
 fn a_process_traced_by_another_heaptape_is_refused() {
-    let dir = Scratch::new("attach-busy");
-    let exe = dir.compile("sleeper", SLEEPER_C);
+    let dir = TestDir::new("attach-busy");
+    let exe = dir.compile_c("sleeper", SLEEPER_C);
     let pidfile = dir.join("pid");
-    let mut first = Command::new(HEAPTAPE)
+    let mut first = heaptape()
         .arg("record")
         .arg("-o")
         .arg(dir.join("first.trace"))
@@ -344,7 +331,7 @@ fn a_process_traced_by_another_heaptape_is_refused() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let r = attach(&dir, pid, "1s", &dir.join("second.trace"));
+    let r = attach(pid, "1s", &dir.join("second.trace"));
     drop(first.stdin.take()); // the sleeper, then the first recorder, exit
     let first_status = wait(first, "first heaptape record");
     assert!(!r.status.success());

@@ -20,87 +20,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
 use serde_json::Value;
 
 mod common;
-use common::{run, Run};
+use common::{analyze, fixture_src, memcheck_body, record, run_native, valgrind_logs};
+use common::{Run, TestDir};
 
-/// The `heaptape` binary under test.
-const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
-
-// ---------------------------------------------------------------------------------------
-// Test directories and commands
-// ---------------------------------------------------------------------------------------
-
-/// The source of leak fixture `name`.
-fn fixture_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/leaks")
-        .join(name)
-}
-
-/// A private temporary directory for one test: removed when the test passes, kept (and
-/// named on stderr) when it fails.
-struct TestDir {
-    path: PathBuf,
-}
-
-impl TestDir {
-    fn new(name: &str) -> TestDir {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "heaptape-leaks-{name}-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create test directory");
-        let path = path.canonicalize().expect("canonicalize test directory");
-        TestDir { path }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.path.join(p)
-    }
-
-    /// Compiles fixture `src` (gcc for `.c`, g++ for `.cc`) at -O0 -g into `out`.
-    fn compile(&self, src: &str, out: &str, extra: &[&str]) -> PathBuf {
-        let compiler = if src.ends_with(".cc") { "g++" } else { "gcc" };
-        let out_path = self.join(out);
-        let mut cmd = Command::new(compiler);
-        cmd.args(["-O0", "-g", "-w", "-o"])
-            .arg(&out_path)
-            .arg(fixture_src(src))
-            .args(extra);
-        let res = run(cmd);
-        assert!(
-            res.status.success(),
-            "{compiler} {src} failed:\n{}",
-            res.stderr
-        );
-        out_path
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("test files kept in {}", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+/// The source of leak fixture `name` (in `tests/fixtures/leaks/`), for the harness's
+/// fixture helpers.
+fn leak_src(name: &str) -> String {
+    format!("leaks/{name}")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -231,17 +162,6 @@ struct ProcView {
 // memcheck
 // ---------------------------------------------------------------------------------------
 
-/// The body of a memcheck log line (without the `==PID== ` prefix).
-fn mc_body(line: &str) -> &str {
-    if let Some(rest) = line.strip_prefix("==") {
-        if let Some(i) = rest.find("==") {
-            let body = &rest[i + 2..];
-            return body.strip_prefix(' ').unwrap_or(body);
-        }
-    }
-    line
-}
-
 fn mc_number(s: &str) -> u64 {
     let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
     digits
@@ -272,7 +192,7 @@ fn mc_stack_line(stack: &[&str], srcs: &[&str]) -> Option<u64> {
 /// Parses one memcheck log: loss records and invalid frees.
 fn parse_memcheck_log(log: &str, srcs: &[&str]) -> ProcView {
     let mut view = ProcView::default();
-    let bodies: Vec<&str> = log.lines().map(mc_body).collect();
+    let bodies: Vec<&str> = log.lines().map(memcheck_body).collect();
     if let Some(first) = log.lines().next() {
         view.pid = first
             .strip_prefix("==")
@@ -361,7 +281,7 @@ fn parse_memcheck_log(log: &str, srcs: &[&str]) -> ProcView {
 
 /// memcheck's "reachable via heuristic" figure for `heuristic`, as (blocks, bytes).
 fn mc_via_heuristic(log: &str, heuristic: &str) -> Option<(u64, u64)> {
-    log.lines().map(mc_body).find_map(|b| {
+    log.lines().map(memcheck_body).find_map(|b| {
         let rest = b.trim_start().strip_prefix(heuristic)?;
         let rest = rest.trim_start().strip_prefix(':')?;
         let (bytes, blocks) = rest.split_once(" bytes in ")?;
@@ -378,35 +298,27 @@ struct Memcheck {
 
 /// Runs `prog args` under memcheck, one log per process.
 fn memcheck(dir: &TestDir, prog: &Path, args: &[&str], srcs: &[&str]) -> Memcheck {
-    let logs = dir.join("vg");
-    std::fs::create_dir_all(&logs).expect("valgrind log directory");
-    let mut cmd = Command::new("valgrind");
-    cmd.args([
-        "--leak-check=full",
-        "--show-leak-kinds=all",
-        "--run-libc-freeres=no",
-        "--run-cxx-freeres=no",
-        "--trace-children=yes",
-        "--num-callers=50",
-    ])
-    .arg(format!("--log-file={}/vg.%p", logs.display()))
-    .arg(prog)
-    .args(args)
-    .current_dir(dir.path());
-    let run = run(cmd);
+    let (run, logs) = valgrind_logs(
+        dir,
+        &[
+            "--leak-check=full",
+            "--show-leak-kinds=all",
+            "--num-callers=50",
+        ],
+        prog,
+        args,
+    );
     let mut procs = Vec::new();
-    for entry in std::fs::read_dir(&logs).expect("read valgrind logs") {
-        let path = entry.expect("log entry").path();
-        let log = std::fs::read_to_string(&path).expect("read valgrind log");
+    for log in logs {
         assert!(
-            log.contains("LEAK SUMMARY") || log.contains("All heap blocks were freed"),
-            "valgrind log {} has no leak check:\n{log}",
-            path.display()
+            log.text.contains("LEAK SUMMARY") || log.text.contains("All heap blocks were freed"),
+            "valgrind log {} has no leak check:\n{}",
+            log.path.display(),
+            log.text
         );
-        let view = parse_memcheck_log(&log, srcs);
-        procs.push((view, log));
+        let view = parse_memcheck_log(&log.text, srcs);
+        procs.push((view, log.text));
     }
-    assert!(!procs.is_empty(), "valgrind wrote no logs: {}", run.stderr);
     order_processes(&mut procs, |p| (&p.0.pid, &p.0.parent));
     Memcheck { run, procs }
 }
@@ -492,44 +404,14 @@ struct Heaptape {
 /// Records `prog args` and analyzes the trace, which must be complete and warning-free.
 fn heaptape(dir: &TestDir, prog: &Path, args: &[&str], srcs: &[&str]) -> Heaptape {
     let trace = dir.join("t.trace");
-    let mut cmd = Command::new(HEAPTAPE);
-    cmd.arg("record")
-        .arg("-o")
-        .arg(&trace)
-        .arg("--")
-        .arg(prog)
-        .args(args)
-        .current_dir(dir.path());
-    let record = run(cmd);
+    let record = record(dir, &trace, &[], prog, args);
     assert!(
         record.status.code().is_some(),
         "heaptape record died of signal {:?}: {}",
         record.status.signal(),
         record.stderr
     );
-    let mut cmd = Command::new(HEAPTAPE);
-    cmd.arg("analyze").arg("--json").arg(&trace);
-    let res = run(cmd);
-    assert!(
-        res.status.success(),
-        "heaptape analyze failed ({:?}): {}",
-        res.status,
-        res.stderr
-    );
-    assert_eq!(res.stderr, "", "heaptape analyze printed warnings");
-    let json: Value = serde_json::from_slice(&res.stdout).expect("analyze --json output");
-    assert_eq!(
-        json["trace"]["complete"],
-        Value::Bool(true),
-        "trace incomplete"
-    );
-    assert_eq!(json["trace"]["truncation"], Value::Null, "trace truncated");
-    assert_eq!(
-        json["warnings"].as_array().map(Vec::len),
-        Some(0),
-        "analysis warnings: {}",
-        json["warnings"]
-    );
+    let json = analyze(&trace);
     let mut procs: Vec<(ProcView, Value)> = json["processes"]
         .as_array()
         .expect("processes")
@@ -636,11 +518,7 @@ fn run_fixture(
     srcs: &[&str],
     with_memcheck: bool,
 ) -> Outcome {
-    let native = {
-        let mut cmd = Command::new(prog);
-        cmd.current_dir(dir.path());
-        run(cmd)
-    };
+    let native = run_native(dir, prog, &[]);
     let ht = heaptape(dir, prog, &[], srcs);
     assert_eq!(
         ht.record.stdout, native.stdout,
@@ -667,14 +545,14 @@ fn run_fixture(
 fn fixture(src: &'static str, extra: &[&str]) -> (TestDir, Outcome) {
     let stem = src.split('.').next().expect("fixture name");
     let dir = TestDir::new(stem);
-    let prog = dir.compile(src, stem, extra);
+    let prog = dir.compile(&leak_src(src), stem, extra);
     let out = run_fixture(src, &dir, &prog, &[src], true);
     (dir, out)
 }
 
 /// Line numbers of `marker` in fixture `src` (1-based).
 fn marker_line(src: &str, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(fixture_src(src)).expect("read fixture");
+    let text = std::fs::read_to_string(fixture_src(&leak_src(src))).expect("read fixture");
     let found: Vec<u64> = text
         .lines()
         .enumerate()
@@ -899,16 +777,12 @@ fn cxx_new_and_new_array() {
 #[test]
 fn leak_inside_dlopened_library() {
     let dir = TestDir::new("leak_dlopen");
-    let lib = dir.join("libleakplugin.so");
-    {
-        let mut cmd = Command::new("gcc");
-        cmd.args(["-O0", "-g", "-w", "-shared", "-fPIC", "-o"])
-            .arg(&lib)
-            .arg(fixture_src("leak_dlopen_lib.c"));
-        let res = run(cmd);
-        assert!(res.status.success(), "building the plugin: {}", res.stderr);
-    }
-    let prog = dir.compile("leak_dlopen.c", "leak_dlopen", &["-ldl"]);
+    dir.compile(
+        &leak_src("leak_dlopen_lib.c"),
+        "libleakplugin.so",
+        &["-shared", "-fPIC"],
+    );
+    let prog = dir.compile(&leak_src("leak_dlopen.c"), "leak_dlopen", &["-ldl"]);
     let srcs = ["leak_dlopen.c", "leak_dlopen_lib.c"];
     let out = run_fixture("leak_dlopen.c", &dir, &prog, &srcs, true);
     // Strict: the plugin's own blocks. (The broad figures also hold the loader's
@@ -989,7 +863,7 @@ fn free_of_a_stack_address() {
 fn static_binary_known_leaks() {
     let src = "leak_static.c";
     let dir = TestDir::new("leak_static");
-    let prog = dir.compile(src, "leak_static", &["-static"]);
+    let prog = dir.compile(&leak_src(src), "leak_static", &["-static"]);
     // memcheck cannot see a static binary's allocator: check the fixture's known leaks.
     let out = run_fixture(src, &dir, &prog, &[src], false);
     assert_eq!(out.ht.procs.len(), 1);
@@ -1033,7 +907,7 @@ fn last_block_before_top_chunk_static() {
     // The same in a static executable, where glibc's arena lives in the executable.
     let src = "leak_top_chunk.c";
     let dir = TestDir::new("leak_top_chunk_static");
-    let prog = dir.compile(src, "leak_top_chunk", &["-static"]);
+    let prog = dir.compile(&leak_src(src), "leak_top_chunk", &["-static"]);
     let out = run_fixture(src, &dir, &prog, &[src], false);
     let known = Classes::known(&[(Definite, 1, 24, 0)]);
     assert_eq!(out.ht(0).strict, known, "heaptape's fixture figures");

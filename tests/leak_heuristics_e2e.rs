@@ -21,7 +21,6 @@ mod common;
 use common::*;
 use heaptape_format::{Record, RootKind, TraceReader};
 use serde_json::{json, Value};
-use std::process::Command;
 
 const HEUR_CC: &str = r#"#include <cstdio>
 #include <cstdlib>
@@ -148,20 +147,7 @@ fn snapshot_of(trace: &std::path::Path) -> Snapshot {
 #[test]
 fn heuristic_reachable_blocks_agree_with_memcheck() {
     let dir = TestDir::new("leak-heuristics");
-    let src = dir.join("heur.cc");
-    std::fs::write(&src, HEUR_CC).unwrap();
-    let exe = dir.join("heur");
-    let cc = Command::new("g++")
-        .args(["-O0", "-g", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("cannot run g++");
-    assert!(
-        cc.status.success(),
-        "g++ failed:\n{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let exe = dir.compile_source("heur.cc", HEUR_CC, "heur", &["g++", "-O0", "-g"]);
 
     let trace = dir.join("t.trace");
     let rec = record(&dir, &trace, &[], &exe, &[]);
@@ -231,12 +217,7 @@ fn heuristic_reachable_blocks_agree_with_memcheck() {
     // With the heuristics off, the same three blocks are possibly lost (memcheck's
     // --leak-check-heuristics=none), but for the C object when the stack holds that
     // stale start pointer to it.
-    let mut cmd = Command::new(HEAPTAPE);
-    cmd.args(["analyze", "--json", "--leak-check-heuristics=none"])
-        .arg(&trace);
-    let res = run(cmd);
-    assert!(res.status.success(), "{}", res.stderr);
-    let none: Value = serde_json::from_slice(&res.stdout).unwrap();
+    let none = analyze_json_with(&trace, &["--leak-check-heuristics=none"]);
     let p = root_process(&none);
     let (possible, mi_kind) = if stale {
         (json!({"blocks": 2, "bytes": 136}), "still_reachable")

@@ -114,12 +114,12 @@ fn static_binary_counts_known_allocations() {
     // sets) with allocations of its own that it frees again.
     let mut native_cmd = std::process::Command::new(&prog);
     native_cmd.env_clear().current_dir(dir.path());
-    let native = run(native_cmd);
+    let native = run(&mut native_cmd);
     assert_eq!(native.stdout_str(), "checksum 4951\n");
     let trace = dir.join("static.trace");
     let mut rec_cmd = record_cmd(&dir, &trace, &[], &prog, &[]);
     rec_cmd.env_clear();
-    let recorded = run(rec_cmd);
+    let recorded = run(&mut rec_cmd);
     assert_same_run(&native, &recorded);
     let json = analyze(&trace);
     let p = root_process(&json);

@@ -87,12 +87,9 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(dir: std::path::PathBuf, size: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let res = run({
-            let mut c = Command::new("mount");
-            c.args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&dir);
-            c
-        });
+        let res = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir));
         if res.status.success() {
             Ok(Tmpfs { dir })
         } else {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,39 +68,24 @@ fn sigstop_then_sigcont_completes_normally() {
     assert_eq!((t.allocations, t.frees, t.allocated_bytes), (3, 2, 4186));
 }
 
-/// `prog args` in `dir`, under `heaptape record -o trace` when `trace` is given.
+/// `prog args` in `dir`, under `heaptape record -o trace` when `trace` is given, with
+/// stdin from /dev/null and stderr piped.
 fn native_or_recorded(
     dir: &TestDir,
     trace: Option<&std::path::Path>,
     prog: &std::path::Path,
     args: &[&str],
 ) -> Command {
-    match trace {
+    let mut cmd = match trace {
         Some(t) => record_cmd(dir, t, &[], prog, args),
         None => {
             let mut c = Command::new(prog);
             c.args(args).current_dir(dir.path());
             c
         }
-    }
-}
-
-/// Starts `cmd` with piped output and waits until its first line, which must be `first`.
-fn spawn_until_line(
-    mut cmd: Command,
-    first: &str,
-) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("read first line");
-    assert_eq!(line, first);
-    (child, stdout)
+    };
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd
 }
 
 /// Runs the stop fixture (under heaptape when `trace` is given), waits for it to stop
@@ -110,8 +95,8 @@ fn run_native_stopped(
     trace: Option<&std::path::Path>,
     prog: &std::path::Path,
 ) -> Run {
-    let cmd = native_or_recorded(dir, trace, prog, &[]);
-    let (mut child, mut stdout) = spawn_until_line(cmd, "stopping\n");
+    let mut cmd = native_or_recorded(dir, trace, prog, &[]);
+    let (child, mut stdout) = spawn_until_line(&mut cmd, "stopping\n");
     let prog_pid = match trace {
         Some(_) => {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -163,16 +148,10 @@ fn run_native_stopped(
             "program did not continue after SIGCONT"
         );
     }
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    let status = child.wait().expect("wait");
+    let mut run = wait_output(child, "the stop fixture");
     let rest = reader.join().expect("reader");
-    Run {
-        stdout: format!("stopping\n{rest}").into_bytes(),
-        stderr,
-        status,
-    }
+    run.stdout = format!("stopping\n{rest}").into_bytes();
+    run
 }
 
 /// Runs the SIGINT fixture in its own process group (under heaptape when `trace` is
@@ -196,28 +175,15 @@ fn ctrl_c(
             Ok(())
         });
     }
-    let (mut child, mut stdout) = spawn_until_line(cmd, "ready\n");
+    let (child, mut stdout) = spawn_until_line(&mut cmd, "ready\n");
     // SAFETY: kill(2) on the process group we just created.
     let rc = unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
     assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("stdout");
-    child.stdout = None;
-    let mut run = wait_output_no_stdout(child);
+    let mut run = wait_output(child, "the SIGINT fixture");
     run.stdout = format!("ready\n{rest}").into_bytes();
     run
-}
-
-fn wait_output_no_stdout(mut child: std::process::Child) -> Run {
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
-    let status = child.wait().expect("wait");
-    Run {
-        stdout: Vec::new(),
-        stderr,
-        status,
-    }
 }
 
 #[test]
@@ -285,9 +251,7 @@ fn signals_in_the_middle_of_allocator_calls_lose_nothing() {
     assert_eq!(loop_n, 20000);
     assert!(handlers > 0, "no signal reached a handler");
 
-    let mut cmd = Command::new(HEAPTAPE);
-    cmd.arg("dump").arg(&trace);
-    let dump = run(cmd);
+    let dump = run(heaptape().arg("dump").arg(&trace));
     assert!(dump.status.success(), "{}", dump.stderr);
     let text = dump.stdout_str();
     let (mut in_loop, mut missing_result) = (0u64, 0u64);

@@ -2,13 +2,13 @@
 //! fixtures' known leaks and against memcheck's `--track-fds=yes` report; and the RSS
 //! timeline's verdict on a fragmenting and on a leaking program.
 
-mod support_attach;
+mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use common::*;
 use serde_json::Value;
-use support_attach::*;
 
 /// Opens descriptors in every way the recorder knows, leaking some; prints
 /// `NAME FD` for each descriptor it leaks.
@@ -41,13 +41,7 @@ int main(int argc, char **argv) {
 /// `(fd, path)` of every `Open ... N: path` entry memcheck lists that the program opened
 /// itself (not inherited, not 0/1/2).
 fn memcheck_fds(stderr: &str) -> BTreeSet<(i64, String)> {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(|l| match l.find("== ") {
-            Some(i) if l.starts_with("==") => &l[i + 3..],
-            _ => l,
-        })
-        .collect();
+    let lines: Vec<&str> = stderr.lines().map(memcheck_body).collect();
     let mut out = BTreeSet::new();
     for (i, line) in lines.iter().enumerate() {
         let Some(rest) = line.strip_prefix("Open ") else {
@@ -94,8 +88,8 @@ fn fd_of(printed: &[(String, i64)], name: &str) -> i64 {
 
 #[test]
 fn fd_leaks_match_the_fixture_and_memcheck() {
-    let dir = Scratch::new("fds");
-    let exe = dir.compile("fds", FDS_C);
+    let dir = TestDir::new("fds");
+    let exe = dir.compile_c("fds", FDS_C);
     let files: Vec<String> = ["leaked.txt", "closed.txt", "duped.txt"]
         .iter()
         .map(|n| {
@@ -107,11 +101,10 @@ fn fd_leaks_match_the_fixture_and_memcheck() {
     let trace = dir.join("fds.trace");
     let mut args = vec![exe.to_str().unwrap()];
     args.extend(files.iter().map(String::as_str));
-    let rec = record(&dir, &trace, &args);
-    let fds = printed(&rec.stdout);
-    let report = analyze_json(&dir, &trace);
-    let pid = report["trace"]["pid"].as_u64().unwrap() as u32;
-    let p = process(&report, pid);
+    let rec = record_ok(&dir, &trace, &[], &exe, &args[1..]);
+    let fds = printed(&rec.stdout_str());
+    let report = analyze_json(&trace);
+    let p = traced_process(&report);
     let got: BTreeSet<(i64, String, String)> = p["fd_leaks"]
         .as_array()
         .unwrap()
@@ -146,7 +139,7 @@ fn fd_leaks_match_the_fixture_and_memcheck() {
     }
     assert_eq!(p["mmap_leaks"], Value::Array(vec![]));
 
-    let text = analyze_text(&dir, &trace);
+    let text = analyze_text(&trace);
     assert!(
         text.contains("FILE DESCRIPTORS: 4 open at exit (opened by the program)"),
         "{text}"
@@ -159,13 +152,9 @@ fn fd_leaks_match_the_fixture_and_memcheck() {
         eprintln!("valgrind is not installed; memcheck comparison skipped");
         return;
     }
-    let vg = run(
-        &dir,
-        Command::new("valgrind").arg("--track-fds=yes").args(&args),
-        "valgrind",
-    );
+    let vg = run(Command::new("valgrind").arg("--track-fds=yes").args(&args));
     assert!(vg.status.success(), "valgrind failed: {}", vg.stderr);
-    let vg_printed = printed(&vg.stdout);
+    let vg_printed = printed(&vg.stdout_str());
     let mc = memcheck_fds(&vg.stderr);
     let mc_fds: BTreeSet<i64> = mc.iter().map(|(fd, _)| *fd).collect();
     let vg_expected: BTreeSet<i64> = ["file", "socket", "pipe", "dup"]
@@ -222,12 +211,12 @@ int main(void) {
 
 #[test]
 fn mmap_leaks_follow_unmaps_splits_and_remaps() {
-    let dir = Scratch::new("mmap");
-    let exe = dir.compile("mmap", MMAP_C);
+    let dir = TestDir::new("mmap");
+    let exe = dir.compile_c("mmap", MMAP_C);
     let trace = dir.join("mmap.trace");
-    let rec = record(&dir, &trace, &[exe.to_str().unwrap()]);
-    let expected: BTreeSet<(String, u64)> = rec
-        .stdout
+    let rec = record_ok(&dir, &trace, &[], &exe, &[]);
+    let stdout = rec.stdout_str();
+    let expected: BTreeSet<(String, u64)> = stdout
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace().skip(1);
@@ -236,10 +225,9 @@ fn mmap_leaks_follow_unmaps_splits_and_remaps() {
             Some((format!("{a:#x}"), n))
         })
         .collect();
-    assert_eq!(expected.len(), 4, "fixture output: {}", rec.stdout);
-    let report = analyze_json(&dir, &trace);
-    let pid = report["trace"]["pid"].as_u64().unwrap() as u32;
-    let p = process(&report, pid);
+    assert_eq!(expected.len(), 4, "fixture output: {stdout}");
+    let report = analyze_json(&trace);
+    let p = traced_process(&report);
     let got: BTreeSet<(String, u64)> = p["mmap_leaks"]
         .as_array()
         .unwrap()
@@ -256,7 +244,7 @@ fn mmap_leaks_follow_unmaps_splits_and_remaps() {
         assert!(stack_has(&m["stack"], "main"), "no main in {m}");
     }
     assert_eq!(p["fd_leaks"], Value::Array(vec![]));
-    let text = analyze_text(&dir, &trace);
+    let text = analyze_text(&trace);
     assert!(
         text.contains(
             "MAPPINGS: 32,768 bytes in 4 regions still mapped at exit (mapped by the program)"
@@ -356,17 +344,12 @@ int main(void) {
 "#;
 
 fn verdict_of(name: &str, source: &str) -> (Value, String) {
-    let dir = Scratch::new(name);
-    let exe = dir.compile(name, source);
-    let trace = dir.join(&format!("{name}.trace"));
-    record(
-        &dir,
-        &trace,
-        &["--rss-interval", "100", exe.to_str().unwrap()],
-    );
-    let report = analyze_json(&dir, &trace);
-    let pid = report["trace"]["pid"].as_u64().unwrap() as u32;
-    let p = process(&report, pid).clone();
+    let dir = TestDir::new(name);
+    let exe = dir.compile_c(name, source);
+    let trace = dir.join(format!("{name}.trace"));
+    record_ok(&dir, &trace, &["--rss-interval", "100"], &exe, &[]);
+    let report = analyze_json(&trace);
+    let p = traced_process(&report).clone();
     let timeline = p["timeline"].as_array().unwrap();
     assert!(
         !timeline.is_empty() && timeline.len() <= 100,
@@ -378,7 +361,7 @@ fn verdict_of(name: &str, source: &str) -> (Value, String) {
             assert!(point[key].is_u64(), "{key} missing in {point}");
         }
     }
-    (p, analyze_text(&dir, &trace))
+    (p, analyze_text(&trace))
 }
 
 #[test]

@@ -1,0 +1,223 @@
+//! The command line's options: clap definitions, whose doc comments are the help text.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use heaptape_analyzer::diff::{Condition, DEFAULT_DEPTH};
+use heaptape_analyzer::flamegraph::Metric;
+use heaptape_analyzer::{FailOn, HeuristicSet};
+
+#[derive(Parser)]
+#[command(
+    name = "heaptape",
+    version,
+    about = "Record-and-replay heap profiler: record allocator calls under ptrace, analyze leaks offline"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a program under the recorder and write a trace of every allocator call.
+    Record(RecordArgs),
+    /// Replay a trace and report totals, leaks, growth and invalid frees.
+    Analyze(AnalyzeArgs),
+    /// Write a flamegraph (SVG) of a trace.
+    Flamegraph(FlamegraphArgs),
+    /// Compare the traces of two versions of a program.
+    Diff(DiffArgs),
+    /// Print every record of a trace, one per line (for debugging and scripting).
+    Dump(DumpArgs),
+}
+
+#[derive(Args)]
+pub struct DumpArgs {
+    /// The trace.
+    pub trace: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// Trace file to write [default: heaptape.<program>.<pid>.trace].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Attach to this running process instead of launching one; recording ends at
+    /// Ctrl-C, SIGTERM, SIGHUP, --duration or the process's exit, then heaptape detaches
+    /// and the process goes on unchanged.
+    #[arg(long, conflicts_with = "program")]
+    pub pid: Option<u32>,
+    /// With --pid: record for this long, e.g. 30s, 2m, 500ms.
+    #[arg(long, requires = "pid", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Do not follow children: detach them (after removing breakpoints) instead.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Maximum number of frames recorded per call stack.
+    #[arg(long, default_value_t = 128)]
+    pub max_depth: usize,
+    /// Also hook allocator functions with this prefix (e.g. `je_`); repeatable.
+    #[arg(long = "allocator-prefix", value_name = "PREFIX")]
+    pub allocator_prefixes: Vec<String>,
+    /// Do not take a reachability snapshot at exit.
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// CPU placement: `same` pins the recorder and the program to one CPU (fastest for
+    /// single-threaded programs on VMs), `free` leaves it to the scheduler.
+    #[arg(long, value_enum, default_value_t = CpuArg::Free)]
+    pub cpu: CpuArg,
+    /// Sample the program's RSS every this many milliseconds (0: never).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub rss_interval: u64,
+    /// Print tracer statistics at the end (stops per call, time spent unwinding).
+    #[arg(long)]
+    pub stats: bool,
+    /// The program to run and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    pub program: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CpuArg {
+    Free,
+    Same,
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// The trace to analyze.
+    pub trace: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Number of entries per ranked section.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Group call sites by their innermost N frames in every per-site section (0: one
+    /// site per distinct stack).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub call_site_depth: usize,
+    /// Extra directory of separate debug files (searched before /usr/lib/debug);
+    /// repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// Root of the recorded machine's file system, for traces analyzed elsewhere: module
+    /// paths are looked up under it first.
+    #[arg(long, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
+    /// Show raw addresses (module+offset) instead of function names and source lines.
+    #[arg(long)]
+    pub no_symbols: bool,
+    /// Exit 1 if any of these findings exist: definite, indirect, possible, reachable,
+    /// invalid-free (comma-separated, or `all`). For CI.
+    #[arg(long, value_name = "KINDS", value_parser = FailOn::parse)]
+    pub fail_on: Option<FailOn>,
+    /// memcheck's interior-pointer heuristics: all, none, or a list of stdstring,
+    /// length64, newarray, multipleinheritance.
+    #[arg(long, value_name = "SET", default_value = "all", value_parser = HeuristicSet::parse)]
+    pub leak_check_heuristics: HeuristicSet,
+}
+
+#[derive(Args)]
+pub struct FlamegraphArgs {
+    /// The trace.
+    pub trace: PathBuf,
+    /// File to write (SVG, or folded stacks with --folded), `-` for standard output
+    /// [default: heaptape.svg; with --folded: standard output].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// What widths measure: bytes live at exit (leaked), bytes allocated, allocation
+    /// calls, bytes live at the heap peak, or temporary allocations.
+    #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
+    pub metric: MetricArg,
+    /// Write folded stacks (`outer;...;inner value` lines) instead of an SVG.
+    #[arg(long)]
+    pub folded: bool,
+    /// Group stacks by their innermost N frames (0: whole stacks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub call_site_depth: usize,
+    /// Show raw addresses (module+offset) instead of function names.
+    #[arg(long)]
+    pub no_symbols: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MetricArg {
+    Leaked,
+    AllocatedBytes,
+    Allocations,
+    Peak,
+    Temporary,
+}
+
+impl MetricArg {
+    pub fn metric(self) -> Metric {
+        match self {
+            MetricArg::Leaked => Metric::Leaked,
+            MetricArg::AllocatedBytes => Metric::AllocatedBytes,
+            MetricArg::Allocations => Metric::Allocations,
+            MetricArg::Peak => Metric::Peak,
+            MetricArg::Temporary => Metric::Temporary,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// Trace of the old version.
+    pub old: PathBuf,
+    /// Trace of the new version.
+    pub new: PathBuf,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Number of call sites listed.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Match call sites by their innermost N symbolized frames.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DEPTH)]
+    pub call_site_depth: usize,
+    /// Also write a differential flamegraph (SVG) to this file (not `-`: the report
+    /// goes to standard output): widths from NEW, red where NEW grew.
+    #[arg(long, value_name = "SVG")]
+    pub flamegraph: Option<PathBuf>,
+    /// What the differential flamegraph measures.
+    #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
+    pub metric: MetricArg,
+    /// Exit with status 1 if NEW regressed: `leaked_bytes>+1KiB` (an increase),
+    /// `peak_bytes>64MiB` (NEW's total); metrics leaked_bytes, allocated_bytes,
+    /// allocations, peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
+    #[arg(long = "fail-if", value_name = "CONDITION", value_parser = Condition::parse)]
+    pub fail_if: Vec<Condition>,
+}
+
+/// Parses `30s`, `2m`, `500ms`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 30s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
