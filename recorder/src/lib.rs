@@ -24,8 +24,9 @@
 //!               pointer scan, interior-pointer heuristic verdicts)
 //! ```
 //!
-//! Module dependencies point one way: `tracer` uses everything else; `events`,
-//! `snapshot` and `hooks` use `procfs`, `tracee` and `sys`; nothing uses `tracer`.
+//! Module dependencies point one way, without cycles: `tracer` uses every other module
+//! and nothing uses it; `events` uses `hooks`; `hooks` uses `tracee` and `procfs`;
+//! `snapshot` uses `procfs`; all of them use `sys`, which uses none.
 
 // `unsafe` is confined to `sys`; see its module documentation.
 #![deny(unsafe_code)]

@@ -69,7 +69,7 @@ impl StackUnwinder {
 
     /// Register a module loaded at `bias` (runtime minus link-time address,
     /// see [`ElfModule::load_bias`]) and covering `avma_range` in the process
-    /// (e.g. [`crate::maps::MappedModule::avma_range`]). Its `.eh_frame` and
+    /// (e.g. [`crate::procfs::maps::MappedModule::avma_range`]). Its `.eh_frame` and
     /// `.eh_frame_hdr` (or `.debug_frame`) are shared, not copied. A module
     /// without any CFI is still registered: addresses in it unwind through
     /// the frame pointer.

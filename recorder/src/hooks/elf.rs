@@ -419,7 +419,7 @@ impl ElfModule {
 
     /// `len` bytes of the file image at link-time address `vaddr`, when they
     /// are all inside one segment's file bytes (e.g. a function's first
-    /// instruction, for [`crate::relocate::displaced_copy`]).
+    /// instruction, for [`super::relocate::displaced_copy`]).
     pub fn bytes_at_vaddr(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
         let seg = self
             .segments

@@ -272,7 +272,7 @@ impl Tracer {
     }
 
     /// Arms the capture of the result of the call `tid` is entering, so nested calls
-    /// are recognised and the result comes back (see [`crate::probe`]).
+    /// are recognised and the result comes back (see [`crate::tracee::probe`]).
     #[allow(clippy::too_many_arguments)]
     fn arm(
         &mut self,
