@@ -47,13 +47,13 @@ pub enum SpawnError {
     Exec(io::Error),
 }
 
-/// Forks, seizes the child with [`TRACE_OPTIONS`], then lets it exec `path` with `argv`.
+/// Forks, seizes the child with `TRACE_OPTIONS`, then lets it exec `path` with `argv`.
 ///
 /// The child blocks on a pipe until the parent has seized it, so the exec is traced and
 /// no instruction of the program runs untraced. The child shares our stdin/stdout/stderr,
 /// environment, working directory and process group. On return the child is running
 /// towards its PTRACE_EVENT_EXEC stop (or is exiting with 127 if exec failed, in which
-/// case [`SpawnError::Exec`] carries the errno).
+/// case `SpawnError::Exec` carries the errno).
 pub fn spawn_seized(path: &CStr, argv: &[CString]) -> Result<Tid, SpawnError> {
     // Everything the child touches is prepared before fork: after fork the child may only
     // call async-signal-safe functions (the tracer has other threads).

@@ -557,7 +557,7 @@ impl ElfModule {
     }
 
     /// The descriptor and mapping functions this module defines (see
-    /// [`ResourceCall`]), one per address.
+    /// `ResourceCall`), one per address.
     pub fn resource_hooks(&self) -> Vec<ResourceHook> {
         let mut by_addr: HashMap<u64, ResourceHook> = HashMap::new();
         self.for_each_defined_function(|name, value, size, ifunc| {
