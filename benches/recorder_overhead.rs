@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use heaptape_recorder::sys::{self, WaitEvent};
+use heaptape_recorder::low_level::{self as sys, WaitEvent};
 
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 

@@ -15,9 +15,15 @@
 //! delta state, so the analyzer can decode them on every core. Checksums and hard bounds
 //! on every length make hostile input an error, never a panic or a huge allocation.
 //! `docs/FORMAT.md` is the full specification.
+//!
+//! [`heuristics`] holds memcheck's interior-pointer heuristics, whose verdicts the trace
+//! carries, and the live-block index they are evaluated with.
+
+#![deny(unsafe_code)]
 
 pub mod chunk;
 mod error;
+pub mod heuristics;
 mod reader;
 mod record;
 mod wire;

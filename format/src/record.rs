@@ -554,7 +554,7 @@ pub enum Record {
     /// An interior pointer into the block at `address`, at `offset`, matches memcheck's
     /// interior-pointer heuristics (the recorder evaluates them on the block's memory,
     /// which the trace does not carry). `matched` bits: 1 stdstring, 2 length64,
-    /// 4 newarray, 8 multipleinheritance. Written inside a snapshot, once per distinct
+    /// 4 newarray, 8 multipleinheritance (see [`crate::heuristics`]). Written inside a snapshot, once per distinct
     /// (block, offset) that some pointer targets and that matches at least one.
     SnapshotHeuristic {
         /// The process.
@@ -639,7 +639,10 @@ pub fn clear_records(records: &mut Vec<Record>) {
         // SAFETY: a length of 0 never exposes uninitialised elements; the elements are
         // forgotten instead of dropped, and none of them owns anything (checked above),
         // so nothing leaks either.
-        unsafe { records.set_len(0) };
+        #[allow(unsafe_code)]
+        unsafe {
+            records.set_len(0)
+        };
     }
 }
 

@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::time::Instant;
 
-use heaptape_recorder::sys::{self, WaitEvent};
+use heaptape_recorder::low_level::{self as sys, WaitEvent};
 
 const MODES: [&str; 5] = [
     "bare",

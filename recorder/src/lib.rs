@@ -1,27 +1,64 @@
 //! heaptape's recorder: runs a program under ptrace and writes a trace of every
 //! allocator call with its call stack.
 //!
-//! How the pieces fit (see docs/ARCHITECTURE.md):
-//! - [`sys`]: every raw system interface (ptrace, waitpid, fork/exec, process memory,
-//!   shared mappings) and every `unsafe` block of the recorder;
-//! - [`maps`], [`elf`]: what is mapped where, and where the allocator functions are;
-//! - [`inject`], [`probe`], [`relocate`]: memory and code the recorder places in the
-//!   tracee: injected system calls, return shims, displaced-instruction trampolines;
-//! - [`tracer`]: the waitpid loop and the per-event hot path;
-//! - [`unwind`], [`stacks`]: stack copies to return addresses to trie nodes;
-//! - [`output`]: the writer thread and the trace file.
+//! The API is [`record`] with its [`RecordOptions`], [`RecordOutcome`] and
+//! [`RecordError`]. [`low_level`] re-exports a few internals for the recorder's own
+//! tests, examples and benchmarks; it is not a stable interface.
+//!
+//! How the pieces fit (see docs/ARCHITECTURE.md), in the order a call goes through them:
+//!
+//! ```text
+//! sys.rs        every raw system interface (ptrace, waitpid, fork/exec, process
+//!               memory, shared mappings, signals) and every `unsafe` block
+//! procfs/       every /proc reader: maps (and modules), status, cmdline, ...
+//! hooks/        catalogue (which functions), elf (where they are), patch (jmp/int3
+//!               at their entries), relocate (their displaced first instructions)
+//! tracee/       what the recorder places in the tracee: probe memory, entry
+//!               trampolines, injected system calls
+//! tracer/       the event source: the waitpid loop over the process tree; its hot
+//!               path turns a stop into a CallEvent (mod, model, calls, resources,
+//!               lifecycle, hooking, attach, stats)
+//! events/       after the source: CallEvent -> unwind -> stack trie -> records ->
+//!               writer thread -> trace file
+//! snapshot/     the reachability snapshot at a process's exit (live blocks, roots,
+//!               pointer scan, interior-pointer heuristic verdicts)
+//! ```
+//!
+//! Module dependencies point one way, without cycles: `tracer` uses every other module
+//! and nothing uses it; `events` uses `hooks`; `hooks` uses `tracee` and `procfs`;
+//! `snapshot` uses `procfs`; all of them use `sys`, which uses none.
 
-pub mod elf;
-pub mod inject;
-pub mod maps;
-pub mod output;
-pub mod probe;
-pub mod relocate;
-pub mod snapshot;
-pub mod stacks;
-pub mod sys;
-pub mod tracer;
-pub mod unwind;
+// `unsafe` is confined to `sys`; see its module documentation.
+#![deny(unsafe_code)]
+
+mod events;
+mod hooks;
+mod procfs;
+mod snapshot;
+// Every `unsafe` block of the recorder is here; each one's invariants are documented
+// beside it.
+#[allow(unsafe_code)]
+mod sys;
+mod tracee;
+mod tracer;
+
+pub use tracer::TracerStats;
+
+/// Internals re-exported for the recorder's own integration tests
+/// (`recorder/tests/elf_unwind.rs`), examples and benchmarks: ELF reading, the hook
+/// catalogue, displaced instructions, `/proc/PID/maps` parsing, the unwinder, and the
+/// raw ptrace calls the stop-cost benchmarks time. Not a stable API.
+pub mod low_level {
+    pub use crate::events::unwind::{EntryRegs, StackUnwinder};
+    pub use crate::hooks::catalogue::{CallKind, HookSymbol};
+    pub use crate::hooks::elf::ElfModule;
+    pub use crate::hooks::relocate::{displaced_copy, instruction_len, Displaced, RelocateError};
+    pub use crate::procfs::maps::{group_modules, parse_maps, read_maps, MapEntry, MappedModule};
+    pub use crate::sys::{
+        allowed_cpus, cont, get_regs, pin_current_thread, read_memory, set_regs, spawn_seized,
+        wait_blocking, WaitEvent,
+    };
+}
 
 use std::ffi::{CString, OsString};
 use std::fs::{File, OpenOptions};
@@ -32,8 +69,8 @@ use std::path::{Path, PathBuf};
 
 use heaptape_format::{ClockSource, ExitStatus, Header, TraceWriter};
 
-use crate::output::Output;
-use crate::tracer::{Tracer, TracerConfig, TracerStats};
+use crate::events::writer::WriterThread;
+use crate::tracer::{Tracer, TracerConfig};
 
 /// What `heaptape record` was asked to do.
 #[derive(Clone, Debug)]
@@ -107,23 +144,14 @@ pub enum RecordError {
 
 /// Why ptrace may be refused on this machine, and what to change.
 fn ptrace_advice() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let tracer = status
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0);
+    let tracer = procfs::tracer_pid("self");
     if tracer != 0 {
-        let name = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
         return format!(
             "heaptape is itself being traced by pid {tracer} ({}), and a traced process cannot trace its children: run heaptape outside the debugger/strace",
-            name.trim()
+            procfs::comm(tracer)
         );
     }
-    match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-    {
+    match procfs::ptrace_scope() {
         Some(3) => "kernel.yama.ptrace_scope is 3 (ptrace disabled until reboot); set it to 1 or 0 at boot".into(),
         Some(2) => "kernel.yama.ptrace_scope is 2 (admin only): run as root or with CAP_SYS_PTRACE, or `sysctl kernel.yama.ptrace_scope=1`".into(),
         _ => "A seccomp filter or container policy blocks ptrace: in Docker add --cap-add=SYS_PTRACE (and --security-opt seccomp=unconfined on old versions)".into(),
@@ -293,34 +321,9 @@ fn check_writable(path: &Path) -> Result<(), RecordError> {
     Ok(())
 }
 
-fn tracer_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .unwrap_or(0)
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Whether `pid` runs under another user than the recorder (and the recorder is not root).
 fn owner_differs(pid: u32) -> bool {
-    let uid_of = |p: &str| -> Option<u32> {
-        std::fs::read_to_string(format!("/proc/{p}/status"))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    match (uid_of("self"), uid_of(&pid.to_string())) {
+    match (procfs::effective_uid("self"), procfs::effective_uid(pid)) {
         (Some(me), Some(them)) => me != 0 && me != them,
         _ => false,
     }
@@ -443,7 +446,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
             return Err(e);
         }
     };
-    let output = Output::start(writer, all_cpus);
+    let output = WriterThread::start(writer, all_cpus);
     let mut tracer = Tracer::new(tracer_config(opts), pid, output, t0);
     tracer.start_root(command);
     sys::install_tracer_signals(tick_ms(opts)).map_err(|e| RecordError::Os("sigaction", e))?;
@@ -453,21 +456,23 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
 /// Records a running process until Ctrl-C, SIGTERM, SIGHUP, `opts.duration` or its exit,
 /// then detaches, leaving it running as before.
 fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, RecordError> {
-    if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
+    if pid == std::process::id() || !procfs::exists(pid) {
         return Err(RecordError::NoSuchProcess(pid));
     }
-    let other = tracer_of(pid);
+    let other = procfs::tracer_pid(pid);
     if other != 0 {
-        return Err(RecordError::AlreadyTraced(pid, other, comm(other)));
+        return Err(RecordError::AlreadyTraced(pid, other, procfs::comm(other)));
     }
-    let out_path = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("heaptape.{}.{pid}.trace", sanitize(&comm(pid)))));
+    let out_path = opts.output.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "heaptape.{}.{pid}.trace",
+            sanitize(&procfs::comm(pid))
+        ))
+    });
     check_writable(&out_path)?;
     let t0 = sys::monotonic_ns();
-    let writer = open_trace(&out_path, tracer::read_cmdline(pid as i32), pid)?;
-    let output = Output::start(writer, sys::allowed_cpus());
+    let writer = open_trace(&out_path, procfs::cmdline(pid as i32), pid)?;
+    let output = WriterThread::start(writer, sys::allowed_cpus());
     let mut tracer = Tracer::new(tracer_config(opts), pid as i32, output, t0);
     sys::install_tracer_signals(tick_ms(opts)).map_err(|e| RecordError::Os("sigaction", e))?;
     if let Err(e) = tracer.attach(opts.duration) {

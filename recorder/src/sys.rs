@@ -47,13 +47,13 @@ pub enum SpawnError {
     Exec(io::Error),
 }
 
-/// Forks, seizes the child with [`TRACE_OPTIONS`], then lets it exec `path` with `argv`.
+/// Forks, seizes the child with `TRACE_OPTIONS`, then lets it exec `path` with `argv`.
 ///
 /// The child blocks on a pipe until the parent has seized it, so the exec is traced and
 /// no instruction of the program runs untraced. The child shares our stdin/stdout/stderr,
 /// environment, working directory and process group. On return the child is running
 /// towards its PTRACE_EVENT_EXEC stop (or is exiting with 127 if exec failed, in which
-/// case [`SpawnError::Exec`] carries the errno).
+/// case `SpawnError::Exec` carries the errno).
 pub fn spawn_seized(path: &CStr, argv: &[CString]) -> Result<Tid, SpawnError> {
     // Everything the child touches is prepared before fork: after fork the child may only
     // call async-signal-safe functions (the tracer has other threads).
@@ -180,17 +180,6 @@ pub fn seize_attach(tid: Tid) -> io::Result<()> {
     ptrace(libc::PTRACE_SEIZE, tid, 0, opts as usize).map(drop)
 }
 
-/// The thread ids of process `pid` (from /proc/PID/task).
-pub fn list_threads(pid: Tid) -> io::Result<Vec<Tid>> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(t) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
-            v.push(t);
-        }
-    }
-    Ok(v)
-}
-
 /// PTRACE_CONT, delivering `sig` (0 for none).
 pub fn cont(tid: Tid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
@@ -244,32 +233,12 @@ pub fn set_regs(tid: Tid, regs: &Regs) -> io::Result<()> {
     ptrace(libc::PTRACE_SETREGS, tid, 0, regs as *const Regs as usize).map(drop)
 }
 
-/// PTRACE_GETSIGINFO: (si_signo, si_code) of the signal a task is stopped with.
-pub fn siginfo(tid: Tid) -> io::Result<(i32, i32)> {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // The kernel writes one siginfo_t to &info.
-    ptrace(
-        libc::PTRACE_GETSIGINFO,
-        tid,
-        0,
-        &mut info as *mut libc::siginfo_t as usize,
-    )?;
-    Ok((info.si_signo, info.si_code))
-}
-
 /// Sends `sig` to a process (kill).
 pub fn kill(pid: Tid, sig: i32) {
     // SAFETY: kill takes plain integers.
     unsafe {
         libc::kill(pid, sig);
     }
-}
-
-/// Sends `sig` to one thread (tgkill).
-pub fn tgkill(tgid: Tid, tid: Tid, sig: i32) -> io::Result<()> {
-    // SAFETY: plain integers.
-    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -578,16 +547,6 @@ impl SharedMap {
             // SAFETY: in bounds (checked above); the mapping is live (invariant).
             unsafe { std::ptr::write_volatile(self.ptr.add(off + i), *b) }
         }
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the mapping is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -14,10 +14,10 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use heaptape_format::AllocFn;
-use heaptape_recorder::elf::{CallKind, ElfModule, HookSymbol};
-use heaptape_recorder::maps::{group_modules, parse_maps, read_maps, MapEntry};
-use heaptape_recorder::relocate::{displaced_copy, instruction_len, RelocateError};
-use heaptape_recorder::unwind::{EntryRegs, StackUnwinder};
+use heaptape_recorder::low_level::{
+    displaced_copy, group_modules, instruction_len, parse_maps, read_maps, CallKind, ElfModule,
+    EntryRegs, HookSymbol, MapEntry, RelocateError, StackUnwinder,
+};
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
 
 const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
@@ -911,9 +911,9 @@ fn types_can_move_between_threads() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<ElfModule>();
-    send_sync::<heaptape_recorder::maps::MappedModule>();
+    send_sync::<heaptape_recorder::low_level::MappedModule>();
     send::<StackUnwinder>();
-    send_sync::<heaptape_recorder::relocate::Displaced>();
+    send_sync::<heaptape_recorder::low_level::Displaced>();
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::ops::Range;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
-use crate::elf::{ElfModule, SectionBytes};
+use crate::hooks::elf::{ElfModule, SectionBytes};
 
 /// The registers that matter for unwinding, as read at the breakpoint on an
 /// allocator's first instruction.
@@ -69,13 +69,13 @@ impl StackUnwinder {
 
     /// Register a module loaded at `bias` (runtime minus link-time address,
     /// see [`ElfModule::load_bias`]) and covering `avma_range` in the process
-    /// (e.g. [`crate::maps::MappedModule::avma_range`]). Its `.eh_frame` and
+    /// (e.g. [`crate::procfs::maps::MappedModule::avma_range`]). Its `.eh_frame` and
     /// `.eh_frame_hdr` (or `.debug_frame`) are shared, not copied. A module
     /// without any CFI is still registered: addresses in it unwind through
     /// the frame pointer.
     pub fn add_module(&mut self, module: &ElfModule, bias: u64, avma_range: Range<u64>) {
         let section =
-            |r: Option<&crate::elf::SectionRange>| r.and_then(|r| module.section_bytes(r));
+            |r: Option<&crate::hooks::elf::SectionRange>| r.and_then(|r| module.section_bytes(r));
         let info = ExplicitModuleSectionInfo {
             base_svma: 0,
             text_svma: module.text().map(|t| t.svma.clone()),

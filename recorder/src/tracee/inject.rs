@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io;
 
-use crate::probe::{self, Probe, SYSCALL_STUB};
+use super::probe::{self, Probe, SYSCALL_STUB};
 use crate::sys::{self, ProcMem, Tid, WaitEvent};
 
 /// Why an injection failed.

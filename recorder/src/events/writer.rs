@@ -29,7 +29,7 @@ struct Shared {
 }
 
 /// The tracer's handle on the writer thread.
-pub struct Output {
+pub struct WriterThread {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     thread: Option<JoinHandle<WriterResult>>,
     local: Vec<Record>,
@@ -47,10 +47,10 @@ pub struct WriterResult {
     pub cpu_ns: u64,
 }
 
-impl Output {
+impl WriterThread {
     /// Starts the writer thread on an opened trace writer.
     /// The thread may run on `cpus`.
-    pub fn start(writer: TraceWriter<File>, cpus: Vec<usize>) -> Output {
+    pub fn start(writer: TraceWriter<File>, cpus: Vec<usize>) -> WriterThread {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
@@ -61,14 +61,14 @@ impl Output {
                 writer_loop(writer, s2)
             })
             .expect("spawn writer thread");
-        Output {
+        WriterThread {
             shared,
             thread: Some(thread),
             local: Vec::with_capacity(1024),
         }
     }
 
-    /// A buffer to push records into; handed over by [`Output::publish`].
+    /// A buffer to push records into; handed over by [`WriterThread::publish`].
     #[inline]
     pub fn buf(&mut self) -> &mut Vec<Record> {
         &mut self.local

@@ -47,16 +47,6 @@ impl StackTrie {
         }
         parent
     }
-
-    /// Number of nodes (without the root).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Whether only the root exists.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
 }
 
 #[cfg(test)]

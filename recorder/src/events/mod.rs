@@ -1,0 +1,264 @@
+//! From "an allocator call happened" to records in the trace file.
+//!
+//! An event source (today the ptrace tracer, [`crate::tracer`]; next, entry trampolines
+//! writing into shared ring buffers drained without a stop) describes each call it sees
+//! as a [`CallEvent`]: which thread, when, its arguments, and the registers and stack
+//! bytes its call stack is recovered from. Everything after that is here, in this
+//! order:
+//!
+//! 1. [`Pipeline::stack`]: unwinding ([`unwind`]) and interning the return addresses in
+//!    the trace's stack trie ([`stacks`]), which emits the trie nodes seen for the first
+//!    time;
+//! 2. [`Pipeline::alloc_entry`] and [`AllocCall::record`]: the call's arguments decoded
+//!    per the hook catalogue ([`CallKind`]) into the record written at its entry (a
+//!    free) or, with its result, at its return (an allocation or a resize);
+//! 3. the records go to the writer thread ([`writer`]), which encodes, compresses and
+//!    writes them.
+//!
+//! A source that knows a call's result when it hands the call over runs the three steps
+//! back to back; the ptrace source runs the first two at the call's entry stop and the
+//! last one when it sees the result (at a later stop), because only the entry has the
+//! stack. Either way the event borrows the stack bytes: nothing is copied or allocated
+//! per call.
+
+pub(crate) mod stacks;
+pub(crate) mod unwind;
+pub(crate) mod writer;
+
+use heaptape_format::{AllocFn, Record, StackId};
+
+use crate::hooks::catalogue::{CallKind, HookSpec};
+use crate::sys::Tid;
+use stacks::StackTrie;
+use unwind::{EntryRegs, StackUnwinder};
+use writer::WriterThread;
+
+/// A hooked call at its entry, as an event source saw it.
+pub(crate) struct CallEvent<'a> {
+    /// When (nanoseconds since the trace's start).
+    pub(crate) ts: u64,
+    /// The calling thread.
+    pub(crate) tid: Tid,
+    /// The registers the stack is unwound from: `rip` is the function's entry, `rsp`
+    /// points at the return address.
+    pub(crate) regs: EntryRegs,
+    /// The argument registers: rdi, rsi, rdx, rcx, r8, r9.
+    pub(crate) args: [u64; 6],
+    /// A copy of the stack from `regs.rsp` up (may be short or empty; more is asked of
+    /// the source's reader, see [`Pipeline::stack`]).
+    pub(crate) stack: &'a [u8],
+}
+
+impl CallEvent<'_> {
+    /// The call's return address: the first word of the stack copy (0 without one).
+    pub(crate) fn return_address(&self) -> u64 {
+        if self.stack.len() >= 8 {
+            u64::from_le_bytes(self.stack[..8].try_into().unwrap())
+        } else {
+            0
+        }
+    }
+}
+
+/// An allocator call between its entry and its return: what its record still needs.
+pub(crate) enum AllocCall {
+    /// A new block (`posix`: the pointer comes back through `posix_memalign`'s out
+    /// argument, the return value is an error code).
+    Alloc {
+        func: AllocFn,
+        size: u64,
+        align: u64,
+        posix: bool,
+    },
+    /// A resize of the block at `old`.
+    Realloc { func: AllocFn, old: u64, size: u64 },
+    /// A free of the block at `address`: written at the entry already.
+    Free { address: u64 },
+}
+
+impl AllocCall {
+    /// The record of the call entered at `ts` by `tid` with stack `stack`, now that it
+    /// returned `rax` (`out`: the word stored through `posix_memalign`'s out argument).
+    /// `None` for a free (written at its entry).
+    pub(crate) fn record(
+        &self,
+        ts: u64,
+        tid: Tid,
+        stack: StackId,
+        rax: u64,
+        out: u64,
+    ) -> Option<Record> {
+        Some(match *self {
+            AllocCall::Alloc {
+                func,
+                size,
+                align,
+                posix,
+            } => Record::Alloc {
+                ts,
+                tid: tid as u32,
+                func,
+                address: if posix {
+                    if rax == 0 {
+                        out
+                    } else {
+                        0
+                    }
+                } else {
+                    rax
+                },
+                size,
+                align,
+                stack,
+            },
+            AllocCall::Realloc { func, old, size } => Record::Realloc {
+                ts,
+                tid: tid as u32,
+                func,
+                old_address: old,
+                new_address: rax,
+                size,
+                stack,
+            },
+            AllocCall::Free { .. } => return None,
+        })
+    }
+}
+
+/// Everything after the event source: unwinder output to the stack trie, records to the
+/// writer thread.
+pub(crate) struct Pipeline {
+    out: WriterThread,
+    trie: StackTrie,
+    /// The frames of the call being recorded (reused).
+    frames: Vec<u64>,
+    /// Frames per stack.
+    max_depth: usize,
+}
+
+impl Pipeline {
+    /// A pipeline writing to `out`, `max_depth` frames per stack.
+    pub(crate) fn new(out: WriterThread, max_depth: usize) -> Pipeline {
+        Pipeline {
+            out,
+            trie: StackTrie::new(),
+            frames: Vec::with_capacity(128),
+            max_depth,
+        }
+    }
+
+    /// The call stack of `ev` as a trie node: unwound by `unwinder` (the calling
+    /// process's modules) from the event's stack copy, and past its end from
+    /// `read_more(address)`; new trie nodes are written. Without a single frame, the
+    /// return address stands for the stack.
+    pub(crate) fn stack(
+        &mut self,
+        ev: &CallEvent<'_>,
+        unwinder: &mut StackUnwinder,
+        read_more: &mut dyn FnMut(u64) -> Option<u64>,
+    ) -> StackId {
+        unwinder.unwind_with(
+            ev.regs,
+            ev.stack,
+            ev.regs.rsp,
+            self.max_depth,
+            &mut self.frames,
+            read_more,
+        );
+        let ret = ev.return_address();
+        if self.frames.is_empty() && ret != 0 && self.max_depth > 0 {
+            self.frames.push(ret);
+        }
+        self.trie.intern(&self.frames, self.out.buf())
+    }
+
+    /// Decodes the arguments of the allocator call `ev` (a `spec` function, its stack
+    /// `stack`) into what its record needs at the return, and the address its result
+    /// is also stored at (`posix_memalign`'s out argument; 0 for the others). A free is
+    /// written now, before the block is released.
+    pub(crate) fn alloc_entry(
+        &mut self,
+        ev: &CallEvent<'_>,
+        spec: HookSpec,
+        stack: StackId,
+    ) -> (AllocCall, u64) {
+        let args = ev.args;
+        let call = match spec.kind {
+            CallKind::Alloc {
+                size_arg,
+                count_arg,
+                align_arg,
+                fixed_align,
+            } => {
+                let mut size = args[size_arg];
+                if let Some(c) = count_arg {
+                    size = size.wrapping_mul(args[c]);
+                }
+                let align = align_arg.map(|a| args[a]).or(fixed_align).unwrap_or(0);
+                AllocCall::Alloc {
+                    func: spec.func,
+                    size,
+                    align,
+                    posix: false,
+                }
+            }
+            CallKind::PosixMemalign {
+                align_arg,
+                size_arg,
+                ..
+            } => AllocCall::Alloc {
+                func: spec.func,
+                size: args[size_arg],
+                align: args[align_arg],
+                posix: true,
+            },
+            CallKind::Realloc {
+                ptr_arg,
+                size_arg,
+                count_arg,
+            } => {
+                let mut size = args[size_arg];
+                if let Some(c) = count_arg {
+                    size = size.wrapping_mul(args[c]);
+                }
+                AllocCall::Realloc {
+                    func: spec.func,
+                    old: args[ptr_arg],
+                    size,
+                }
+            }
+            CallKind::Free { ptr_arg } => {
+                self.out.buf().push(Record::Free {
+                    ts: ev.ts,
+                    tid: ev.tid as u32,
+                    func: spec.func,
+                    address: args[ptr_arg],
+                    stack,
+                });
+                AllocCall::Free {
+                    address: args[ptr_arg],
+                }
+            }
+        };
+        let outptr = match spec.kind {
+            CallKind::PosixMemalign { out_arg, .. } => args[out_arg],
+            _ => 0,
+        };
+        (call, outptr)
+    }
+
+    /// The records waiting for the writer thread, to append to.
+    pub(crate) fn buf(&mut self) -> &mut Vec<Record> {
+        self.out.buf()
+    }
+
+    /// Hands the records so far to the writer thread.
+    pub(crate) fn publish(&mut self) {
+        self.out.publish()
+    }
+
+    /// The writer thread, to finish the trace with.
+    pub(crate) fn into_writer(self) -> WriterThread {
+        self.out
+    }
+}

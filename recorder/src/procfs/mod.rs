@@ -1,0 +1,193 @@
+//! Every reader of `/proc` in the recorder, in one place.
+//!
+//! - [`maps`]: `/proc/PID/maps`, parsed and grouped into loaded modules;
+//! - [`Status`]: `/proc/PID/status`, the one parser of its `Name:\tvalue` lines, which
+//!   every question below that is answered from it goes through (tracer pid, uid, pid
+//!   namespace, pending signals, memory figures);
+//! - the command line, the command name, `smaps_rollup`, the thread list, the
+//!   `map_files` view of a mapping, and Yama's `ptrace_scope`.
+//!
+//! Nothing here uses ptrace or touches the tracee's memory: these are plain file reads
+//! (the raw interfaces are in [`crate::sys`]). Reads are forgiving: a process can exit
+//! while it is being read, so a missing file or field is an answer (`None`, empty, 0),
+//! never a panic.
+
+pub(crate) mod maps;
+
+use std::fmt::Display;
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use heaptape_format::Record;
+
+use crate::sys::Tid;
+
+/// The value of the first line of `text` that starts with `name` (its colon included),
+/// trimmed: the shape of `/proc/PID/status` and `/proc/PID/smaps_rollup` lines.
+fn field<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim())
+}
+
+/// The first number of a `Name:  1234 kB` value, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    field(text, name)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|k| k * 1024)
+}
+
+/// One read of `/proc/PID/status` (of a process or of one of its threads; `self` for
+/// the recorder).
+pub(crate) struct Status(String);
+
+impl Status {
+    /// Reads the file; `None` if the process is gone or the file unreadable.
+    pub(crate) fn read(pid: impl Display) -> Option<Status> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .map(Status)
+    }
+
+    /// The value of line `name` (with its colon), trimmed.
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
+        field(&self.0, name)
+    }
+}
+
+/// The pid of the process tracing `pid` (`self` for the recorder); 0 if none or unknown.
+pub(crate) fn tracer_pid(pid: impl Display) -> u32 {
+    Status::read(pid)
+        .and_then(|s| s.field("TracerPid:")?.parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+/// The effective uid `pid` (or `self`) runs as.
+pub(crate) fn effective_uid(pid: impl Display) -> Option<u32> {
+    Status::read(pid)?
+        .field("Uid:")?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether `tid` sees the same thread ids as the tracer (gettid in an entry trampoline
+/// must name the tid the tracer knows it by).
+pub(crate) fn same_pid_namespace(tid: Tid) -> bool {
+    Status::read(tid).is_some_and(|s| {
+        s.field("NSpid:")
+            .is_some_and(|v| v.split_whitespace().count() == 1)
+    })
+}
+
+/// Whether a SIGTRAP is pending for thread `tid` itself (not yet dequeued).
+pub(crate) fn sigtrap_pending(tid: Tid) -> bool {
+    Status::read(tid)
+        .and_then(|s| u64::from_str_radix(s.field("SigPnd:")?, 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
+}
+
+/// A process's memory use (bytes) from /proc/PID/status (and smaps_rollup for Pss, when
+/// the kernel has it), as an `RssSample` record at `ts`.
+pub(crate) fn rss_sample(pid: Tid, ts: u64) -> Option<Record> {
+    let status = Status::read(pid)?;
+    let kb = |key: &str| -> u64 { kib_field(&status.0, key).unwrap_or(0) };
+    let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| kib_field(&s, "Pss:"));
+    Some(Record::RssSample(Box::new(heaptape_format::RssSample {
+        ts,
+        pid: pid as u32,
+        rss: kb("VmRSS:"),
+        hwm: kb("VmHWM:"),
+        anon: kb("RssAnon:"),
+        file: kb("RssFile:"),
+        pss,
+    })))
+}
+
+/// A process's command line (empty if unreadable).
+pub(crate) fn cmdline(pid: Tid) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A process's command name, trimmed (empty if unreadable).
+pub(crate) fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` exists.
+pub(crate) fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether `tid` is a thread of process `pid`.
+pub(crate) fn is_thread_of(pid: Tid, tid: Tid) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+/// The thread ids of process `pid` (from /proc/PID/task).
+pub(crate) fn threads(pid: Tid) -> io::Result<Vec<Tid>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(t) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            v.push(t);
+        }
+    }
+    Ok(v)
+}
+
+/// The process's own view of the file mapped at `start..end` (opens even when the path
+/// does not: another mount namespace, a deleted file).
+pub(crate) fn map_file(pid: Tid, start: u64, end: u64) -> PathBuf {
+    format!("/proc/{pid}/map_files/{start:x}-{end:x}").into()
+}
+
+/// The mapping of `pid` that holds `addr` (e.g. a thread's stack, from its stack
+/// pointer).
+pub(crate) fn mapping_containing(pid: Tid, addr: u64) -> Option<Range<u64>> {
+    let maps = maps::read_maps(pid).ok()?;
+    maps.iter().find(|m| m.contains(addr)).map(|m| m.range())
+}
+
+/// `kernel.yama.ptrace_scope`, when Yama is there.
+pub(crate) fn ptrace_scope() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_are_trimmed_first_matches() {
+        let text = "Name:\tcat\nUid:\t1000\t1001\t1000\t1000\nVmRSS:\t    2048 kB\nPss:\t4 kB\nPss_Anon:\t8 kB\n";
+        assert_eq!(field(text, "Name:"), Some("cat"));
+        assert_eq!(field(text, "Uid:"), Some("1000\t1001\t1000\t1000"));
+        assert_eq!(kib_field(text, "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(kib_field(text, "Pss:"), Some(4 * 1024));
+        assert_eq!(field(text, "VmHWM:"), None);
+    }
+
+    #[test]
+    fn reads_its_own_status() {
+        let me = Status::read("self").expect("own status");
+        assert!(me.field("Pid:").is_some());
+        assert!(effective_uid("self").is_some());
+        assert!(!cmdline(std::process::id() as Tid).is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! The traced process tree as the tracer models it: address spaces (shared by the
+//! threads of a process and by vfork/CLONE_VM children until they exec), processes,
+//! tasks, and the calls in flight whose results are not back yet.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use heaptape_format::{AllocFn, ExitStatus, StackId};
+
+use super::Tracer;
+use crate::events::unwind::StackUnwinder;
+use crate::events::AllocCall;
+use crate::hooks::catalogue::ResourceCall;
+use crate::hooks::elf::ElfModule;
+use crate::hooks::patch::{Hook, HookKind};
+use crate::snapshot::LiveBlocks;
+use crate::sys::{ProcMem, Tid};
+use crate::tracee::probe::{self, Probe, ReturnRef};
+
+/// A module mapped in an address space, registered for unwinding.
+pub(super) struct KnownModule {
+    pub(super) path: String,
+    pub(super) start: u64,
+    pub(super) range: Range<u64>,
+    pub(super) bias: u64,
+    pub(super) elf: Arc<ElfModule>,
+}
+
+/// One address space: shared by the threads of a process and by vfork/CLONE_VM
+/// children until they exec.
+pub(super) struct Space {
+    /// A task whose /proc entries describe this address space.
+    pub(super) owner: Tid,
+    pub(super) mem: ProcMem,
+    pub(super) probe: Option<Rc<RefCell<Probe>>>,
+    /// Hooks by function entry address.
+    pub(super) hooks: HashMap<u64, Hook>,
+    /// Entry trampolines' `int3` addresses, to their function's entry.
+    pub(super) traps: HashMap<u64, u64>,
+    /// Threads here may use thread areas (same pid namespace as the tracer).
+    pub(super) fast: bool,
+    pub(super) modules: Vec<KnownModule>,
+    pub(super) unwinder: StackUnwinder,
+    /// Trampoline pages: (next free address, end).
+    pub(super) tramp_pages: Vec<(u64, u64)>,
+}
+
+/// A traced process.
+pub(super) struct Proc {
+    pub(super) space: usize,
+    /// Record events of this process (false for unfollowed vfork children).
+    pub(super) recording: bool,
+    /// Detach at exec (unfollowed vfork/CLONE_VM children).
+    pub(super) detach_on_exec: bool,
+    /// Detach at the initial stop (unfollowed fork children).
+    pub(super) detach_at_start: bool,
+    pub(super) threads: HashSet<Tid>,
+    pub(super) status: Option<ExitStatus>,
+    /// The blocks this process has live, per the records written.
+    pub(super) live: LiveBlocks,
+    /// The exit snapshot was taken.
+    pub(super) snapshot_done: bool,
+    /// Descriptors the trace shows open (for close_range and closefrom).
+    pub(super) open_fds: std::collections::BTreeSet<i32>,
+    /// Stack pointers of threads that exited (their stacks stay mapped; not roots).
+    pub(super) dead_stacks: Vec<u64>,
+}
+
+/// A traced thread.
+pub(super) struct Task {
+    pub(super) pid: Tid,
+    /// Returns armed for this thread's calls, innermost last.
+    pub(super) armed: Vec<ReturnRef>,
+    /// This thread's area in its space's probe (the fast path), if it has one.
+    pub(super) area: Option<u32>,
+    /// Seen its initial stop (new tasks wait for both that and the parent's event).
+    pub(super) started: bool,
+    /// Signals to deliver at the next resume (held during an injection).
+    pub(super) held: Vec<i32>,
+}
+
+/// What a call in flight is, for its record at the return.
+pub(super) enum PendingKind {
+    /// A descriptor or mapping call whose result is recorded when it returns.
+    Resource {
+        call: ResourceCall,
+        args: [u64; 6],
+        detail: String,
+    },
+    /// An allocator call.
+    Alloc(AllocCall),
+}
+
+/// A call in flight: armed to capture its result, recorded when it returns.
+pub(super) struct Pending {
+    pub(super) tid: Tid,
+    pub(super) probe: Rc<RefCell<Probe>>,
+    pub(super) ret: ReturnRef,
+    pub(super) ts: u64,
+    pub(super) stack: StackId,
+    pub(super) kind: PendingKind,
+}
+
+impl Tracer {
+    pub(super) fn space_of(&self, tid: Tid) -> Option<&Space> {
+        let pid = self.tasks.get(&tid)?.pid;
+        let space = self.procs.get(&pid)?.space;
+        self.spaces.get(space)?.as_ref()
+    }
+
+    /// Paths of the modules of `pid` that define a hooked `malloc`.
+    pub(super) fn allocator_modules(&self, pid: Tid) -> Vec<String> {
+        let Some(space) = self
+            .procs
+            .get(&pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+        else {
+            return Vec::new();
+        };
+        space
+            .modules
+            .iter()
+            .filter(|m| {
+                space.hooks.iter().any(|(a, h)| {
+                    m.range.contains(a)
+                        && matches!(&h.kind, HookKind::Alloc(spec) if spec.func == AllocFn::Malloc)
+                })
+            })
+            .map(|m| m.path.clone())
+            .collect()
+    }
+
+    pub(super) fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
+        self.procs
+            .get(&pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.probe.as_ref())
+            .map(|p| {
+                let a = p.borrow().code_addr;
+                let probe: Range<u64> = a..a + probe::TOTAL_LEN as u64;
+                vec![probe]
+            })
+            .unwrap_or_default()
+    }
+}

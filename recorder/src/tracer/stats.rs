@@ -1,0 +1,84 @@
+//! The session's counters, for the summary (`--stats`) and the benchmarks.
+
+/// Counters about the session, for the summary and the benchmarks.
+#[derive(Clone, Debug, Default)]
+pub struct TracerStats {
+    /// Every waitpid stop handled.
+    pub stops: u64,
+    /// Allocator breakpoint stops.
+    pub breakpoint_stops: u64,
+    /// Allocator calls recorded (one per top-level call).
+    pub recorded_calls: u64,
+    /// Calls made from inside another hooked call (not recorded again).
+    pub nested_calls: u64,
+    /// Calls recorded without a return value because every probe slot was busy.
+    pub slot_exhausted: u64,
+    /// Allocator stops handed over by an entry trampoline (no register access).
+    pub fast_stops: u64,
+    /// Signals passed on to the program.
+    pub signals_delivered: u64,
+    /// Modules hooked.
+    pub modules_hooked: u64,
+    /// Hook sites installed.
+    pub hooks: u64,
+    /// Of those, sites patched with a `jmp` to an entry trampoline (the others: `int3`).
+    pub jmp_hooks: u64,
+    /// Hooks that could not be installed (instruction could not be displaced).
+    pub hook_failures: Vec<String>,
+    /// Nanoseconds spent unwinding and interning stacks (with `measure_time`).
+    pub unwind_ns: u64,
+    /// CPU time of the tracer thread, nanoseconds (user + system).
+    pub tracer_cpu_ns: u64,
+    /// Pointer words recorded by exit snapshots.
+    pub snapshot_pointers: u64,
+    /// Bytes of memory scanned by exit snapshots.
+    pub snapshot_bytes: u64,
+    /// Wall time spent taking snapshots, nanoseconds.
+    pub snapshot_ns: u64,
+    /// CPU time of the writer thread (encoding, compression, writing), nanoseconds.
+    pub writer_cpu_ns: u64,
+}
+
+impl std::fmt::Display for TracerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per = |n: u64| {
+            if self.recorded_calls == 0 {
+                0.0
+            } else {
+                n as f64 / self.recorded_calls as f64
+            }
+        };
+        writeln!(
+            f,
+            "stops: {} ({} at allocator breakpoints, {:.3} stops per recorded call)",
+            self.stops,
+            self.breakpoint_stops,
+            per(self.stops)
+        )?;
+        writeln!(
+            f,
+            "calls: {} recorded, {} nested (inside another allocator call), {} without a free return slot; {} allocator stops on the fast path (no register access)",
+            self.recorded_calls, self.nested_calls, self.slot_exhausted, self.fast_stops
+        )?;
+        writeln!(
+            f,
+            "tracer: {:.2} us CPU per recorded call, of which unwinding + stack trie {:.3} us, system calls and the rest {:.2} us; writer thread (encode, compress, write) {:.3} us",
+            per(self.tracer_cpu_ns) / 1000.0,
+            per(self.unwind_ns) / 1000.0,
+            per(self.tracer_cpu_ns.saturating_sub(self.unwind_ns)) / 1000.0,
+            per(self.writer_cpu_ns) / 1000.0
+        )?;
+        writeln!(
+            f,
+            "snapshots: {} pointer words found in {} bytes scanned in {:.3} s",
+            self.snapshot_pointers,
+            self.snapshot_bytes,
+            self.snapshot_ns as f64 / 1e9
+        )?;
+        write!(
+            f,
+            "hooks: {} sites in {} modules ({} through entry trampolines), {} signals passed on",
+            self.hooks, self.modules_hooked, self.jmp_hooks, self.signals_delivered
+        )
+    }
+}
