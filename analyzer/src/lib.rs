@@ -48,7 +48,7 @@ mod units;
 
 pub use callsites::{SiteStats, SiteTable};
 pub use checks::leaks::{
-    header_heuristics, BlockHeader, BlockRef, BlockVerdict, Count, GraphStats, Heuristic,
+    BlockRef, BlockVerdict, Count, GraphStats, Heuristic,
     HeuristicMatches, HeuristicSource, LeakReport, LeakSummary, LiveBlock, LossRecord,
     NoHeuristicData, SnapshotGraph, NO_SNAPSHOT,
 };
