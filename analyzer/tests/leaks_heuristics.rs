@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 
 use heaptape_analyzer::{
-    BlockRef, Count, Heuristic, HeuristicMatches, HeuristicSet, LeakKind, LiveBlock,
-    SnapshotGraph,
+    BlockRef, Count, Heuristic, HeuristicMatches, HeuristicSet, LeakKind, LiveBlock, SnapshotGraph,
 };
 use heaptape_format::heuristics::{evaluate, InteriorTarget, TargetWords};
 use heaptape_format::{AllocFn, Pointer};

@@ -526,7 +526,10 @@ mod tests {
         let memory = [0x4000, 0, 0x5000, 0, 0, 0];
         let vtables = |a: u64| a == 0x4000 || a == 0x5000;
         let t = target(48, 16);
-        assert_eq!(evaluate(&t, &read(&t, &memory), vtables), MULTIPLE_INHERITANCE);
+        assert_eq!(
+            evaluate(&t, &read(&t, &memory), vtables),
+            MULTIPLE_INHERITANCE
+        );
         let t = target(48, 12);
         assert_eq!(evaluate(&t, &read(&t, &memory), vtables), 0);
         let t = target(48, 16);
