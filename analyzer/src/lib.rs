@@ -48,9 +48,8 @@ mod units;
 
 pub use callsites::{SiteStats, SiteTable};
 pub use checks::leaks::{
-    header_heuristics, BlockHeader, BlockRef, BlockVerdict, Count, GraphStats, Heuristic,
-    HeuristicMatches, HeuristicSource, LeakReport, LeakSummary, LiveBlock, LossRecord,
-    NoHeuristicData, SnapshotGraph, NO_SNAPSHOT,
+    BlockRef, BlockVerdict, Count, GraphStats, Heuristic, HeuristicMatches, HeuristicSource,
+    LeakReport, LeakSummary, LiveBlock, LossRecord, NoHeuristicData, SnapshotGraph, NO_SNAPSHOT,
 };
 pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind};
 pub use checks::{

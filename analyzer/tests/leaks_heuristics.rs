@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use heaptape_analyzer::{
-    header_heuristics, BlockHeader, BlockRef, Count, Heuristic, HeuristicMatches, HeuristicSet,
-    LeakKind, LiveBlock, SnapshotGraph,
+    BlockRef, Count, Heuristic, HeuristicMatches, HeuristicSet, LeakKind, LiveBlock, SnapshotGraph,
 };
+use heaptape_format::heuristics::{evaluate, InteriorTarget, TargetWords};
 use heaptape_format::{AllocFn, Pointer};
 
 fn blk(address: u64, size: u64, func: AllocFn) -> LiveBlock {
@@ -119,44 +119,38 @@ fn a_heuristic_from_a_possible_block_gives_only_possible() {
 fn header_words_feed_memcheck_tests() {
     // A std::string rep (length 8, capacity 15: 24 + 15 + 1 = 40 bytes) pointed to at
     // its characters, a length64 block pointed to 8 bytes in, and a multiple
-    // inheritance object pointed to at its second vtable pointer (offset 16).
-    let headers: HashMap<u64, (BlockHeader, Vec<u64>)> = [
-        (
-            0x1000,
-            (
-                BlockHeader {
-                    words: [Some(8), Some(15)],
-                    first_word_is_vtable: false,
-                },
-                vec![],
-            ),
-        ),
-        (
-            0x2000,
-            (
-                BlockHeader {
-                    words: [Some(56), None],
-                    first_word_is_vtable: false,
-                },
-                vec![],
-            ),
-        ),
-        (
-            0x3000,
-            (
-                BlockHeader {
-                    words: [Some(0x40_1000), Some(7)],
-                    first_word_is_vtable: true,
-                },
-                vec![16],
-            ),
-        ),
+    // inheritance object pointed to at its second vtable pointer (offset 16). The
+    // verdicts come from the one implementation of memcheck's rules (the format
+    // crate's, which the recorder calls at a snapshot), given each block's words.
+    const VTABLES: [u64; 2] = [0x40_1000, 0x40_2000];
+    let memory: HashMap<u64, Vec<u64>> = [
+        (0x1000, vec![8, 15]),
+        // Only the first word of this one is readable.
+        (0x2000, vec![56]),
+        (0x3000, vec![VTABLES[0], 7, VTABLES[1], 0, 0, 0]),
     ]
     .into_iter()
     .collect();
-    let source = move |b: &BlockRef, offset: u64| match headers.get(&b.address) {
-        Some((h, vtables)) => header_heuristics(b, offset, h, vtables.contains(&offset)),
-        None => HeuristicSet::NONE,
+    let source = move |b: &BlockRef, offset: u64| {
+        let Some(words) = memory.get(&b.address) else {
+            return HeuristicSet::NONE;
+        };
+        let target = InteriorTarget {
+            block: b.address,
+            size: b.size,
+            offset,
+        };
+        let word = |off: u64| words.get((off / 8) as usize).copied();
+        let head_words = target.head_len() as u64 / 8;
+        let read = TargetWords {
+            head: [0, 1].map(|k| if k < head_words { word(k * 8) } else { None }),
+            at_target: if target.reads_target_word() {
+                word(offset)
+            } else {
+                None
+            },
+        };
+        HeuristicSet::from_bits(evaluate(&target, &read, |a| VTABLES.contains(&a)))
     };
     let mut g = SnapshotGraph::new(vec![
         blk(0x1000, 40, AllocFn::New),

@@ -171,11 +171,19 @@ impl BlockIndex {
     /// The start and size of the block containing `v`, if any.
     #[inline]
     pub fn block_of(&self, v: u64) -> Option<(u64, u64)> {
+        self.index_of(v).map(|i| (self.starts[i], self.sizes[i]))
+    }
+
+    /// The position, in address order, of the block containing `v`, if any: for
+    /// blocks given sorted by address, the index into that list (the analyzer's leak
+    /// graph numbers its blocks this way).
+    #[inline]
+    pub fn index_of(&self, v: u64) -> Option<usize> {
         if v < self.lo || v >= self.hi {
             return None;
         }
         let i = self.last_start_at_or_before(v)?;
-        (v < self.ends[i]).then(|| (self.starts[i], self.sizes[i]))
+        (v < self.ends[i]).then_some(i)
     }
 
     /// Appends the pointers found in `bytes` (which start at an 8-aligned address): each
@@ -480,5 +488,112 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// The words the recorder would read for `t` from a block whose words (from its
+    /// start, 8 bytes each) are `memory`: the head up to [`InteriorTarget::head_len`],
+    /// the word at the target if [`InteriorTarget::reads_target_word`].
+    fn read(t: &InteriorTarget, memory: &[u64]) -> TargetWords {
+        let word = |off: u64| memory.get((off / W) as usize).copied();
+        let head_words = t.head_len() as u64 / W;
+        TargetWords {
+            head: [0, 1].map(|k| if k < head_words { word(k * W) } else { None }),
+            at_target: if t.reads_target_word() {
+                word(t.offset)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// memcheck's cases for each heuristic, on the words as the recorder reads them
+    /// (these were the analyzer's tests of its own copy of the rules).
+    #[test]
+    fn header_tests_follow_memcheck() {
+        let none = |_: u64| false;
+        // std::string rep: length 5, capacity 8, size 24 + 8 + 1.
+        let t = target(33, 24);
+        assert_eq!(evaluate(&t, &read(&t, &[5, 8]), none), STDSTRING);
+        assert_eq!(evaluate(&t, &read(&t, &[9, 8]), none), 0);
+        // length64: first word = size - 8, also a new[] count dividing size - 8.
+        let t = target(40, 8);
+        assert_eq!(evaluate(&t, &read(&t, &[32, 0]), none), LENGTH64 | NEWARRAY);
+        // new[] of 3 elements of 4 bytes.
+        let t = target(20, 8);
+        assert_eq!(evaluate(&t, &read(&t, &[3, 0]), none), NEWARRAY);
+        assert_eq!(evaluate(&t, &read(&t, &[0, 0]), none), 0);
+        // multipleinheritance: a vtable at the start and at the (aligned) target.
+        let memory = [0x4000, 0, 0x5000, 0, 0, 0];
+        let vtables = |a: u64| a == 0x4000 || a == 0x5000;
+        let t = target(48, 16);
+        assert_eq!(
+            evaluate(&t, &read(&t, &memory), vtables),
+            MULTIPLE_INHERITANCE
+        );
+        let t = target(48, 12);
+        assert_eq!(evaluate(&t, &read(&t, &memory), vtables), 0);
+        let t = target(48, 16);
+        assert_eq!(evaluate(&t, &read(&t, &memory), |a| a == 0x4000), 0);
+    }
+
+    /// [`BlockIndex::index_of`] agrees with a linear search over the sorted blocks on
+    /// layouts with several 4 GiB regions, gaps, zero-sized blocks and a block crossing
+    /// a region boundary.
+    #[test]
+    fn index_of_matches_linear_search() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..50 {
+            // (start, size), in address order.
+            let mut blocks: Vec<(u64, u64)> = Vec::new();
+            let mut addr = 0x5555_0000_0000u64 + (next() % 4096);
+            let n = 1 + next() % 300;
+            for _ in 0..n {
+                let size = match next() % 5 {
+                    0 => 0,
+                    1 => next() % 100_000,
+                    _ => next() % 64,
+                };
+                blocks.push((addr, size));
+                addr += size.max(1)
+                    + match next() % 20 {
+                        0 => 1 << 32,
+                        1 => next() % (1 << 30),
+                        _ => next() % 64,
+                    };
+            }
+            // A block crossing into the next 4 GiB region, and one right after.
+            let &(last, last_size) = blocks.last().unwrap();
+            let cross = ((last + last_size + 1) | 0xffff_ffff) - 15;
+            blocks.push((cross, 64));
+            blocks.push((cross + 64 + round, 8));
+            let index = BlockIndex::new(blocks.clone());
+            let linear = |a: u64| {
+                blocks
+                    .iter()
+                    .position(|&(s, size)| a >= s && a < s + size.max(1))
+            };
+            let mut probes = vec![0, u64::MAX, 1 << 32];
+            for &(s, size) in &blocks {
+                for d in [0, 1, size.saturating_sub(1), size, size + 1] {
+                    probes.push(s + d);
+                }
+                probes.push(s - 1);
+                probes.push(s + next() % (1 << 31));
+            }
+            for a in probes {
+                assert_eq!(index.index_of(a), linear(a), "round {round}: {a:#x}");
+                assert_eq!(
+                    index.block_of(a),
+                    linear(a).map(|i| blocks[i]),
+                    "round {round}: {a:#x}"
+                );
+            }
+        }
     }
 }

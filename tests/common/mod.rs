@@ -1,5 +1,5 @@
 //! The harness of the integration tests: every `tests/*.rs` says `mod common;` and
-//! `use common::*;`.
+//! `use common::*;` (except `architecture.rs`, which only reads the source tree).
 //!
 //! - this file: scratch directories, running commands with a time limit, running
 //!   `heaptape` (record, analyze);

@@ -5,11 +5,11 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use heaptape_format::heuristics::BlockIndex;
 use heaptape_format::Pointer;
 use rayon::prelude::*;
 
 use super::heuristics::{BlockRef, HeuristicSet, HeuristicSource};
-use super::memcheck_rules::BlockIndex;
 use super::model::{GraphStats, LeakKind, LeakReport, LiveBlock, NO_HEURISTIC, NO_LEADER};
 use super::tally::tally;
 
@@ -132,7 +132,7 @@ impl SnapshotGraph {
             block_pointers: targets.len() as u64,
             ..Default::default()
         };
-        let index = BlockIndex::new(&blocks);
+        let index = BlockIndex::new(blocks.par_iter().map(|b| (b.address, b.size)).collect());
         let resolver = Resolver {
             blocks: &blocks,
             index: &index,
@@ -151,8 +151,8 @@ impl SnapshotGraph {
 
         // Runs: source address -> block index (u64::MAX: unknown), then CSR.
         runs.par_iter_mut().for_each(|r| {
-            r.source = match index.block_at(r.source) {
-                Some(i) if index.spans[i].0 == r.source => i as u64,
+            r.source = match index.index_of(r.source) {
+                Some(i) if blocks[i].address == r.source => i as u64,
                 _ => u64::MAX,
             };
         });
@@ -294,10 +294,10 @@ impl Resolver<'_> {
     /// The encoded edge for a pointer to `target`.
     #[inline]
     fn edge(&self, target: u64) -> u64 {
-        let Some(b) = self.index.block_at(target) else {
+        let Some(b) = self.index.index_of(target) else {
             return K_STRAY << KIND_SHIFT;
         };
-        let offset = target - self.index.spans[b].0;
+        let offset = target - self.blocks[b].address;
         let kind = if offset == 0 {
             K_START
         } else if self.enabled.is_empty() {

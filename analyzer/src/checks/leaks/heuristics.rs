@@ -2,7 +2,8 @@
 //! sets ([`Heuristic`], [`HeuristicSet`], with the recorder's bit encoding), and where
 //! their verdicts come from ([`HeuristicSource`]: the recorder's verdicts collected
 //! from the trace in a [`HeuristicMatches`], or [`NoHeuristicData`]). Evaluating them on
-//! a block's memory is [`header_heuristics`](super::header_heuristics)'s job.
+//! a block's memory is [`heaptape_format::heuristics::evaluate`]'s job (the recorder's,
+//! at a snapshot), whose bits [`HeuristicSet::from_bits`] reads.
 
 use std::collections::HashMap;
 

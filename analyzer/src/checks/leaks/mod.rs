@@ -41,8 +41,9 @@
 //!   the replay collects them into a [`HeuristicMatches`] table
 //!   ([`HeuristicSet::from_bits`] decodes them). A trace without verdicts classifies
 //!   as with no heuristic enabled: blocks memcheck would call reachable via a
-//!   heuristic come out possibly lost. [`header_heuristics`] computes the verdicts
-//!   from a block's header words; [`NoHeuristicData`] accepts nothing.
+//!   heuristic come out possibly lost. The rules themselves (memcheck's tests on a
+//!   block's header words) live once, in [`heaptape_format::heuristics::evaluate`],
+//!   which the recorder calls; [`NoHeuristicData`] accepts nothing.
 //! * Which heuristic a reachable block is credited to: memcheck keeps the last
 //!   heuristic that matched while it scanned, which depends on scan order. Here a
 //!   still-reachable block is credited to a heuristic when no start pointer from a root
@@ -56,7 +57,8 @@
 //!
 //! # Performance
 //!
-//! Blocks live in an address-sorted array with a bucket index per 4 GiB region (a
+//! Blocks live in an address-sorted array with a bucket index per 4 GiB region
+//! ([`heaptape_format::heuristics::BlockIndex`], shared with the recorder's snapshot; a
 //! lookup touches two or three cache lines, where a binary search over millions of
 //! starts touched twenty-odd); pointer targets are resolved to block indices in
 //! parallel and the edges laid out as a flat adjacency array (CSR). The two marking passes (reachable, then reached at all) are
@@ -67,7 +69,6 @@
 mod fail_on;
 mod graph;
 mod heuristics;
-mod memcheck_rules;
 mod model;
 mod tally;
 
@@ -76,7 +77,6 @@ pub use graph::SnapshotGraph;
 pub use heuristics::{
     BlockRef, Heuristic, HeuristicMatches, HeuristicSet, HeuristicSource, NoHeuristicData,
 };
-pub use memcheck_rules::{header_heuristics, BlockHeader};
 pub use model::{
     BlockVerdict, Count, GraphStats, LeakCheck, LeakKind, LeakReport, LeakSummary, LiveBlock,
     LossRecord, NO_SNAPSHOT,
