@@ -54,9 +54,12 @@ pub mod low_level {
     pub use crate::hooks::elf::ElfModule;
     pub use crate::hooks::relocate::{displaced_copy, instruction_len, Displaced, RelocateError};
     pub use crate::procfs::maps::{group_modules, parse_maps, read_maps, MapEntry, MappedModule};
+    /// The ring region, ring entry trampoline and drain (`recorder/tests/ring_trampoline.rs`
+    /// runs the generated code in-process).
+    pub use crate::tracee::ring;
     pub use crate::sys::{
         allowed_cpus, cont, get_regs, pin_current_thread, read_memory, set_regs, spawn_seized,
-        wait_blocking, WaitEvent,
+        wait_blocking, SharedMap, WaitEvent,
     };
 }
 

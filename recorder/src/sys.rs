@@ -741,3 +741,70 @@ pub fn allowed_cpus() -> Vec<usize> {
             .collect()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Ring recording: in-place views of a shared mapping and futex wake-ups
+// ---------------------------------------------------------------------------------------
+
+impl SharedMap {
+    /// Length of the mapping in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len
+    }
+
+    /// Address of the mapping in this process (the futex word of a shared mapping is
+    /// keyed by file and offset, so a wake through this address reaches waiters that use
+    /// the tracee's mapping of the same memfd).
+    pub fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Reads the u32 at byte offset `off` (4-aligned).
+    #[inline]
+    pub fn read_u32(&self, off: usize) -> u32 {
+        assert!(
+            off % 4 == 0 && off + 4 <= self.len,
+            "shared read out of bounds"
+        );
+        // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
+        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u32>()) }
+    }
+
+    /// Borrows `len` bytes at byte offset `off` in place. Only for bytes the other side
+    /// does not write while the borrow lives: a published ring entry, which its producer
+    /// does not touch again until the consumer advances the ring's tail past it (and the
+    /// consumer does that only after the borrow ended).
+    #[inline]
+    pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.len),
+            "shared read out of bounds"
+        );
+        // SAFETY: in bounds (checked above); the mapping is live for `self`'s lifetime
+        // (invariant) and the returned borrow cannot outlive `self`; nothing writes these
+        // bytes while borrowed (the ring protocol, see the doc above). u8 has no invalid
+        // values.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
+    }
+
+    /// Wakes every waiter on the 32-bit futex word at byte offset `off` (4-aligned)
+    /// (`FUTEX_WAKE`, not private: the waiters are in another process). Returns how many
+    /// woke.
+    pub fn futex_wake(&self, off: usize) -> usize {
+        assert!(off % 4 == 0 && off + 4 <= self.len, "futex out of bounds");
+        // SAFETY: FUTEX_WAKE only reads the futex word's address (in bounds, aligned, in a
+        // live mapping); it writes no memory.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.ptr.add(off),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        n.max(0) as usize
+    }
+}
