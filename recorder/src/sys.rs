@@ -808,3 +808,83 @@ impl SharedMap {
         n.max(0) as usize
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Ring mode: polling the rings between stops
+// ---------------------------------------------------------------------------------------
+
+/// waitpid(-1, __WALL | WNOHANG): `Ok(None)` when no task has changed state (or a signal
+/// interrupted the call); `Err(ECHILD)` when no traced task is left.
+pub fn wait_any_nohang() -> io::Result<Option<(Tid, WaitEvent)>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes one int to &status.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some((pid, decode_status(status))))
+}
+
+extern "C" fn on_sigchld(_sig: libc::c_int) {}
+
+/// Installs a SIGCHLD handler that does nothing, without SA_RESTART: a tracee's stop then
+/// cuts short the recorder's [`sleep_ns`] between two drains of the rings.
+pub fn install_child_wakeup() -> io::Result<()> {
+    // SAFETY: the handler does nothing (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigchld as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = 0;
+        if libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Restores SIGCHLD's default disposition.
+pub fn uninstall_child_wakeup() {
+    // SAFETY: signal() takes plain integers.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+}
+
+/// Sleeps up to `ns` nanoseconds; returns early when a signal arrives (SIGCHLD, the tick).
+pub fn sleep_ns(ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: nanosleep reads one timespec; the remainder pointer may be null.
+    unsafe {
+        libc::nanosleep(&ts, std::ptr::null_mut());
+    }
+}
+
+/// The time stamp counter (`rdtsc`), the clock of ring events.
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// PTRACE_SETSIGMASK: sets the blocked-signal mask of a stopped task.
+pub fn set_sigmask(tid: Tid, mask: u64) -> io::Result<()> {
+    // The kernel reads one 8-byte sigset from &mask (data), its size in addr.
+    ptrace(
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &mask as *const u64 as usize,
+    )
+    .map(drop)
+}

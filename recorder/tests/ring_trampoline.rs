@@ -9,6 +9,7 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::ops::Range;
 use std::os::fd::FromRawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use heaptape_recorder::low_level::SharedMap;
 
 /// A ring region mapped twice; trampolines go to the process-wide code area.
 struct Rig {
-    tracer: SharedMap,
+    tracer: Rc<SharedMap>,
     tracee: SharedMap,
     layout: RingLayout,
 }
@@ -48,14 +49,14 @@ impl Rig {
         let tracer = SharedMap::map(&file, len).unwrap();
         let tracee = SharedMap::map(&file, len).unwrap();
         Rig {
-            tracer,
+            tracer: Rc::new(tracer),
             tracee,
             layout,
         }
     }
 
-    fn region(&self) -> RingRegion<'_> {
-        RingRegion::new(&self.tracer, 0, self.tracee.addr(), self.layout)
+    fn region(&self) -> RingRegion {
+        RingRegion::new(self.tracer.clone(), 0, self.tracee.addr(), self.layout)
     }
 
     /// Assembles and installs a trampoline for `target` (entry and displaced code at
@@ -240,7 +241,7 @@ impl Seen {
     }
 }
 
-fn drain_all(region: &RingRegion<'_>, merger: &mut Merger) -> Vec<Seen> {
+fn drain_all(region: &RingRegion, merger: &mut Merger) -> Vec<Seen> {
     let mut v = Vec::new();
     let (_, broken) = merger.round(region, |o| v.push(Seen::new(&o)));
     assert!(broken.is_empty());
@@ -501,7 +502,7 @@ fn stack_copy_lengths_and_the_cut_flag() {
     let local = 0u64;
     let here = &local as *const u64 as u64;
 
-    let check = |region: &RingRegion<'_>, f: &mut dyn FnMut(RingEvent<'_>)| {
+    let check = |region: &RingRegion, f: &mut dyn FnMut(RingEvent<'_>)| {
         region.drain(area, &mut *f).unwrap();
     };
     let p = whole(1);

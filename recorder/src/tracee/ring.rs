@@ -150,6 +150,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::atomic::{compiler_fence, fence, Ordering};
 
 use iced_x86::IcedError;
@@ -451,7 +452,6 @@ pub fn ring_entry_trampoline(
     let args_off = r_off - 32;
 
     let mut a = CodeAssembler::new(64)?;
-    let mut probe = a.create_label();
     let mut found = a.create_label();
     let mut miss = a.create_label();
     let mut page_rule = a.create_label();
@@ -464,33 +464,14 @@ pub fn ring_entry_trampoline(
     let mut wait = a.create_label();
     let mut no_out = a.create_label();
 
-    for r in [rcx, rdx, rsi, rdi, r11, r10, rax] {
-        a.push(r)?;
-    }
-    a.mov(rax, qword_ptr(0).fs())?;
-    a.mov(r11, HASH_MUL)?;
-    a.imul_2(r11, rax)?;
-    a.shr(r11, 64 - TABLE_BITS)?;
-    a.shl(r11, SLOT_BYTES.trailing_zeros())?;
-    a.mov(r10, region_base + TABLE_OFF as u64)?;
-    a.add(r11, r10)?;
-    a.lea(r10, qword_ptr(r11 + d(PROBES * SLOT_BYTES)))?;
-    a.set_label(&mut probe)?;
-    a.cmp(qword_ptr(r11), rax)?;
-    a.je(found)?;
-    a.cmp(qword_ptr(r11), EMPTY_KEY as i32)?;
-    a.je(miss)?;
-    a.add(r11, SLOT_BYTES as i32)?;
-    a.cmp(r11, r10)?;
-    a.jb(probe)?;
-    // Not found (ZF=1: an empty slot, or the window's end) or nested (ZF=0): every
-    // register back as at the entry (pop leaves the flags alone).
-    a.set_label(&mut miss)?;
-    for r in [rax, r10, r11, rdi, rsi, rdx, rcx] {
-        a.pop(r)?;
-    }
-    a.je(fallback)?;
-    a.jmp(displaced)?;
+    emit_lookup(
+        &mut a,
+        region_base,
+        &mut found,
+        &mut miss,
+        displaced,
+        fallback,
+    )?;
 
     a.set_label(&mut found)?;
     a.mov(r11, qword_ptr(r11 + 8))?;
@@ -611,8 +592,8 @@ pub fn ring_entry_trampoline(
     a.add(rdi, E_ARGS as i32)?;
     a.add(ecx, 32)?;
     a.rep().movsb()?; // DF is clear at a call (SysV ABI)
-    // Fast-string stores may be weakly ordered among themselves; keep them before the
-    // head store that publishes the entry (cheap insurance on AMD and Intel alike).
+                      // Fast-string stores may be weakly ordered among themselves; keep them before the
+                      // head store that publishes the entry (cheap insurance on AMD and Intel alike).
     a.sfence()?;
 
     if publish == Publish::AtEntry {
@@ -661,6 +642,88 @@ pub fn ring_entry_trampoline(
     Ok(RingTrampoline { code })
 }
 
+/// Emits the thread-pointer lookup shared by [`ring_entry_trampoline`] and
+/// [`ring_gate_trampoline`]: saves rcx, rdx, rsi, rdi, r11, r10, rax, finds the thread's
+/// slot and jumps to `found` with r11 at the slot (`[r11 + 8]`: area + AREA_BIAS). Also
+/// emits `miss`: every register restored, then `fallback` if ZF=1 (not registered) or
+/// `displaced` if ZF=0 (nested).
+fn emit_lookup(
+    a: &mut iced_x86::code_asm::CodeAssembler,
+    region_base: u64,
+    found: &mut iced_x86::code_asm::CodeLabel,
+    miss: &mut iced_x86::code_asm::CodeLabel,
+    displaced: u64,
+    fallback: u64,
+) -> Result<(), IcedError> {
+    use iced_x86::code_asm::*;
+    let d = |off: usize| off as i32;
+    let mut probe = a.create_label();
+    for r in [rcx, rdx, rsi, rdi, r11, r10, rax] {
+        a.push(r)?;
+    }
+    a.mov(rax, qword_ptr(0).fs())?;
+    a.mov(r11, HASH_MUL)?;
+    a.imul_2(r11, rax)?;
+    a.shr(r11, 64 - TABLE_BITS)?;
+    a.shl(r11, SLOT_BYTES.trailing_zeros())?;
+    a.mov(r10, region_base + TABLE_OFF as u64)?;
+    a.add(r11, r10)?;
+    a.lea(r10, qword_ptr(r11 + d(PROBES * SLOT_BYTES)))?;
+    a.set_label(&mut probe)?;
+    a.cmp(qword_ptr(r11), rax)?;
+    a.je(*found)?;
+    a.cmp(qword_ptr(r11), EMPTY_KEY as i32)?;
+    a.je(*miss)?;
+    a.add(r11, SLOT_BYTES as i32)?;
+    a.cmp(r11, r10)?;
+    a.jb(probe)?;
+    // Not found (ZF=1: an empty slot, or the window's end) or nested (ZF=0): every
+    // register back as at the entry (pop leaves the flags alone).
+    a.set_label(miss)?;
+    for r in [rax, r10, r11, rdi, rsi, rdx, rcx] {
+        a.pop(r)?;
+    }
+    a.je(fallback)?;
+    a.jmp(displaced)?;
+
+    Ok(())
+}
+
+/// Bytes a [`ring_gate_trampoline`] takes at most.
+pub const RING_GATE_LEN: u64 = 128;
+
+/// Assembles the *gate* of a hooked function that ring recording does not record itself
+/// (descriptor and mapping calls, which keep their stop trampoline `fallback`): a thread
+/// inside a ring-recorded call (its area's level set: malloc's own mmap) goes straight to
+/// `displaced`, unrecorded, as the stop path does for calls nested in its own calls;
+/// every other thread goes to `fallback`. Registers as at the entry either way.
+pub fn ring_gate_trampoline(
+    at: u64,
+    region_base: u64,
+    displaced: u64,
+    fallback: u64,
+) -> Result<RingTrampoline, IcedError> {
+    use iced_x86::code_asm::*;
+    let h = |off: usize| off as i32 - AREA_BIAS as i32;
+    let mut a = CodeAssembler::new(64)?;
+    let mut found = a.create_label();
+    let mut miss = a.create_label();
+    emit_lookup(
+        &mut a,
+        region_base,
+        &mut found,
+        &mut miss,
+        displaced,
+        fallback,
+    )?;
+    a.set_label(&mut found)?;
+    a.mov(r11, qword_ptr(r11 + 8))?;
+    a.cmp(dword_ptr(r11 + h(H_LEVEL)), 0)?; // ZF=0 (nested): displaced; ZF=1: fallback
+    a.jmp(miss)?;
+    let code = a.assemble(at)?;
+    Ok(RingTrampoline { code })
+}
+
 /// One event read from a ring (see the module doc's entry format).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingEvent<'a> {
@@ -705,8 +768,8 @@ pub struct RingCorrupt {
 }
 
 /// The recorder's side of a ring region in a [`SharedMap`].
-pub struct RingRegion<'m> {
-    map: &'m SharedMap,
+pub struct RingRegion {
+    map: Rc<SharedMap>,
     base: usize,
     tracee_base: u64,
     layout: RingLayout,
@@ -715,7 +778,7 @@ pub struct RingRegion<'m> {
     live: Vec<u32>,
 }
 
-impl<'m> RingRegion<'m> {
+impl RingRegion {
     /// The ring region at byte offset `base` of `map` (page-aligned), with `layout`,
     /// mapped in the tracee at `tracee_base`. Resets the counter and the table; every area
     /// starts free.
@@ -723,11 +786,11 @@ impl<'m> RingRegion<'m> {
     /// # Panics
     /// If the region does not fit in `map` or `base` is not page-aligned.
     pub fn new(
-        map: &'m SharedMap,
+        map: Rc<SharedMap>,
         base: usize,
         tracee_base: u64,
         layout: RingLayout,
-    ) -> RingRegion<'m> {
+    ) -> RingRegion {
         assert!(base % 4096 == 0, "ring region not page-aligned");
         assert!(
             base + layout.region_len() <= map.byte_len(),
@@ -854,7 +917,7 @@ impl<'m> RingRegion<'m> {
 
     /// The published entries of `area` not yet consumed, read in place. The head is
     /// read once, now.
-    pub fn published(&self, area: u32) -> Published<'_, 'm> {
+    pub fn published(&self, area: u32) -> Published<'_> {
         let a = self.area_off(area);
         let tail = self.map.read_u64(a + H_TAIL);
         let head = self.map.read_u64(a + H_HEAD);
@@ -911,7 +974,7 @@ impl<'m> RingRegion<'m> {
         area: u32,
         pos: u64,
         head: u64,
-    ) -> Result<(Option<RingEvent<'m>>, u64), RingCorrupt> {
+    ) -> Result<(Option<RingEvent<'_>>, u64), RingCorrupt> {
         let ring = self.layout.ring_bytes;
         let off = (pos as usize) & (ring - 1);
         let e = self.area_off(area) + HEADER_BYTES + off;
@@ -940,7 +1003,7 @@ impl<'m> RingRegion<'m> {
             return Err(bad);
         }
         let returned = publish != Publish::AtEntry;
-        let map: &'m SharedMap = self.map;
+        let map: &SharedMap = &self.map;
         Ok((
             Some(RingEvent {
                 area,
@@ -964,15 +1027,15 @@ impl<'m> RingRegion<'m> {
 }
 
 /// Iterator over an area's published entries ([`RingRegion::published`]).
-pub struct Published<'r, 'm> {
-    region: &'r RingRegion<'m>,
+pub struct Published<'r> {
+    region: &'r RingRegion,
     area: u32,
     pos: u64,
     head: u64,
     corrupt: Option<RingCorrupt>,
 }
 
-impl Published<'_, '_> {
+impl Published<'_> {
     /// Where consuming should resume: after the entries handed out, or the head when the
     /// ring broke (the rest is skipped).
     pub fn resume_pos(&self) -> u64 {
@@ -989,10 +1052,10 @@ impl Published<'_, '_> {
     }
 }
 
-impl<'m> Iterator for Published<'_, 'm> {
-    type Item = RingEvent<'m>;
+impl<'r> Iterator for Published<'r> {
+    type Item = RingEvent<'r>;
 
-    fn next(&mut self) -> Option<RingEvent<'m>> {
+    fn next(&mut self) -> Option<RingEvent<'r>> {
         while self.pos < self.head && self.corrupt.is_none() {
             match self.region.read_event(self.area, self.pos, self.head) {
                 Ok((ev, next)) => {
@@ -1103,7 +1166,7 @@ impl Merger {
     /// entries were handed over or held).
     pub fn round(
         &mut self,
-        region: &RingRegion<'_>,
+        region: &RingRegion,
         mut f: impl FnMut(Ordered<'_>),
     ) -> (RoundStats, Vec<RingCorrupt>) {
         let w = region.watermark();
