@@ -30,7 +30,7 @@ use crate::tracee::ring::{Merger, Ordered, Part, RingRegion};
 use crate::tracer::TracerStats;
 
 /// Bytes of stack a ring event copies at most (see docs/PERFORMANCE.md for the choice).
-pub(super) const RING_STACK_COPY: usize = 4096;
+pub(super) const RING_STACK_COPY: usize = 8192;
 
 /// The ring recording state of one address space.
 pub(super) struct RingState {
