@@ -242,9 +242,9 @@ pub const FLAG_STACK_TOP: u8 = 1;
 pub const KIND_PAD: u8 = 0;
 
 /// Default ring size per thread (see the module doc for the choice).
-pub const DEFAULT_RING_BYTES: usize = 256 << 10;
+pub const DEFAULT_RING_BYTES: usize = 1 << 20;
 /// Default number of areas (threads that take the ring path at once).
-pub const DEFAULT_AREAS: u32 = 1024;
+pub const DEFAULT_AREAS: u32 = 256;
 /// Bytes reserved for a ring entry trampoline (its code is at most this long).
 pub const RING_TRAMPOLINE_LEN: u64 = 512;
 /// How long a producer waits on the futex before it looks at the ring again.

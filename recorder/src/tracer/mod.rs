@@ -232,7 +232,7 @@ impl Tracer {
         // Ring mode polls: between stops the rings are drained, and the recorder sleeps
         // (cut short by a tracee's stop) only while they are empty.
         const IDLE_MIN_NS: u64 = 20_000;
-        const IDLE_MAX_NS: u64 = 2_000_000;
+        const IDLE_MAX_NS: u64 = 200_000;
         let ring = self.cfg.ring;
         let mut idle = IDLE_MIN_NS;
         loop {
@@ -271,9 +271,6 @@ impl Tracer {
                     } else {
                         self.events.publish();
                         idle = IDLE_MIN_NS;
-                        if n < 64 {
-                            sys::sleep_ns(IDLE_MIN_NS);
-                        }
                     }
                 }
                 Ok(None) => {
