@@ -43,15 +43,17 @@
 //!
 //! ## Choices
 //!
-//! - [`DEFAULT_RING_BYTES`] = 256 KiB per thread: with a 4 KiB stack copy (the worst case,
-//!   4.2 KiB entries) that is 60 events of slack, about 60 µs of a thread allocating at
-//!   1 M calls/s before it has to wait for the recorder; typical entries (stack copies of
-//!   ~1 KiB) give ~230. Only touched pages use memory (the memfd is sparse), so idle
-//!   threads cost nothing. [`RingLayout::ring_bytes`] is a parameter for the tests and
-//!   for tuning.
-//! - [`DEFAULT_AREAS`] = 1024 threads alive at once take the ring path; the others (and
-//!   any thread whose slot window is full) take the stop path (`fallback`).
-//! - `TABLE_ENTRIES` = 4096 for 1024 areas: load at most 1/4, so 8 probes nearly never
+//! - [`DEFAULT_RING_BYTES`] = 1 MiB per thread. The recorder copies up to 8 KiB of stack
+//!   per event (`tracer/ring.rs`), so a full entry is 8.3 KiB: 120 events of slack, ~230
+//!   of cc1plus's typical ones. With 256 KiB (30 full entries) cc1plus's thread waited for
+//!   room 23,000 times in 827 k calls and recorded in 8 s; with 1 MiB, 5,000-7,500 waits
+//!   and 3 s (native 0.75 s; docs/PERFORMANCE.md). Only touched pages use memory (the
+//!   memfd is sparse), so idle threads cost nothing. [`RingLayout::ring_bytes`] is a
+//!   parameter for the tests and for tuning.
+//! - [`DEFAULT_AREAS`] = 256 threads alive at once take the ring path (256 MiB of address
+//!   space per process, sparse); the others (and any thread whose slot window is full)
+//!   take the stop path (`fallback`).
+//! - `TABLE_ENTRIES` = 4096 for 256 areas: load at most 1/16, so 8 probes nearly never
 //!   overflow; a multiplicative hash of the thread pointer (Fibonacci hashing, top 12 bits
 //!   of `tp * HASH_MUL`) spreads the TCB addresses, which differ in their high bits.
 //!
@@ -1272,8 +1274,9 @@ mod tests {
         }
         let l = RingLayout::default();
         assert_eq!(l.stride(), HEADER_BYTES + DEFAULT_RING_BYTES);
-        assert_eq!(l.region_len(), AREAS_OFF + 1024 * l.stride());
-        assert!(l.ring_bytes >= 2 * max_entry(4096));
+        assert_eq!(l.region_len(), AREAS_OFF + DEFAULT_AREAS as usize * l.stride());
+        assert_eq!(l.region_len(), crate::tracee::probe::RING_LEN);
+        assert!(l.ring_bytes >= 2 * max_entry(8192));
     }
 
     #[test]
