@@ -69,6 +69,11 @@ pub struct RecordArgs {
     /// single-threaded programs on VMs), `free` leaves it to the scheduler.
     #[arg(long, value_enum, default_value_t = CpuArg::Free)]
     pub cpu: CpuArg,
+    /// How allocator calls reach the recorder: `ring` (each call writes an event into
+    /// shared memory and goes on; the recorder reads them while the program runs) or
+    /// `stop` (each call stops the program once).
+    #[arg(long, value_enum, default_value_t = ModeArg::Ring)]
+    pub mode: ModeArg,
     /// Sample the program's RSS every this many milliseconds (0: never).
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub rss_interval: u64,
@@ -88,6 +93,12 @@ pub struct RecordArgs {
 pub enum CpuArg {
     Free,
     Same,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Ring,
+    Stop,
 }
 
 #[derive(Args)]

@@ -152,29 +152,30 @@ fn static_binary_counts_known_allocations() {
     assert_eq!(findings(p), vec![]);
 }
 
-/// Every allocator call of a C and a C++ program is handed over by an entry trampoline
-/// (no register access at its stop) and costs exactly one stop: operator new's inner
-/// malloc does not stop at all. Guards the fast path against silently falling back to
-/// plain breakpoints.
+/// With `--mode stop`, every allocator call of a C and a C++ program is handed over by
+/// an entry trampoline (no register access at its stop) and costs exactly one stop:
+/// operator new's inner malloc does not stop at all. Guards the fast path against
+/// silently falling back to plain breakpoints. In ring mode (the default) the same
+/// programs' calls do not stop at all: every one is recorded from a ring, the inner
+/// mallocs still once.
 #[test]
 fn allocator_calls_take_one_stop_on_the_fast_path() {
     let dir = TestDir::new("fastpath");
     for (src, name) in [("reallocs.c", "reallocs"), ("cxx.cc", "cxx")] {
         let prog = dir.compile(src, name, &[]);
-        let trace = dir.join(format!("{name}.trace"));
-        let rec = record(&dir, &trace, &["--stats"], &prog, &[]);
-        assert!(rec.status.success(), "{}", rec.stderr);
-        let number_before = |marker: &str| -> u64 {
-            let at = rec
-                .stderr
+        let number_before = |stderr: &str, marker: &str| -> u64 {
+            let at = stderr
                 .find(marker)
-                .unwrap_or_else(|| panic!("no {marker:?} in --stats output:\n{}", rec.stderr));
-            let head = rec.stderr[..at].trim_end();
+                .unwrap_or_else(|| panic!("no {marker:?} in --stats output:\n{stderr}"));
+            let head = stderr[..at].trim_end();
             head.rsplit([' ', '(']).next().unwrap().parse().unwrap()
         };
-        let at_breakpoints = number_before(" at allocator breakpoints");
-        let recorded = number_before(" recorded, ");
-        let fast = number_before(" allocator stops on the fast path");
+        let trace = dir.join(format!("{name}.trace"));
+        let rec = record(&dir, &trace, &["--stats", "--mode", "stop"], &prog, &[]);
+        assert!(rec.status.success(), "{}", rec.stderr);
+        let at_breakpoints = number_before(&rec.stderr, " at allocator breakpoints");
+        let recorded = number_before(&rec.stderr, " recorded, ");
+        let fast = number_before(&rec.stderr, " allocator stops on the fast path");
         assert!(recorded > 0);
         assert_eq!(
             at_breakpoints, recorded,
@@ -185,6 +186,26 @@ fn allocator_calls_take_one_stop_on_the_fast_path() {
             fast, at_breakpoints,
             "{name}: slow-path stops\n{}",
             rec.stderr
+        );
+        let stop_json = analyze(&trace);
+        let ring_trace = dir.join(format!("{name}.ring.trace"));
+        let rec = record(&dir, &ring_trace, &["--stats"], &prog, &[]);
+        assert!(rec.status.success(), "{}", rec.stderr);
+        let ring_recorded = number_before(&rec.stderr, " recorded, ");
+        let from_rings = number_before(&rec.stderr, " calls recorded without a stop");
+        assert_eq!(ring_recorded, recorded, "{name}: ring mode\n{}", rec.stderr);
+        assert_eq!(from_rings, recorded, "{name}: ring mode\n{}", rec.stderr);
+        assert_eq!(
+            number_before(&rec.stderr, " at allocator breakpoints"),
+            0,
+            "{name}: ring mode stopped\n{}",
+            rec.stderr
+        );
+        let ring_json = analyze(&ring_trace);
+        assert_eq!(
+            totals(root_process(&ring_json)),
+            totals(root_process(&stop_json)),
+            "{name}: totals differ between the modes"
         );
     }
 }

@@ -56,8 +56,11 @@ pub mod low_level {
     pub use crate::procfs::maps::{group_modules, parse_maps, read_maps, MapEntry, MappedModule};
     pub use crate::sys::{
         allowed_cpus, cont, get_regs, pin_current_thread, read_memory, set_regs, spawn_seized,
-        wait_blocking, WaitEvent,
+        wait_blocking, SharedMap, WaitEvent,
     };
+    /// The ring region, ring entry trampoline and drain (`recorder/tests/ring_trampoline.rs`
+    /// runs the generated code in-process).
+    pub use crate::tracee::ring;
 }
 
 use std::ffi::{CString, OsString};
@@ -95,8 +98,22 @@ pub struct RecordOptions {
     pub rss_interval: Option<std::time::Duration>,
     /// Attach to this running process instead of launching `program`.
     pub attach: Option<u32>,
+    /// How hooked calls reach the recorder.
+    pub mode: RecordMode,
     /// When attached: stop recording (and detach) after this long.
     pub duration: Option<std::time::Duration>,
+}
+
+/// How hooked allocator calls reach the recorder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordMode {
+    /// Each call writes an event into its thread's ring in shared memory and goes on;
+    /// the recorder drains the rings while the program runs. Calls that cannot take a
+    /// ring (see docs/ARCHITECTURE.md) stop as in [`RecordMode::Stop`].
+    #[default]
+    Ring,
+    /// Each call stops the program once (a ptrace stop), and the recorder reads it then.
+    Stop,
 }
 
 /// CPU placement of the tracer and the traced program.
@@ -349,6 +366,7 @@ fn tracer_config(opts: &RecordOptions) -> TracerConfig {
         measure_time: opts.stats,
         snapshot: opts.snapshot,
         rss_interval: opts.rss_interval,
+        ring: opts.mode == RecordMode::Ring,
     }
 }
 
@@ -450,6 +468,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut tracer = Tracer::new(tracer_config(opts), pid, output, t0);
     tracer.start_root(command);
     sys::install_tracer_signals(tick_ms(opts)).map_err(|e| RecordError::Os("sigaction", e))?;
+    if opts.mode == RecordMode::Ring {
+        sys::install_child_wakeup().map_err(|e| RecordError::Os("sigaction", e))?;
+    }
     finish_recording(tracer, t0, out_path, opts)
 }
 
@@ -475,10 +496,14 @@ fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, Reco
     let output = WriterThread::start(writer, sys::allowed_cpus());
     let mut tracer = Tracer::new(tracer_config(opts), pid as i32, output, t0);
     sys::install_tracer_signals(tick_ms(opts)).map_err(|e| RecordError::Os("sigaction", e))?;
+    if opts.mode == RecordMode::Ring {
+        sys::install_child_wakeup().map_err(|e| RecordError::Os("sigaction", e))?;
+    }
     if let Err(e) = tracer.attach(opts.duration) {
         // Release whatever was seized, then report why.
         tracer.detach_all();
         sys::uninstall_tracer_signals();
+        sys::uninstall_child_wakeup();
         let end = sys::monotonic_ns().saturating_sub(t0);
         let _ = tracer.into_output().finish(end);
         let _ = std::fs::remove_file(&out_path);
@@ -517,6 +542,7 @@ fn finish_recording(
         }
     };
     sys::uninstall_tracer_signals();
+    sys::uninstall_child_wakeup();
     let status = tracer.root_status();
     let stats = tracer.stats.clone();
     let end_ts = sys::monotonic_ns().saturating_sub(t0);

@@ -741,3 +741,150 @@ pub fn allowed_cpus() -> Vec<usize> {
             .collect()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Ring recording: in-place views of a shared mapping and futex wake-ups
+// ---------------------------------------------------------------------------------------
+
+impl SharedMap {
+    /// Length of the mapping in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len
+    }
+
+    /// Address of the mapping in this process (the futex word of a shared mapping is
+    /// keyed by file and offset, so a wake through this address reaches waiters that use
+    /// the tracee's mapping of the same memfd).
+    pub fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Reads the u32 at byte offset `off` (4-aligned).
+    #[inline]
+    pub fn read_u32(&self, off: usize) -> u32 {
+        assert!(
+            off % 4 == 0 && off + 4 <= self.len,
+            "shared read out of bounds"
+        );
+        // SAFETY: in bounds and aligned (checked above); the mapping is live (invariant).
+        unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u32>()) }
+    }
+
+    /// Borrows `len` bytes at byte offset `off` in place. Only for bytes the other side
+    /// does not write while the borrow lives: a published ring entry, which its producer
+    /// does not touch again until the consumer advances the ring's tail past it (and the
+    /// consumer does that only after the borrow ended).
+    #[inline]
+    pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.len),
+            "shared read out of bounds"
+        );
+        // SAFETY: in bounds (checked above); the mapping is live for `self`'s lifetime
+        // (invariant) and the returned borrow cannot outlive `self`; nothing writes these
+        // bytes while borrowed (the ring protocol, see the doc above). u8 has no invalid
+        // values.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
+    }
+
+    /// Wakes every waiter on the 32-bit futex word at byte offset `off` (4-aligned)
+    /// (`FUTEX_WAKE`, not private: the waiters are in another process). Returns how many
+    /// woke.
+    pub fn futex_wake(&self, off: usize) -> usize {
+        assert!(off % 4 == 0 && off + 4 <= self.len, "futex out of bounds");
+        // SAFETY: FUTEX_WAKE only reads the futex word's address (in bounds, aligned, in a
+        // live mapping); it writes no memory.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.ptr.add(off),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        n.max(0) as usize
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ring mode: polling the rings between stops
+// ---------------------------------------------------------------------------------------
+
+/// waitpid(-1, __WALL | WNOHANG): `Ok(None)` when no task has changed state (or a signal
+/// interrupted the call); `Err(ECHILD)` when no traced task is left.
+pub fn wait_any_nohang() -> io::Result<Option<(Tid, WaitEvent)>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes one int to &status.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some((pid, decode_status(status))))
+}
+
+extern "C" fn on_sigchld(_sig: libc::c_int) {}
+
+/// Installs a SIGCHLD handler that does nothing, without SA_RESTART: a tracee's stop then
+/// cuts short the recorder's [`sleep_ns`] between two drains of the rings.
+pub fn install_child_wakeup() -> io::Result<()> {
+    // SAFETY: the handler does nothing (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigchld as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = 0;
+        if libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Restores SIGCHLD's default disposition.
+pub fn uninstall_child_wakeup() {
+    // SAFETY: signal() takes plain integers.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+}
+
+/// Sleeps up to `ns` nanoseconds; returns early when a signal arrives (SIGCHLD, the tick).
+pub fn sleep_ns(ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: nanosleep reads one timespec; the remainder pointer may be null.
+    unsafe {
+        libc::nanosleep(&ts, std::ptr::null_mut());
+    }
+}
+
+/// The time stamp counter (`rdtsc`), the clock of ring events.
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// PTRACE_SETSIGMASK: sets the blocked-signal mask of a stopped task.
+pub fn set_sigmask(tid: Tid, mask: u64) -> io::Result<()> {
+    // The kernel reads one 8-byte sigset from &mask (data), its size in addr.
+    ptrace(
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &mask as *const u64 as usize,
+    )
+    .map(drop)
+}

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use heaptape_recorder::{CpuPolicy, RecordOptions};
+use heaptape_recorder::{CpuPolicy, RecordMode, RecordOptions};
 
 use super::{Failure, Outcome};
-use crate::cli::{CpuArg, RecordArgs};
+use crate::cli::{CpuArg, ModeArg, RecordArgs};
 
 pub fn run(args: RecordArgs) -> Outcome {
     if args.program.is_empty() && args.pid.is_none() {
@@ -29,6 +29,10 @@ pub fn run(args: RecordArgs) -> Outcome {
         cpu_policy: match args.cpu {
             CpuArg::Free => CpuPolicy::Free,
             CpuArg::Same => CpuPolicy::Same,
+        },
+        mode: match args.mode {
+            ModeArg::Ring => RecordMode::Ring,
+            ModeArg::Stop => RecordMode::Stop,
         },
     };
     let outcome =

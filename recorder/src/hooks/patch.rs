@@ -6,14 +6,40 @@
 //! displaced first instructions run from the hook's trampoline space and jump back into
 //! the function, so that a patch is never lifted while the program runs.
 
-use super::catalogue::{HookSpec, ResourceCall};
+use super::catalogue::{CallKind, HookSpec, ResourceCall};
 use super::relocate::{self, RelocateError};
 use crate::sys::ProcMem;
+use crate::tracee::ring::{self, Publish, RingLayout, RING_TRAMPOLINE_LEN};
 use crate::tracee::trampoline::{self, ENTRY_TRAMPOLINE_LEN};
 
+/// Bytes the displaced first instructions may take.
+const DISPLACED_BYTES: u64 = 64;
 /// Bytes reserved per hook for its trampolines: an entry trampoline (for a `jmp` patch),
-/// then the displaced first instructions.
-pub(crate) const TRAMPOLINE_BYTES: u64 = ENTRY_TRAMPOLINE_LEN + 64;
+/// the displaced first instructions, then (ring recording) a ring entry trampoline or
+/// gate.
+pub(crate) const TRAMPOLINE_BYTES: u64 =
+    ENTRY_TRAMPOLINE_LEN + DISPLACED_BYTES + RING_TRAMPOLINE_LEN;
+
+/// Ring recording's part of a hook: where the ring region is, and how many stack bytes
+/// an event copies.
+pub(crate) struct RingHook {
+    /// The ring region's layout.
+    pub(crate) layout: RingLayout,
+    /// Where the ring region is mapped in the tracee.
+    pub(crate) region_base: u64,
+    /// Bytes of stack each event copies at most.
+    pub(crate) stack_copy: usize,
+}
+
+/// When a ring event of a call of `spec` is numbered and published.
+fn publish_of(spec: &HookSpec) -> Publish {
+    match spec.kind {
+        CallKind::Alloc { .. } => Publish::AtReturn,
+        CallKind::PosixMemalign { .. } => Publish::AtReturnOutPtr,
+        CallKind::Realloc { .. } => Publish::Both,
+        CallKind::Free { .. } => Publish::AtEntry,
+    }
+}
 /// Bytes a `jmp rel32` patch covers.
 const JMP_LEN: usize = 5;
 
@@ -40,6 +66,8 @@ pub(crate) struct Hook {
     pub(crate) orig: Vec<u8>,
     /// Address of the entry trampoline's `int3`, for a `jmp` patch.
     pub(crate) trap: Option<u64>,
+    /// The ring entry trampoline the entry jumps to (ring recording, allocator hooks).
+    pub(crate) ring_entry: Option<u64>,
 }
 
 /// Whether the function at `addr` (`size` bytes per its symbol) can take a 5-byte `jmp`
@@ -76,19 +104,56 @@ pub(crate) fn install_jmp_hook(
     at: u64,
     probe_base: u64,
     kind: &HookKind,
+    ring: Option<&RingHook>,
 ) -> Option<Hook> {
     let displaced_at = at + ENTRY_TRAMPOLINE_LEN;
+    let ring_at = displaced_at + DISPLACED_BYTES;
     let disp = relocate::displaced_block(code, addr, displaced_at, JMP_LEN).ok()?;
-    if disp.bytes.len() as u64 > TRAMPOLINE_BYTES - ENTRY_TRAMPOLINE_LEN {
+    if disp.bytes.len() as u64 > DISPLACED_BYTES {
         return None;
     }
     let tramp = trampoline::entry_trampoline(at, probe_base, addr, displaced_at).ok()?;
     if tramp.code.len() as u64 > ENTRY_TRAMPOLINE_LEN {
         return None;
     }
+    // Ring recording: allocator calls get a ring entry trampoline, which falls back on
+    // the stop trampoline for threads without a ring; the others a gate, which keeps
+    // calls made inside a ring-recorded call (malloc's own mmap) unrecorded.
+    let ring_code = match (ring, kind) {
+        (None, _) | (_, HookKind::DlDebugState) => None,
+        (Some(r), HookKind::Alloc(spec)) => ring::ring_entry_trampoline(
+            &r.layout,
+            ring_at,
+            r.region_base,
+            addr,
+            displaced_at,
+            publish_of(spec),
+            r.stack_copy,
+            at,
+        )
+        .ok()
+        .map(|t| (t.code, true)),
+        (Some(r), HookKind::Resource(_)) => {
+            ring::ring_gate_trampoline(ring_at, r.region_base, displaced_at, at)
+                .ok()
+                .map(|t| (t.code, false))
+        }
+    };
+    let target = match &ring_code {
+        Some((c, _)) if c.len() as u64 <= RING_TRAMPOLINE_LEN => ring_at,
+        _ => at,
+    };
     mem.write(at, &tramp.code).ok()?;
     mem.write(displaced_at, &disp.bytes).ok()?;
-    let rel = (at as i64 - (addr as i64 + JMP_LEN as i64)) as i32;
+    if target == ring_at {
+        mem.write(ring_at, &ring_code.as_ref().expect("checked").0)
+            .ok()?;
+    }
+    let ring_entry = match ring_code {
+        Some((_, true)) if target == ring_at => Some(ring_at),
+        _ => None,
+    };
+    let rel = (target as i64 - (addr as i64 + JMP_LEN as i64)) as i32;
     let mut patch = [0u8; JMP_LEN];
     patch[0] = 0xe9;
     patch[1..].copy_from_slice(&rel.to_le_bytes());
@@ -103,6 +168,7 @@ pub(crate) fn install_jmp_hook(
         trampoline: displaced_at,
         orig: code[..disp.displaced_len].to_vec(),
         trap: Some(tramp.trap),
+        ring_entry,
     })
 }
 
@@ -129,5 +195,6 @@ pub(crate) fn install_int3_hook(
         trampoline: at,
         orig: vec![code[0]],
         trap: None,
+        ring_entry: None,
     }))
 }

@@ -6,8 +6,12 @@
 //! - [`trampoline`]: the entry trampoline each `jmp`-patched function jumps to, which
 //!   hands its call over through the thread's area;
 //! - [`inject`]: system calls run inside a stopped tracee (to map the probe memory and
-//!   the trampoline pages near each module).
+//!   the trampoline pages near each module);
+//! - [`ring`]: ring recording: the ring region of the probe memory, the ring entry
+//!   trampoline that writes one event per call without stopping, and the recorder's
+//!   side of the rings (drain, watermark, merge in sequence order).
 
 pub(crate) mod inject;
 pub(crate) mod probe;
+pub mod ring;
 pub(crate) mod trampoline;

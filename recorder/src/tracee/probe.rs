@@ -39,6 +39,9 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 
+use std::rc::Rc;
+
+use super::ring::{self, RingLayout, RingRegion};
 use crate::sys::SharedMap;
 
 /// Number of return slots (concurrently pending calls across a process tree).
@@ -61,10 +64,17 @@ pub(super) const AREAS_OFF: usize = TABLE_OFF + MAX_TID as usize * 4;
 pub const AREA_BYTES: usize = 8192;
 /// Thread areas (threads alive at once that take the fast path; others take the slow one).
 pub const AREAS: u32 = 1024;
-/// Size of the data part (read-write in the tracee): slots, tid table, thread areas.
+/// Offset of the ring region (ring recording: the thread-pointer table and one ring per
+/// thread, see [`super::ring`]).
+pub const RING_OFF: usize = round_page(AREAS_OFF + AREAS as usize * AREA_BYTES);
+/// Size of the ring region, [`RingLayout::default`]'s.
+pub const RING_LEN: usize = ring::AREAS_OFF
+    + ring::DEFAULT_AREAS as usize * (ring::HEADER_BYTES + ring::DEFAULT_RING_BYTES);
+/// Size of the data part (read-write in the tracee): slots, tid table, thread areas, the
+/// ring region.
 pub const DATA_LEN: usize = TOTAL_LEN - CODE_LEN;
 /// Total size of the memfd (sparse: only touched pages use memory).
-pub const TOTAL_LEN: usize = AREAS_OFF + AREAS as usize * AREA_BYTES;
+pub const TOTAL_LEN: usize = RING_OFF + RING_LEN;
 
 // Thread area layout (byte offsets within an area). Written by the entry trampoline
 // (see `trampoline::entry_trampoline`) and read by the tracer while the thread is stopped.
@@ -195,7 +205,7 @@ pub enum ReturnRef {
 /// The tracer's side of one probe area: the shared mapping plus slot bookkeeping. Shared
 /// by every process whose address space maps this memfd (a fork child inherits it).
 pub struct Probe {
-    map: SharedMap,
+    map: Rc<SharedMap>,
     /// Where the code part is mapped in the tracee (the data part follows it).
     pub code_addr: u64,
     free: Vec<u32>,
@@ -209,7 +219,7 @@ impl Probe {
     /// Wraps the tracer's mapping of a probe memfd whose code part the tracee mapped at
     /// `code_addr`, and writes the shims.
     pub fn new(file: &File, code_addr: u64) -> io::Result<Probe> {
-        let map = SharedMap::map(file, TOTAL_LEN)?;
+        let map = Rc::new(SharedMap::map(file, TOTAL_LEN)?);
         map.write_bytes(0, &code_image());
         Ok(Probe {
             map,
@@ -217,6 +227,36 @@ impl Probe {
             free: (0..SLOTS as u32).rev().collect(),
             free_areas: (1..=AREAS).rev().collect(),
         })
+    }
+
+    /// The recorder's side of the ring region (resets its counter and table: call once
+    /// per address space, before any ring trampoline points at it).
+    pub fn ring_region(&self) -> RingRegion {
+        RingRegion::new(
+            self.map.clone(),
+            RING_OFF,
+            self.ring_base(),
+            RingLayout::default(),
+        )
+    }
+
+    /// Where the ring region is mapped in the tracee.
+    pub fn ring_base(&self) -> u64 {
+        self.code_addr + RING_OFF as u64
+    }
+
+    /// Forgets the entry the thread owning `area` handed over and its call in flight (the
+    /// tracer sends the thread back to the function's entry: the call starts again).
+    /// Returns the signal mask to give the thread back if the trampoline had unblocked
+    /// SIGTRAP for the stop (it would have restored it after the stop).
+    pub fn abort_entry(&self, area: u32) -> Option<u64> {
+        let base = Self::area_off(area);
+        self.map.write_u64(base + A_READY, 0);
+        self.map.write_u64(base + A_LEVEL, 0);
+        let mask =
+            (self.map.read_u64(base + A_REBLOCK) != 0).then(|| self.map.read_u64(base + A_MASK));
+        self.map.write_u64(base + A_REBLOCK, 0);
+        mask
     }
 
     /// Address of the `syscall; int3` stub in the tracee.

@@ -139,6 +139,8 @@ impl Tracer {
                     area: None,
                     started,
                     held: held.remove(&tid).unwrap_or_default(),
+                    ring_tp: None,
+                    ring_refused: false,
                 },
             );
         }
@@ -333,6 +335,10 @@ impl Tracer {
             }
         }
         self.sweep();
+        // Every thread is stopped: whatever the rings hold goes in, in order. Threads
+        // stopped inside a ring trampoline finish their call after the detach, writing
+        // into memory nobody reads any more (their room was reserved at the entry).
+        self.drain_rings(true);
         // Snapshot of each process still there, all of its threads stopped.
         let pids: Vec<Tid> = self.procs.keys().copied().collect();
         for pid in pids {

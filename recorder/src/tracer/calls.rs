@@ -66,6 +66,11 @@ impl Tracer {
                 .and_then(|s| s.probe.clone());
             let frame = probe.and_then(|p| p.borrow().take_entry(area, &mut self.stack_buf));
             if let Some(frame) = frame {
+                // Ring mode: the thread's first call; from now on its calls do not stop.
+                if self.try_ring_redirect(tid, space_id, frame.entry, Some(area)) {
+                    self.resume(tid, 0);
+                    return;
+                }
                 self.on_fast_call(tid, pid, space_id, &frame);
                 self.resume(tid, 0);
                 return;
@@ -99,6 +104,10 @@ impl Tracer {
                 self.resume(tid, 0);
             }
             HookKind::Alloc(_) | HookKind::Resource(_) => {
+                if trap_entry.is_some() && self.try_ring_redirect(tid, space_id, entry, None) {
+                    self.resume(tid, 0);
+                    return;
+                }
                 let Some(call) = self.call_of(&hook.kind) else {
                     return;
                 };

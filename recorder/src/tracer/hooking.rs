@@ -224,9 +224,15 @@ impl Tracer {
                 && space.fast
                 && jmp_patchable(&space.mem, addr, size, &busy_ips);
             if patchable {
-                if let Some(hook) =
-                    install_jmp_hook(&space.mem, addr, &code, next, probe_base, &kind)
-                {
+                if let Some(hook) = install_jmp_hook(
+                    &space.mem,
+                    addr,
+                    &code,
+                    next,
+                    probe_base,
+                    &kind,
+                    space.ring.as_ref().map(|r| &r.hook),
+                ) {
                     if let Some(t) = hook.trap {
                         space.traps.insert(t, addr);
                     }

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use heaptape_format::{ExitStatus, ProcessOrigin, Record};
 
 use super::model::{KnownModule, Proc, Space, Task};
+use super::ring::RingState;
 use super::Tracer;
 use crate::events::unwind::StackUnwinder;
 use crate::procfs;
@@ -30,9 +31,15 @@ impl Tracer {
             }
             libc::PTRACE_EVENT_EXIT => {
                 self.sweep();
+                // Before its thread pointer can be reused: the ring goes with the thread
+                // (the snapshot below drains the whole process first).
+                if !self.cfg.snapshot {
+                    self.release_ring(tid);
+                }
                 if self.cfg.snapshot {
                     self.maybe_snapshot(tid);
                     self.note_dead_stack(tid);
+                    self.release_ring(tid);
                 }
                 self.abandon_calls(tid);
                 self.resume(tid, 0);
@@ -117,6 +124,10 @@ impl Tracer {
             }
         }
         self.sweep();
+        // Every call the process made before its end, in the allocator's order.
+        if let Some(space) = self.procs.get(&pid).map(|p| p.space) {
+            self.drain_space(space, true);
+        }
         let exclude = self.probe_range(pid);
         let alloc_mods = self.allocator_modules(pid);
         let ts = self.now();
@@ -180,8 +191,40 @@ impl Tracer {
             }
             let _ = sys::detach(tid, 0);
         } else {
+            self.wipe_fork_ring(tid);
             self.give_area(tid);
             self.resume(tid, 0);
+        }
+    }
+
+    /// A fork child's first stop: replaces the ring region it shares with its parent by
+    /// private zeroed memory (see [`Space::ring_wipe`]).
+    fn wipe_fork_ring(&mut self, tid: Tid) {
+        let Some(space_id) = self.procs.get(&self.tasks[&tid].pid).map(|p| p.space) else {
+            return;
+        };
+        let Some(space) = self.spaces.get_mut(space_id).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let (Some((base, len)), Some(probe)) = (space.ring_wipe.take(), space.probe.clone()) else {
+            return;
+        };
+        let mut held = Vec::new();
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let res = inject::syscall(
+            tid,
+            probe.borrow().syscall_stub(),
+            libc::SYS_mmap,
+            [base, len, prot, flags, u64::MAX, 0],
+            &mut held,
+        );
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.held.extend(held);
+        }
+        if let Err(e) = res {
+            eprintln!("heaptape: warning: pid {tid}: cannot give the fork child rings of its own ({e}); stopping it");
+            sys::kill(tid, libc::SIGKILL);
         }
     }
 
@@ -325,6 +368,8 @@ impl Tracer {
                 area: None,
                 started: false,
                 held: Vec::new(),
+                ring_tp: None,
+                ring_refused: false,
             },
         );
         if self.early_stops.remove(&child) {
@@ -369,6 +414,14 @@ impl Tracer {
             modules,
             unwinder,
             tramp_pages: parent.tramp_pages.clone(),
+            // The child's thread has its parent's thread pointer and the same (shared)
+            // ring region: give it private memory there before it runs (an empty table:
+            // its calls take the stop path).
+            ring: None,
+            ring_wipe: parent
+                .ring
+                .as_ref()
+                .map(|r| (r.hook.region_base, r.hook.layout.region_len() as u64)),
         };
         self.spaces.push(Some(space));
         self.spaces.len() - 1
@@ -379,6 +432,21 @@ impl Tracer {
         // A non-leader thread that execs takes over the leader's tid.
         let former = sys::event_msg(tid).map(|m| m as Tid).unwrap_or(tid);
         let pid = self.tasks.get(&former).map(|t| t.pid).unwrap_or(tid);
+        // The old image's calls, all of them, before its threads are forgotten.
+        if let Some(threads) = self.procs.get(&pid).map(|p| p.threads.clone()) {
+            for t in threads.into_iter().chain([former, tid]) {
+                self.release_ring(t);
+            }
+        }
+        if let Some(space) = self.procs.get(&pid).map(|p| p.space) {
+            if !self
+                .procs
+                .values()
+                .any(|p| p.space == space && !p.threads.contains(&former))
+            {
+                self.drain_space(space, true);
+            }
+        }
         if let Some(p) = self.procs.get(&pid) {
             for t in p.threads.clone() {
                 if t != tid {
@@ -400,6 +468,8 @@ impl Tracer {
             area: None,
             started: true,
             held: Vec::new(),
+            ring_tp: None,
+            ring_refused: false,
         });
         let Some(proc_) = self.procs.get_mut(&pid) else {
             self.resume(tid, 0);
@@ -454,16 +524,23 @@ impl Tracer {
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.held.extend(held);
         }
+        let fast = procfs::same_pid_namespace(tid);
+        let ring = probe.as_ref().filter(|_| self.cfg.ring && fast).map(|p| {
+            let p = p.borrow();
+            RingState::new(p.ring_region(), p.ring_base())
+        });
         self.spaces.push(Some(Space {
             owner: tid,
             mem,
             probe,
             hooks: HashMap::new(),
             traps: HashMap::new(),
-            fast: procfs::same_pid_namespace(tid),
+            fast,
             modules: Vec::new(),
             unwinder: StackUnwinder::new(),
             tramp_pages: Vec::new(),
+            ring,
+            ring_wipe: None,
         }));
         self.spaces.len() - 1
     }
@@ -473,6 +550,7 @@ impl Tracer {
             return;
         }
         if !self.procs.values().any(|p| p.space == space) {
+            self.drain_space(space, true);
             if let Some(s) = self.spaces.get_mut(space) {
                 *s = None;
             }
@@ -481,6 +559,7 @@ impl Tracer {
 
     pub(super) fn on_gone(&mut self, tid: Tid, status: ExitStatus) {
         let ts = self.now();
+        self.release_ring(tid);
         self.abandon_calls(tid);
         self.take_area(tid);
         let Some(task) = self.tasks.remove(&tid) else {

@@ -50,6 +50,7 @@ mod hooking;
 mod lifecycle;
 mod model;
 mod resources;
+mod ring;
 mod stats;
 
 pub use stats::TracerStats;
@@ -84,6 +85,8 @@ pub struct TracerConfig {
     pub snapshot: bool,
     /// Interval between RSS samples (None: no sampling).
     pub rss_interval: Option<std::time::Duration>,
+    /// Ring mode: allocator calls write into per-thread rings instead of stopping.
+    pub ring: bool,
 }
 
 /// The state of a tracing session.
@@ -115,6 +118,8 @@ pub struct Tracer {
     /// an instruction a thread is in the middle of (empty otherwise: a program's own
     /// threads are never inside a module that is being hooked for the first time).
     busy_ips: Vec<u64>,
+    /// Ring mode: converts the rings' time stamp counter readings to trace time.
+    tsc: ring::TscClock,
     /// Counters.
     pub stats: TracerStats,
 }
@@ -157,6 +162,7 @@ impl Tracer {
             more_stack: vec![0u8; 16 * 1024],
             done_buf: Vec::new(),
             busy_ips: Vec::new(),
+            tsc: ring::TscClock::new(),
             stats: TracerStats::default(),
         }
     }
@@ -199,6 +205,8 @@ impl Tracer {
                 area: None,
                 started: true,
                 held: Vec::new(),
+                ring_tp: None,
+                ring_refused: false,
             },
         );
         self.procs.insert(
@@ -221,20 +229,49 @@ impl Tracer {
     /// Runs until every traced task is gone (or, when attached, until a stop is
     /// requested: then every task is detached cleanly).
     pub fn run(&mut self) -> Result<(), TraceError> {
+        // Ring mode polls: between stops the rings are drained, and the recorder sleeps
+        // (cut short by a tracee's stop) only while they are empty.
+        const IDLE_MIN_NS: u64 = 20_000;
+        const IDLE_MAX_NS: u64 = 200_000;
+        let ring = self.cfg.ring;
+        let mut idle = IDLE_MIN_NS;
         loop {
             if self.stop_requested {
                 self.detach_all();
                 break;
             }
-            match sys::wait_any() {
+            let waited = if ring {
+                sys::wait_any_nohang()
+            } else {
+                sys::wait_any()
+            };
+            match waited {
                 Ok(Some((tid, ev))) => {
                     self.stats.stops += 1;
+                    if ring {
+                        // Everything published before the stop goes first.
+                        self.drain_rings(false);
+                    }
                     self.sweep();
                     self.handle(tid, ev);
                     if sys::take_tick() {
                         self.tick();
                     }
                     self.events.publish();
+                    idle = IDLE_MIN_NS;
+                }
+                Ok(None) if ring => {
+                    let n = self.drain_rings(false);
+                    if sys::take_tick() {
+                        self.tick();
+                    }
+                    if n == 0 {
+                        sys::sleep_ns(idle);
+                        idle = (idle * 2).min(IDLE_MAX_NS);
+                    } else {
+                        self.events.publish();
+                        idle = IDLE_MIN_NS;
+                    }
                 }
                 Ok(None) => {
                     sys::take_tick();
@@ -244,6 +281,7 @@ impl Tracer {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.drain_rings(true);
         self.sweep();
         // Calls that never returned (the process died inside the allocator).
         for p in std::mem::take(&mut self.pending) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use heaptape_format::{AllocFn, ExitStatus, StackId};
 
+use super::ring::RingState;
 use super::Tracer;
 use crate::events::unwind::StackUnwinder;
 use crate::events::AllocCall;
@@ -46,6 +47,12 @@ pub(super) struct Space {
     pub(super) unwinder: StackUnwinder,
     /// Trampoline pages: (next free address, end).
     pub(super) tramp_pages: Vec<(u64, u64)>,
+    /// Ring mode: this space's rings (None: every call takes the stop path).
+    pub(super) ring: Option<RingState>,
+    /// Ring mode, a fork child's copy of its parent's space: where the ring region
+    /// (shared with the parent) is mapped, to be replaced by private memory before the
+    /// child runs.
+    pub(super) ring_wipe: Option<(u64, u64)>,
 }
 
 /// A traced process.
@@ -80,6 +87,10 @@ pub(super) struct Task {
     pub(super) started: bool,
     /// Signals to deliver at the next resume (held during an injection).
     pub(super) held: Vec<i32>,
+    /// Ring mode: the thread pointer this thread's ring is registered under.
+    pub(super) ring_tp: Option<u64>,
+    /// Ring mode: no ring could be had (every area taken): stay on the stop path.
+    pub(super) ring_refused: bool,
 }
 
 /// What a call in flight is, for its record at the return.

@@ -37,6 +37,16 @@ pub struct TracerStats {
     pub snapshot_ns: u64,
     /// CPU time of the writer thread (encoding, compression, writing), nanoseconds.
     pub writer_cpu_ns: u64,
+    /// Ring mode: calls recorded from the rings (no stop).
+    pub ring_events: u64,
+    /// Ring mode: threads given a ring.
+    pub ring_threads: u64,
+    /// Ring mode: times a thread waited for room in its ring (backpressure).
+    pub ring_waits: u64,
+    /// Ring mode: stacks whose unwind went past the copied bytes (cut there).
+    pub ring_cut_stacks: u64,
+    /// Ring mode: most events held back at once to keep the allocator's order.
+    pub ring_held_max: u64,
 }
 
 impl std::fmt::Display for TracerStats {
@@ -67,6 +77,11 @@ impl std::fmt::Display for TracerStats {
             per(self.unwind_ns) / 1000.0,
             per(self.tracer_cpu_ns.saturating_sub(self.unwind_ns)) / 1000.0,
             per(self.writer_cpu_ns) / 1000.0
+        )?;
+        writeln!(
+            f,
+            "ring: {} calls recorded without a stop from {} threads; {} waits for room, {} stacks cut at the copy, at most {} events held for order",
+            self.ring_events, self.ring_threads, self.ring_waits, self.ring_cut_stacks, self.ring_held_max
         )?;
         writeln!(
             f,

@@ -1,0 +1,328 @@
+//! The ring event source: allocator calls that did not stop.
+//!
+//! In ring mode every `jmp`-hooked allocator function's entry jumps to a ring entry
+//! trampoline ([`crate::tracee::ring`]), which writes one event per call into its
+//! thread's ring in the probe memory and never stops. This file is the tracer's side:
+//!
+//! - a thread gets a ring at its first hooked call, which stops on the stop path (its
+//!   thread pointer is not in the ring table yet): the tracer reads its thread pointer,
+//!   registers it, and sends the thread back to the ring trampoline, so that call is
+//!   recorded once, by the ring ([`Tracer::try_ring_redirect`]);
+//! - the rings of every address space are drained between stops and before each stop is
+//!   handled ([`Tracer::drain_rings`]): a [`Merger`] hands the events over in the
+//!   allocator's order (sequence numbers), and each becomes a [`CallEvent`] for the
+//!   [`crate::events`] pipeline, exactly like a stop's;
+//! - a thread's ring is drained and released at its exit, and a process's rings are
+//!   drained to the end before its snapshot, exec or detach.
+
+use std::collections::HashMap;
+
+use heaptape_format::Record;
+
+use super::model::{Proc, Task};
+use super::Tracer;
+use crate::events::unwind::{EntryRegs, StackUnwinder};
+use crate::events::{CallEvent, Pipeline};
+use crate::hooks::patch::{Hook, HookKind, RingHook};
+use crate::procfs;
+use crate::sys::{self, Tid};
+use crate::tracee::ring::{Merger, Ordered, Part, RingRegion};
+use crate::tracer::TracerStats;
+
+/// Bytes of stack a ring event copies at most (see docs/PERFORMANCE.md for the choice).
+pub(super) const RING_STACK_COPY: usize = 8192;
+
+/// The ring recording state of one address space.
+pub(super) struct RingState {
+    /// The recorder's side of the ring region.
+    pub(super) region: RingRegion,
+    /// Orders the drained events.
+    pub(super) merger: Merger,
+    /// The thread each area belongs (or last belonged) to.
+    pub(super) tids: HashMap<u32, Tid>,
+    /// What hooking needs to assemble ring trampolines.
+    pub(super) hook: RingHook,
+}
+
+impl RingState {
+    /// The state of a ring region just set up.
+    pub(super) fn new(region: RingRegion, region_base: u64) -> RingState {
+        let layout = region.layout();
+        RingState {
+            region,
+            merger: Merger::new(),
+            tids: HashMap::new(),
+            hook: RingHook {
+                layout,
+                region_base,
+                stack_copy: RING_STACK_COPY,
+            },
+        }
+    }
+}
+
+/// Converts time stamp counter readings to trace time: calibrated against the monotonic
+/// clock at the start and again as the recording goes on.
+pub(super) struct TscClock {
+    tsc0: u64,
+    mono0: u64,
+    ns_per_tick: f64,
+    last_fit: u64,
+    /// The latest trace time handed out (ring events never go back in time).
+    last_ts: u64,
+}
+
+impl TscClock {
+    /// A clock calibrated over about a millisecond.
+    pub(super) fn new() -> TscClock {
+        let (tsc0, mono0) = (sys::tsc(), sys::monotonic_ns());
+        let mut tsc1 = sys::tsc();
+        let mut mono1 = sys::monotonic_ns();
+        while mono1 < mono0 + 1_000_000 {
+            tsc1 = sys::tsc();
+            mono1 = sys::monotonic_ns();
+        }
+        let ticks = tsc1.saturating_sub(tsc0).max(1);
+        TscClock {
+            tsc0,
+            mono0,
+            ns_per_tick: (mono1 - mono0) as f64 / ticks as f64,
+            last_fit: mono1,
+            last_ts: 0,
+        }
+    }
+
+    /// Refits the rate over the whole time since the start (at most every 10 ms).
+    fn refit(&mut self) {
+        let mono = sys::monotonic_ns();
+        if mono < self.last_fit + 10_000_000 {
+            return;
+        }
+        let ticks = sys::tsc().saturating_sub(self.tsc0);
+        if ticks > 0 {
+            self.ns_per_tick = (mono - self.mono0) as f64 / ticks as f64;
+        }
+        self.last_fit = mono;
+    }
+
+    /// Trace time (nanoseconds since `t0`) of counter reading `tsc`.
+    fn trace_ns(&mut self, tsc: u64, t0: u64) -> u64 {
+        let mono = self.mono0 as f64 + (tsc as f64 - self.tsc0 as f64) * self.ns_per_tick;
+        let ts = (mono.max(0.0) as u64).saturating_sub(t0).max(self.last_ts);
+        self.last_ts = ts;
+        ts
+    }
+}
+
+impl Tracer {
+    /// Drains the rings of every address space; with `flush`, also hands over the events
+    /// held back for order (for the end: no thread can publish any more). Returns how
+    /// many events were handed over.
+    pub(super) fn drain_rings(&mut self, flush: bool) -> usize {
+        (0..self.spaces.len())
+            .map(|s| self.drain_space(s, flush))
+            .sum()
+    }
+
+    /// Drains the rings of address space `space_id` (see [`Tracer::drain_rings`]).
+    pub(super) fn drain_space(&mut self, space_id: usize, flush: bool) -> usize {
+        let Some(space) = self.spaces.get_mut(space_id).and_then(|s| s.as_mut()) else {
+            return 0;
+        };
+        let Some(ring) = space.ring.as_mut() else {
+            return 0;
+        };
+        self.tsc.refit();
+        let mut sink = Sink {
+            tids: &ring.tids,
+            hooks: &space.hooks,
+            unwinder: &mut space.unwinder,
+            events: &mut self.events,
+            procs: &mut self.procs,
+            tasks: &self.tasks,
+            stats: &mut self.stats,
+            clock: &mut self.tsc,
+            t0: self.t0,
+        };
+        let (round, broken) = ring.merger.round(&ring.region, |o| sink.emit(o));
+        let mut n = round.emitted;
+        if flush {
+            n += ring.merger.flush(|o| sink.emit(o));
+        }
+        self.stats.ring_held_max = self.stats.ring_held_max.max(round.held as u64);
+        for b in broken {
+            eprintln!("heaptape: warning: {b}: the program wrote over its ring; events lost");
+        }
+        n
+    }
+
+    /// At a hooked allocator call that stopped (its thread has no ring yet): gives the
+    /// thread a ring and sends it back to the function's ring trampoline, which records
+    /// the call. `stop_area`: the thread area whose entry the stop took (fast path).
+    /// Returns whether the thread was sent back (then nothing else is to be done).
+    pub(super) fn try_ring_redirect(
+        &mut self,
+        tid: Tid,
+        space_id: usize,
+        entry: u64,
+        stop_area: Option<u32>,
+    ) -> bool {
+        let Some(task) = self.tasks.get(&tid) else {
+            return false;
+        };
+        if task.ring_tp.is_some() || task.ring_refused || !task.armed.is_empty() {
+            return false;
+        }
+        let recording = self.procs.get(&task.pid).is_some_and(|p| p.recording);
+        let Some(space) = self.spaces.get_mut(space_id).and_then(|s| s.as_mut()) else {
+            return false;
+        };
+        let Some(ring_entry) = space.hooks.get(&entry).and_then(|h| h.ring_entry) else {
+            return false;
+        };
+        let Some(ring) = space.ring.as_mut().filter(|_| recording) else {
+            return false;
+        };
+        let Ok(mut regs) = sys::get_regs(tid) else {
+            return false;
+        };
+        // The trampoline keys on fs:[0], the thread control block's self-pointer.
+        let mut w = [0u8; 8];
+        if regs.fs_base == 0 || space.mem.read(regs.fs_base, &mut w).is_err() {
+            // No thread pointer yet (the dynamic linker's early calls): next time.
+            return false;
+        }
+        let tp = u64::from_le_bytes(w);
+        let stack = procfs::mapping_containing(tid, regs.rsp).unwrap_or(0..0);
+        let Some(area) = ring.region.register_thread(tp, stack) else {
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                t.ring_refused = true;
+            }
+            return false;
+        };
+        ring.tids.insert(area, tid);
+        if let (Some(a), Some(probe)) = (stop_area, space.probe.as_ref()) {
+            if let Some(mask) = probe.borrow().abort_entry(a) {
+                let _ = sys::set_sigmask(tid, mask);
+            }
+        }
+        // At the stop every register is as at the function's entry (the stop
+        // trampoline's fast path restores them, r11 aside, which is scratch).
+        regs.rip = ring_entry;
+        if sys::set_regs(tid, &regs).is_err() {
+            return false;
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.ring_tp = Some(tp);
+        }
+        self.stats.ring_threads += 1;
+        true
+    }
+
+    /// Takes `tid`'s ring back (it exits or leaves its address space), after draining its
+    /// address space's rings.
+    pub(super) fn release_ring(&mut self, tid: Tid) {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let Some(tp) = task.ring_tp.take() else {
+            return;
+        };
+        let Some(space_id) = self.procs.get(&task.pid).map(|p| p.space) else {
+            return;
+        };
+        self.drain_space(space_id, false);
+        if let Some(ring) = self
+            .spaces
+            .get_mut(space_id)
+            .and_then(|s| s.as_mut())
+            .and_then(|s| s.ring.as_mut())
+        {
+            if let Some(area) = ring.region.area_of(tp) {
+                self.stats.ring_waits += ring.region.waits(area);
+            }
+            ring.region.unregister_thread(tp);
+        }
+    }
+}
+
+/// Where drained events go: the pipeline, with what it needs to unwind and account.
+struct Sink<'a> {
+    tids: &'a HashMap<u32, Tid>,
+    hooks: &'a HashMap<u64, Hook>,
+    unwinder: &'a mut StackUnwinder,
+    events: &'a mut Pipeline,
+    procs: &'a mut HashMap<Tid, Proc>,
+    tasks: &'a HashMap<Tid, Task>,
+    stats: &'a mut TracerStats,
+    clock: &'a mut TscClock,
+    t0: u64,
+}
+
+impl Sink<'_> {
+    /// One event part in the allocator's order. A realloc is written at its first part
+    /// (the release of the old block, numbered before the call), with its result.
+    fn emit(&mut self, o: Ordered<'_>) {
+        if o.part == Part::Alloc {
+            return;
+        }
+        let ev = o.event;
+        let Some(&tid) = self.tids.get(&ev.area) else {
+            return;
+        };
+        let Some(HookKind::Alloc(spec)) = self.hooks.get(&ev.entry).map(|h| &h.kind) else {
+            return;
+        };
+        let spec = *spec;
+        let pid = self.tasks.get(&tid).map(|t| t.pid).unwrap_or(tid);
+        let Some(proc_) = self.procs.get_mut(&pid).filter(|p| p.recording) else {
+            return;
+        };
+        let ts = self.clock.trace_ns(ev.tsc, self.t0);
+        let call = CallEvent {
+            ts,
+            tid,
+            regs: EntryRegs {
+                rip: ev.entry,
+                rsp: ev.rsp,
+                rbp: ev.rbp,
+            },
+            args: [ev.args[0], ev.args[1], ev.args[2], ev.args[3], 0, 0],
+            stack: ev.stack,
+        };
+        // Past the copy the stack has moved on: an unwind that needs more is cut there.
+        let mut cut = false;
+        let stack = self.events.stack(&call, self.unwinder, &mut |_| {
+            cut = true;
+            None
+        });
+        if cut {
+            self.stats.ring_cut_stacks += 1;
+        }
+        let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
+        self.stats.recorded_calls += 1;
+        self.stats.ring_events += 1;
+        let rec = alloc.record(ts, tid, stack, ev.result.unwrap_or(0), ev.out.unwrap_or(0));
+        match rec {
+            Some(rec) => {
+                match rec {
+                    Record::Alloc { address, size, .. } => proc_.live.alloc(address, size),
+                    Record::Realloc {
+                        old_address,
+                        new_address,
+                        size,
+                        ..
+                    } => proc_.live.realloc(old_address, new_address, size),
+                    _ => {}
+                }
+                self.events.buf().push(rec);
+            }
+            None => {
+                // A free: written by alloc_entry.
+                if let crate::events::AllocCall::Free { address } = alloc {
+                    proc_.live.free(address);
+                }
+            }
+        }
+    }
+}
