@@ -1274,7 +1274,10 @@ mod tests {
         }
         let l = RingLayout::default();
         assert_eq!(l.stride(), HEADER_BYTES + DEFAULT_RING_BYTES);
-        assert_eq!(l.region_len(), AREAS_OFF + DEFAULT_AREAS as usize * l.stride());
+        assert_eq!(
+            l.region_len(),
+            AREAS_OFF + DEFAULT_AREAS as usize * l.stride()
+        );
         assert_eq!(l.region_len(), crate::tracee::probe::RING_LEN);
         assert!(l.ring_bytes >= 2 * max_entry(8192));
     }

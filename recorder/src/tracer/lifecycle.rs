@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use heaptape_format::{ExitStatus, ProcessOrigin, Record};
 
+use super::model::RingState;
 use super::model::{KnownModule, Proc, Space, Task};
-use super::ring::RingState;
 use super::Tracer;
 use crate::events::unwind::StackUnwinder;
 use crate::procfs;

@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use heaptape_format::{AllocFn, ExitStatus, StackId};
 
-use super::ring::RingState;
 use super::Tracer;
 use crate::events::unwind::StackUnwinder;
 use crate::events::AllocCall;
 use crate::hooks::catalogue::ResourceCall;
 use crate::hooks::elf::ElfModule;
+use crate::hooks::patch::RingHook;
 use crate::hooks::patch::{Hook, HookKind};
 use crate::snapshot::LiveBlocks;
 use crate::sys::{ProcMem, Tid};
 use crate::tracee::probe::{self, Probe, ReturnRef};
+use crate::tracee::ring::{Merger, RingRegion};
 
 /// A module mapped in an address space, registered for unwinding.
 pub(super) struct KnownModule {
@@ -157,5 +158,37 @@ impl Tracer {
                 vec![probe]
             })
             .unwrap_or_default()
+    }
+}
+
+/// Bytes of stack a ring event copies at most (see docs/PERFORMANCE.md for the choice).
+pub(super) const RING_STACK_COPY: usize = 8192;
+
+/// The ring recording state of one address space.
+pub(super) struct RingState {
+    /// The recorder's side of the ring region.
+    pub(super) region: RingRegion,
+    /// Orders the drained events.
+    pub(super) merger: Merger,
+    /// The thread each area belongs (or last belonged) to.
+    pub(super) tids: HashMap<u32, Tid>,
+    /// What hooking needs to assemble ring trampolines.
+    pub(super) hook: RingHook,
+}
+
+impl RingState {
+    /// The state of a ring region just set up.
+    pub(super) fn new(region: RingRegion, region_base: u64) -> RingState {
+        let layout = region.layout();
+        RingState {
+            region,
+            merger: Merger::new(),
+            tids: HashMap::new(),
+            hook: RingHook {
+                layout,
+                region_base,
+                stack_copy: RING_STACK_COPY,
+            },
+        }
     }
 }

@@ -23,43 +23,11 @@ use super::model::{Proc, Task};
 use super::Tracer;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
 use crate::events::{CallEvent, Pipeline};
-use crate::hooks::patch::{Hook, HookKind, RingHook};
+use crate::hooks::patch::{Hook, HookKind};
 use crate::procfs;
 use crate::sys::{self, Tid};
-use crate::tracee::ring::{Merger, Ordered, Part, RingRegion};
+use crate::tracee::ring::{Ordered, Part};
 use crate::tracer::TracerStats;
-
-/// Bytes of stack a ring event copies at most (see docs/PERFORMANCE.md for the choice).
-pub(super) const RING_STACK_COPY: usize = 8192;
-
-/// The ring recording state of one address space.
-pub(super) struct RingState {
-    /// The recorder's side of the ring region.
-    pub(super) region: RingRegion,
-    /// Orders the drained events.
-    pub(super) merger: Merger,
-    /// The thread each area belongs (or last belonged) to.
-    pub(super) tids: HashMap<u32, Tid>,
-    /// What hooking needs to assemble ring trampolines.
-    pub(super) hook: RingHook,
-}
-
-impl RingState {
-    /// The state of a ring region just set up.
-    pub(super) fn new(region: RingRegion, region_base: u64) -> RingState {
-        let layout = region.layout();
-        RingState {
-            region,
-            merger: Merger::new(),
-            tids: HashMap::new(),
-            hook: RingHook {
-                layout,
-                region_base,
-                stack_copy: RING_STACK_COPY,
-            },
-        }
-    }
-}
 
 /// Converts time stamp counter readings to trace time: calibrated against the monotonic
 /// clock at the start and again as the recording goes on.
