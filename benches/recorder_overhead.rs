@@ -4,9 +4,10 @@
 //! 1. the floor: a bare ptrace stop (int3, waitpid, CONT) with tracer and tracee on the
 //!    same CPU, on different CPUs, and unpinned; plus the same stop with the recorder's
 //!    hot-path system calls (GETREGS, a 4 KiB process_vm_readv, SETREGS);
-//! 2. heaptape's cost per allocator call on an allocation loop, as a ratio to the floor,
-//!    and its stops per call (from `record --stats`);
-//! 3. wall-clock slowdown against the native run for heaptape, heaptrack and memcheck on
+//! 2. heaptape `--mode stop`'s cost per allocator call on an allocation loop, as a ratio
+//!    to the floor, and its stops per call (from `record --stats`; ring mode's too);
+//! 3. wall-clock slowdown against the native run for heaptape (ring mode, the default,
+//!    and `--mode stop` pinned and unpinned), heaptrack and memcheck on
 //!    an allocation loop, a 4-thread allocation loop and a compute-heavy program.
 //!
 //! Run: `cargo bench --bench recorder_overhead` (add `-- --quick` for fewer repetitions).
@@ -125,9 +126,14 @@ impl Tools<'_> {
                 .map(|_| {
                     let mut cmd = match tool {
                         "native" => Command::new(prog),
-                        "heaptape-same" | "heaptape-free" => {
+                        "heaptape-ring" => {
                             let mut c = Command::new(HEAPTAPE);
-                            c.args(["record", "--cpu", &tool[9..], "-o"])
+                            c.args(["record", "-o"]).arg(&trace).arg("--").arg(prog);
+                            c
+                        }
+                        "heaptape-stop-same" | "heaptape-stop-free" => {
+                            let mut c = Command::new(HEAPTAPE);
+                            c.args(["record", "--mode", "stop", "--cpu", &tool[14..], "-o"])
                                 .arg(&trace)
                                 .arg("--")
                                 .arg(prog);
@@ -153,9 +159,9 @@ impl Tools<'_> {
     }
 }
 
-fn stats_line(prog: &Path, args: &[String], dir: &Path) -> String {
+fn stats_line(prog: &Path, args: &[String], dir: &Path, mode: &str) -> String {
     let out = Command::new(HEAPTAPE)
-        .args(["record", "--stats", "--cpu", "same", "-o"])
+        .args(["record", "--stats", "--cpu", "same", "--mode", mode, "-o"])
         .arg(dir.join("stats.trace"))
         .arg("--")
         .arg(prog)
@@ -165,7 +171,7 @@ fn stats_line(prog: &Path, args: &[String], dir: &Path) -> String {
         .expect("heaptape runs");
     String::from_utf8_lossy(&out.stderr)
         .lines()
-        .filter(|l| l.contains("stops:") || l.contains("tracer:"))
+        .filter(|l| l.contains("stops:") || l.contains("tracer:") || l.contains("ring:"))
         .map(|l| l.trim_start_matches("heaptape: ").to_string())
         .collect::<Vec<_>>()
         .join("; ")
@@ -214,12 +220,12 @@ fn main() {
     let rounds = if quick { 3 } else { 9 };
     let once = Tools { dir: &dir, reps: 1 };
     println!(
-        "\n## heaptape per allocator call ({} calls, alloc_loop, median of {rounds} interleaved rounds)",
+        "\n## heaptape --mode stop per allocator call ({} calls, alloc_loop, median of {rounds} interleaved rounds)",
         2 * n_pairs
     );
     for (policy, tool, placement) in [
-        ("same", "heaptape-same", Placement::Same),
-        ("free", "heaptape-free", Placement::Free),
+        ("same", "heaptape-stop-same", Placement::Same),
+        ("free", "heaptape-stop-free", Placement::Free),
     ] {
         let (mut per_calls, mut bares, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
@@ -246,12 +252,16 @@ fn main() {
         );
     }
     println!(
-        "stats (--cpu same): {}",
-        stats_line(&alloc, &alloc_args, &dir)
+        "stats (--mode stop --cpu same): {}",
+        stats_line(&alloc, &alloc_args, &dir, "stop")
+    );
+    println!(
+        "stats (ring mode): {}",
+        stats_line(&alloc, &alloc_args, &dir, "ring")
     );
 
     println!("\n## Slowdown vs native (wall clock, median of {reps}); per event = (t(N) - t(N/10)) / (events(N) - events(N/10)), which removes start-up cost");
-    let mut tool_list = vec!["heaptape-same", "heaptape-free"];
+    let mut tool_list = vec!["heaptape-ring", "heaptape-stop-same", "heaptape-stop-free"];
     if have("heaptrack") {
         tool_list.push("heaptrack");
     }
