@@ -15,8 +15,8 @@ use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use heaptape_recorder::low_level::ring::{
-    max_entry, ring_entry_trampoline, Merger, Ordered, Part, Publish, RingEvent, RingLayout,
-    RingRegion, RING_TRAMPOLINE_LEN,
+    max_entry, ring_entry_trampoline, ring_gate_trampoline, Merger, Ordered, Part, Publish,
+    RingEvent, RingLayout, RingRegion, RING_TRAMPOLINE_LEN,
 };
 use heaptape_recorder::low_level::SharedMap;
 
@@ -375,6 +375,79 @@ fn nested_calls_are_recorded_once() {
         ]
     );
     assert_eq!(seen[0].result, Some(p as u64));
+}
+
+thread_local! {
+    /// The gated function a fake malloc calls (its gate), like malloc's own mmap.
+    static GATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+static GATED_DIRECT: AtomicU64 = AtomicU64::new(0);
+static GATED_FALLBACK: AtomicU64 = AtomicU64::new(0);
+extern "C" fn fake_mmap(n: usize) -> *mut c_void {
+    GATED_DIRECT.fetch_add(n as u64, Ordering::SeqCst);
+    std::ptr::null_mut()
+}
+extern "C" fn fake_mmap_stop_path(n: usize) -> *mut c_void {
+    GATED_FALLBACK.fetch_add(n as u64, Ordering::SeqCst);
+    std::ptr::null_mut()
+}
+/// A fake malloc that calls the gated function (a nested call of another kind).
+extern "C" fn fake_malloc_with_mmap(n: usize) -> *mut c_void {
+    malloc_fn(GATED.with(|g| g.get()))(1000);
+    fake_malloc(n)
+}
+
+/// The gate of a function ring mode does not record (descriptor and mapping calls):
+/// a call made inside a ring-recorded call goes straight to the function, unrecorded;
+/// any other (registered or not) goes to the stop path, with its argument intact.
+#[test]
+fn the_gate_sends_calls_nested_in_ring_calls_to_the_function() {
+    let rig = Rig::new(RingLayout {
+        ring_bytes: 1 << 16,
+        areas: 2,
+    });
+    let mut region = rig.region();
+    let code = *CODE.get_or_init(|| map_code_near(fake_malloc as *const () as u64));
+    let k = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    let at = code + (k as u64) * RING_TRAMPOLINE_LEN;
+    let gate = ring_gate_trampoline(
+        at,
+        rig.tracee.addr(),
+        fake_mmap as *const () as u64,
+        fake_mmap_stop_path as *const () as u64,
+    )
+    .unwrap();
+    assert!(gate.code.len() as u64 <= RING_TRAMPOLINE_LEN);
+    // SAFETY: a free slot of the RWX page mapped by map_code_near (as in Rig::install).
+    unsafe { std::ptr::copy_nonoverlapping(gate.code.as_ptr(), at as *mut u8, gate.code.len()) };
+    GATED.with(|g| g.set(at));
+    let malloc_t = rig.install(
+        Publish::AtReturn,
+        fake_malloc_with_mmap as *const () as u64,
+        256,
+        0,
+    );
+    let gated = malloc_fn(at);
+    // Not registered: the stop path.
+    gated(7);
+    assert_eq!(GATED_FALLBACK.load(Ordering::SeqCst), 7);
+    assert_eq!(GATED_DIRECT.load(Ordering::SeqCst), 0);
+    region
+        .register_thread(thread_pointer(), thread_stack())
+        .unwrap();
+    // Registered, outside any hooked call: still the stop path (it records the call).
+    gated(5);
+    assert_eq!(GATED_FALLBACK.load(Ordering::SeqCst), 12);
+    // Inside a ring-recorded malloc: straight to the function.
+    let p = malloc_fn(malloc_t)(32);
+    assert_eq!(GATED_DIRECT.load(Ordering::SeqCst), 1000);
+    assert_eq!(GATED_FALLBACK.load(Ordering::SeqCst), 12);
+    let mut merger = Merger::new();
+    let seen = drain_all(&region, &mut merger);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].args[0], 32);
+    assert_eq!(seen[0].result, Some(p as u64));
+    fake_free(p);
 }
 
 // A function that records every register the ABI passes and returns rax:rdx.
