@@ -46,8 +46,9 @@ const W: u64 = 8;
 /// first block starting at or after bucket b's start. A lookup binary-searches the few
 /// regions, then the few blocks of one bucket: never worse than a plain binary search.
 pub struct BlockIndex {
-    starts: Vec<u64>,
-    ends: Vec<u64>,
+    /// (start, end) of each block, in address order: a lookup's search and its final
+    /// check read one array (one cache line), not two.
+    spans: Vec<(u64, u64)>,
     sizes: Vec<u64>,
     lo: u64,
     hi: u64,
@@ -76,18 +77,21 @@ impl BlockIndex {
     /// order. A block of size 0 covers its start address alone.
     pub fn new(mut v: Vec<(u64, u64)>) -> BlockIndex {
         v.sort_unstable();
-        let starts: Vec<u64> = v.iter().map(|b| b.0).collect();
-        let ends: Vec<u64> = v.iter().map(|b| b.0.saturating_add(b.1.max(1))).collect();
+        let spans: Vec<(u64, u64)> = v
+            .iter()
+            .map(|b| (b.0, b.0.saturating_add(b.1.max(1))))
+            .collect();
         let sizes: Vec<u64> = v.iter().map(|b| b.1).collect();
-        let lo = starts.first().copied().unwrap_or(u64::MAX);
-        let hi = ends.iter().copied().max().unwrap_or(0);
+        drop(v);
+        let lo = spans.first().map_or(u64::MAX, |s| s.0);
+        let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
         let mut regions = Vec::new();
         let mut buckets: Vec<u32> = Vec::new();
         let mut i = 0;
-        while i < starts.len() {
-            let key = starts[i] >> 32;
-            let j = starts[i..].partition_point(|&s| s >> 32 == key) + i;
-            let (rlo, rhi) = (starts[i], starts[j - 1] + 1);
+        while i < spans.len() {
+            let key = spans[i].0 >> 32;
+            let j = spans[i..].partition_point(|s| s.0 >> 32 == key) + i;
+            let (rlo, rhi) = (spans[i].0, spans[j - 1].0 + 1);
             let want = ((j - i) as u64).max(1);
             let span = rhi - rlo;
             let shift = (64 - (span / want).max(1).leading_zeros()).max(4);
@@ -96,7 +100,7 @@ impl BlockIndex {
             let mut k = i;
             for b in 0..=len {
                 let at = rlo + ((b as u64) << shift);
-                while k < j && starts[k] < at {
+                while k < j && spans[k].0 < at {
                     k += 1;
                 }
                 buckets.push(k as u32);
@@ -112,8 +116,7 @@ impl BlockIndex {
             i = j;
         }
         BlockIndex {
-            starts,
-            ends,
+            spans,
             sizes,
             lo,
             hi,
@@ -145,7 +148,7 @@ impl BlockIndex {
         let from = self.buckets[region.first_bucket + b] as usize;
         let to = self.buckets[region.first_bucket + (b + 1).min(region.len)] as usize;
         let to = to.max(from);
-        let i = from + self.starts[from..to].partition_point(|&s| s <= v);
+        let i = from + self.spans[from..to].partition_point(|s| s.0 <= v);
         i.checked_sub(1)
     }
 
@@ -154,7 +157,7 @@ impl BlockIndex {
             .regions
             .get(r + 1)
             .map(|n| n.first_block)
-            .unwrap_or(self.starts.len());
+            .unwrap_or(self.spans.len());
         next - self.regions[r].first_block
     }
 
@@ -165,13 +168,13 @@ impl BlockIndex {
             return false;
         }
         self.last_start_at_or_before(v)
-            .is_some_and(|i| v < self.ends[i])
+            .is_some_and(|i| v < self.spans[i].1)
     }
 
     /// The start and size of the block containing `v`, if any.
     #[inline]
     pub fn block_of(&self, v: u64) -> Option<(u64, u64)> {
-        self.index_of(v).map(|i| (self.starts[i], self.sizes[i]))
+        self.index_of(v).map(|i| (self.spans[i].0, self.sizes[i]))
     }
 
     /// The position, in address order, of the block containing `v`, if any: for
@@ -183,7 +186,7 @@ impl BlockIndex {
             return None;
         }
         let i = self.last_start_at_or_before(v)?;
-        (v < self.ends[i]).then_some(i)
+        (v < self.spans[i].1).then_some(i)
     }
 
     /// Appends the pointers found in `bytes` (which start at an 8-aligned address): each
