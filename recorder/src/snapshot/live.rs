@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use heaptape_format::Record;
+
 use super::PAGE;
 
 /// The blocks a process has live, as the trace says, and the pages heap blocks have used.
@@ -47,6 +49,22 @@ impl LiveBlocks {
             self.alloc(new, size);
         } else if size == 0 && old != 0 {
             self.free(old);
+        }
+    }
+
+    /// Mirrors an allocator record: an allocation, a resize or a free (other records
+    /// change nothing).
+    pub fn apply(&mut self, rec: &Record) {
+        match *rec {
+            Record::Alloc { address, size, .. } => self.alloc(address, size),
+            Record::Realloc {
+                old_address,
+                new_address,
+                size,
+                ..
+            } => self.realloc(old_address, new_address, size),
+            Record::Free { address, .. } => self.free(address),
+            _ => {}
         }
     }
 

@@ -417,16 +417,7 @@ impl Tracer {
         };
         let pid = self.tasks.get(&p.tid).map(|t| t.pid);
         if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
-            match rec {
-                Record::Alloc { address, size, .. } => proc_.live.alloc(address, size),
-                Record::Realloc {
-                    old_address,
-                    new_address,
-                    size,
-                    ..
-                } => proc_.live.realloc(old_address, new_address, size),
-                _ => {}
-            }
+            proc_.live.apply(&rec);
         }
         self.events.buf().push(rec);
     }

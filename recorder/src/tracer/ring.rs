@@ -17,8 +17,6 @@
 
 use std::collections::HashMap;
 
-use heaptape_format::Record;
-
 use super::model::{Proc, Task};
 use super::Tracer;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
@@ -273,16 +271,7 @@ impl Sink<'_> {
         let rec = alloc.record(ts, tid, stack, ev.result.unwrap_or(0), ev.out.unwrap_or(0));
         match rec {
             Some(rec) => {
-                match rec {
-                    Record::Alloc { address, size, .. } => proc_.live.alloc(address, size),
-                    Record::Realloc {
-                        old_address,
-                        new_address,
-                        size,
-                        ..
-                    } => proc_.live.realloc(old_address, new_address, size),
-                    _ => {}
-                }
+                proc_.live.apply(&rec);
                 self.events.buf().push(rec);
             }
             None => {
