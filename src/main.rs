@@ -7,6 +7,8 @@
 //! - here: parse, dispatch, and the one place a failure becomes lines on stderr and an
 //!   exit status.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod commands;
 
