@@ -109,6 +109,7 @@ impl Tracer {
             stats: &mut self.stats,
             clock: &mut self.tsc,
             t0: self.t0,
+            measure: self.cfg.measure_time,
         };
         let (round, broken) = ring.merger.round(&ring.region, |o| sink.emit(o));
         let mut n = round.emitted;
@@ -223,6 +224,8 @@ struct Sink<'a> {
     stats: &'a mut TracerStats,
     clock: &'a mut TscClock,
     t0: u64,
+    /// Time the unwinding and interning (`--stats`).
+    measure: bool,
 }
 
 impl Sink<'_> {
@@ -258,10 +261,14 @@ impl Sink<'_> {
         };
         // Past the copy the stack has moved on: an unwind that needs more is cut there.
         let mut cut = false;
+        let t = if self.measure { sys::monotonic_ns() } else { 0 };
         let stack = self.events.stack(&call, self.unwinder, &mut |_| {
             cut = true;
             None
         });
+        if self.measure {
+            self.stats.unwind_ns += sys::monotonic_ns() - t;
+        }
         if cut {
             self.stats.ring_cut_stacks += 1;
         }
