@@ -1,0 +1,214 @@
+//! A real allocation-heavy program under every recorder, side by side in one run: gcc's
+//! C++ compiler proper (`cc1plus`) compiling a preprocessed file that includes <map>,
+//! <string>, <vector>, <unordered_map>, <algorithm> and <iostream> (generated here with
+//! `g++ -E`). Rows: native, heaptape (ring mode, the default), heaptape `--mode stop`,
+//! heaptrack and memcheck (each when installed), medians of the rounds, interleaved so
+//! that every row sees the same load. Also the allocation counts each tool saw (heaptape's
+//! `total heap usage` against memcheck's), and heaptape's `--stats` lines.
+//!
+//! Run: `cargo bench --bench cc1plus` (`-- --rounds N`, default 3; `-- --no-memcheck`
+//! skips the slowest row). Figures and the command are kept in docs/PERFORMANCE.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
+
+const SOURCE: &str = r#"
+#include <map>
+#include <string>
+#include <vector>
+#include <unordered_map>
+#include <algorithm>
+#include <iostream>
+int main() {
+    std::map<std::string, std::vector<int>> m;
+    std::unordered_map<int, std::string> u;
+    for (int i = 0; i < 100; i++) { m[std::to_string(i)].push_back(i); u[i] = std::to_string(2 * i); }
+    std::vector<int> v(m.size());
+    std::sort(v.begin(), v.end());
+    std::cout << m.size() << u.size() << v.size() << std::endl;
+}
+"#;
+
+/// A row of the table: its name and how to build its command.
+type Row<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
+
+fn cc1plus() -> Option<PathBuf> {
+    let out = Command::new("g++")
+        .arg("-print-prog-name=cc1plus")
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    p.is_file().then_some(p)
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Seconds the command takes (its output discarded); panics if it fails.
+fn time(cmd: &mut Command) -> f64 {
+    let t = Instant::now();
+    let st = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("command runs");
+    assert!(st.success(), "{cmd:?} failed");
+    t.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The allocations in heaptape's report of `trace` (`total heap usage: N allocs`).
+fn heaptape_allocs(trace: &Path) -> String {
+    let out = Command::new(HEAPTAPE)
+        .args(["analyze", "--no-symbols"])
+        .arg(trace)
+        .output()
+        .expect("analyze runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("total heap usage: "))
+        .and_then(|l| l.split(" allocs").next())
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(3usize);
+    let Some(cc1) = cc1plus() else {
+        eprintln!("cc1plus not found (g++ -print-prog-name=cc1plus): nothing to measure");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("heaptape-bench-cc1plus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("in.cc");
+    let ii = dir.join("in.ii");
+    std::fs::write(&src, SOURCE).unwrap();
+    let st = Command::new("g++")
+        .arg("-E")
+        .arg(&src)
+        .arg("-o")
+        .arg(&ii)
+        .status()
+        .unwrap();
+    assert!(st.success(), "g++ -E");
+    let compile = |c: &mut Command| {
+        c.arg(&cc1)
+            .args(["-quiet"])
+            .arg(&ii)
+            .args(["-o", "/dev/null"]);
+    };
+    let trace = dir.join("t.trace");
+    let mut rows: Vec<Row> = vec![
+        (
+            "native",
+            Box::new(|| {
+                let mut c = Command::new(&cc1);
+                c.arg("-quiet").arg(&ii).args(["-o", "/dev/null"]);
+                c
+            }),
+        ),
+        (
+            "heaptape (ring, default)",
+            Box::new(|| {
+                let mut c = Command::new(HEAPTAPE);
+                c.args(["record", "-o"]).arg(&trace).arg("--");
+                compile(&mut c);
+                c
+            }),
+        ),
+        (
+            "heaptape --mode stop",
+            Box::new(|| {
+                let mut c = Command::new(HEAPTAPE);
+                c.args(["record", "--mode", "stop", "-o"])
+                    .arg(dir.join("stop.trace"))
+                    .arg("--");
+                compile(&mut c);
+                c
+            }),
+        ),
+    ];
+    if have("heaptrack") {
+        rows.push((
+            "heaptrack",
+            Box::new(|| {
+                let mut c = Command::new("heaptrack");
+                c.arg("-o").arg(dir.join("ht"));
+                compile(&mut c);
+                c
+            }),
+        ));
+    }
+    if have("valgrind") && !args.iter().any(|a| a == "--no-memcheck") {
+        rows.push((
+            "memcheck",
+            Box::new(|| {
+                let mut c = Command::new("valgrind");
+                c.args(["--tool=memcheck", "--log-file=/dev/null"]);
+                compile(&mut c);
+                c
+            }),
+        ));
+    }
+    let mut times = vec![Vec::new(); rows.len()];
+    for _ in 0..rounds {
+        for (i, (_, make)) in rows.iter().enumerate() {
+            times[i].push(time(&mut make()));
+        }
+    }
+    let native = median(times[0].clone());
+    println!(
+        "cc1plus {} ({} KiB preprocessed), {rounds} rounds, medians, unpinned",
+        ii.display(),
+        std::fs::metadata(&ii).unwrap().len() / 1024
+    );
+    println!("| | wall | vs native |");
+    println!("|---|---:|---:|");
+    for (i, (name, _)) in rows.iter().enumerate() {
+        let m = median(times[i].clone());
+        println!("| {name} | {m:.2} s | {:.1}x |", m / native);
+    }
+    // Counts: heaptape's and memcheck's "total heap usage".
+    println!("heaptape allocations (ring): {}", heaptape_allocs(&trace));
+    println!(
+        "heaptape allocations (stop): {}",
+        heaptape_allocs(&dir.join("stop.trace"))
+    );
+    if have("valgrind") {
+        let mut c = Command::new("valgrind");
+        c.arg("--tool=memcheck");
+        compile(&mut c);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if let Some(l) = err.lines().find(|l| l.contains("total heap usage")) {
+            println!("memcheck: {}", l.split("==").last().unwrap_or(l).trim());
+        }
+    }
+    let mut c = Command::new(HEAPTAPE);
+    c.args(["record", "--stats", "-o"]).arg(&trace).arg("--");
+    compile(&mut c);
+    let out = c.output().unwrap();
+    for l in String::from_utf8_lossy(&out.stderr).lines() {
+        if l.contains("ring:") || l.contains("tracer:") {
+            println!("{l}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
