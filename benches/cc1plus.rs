@@ -10,8 +10,10 @@
 //! skips the slowest row). Figures and the command are kept in docs/PERFORMANCE.md.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
+
+mod support;
+use support::{have, median, time_cmd};
 
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
@@ -42,31 +44,6 @@ fn cc1plus() -> Option<PathBuf> {
         .ok()?;
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     p.is_file().then_some(p)
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Seconds the command takes (its output discarded); panics if it fails.
-fn time(cmd: &mut Command) -> f64 {
-    let t = Instant::now();
-    let st = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("command runs");
-    assert!(st.success(), "{cmd:?} failed");
-    t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// The allocations in heaptape's report of `trace` (`total heap usage: N allocs`).
@@ -170,7 +147,7 @@ fn main() {
     let mut times = vec![Vec::new(); rows.len()];
     for _ in 0..rounds {
         for (i, (_, make)) in rows.iter().enumerate() {
-            times[i].push(time(&mut make()));
+            times[i].push(time_cmd(&mut make()).as_secs_f64());
         }
     }
     let native = median(times[0].clone());

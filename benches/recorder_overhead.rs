@@ -16,9 +16,12 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use heaptape_recorder::low_level::{self as sys, WaitEvent};
+
+mod support;
+use support::{have, median, time_cmd};
 
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
@@ -87,30 +90,6 @@ fn bare_stop_us(prog: &Path, n: u64, placement: Placement, full: bool) -> f64 {
     let elapsed = start.expect("enough stops").elapsed();
     sys::pin_current_thread(&cpus).unwrap();
     elapsed.as_secs_f64() * 1e6 / (stops - 100) as f64
-}
-
-fn time_cmd(cmd: &mut Command) -> Duration {
-    let t = Instant::now();
-    let st = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("command runs");
-    assert!(st.success(), "{cmd:?} failed");
-    t.elapsed()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 struct Tools<'a> {
