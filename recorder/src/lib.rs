@@ -31,6 +31,7 @@
 // `unsafe` is confined to `sys`; see its module documentation.
 #![deny(unsafe_code)]
 
+mod addr_map;
 mod events;
 mod hooks;
 mod procfs;

@@ -344,6 +344,50 @@ fn every_call_is_recorded_once_with_exact_args_and_results() {
 }
 
 #[test]
+fn a_round_gives_ring_space_back_before_it_ends() {
+    // A producer waiting for room runs again while the recorder is still busy with the
+    // round's later events: the round releases what it handed over as it goes.
+    let rig = Rig::new(RingLayout {
+        ring_bytes: 1 << 20,
+        areas: 4,
+    });
+    let mut region = rig.region();
+    let fb = fake_fallback_malloc as *const () as u64;
+    let malloc =
+        malloc_fn(rig.install(Publish::AtReturn, fake_malloc as *const () as u64, 256, fb));
+    let free = free_fn(rig.install(Publish::AtEntry, fake_free as *const () as u64, 256, fb));
+    let area = region
+        .register_thread(thread_pointer(), thread_stack())
+        .unwrap();
+    for k in 0..100 {
+        free(malloc(8 + k));
+    }
+    let tail = |r: &RingRegion| r.published(area).resume_pos();
+    assert_eq!(tail(&region), 0);
+    let head_end = {
+        let mut it = region.published(area);
+        it.by_ref().count();
+        it.resume_pos()
+    };
+    let mut merger = Merger::new();
+    let mut seen = 0;
+    let mut tails = Vec::new();
+    let (stats, broken) = merger.round(&region, |_| {
+        seen += 1;
+        tails.push(tail(&region));
+    });
+    assert!(broken.is_empty());
+    assert_eq!((stats.emitted, seen), (200, 200));
+    // Nothing released before the first handful, all of it by the end, and some in
+    // between (while events were still being handed over).
+    assert_eq!(tails[0], 0);
+    assert!(tails[100] > 0 && tails[100] < head_end, "{}", tails[100]);
+    assert!(tails.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(tail(&region), head_end);
+    region.unregister_thread(thread_pointer());
+}
+
+#[test]
 fn nested_calls_are_recorded_once() {
     let rig = Rig::new(RingLayout {
         ring_bytes: 1 << 16,

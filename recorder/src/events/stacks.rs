@@ -6,49 +6,9 @@
 //! and emits nothing; a new stack emits only its new nodes. Whole stacks seen before are
 //! found with one look-up ([`StackTrie::intern`] walks the trie only for new ones).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use heaptape_format::{Record, StackId, EMPTY_STACK};
 
-/// A multiply-rotate hasher for return addresses and node ids: the keys are program
-/// addresses, not attacker-chosen, and SipHash cost a fifth of a ring event's recording.
-#[derive(Default, Clone, Copy)]
-struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // A `[u64]` key arrives here as its bytes: eight at a time.
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            self.write_u64(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        for &b in words.remainder() {
-            self.write_u64(b as u64);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    #[inline]
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(v as u64);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-}
-
-type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
+use crate::addr_map::AddrMap;
 
 /// The recorder's view of the trie: which (parent, address) pairs have ids, and the id
 /// of every whole stack interned so far.

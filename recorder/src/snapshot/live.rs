@@ -1,9 +1,9 @@
 //! The blocks a process has live, mirrored from the allocator records the tracer writes,
 //! and the pages that ever held one (freed heap memory is never a snapshot root).
 
-use std::collections::{HashMap, HashSet};
-
 use heaptape_format::Record;
+
+use crate::addr_map::{AddrMap, AddrSet};
 
 use super::PAGE;
 
@@ -11,9 +11,9 @@ use super::PAGE;
 #[derive(Clone, Debug, Default)]
 pub struct LiveBlocks {
     /// Live blocks: start to size.
-    pub(super) blocks: HashMap<u64, u64>,
+    pub(super) blocks: AddrMap<u64, u64>,
     /// Pages (address / [`PAGE`]) that ever held a block.
-    pub(super) heap_pages: HashSet<u64>,
+    pub(super) heap_pages: AddrSet<u64>,
 }
 
 impl LiveBlocks {

@@ -112,7 +112,11 @@
 //! reads `waiting` and, if set, clears it and `FUTEX_WAKE`s (the Dekker pair makes a lost
 //! wake-up impossible; the 1 ms timeout is a second safety net). The producer sets
 //! `waiting` again, fenced, before each wait, so the consumer's clearing cannot hide one.
-//! EINTR, EAGAIN and ETIMEDOUT just loop. Nothing is dropped.
+//! EINTR, EAGAIN and ETIMEDOUT just loop. Nothing is dropped. A [`Merger::round`] stores
+//! `tail` as it goes (every 32 parts handed over), not only at its end, so a producer
+//! that filled its ring runs again while the recorder works through the rest; it is
+//! woken there only once a quarter of the ring is free (each wake-up costs both sides
+//! a system call), and at the round's end in any case.
 //!
 //! **Sequence numbers.** A shared counter, taken with `lock xadd`, orders events across
 //! threads the way the allocator saw them:
@@ -937,6 +941,18 @@ impl RingRegion {
     /// Marks `area`'s entries before ring position `pos` consumed, and wakes its producer
     /// if it waits for space.
     pub fn consume(&self, area: u32, pos: u64) {
+        self.release(area, pos, true);
+    }
+
+    /// Marks `area`'s entries before `pos` consumed (the rest of the round's entries are
+    /// still being handed over). A waiting producer is woken only once a quarter of the
+    /// ring is free: each wake-up costs both sides a system call and the producer a
+    /// trip through the scheduler, so it should come back to enough room.
+    fn consume_some(&self, area: u32, pos: u64) {
+        self.release(area, pos, false);
+    }
+
+    fn release(&self, area: u32, pos: u64, always_wake: bool) {
         let a = self.area_off(area);
         // Entry reads (done: their borrows ended) must not move below the tail store.
         compiler_fence(Ordering::SeqCst);
@@ -945,6 +961,11 @@ impl RingRegion {
         // tail, one of the two sees the other (no lost wake-up).
         fence(Ordering::SeqCst);
         if self.map.read_u32(a + H_WAITING) != 0 {
+            let used = self.map.read_u64(a + H_HEAD).saturating_sub(pos);
+            if !always_wake && used > (self.layout.ring_bytes as u64 / 4) * 3 {
+                // Left waiting: a later release (at the latest the round's last) wakes it.
+                return;
+            }
             // Cleared here, not by the producer's fast path: it sets the flag again (and
             // re-checks the tail) before each wait.
             self.map.write_u32(a + H_WAITING, 0);
@@ -1095,6 +1116,9 @@ pub struct Ordered<'a> {
     pub event: RingEvent<'a>,
 }
 
+/// Parts handed over between two partial releases of ring space in a [`Merger::round`].
+const RELEASE_EVERY: usize = 32;
+
 /// An event copied out of its ring because one of its parts could not be handed over yet.
 struct Held {
     event: RingEvent<'static>,
@@ -1173,20 +1197,31 @@ impl Merger {
     ) -> (RoundStats, Vec<RingCorrupt>) {
         let w = region.watermark();
         let mut fresh: Vec<RingEvent<'_>> = Vec::new();
-        let mut ends = Vec::with_capacity(region.live_areas().len());
+        // Per fresh event: the ring position after it.
+        let mut fresh_end: Vec<u64> = Vec::new();
+        // Per live area: (area, its fresh events' range in `fresh`, where its round ends).
+        let mut areas = Vec::with_capacity(region.live_areas().len());
         let mut broken = Vec::new();
         for &area in region.live_areas() {
+            let first = fresh.len();
             let mut it = region.published(area);
-            fresh.extend(&mut it);
-            ends.push((area, it.resume_pos()));
+            while let Some(ev) = it.next() {
+                fresh.push(ev);
+                fresh_end.push(it.pos);
+            }
+            areas.push((area, first..fresh.len(), it.resume_pos()));
             broken.extend(it.corrupt());
         }
         let mut ready: Vec<(u64, Part, Src)> = Vec::new();
         let mut keep: Vec<(u64, Part, Held)> = Vec::new();
+        // Per fresh event: its parts still to hand over from the ring (held parts are
+        // copies: they do not count).
+        let mut left: Vec<u8> = vec![0; fresh.len()];
         for (i, ev) in fresh.iter().enumerate() {
             let mut part = |seq: u64, part: Part| {
                 if seq < w {
                     ready.push((seq, part, Src::Fresh(i)));
+                    left[i] += 1;
                 } else {
                     keep.push((seq, part, Held::new(ev)));
                 }
@@ -1216,7 +1251,9 @@ impl Merger {
             held: keep.len(),
             watermark: w,
         };
-        for &(seq, part, src) in &ready {
+        // Per area: the first of its fresh events not yet handed over entirely.
+        let mut done: Vec<usize> = areas.iter().map(|(_, r, _)| r.start).collect();
+        for (k, &(seq, part, src)) in ready.iter().enumerate() {
             let event = match src {
                 Src::Fresh(i) => fresh[i],
                 Src::Held(i) => old_ready[i].view(),
@@ -1224,10 +1261,27 @@ impl Merger {
             debug_assert!(seq >= self.next, "sequence numbers out of order");
             self.next = seq + 1;
             f(Ordered { seq, part, event });
+            if let Src::Fresh(i) = src {
+                left[i] -= 1;
+            }
+            // Give space back while the round goes on, so that a producer waiting for it
+            // runs at the same time as the recorder: every RELEASE_EVERY parts, each area's
+            // entries up to the first still needed (never read again after this).
+            if k % RELEASE_EVERY == RELEASE_EVERY - 1 {
+                for (j, (area, range, _)) in areas.iter().enumerate() {
+                    let from = done[j];
+                    while done[j] < range.end && left[done[j]] == 0 {
+                        done[j] += 1;
+                    }
+                    if done[j] > from {
+                        region.consume_some(*area, fresh_end[done[j] - 1]);
+                    }
+                }
+            }
         }
         // No borrow of the rings survives past here.
         drop(fresh);
-        for (area, pos) in ends {
+        for (area, _, pos) in areas {
             region.consume(area, pos);
         }
         self.held = keep;

@@ -533,7 +533,7 @@ impl Tracer {
             owner: tid,
             mem,
             probe,
-            hooks: HashMap::new(),
+            hooks: Default::default(),
             traps: HashMap::new(),
             fast,
             modules: Vec::new(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use heaptape_format::{AllocFn, ExitStatus, StackId};
 
 use super::Tracer;
+use crate::addr_map::AddrMap;
 use crate::events::unwind::StackUnwinder;
 use crate::events::AllocCall;
 use crate::hooks::catalogue::ResourceCall;
@@ -39,7 +40,7 @@ pub(super) struct Space {
     pub(super) mem: ProcMem,
     pub(super) probe: Option<Rc<RefCell<Probe>>>,
     /// Hooks by function entry address.
-    pub(super) hooks: HashMap<u64, Hook>,
+    pub(super) hooks: AddrMap<u64, Hook>,
     /// Entry trampolines' `int3` addresses, to their function's entry.
     pub(super) traps: HashMap<u64, u64>,
     /// Threads here may use thread areas (same pid namespace as the tracer).
@@ -171,7 +172,7 @@ pub(super) struct RingState {
     /// Orders the drained events.
     pub(super) merger: Merger,
     /// The thread each area belongs (or last belonged) to.
-    pub(super) tids: HashMap<u32, Tid>,
+    pub(super) tids: AddrMap<u32, Tid>,
     /// What hooking needs to assemble ring trampolines.
     pub(super) hook: RingHook,
 }
@@ -183,7 +184,7 @@ impl RingState {
         RingState {
             region,
             merger: Merger::new(),
-            tids: HashMap::new(),
+            tids: Default::default(),
             hook: RingHook {
                 layout,
                 region_base,

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use super::model::{Proc, Task};
 use super::Tracer;
+use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
 use crate::events::{CallEvent, Pipeline};
 use crate::hooks::patch::{Hook, HookKind};
@@ -215,8 +216,8 @@ impl Tracer {
 
 /// Where drained events go: the pipeline, with what it needs to unwind and account.
 struct Sink<'a> {
-    tids: &'a HashMap<u32, Tid>,
-    hooks: &'a HashMap<u64, Hook>,
+    tids: &'a AddrMap<u32, Tid>,
+    hooks: &'a AddrMap<u64, Hook>,
     unwinder: &'a mut StackUnwinder,
     events: &'a mut Pipeline,
     procs: &'a mut HashMap<Tid, Proc>,
