@@ -239,6 +239,92 @@ fn twenty_attach_detach_cycles_on_one_process() {
     assert_eq!(status.code(), want_status.code());
 }
 
+/// The recorder's mappings in `pid`: probe memory lines in its maps, and its VmSize.
+fn recorder_mappings(pid: u32) -> (usize, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let probes = maps
+        .lines()
+        .filter(|l| l.contains("heaptape-probe"))
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let vm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("pid {pid} is gone: {status}"));
+    (probes, vm_kib)
+}
+
+#[test]
+fn a_hundred_attaches_leave_at_most_one_sessions_mappings() {
+    // Four threads allocate without pause: a detach often finds one inside malloc, whose
+    // session's probe memory and trampoline page then stay (it returns through them);
+    // the next attach or detach removes them. Never more than one session's.
+    let dir = TestDir::new("attach-100");
+    let exe = dir.compile_c("worker", WORKER_C);
+    let (want_out, want_status) = native(&exe);
+    let run = Running::start(&exe, &[]);
+    // Its threads and their malloc arenas exist by then.
+    std::thread::sleep(Duration::from_millis(300));
+    let (none, vm_before) = recorder_mappings(run.pid());
+    assert_eq!(none, 0);
+    for i in 0..100 {
+        let trace = dir.join("cycle.trace");
+        let rec = attach(run.pid(), "10ms", &trace);
+        assert!(rec.status.success(), "cycle {i}: {}", rec.stderr);
+        let (probes, vm) = recorder_mappings(run.pid());
+        assert!(probes <= 2, "cycle {i}: {probes} probe mappings");
+        // One session's probe memory is ~290 MiB of (sparse) address space.
+        assert!(
+            vm <= vm_before + 400 * 1024,
+            "cycle {i}: VmSize {vm_before} -> {vm} KiB"
+        );
+    }
+    let (out, status) = run.finish();
+    assert_eq!(out, want_out);
+    assert_eq!(status.code(), want_status.code());
+}
+
+/// A thread sleeps inside a hooked function (`my_malloc`, hooked with
+/// `--allocator-prefix my_`) for most of the time; prints `done` and exits with 5.
+const SLOW_ALLOC_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) void *my_malloc(size_t n) { usleep(200000); return malloc(n); }
+int main(void) {
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < 12; i++) free(my_malloc(100));
+    printf("done\n");
+    return 5;
+}
+"#;
+
+#[test]
+fn mappings_a_thread_is_inside_stay_until_it_is_out() {
+    let dir = TestDir::new("attach-inside");
+    let exe = dir.compile_c("slow", SLOW_ALLOC_C);
+    let slow = Running::start(&exe, &[]);
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        let trace = dir.join(format!("inside{i}.trace"));
+        let rec = run(heaptape()
+            .args(["record", "--allocator-prefix", "my_", "--pid"])
+            .arg(slow.pid().to_string())
+            .args(["--duration", "300ms", "-o"])
+            .arg(&trace));
+        assert!(rec.status.success(), "{}", rec.stderr);
+        kept.push(recorder_mappings(slow.pid()).0);
+    }
+    // Each detach finds the thread asleep inside my_malloc, called through this
+    // session's trampoline: that session's probe stays, the earlier ones are gone.
+    assert_eq!(kept, vec![2, 2, 2]);
+    let (out, status) = slow.finish();
+    assert_eq!(out, "done\n");
+    assert_eq!(status.code(), Some(5));
+}
+
 #[test]
 fn leaks_during_the_window_are_counted() {
     let dir = TestDir::new("attach-leak");

@@ -11,6 +11,7 @@ use super::{TraceError, Tracer};
 use crate::procfs;
 use crate::snapshot::{self, LiveBlocks, SnapshotContext, ThreadState};
 use crate::sys::{self, ProcMem, Tid, WaitEvent};
+use crate::tracee::leftovers;
 
 impl Tracer {
     /// Attaches to the running process `pid`: seizes every thread (racing thread
@@ -161,7 +162,10 @@ impl Tracer {
                 dead_stacks: Vec::new(),
             },
         );
-        // Every thread is stopped: code can be patched and system calls injected.
+        // Every thread is stopped: an earlier session's probe memory and trampolines go
+        // if nothing can be inside them any more, code can be patched and system calls
+        // injected.
+        self.remove_leftovers();
         self.busy_ips = stopped
             .iter()
             .filter_map(|&t| sys::get_regs(t).ok().map(|r| r.rip))
@@ -401,7 +405,16 @@ impl Tracer {
                     let _ = sys::set_regs(tid, &regs);
                 }
             }
-            let sig = deliver.get(&tid).copied().unwrap_or(0);
+        }
+        // Every thread where it will resume: the probe memory and trampolines go now if
+        // no thread can be inside them (else the next attach removes them).
+        self.remove_leftovers();
+        for (&tid, task) in self.tasks.iter_mut() {
+            let sig = deliver
+                .get(&tid)
+                .copied()
+                .or_else(|| task.held.pop())
+                .unwrap_or(0);
             let _ = sys::detach(tid, sig);
         }
         for (&pid, p) in self.procs.iter() {
@@ -422,5 +435,38 @@ impl Tracer {
         self.tasks.clear();
         self.procs.clear();
         self.events.publish();
+    }
+
+    /// Unmaps the recorder's mappings (this session's and any earlier one's) from every
+    /// traced process whose threads, all stopped, cannot be inside them (see
+    /// [`leftovers`]). Signals that arrive meanwhile are held for the detach.
+    pub(super) fn remove_leftovers(&mut self) {
+        let pids: Vec<Tid> = self.procs.keys().copied().collect();
+        for pid in pids {
+            let Some(p) = self.procs.get(&pid) else {
+                continue;
+            };
+            let threads: Vec<Tid> = p.threads.iter().copied().collect();
+            let Some(&tid) = threads.first() else {
+                continue;
+            };
+            let Ok(mem) = ProcMem::open(pid) else {
+                continue;
+            };
+            let ours = leftovers::find(tid, &mem);
+            if ours.is_empty() {
+                continue;
+            }
+            let ours = leftovers::removable(&threads, &mem, &ours);
+            if ours.is_empty() {
+                continue;
+            }
+            let mut held = Vec::new();
+            let n = leftovers::remove(tid, &mem, &ours, &mut held);
+            self.stats.leftovers_removed += n as u64;
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                t.held.extend(held);
+            }
+        }
     }
 }

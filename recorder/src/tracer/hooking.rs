@@ -19,6 +19,7 @@ use crate::procfs::{
 };
 use crate::sys::{self, Tid};
 use crate::tracee::inject;
+use crate::tracee::leftovers::{trampoline_header, TRAMPOLINE_HEADER};
 
 impl Tracer {
     pub(super) fn elf(&mut self, m: &MappedModule, pid: Tid) -> Option<Arc<ElfModule>> {
@@ -187,17 +188,20 @@ impl Tracer {
         let (mut next, end) = match page {
             Some(p) => (p.0, p.1),
             None => {
-                let len = need.div_ceil(4096) * 4096;
+                // The pages start with a mark a later session recognises them by.
+                let magic = TRAMPOLINE_HEADER;
+                let header = trampoline_header(probe.borrow().code_addr);
+                let len = (magic + need).div_ceil(4096) * 4096;
                 let mut held = Vec::new();
                 let addr = inject::map_near(tid, &probe.borrow(), range.start, len, &mut held);
                 if let Some(t) = self.tasks.get_mut(&tid) {
                     t.held.extend(held);
                 }
                 let space = self.spaces[space_id].as_mut().expect("live");
-                match addr {
+                match addr.and_then(|a| Ok(space.mem.write(a, &header).map(|_| a)?)) {
                     Ok(a) => {
-                        space.tramp_pages.push((a, a + len));
-                        (a, a + len)
+                        space.tramp_pages.push((a + magic, a + len));
+                        (a + magic, a + len)
                     }
                     Err(e) => {
                         self.stats

@@ -5,6 +5,9 @@
 pub struct TracerStats {
     /// Every waitpid stop handled.
     pub stops: u64,
+    /// Mappings of the recorder (probe memory, trampoline pages) unmapped at a detach or
+    /// at an attach that found an earlier session's.
+    pub leftovers_removed: u64,
     /// Allocator breakpoint stops.
     pub breakpoint_stops: u64,
     /// Allocator calls recorded (one per top-level call).
@@ -92,8 +95,8 @@ impl std::fmt::Display for TracerStats {
         )?;
         write!(
             f,
-            "hooks: {} sites in {} modules ({} through entry trampolines), {} signals passed on",
-            self.hooks, self.modules_hooked, self.jmp_hooks, self.signals_delivered
+            "hooks: {} sites in {} modules ({} through entry trampolines), {} signals passed on; {} recorder mappings removed",
+            self.hooks, self.modules_hooked, self.jmp_hooks, self.signals_delivered, self.leftovers_removed
         )
     }
 }
