@@ -90,13 +90,16 @@ pub(crate) fn sigtrap_pending(tid: Tid) -> bool {
         .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
 }
 
-/// A process's memory use (bytes) from /proc/PID/status (and smaps_rollup for Pss, when
-/// the kernel has it), as an `RssSample` record at `ts`.
-pub(crate) fn rss_sample(pid: Tid, ts: u64) -> Option<Record> {
+/// A process's memory use (bytes) from /proc/PID/status (and, `with_pss`, smaps_rollup
+/// for Pss, when the kernel has it), as an `RssSample` record at `ts`. smaps_rollup walks
+/// every page table of the process: on a compiler with a few hundred MB of heap it cost
+/// 5% of the recorder's CPU at 10 samples a second.
+pub(crate) fn rss_sample(pid: Tid, ts: u64, with_pss: bool) -> Option<Record> {
     let status = Status::read(pid)?;
     let kb = |key: &str| -> u64 { kib_field(&status.0, key).unwrap_or(0) };
-    let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
+    let pss = with_pss
+        .then(|| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .flatten()
         .and_then(|s| kib_field(&s, "Pss:"));
     Some(Record::RssSample(Box::new(heaptape_format::RssSample {
         ts,

@@ -110,6 +110,8 @@ pub struct Tracer {
     deadline: Option<u64>,
     stop_requested: bool,
     next_rss: u64,
+    /// When RSS samples carry Pss again (at most once a second).
+    next_pss: u64,
     stack_buf: Vec<u8>,
     /// Further stack beyond `stack_buf`, read on demand by the unwinder.
     more_stack: Vec<u8>,
@@ -158,6 +160,7 @@ impl Tracer {
             deadline: None,
             stop_requested: false,
             next_rss: 0,
+            next_pss: 0,
             stack_buf: vec![0u8; STACK_COPY],
             more_stack: vec![0u8; 16 * 1024],
             done_buf: Vec::new(),
@@ -326,9 +329,13 @@ impl Tracer {
     }
 
     /// One RssSample per recorded process, from /proc/PID/status (and smaps_rollup for
-    /// Pss, when the kernel has it).
+    /// Pss, when the kernel has it, at most once a second).
     fn sample_rss(&mut self) {
         let ts = self.now();
+        let with_pss = ts >= self.next_pss;
+        if with_pss {
+            self.next_pss = ts + 1_000_000_000;
+        }
         let pids: Vec<Tid> = self
             .procs
             .iter()
@@ -336,7 +343,7 @@ impl Tracer {
             .map(|(&pid, _)| pid)
             .collect();
         for pid in pids {
-            if let Some(rec) = procfs::rss_sample(pid, ts) {
+            if let Some(rec) = procfs::rss_sample(pid, ts, with_pss) {
                 self.events.buf().push(rec);
             }
         }
