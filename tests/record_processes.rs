@@ -101,3 +101,56 @@ fn no_follow_leaves_children_alone() {
     let (_, vg) = valgrind(&dir, &prog, &[]);
     assert_eq!(HeapUsage::of(&totals(root)), vg[0].1);
 }
+
+/// The parent mallocs 100 bytes, vforks a child that calls `_exit(5)` without exec,
+/// waits for it and frees the block: nothing leaks anywhere.
+const VFORK_EXIT_C: &str = r#"
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    char *a = malloc(100);
+    a[0] = 1;
+    pid_t c = vfork();
+    if (c == 0) _exit(5);
+    int st = 0;
+    waitpid(c, &st, 0);
+    free(a);
+    return WEXITSTATUS(st) == 5 ? 0 : 1;
+}
+"#;
+
+#[test]
+fn a_vfork_child_that_exits_owns_no_blocks() {
+    let dir = TestDir::new("vfork-exit");
+    let prog = dir.compile_c("vfork_exit", VFORK_EXIT_C);
+    let trace = dir.join("t.trace");
+    record_ok(&dir, &trace, &[], &prog, &[]);
+    // analyze: complete, no warning (the child's snapshot covers what the replay has).
+    let json = analyze(&trace);
+    let procs = processes(&json);
+    assert_eq!(procs.len(), 2, "{json}");
+    for p in procs {
+        let lost = &p["leaks"]["definitely_lost"];
+        assert_eq!(
+            (lost["blocks"].as_u64(), lost["bytes"].as_u64()),
+            (Some(0), Some(0)),
+            "{p}"
+        );
+        assert_eq!(p["totals"]["live_at_exit_blocks"], 0, "{p}");
+    }
+    let child = procs
+        .iter()
+        .find(|p| p["origin"] == "vfork")
+        .unwrap_or_else(|| panic!("no vfork child: {json}"));
+    assert_eq!(child["exit"], serde_json::json!({"code": 5}));
+    let fail = run(heaptape()
+        .args(["analyze", "--fail-on", "definite,indirect,possible"])
+        .arg(&trace));
+    assert!(
+        fail.status.success(),
+        "{}\n{}",
+        fail.stdout_str(),
+        fail.stderr
+    );
+}

@@ -27,9 +27,14 @@ impl Replay {
         let pending = match self.heaps.get(heap).and_then(Option::as_ref) {
             Some(heap) if !self.procs[p].ended => PendingSnapshot {
                 image: img,
+                // A heap shared with another live process (a vfork child and its
+                // parent): the snapshot covers the blocks this image allocated (a vfork
+                // child that only execs or exits owns none); the others are its
+                // sharer's, classified by the sharer's own snapshot.
                 graph: SnapshotGraph::new(
                     heap.live
                         .iter()
+                        .filter(|(_, b)| heap.users <= 1 || b.owner == img)
                         .map(|(address, b)| LiveBlock {
                             address,
                             size: b.size,
