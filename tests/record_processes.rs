@@ -154,3 +154,111 @@ fn a_vfork_child_that_exits_owns_no_blocks() {
         fail.stderr
     );
 }
+
+/// Threads, a fork child that allocates and leaks, a fork child that execs /bin/true
+/// with the parent's 10 MiB block in its copy of the heap, a vfork child that execs,
+/// and posix_spawn.
+const TREE_C: &str = r#"
+#include <pthread.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+static void *work(void *arg) {
+    for (int i = 0; i < 100; i++) free(malloc(64 + i));
+    return malloc(1000 + (long)arg); /* leaked by the thread */
+}
+int main(void) {
+    char *big = malloc(10 << 20);
+    memset(big, 1, 4096);
+    pthread_t t[3];
+    for (long i = 0; i < 3; i++) pthread_create(&t[i], 0, work, (void *)i);
+    for (int i = 0; i < 3; i++) pthread_join(t[i], 0);
+    pid_t c = fork();
+    if (c == 0) { malloc(777); _exit(0); }
+    waitpid(c, 0, 0);
+    c = fork();
+    if (c == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
+    waitpid(c, 0, 0);
+    c = vfork();
+    if (c == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
+    waitpid(c, 0, 0);
+    char *argv[] = {"true", 0};
+    if (posix_spawn(&c, "/bin/true", 0, 0, argv, environ) == 0) waitpid(c, 0, 0);
+    return 0;
+}
+"#;
+
+/// The sum of a folded flame graph's values.
+fn folded_sum(trace: &std::path::Path, metric: &str) -> u64 {
+    let r = run(heaptape()
+        .args(["flamegraph", "--folded", "--metric", metric, "-o", "-"])
+        .arg(trace));
+    assert!(r.status.success(), "{}", r.stderr);
+    r.stdout_str()
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn analyze_diff_and_flamegraph_count_a_process_tree_alike() {
+    let dir = TestDir::new("tree-totals");
+    let prog = dir.compile_source("tree.c", TREE_C, "tree", &["gcc", "-pthread"]);
+    let trace = dir.join("t.trace");
+    record_ok(&dir, &trace, &[], &prog, &[]);
+    let json = analyze(&trace);
+    // analyze: every image's allocations; what the processes held when they exited
+    // (an image replaced by exec discarded its heap: not leaked, no peak of its own).
+    let mut allocations = 0;
+    let mut allocated = 0;
+    let mut leaked = 0;
+    let mut peak = 0;
+    for p in processes(&json) {
+        let t = &p["totals"];
+        allocations += t["allocations"].as_u64().unwrap();
+        allocated += t["allocated_bytes"].as_u64().unwrap();
+        leaked += t["live_at_exit_bytes"].as_u64().unwrap();
+        peak += t["peak_live_bytes"].as_u64().unwrap();
+        for img in p["previous_images"].as_array().into_iter().flatten() {
+            allocations += img["totals"]["allocations"].as_u64().unwrap();
+            allocated += img["totals"]["allocated_bytes"].as_u64().unwrap();
+        }
+    }
+    // The fork child that execs held the parent's 10 MiB block until its exec, which
+    // discarded it: counted nowhere as leaked (the double count this test guards).
+    let exec_child = processes(&json)
+        .iter()
+        .find(|p| {
+            p["origin"] == "fork"
+                && p["previous_images"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| panic!("no fork+exec child: {json}"));
+    let discarded = exec_child["previous_images"][0]["totals"]["live_at_exit_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(discarded >= 10 << 20, "{exec_child}");
+    let parent = root_process(&json)["totals"]["live_at_exit_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(parent >= (10 << 20) + 3003, "{parent}");
+    // Held at exit: the parent's blocks, and the fork child's copy of them plus its 777.
+    assert_eq!(leaked, 2 * parent + 777, "{json}");
+
+    let d = run(heaptape().args(["diff", "--json"]).arg(&trace).arg(&trace));
+    assert!(d.status.success(), "{}", d.stderr);
+    let d: Value = serde_json::from_slice(&d.stdout).unwrap();
+    let old = &d["totals"]["old"];
+    assert_eq!(old["allocations"], allocations);
+    assert_eq!(old["allocated_bytes"], allocated);
+    assert_eq!(old["leaked_bytes"], leaked);
+    assert_eq!(old["peak_bytes"], peak);
+
+    assert_eq!(folded_sum(&trace, "allocations"), allocations);
+    assert_eq!(folded_sum(&trace, "allocated-bytes"), allocated);
+    assert_eq!(folded_sum(&trace, "leaked"), leaked);
+}

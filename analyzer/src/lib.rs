@@ -58,7 +58,7 @@ pub use checks::{
 };
 pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{
-    Anomalies, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals, FREED_HISTORY,
+    Anomalies, Figures, Image, ImageEnd, Process, Replay, ReplayOutcome, Totals, FREED_HISTORY,
     INTERNAL_FREE_FUNCTIONS,
 };
 pub use report::frames::symbolize_stack;

@@ -73,7 +73,7 @@ mod tests;
 
 pub use accounting::INTERNAL_FREE_FUNCTIONS;
 pub use heap::FREED_HISTORY;
-pub use model::{Anomalies, Image, ImageEnd, Process, ReplayOutcome, Totals};
+pub use model::{Anomalies, Figures, Image, ImageEnd, Process, ReplayOutcome, Totals};
 pub(crate) use prepare::Prepared;
 
 use accounting::Release;

@@ -5,7 +5,7 @@
 
 use heaptape_format::{ExitStatus, ProcessOrigin, StackId, Timestamp};
 
-use crate::callsites::SiteTable;
+use crate::callsites::{SiteStats, SiteTable};
 use crate::checks::{Findings, LeakCheck, Resources, Timeline};
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
@@ -58,6 +58,21 @@ pub enum ImageEnd {
     TraceEnd,
     /// Another `ProcessStart` of the same pid arrived while it ran (a damaged trace).
     Superseded,
+}
+
+/// An image's (or a call site's) figures as the reports add them up: see
+/// [`Image::figures`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Successful allocations.
+    pub allocations: u64,
+    /// Bytes they requested.
+    pub allocated_bytes: u64,
+    /// Bytes live when the image ended by an exit (or a detach, or the trace's end).
+    pub leaked_bytes: u64,
+    /// Bytes live at the image's heap peak (the site's share of it), for images that
+    /// ended that way too.
+    pub peak_bytes: u64,
 }
 
 /// One program image run by a process (see the module docs).
@@ -123,6 +138,43 @@ impl Image {
     /// Whether it still runs.
     pub(super) fn is_open(&self) -> bool {
         self.end.is_none()
+    }
+
+    /// Whether an exec replaced it: its heap was discarded then, neither leaked nor
+    /// held at a peak of its own (a fork child that execs held its parent's blocks).
+    pub fn replaced_by_exec(&self) -> bool {
+        self.end == Some(ImageEnd::Exec)
+    }
+
+    /// The figures every report adds up across images and processes (`analyze` shows the
+    /// same: an image replaced by exec lists its allocations and what it discarded).
+    pub fn figures(&self) -> Figures {
+        let ended = !self.replaced_by_exec();
+        Figures {
+            allocations: self.totals.allocations,
+            allocated_bytes: self.totals.allocated_bytes,
+            leaked_bytes: if ended {
+                self.totals.live_at_exit_bytes
+            } else {
+                0
+            },
+            peak_bytes: if ended {
+                self.totals.peak_live_bytes
+            } else {
+                0
+            },
+        }
+    }
+
+    /// A call site's figures, counted as [`Image::figures`] counts the image's.
+    pub fn site_figures(&self, s: &SiteStats) -> Figures {
+        let ended = !self.replaced_by_exec();
+        Figures {
+            allocations: s.allocations,
+            allocated_bytes: s.allocated_bytes,
+            leaked_bytes: if ended { s.live_bytes } else { 0 },
+            peak_bytes: if ended { s.peak_bytes } else { 0 },
+        }
     }
 
     /// Accounts a block that became live in this image (and, if `allocation`, the

@@ -15,7 +15,8 @@
 //!
 //! Figures per site and in total: `allocations`, `allocated_bytes`, `leaked_bytes`
 //! (live when the image ended) and `peak_bytes` (live at the image's heap peak; the
-//! total is the sum of the images' peaks).
+//! total is the sum of the images' peaks), counted as every report counts them
+//! ([`Image::figures`]: an image replaced by exec discarded its heap).
 //!
 //! **Conditions** (`--fail-if`): `METRIC>VALUE` compares NEW's total with `VALUE`;
 //! `METRIC>+VALUE` compares the increase from OLD to NEW. `>=` is accepted too. Values
@@ -29,6 +30,7 @@ use serde_json::{json, Value};
 
 use super::frames::{describe, json_list};
 use crate::hash::FastMap;
+pub use crate::replay::Figures;
 use crate::replay::Image;
 use crate::symbolize::Frame;
 use crate::units::num;
@@ -37,21 +39,8 @@ use crate::Analysis;
 /// Frames in a key when not told otherwise.
 pub const DEFAULT_DEPTH: usize = 4;
 
-/// The figures compared, for one site or in total.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Figures {
-    /// Allocation calls.
-    pub allocations: u64,
-    /// Bytes allocated.
-    pub allocated_bytes: u64,
-    /// Bytes live when the images ended.
-    pub leaked_bytes: u64,
-    /// Bytes live at the heap peak.
-    pub peak_bytes: u64,
-}
-
 impl Figures {
-    fn add(&mut self, o: &Figures) {
+    pub(crate) fn add(&mut self, o: &Figures) {
         self.allocations = self.allocations.saturating_add(o.allocations);
         self.allocated_bytes = self.allocated_bytes.saturating_add(o.allocated_bytes);
         self.leaked_bytes = self.leaked_bytes.saturating_add(o.leaked_bytes);
@@ -211,13 +200,7 @@ fn side(a: &Analysis, depth: usize) -> Side {
     let mut totals = Figures::default();
     let mut sites: BTreeMap<String, (Figures, Vec<Frame>, String)> = BTreeMap::new();
     for img in images {
-        let t = &img.totals;
-        totals.add(&Figures {
-            allocations: t.allocations,
-            allocated_bytes: t.allocated_bytes,
-            leaked_bytes: t.live_at_exit_bytes,
-            peak_bytes: t.peak_live_bytes,
-        });
+        totals.add(&img.figures());
         let mut cache: FastMap<u32, (String, Vec<Frame>, String)> = FastMap::default();
         for (stack, s) in img.sites.iter() {
             let (key, frames, lkey) = cache
@@ -236,12 +219,7 @@ fn side(a: &Analysis, depth: usize) -> Side {
                     (key, frames, lkey)
                 })
                 .clone();
-            let f = Figures {
-                allocations: s.allocations,
-                allocated_bytes: s.allocated_bytes,
-                leaked_bytes: s.live_bytes,
-                peak_bytes: s.peak_bytes,
-            };
+            let f = img.site_figures(s);
             sites
                 .entry(key)
                 .or_insert_with(|| (Figures::default(), frames, lkey))

@@ -62,13 +62,15 @@ impl Metric {
         Metric::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    /// A site's value.
-    pub fn value(self, s: &SiteStats) -> u64 {
+    /// A site's value in image `img`, counted as every report counts it
+    /// ([`Image::site_figures`]: an image replaced by exec discarded its heap).
+    pub fn value(self, img: &Image, s: &SiteStats) -> u64 {
+        let f = img.site_figures(s);
         match self {
-            Metric::Leaked => s.live_bytes,
-            Metric::AllocatedBytes => s.allocated_bytes,
-            Metric::Allocations => s.allocations,
-            Metric::Peak => s.peak_bytes,
+            Metric::Leaked => f.leaked_bytes,
+            Metric::AllocatedBytes => f.allocated_bytes,
+            Metric::Allocations => f.allocations,
+            Metric::Peak => f.peak_bytes,
             Metric::Temporary => s.temporary_allocations,
         }
     }
@@ -115,7 +117,7 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
             })
         });
         for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
-            let v = metric.value(&site.stats);
+            let v = metric.value(img, &site.stats);
             if v == 0 {
                 continue;
             }
