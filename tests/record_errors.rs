@@ -54,6 +54,46 @@ fn non_executable_file_exits_126() {
 }
 
 #[test]
+fn a_script_without_a_shebang_runs_with_sh_as_a_shell_would() {
+    let dir = TestDir::new("noshebang");
+    let script = dir.join("plain-script");
+    std::fs::write(&script, "echo \"sh ran $1\"\nexit 3\n").expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Natively, as a shell runs it (std's Command does not fall back to sh).
+    let script_s = script.to_str().expect("utf-8");
+    let native = run_native(&dir, "sh", &["-c", "\"$0\" \"$1\"", script_s, "x"]);
+    assert_eq!(native.shell_code(), 3);
+    let trace = dir.join("t.trace");
+    let res = record(&dir, &trace, &[], &script, &["x"]);
+    assert_same_run(&native, &res);
+    assert_eq!(res.stdout_str(), "sh ran x\n");
+    // The script (run by the shell) is the recorded process, with the script's status.
+    let json = analyze_json(&trace);
+    let root = root_process(&json);
+    assert!(
+        root["command"].to_string().contains("plain-script"),
+        "{root}"
+    );
+    assert_eq!(root["exit"], serde_json::json!({"code": 3}));
+}
+
+#[test]
+fn a_script_whose_interpreter_is_missing_names_it() {
+    let dir = TestDir::new("badinterp");
+    let script = dir.join("script");
+    std::fs::write(&script, "#!/no/such/interpreter -x\necho ran\n").expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let res = record(&dir, &dir.join("t.trace"), &[], &script, &[]);
+    assert_eq!(res.status.code(), Some(127), "{}", res.stderr);
+    let line = one_line(&res.stderr);
+    assert!(
+        line.contains("/no/such/interpreter") && line.contains("bad interpreter"),
+        "{line}"
+    );
+    assert!(!line.contains("command not found"), "{line}");
+}
+
+#[test]
 fn unwritable_trace_path_fails_before_the_program_runs() {
     let dir = TestDir::new("unwritable");
     let marker = dir.join("marker");

@@ -149,6 +149,9 @@ pub enum RecordError {
     /// The program exists but cannot be executed.
     #[error("{0}: {1}")]
     NotExecutable(String, io::Error),
+    /// The program is a script whose interpreter (its `#!` line) does not exist.
+    #[error("{0}: bad interpreter {1}: no such file (the script's #! line names it)")]
+    BadInterpreter(String, String),
     /// ptrace is refused.
     #[error("cannot trace {0}: ptrace is not permitted here ({1}). {advice}", advice = ptrace_advice())]
     PtraceDenied(String, io::Error),
@@ -158,6 +161,16 @@ pub enum RecordError {
     /// Anything else the operating system refused.
     #[error("{0}: {1}")]
     Os(&'static str, io::Error),
+}
+
+/// The interpreter a script's `#!` line names.
+fn interpreter_of(script: &Path) -> Option<String> {
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut std::fs::File::open(script).ok()?, &mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interp = String::from_utf8_lossy(line);
+    interp.split_whitespace().next().map(str::to_string)
 }
 
 /// Why ptrace may be refused on this machine, and what to change.
@@ -180,7 +193,7 @@ impl RecordError {
     /// The exit code `heaptape record` ends with (127/126 as a shell would).
     pub fn exit_code(&self) -> u8 {
         match self {
-            RecordError::NotFound(_) => 127,
+            RecordError::NotFound(_) | RecordError::BadInterpreter(..) => 127,
             RecordError::NotExecutable(..) => 126,
             _ => 1,
         }
@@ -450,6 +463,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
         }
         sys::SpawnError::Os(what, err) => RecordError::Os(what, err),
         sys::SpawnError::Exec(err) => match err.raw_os_error() {
+            // The file is there: what is missing is its interpreter.
+            Some(libc::ENOENT) if path.exists() => match interpreter_of(&path) {
+                Some(interp) => RecordError::BadInterpreter(command[0].clone(), interp),
+                None => RecordError::NotExecutable(command[0].clone(), err),
+            },
             Some(libc::ENOENT) => RecordError::NotFound(command[0].clone()),
             _ => RecordError::NotExecutable(command[0].clone(), err),
         },

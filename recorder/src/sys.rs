@@ -59,6 +59,12 @@ pub fn spawn_seized(path: &CStr, argv: &[CString]) -> Result<Tid, SpawnError> {
     // call async-signal-safe functions (the tracer has other threads).
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
+    // A file the kernel cannot execute (ENOEXEC: a script without `#!`) runs with
+    // /bin/sh, as execvp and every shell do: `/bin/sh path args...`.
+    let sh = c"/bin/sh";
+    let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), path.as_ptr()];
+    sh_argv.extend(argv.iter().skip(1).map(|a| a.as_ptr()));
+    sh_argv.push(std::ptr::null());
     let mut go = [0 as libc::c_int; 2];
     let mut err = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the arrays we own.
@@ -74,7 +80,8 @@ pub fn spawn_seized(path: &CStr, argv: &[CString]) -> Result<Tid, SpawnError> {
         }
     }
     // SAFETY: fork is sound here because the child only calls async-signal-safe functions
-    // (read, write, sigaction/sigprocmask, execv, _exit) on memory prepared above.
+    // (read, write, sigaction/sigprocmask, execv, _exit) on memory prepared above (the
+    // /bin/sh argument vector too).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(SpawnError::Os("fork", io::Error::last_os_error()));
@@ -96,6 +103,9 @@ pub fn spawn_seized(path: &CStr, argv: &[CString]) -> Result<Tid, SpawnError> {
             let mut b = 0u8;
             while libc::read(go[0], (&mut b as *mut u8).cast(), 1) < 0 {}
             libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
+            if *libc::__errno_location() == libc::ENOEXEC {
+                libc::execv(sh.as_ptr(), sh_argv.as_ptr());
+            }
             let e: i32 = *libc::__errno_location();
             libc::write(err[1], (&e as *const i32).cast(), 4);
             libc::_exit(127);
