@@ -183,6 +183,21 @@ fn full_disk_leaves_the_program_alone_and_the_trace_readable() {
     assert!(!json["trace"]["truncation"].is_null());
     let t = totals(root_process(&json));
     assert!(t.allocations > 1000 && t.allocations < 120_000, "{t:?}");
+    // The summary counts what the file holds, and says how much more was recorded.
+    let first = recorded.stderr.lines().next().unwrap_or("");
+    let held: u64 = first
+        .strip_prefix("heaptape: recorded ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {}", recorded.stderr));
+    assert_eq!(held, t.allocations + t.frees, "{}", recorded.stderr);
+    assert!(
+        recorded
+            .stderr
+            .contains(&format!("it holds {held} of the ")),
+        "{}",
+        recorded.stderr
+    );
     // Every pair before the cut is whole: at most one block is pending, plus stdio's.
     assert!(t.allocations - t.frees <= 2, "{t:?}");
     drop(fs);

@@ -33,6 +33,8 @@ pub struct TraceWriter<W: Write> {
     first_ts: Option<u64>,
     last_ts: u64,
     counts: EndCounts,
+    /// `counts` as of the last chunk written out (what the file holds).
+    stored: EndCounts,
     bytes_written: u64,
     chunk_target: usize,
     compressor: zstd::bulk::Compressor<'static>,
@@ -80,6 +82,7 @@ impl<W: Write> TraceWriter<W> {
             first_ts: None,
             last_ts: 0,
             counts: EndCounts::default(),
+            stored: EndCounts::default(),
             bytes_written: pre.len() as u64,
             chunk_target: DEFAULT_CHUNK_TARGET,
             compressor: zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL)?,
@@ -158,9 +161,15 @@ impl<W: Write> TraceWriter<W> {
         self.bytes_written
     }
 
-    /// Counts of what was written so far.
+    /// Counts of what was written so far (including the chunk being built).
     pub fn counts(&self) -> &EndCounts {
         &self.counts
+    }
+
+    /// Counts of what the file holds: the records of the chunks written out (after an
+    /// I/O error, those before it).
+    pub fn stored_counts(&self) -> &EndCounts {
+        &self.stored
     }
 
     fn write_chunk(&mut self) -> Result<(), WriteError> {
@@ -211,6 +220,7 @@ impl<W: Write> TraceWriter<W> {
         }
         self.bytes_written += self.compressed.len() as u64;
         self.counts.chunks += 1;
+        self.stored = self.counts.clone();
         self.first_ts = None;
         Ok(())
     }

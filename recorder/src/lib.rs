@@ -209,8 +209,10 @@ pub struct RecordOutcome {
     pub path: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
-    /// Allocator events written.
+    /// Allocator events the trace file holds.
     pub events: u64,
+    /// Allocator events recorded (more than `events` when writing failed).
+    pub events_recorded: u64,
     /// Tracer counters.
     pub stats: TracerStats,
     /// Set when writing the trace failed (the trace ends early).
@@ -230,7 +232,8 @@ impl RecordOutcome {
         );
         if let Some(e) = &self.write_error {
             s.push_str(&format!(
-                "\nheaptape: error: {e}; the trace ends at the failure and is still readable"
+                "\nheaptape: error: {e}; the trace ends at the failure and is still readable: it holds {} of the {} allocator calls recorded",
+                self.events, self.events_recorded
             ));
         }
         if self.show_stats {
@@ -573,7 +576,8 @@ fn finish_recording(
         status,
         path: out_path,
         bytes: result.bytes,
-        events: result.counts.alloc_events,
+        events: result.stored.alloc_events,
+        events_recorded: stats.recorded_calls.max(result.counts.alloc_events),
         stats,
         write_error: result.error.map(|e| e.to_string()),
         show_stats: opts.stats,

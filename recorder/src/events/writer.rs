@@ -41,6 +41,8 @@ pub struct WriterResult {
     pub bytes: u64,
     /// What was written.
     pub counts: EndCounts,
+    /// What the file holds (less than `counts` after a write error).
+    pub stored: EndCounts,
     /// The first write error, if any (the trace ends before it).
     pub error: Option<WriteError>,
     /// CPU time the writer thread used (encoding, compression, writes), nanoseconds.
@@ -105,6 +107,7 @@ impl WriterThread {
             _ => WriterResult {
                 bytes: 0,
                 counts: EndCounts::default(),
+                stored: EndCounts::default(),
                 error: Some(WriteError::Closed),
                 cpu_ns: 0,
             },
@@ -160,9 +163,11 @@ fn writer_loop(
         if let Some(ts) = closing {
             let bytes_before = writer.bytes_written();
             let counts = writer.counts().clone();
+            let stored = writer.stored_counts().clone();
             if error.is_some() {
                 return WriterResult {
                     bytes: bytes_before,
+                    stored,
                     counts,
                     error,
                     cpu_ns: crate::sys::thread_cpu_ns(),
@@ -174,6 +179,7 @@ fn writer_loop(
                     let _ = file.sync_all();
                     WriterResult {
                         bytes,
+                        stored: counts.clone(),
                         counts,
                         error: None,
                         cpu_ns: crate::sys::thread_cpu_ns(),
@@ -182,6 +188,7 @@ fn writer_loop(
                 Err(e) => WriterResult {
                     bytes: bytes_before,
                     counts,
+                    stored,
                     error: Some(e),
                     cpu_ns: crate::sys::thread_cpu_ns(),
                 },
