@@ -386,6 +386,85 @@ fn a_missing_process_is_a_one_line_error() {
     assert!(r.stderr.contains("no process"), "{}", r.stderr);
 }
 
+/// `heaptape record --pid PID` refused with one line that contains every one of `want`.
+fn refused(dir: &TestDir, pid: u32, want: &[&str]) {
+    let r = run(heaptape()
+        .args(["record", "--pid", &pid.to_string(), "-o"])
+        .arg(dir.join("refused.trace")));
+    assert!(!r.status.success(), "pid {pid}: {}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    for w in want {
+        assert!(r.stderr.contains(w), "pid {pid}: {w:?} not in {}", r.stderr);
+    }
+    assert!(!r.stderr.contains("seccomp"), "pid {pid}: {}", r.stderr);
+    assert!(!dir.join("refused.trace").exists());
+}
+
+/// The main thread leaves with pthread_exit while another thread sleeps.
+const LEADER_EXITS_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *w(void *a) { (void)a; sleep(5); return 0; }
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, w, 0);
+    printf("ready\n");
+    fflush(stdout);
+    pthread_exit(0);
+}
+"#;
+
+#[test]
+fn refusals_say_what_is_really_the_matter() {
+    let dir = TestDir::new("attach-refusals");
+    // A zombie: a child that exited and was not reaped yet.
+    let mut z = std::process::Command::new("true").spawn().unwrap();
+    let zpid = z.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_state(zpid) != Some('Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    refused(&dir, zpid, &["has exited", "zombie"]);
+    z.wait().unwrap();
+    // A process whose main thread called pthread_exit.
+    let exe = dir.compile_c("leader_exits", LEADER_EXITS_C);
+    let run_ = Running::start(&exe, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_state(run_.pid()) != Some('Z') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    refused(&dir, run_.pid(), &["main thread has exited"]);
+    drop(run_);
+    // A kernel thread, when this PID namespace shows one (not in most containers).
+    let kthread = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == "Kthread:\t1"))
+        });
+    match kthread {
+        Some(pid) => refused(&dir, pid, &["kernel thread"]),
+        None => eprintln!("no kernel thread visible: that case is not checked"),
+    }
+    // heaptape itself.
+    let me = run(std::process::Command::new("sh").arg("-c").arg(format!(
+        "exec {} record --pid $$ -o {}",
+        env!("CARGO_BIN_EXE_heaptape"),
+        dir.join("self.trace").display()
+    )));
+    assert!(!me.status.success());
+    assert!(me.stderr.contains("this heaptape process"), "{}", me.stderr);
+    // --duration belongs to --pid.
+    let r = run(heaptape()
+        .args(["record", "--duration", "1s", "-o"])
+        .arg(dir.join("d.trace"))
+        .args(["--", "true"]));
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("needs --pid"), "{}", r.stderr);
+}
+
 #[test]
 fn a_process_traced_by_another_heaptape_is_refused() {
     let dir = TestDir::new("attach-busy");

@@ -140,6 +140,12 @@ pub enum RecordError {
     /// The process to attach to does not exist.
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
+    /// The process to attach to is heaptape itself.
+    #[error("cannot attach to pid {0}: that is this heaptape process")]
+    Itself(u32),
+    /// The process to attach to cannot be traced, for a reason /proc gives.
+    #[error("cannot attach to pid {0} ({1}): {2}")]
+    Untraceable(u32, String, String),
     /// The process to attach to belongs to another user.
     #[error("cannot attach to pid {0}: it belongs to another user; attaching to it needs root or CAP_SYS_PTRACE")]
     OtherUser(u32),
@@ -499,8 +505,16 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, RecordError> {
 /// Records a running process until Ctrl-C, SIGTERM, SIGHUP, `opts.duration` or its exit,
 /// then detaches, leaving it running as before.
 fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, RecordError> {
-    if pid == std::process::id() || !procfs::exists(pid) {
+    if pid == std::process::id() {
+        return Err(RecordError::Itself(pid));
+    }
+    if !procfs::exists(pid) {
         return Err(RecordError::NoSuchProcess(pid));
+    }
+    if let Some(why) = procfs::untraceable(pid)
+        .filter(|w| !matches!(w, procfs::Untraceable::MoreCapabilities { .. }))
+    {
+        return Err(untraceable(pid, why));
     }
     let other = procfs::tracer_pid(pid);
     if other != 0 {
@@ -535,12 +549,35 @@ fn record_attached(opts: &RecordOptions, pid: u32) -> Result<RecordOutcome, Reco
         };
         return Err(match io.raw_os_error() {
             Some(libc::EPERM) if owner_differs(pid) => RecordError::OtherUser(pid),
-            Some(libc::EPERM) => RecordError::PtraceDenied(format!("pid {pid}"), io),
+            Some(libc::EPERM) => match procfs::untraceable(pid) {
+                Some(why) => untraceable(pid, why),
+                None => RecordError::PtraceDenied(format!("pid {pid}"), io),
+            },
             Some(libc::ESRCH) => RecordError::NoSuchProcess(pid),
             _ => RecordError::Os("attach", io),
         });
     }
     finish_recording(tracer, t0, out_path, opts)
+}
+
+/// The error for a process /proc says cannot be attached to.
+fn untraceable(pid: u32, why: procfs::Untraceable) -> RecordError {
+    use procfs::Untraceable::*;
+    let text = match why {
+        KernelThread => "it is a kernel thread, with no user-space heap to record".to_string(),
+        Zombie => {
+            "it has exited (a zombie its parent has not reaped yet): nothing to record".to_string()
+        }
+        LeaderExited { threads } => format!(
+            "its main thread has exited (pthread_exit) while {threads} other thread(s) run \
+             on, and the kernel lets no tracer attach to such a process"
+        ),
+        MoreCapabilities { its, ours } => format!(
+            "it holds capabilities heaptape lacks (permitted {its}, heaptape's {ours}): run \
+             heaptape with at least its privileges"
+        ),
+    };
+    RecordError::Untraceable(pid, procfs::comm(pid), text)
 }
 
 /// Runs the tracer to its end (a panic inside it still detaches an attached process)

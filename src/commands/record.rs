@@ -15,6 +15,14 @@ pub fn run(args: RecordArgs) -> Outcome {
             "record needs a program to run: heaptape record [-o FILE] -- PROGRAM [ARGS...]",
         ));
     }
+    if args.duration.is_some() && args.pid.is_none() {
+        // (clap's `requires` does not catch it next to the trailing program arguments.)
+        return Err(Failure::new(
+            2,
+            "--duration ends an attached recording and needs --pid; a launched program is \
+             recorded until it exits (stop it with Ctrl-C or `timeout`)",
+        ));
+    }
     let opts = RecordOptions {
         output: args.output,
         program: args.program,

@@ -57,6 +57,60 @@ impl Status {
     }
 }
 
+/// Why process `pid` cannot be attached to, when /proc says so before ptrace is tried
+/// (or explains a refusal after).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Untraceable {
+    /// A kernel thread: no user-space memory.
+    KernelThread,
+    /// A zombie: it exited and waits to be reaped.
+    Zombie,
+    /// Its main thread exited (`pthread_exit`) while `threads` others run on.
+    LeaderExited { threads: u32 },
+    /// It holds capabilities the recorder lacks (permitted sets, hexadecimal).
+    MoreCapabilities { its: String, ours: String },
+}
+
+/// What /proc says against attaching to `pid` (None: nothing known).
+pub(crate) fn untraceable(pid: u32) -> Option<Untraceable> {
+    let st = Status::read(pid)?;
+    if st.field("Kthread:") == Some("1") || kernel_thread_flag(pid) {
+        return Some(Untraceable::KernelThread);
+    }
+    if st.field("State:").is_some_and(|s| s.starts_with('Z')) {
+        let threads = st
+            .field("Threads:")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        return Some(if threads > 1 {
+            Untraceable::LeaderExited {
+                threads: threads - 1,
+            }
+        } else {
+            Untraceable::Zombie
+        });
+    }
+    let caps = |s: &Status| u64::from_str_radix(s.field("CapPrm:")?, 16).ok();
+    let (its, ours) = (caps(&st)?, caps(&Status::read("self")?)?);
+    (its & !ours != 0).then(|| Untraceable::MoreCapabilities {
+        its: format!("{its:x}"),
+        ours: format!("{ours:x}"),
+    })
+}
+
+/// PF_KTHREAD in /proc/PID/stat's flags (kernels without the `Kthread:` status line).
+fn kernel_thread_flag(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name (in parentheses, which may hold spaces): state is
+    // the first, flags the seventh.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
 /// The pid of the process tracing `pid` (`self` for the recorder); 0 if none or unknown.
 pub(crate) fn tracer_pid(pid: impl Display) -> u32 {
     Status::read(pid)
