@@ -290,3 +290,61 @@ fn threads_blocking_sigtrap_keep_the_programs_sigtrap_handler() {
     // The worker's 1000, the two in the handler, stdout's buffer, the thread's own.
     assert!(t.allocations >= 1003, "{t:?}");
 }
+
+/// Allocates a little, then dies of SIGSEGV.
+const CRASH_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    for (int i = 0; i < 100; i++) memset(malloc(1000), i, 1000);
+    *(volatile int *)0 = 1;
+    return 0;
+}
+"#;
+
+/// The core file a crash in `dir` left (`core` or `core.PID`), removed.
+fn take_core(dir: &TestDir) -> Option<u64> {
+    let f = std::fs::read_dir(dir.path())
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("core"))?;
+    let len = f.metadata().ok()?.len();
+    std::fs::remove_file(f.path()).ok()?;
+    Some(len)
+}
+
+#[test]
+fn a_core_dump_holds_what_it_holds_natively() {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let pattern = pattern.trim();
+    if !pattern.starts_with("core") || pattern.contains('/') {
+        eprintln!("core_pattern is {pattern:?} (not a file in the working directory): not checked");
+        return;
+    }
+    let dir = TestDir::new("core-dump");
+    let prog = dir.compile_c("crash", CRASH_C);
+    let under_ulimit = |cmd: &str| {
+        run(std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -c unlimited && exec {cmd}"))
+            .current_dir(dir.path()))
+    };
+    let native = under_ulimit(&prog.display().to_string());
+    assert_eq!(native.shell_code(), 139, "{}", native.stderr);
+    let Some(native_core) = take_core(&dir) else {
+        eprintln!("no core dump natively (limits or policy): not checked");
+        return;
+    };
+    let recorded = under_ulimit(&format!(
+        "{} record -o t.trace -- {}",
+        env!("CARGO_BIN_EXE_heaptape"),
+        prog.display()
+    ));
+    assert_eq!(recorded.status.code(), Some(139), "{}", recorded.stderr);
+    let core = take_core(&dir).expect("a core dump under heaptape");
+    // The probe memory, the trampolines and the patched code stay out of it.
+    assert!(
+        core.abs_diff(native_core) * 10 <= native_core,
+        "core dump: {core} bytes under heaptape, {native_core} natively"
+    );
+}

@@ -111,6 +111,12 @@ fn kernel_thread_flag(pid: u32) -> bool {
         .is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
+/// The process's `coredump_filter` bits (None if unreadable).
+pub(crate) fn coredump_filter(pid: Tid) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).ok()?;
+    u32::from_str_radix(text.trim(), 16).ok()
+}
+
 /// The pid of the process tracing `pid` (`self` for the recorder); 0 if none or unknown.
 pub(crate) fn tracer_pid(pid: impl Display) -> u32 {
     Status::read(pid)

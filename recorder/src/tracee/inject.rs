@@ -157,6 +157,22 @@ pub fn install_probe(tid: Tid, mem: &ProcMem, held: &mut Vec<i32>) -> Result<Pro
             ],
             held,
         )?;
+        // Out of core dumps: a program that dumps core under the recorder leaves what it
+        // would natively (the probe is ~290 MiB of address space).
+        syscall_at_pc(
+            tid,
+            mem,
+            libc::SYS_madvise,
+            [
+                base,
+                probe::TOTAL_LEN as u64,
+                libc::MADV_DONTDUMP as u64,
+                0,
+                0,
+                0,
+            ],
+            held,
+        )?;
         let pid = tid;
         let file = File::options()
             .read(true)
@@ -202,18 +218,38 @@ pub fn map_near(
                 [cand, len, prot, noreplace, u64::MAX, 0],
                 held,
             ) {
-                Ok(addr) => return Ok(addr),
+                Ok(addr) => return dont_dump(tid, probe, addr, len, held),
                 Err(InjectError::Failed { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
     }
     // Anywhere: the caller will find RIP-relative instructions out of reach.
-    syscall(
+    let addr = syscall(
         tid,
         probe.syscall_stub(),
         libc::SYS_mmap,
         [0, len, prot, flags, u64::MAX, 0],
         held,
-    )
+    )?;
+    dont_dump(tid, probe, addr, len, held)
+}
+
+/// Keeps `len` bytes at `addr` (trampolines, patched code) out of the tracee's core
+/// dumps (MADV_DONTDUMP, through the probe's syscall stub); returns `addr`.
+pub(crate) fn dont_dump(
+    tid: Tid,
+    probe: &Probe,
+    addr: u64,
+    len: u64,
+    held: &mut Vec<i32>,
+) -> Result<u64, InjectError> {
+    syscall(
+        tid,
+        probe.syscall_stub(),
+        libc::SYS_madvise,
+        [addr, len, libc::MADV_DONTDUMP as u64, 0, 0, 0],
+        held,
+    )?;
+    Ok(addr)
 }

@@ -268,6 +268,33 @@ impl Tracer {
         self.stats.hooks += installed;
         if installed > 0 {
             self.stats.modules_hooked += 1;
+            self.keep_patched_code_out_of_dumps(space_id, tid, range);
+        }
+    }
+
+    /// The patches made the module's code pages private copies, which a core dump would
+    /// then hold (1.4 MiB for libc) where a native one holds none: mark the module's
+    /// executable mappings MADV_DONTDUMP, unless the process's coredump_filter asks for
+    /// file-backed private mappings (bit 2), whose dump would then hold them natively.
+    fn keep_patched_code_out_of_dumps(&mut self, space_id: usize, tid: Tid, range: Range<u64>) {
+        if procfs::coredump_filter(tid).is_none_or(|f| f & 0x4 != 0) {
+            return;
+        }
+        let Some(probe) = self.spaces[space_id].as_ref().and_then(|s| s.probe.clone()) else {
+            return;
+        };
+        let Ok(maps) = maps::read_maps(tid) else {
+            return;
+        };
+        let mut held = Vec::new();
+        for m in maps
+            .iter()
+            .filter(|m| m.exec && !m.shared && range.contains(&m.start))
+        {
+            let _ = inject::dont_dump(tid, &probe.borrow(), m.start, m.len(), &mut held);
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.held.extend(held);
         }
     }
 
