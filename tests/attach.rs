@@ -465,6 +465,86 @@ fn refusals_say_what_is_really_the_matter() {
     assert!(r.stderr.contains("needs --pid"), "{}", r.stderr);
 }
 
+/// Two threads allocate and count; the main thread writes the sum to the file named by
+/// argv[1] every millisecond.
+const COUNTER_C: &str = r#"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static atomic_long count;
+static void *work(void *a) {
+    (void)a;
+    for (;;) {
+        void *volatile p = malloc(32);
+        free(p);
+        atomic_fetch_add(&count, 1);
+        usleep(50);
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], 0, work, 0);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) {
+        FILE *f = fopen(argv[1], "w");
+        fprintf(f, "%ld\n", atomic_load(&count));
+        fclose(f);
+        usleep(1000);
+    }
+}
+"#;
+
+#[test]
+fn a_stopped_process_stays_stopped_while_attached() {
+    let dir = TestDir::new("attach-stopped");
+    let exe = dir.compile_c("counter", COUNTER_C);
+    let file = dir.join("count");
+    let counter = Running::start(&exe, &[file.to_str().unwrap()]);
+    let pid = counter.pid();
+    let count = || -> u64 {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(count() > 0, "the counter does not count");
+    run(std::process::Command::new("kill").args(["-STOP", &pid.to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_state(pid) != Some('T') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let before = count();
+    let trace = dir.join("stopped.trace");
+    let rec = attach(pid, "500ms", &trace);
+    assert!(rec.status.success(), "{}", rec.stderr);
+    assert_eq!(count(), before, "the stopped process ran while attached");
+    assert_eq!(proc_state(pid), Some('T'));
+    let report = analyze_json(&trace);
+    assert_eq!(traced_process(&report)["totals"]["allocations"], 0);
+    // SIGCONT during a recording: it runs on and is recorded.
+    let cont = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        run(std::process::Command::new("kill").args(["-CONT", &pid.to_string()]));
+    });
+    let trace = dir.join("continued.trace");
+    let rec = attach(pid, "1s", &trace);
+    cont.join().unwrap();
+    assert!(rec.status.success(), "{}", rec.stderr);
+    assert!(count() > before, "it did not go on after SIGCONT");
+    assert_ne!(proc_state(pid), Some('T'));
+    let report = analyze_json(&trace);
+    let allocations = traced_process(&report)["totals"]["allocations"]
+        .as_u64()
+        .unwrap();
+    assert!(allocations > 100, "{allocations} allocations after SIGCONT");
+}
+
 #[test]
 fn a_process_traced_by_another_heaptape_is_refused() {
     let dir = TestDir::new("attach-busy");

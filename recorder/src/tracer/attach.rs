@@ -50,15 +50,20 @@ impl Tracer {
         // Collect every thread's stop; remember signals that arrive meanwhile.
         let mut held: HashMap<Tid, Vec<i32>> = HashMap::new();
         let mut stopped: HashSet<Tid> = HashSet::new();
+        let mut group_stopped: HashSet<Tid> = HashSet::new();
         let mut born: Vec<(Tid, i32)> = Vec::new();
         for &tid in &seized {
             loop {
                 match sys::wait_with_timeout(tid, std::time::Duration::from_secs(5))? {
                     Some(WaitEvent::Event {
                         event: libc::PTRACE_EVENT_STOP,
-                        ..
+                        sig,
                     }) => {
                         stopped.insert(tid);
+                        if is_stop_signal(sig) {
+                            // Stopped (SIGSTOP, Ctrl-Z...) before the attach: it stays so.
+                            group_stopped.insert(tid);
+                        }
                         break;
                     }
                     Some(WaitEvent::Signal { sig }) => {
@@ -183,7 +188,14 @@ impl Tracer {
         }
         self.events.publish();
         for &tid in &stopped {
-            self.resume(tid, 0);
+            if !group_stopped.contains(&tid) {
+                self.resume(tid, 0);
+            } else if sys::listen(tid).is_err() {
+                // No longer in its group-stop: the set-up ran system calls in it. A
+                // SIGSTOP sends it back (reported as a group-stop, which the main loop
+                // leaves stopped until SIGCONT).
+                let _ = sys::cont(tid, libc::SIGSTOP);
+            }
         }
         Ok(())
     }
@@ -218,10 +230,7 @@ impl Tracer {
                     event: libc::PTRACE_EVENT_STOP,
                     sig,
                 } => {
-                    if !matches!(
-                        sig,
-                        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-                    ) {
+                    if !is_stop_signal(sig) {
                         pending.remove(&tid);
                     } else {
                         // A group-stop: the thread is stopped already.
@@ -469,4 +478,12 @@ impl Tracer {
             }
         }
     }
+}
+
+/// Whether `sig` is one that stops a process (its group-stop reports it).
+pub(super) fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
 }
