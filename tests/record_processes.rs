@@ -262,3 +262,50 @@ fn analyze_diff_and_flamegraph_count_a_process_tree_alike() {
     assert_eq!(folded_sum(&trace, "allocated-bytes"), allocated);
     assert_eq!(folded_sum(&trace, "leaked"), leaked);
 }
+
+/// A vfork child allocates (glibc tolerates it) before `_exit`; the parent allocates
+/// after.
+const VFORK_ALLOC_C: &str = r#"
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    void *volatile before = malloc(11);
+    pid_t c = vfork();
+    if (c == 0) {
+        void *volatile p = malloc(77);
+        free(p);
+        _exit(0);
+    }
+    waitpid(c, 0, 0);
+    void *volatile after = malloc(55);
+    free(after);
+    free(before);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_vfork_childs_calls_are_the_childs() {
+    let dir = TestDir::new("vfork-alloc");
+    let prog = dir.compile_c("vfork_alloc", VFORK_ALLOC_C);
+    for mode in ["ring", "stop"] {
+        let trace = dir.join(format!("{mode}.trace"));
+        record_ok(&dir, &trace, &["--mode", mode], &prog, &[]);
+        let json = analyze(&trace);
+        let child = processes(&json)
+            .iter()
+            .find(|p| p["origin"] == "vfork")
+            .unwrap_or_else(|| panic!("{mode}: no vfork child: {json}"));
+        let t = totals(child);
+        assert_eq!(
+            (t.allocations, t.allocated_bytes, t.frees),
+            (1, 77, 1),
+            "{mode}: {child}"
+        );
+        let parent = root_process(&json);
+        let sizes = totals(parent);
+        // The parent's own: 11 and 55 (and nothing of the child's).
+        assert_eq!(sizes.allocated_bytes, 66, "{mode}: {parent}");
+    }
+}

@@ -27,6 +27,14 @@ impl Tracer {
             libc::PTRACE_EVENT_EXEC => self.on_exec(tid),
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
                 self.on_new_task(tid, event);
+                if event == libc::PTRACE_EVENT_VFORK {
+                    // The child runs on the parent's memory with the parent's thread
+                    // pointer: with the parent's ring still registered, the child's calls
+                    // would be written there, as the parent's. Unregistered, they take
+                    // the stop path (as the child); the parent's first call after the
+                    // child execs or exits stops once and takes a ring again.
+                    self.release_ring(tid);
+                }
                 self.resume(tid, 0);
             }
             libc::PTRACE_EVENT_EXIT => {
