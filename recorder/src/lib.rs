@@ -390,6 +390,7 @@ fn tracer_config(opts: &RecordOptions) -> TracerConfig {
         snapshot: opts.snapshot,
         rss_interval: opts.rss_interval,
         ring: opts.mode == RecordMode::Ring,
+        spin_wait: opts.mode == RecordMode::Stop && opts.cpu_policy == CpuPolicy::Free,
     }
 }
 
