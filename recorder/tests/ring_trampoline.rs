@@ -253,6 +253,25 @@ fn drain_all(region: &RingRegion, merger: &mut Merger) -> Vec<Seen> {
     v
 }
 
+/// malloc and free through the rig's ring trampolines, copying up to `stack_copy` bytes
+/// of stack; unregistered threads fall back to `fake_fallback_malloc`.
+fn malloc_free(rig: &Rig, stack_copy: usize) -> (MallocFn, FreeFn) {
+    let fb = fake_fallback_malloc as *const () as u64;
+    let m = rig.install(
+        Publish::AtReturn,
+        fake_malloc as *const () as u64,
+        stack_copy,
+        fb,
+    );
+    let f = rig.install(
+        Publish::AtEntry,
+        fake_free as *const () as u64,
+        stack_copy,
+        fb,
+    );
+    (malloc_fn(m), free_fn(f))
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -265,9 +284,7 @@ fn every_call_is_recorded_once_with_exact_args_and_results() {
     });
     let mut region = rig.region();
     let fb = fake_fallback_malloc as *const () as u64;
-    let malloc =
-        malloc_fn(rig.install(Publish::AtReturn, fake_malloc as *const () as u64, 512, fb));
-    let free = free_fn(rig.install(Publish::AtEntry, fake_free as *const () as u64, 512, fb));
+    let (malloc, free) = malloc_free(&rig, 512);
     let realloc = realloc_fn(rig.install(Publish::Both, fake_realloc as *const () as u64, 512, fb));
     let memalign = memalign_fn(rig.install(
         Publish::AtReturnOutPtr,
@@ -352,10 +369,7 @@ fn a_round_gives_ring_space_back_before_it_ends() {
         areas: 4,
     });
     let mut region = rig.region();
-    let fb = fake_fallback_malloc as *const () as u64;
-    let malloc =
-        malloc_fn(rig.install(Publish::AtReturn, fake_malloc as *const () as u64, 256, fb));
-    let free = free_fn(rig.install(Publish::AtEntry, fake_free as *const () as u64, 256, fb));
+    let (malloc, free) = malloc_free(&rig, 256);
     let area = region
         .register_thread(thread_pointer(), thread_stack())
         .unwrap();

@@ -265,9 +265,7 @@ impl Tracer {
                 let start = sys::monotonic_ns();
                 loop {
                     match sys::wait_any_nohang() {
-                        Ok(None) if sys::monotonic_ns() - start < SPIN_NS => {
-                            std::hint::spin_loop()
-                        }
+                        Ok(None) if sys::monotonic_ns() - start < SPIN_NS => std::hint::spin_loop(),
                         Ok(None) => {
                             // Calls are not that frequent now: sleep in the next waits.
                             no_spin = SPIN_PAUSE;
