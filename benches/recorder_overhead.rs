@@ -272,7 +272,13 @@ fn main() {
         ("compute-heavy", &compute, vec!["300".into()], vec![], 0.0),
         // ~0.5 s of the same work: what a program that rarely allocates pays for a
         // recording that lasts.
-        ("compute-heavy, longer", &compute, vec!["800".into()], vec![], 0.0),
+        (
+            "compute-heavy, longer",
+            &compute,
+            vec!["800".into()],
+            vec![],
+            0.0,
+        ),
     ];
     for (name, prog, args, small, calls) in workloads {
         let native = tools.run("native", prog, &args);

@@ -309,3 +309,61 @@ fn a_vfork_childs_calls_are_the_childs() {
         assert_eq!(sizes.allocated_bytes, 66, "{mode}: {parent}");
     }
 }
+
+/// Parent and fork child both allocate in a loop after the fork.
+const FORK_LOOP_C: &str = r#"
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    void *volatile keep = malloc(10);
+    pid_t c = fork();
+    for (int i = 0; i < 5000; i++) {
+        void *volatile p = malloc(16 + i % 100);
+        free(p);
+    }
+    if (c == 0) {
+        void *volatile q = malloc(33);
+        (void)q;
+        _exit(0);
+    }
+    waitpid(c, 0, 0);
+    free(keep);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_fork_child_records_through_rings_of_its_own() {
+    let dir = TestDir::new("fork-rings");
+    let prog = dir.compile_c("fork_loop", FORK_LOOP_C);
+    let mut counts = Vec::new();
+    for mode in ["ring", "stop"] {
+        let trace = dir.join(format!("{mode}.trace"));
+        let rec = record_ok(&dir, &trace, &["--stats", "--mode", mode], &prog, &[]);
+        if mode == "ring" {
+            // No allocator call stopped, the child's neither: two threads took rings.
+            assert!(
+                rec.stderr.contains("(0 at allocator breakpoints"),
+                "{}",
+                rec.stderr
+            );
+            assert!(
+                rec.stderr.contains("without a stop from 2 threads"),
+                "{}",
+                rec.stderr
+            );
+        }
+        let json = analyze(&trace);
+        let child = processes(&json)
+            .iter()
+            .find(|p| p["origin"] == "fork")
+            .unwrap_or_else(|| panic!("no fork child: {json}"))
+            .clone();
+        let t = totals(&child);
+        assert_eq!((t.allocations, t.frees), (5001, 5000), "{mode}: {child}");
+        assert_eq!((t.inherited_blocks, t.inherited_bytes), (1, 10), "{mode}");
+        counts.push((totals(root_process(&json)), t));
+    }
+    assert_eq!(counts[0], counts[1], "ring and stop modes count alike");
+}

@@ -184,6 +184,56 @@ pub fn install_probe(tid: Tid, mem: &ProcMem, held: &mut Vec<i32>) -> Result<Pro
     result
 }
 
+/// Gives a fork child rings of its own: a new memfd of `len` bytes, mapped shared over
+/// the ring region it inherited at `base` (shared with its parent until then), kept out
+/// of core dumps, and opened by the tracer through /proc. `tid` is the child's only
+/// thread, stopped before its first instruction; the probe's syscall stub runs the calls.
+pub fn install_rings(
+    tid: Tid,
+    mem: &ProcMem,
+    probe: &Probe,
+    base: u64,
+    len: u64,
+    held: &mut Vec<i32>,
+) -> Result<File, InjectError> {
+    let stub = probe.syscall_stub();
+    // The memfd's name goes below the red zone of the current stack.
+    let name_addr = (sys::get_regs(tid)?.rsp - 1024) & !15;
+    mem.write(name_addr, b"heaptape-rings\0")?;
+    let fd = syscall(
+        tid,
+        stub,
+        libc::SYS_memfd_create,
+        [name_addr, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
+        held,
+    )?;
+    let result = (|| {
+        syscall(tid, stub, libc::SYS_ftruncate, [fd, len, 0, 0, 0, 0], held)?;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+        syscall(
+            tid,
+            stub,
+            libc::SYS_mmap,
+            [base, len, prot, flags, fd, 0],
+            held,
+        )?;
+        syscall(
+            tid,
+            stub,
+            libc::SYS_madvise,
+            [base, len, libc::MADV_DONTDUMP as u64, 0, 0, 0],
+            held,
+        )?;
+        Ok(File::options()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{tid}/fd/{fd}"))?)
+    })();
+    let _ = syscall(tid, stub, libc::SYS_close, [fd, 0, 0, 0, 0, 0], held);
+    result
+}
+
 /// Maps `len` bytes read-execute near `near` (within ±2 GiB when possible) for
 /// trampolines, using the probe's syscall stub. Returns the address.
 pub fn map_near(

@@ -14,8 +14,9 @@ use super::Tracer;
 use crate::events::unwind::StackUnwinder;
 use crate::procfs;
 use crate::snapshot::{self, LiveBlocks, SnapshotContext, ThreadState};
-use crate::sys::{self, ProcMem, Tid, WaitEvent};
+use crate::sys::{self, ProcMem, SharedMap, Tid, WaitEvent};
 use crate::tracee::inject;
+use crate::tracee::ring::{RingLayout, RingRegion};
 
 impl Tracer {
     // -----------------------------------------------------------------------------------
@@ -203,7 +204,9 @@ impl Tracer {
     }
 
     /// A fork child's first stop: replaces the ring region it shares with its parent by
-    /// private zeroed memory (see [`Space::ring_wipe`]).
+    /// rings of its own (a new memfd at the same address, so the trampolines it inherited
+    /// write there): its threads take a ring at their first call, as the parent's did.
+    /// If that fails, private zeroed memory there instead: its calls take the stop path.
     fn wipe_fork_ring(&mut self, tid: Tid) {
         let Some(space_id) = self.procs.get(&self.tasks[&tid].pid).map(|p| p.space) else {
             return;
@@ -215,15 +218,27 @@ impl Tracer {
             return;
         };
         let mut held = Vec::new();
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let res = inject::syscall(
-            tid,
-            probe.borrow().syscall_stub(),
-            libc::SYS_mmap,
-            [base, len, prot, flags, u64::MAX, 0],
-            &mut held,
-        );
+        let rings = inject::install_rings(tid, &space.mem, &probe.borrow(), base, len, &mut held)
+            .ok()
+            .and_then(|file| SharedMap::map(&file, len as usize).ok());
+        let res = match rings {
+            Some(map) => {
+                let region = RingRegion::new(Rc::new(map), 0, base, RingLayout::default());
+                space.ring = Some(RingState::new(region, base));
+                Ok(0)
+            }
+            None => {
+                let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+                let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+                inject::syscall(
+                    tid,
+                    probe.borrow().syscall_stub(),
+                    libc::SYS_mmap,
+                    [base, len, prot, flags, u64::MAX, 0],
+                    &mut held,
+                )
+            }
+        };
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.held.extend(held);
         }
@@ -420,8 +435,8 @@ impl Tracer {
             unwinder,
             tramp_pages: parent.tramp_pages.clone(),
             // The child's thread has its parent's thread pointer and the same (shared)
-            // ring region: give it private memory there before it runs (an empty table:
-            // its calls take the stop path).
+            // ring region: it gets rings of its own there before it runs
+            // (`wipe_fork_ring`).
             ring: None,
             ring_wipe: parent
                 .ring

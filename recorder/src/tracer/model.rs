@@ -52,8 +52,8 @@ pub(super) struct Space {
     /// Ring mode: this space's rings (None: every call takes the stop path).
     pub(super) ring: Option<RingState>,
     /// Ring mode, a fork child's copy of its parent's space: where the ring region
-    /// (shared with the parent) is mapped, to be replaced by private memory before the
-    /// child runs.
+    /// (shared with the parent) is mapped, to be replaced by rings of the child's own
+    /// before it runs.
     pub(super) ring_wipe: Option<(u64, u64)>,
 }
 
