@@ -43,6 +43,8 @@ pub(crate) fn trampoline_header(probe: u64) -> [u8; 24] {
 
 /// The name the probe's memfd shows in `/proc/PID/maps`.
 const PROBE_NAME: &str = "/memfd:heaptape-probe";
+/// The name of a fork child's own rings (`inject::install_rings`).
+const RINGS_NAME: &str = "/memfd:heaptape-rings";
 
 /// The recorder's mappings in one address space.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -90,18 +92,26 @@ pub(crate) fn find(tid: Tid, mem: &ProcMem) -> Ours {
 fn find_in(maps: &[MapEntry], mem: &ProcMem) -> Ours {
     let mut ours = Ours::default();
     for (i, m) in maps.iter().enumerate() {
-        if m.path_without_deleted() == PROBE_NAME && m.offset == 0 && m.exec && !m.write {
-            // The code part, followed by the data part of the same memfd: together the
-            // layout this build makes (another layout is left alone).
-            let data = maps.get(i + 1).filter(|d| {
-                d.start == m.end
-                    && d.path_without_deleted() == PROBE_NAME
-                    && d.offset == probe::CODE_LEN as u64
-            });
-            if let Some(d) = data {
-                if m.len() == probe::CODE_LEN as u64 && d.end - m.start == TOTAL_LEN as u64 {
-                    ours.probes.push(m.start);
+        if m.path_without_deleted() == PROBE_NAME
+            && m.offset == 0
+            && m.exec
+            && !m.write
+            && m.len() == probe::CODE_LEN as u64
+        {
+            // The code part, then the data part of the same memfd (in a fork child, with
+            // its own rings mapped over the ring region): together the layout this build
+            // makes, contiguous (another layout is left alone).
+            let end = m.start + TOTAL_LEN as u64;
+            let mut at = m.end;
+            for d in &maps[i + 1..] {
+                let name = d.path_without_deleted();
+                if at >= end || d.start != at || (name != PROBE_NAME && name != RINGS_NAME) {
+                    break;
                 }
+                at = d.end;
+            }
+            if at == end {
+                ours.probes.push(m.start);
             }
         } else if m.path.is_empty() && m.exec && !m.write && !m.shared {
             ours.trampolines.extend(trampoline_blocks(m, mem));
@@ -267,5 +277,20 @@ mod tests {
         // The lone code part (another layout) is not taken.
         assert_eq!(ours.probes, vec![base]);
         assert!(ours.trampolines.is_empty());
+        // A fork child's: its own rings split the data part.
+        let rings = base + probe::RING_OFF as u64;
+        let text = format!(
+            "{:x}-{:x} r-xs 00000000 00:01 42 /memfd:heaptape-probe (deleted)\n\
+             {:x}-{:x} rw-s {:08x} 00:01 42 /memfd:heaptape-probe (deleted)\n\
+             {:x}-{:x} rw-s 00000000 00:01 44 /memfd:heaptape-rings (deleted)\n",
+            base,
+            base + code,
+            base + code,
+            rings,
+            code,
+            rings,
+            base + TOTAL_LEN as u64,
+        );
+        assert_eq!(find_in(&maps::parse_maps(&text), &mem).probes, vec![base]);
     }
 }
