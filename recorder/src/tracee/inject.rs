@@ -100,6 +100,14 @@ pub fn syscall_at_pc(
     res
 }
 
+/// Writes `name` (NUL-terminated) below the red zone of stopped thread `tid`'s stack and
+/// returns `memfd_create`'s arguments for it (close-on-exec).
+fn memfd_name(tid: Tid, mem: &ProcMem, name: &[u8]) -> Result<[u64; 6], InjectError> {
+    let addr = (sys::get_regs(tid)?.rsp - 1024) & !15;
+    mem.write(addr, name)?;
+    Ok([addr, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0])
+}
+
 /// Creates the probe area in a freshly exec'd, single-threaded tracee stopped at `tid`:
 /// memfd_create in the tracee, map code (r-x) and data (rw-) back to back, open the memfd
 /// from the tracer through /proc and map it, then close the tracee's descriptor.
@@ -108,17 +116,8 @@ pub fn install_probe(tid: Tid, mem: &ProcMem, held: &mut Vec<i32>) -> Result<Pro
     // stores execve's return value (0) into rax, turning the first injected call into
     // read(). A throw-away call absorbs that (read(-1) fails harmlessly with EBADF).
     let _ = syscall_at_pc(tid, mem, libc::SYS_getpid, [u64::MAX; 6], held);
-    // The memfd name goes below the red zone of the current stack.
-    let regs = sys::get_regs(tid)?;
-    let name_addr = (regs.rsp - 1024) & !15;
-    mem.write(name_addr, b"heaptape-probe\0")?;
-    let fd = syscall_at_pc(
-        tid,
-        mem,
-        libc::SYS_memfd_create,
-        [name_addr, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
-        held,
-    )?;
+    let name = memfd_name(tid, mem, b"heaptape-probe\0")?;
+    let fd = syscall_at_pc(tid, mem, libc::SYS_memfd_create, name, held)?;
     let result = (|| {
         syscall_at_pc(
             tid,
@@ -197,16 +196,8 @@ pub fn install_rings(
     held: &mut Vec<i32>,
 ) -> Result<File, InjectError> {
     let stub = probe.syscall_stub();
-    // The memfd's name goes below the red zone of the current stack.
-    let name_addr = (sys::get_regs(tid)?.rsp - 1024) & !15;
-    mem.write(name_addr, b"heaptape-rings\0")?;
-    let fd = syscall(
-        tid,
-        stub,
-        libc::SYS_memfd_create,
-        [name_addr, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
-        held,
-    )?;
+    let name = memfd_name(tid, mem, b"heaptape-rings\0")?;
+    let fd = syscall(tid, stub, libc::SYS_memfd_create, name, held)?;
     let result = (|| {
         syscall(tid, stub, libc::SYS_ftruncate, [fd, len, 0, 0, 0, 0], held)?;
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
