@@ -195,6 +195,14 @@ pub fn cont(tid: Tid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
 }
 
+/// Whether `sig` stops a process: a PTRACE_EVENT_STOP carrying it reports a group-stop.
+pub fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
 /// PTRACE_LISTEN: leave a group-stopped task stopped but let it report SIGCONT.
 pub fn listen(tid: Tid) -> io::Result<()> {
     ptrace(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)

@@ -6,7 +6,7 @@
 //! trampoline or a shim and then writes its ring entry or return cell. Unmapping them
 //! under such a thread would crash the program, so they are removed only when no
 //! thread can be inside them ([`removable`]): at the detach itself when possible, or else
-//! at the next attach ([`find`] recognises an earlier session's mappings: the probe by
+//! at the next attach (which recognises an earlier session's mappings: the probe by
 //! its memfd name, trampoline pages by [`TRAMPOLINE_MAGIC`] at their start). Either way
 //! a process attached to any number of times keeps at most one session's mappings.
 //!
@@ -80,15 +80,21 @@ impl Ours {
     }
 }
 
-/// An earlier session's mappings in the process of `tid` (read from its maps and
-/// memory): probe memory of this build's layout, and trampoline pages.
-pub(crate) fn find(tid: Tid, mem: &ProcMem) -> Ours {
-    let Ok(maps) = maps::read_maps(tid) else {
+/// The recorder's mappings (this session's and earlier ones') in the address space of
+/// `threads` (every thread of it, all stopped) that none of them can be inside: see the
+/// module doc. Reads the maps once.
+pub(crate) fn removable(threads: &[Tid], mem: &ProcMem) -> Ours {
+    let Some(maps) = threads.first().and_then(|&t| maps::read_maps(t).ok()) else {
         return Ours::default();
     };
-    find_in(&maps, mem)
+    let ours = find_in(&maps, mem);
+    if ours.is_empty() {
+        return ours;
+    }
+    not_in_use(threads, mem, &maps, &ours)
 }
 
+/// Probe memory of this build's layout and trampoline pages, in `maps` (and memory).
 fn find_in(maps: &[MapEntry], mem: &ProcMem) -> Ours {
     let mut ours = Ours::default();
     for (i, m) in maps.iter().enumerate() {
@@ -145,12 +151,11 @@ fn trampoline_blocks(m: &MapEntry, mem: &ProcMem) -> Vec<(Range<u64>, u64)> {
     blocks
 }
 
-/// The part of `ours` that none of `threads` (every thread of the address space, all
-/// stopped) can be inside (see the module doc), each mapping judged on its own: a thread
-/// inside a trampoline page keeps that page, and its session's probe memory, where its
-/// area's level word is set. When in doubt (a thread's registers or stack cannot be
-/// read), nothing is.
-pub(crate) fn removable(threads: &[Tid], mem: &ProcMem, ours: &Ours) -> Ours {
+/// The part of `ours` that none of `threads` can be inside, each mapping judged on its
+/// own: a thread inside a trampoline page keeps that page, and its session's probe
+/// memory, where its area's level word is set. When in doubt (a thread's registers or
+/// stack cannot be read), nothing is.
+fn not_in_use(threads: &[Tid], mem: &ProcMem, maps: &[MapEntry], ours: &Ours) -> Ours {
     let code = ours.code();
     let mut used = vec![false; code.len()];
     let mut mark = |addr: u64| {
@@ -158,10 +163,7 @@ pub(crate) fn removable(threads: &[Tid], mem: &ProcMem, ours: &Ours) -> Ours {
             used[i] = true;
         }
     };
-    let maps = threads
-        .first()
-        .and_then(|&t| maps::read_maps(t).ok())
-        .unwrap_or_default();
+    let mut buf = vec![0u8; 64 * 1024];
     for &tid in threads {
         let Ok(regs) = sys::get_regs(tid) else {
             return Ours::default();
@@ -170,7 +172,7 @@ pub(crate) fn removable(threads: &[Tid], mem: &ProcMem, ours: &Ours) -> Ours {
         let Some(stack) = maps.iter().find(|m| m.contains(regs.rsp)) else {
             return Ours::default();
         };
-        if scan_stack(mem, regs.rsp & !7, stack.end, &mut mark).is_none() {
+        if scan_stack(mem, regs.rsp & !7, stack.end, &mut buf, &mut mark).is_none() {
             return Ours::default();
         }
     }
@@ -204,9 +206,15 @@ pub(crate) fn removable(threads: &[Tid], mem: &ProcMem, ours: &Ours) -> Ours {
     }
 }
 
-/// Hands every word in `[from, to)` to `each` (None: the stack is unreadable).
-fn scan_stack(mem: &ProcMem, from: u64, to: u64, each: &mut impl FnMut(u64)) -> Option<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+/// Hands every word in `[from, to)` to `each`, read through `buf` (None: the stack is
+/// unreadable).
+fn scan_stack(
+    mem: &ProcMem,
+    from: u64,
+    to: u64,
+    buf: &mut [u8],
+    each: &mut impl FnMut(u64),
+) -> Option<()> {
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(buf.len());

@@ -60,7 +60,7 @@ impl Tracer {
                         sig,
                     }) => {
                         stopped.insert(tid);
-                        if is_stop_signal(sig) {
+                        if sys::is_stop_signal(sig) {
                             // Stopped (SIGSTOP, Ctrl-Z...) before the attach: it stays so.
                             group_stopped.insert(tid);
                         }
@@ -230,7 +230,7 @@ impl Tracer {
                     event: libc::PTRACE_EVENT_STOP,
                     sig,
                 } => {
-                    if !is_stop_signal(sig) {
+                    if !sys::is_stop_signal(sig) {
                         pending.remove(&tid);
                     } else {
                         // A group-stop: the thread is stopped already.
@@ -462,11 +462,7 @@ impl Tracer {
             let Ok(mem) = ProcMem::open(pid) else {
                 continue;
             };
-            let ours = leftovers::find(tid, &mem);
-            if ours.is_empty() {
-                continue;
-            }
-            let ours = leftovers::removable(&threads, &mem, &ours);
+            let ours = leftovers::removable(&threads, &mem);
             if ours.is_empty() {
                 continue;
             }
@@ -478,12 +474,4 @@ impl Tracer {
             }
         }
     }
-}
-
-/// Whether `sig` is one that stops a process (its group-stop reports it).
-pub(super) fn is_stop_signal(sig: i32) -> bool {
-    matches!(
-        sig,
-        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-    )
 }

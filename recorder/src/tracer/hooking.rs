@@ -2,7 +2,6 @@
 //! notification; new modules parsed (once per file), recorded, registered for unwinding
 //! and hooked, vanished ones recorded as unloaded.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use heaptape_format::Record;
@@ -129,7 +128,7 @@ impl Tracer {
                 space.modules.push(km);
             }
             if !g.is_vdso() {
-                self.hook_module(space_id, tid, &elf, bias, g.avma_range());
+                self.hook_module(space_id, tid, &elf, bias, g);
             }
         }
     }
@@ -140,8 +139,9 @@ impl Tracer {
         tid: Tid,
         elf: &ElfModule,
         bias: u64,
-        range: Range<u64>,
+        module: &MappedModule,
     ) {
+        let range = module.avma_range();
         let prefixes: Vec<&str> = self.prefixes.iter().map(|s| s.as_str()).collect();
         let mut sites: Vec<(u64, HookKind, String, u64)> = elf
             .hook_symbols(&prefixes)
@@ -189,19 +189,23 @@ impl Tracer {
             Some(p) => (p.0, p.1),
             None => {
                 // The pages start with a mark a later session recognises them by.
-                let magic = TRAMPOLINE_HEADER;
                 let header = trampoline_header(probe.borrow().code_addr);
-                let len = (magic + need).div_ceil(4096) * 4096;
+                let len = (TRAMPOLINE_HEADER + need).div_ceil(4096) * 4096;
                 let mut held = Vec::new();
                 let addr = inject::map_near(tid, &probe.borrow(), range.start, len, &mut held);
                 if let Some(t) = self.tasks.get_mut(&tid) {
                     t.held.extend(held);
                 }
                 let space = self.spaces[space_id].as_mut().expect("live");
-                match addr.and_then(|a| Ok(space.mem.write(a, &header).map(|_| a)?)) {
+                let marked = addr.and_then(|a| {
+                    space.mem.write(a, &header)?;
+                    Ok(a)
+                });
+                match marked {
                     Ok(a) => {
-                        space.tramp_pages.push((a + magic, a + len));
-                        (a + magic, a + len)
+                        let first = a + TRAMPOLINE_HEADER;
+                        space.tramp_pages.push((first, a + len));
+                        (first, a + len)
                     }
                     Err(e) => {
                         self.stats
@@ -268,7 +272,7 @@ impl Tracer {
         self.stats.hooks += installed;
         if installed > 0 {
             self.stats.modules_hooked += 1;
-            self.keep_patched_code_out_of_dumps(space_id, tid, range);
+            self.keep_patched_code_out_of_dumps(space_id, tid, module);
         }
     }
 
@@ -276,22 +280,16 @@ impl Tracer {
     /// then hold (1.4 MiB for libc) where a native one holds none: mark the module's
     /// executable mappings MADV_DONTDUMP, unless the process's coredump_filter asks for
     /// file-backed private mappings (bit 2), whose dump would then hold them natively.
-    fn keep_patched_code_out_of_dumps(&mut self, space_id: usize, tid: Tid, range: Range<u64>) {
+    fn keep_patched_code_out_of_dumps(&mut self, space_id: usize, tid: Tid, module: &MappedModule) {
         if procfs::coredump_filter(tid).is_none_or(|f| f & 0x4 != 0) {
             return;
         }
         let Some(probe) = self.spaces[space_id].as_ref().and_then(|s| s.probe.clone()) else {
             return;
         };
-        let Ok(maps) = maps::read_maps(tid) else {
-            return;
-        };
         let mut held = Vec::new();
-        for m in maps
-            .iter()
-            .filter(|m| m.exec && !m.shared && range.contains(&m.start))
-        {
-            let _ = inject::dont_dump(tid, &probe.borrow(), m.start, m.len(), &mut held);
+        for r in module.exec_ranges() {
+            let _ = inject::dont_dump(tid, &probe.borrow(), r.start, r.end - r.start, &mut held);
         }
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.held.extend(held);

@@ -54,7 +54,7 @@ impl Tracer {
                 self.resume(tid, 0);
             }
             libc::PTRACE_EVENT_STOP => {
-                if super::attach::is_stop_signal(sig) {
+                if sys::is_stop_signal(sig) {
                     // Group-stop: stay stopped, as without the tracer, until SIGCONT.
                     let _ = sys::listen(tid);
                 } else if let Some(task) = self.tasks.get_mut(&tid) {
