@@ -466,7 +466,7 @@ fn refusals_say_what_is_really_the_matter() {
 }
 
 /// Two threads allocate and count; the main thread writes the sum to the file named by
-/// argv[1] every millisecond.
+/// argv[1] every millisecond (whole: written aside, then renamed).
 const COUNTER_C: &str = r#"
 #include <pthread.h>
 #include <stdatomic.h>
@@ -489,10 +489,13 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 2; i++) pthread_create(&t[i], 0, work, 0);
     printf("ready\n");
     fflush(stdout);
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", argv[1]);
     for (;;) {
-        FILE *f = fopen(argv[1], "w");
+        FILE *f = fopen(tmp, "w");
         fprintf(f, "%ld\n", atomic_load(&count));
         fclose(f);
+        rename(tmp, argv[1]); /* readers never see a half-written file */
         usleep(1000);
     }
 }

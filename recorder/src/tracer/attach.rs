@@ -191,10 +191,12 @@ impl Tracer {
             if !group_stopped.contains(&tid) {
                 self.resume(tid, 0);
             } else if sys::listen(tid).is_err() {
-                // No longer in its group-stop: the set-up ran system calls in it. A
-                // SIGSTOP sends it back (reported as a group-stop, which the main loop
-                // leaves stopped until SIGCONT).
-                let _ = sys::cont(tid, libc::SIGSTOP);
+                // No longer in its group-stop: the set-up ran system calls in it. Let it
+                // trap again at once: while the group-stop holds, the trap reports it
+                // (the main loop LISTENs); after a SIGCONT that came meanwhile, it does
+                // not (the main loop lets it run).
+                let _ = sys::interrupt(tid);
+                let _ = sys::cont(tid, 0);
             }
         }
         Ok(())
