@@ -472,6 +472,38 @@ impl ProcMem {
     }
 }
 
+/// A file mapped read-only into the recorder (an ELF module's image): the pages the
+/// recorder reads (symbol tables, unwind sections) are read in on demand instead of the
+/// whole file up front (cc1plus is 25 MB, of which hooking and unwinding touch a few).
+pub struct MappedFile(memmap2::Mmap);
+
+impl MappedFile {
+    /// Maps `file` read-only, private. An empty file gives an error (mmap of length 0).
+    pub fn new(file: &File) -> io::Result<MappedFile> {
+        // SAFETY: `Mmap` is read-only (PROT_READ, MAP_PRIVATE), so no Rust reference into
+        // it is ever written through. The one hazard of a file mapping, the file being
+        // truncated by another process while mapped (a later read of a vanished page
+        // raises SIGBUS), is the hazard the tracee runs too: these are the executables
+        // and libraries it has mapped and runs, which installers replace by rename (a
+        // new inode; our mapping keeps the old one) rather than truncate.
+        let map = unsafe { memmap2::Mmap::map(file)? };
+        Ok(MappedFile(map))
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedFile({} bytes)", self.0.len())
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Shared probe memory
 // ---------------------------------------------------------------------------------------

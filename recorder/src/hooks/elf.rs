@@ -6,8 +6,9 @@
 //! the `PT_LOAD` segments that say where the module lands in memory, and the
 //! `.eh_frame`/`.eh_frame_hdr` unwind tables that the unwinder reads on every
 //! allocation. [`ElfModule`] parses a file (or a memory image, for the vDSO)
-//! once with `object`, keeps the bytes in an [`Arc`] so that unwind sections
-//! can be handed to the unwinder without copying, and answers all of these
+//! once with `object`, keeps the file mapped (or the bytes, for an image read from
+//! memory) in an [`Arc`] so that unwind sections can be handed to the unwinder
+//! without copying, and answers all of these
 //! questions with link-time addresses ("SVMAs"); the caller adds the load
 //! bias computed by [`ElfModule::load_bias`].
 //!
@@ -27,6 +28,7 @@ use object::{Endianness, Object, ObjectSection};
 use super::catalogue::{ranked_spec, resource_call, HookSymbol, ResourceHook};
 use super::PAGE_SIZE;
 use crate::procfs::maps::MapEntry;
+use crate::sys::MappedFile;
 
 /// Errors from reading an ELF file.
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +59,36 @@ pub enum ElfError {
     },
 }
 
+/// A module's bytes: its file, mapped, or an image held in memory.
+#[derive(Debug)]
+pub enum ModuleBytes {
+    /// A file mapped read-only: pages are read as they are used.
+    Mapped(MappedFile),
+    /// Bytes held in memory (the vDSO read from the tracee, a decompressed section).
+    Owned(Box<[u8]>),
+}
+
+impl Deref for ModuleBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ModuleBytes::Mapped(m) => m,
+            ModuleBytes::Owned(b) => b,
+        }
+    }
+}
+
 /// A byte range of a shared buffer: how section data is handed to the
 /// unwinder without copying it out of the file image.
 #[derive(Clone, Debug)]
 pub struct SectionBytes {
-    data: Arc<[u8]>,
+    data: Arc<ModuleBytes>,
     range: Range<usize>,
 }
 
 impl SectionBytes {
     /// A slice of `data`; `None` if `range` is out of bounds.
-    pub fn new(data: Arc<[u8]>, range: Range<usize>) -> Option<Self> {
+    pub fn new(data: Arc<ModuleBytes>, range: Range<usize>) -> Option<Self> {
         if range.start > range.end || range.end > data.len() {
             return None;
         }
@@ -143,7 +164,7 @@ struct FuncSym {
 #[derive(Debug)]
 pub struct ElfModule {
     name: String,
-    data: Arc<[u8]>,
+    data: Arc<ModuleBytes>,
     build_id: Option<Vec<u8>>,
     is_dyn: bool,
     entry: u64,
@@ -152,7 +173,7 @@ pub struct ElfModule {
     eh_frame: Option<SectionRange>,
     eh_frame_hdr: Option<SectionRange>,
     got: Option<Range<u64>>,
-    debug_frame: Option<Arc<[u8]>>,
+    debug_frame: Option<Arc<ModuleBytes>>,
     symbols: OnceLock<Vec<FuncSym>>,
 }
 
@@ -212,24 +233,26 @@ fn read_eh_pointer(bytes: &[u8], pos: usize, addr: u64, encoding: u8) -> Option<
 }
 
 impl ElfModule {
-    /// Read and parse the file at `path`.
+    /// Map and parse the file at `path`.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ElfError> {
         let path = path.as_ref();
-        let data = std::fs::read(path).map_err(|source| ElfError::Io {
+        let io = |source| ElfError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-        Self::from_bytes(path.display().to_string(), data)
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let data = MappedFile::new(&file).map_err(io)?;
+        Self::parse_bytes(path.display().to_string(), ModuleBytes::Mapped(data))
     }
 
     /// Parse an ELF image held in memory, e.g. the `[vdso]` mapping read from
     /// the tracee (whose file offsets equal its link-time addresses).
-    pub fn from_bytes(
-        name: impl Into<String>,
-        data: impl Into<Arc<[u8]>>,
-    ) -> Result<Self, ElfError> {
-        let name = name.into();
-        let data: Arc<[u8]> = data.into();
+    pub fn from_bytes(name: impl Into<String>, data: Vec<u8>) -> Result<Self, ElfError> {
+        Self::parse_bytes(name.into(), ModuleBytes::Owned(data.into_boxed_slice()))
+    }
+
+    fn parse_bytes(name: String, data: ModuleBytes) -> Result<Self, ElfError> {
+        let data = Arc::new(data);
         let file = parse(&name, &data)?;
         let endian = file.endian();
         let header = file.elf_header();
@@ -263,7 +286,7 @@ impl ElfModule {
             .section_by_name(".debug_frame")
             .and_then(|s| s.uncompressed_data().ok())
             .filter(|d| !d.is_empty())
-            .map(|d| Arc::<[u8]>::from(d.as_ref()));
+            .map(|d| Arc::new(ModuleBytes::Owned(d.into_owned().into_boxed_slice())));
         drop(file);
 
         let mut module = Self {
@@ -344,7 +367,7 @@ impl ElfModule {
     }
 
     /// The whole file image.
-    pub fn data(&self) -> &Arc<[u8]> {
+    pub fn data(&self) -> &Arc<ModuleBytes> {
         &self.data
     }
 
