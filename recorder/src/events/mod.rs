@@ -169,7 +169,7 @@ impl Pipeline {
         if self.frames.is_empty() && ret != 0 && self.max_depth > 0 {
             self.frames.push(ret);
         }
-        self.trie.intern(&self.frames, self.out.buf())
+        self.trie.intern(ev.tid, &self.frames, self.out.buf())
     }
 
     /// Decodes the arguments of the allocator call `ev` (a `spec` function, its stack
