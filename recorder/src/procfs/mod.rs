@@ -225,6 +225,36 @@ pub(crate) fn mapping_containing(pid: Tid, addr: u64) -> Option<Range<u64>> {
     maps.iter().find(|m| m.contains(addr)).map(|m| m.range())
 }
 
+/// The process's initial stack pointer (`startstack`, field 28 of /proc/PID/stat): the
+/// address of `argc`, below which the main thread's first frame begins.
+pub(crate) fn start_stack(pid: Tid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields from the third (state) on follow the last ')' (comm may hold anything).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(28 - 3)?.parse().ok()
+}
+
+/// The part of thread `tid`'s stack mapping that can hold its frames, for a thread whose
+/// stack pointer is `rsp`: the mapping from its start up to `top` (plus a margin), where
+/// the thread's first frame begins, if `top` lies in the mapping above `rsp`. Above it
+/// lies only what no unwind reads: for a main thread (`top` = [`start_stack`]), argv,
+/// envp, auxv, their strings and the gap of up to 8 KiB the kernel leaves there at random
+/// (x86's `arch_align_stack`); for a glibc thread (`top` = its first stack pointer, or
+/// its thread pointer), its TLS block with its surplus for dlopen and `struct pthread`.
+/// The whole mapping otherwise (a fork child of another thread, a stack the program
+/// allocated).
+pub(crate) fn frames_range(tid: Tid, rsp: u64, top: Option<u64>) -> Option<Range<u64>> {
+    let stack = mapping_containing(tid, rsp)?;
+    // A margin above the first frame: an unwind that reads one word past the outermost
+    // frame (a _start without CFI reads argc as a return address) reads there what it
+    // reads in --mode stop.
+    let end = top
+        .map(|t| t.saturating_add(64))
+        .filter(|&t| t > rsp && t < stack.end)
+        .unwrap_or(stack.end);
+    Some(stack.start..end)
+}
+
 /// `kernel.yama.ptrace_scope`, when Yama is there.
 pub(crate) fn ptrace_scope() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")

@@ -147,6 +147,7 @@ impl Tracer {
                     held: held.remove(&tid).unwrap_or_default(),
                     ring_tp: None,
                     ring_refused: false,
+                    first_rsp: None,
                 },
             );
         }

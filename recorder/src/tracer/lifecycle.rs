@@ -199,6 +199,12 @@ impl Tracer {
         } else {
             self.wipe_fork_ring(tid);
             self.give_area(tid);
+            if tid != pid && self.space_of(tid).is_some_and(|s| s.ring.is_some()) {
+                let rsp = sys::get_regs(tid).ok().map(|r| r.rsp);
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.first_rsp = rsp;
+                }
+            }
             self.resume(tid, 0);
         }
     }
@@ -390,6 +396,7 @@ impl Tracer {
                 held: Vec::new(),
                 ring_tp: None,
                 ring_refused: false,
+                first_rsp: None,
             },
         );
         if self.early_stops.remove(&child) {
@@ -490,6 +497,7 @@ impl Tracer {
             held: Vec::new(),
             ring_tp: None,
             ring_refused: false,
+            first_rsp: None,
         });
         let Some(proc_) = self.procs.get_mut(&pid) else {
             self.resume(tid, 0);

@@ -224,6 +224,7 @@ impl Tracer {
                 held: Vec::new(),
                 ring_tp: None,
                 ring_refused: false,
+                first_rsp: None,
             },
         );
         self.procs.insert(

@@ -93,6 +93,10 @@ pub(super) struct Task {
     pub(super) ring_tp: Option<u64>,
     /// Ring mode: no ring could be had (every area taken): stay on the stop path.
     pub(super) ring_refused: bool,
+    /// Ring mode: a thread's stack pointer at its first instruction (its frames all lie
+    /// below it), read at its first stop; `None` for a process's main thread and for
+    /// threads found running at an attach.
+    pub(super) first_rsp: Option<u64>,
 }
 
 /// What a call in flight is, for its record at the return.

@@ -161,7 +161,12 @@ impl Tracer {
             return false;
         }
         let tp = u64::from_le_bytes(w);
-        let stack = procfs::mapping_containing(tid, regs.rsp).unwrap_or(0..0);
+        let top = if tid == task.pid {
+            procfs::start_stack(tid)
+        } else {
+            task.first_rsp.or(Some(tp))
+        };
+        let stack = procfs::frames_range(tid, regs.rsp, top).unwrap_or(0..0);
         let Some(area) = ring.region.register_thread(tp, stack) else {
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.ring_refused = true;
@@ -273,6 +278,7 @@ impl Sink<'_> {
         if cut {
             self.stats.ring_cut_stacks += 1;
         }
+        self.stats.ring_stack_bytes += ev.stack.len() as u64;
         let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
         self.stats.recorded_calls += 1;
         self.stats.ring_events += 1;

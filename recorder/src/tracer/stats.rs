@@ -48,6 +48,8 @@ pub struct TracerStats {
     pub ring_waits: u64,
     /// Ring mode: stacks whose unwind went past the copied bytes (cut there).
     pub ring_cut_stacks: u64,
+    /// Ring mode: bytes of stack the trampolines copied, all events.
+    pub ring_stack_bytes: u64,
     /// Ring mode: most events held back at once to keep the allocator's order.
     pub ring_held_max: u64,
 }
@@ -83,8 +85,13 @@ impl std::fmt::Display for TracerStats {
         )?;
         writeln!(
             f,
-            "ring: {} calls recorded without a stop from {} threads; {} waits for room, {} stacks cut at the copy, at most {} events held for order",
-            self.ring_events, self.ring_threads, self.ring_waits, self.ring_cut_stacks, self.ring_held_max
+            "ring: {} calls recorded without a stop from {} threads; {} bytes of stack copied per call; {} waits for room, {} stacks cut at the copy, at most {} events held for order",
+            self.ring_events,
+            self.ring_threads,
+            self.ring_stack_bytes.checked_div(self.ring_events).unwrap_or(0),
+            self.ring_waits,
+            self.ring_cut_stacks,
+            self.ring_held_max
         )?;
         writeln!(
             f,
