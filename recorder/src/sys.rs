@@ -671,15 +671,16 @@ pub fn install_tracer_signals(tick_ms: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Blocks [`HANDLED_SIGNALS`] in the calling thread, so they are delivered to the tracer
-/// thread (where they interrupt waitpid) and never to a helper thread.
+/// Blocks [`HANDLED_SIGNALS`] and SIGCHLD in the calling thread, so they are delivered to
+/// the tracer thread (where they interrupt waitpid or its sleep) and never to a helper
+/// thread.
 pub fn block_tracer_signals() {
     // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset and read by
     // pthread_sigmask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in HANDLED_SIGNALS {
+        for sig in HANDLED_SIGNALS.into_iter().chain([libc::SIGCHLD]) {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -882,10 +883,22 @@ pub fn wait_any_nohang() -> io::Result<Option<(Tid, WaitEvent)>> {
     Ok(Some((pid, decode_status(status))))
 }
 
-extern "C" fn on_sigchld(_sig: libc::c_int) {}
+static CHILD_EVENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Installs a SIGCHLD handler that does nothing, without SA_RESTART: a tracee's stop then
-/// cuts short the recorder's [`sleep_ns`] between two drains of the rings.
+extern "C" fn on_sigchld(_sig: libc::c_int) {
+    CHILD_EVENT.store(true, Ordering::SeqCst);
+}
+
+/// Whether a SIGCHLD (a tracee stopped or exited) arrived since the last call: between
+/// two, waitpid has nothing to report. Call it before the waitpid it decides on.
+pub fn take_child_event() -> bool {
+    CHILD_EVENT.swap(false, Ordering::SeqCst)
+}
+
+/// Installs a SIGCHLD handler without SA_RESTART that notes the signal for
+/// [`take_child_event`]: a tracee's stop then cuts short the recorder's [`sleep_ns`]
+/// between two drains of the rings, and the recorder asks waitpid only when there is
+/// something to ask.
 pub fn install_child_wakeup() -> io::Result<()> {
     // SAFETY: the handler does nothing (async-signal-safe).
     unsafe {

@@ -1168,6 +1168,9 @@ pub struct RoundStats {
     pub held: usize,
     /// The watermark used.
     pub watermark: u64,
+    /// The most bytes one ring held at the round's start (what the round drained from
+    /// it), in 1/1024 of the ring's size: how full the rings get between two rounds.
+    pub fullest: u32,
 }
 
 impl Merger {
@@ -1202,9 +1205,11 @@ impl Merger {
         // Per live area: (area, its fresh events' range in `fresh`, where its round ends).
         let mut areas = Vec::with_capacity(region.live_areas().len());
         let mut broken = Vec::new();
+        let mut most = 0u64;
         for &area in region.live_areas() {
             let first = fresh.len();
             let mut it = region.published(area);
+            most = most.max(it.head.wrapping_sub(it.pos));
             while let Some(ev) = it.next() {
                 fresh.push(ev);
                 fresh_end.push(it.pos);
@@ -1246,10 +1251,12 @@ impl Merger {
         }
         // Runs from each area are already sorted: a stable sort merges them cheaply.
         ready.sort_by_key(|r| r.0);
+        let ring = region.layout().ring_bytes as u64;
         let stats = RoundStats {
             emitted: ready.len(),
             held: keep.len(),
             watermark: w,
+            fullest: (most.min(ring) * 1024 / ring) as u32,
         };
         // Per area: the first of its fresh events not yet handed over entirely.
         let mut done: Vec<usize> = areas.iter().map(|(_, r, _)| r.start).collect();

@@ -247,12 +247,29 @@ impl Tracer {
     /// Runs until every traced task is gone (or, when attached, until a stop is
     /// requested: then every task is detached cleanly).
     pub fn run(&mut self) -> Result<(), TraceError> {
-        // Ring mode polls: between stops the rings are drained, and the recorder sleeps
-        // (cut short by a tracee's stop) only while they are empty.
+        // Ring mode polls: between stops the rings are drained in passes, and the recorder
+        // sleeps (cut short by a tracee's stop) after a pass that found the rings less
+        // than half full, longer while it finds them under a quarter full: each pass
+        // costs system calls and a wake-up on the CPUs the program needs. redis-server
+        // at 270 k calls/s: a pass whenever the rings held anything, 2.7 us of recorder
+        // CPU per call; a pass per 1/8-1/32 ring, 1.5 us; per 1/2-1/4 ring (these
+        // settings), 1.1 us, no wait for room. A ring fills in 0.7 ms at cc1plus's rate
+        // (1,500 MB/s of stack copies), in 4 ms at redis's, so the sleep stays short
+        // where it must.
         const IDLE_MIN_NS: u64 = 20_000;
-        const IDLE_MAX_NS: u64 = 200_000;
+        const IDLE_MAX_NS: u64 = 2_000_000;
+        // A pass that found a ring this full (in 1/1024): drain again without sleeping,
+        // and sleep half as long next time.
+        const BUSY_FILL: u32 = 1024 / 2;
+        // A pass that found every ring less full: sleep twice as long next time.
+        const QUIET_FILL: u32 = 1024 / 4;
+        // waitpid is asked after a SIGCHLD, after a stop (there may be more), and at
+        // least this often (a safety net: every stop sends one).
+        const POLL_EVERY_NS: u64 = 10_000_000;
         let ring = self.cfg.ring;
         let mut idle = IDLE_MIN_NS;
+        let mut poll = true;
+        let mut last_poll = 0u64;
         // Stop mode: waits left to sleep through before polling again.
         let mut no_spin = 0u32;
         loop {
@@ -261,7 +278,17 @@ impl Tracer {
                 break;
             }
             let waited = if ring {
-                sys::wait_any_nohang()
+                let now = sys::monotonic_ns();
+                // The flag is taken before the waitpid: a stop after it sets it again.
+                poll |= sys::take_child_event() || now - last_poll >= POLL_EVERY_NS;
+                if poll {
+                    last_poll = now;
+                    let w = sys::wait_any_nohang();
+                    poll = !matches!(w, Ok(None));
+                    w
+                } else {
+                    Ok(None)
+                }
             } else if self.cfg.spin_wait && no_spin == 0 {
                 let start = sys::monotonic_ns();
                 loop {
@@ -295,16 +322,21 @@ impl Tracer {
                     idle = IDLE_MIN_NS;
                 }
                 Ok(None) if ring => {
-                    let n = self.drain_rings(false);
+                    let drained = self.drain_rings(false);
                     if sys::take_tick() {
                         self.tick();
                     }
-                    if n == 0 {
-                        sys::sleep_ns(idle);
-                        idle = (idle * 2).min(IDLE_MAX_NS);
-                    } else {
+                    if drained.events > 0 {
                         self.events.publish();
-                        idle = IDLE_MIN_NS;
+                    }
+                    if drained.fullest >= BUSY_FILL {
+                        idle = (idle / 2).max(IDLE_MIN_NS);
+                    } else {
+                        self.stats.ring_sleeps += 1;
+                        sys::sleep_ns(idle);
+                        if drained.fullest < QUIET_FILL {
+                            idle = (idle * 2).min(IDLE_MAX_NS);
+                        }
                     }
                 }
                 Ok(None) => {

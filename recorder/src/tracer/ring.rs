@@ -81,23 +81,35 @@ impl TscClock {
     }
 }
 
+/// What a drain found.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Drained {
+    /// Events handed over.
+    pub(super) events: usize,
+    /// How full the fullest ring was, in 1/1024 of its size.
+    pub(super) fullest: u32,
+}
+
 impl Tracer {
     /// Drains the rings of every address space; with `flush`, also hands over the events
-    /// held back for order (for the end: no thread can publish any more). Returns how
-    /// many events were handed over.
-    pub(super) fn drain_rings(&mut self, flush: bool) -> usize {
+    /// held back for order (for the end: no thread can publish any more).
+    pub(super) fn drain_rings(&mut self, flush: bool) -> Drained {
+        self.stats.ring_passes += 1;
         (0..self.spaces.len())
             .map(|s| self.drain_space(s, flush))
-            .sum()
+            .fold(Drained::default(), |a, b| Drained {
+                events: a.events + b.events,
+                fullest: a.fullest.max(b.fullest),
+            })
     }
 
     /// Drains the rings of address space `space_id` (see [`Tracer::drain_rings`]).
-    pub(super) fn drain_space(&mut self, space_id: usize, flush: bool) -> usize {
+    pub(super) fn drain_space(&mut self, space_id: usize, flush: bool) -> Drained {
         let Some(space) = self.spaces.get_mut(space_id).and_then(|s| s.as_mut()) else {
-            return 0;
+            return Drained::default();
         };
         let Some(ring) = space.ring.as_mut() else {
-            return 0;
+            return Drained::default();
         };
         self.tsc.refit();
         let mut sink = Sink {
@@ -121,7 +133,10 @@ impl Tracer {
         for b in broken {
             eprintln!("heaptape: warning: {b}: the program wrote over its ring; events lost");
         }
-        n
+        Drained {
+            events: n,
+            fullest: round.fullest,
+        }
     }
 
     /// At a hooked allocator call that stopped (its thread has no ring yet): gives the

@@ -50,6 +50,10 @@ pub struct TracerStats {
     pub ring_cut_stacks: u64,
     /// Ring mode: bytes of stack the trampolines copied, all events.
     pub ring_stack_bytes: u64,
+    /// Ring mode: passes over the rings (each reads every ring's state once).
+    pub ring_passes: u64,
+    /// Ring mode: sleeps between passes.
+    pub ring_sleeps: u64,
     /// Ring mode: most events held back at once to keep the allocator's order.
     pub ring_held_max: u64,
 }
@@ -85,10 +89,12 @@ impl std::fmt::Display for TracerStats {
         )?;
         writeln!(
             f,
-            "ring: {} calls recorded without a stop from {} threads; {} bytes of stack copied per call; {} waits for room, {} stacks cut at the copy, at most {} events held for order",
+            "ring: {} calls recorded without a stop from {} threads; {} bytes of stack copied per call; {} passes over the rings, {} sleeps; {} waits for room, {} stacks cut at the copy, at most {} events held for order",
             self.ring_events,
             self.ring_threads,
             self.ring_stack_bytes.checked_div(self.ring_events).unwrap_or(0),
+            self.ring_passes,
+            self.ring_sleeps,
             self.ring_waits,
             self.ring_cut_stacks,
             self.ring_held_max
