@@ -222,3 +222,58 @@ fn hooked_functions_get_all_their_arguments() {
     let rec = record(&dir, &trace, &[], &prog, &[]);
     assert_same_run(&native, &rec);
 }
+
+/// Threads that realloc, malloc and free in one arena (no thread cache) hand each other
+/// blocks while a realloc is in flight: the block a realloc returns may have been freed
+/// by another thread after the realloc began, and the block it gave up may be handed out
+/// before it returns. Both are replayed in the allocator's order (the release numbered
+/// before the call, the new block after the return): no address is allocated while
+/// live, no free is taken for a double free, and the counts are memcheck's.
+#[test]
+fn reallocs_racing_across_threads_replay_in_the_allocators_order() {
+    let dir = TestDir::new("realloc_race");
+    let prog = dir.compile_c(
+        "race",
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+static int iters;
+static void *work(void *arg) {
+    (void)arg;
+    for (int i = 0; i < iters; i++) {
+        char *p = malloc(32);
+        char *g = malloc(32); /* p cannot grow in place: the realloc moves it */
+        p = realloc(p, 4000);
+        p[0] = 1;
+        free(g);
+        free(p);
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    iters = atoi(argv[1]);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, work, 0);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], 0);
+    puts("done");
+    return 0;
+}
+"#,
+    );
+    let args = ["50000"];
+    let trace = dir.join("race.trace");
+    let tunables = "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1";
+    let rec = run(record_cmd(&dir, &trace, &[], &prog, &args).env("GLIBC_TUNABLES", tunables));
+    assert!(rec.status.success(), "{}", rec.stderr);
+    assert_eq!(rec.stdout_str(), "done\n");
+    // No warning (an allocation at a live address), no bad free.
+    let json = analyze(&trace);
+    let p = root_process(&json);
+    assert_eq!(findings(p), vec![]);
+    let t = totals(p);
+    let (_, vg) = valgrind_single(&dir, &prog, &args);
+    assert!(t.allocations >= 4 * 50_000 * 2, "{t:?}");
+    assert_eq!(t.allocations, vg.allocs, "allocations vs valgrind");
+    assert_eq!(t.allocated_bytes, vg.bytes, "bytes vs valgrind");
+}

@@ -236,7 +236,9 @@ impl Replay {
                         func,
                         address,
                         stack,
-                        may_be_internal: true,
+                        // The release part of a realloc that moved its block (the ring
+                        // recorder writes it as a free) is the program's own call.
+                        may_be_internal: !matches!(func, AllocFn::Realloc | AllocFn::Reallocarray),
                     };
                     self.released(r, removed, temporary);
                 }

@@ -179,6 +179,9 @@ pub(super) struct RingState {
     pub(super) tids: AddrMap<u32, Tid>,
     /// What hooking needs to assemble ring trampolines.
     pub(super) hook: RingHook,
+    /// Reallocs that moved their block, written as two records: the stack of each whose
+    /// release is written and allocation not yet, by the number of its first part.
+    pub(super) moving: AddrMap<u64, StackId>,
 }
 
 impl RingState {
@@ -189,6 +192,7 @@ impl RingState {
             region,
             merger: Merger::new(),
             tids: Default::default(),
+            moving: Default::default(),
             hook: RingHook {
                 layout,
                 region_base,

@@ -17,11 +17,13 @@
 
 use std::collections::HashMap;
 
+use heaptape_format::{Record, StackId};
+
 use super::model::{Proc, Task};
 use super::Tracer;
 use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
-use crate::events::{CallEvent, Pipeline};
+use crate::events::{AllocCall, CallEvent, Pipeline};
 use crate::hooks::patch::{Hook, HookKind};
 use crate::procfs;
 use crate::sys::{self, Tid};
@@ -114,6 +116,7 @@ impl Tracer {
         self.tsc.refit();
         let mut sink = Sink {
             tids: &ring.tids,
+            moving: &mut ring.moving,
             hooks: &space.hooks,
             unwinder: &mut space.unwinder,
             events: &mut self.events,
@@ -237,6 +240,7 @@ impl Tracer {
 /// Where drained events go: the pipeline, with what it needs to unwind and account.
 struct Sink<'a> {
     tids: &'a AddrMap<u32, Tid>,
+    moving: &'a mut AddrMap<u64, StackId>,
     hooks: &'a AddrMap<u64, Hook>,
     unwinder: &'a mut StackUnwinder,
     events: &'a mut Pipeline,
@@ -250,13 +254,16 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// One event part in the allocator's order. A realloc is written at its first part
-    /// (the release of the old block, numbered before the call), with its result.
+    /// One event part in the allocator's order. A realloc that moved its block is written
+    /// as two records, each at its own number: the release of the old block (numbered
+    /// before the call, so before another thread can be handed that address) and the new
+    /// block (numbered after the return, so after its previous owner released it). Any
+    /// other realloc is one record, at its first part.
     fn emit(&mut self, o: Ordered<'_>) {
-        if o.part == Part::Alloc {
+        let ev = o.event;
+        if o.part == Part::Alloc && !self.moving.contains_key(&ev.seq) {
             return;
         }
-        let ev = o.event;
         let Some(&tid) = self.tids.get(&ev.area) else {
             return;
         };
@@ -280,6 +287,27 @@ impl Sink<'_> {
             args: [ev.args[0], ev.args[1], ev.args[2], ev.args[3], 0, 0],
             stack: ev.stack,
         };
+        let result = ev.result.unwrap_or(0);
+        if o.part == Part::Alloc {
+            // The second part of a moved realloc: its stack was unwound at the first.
+            let stack = self.moving.remove(&ev.seq).unwrap_or_default();
+            if let (AllocCall::Realloc { func, size, .. }, _) =
+                self.events.alloc_entry(&call, spec, stack)
+            {
+                let rec = Record::Alloc {
+                    ts,
+                    tid: tid as u32,
+                    func,
+                    address: result,
+                    size,
+                    align: 0,
+                    stack,
+                };
+                proc_.live.apply(&rec);
+                self.events.buf().push(rec);
+            }
+            return;
+        }
         // Past the copy the stack has moved on: an unwind that needs more is cut there.
         let mut cut = false;
         let t = if self.measure { sys::monotonic_ns() } else { 0 };
@@ -297,7 +325,21 @@ impl Sink<'_> {
         let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
         self.stats.recorded_calls += 1;
         self.stats.ring_events += 1;
-        let rec = alloc.record(ts, tid, stack, ev.result.unwrap_or(0), ev.out.unwrap_or(0));
+        if let AllocCall::Realloc { func, old, .. } = alloc {
+            if o.part == Part::Free && old != 0 && result != 0 && result != old {
+                self.moving.insert(ev.seq, stack);
+                proc_.live.free(old);
+                self.events.buf().push(Record::Free {
+                    ts,
+                    tid: tid as u32,
+                    func,
+                    address: old,
+                    stack,
+                });
+                return;
+            }
+        }
+        let rec = alloc.record(ts, tid, stack, result, ev.out.unwrap_or(0));
         match rec {
             Some(rec) => {
                 proc_.live.apply(&rec);
@@ -305,7 +347,7 @@ impl Sink<'_> {
             }
             None => {
                 // A free: written by alloc_entry.
-                if let crate::events::AllocCall::Free { address } = alloc {
+                if let AllocCall::Free { address } = alloc {
                     proc_.live.free(address);
                 }
             }
