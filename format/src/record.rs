@@ -423,7 +423,10 @@ pub enum Record {
         /// Call stack.
         stack: StackId,
     },
-    /// A block was released (free, delete, delete[]). `address` may be 0.
+    /// A block was released (free, delete, delete[]). `address` may be 0. With `func`
+    /// realloc or reallocarray: the release part of a realloc that moved its block,
+    /// written at the call's entry (ring recording), its `Alloc` part (same `func`) after
+    /// the return.
     Free {
         /// When.
         ts: Timestamp,
