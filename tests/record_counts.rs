@@ -227,8 +227,10 @@ fn hooked_functions_get_all_their_arguments() {
 /// blocks while a realloc is in flight: the block a realloc returns may have been freed
 /// by another thread after the realloc began, and the block it gave up may be handed out
 /// before it returns. Both are replayed in the allocator's order (the release numbered
-/// before the call, the new block after the return): no address is allocated while
-/// live, no free is taken for a double free, and the counts are memcheck's.
+/// before the call, the new block after the return; in --mode stop, the releases of
+/// the reallocs that returned since the last stop before any allocation): no address is
+/// allocated while live, no free is taken for a double free, and the counts are
+/// memcheck's.
 #[test]
 fn reallocs_racing_across_threads_replay_in_the_allocators_order() {
     let dir = TestDir::new("realloc_race");
@@ -262,18 +264,21 @@ int main(int argc, char **argv) {
 "#,
     );
     let args = ["50000"];
-    let trace = dir.join("race.trace");
-    let tunables = "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1";
-    let rec = run(record_cmd(&dir, &trace, &[], &prog, &args).env("GLIBC_TUNABLES", tunables));
-    assert!(rec.status.success(), "{}", rec.stderr);
-    assert_eq!(rec.stdout_str(), "done\n");
-    // No warning (an allocation at a live address), no bad free.
-    let json = analyze(&trace);
-    let p = root_process(&json);
-    assert_eq!(findings(p), vec![]);
-    let t = totals(p);
     let (_, vg) = valgrind_single(&dir, &prog, &args);
-    assert!(t.allocations >= 4 * 50_000 * 2, "{t:?}");
-    assert_eq!(t.allocations, vg.allocs, "allocations vs valgrind");
-    assert_eq!(t.allocated_bytes, vg.bytes, "bytes vs valgrind");
+    let tunables = "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1";
+    for mode in ["ring", "stop"] {
+        let trace = dir.join(format!("race.{mode}.trace"));
+        let rec = run(record_cmd(&dir, &trace, &["--mode", mode], &prog, &args)
+            .env("GLIBC_TUNABLES", tunables));
+        assert!(rec.status.success(), "{mode}: {}", rec.stderr);
+        assert_eq!(rec.stdout_str(), "done\n");
+        // No warning (an allocation at a live address), no bad free.
+        let json = analyze(&trace);
+        let p = root_process(&json);
+        assert_eq!(findings(p), vec![], "{mode}");
+        let t = totals(p);
+        assert!(t.allocations >= 4 * 50_000 * 3, "{mode}: {t:?}");
+        assert_eq!(t.allocations, vg.allocs, "{mode}: allocations vs valgrind");
+        assert_eq!(t.allocated_bytes, vg.bytes, "{mode}: bytes vs valgrind");
+    }
 }

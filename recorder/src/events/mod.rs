@@ -76,6 +76,15 @@ pub(crate) enum AllocCall {
     Free { address: u64 },
 }
 
+/// Whether a realloc of `old` to `size` bytes that returned `new` released `old` and
+/// did not resize it in place (glibc: `realloc(p, 0)` frees `p` and returns NULL; a
+/// failed `realloc(p, n)` returns NULL and leaves `p` alone): such a realloc is written
+/// as two records, the release (`Free`) and the new block (`Alloc`), each where the
+/// allocator's order puts it.
+pub(crate) fn realloc_moved(old: u64, new: u64, size: u64) -> bool {
+    old != 0 && new != old && (new != 0 || size == 0)
+}
+
 impl AllocCall {
     /// The record of the call entered at `ts` by `tid` with stack `stack`, now that it
     /// returned `rax` (`out`: the word stored through `posix_memalign`'s out argument).

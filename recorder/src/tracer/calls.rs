@@ -3,13 +3,13 @@
 //! [`crate::events`] pipeline, and the capture of the call's result is armed; at every
 //! stop, the results that came back since are swept from the probe memory and written.
 
-use heaptape_format::{Record, StackId};
+use heaptape_format::{AllocFn, Record, StackId};
 
 use super::model::{Pending, PendingKind};
 use super::resources::resource_record;
 use super::Tracer;
 use crate::events::unwind::EntryRegs;
-use crate::events::{AllocCall, CallEvent};
+use crate::events::{realloc_moved, AllocCall, CallEvent};
 use crate::hooks::catalogue::{HookSpec, ResourceCall};
 use crate::hooks::patch::HookKind;
 use crate::sys::{self, Regs, Tid};
@@ -343,6 +343,7 @@ impl Tracer {
             ts,
             stack: stack_id,
             kind,
+            released: false,
         });
     }
 
@@ -375,13 +376,76 @@ impl Tracer {
                 p.ts,
             )
         });
-        let done = std::mem::take(&mut self.done_buf);
+        let mut done = std::mem::take(&mut self.done_buf);
+        // The releases of the reallocs among them first: a block one of them gave up may
+        // have gone to another (a realloc's new block included).
+        for p in done.iter_mut() {
+            let (rax, _) = p.probe.borrow().result_of(p.ret).unwrap_or((0, 0));
+            if let PendingKind::Alloc(AllocCall::Realloc { old, size, .. }) = p.kind {
+                if !p.released && realloc_moved(old, rax, size) {
+                    self.write_release(p);
+                }
+            }
+        }
         for p in &done {
             let (rax, out) = p.probe.borrow().result_of(p.ret).unwrap_or((0, 0));
+            self.release_moved(p, rax, out);
             self.finish_call(p, rax, out);
         }
         self.done_buf = done;
         self.done_buf.clear();
+    }
+
+    /// Before the record of `p`, an allocation that returned `rax`: if a realloc still in
+    /// flight on another thread gave that block up (the allocator handed it out, so the
+    /// realloc released it), writes the realloc's release now, in the allocator's order;
+    /// its new block is written when it returns.
+    fn release_moved(&mut self, p: &Pending, rax: u64, outval: u64) {
+        let address = match p.kind {
+            PendingKind::Alloc(AllocCall::Alloc { posix: true, .. }) if rax == 0 => outval,
+            PendingKind::Alloc(AllocCall::Alloc { posix: false, .. }) => rax,
+            PendingKind::Alloc(AllocCall::Realloc { .. }) => rax,
+            _ => return,
+        };
+        if address == 0 {
+            return;
+        }
+        let Some(i) = self.pending.iter().position(|r| {
+            !r.released
+                && r.tid != p.tid
+                && matches!(r.kind, PendingKind::Alloc(AllocCall::Realloc { old, .. }) if old == address)
+        }) else {
+            return;
+        };
+        self.pending[i].released = true;
+        let r = &self.pending[i];
+        if let PendingKind::Alloc(AllocCall::Realloc { func, old, .. }) = r.kind {
+            let (tid, ts, stack) = (r.tid, r.ts, r.stack);
+            self.push_release(tid, ts, stack, func, old);
+        }
+    }
+
+    /// Writes the release part of the realloc `p` (which moved its block) and marks it.
+    fn write_release(&mut self, p: &mut Pending) {
+        if let PendingKind::Alloc(AllocCall::Realloc { func, old, .. }) = p.kind {
+            p.released = true;
+            self.push_release(p.tid, p.ts, p.stack, func, old);
+        }
+    }
+
+    /// The release part of a realloc: a `Free` with the realloc's function.
+    fn push_release(&mut self, tid: Tid, ts: u64, stack: StackId, func: AllocFn, old: u64) {
+        let pid = self.tasks.get(&tid).map(|t| t.pid);
+        if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
+            proc_.live.free(old);
+        }
+        self.events.buf().push(Record::Free {
+            ts,
+            tid: tid as u32,
+            func,
+            address: old,
+            stack,
+        });
     }
 
     fn finish_call(&mut self, p: &Pending, rax: u64, outval: u64) {
@@ -392,6 +456,21 @@ impl Tracer {
             }
         }
         let rec = match p.kind {
+            PendingKind::Alloc(AllocCall::Realloc { func, size, .. }) if p.released => {
+                if rax == 0 {
+                    // realloc(p, 0): the release was all of it.
+                    return;
+                }
+                Record::Alloc {
+                    ts: p.ts,
+                    tid: p.tid as u32,
+                    func,
+                    address: rax,
+                    size,
+                    align: 0,
+                    stack: p.stack,
+                }
+            }
             PendingKind::Alloc(ref call) => match call.record(p.ts, p.tid, p.stack, rax, outval) {
                 Some(rec) => rec,
                 None => return,

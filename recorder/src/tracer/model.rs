@@ -119,6 +119,9 @@ pub(super) struct Pending {
     pub(super) ts: u64,
     pub(super) stack: StackId,
     pub(super) kind: PendingKind,
+    /// A realloc whose old block was seen handed out again before it returned: its
+    /// release is written, its new block is written when it returns.
+    pub(super) released: bool,
 }
 
 impl Tracer {

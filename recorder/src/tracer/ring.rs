@@ -23,7 +23,7 @@ use super::model::{Proc, Task};
 use super::Tracer;
 use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
-use crate::events::{AllocCall, CallEvent, Pipeline};
+use crate::events::{realloc_moved, AllocCall, CallEvent, Pipeline};
 use crate::hooks::patch::{Hook, HookKind};
 use crate::procfs;
 use crate::sys::{self, Tid};
@@ -294,6 +294,10 @@ impl Sink<'_> {
             if let (AllocCall::Realloc { func, size, .. }, _) =
                 self.events.alloc_entry(&call, spec, stack)
             {
+                if result == 0 {
+                    // realloc(p, 0): the release was all of it.
+                    return;
+                }
                 let rec = Record::Alloc {
                     ts,
                     tid: tid as u32,
@@ -325,8 +329,8 @@ impl Sink<'_> {
         let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
         self.stats.recorded_calls += 1;
         self.stats.ring_events += 1;
-        if let AllocCall::Realloc { func, old, .. } = alloc {
-            if o.part == Part::Free && old != 0 && result != 0 && result != old {
+        if let AllocCall::Realloc { func, old, size } = alloc {
+            if o.part == Part::Free && realloc_moved(old, result, size) {
                 self.moving.insert(ev.seq, stack);
                 proc_.live.free(old);
                 self.events.buf().push(Record::Free {
