@@ -9,11 +9,11 @@
 //! Run: `cargo bench --bench cc1plus` (`-- --rounds N`, default 3; `-- --no-memcheck`
 //! skips the slowest row). Figures and the command are kept in docs/PERFORMANCE.md.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 mod support;
-use support::{have, median, time_cmd};
+use support::{compare, have, heaptape_allocs, print_ring_stats, Row};
 
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
@@ -34,9 +34,6 @@ int main() {
 }
 "#;
 
-/// A row of the table: its name and how to build its command.
-type Row<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
-
 fn cc1plus() -> Option<PathBuf> {
     let out = Command::new("g++")
         .arg("-print-prog-name=cc1plus")
@@ -44,21 +41,6 @@ fn cc1plus() -> Option<PathBuf> {
         .ok()?;
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     p.is_file().then_some(p)
-}
-
-/// The allocations in heaptape's report of `trace` (`total heap usage: N allocs`).
-fn heaptape_allocs(trace: &Path) -> String {
-    let out = Command::new(HEAPTAPE)
-        .args(["analyze", "--no-symbols"])
-        .arg(trace)
-        .output()
-        .expect("analyze runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("total heap usage: "))
-        .and_then(|l| l.split(" allocs").next())
-        .unwrap_or("?")
-        .to_string()
 }
 
 fn main() {
@@ -144,29 +126,20 @@ fn main() {
             }),
         ));
     }
-    let mut times = vec![Vec::new(); rows.len()];
-    for _ in 0..rounds {
-        for (i, (_, make)) in rows.iter().enumerate() {
-            times[i].push(time_cmd(&mut make()).as_secs_f64());
-        }
-    }
-    let native = median(times[0].clone());
     println!(
         "cc1plus {} ({} KiB preprocessed), {rounds} rounds, medians, unpinned",
         ii.display(),
         std::fs::metadata(&ii).unwrap().len() / 1024
     );
-    println!("| | wall | vs native |");
-    println!("|---|---:|---:|");
-    for (i, (name, _)) in rows.iter().enumerate() {
-        let m = median(times[i].clone());
-        println!("| {name} | {m:.2} s | {:.1}x |", m / native);
-    }
+    compare(&rows, rounds);
     // Counts: heaptape's and memcheck's "total heap usage".
-    println!("heaptape allocations (ring): {}", heaptape_allocs(&trace));
+    println!(
+        "heaptape allocations (ring): {}",
+        heaptape_allocs(HEAPTAPE, &trace)
+    );
     println!(
         "heaptape allocations (stop): {}",
-        heaptape_allocs(&dir.join("stop.trace"))
+        heaptape_allocs(HEAPTAPE, &dir.join("stop.trace"))
     );
     if have("valgrind") {
         let mut c = Command::new("valgrind");
@@ -178,14 +151,6 @@ fn main() {
             println!("memcheck: {}", l.split("==").last().unwrap_or(l).trim());
         }
     }
-    let mut c = Command::new(HEAPTAPE);
-    c.args(["record", "--stats", "-o"]).arg(&trace).arg("--");
-    compile(&mut c);
-    let out = c.output().unwrap();
-    for l in String::from_utf8_lossy(&out.stderr).lines() {
-        if l.contains("ring:") || l.contains("tracer:") {
-            println!("{l}");
-        }
-    }
+    print_ring_stats(HEAPTAPE, &trace, |c| compile(c));
     let _ = std::fs::remove_dir_all(&dir);
 }
