@@ -60,6 +60,7 @@ use std::sync::Arc;
 
 use heaptape_format::{ExitStatus, ProcessOrigin, Record};
 
+use crate::addr_map::AddrMap;
 use crate::events::writer::WriterThread;
 use crate::events::Pipeline;
 use crate::hooks::elf::ElfModule;
@@ -110,8 +111,8 @@ pub struct Tracer {
     t0: u64,
     /// Stacks to the trie, records to the writer thread.
     events: Pipeline,
-    tasks: HashMap<Tid, Task>,
-    procs: HashMap<Tid, Proc>,
+    tasks: AddrMap<Tid, Task>,
+    procs: AddrMap<Tid, Proc>,
     spaces: Vec<Option<Space>>,
     pending: Vec<Pending>,
     early_stops: HashSet<Tid>,
@@ -162,8 +163,8 @@ impl Tracer {
             prefixes,
             t0,
             events,
-            tasks: HashMap::new(),
-            procs: HashMap::new(),
+            tasks: AddrMap::default(),
+            procs: AddrMap::default(),
             spaces: Vec::new(),
             pending: Vec::new(),
             early_stops: HashSet::new(),

@@ -15,7 +15,6 @@
 //! - a thread's ring is drained and released at its exit, and a process's rings are
 //!   drained to the end before its snapshot, exec or detach.
 
-use std::collections::HashMap;
 
 use heaptape_format::{Record, StackId};
 
@@ -244,8 +243,8 @@ struct Sink<'a> {
     hooks: &'a AddrMap<u64, Hook>,
     unwinder: &'a mut StackUnwinder,
     events: &'a mut Pipeline,
-    procs: &'a mut HashMap<Tid, Proc>,
-    tasks: &'a HashMap<Tid, Task>,
+    procs: &'a mut AddrMap<Tid, Proc>,
+    tasks: &'a AddrMap<Tid, Task>,
     stats: &'a mut TracerStats,
     clock: &'a mut TscClock,
     t0: u64,
