@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a program under the recorder and write a trace of every allocator call.
     Record(RecordArgs),
+    /// Record a program and print the report when it ends, like valgrind (the report goes
+    /// to standard error; the trace is kept). Exits with the program's status, or 1 when
+    /// --fail-on finds something.
+    Run(RunArgs),
     /// Replay a trace and report totals, leaks, growth and invalid frees.
     Analyze(AnalyzeArgs),
     /// Write a flamegraph (SVG) of a trace.
@@ -42,9 +46,6 @@ pub struct DumpArgs {
 
 #[derive(Args)]
 pub struct RecordArgs {
-    /// Trace file to write [default: heaptape.<program>.<pid>.trace].
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
     /// Attach to this running process instead of launching one; recording ends at
     /// Ctrl-C, SIGTERM, SIGHUP, --duration or the process's exit, then heaptape detaches
     /// and the process goes on unchanged.
@@ -53,6 +54,23 @@ pub struct RecordArgs {
     /// With --pid: record for this long, e.g. 30s, 2m, 500ms.
     #[arg(long, requires = "pid", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub flags: RecordFlags,
+    /// The program to run and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    pub program: Vec<OsString>,
+}
+
+/// How to record: the options `record` and `run` share.
+#[derive(Args)]
+pub struct RecordFlags {
+    /// Trace file to write [default: heaptape.<program>.<pid>.trace].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
     /// Do not follow children: detach them (after removing breakpoints) instead.
     #[arg(long)]
     pub no_follow: bool,
@@ -80,11 +98,24 @@ pub struct RecordArgs {
     /// Print tracer statistics at the end (stops per call, time spent unwinding).
     #[arg(long)]
     pub stats: bool,
+}
+
+/// `heaptape run`: record a program, then report on it.
+#[derive(Args)]
+#[command(after_help = "Examples:
+  heaptape run -- ./app --port 8080
+  heaptape run --fail-on definite,indirect -o app.trace -- ./tests/unit")]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub record: RecordFlags,
+    #[command(flatten)]
+    pub report: ReportFlags,
     /// The program to run and its arguments.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
-        value_name = "PROGRAM"
+        value_name = "PROGRAM",
+        required = true
     )]
     pub program: Vec<OsString>,
 }
@@ -105,6 +136,13 @@ pub enum ModeArg {
 pub struct AnalyzeArgs {
     /// The trace to analyze.
     pub trace: PathBuf,
+    #[command(flatten)]
+    pub flags: ReportFlags,
+}
+
+/// What the report holds and how it reads: the options `analyze` and `run` share.
+#[derive(Args)]
+pub struct ReportFlags {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

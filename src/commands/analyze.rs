@@ -1,32 +1,45 @@
 //! `heaptape analyze`: the report of one trace, as text or JSON.
 
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use heaptape_analyzer::{analyze_with_progress, AnalyzeOptions};
 
-use super::{to_stdout, unreadable, warn, write_json, Outcome};
-use crate::cli::AnalyzeArgs;
+use super::{to_stdout, unreadable, warn, write_json, Failure, Outcome};
+use crate::cli::{AnalyzeArgs, ReportFlags};
 
-pub fn run(args: AnalyzeArgs) -> Outcome {
+/// The analyzer's options for `flags`.
+pub fn options(flags: &ReportFlags) -> AnalyzeOptions {
     // Options added later keep their defaults until the CLI exposes them.
     #[allow(clippy::needless_update)]
-    let opts = AnalyzeOptions {
-        top: args.top,
-        symbolize: !args.no_symbols,
-        debug_dirs: args.debug_dirs,
-        sysroot: args.sysroot,
-        fail_on: args.fail_on.unwrap_or_default(),
-        leak_heuristics: args.leak_check_heuristics,
-        call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
+    AnalyzeOptions {
+        top: flags.top,
+        symbolize: !flags.no_symbols,
+        debug_dirs: flags.debug_dirs.clone(),
+        sysroot: flags.sysroot.clone(),
+        fail_on: flags.fail_on.unwrap_or_default(),
+        leak_heuristics: flags.leak_check_heuristics,
+        call_site_depth: (flags.call_site_depth > 0).then_some(flags.call_site_depth),
         ..Default::default()
-    };
-    let analysis =
-        analyze_with_progress(&args.trace, &opts).map_err(|e| unreadable(&args.trace, e))?;
+    }
+}
+
+/// Analyzes `trace` and writes its report (text, or JSON with `--json`) through `write`
+/// (which hands it a writer and reports a failure to write); prints the warnings and
+/// the `--fail-on` findings on stderr. Returns whether a `--fail-on` finding exists.
+pub fn report(
+    trace: &Path,
+    flags: &ReportFlags,
+    write: impl FnOnce(&mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Failure>,
+) -> Result<bool, Failure> {
+    let opts = options(flags);
+    let analysis = analyze_with_progress(trace, &opts).map_err(|e| unreadable(trace, e))?;
     for warning in analysis.warnings() {
         warn(warning);
     }
-    to_stdout("report", |out| {
-        if args.json {
+    write(&mut |out| {
+        if flags.json {
             write_json(out, &analysis.to_json())
         } else {
             analysis.render_text(out, &opts)
@@ -36,7 +49,14 @@ pub fn run(args: AnalyzeArgs) -> Outcome {
     for f in analysis.failures() {
         eprintln!("heaptape: fail: {f}");
     }
-    Ok(if analysis.failed() {
+    Ok(analysis.failed())
+}
+
+pub fn run(args: AnalyzeArgs) -> Outcome {
+    let failed = report(&args.trace, &args.flags, |render| {
+        to_stdout("report", |out| render(out)).map(|_| ())
+    })?;
+    Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

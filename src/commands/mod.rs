@@ -8,6 +8,7 @@ pub mod diff;
 pub mod dump;
 pub mod flamegraph;
 pub mod record;
+pub mod run;
 
 use std::fmt::Display;
 use std::io::{self, BufWriter, ErrorKind, StdoutLock, Write};
@@ -77,7 +78,7 @@ pub fn to_stdout(
 }
 
 /// Writes `value` as pretty JSON and a newline.
-pub fn write_json(out: &mut Stdout, value: &serde_json::Value) -> io::Result<()> {
+pub fn write_json(out: &mut dyn Write, value: &serde_json::Value) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
     out.write_all(b"\n")
 }

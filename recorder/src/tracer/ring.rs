@@ -15,7 +15,6 @@
 //! - a thread's ring is drained and released at its exit, and a process's rings are
 //!   drained to the end before its snapshot, exec or detach.
 
-
 use heaptape_format::{Record, StackId};
 
 use super::model::{Proc, Task};

@@ -1,0 +1,23 @@
+//! `heaptape run`: record a program, then print its report, like valgrind.
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use super::record::options;
+use super::{analyze, Failure, Outcome};
+use crate::cli::RunArgs;
+
+pub fn run(args: RunArgs) -> Outcome {
+    let opts = options(args.record, args.program, None, None);
+    let outcome =
+        heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
+    eprintln!("{}", outcome.summary());
+    // The report goes to standard error, so the program's own output stays as it was.
+    let failed = analyze::report(&outcome.path, &args.report, |render| {
+        let mut err = BufWriter::new(io::stderr().lock());
+        render(&mut err)
+            .and_then(|()| err.flush())
+            .map_err(|e| Failure::new(1, format!("cannot write the report: {e}")))
+    })?;
+    Ok(ExitCode::from(if failed { 1 } else { outcome.exit_code() }))
+}

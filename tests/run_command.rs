@@ -1,0 +1,77 @@
+//! `heaptape run`: records, keeps the trace, prints the report on stderr (the program's
+//! stdout untouched), and exits with the program's status, or 1 on a `--fail-on`
+//! finding; its report is `analyze`'s.
+
+mod common;
+
+use common::*;
+
+const LEAKS: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    int lose = atoi(argv[1]);
+    for (int i = 0; i < lose; i++) { void *volatile p = malloc(100); p = 0; }
+    puts("hello");
+    return atoi(argv[2]);
+}
+"#;
+
+#[test]
+fn run_reports_like_analyze_and_exits_like_the_program() {
+    let dir = TestDir::new("run");
+    let prog = dir.compile_c("leaks", LEAKS);
+    let trace = dir.join("t.trace");
+    let native = run_native(&dir, &prog, &["3", "7"]);
+    assert_eq!(native.shell_code(), 7);
+    let r = run(heaptape()
+        .arg("run")
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(&prog)
+        .args(["3", "7"])
+        .current_dir(dir.path()));
+    assert_eq!(r.shell_code(), 7, "{}", r.stderr);
+    assert_eq!(r.stdout, native.stdout, "the program's output changed");
+    assert!(
+        r.stderr.contains("definitely lost: 300 bytes in 3 blocks"),
+        "{}",
+        r.stderr
+    );
+    // The trace is kept, and analyze reports what run printed.
+    let analyzed = run_heaptape(["analyze".as_ref(), trace.as_os_str()]);
+    assert!(analyzed.status.success(), "{}", analyzed.stderr);
+    assert!(
+        r.stderr.contains(analyzed.stdout_str().trim_end()),
+        "run's report differs from analyze's:\n{}\n---\n{}",
+        r.stderr,
+        analyzed.stdout_str()
+    );
+    // --fail-on: 1 when it finds something (whatever the program's status), else the
+    // program's status.
+    for (lose, status, fail_on, expected) in [
+        ("3", "0", "definite", 1),
+        ("3", "7", "definite", 1),
+        ("0", "0", "definite", 0),
+        ("0", "5", "definite", 5),
+    ] {
+        let r = run(heaptape()
+            .args(["run", "--fail-on", fail_on, "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(&prog)
+            .args([lose, status])
+            .current_dir(dir.path()));
+        assert_eq!(
+            r.shell_code(),
+            expected,
+            "lose {lose}, exit {status}: {}",
+            r.stderr
+        );
+    }
+    // A program that cannot be run: record's error and status.
+    let r = run_heaptape(["run", "--", "/nonexistent/program"]);
+    assert_eq!(r.shell_code(), 127, "{}", r.stderr);
+    assert!(r.stderr.contains("/nonexistent/program"), "{}", r.stderr);
+}
