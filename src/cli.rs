@@ -32,6 +32,9 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Write a flamegraph (SVG) of a trace.
     Flamegraph(FlamegraphArgs),
+    /// Write a trace's heap profile for other tools: pprof (go tool pprof, Pyroscope,
+    /// Parca).
+    Export(ExportArgs),
     /// Compare the traces of two versions of a program.
     Diff(DiffArgs),
     /// Print every record of a trace, one per line (for debugging and scripting).
@@ -216,6 +219,50 @@ impl MetricArg {
             MetricArg::Temporary => Metric::Temporary,
         }
     }
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  heaptape export --format pprof -o heap.pb.gz trace.bin && go tool pprof -top heap.pb.gz
+  heaptape export --format pprof --at peak -o peak.pb.gz trace.bin")]
+pub struct ExportArgs {
+    /// The trace.
+    pub trace: PathBuf,
+    /// The format: pprof (a gzipped profile.proto heap profile, as Go's runtime writes:
+    /// alloc_objects, alloc_space, inuse_objects, inuse_space).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Pprof)]
+    pub format: ExportFormat,
+    /// File to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// When the in-use figures are taken: at each program's exit, or at its heap peak.
+    #[arg(long, value_enum, default_value_t = AtArg::Exit)]
+    pub at: AtArg,
+    /// Group stacks by their innermost N frames (0: whole stacks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub call_site_depth: usize,
+    /// Extra directory of separate debug files (searched before /usr/lib/debug);
+    /// repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// Root of the recorded machine's file system (module paths are looked up under it
+    /// first).
+    #[arg(long, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
+    /// Raw addresses (module+offset) instead of function names and source lines.
+    #[arg(long)]
+    pub no_symbols: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Pprof,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AtArg {
+    Exit,
+    Peak,
 }
 
 #[derive(Args)]

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Analyze(args) => commands::analyze::run(args),
         Command::Flamegraph(args) => commands::flamegraph::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Dump(args) => commands::dump::run(args),
     };

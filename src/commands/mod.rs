@@ -6,6 +6,7 @@
 pub mod analyze;
 pub mod diff;
 pub mod dump;
+pub mod export;
 pub mod flamegraph;
 pub mod record;
 pub mod run;

@@ -14,5 +14,6 @@ pub mod flamegraph;
 pub(crate) mod frames;
 pub(crate) mod json;
 pub(crate) mod names;
+pub mod pprof;
 pub(crate) mod resources;
 pub(crate) mod text;

@@ -1,0 +1,34 @@
+//! `heaptape export`: a trace's heap profile in another tool's format (pprof).
+
+use std::process::ExitCode;
+
+use heaptape_analyzer::flamegraph::write_atomically;
+use heaptape_analyzer::pprof::{write_pprof, At};
+use heaptape_analyzer::AnalyzeOptions;
+
+use super::{load, Failure, Outcome};
+use crate::cli::{AtArg, ExportArgs, ExportFormat};
+
+pub fn run(args: ExportArgs) -> Outcome {
+    let opts = AnalyzeOptions {
+        symbolize: !args.no_symbols,
+        debug_dirs: args.debug_dirs,
+        sysroot: args.sysroot,
+        call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
+        ..Default::default()
+    };
+    let analysis = load(&args.trace, &opts)?;
+    let at = match args.at {
+        AtArg::Exit => At::Exit,
+        AtArg::Peak => At::Peak,
+    };
+    let path = &args.output;
+    match args.format {
+        ExportFormat::Pprof => write_atomically(path, |out| {
+            write_pprof(&analysis, at, analysis.symbolizer(), out)
+        }),
+    }
+    .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
+    eprintln!("heaptape: wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}

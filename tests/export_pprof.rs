@@ -1,0 +1,143 @@
+//! `heaptape export --format pprof`: a heap profile Go's tools read, with heaptape's
+//! figures: decoded here field by field, and read back by `go tool pprof` (Debian's
+//! golang-go, which .ci/run installs) when it is installed.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use heaptape_analyzer::pprof::{read_pprof, Profile};
+
+const SOURCE: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) void *leaky_function(int n) { return malloc(n); }
+__attribute__((noinline)) void churn(void) { for (int i = 0; i < 1000; i++) free(malloc(64)); }
+int main(void) {
+    for (int i = 0; i < 10; i++) { void *volatile p = leaky_function(1000); p = 0; }
+    churn();
+    puts("ok");
+    return 0;
+}
+"#;
+
+/// The values of the samples whose leaf location's innermost function is `name`, summed
+/// per sample type.
+fn values_of(p: &Profile, name: &str) -> Vec<i64> {
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let mut sum = vec![0; p.sample_type.len()];
+    for sample in &p.sample {
+        let leaf = p
+            .location
+            .iter()
+            .find(|l| Some(&l.id) == sample.location_id.first())
+            .expect("leaf location");
+        let f = p
+            .function
+            .iter()
+            .find(|f| Some(f.id) == leaf.line.first().map(|l| l.function_id))
+            .expect("leaf function");
+        if s(f.name) == name {
+            for (t, v) in sum.iter_mut().zip(&sample.value) {
+                *t += v;
+            }
+        }
+    }
+    sum
+}
+
+#[test]
+fn pprof_export_holds_the_traces_figures() {
+    let dir = TestDir::new("pprof");
+    let prog = dir.compile_c("pp", SOURCE);
+    let trace = dir.join("pp.trace");
+    record_ok(&dir, &trace, &[], &prog, &[]);
+    let out = dir.join("heap.pb.gz");
+    let r = run_heaptape([
+        "export".as_ref(),
+        "--format".as_ref(),
+        "pprof".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        trace.as_os_str(),
+    ]);
+    assert!(r.status.success(), "{}", r.stderr);
+    let p = read_pprof(std::fs::File::open(&out).expect("the profile")).expect("a profile");
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let types: Vec<(&str, &str)> = p
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes")
+        ]
+    );
+    assert_eq!(s(p.default_sample_type), "inuse_space");
+    assert_eq!(values_of(&p, "leaky_function"), [10, 10_000, 10, 10_000]);
+    assert_eq!(values_of(&p, "churn"), [1000, 64_000, 0, 0]);
+    // The program's mapping, with its build-id.
+    let prog_s = prog.to_str().expect("utf-8");
+    let m = p
+        .mapping
+        .iter()
+        .find(|m| s(m.filename) == prog_s)
+        .expect("the program's mapping");
+    assert_eq!(s(m.build_id).len(), 40, "a GNU build-id in hex");
+    // --at peak: at the peak the ten blocks and one 64-byte block of churn's are live
+    // (or the ten alone, if the peak came before churn).
+    let peak = dir.join("peak.pb.gz");
+    let r = run_heaptape([
+        "export".as_ref(),
+        "--at".as_ref(),
+        "peak".as_ref(),
+        "-o".as_ref(),
+        peak.as_os_str(),
+        trace.as_os_str(),
+    ]);
+    assert!(r.status.success(), "{}", r.stderr);
+    let pk = read_pprof(std::fs::File::open(&peak).expect("the profile")).expect("a profile");
+    assert_eq!(values_of(&pk, "leaky_function")[2..], [10, 10_000]);
+
+    // go tool pprof names the leaking function first by in-use space.
+    if Command::new("go").arg("version").output().is_err() {
+        eprintln!(
+            "SKIPPED the go tool pprof part: go is not installed (apt-get install golang-go)"
+        );
+        return;
+    }
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top", "-sample_index=inuse_space"])
+        .arg(&out)
+        .output()
+        .expect("go tool pprof runs");
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let first = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(first.trim_end().ends_with("leaky_function"), "{text}");
+    assert!(first.contains("9.77kB"), "{text}");
+    let traces = Command::new("go")
+        .args(["tool", "pprof", "-traces"])
+        .arg(&out)
+        .output()
+        .expect("go tool pprof runs");
+    let text = String::from_utf8_lossy(&traces.stdout);
+    assert!(
+        text.contains("leaky_function\n             main\n"),
+        "leaky_function's stack: {text}"
+    );
+}
