@@ -33,7 +33,7 @@ pub enum Command {
     /// Write a flamegraph (SVG) of a trace.
     Flamegraph(FlamegraphArgs),
     /// Write a trace's heap profile for other tools: pprof (go tool pprof, Pyroscope,
-    /// Parca).
+    /// Parca) or speedscope.
     Export(ExportArgs),
     /// Compare the traces of two versions of a program.
     Diff(DiffArgs),
@@ -224,18 +224,21 @@ impl MetricArg {
 #[derive(Args)]
 #[command(after_help = "Examples:
   heaptape export --format pprof -o heap.pb.gz trace.bin && go tool pprof -top heap.pb.gz
-  heaptape export --format pprof --at peak -o peak.pb.gz trace.bin")]
+  heaptape export --format pprof --at peak -o peak.pb.gz trace.bin
+  heaptape export --format speedscope -o heap.speedscope.json trace.bin")]
 pub struct ExportArgs {
     /// The trace.
     pub trace: PathBuf,
     /// The format: pprof (a gzipped profile.proto heap profile, as Go's runtime writes:
-    /// alloc_objects, alloc_space, inuse_objects, inuse_space).
+    /// alloc_objects, alloc_space, inuse_objects, inuse_space) or speedscope (its JSON
+    /// file format: bytes in use at exit, bytes allocated, allocation calls).
     #[arg(long, value_enum, default_value_t = ExportFormat::Pprof)]
     pub format: ExportFormat,
     /// File to write.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// When the in-use figures are taken: at each program's exit, or at its heap peak.
+    /// pprof: when the in-use figures are taken, at each program's exit or at its heap
+    /// peak.
     #[arg(long, value_enum, default_value_t = AtArg::Exit)]
     pub at: AtArg,
     /// Group stacks by their innermost N frames (0: whole stacks).
@@ -257,6 +260,7 @@ pub struct ExportArgs {
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
     Pprof,
+    Speedscope,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -1,9 +1,11 @@
-//! `heaptape export`: a trace's heap profile in another tool's format (pprof).
+//! `heaptape export`: a trace's heap profile in another tool's format (pprof,
+//! speedscope).
 
 use std::process::ExitCode;
 
 use heaptape_analyzer::flamegraph::write_atomically;
 use heaptape_analyzer::pprof::{write_pprof, At};
+use heaptape_analyzer::speedscope::write_speedscope;
 use heaptape_analyzer::AnalyzeOptions;
 
 use super::{load, Failure, Outcome};
@@ -26,6 +28,9 @@ pub fn run(args: ExportArgs) -> Outcome {
     match args.format {
         ExportFormat::Pprof => write_atomically(path, |out| {
             write_pprof(&analysis, at, analysis.symbolizer(), out)
+        }),
+        ExportFormat::Speedscope => write_atomically(path, |out| {
+            write_speedscope(&analysis, analysis.symbolizer(), out)
         }),
     }
     .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;

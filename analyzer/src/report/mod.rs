@@ -16,4 +16,5 @@ pub(crate) mod json;
 pub(crate) mod names;
 pub mod pprof;
 pub(crate) mod resources;
+pub mod speedscope;
 pub(crate) mod text;

@@ -1,6 +1,7 @@
-//! `heaptape export --format pprof`: a heap profile Go's tools read, with heaptape's
-//! figures: decoded here field by field, and read back by `go tool pprof` (Debian's
-//! golang-go, which .ci/run installs) when it is installed.
+//! `heaptape export`: a pprof heap profile Go's tools read, with heaptape's figures
+//! (decoded here field by field, and read back by `go tool pprof`, Debian's golang-go,
+//! which .ci/run installs, when it is installed); a speedscope file that follows its
+//! schema, with the same figures.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::process::Command;
 
 use common::*;
 use heaptape_analyzer::pprof::{read_pprof, Profile};
+use serde_json::Value;
 
 const SOURCE: &str = r#"
 #include <stdio.h>
@@ -140,4 +142,74 @@ fn pprof_export_holds_the_traces_figures() {
         text.contains("leaky_function\n             main\n"),
         "leaky_function's stack: {text}"
     );
+}
+
+#[test]
+fn speedscope_export_follows_its_schema_with_the_traces_figures() {
+    let dir = TestDir::new("speedscope");
+    let prog = dir.compile_c("pp", SOURCE);
+    let trace = dir.join("pp.trace");
+    record_ok(&dir, &trace, &[], &prog, &[]);
+    let out = dir.join("heap.speedscope.json");
+    let r = run_heaptape([
+        "export".as_ref(),
+        "--format".as_ref(),
+        "speedscope".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        trace.as_os_str(),
+    ]);
+    assert!(r.status.success(), "{}", r.stderr);
+    let j: Value = serde_json::from_slice(&std::fs::read(&out).expect("the file")).expect("JSON");
+    // The schema's required fields and types (speedscope's file-format-schema.json).
+    assert_eq!(
+        j["$schema"],
+        "https://www.speedscope.app/file-format-schema.json"
+    );
+    assert!(j["exporter"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("heaptape")));
+    let frames = j["shared"]["frames"].as_array().expect("shared.frames");
+    for f in frames {
+        assert!(f["name"].is_string(), "{f}");
+        assert!(f.get("line").is_none_or(|l| l.is_u64()), "{f}");
+    }
+    let profiles = j["profiles"].as_array().expect("profiles");
+    assert_eq!(j["activeProfileIndex"], 0);
+    let mut by_name = std::collections::HashMap::new();
+    for p in profiles {
+        assert_eq!(p["type"], "sampled");
+        assert!(
+            ["none", "bytes"].contains(&p["unit"].as_str().unwrap_or("")),
+            "{}",
+            p["unit"]
+        );
+        assert_eq!(p["startValue"], 0);
+        let samples = p["samples"].as_array().expect("samples");
+        let weights = p["weights"].as_array().expect("weights");
+        assert_eq!(samples.len(), weights.len());
+        let total: u64 = weights.iter().map(|w| w.as_u64().expect("a weight")).sum();
+        assert_eq!(p["endValue"].as_u64(), Some(total));
+        // Each sample: frame indexes, outermost first.
+        let mut leaf_weights = std::collections::HashMap::new();
+        for (s, w) in samples.iter().zip(weights) {
+            let s = s.as_array().expect("a stack");
+            for i in s {
+                assert!((i.as_u64().expect("an index") as usize) < frames.len());
+            }
+            let first = &frames[s[0].as_u64().unwrap() as usize]["name"];
+            assert_eq!(first, "_start", "outermost first");
+            let leaf = frames[s.last().unwrap().as_u64().unwrap() as usize]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            *leaf_weights.entry(leaf).or_insert(0) += w.as_u64().unwrap();
+        }
+        by_name.insert(p["name"].as_str().unwrap().to_string(), leaf_weights);
+    }
+    assert_eq!(by_name["Bytes in use at exit"]["leaky_function"], 10_000);
+    assert!(!by_name["Bytes in use at exit"].contains_key("churn"));
+    assert_eq!(by_name["Bytes allocated"]["churn"], 64_000);
+    assert_eq!(by_name["Allocation calls"]["churn"], 1000);
+    assert_eq!(by_name["Allocation calls"]["leaky_function"], 10);
 }
