@@ -39,6 +39,17 @@ pub enum Command {
     Diff(DiffArgs),
     /// Print every record of a trace, one per line (for debugging and scripting).
     Dump(DumpArgs),
+    /// Print a shell completion script: `heaptape completions bash >
+    /// /etc/bash_completion.d/heaptape` (or zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `heaptape man | man -l -`.
+    Man,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args)]

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         Command::Export(args) => commands::export::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Dump(args) => commands::dump::run(args),
+        Command::Completions(args) => commands::help::completions(args),
+        Command::Man => commands::help::man(),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod dump;
 pub mod export;
 pub mod flamegraph;
+pub mod help;
 pub mod record;
 pub mod run;
 

@@ -1,6 +1,7 @@
-//! `heaptape run`: records, keeps the trace, prints the report on stderr (the program's
-//! stdout untouched), and exits with the program's status, or 1 on a `--fail-on`
-//! finding; its report is `analyze`'s.
+//! The command line around the record and the report: `heaptape run` (records, keeps
+//! the trace, prints the report on stderr with the program's stdout untouched, exits
+//! with the program's status or 1 on a `--fail-on` finding; its report is
+//! `analyze`'s), and the completion scripts and man page generated from the options.
 
 mod common;
 
@@ -74,4 +75,58 @@ fn run_reports_like_analyze_and_exits_like_the_program() {
     let r = run_heaptape(["run", "--", "/nonexistent/program"]);
     assert_eq!(r.shell_code(), 127, "{}", r.stderr);
     assert!(r.stderr.contains("/nonexistent/program"), "{}", r.stderr);
+}
+
+#[test]
+fn completions_and_the_man_page_know_every_command() {
+    let commands = [
+        "record",
+        "run",
+        "analyze",
+        "flamegraph",
+        "export",
+        "diff",
+        "dump",
+        "completions",
+        "man",
+    ];
+    // bash: the script loads, and completing `heaptape e` offers export.
+    let script = run_heaptape(["completions", "bash"]);
+    assert!(script.status.success(), "{}", script.stderr);
+    let path =
+        std::env::temp_dir().join(format!("heaptape-completion-{}.bash", std::process::id()));
+    std::fs::write(&path, &script.stdout).expect("write the script");
+    let probe = run(std::process::Command::new("bash").arg("-c").arg(format!(
+        "source {}; COMP_WORDS=(heaptape ''); COMP_CWORD=1; _heaptape heaptape '' heaptape; \
+         echo \"${{COMPREPLY[@]}}\"; COMP_WORDS=(heaptape export --f); COMP_CWORD=2; \
+         _heaptape heaptape --f export; echo \"${{COMPREPLY[@]}}\"",
+        path.display()
+    )));
+    let _ = std::fs::remove_file(&path);
+    assert!(probe.status.success(), "{}", probe.stderr);
+    let out = probe.stdout_str();
+    let mut lines = out.lines();
+    let top: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    for c in commands {
+        assert!(top.contains(&c), "{c} not offered: {top:?}");
+    }
+    assert!(lines.next().unwrap_or("").contains("--format"), "{out}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let s = run_heaptape(["completions", shell]);
+        assert!(
+            s.status.success() && !s.stdout.is_empty(),
+            "{shell}: {}",
+            s.stderr
+        );
+    }
+    let man = run_heaptape(["man"]);
+    assert!(man.status.success(), "{}", man.stderr);
+    let page = man.stdout_str();
+    assert!(page.contains(".TH heaptape 1"), "{page}");
+    for c in commands {
+        assert!(
+            page.contains(&format!("heaptape\\-{c}")),
+            "{c} missing from the man page"
+        );
+    }
 }
