@@ -186,6 +186,28 @@ pub struct ReportFlags {
     /// length64, newarray, multipleinheritance.
     #[arg(long, value_name = "SET", default_value = "all", value_parser = HeuristicSet::parse)]
     pub leak_check_heuristics: HeuristicSet,
+    /// Colour in the text report: auto (on a terminal, unless NO_COLOR is set), always,
+    /// never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorArg {
+    /// Whether to colour a report going to a terminal (`terminal`) or not.
+    pub fn enabled(self, terminal: bool) -> bool {
+        match self {
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto => terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
 }
 
 #[derive(Args)]

@@ -130,3 +130,50 @@ fn completions_and_the_man_page_know_every_command() {
         );
     }
 }
+
+#[test]
+fn colour_on_a_terminal_unless_no_color() {
+    let dir = TestDir::new("colour");
+    let prog = dir.compile_c("leaks", LEAKS);
+    let trace = dir.join("t.trace");
+    record_ok(&dir, &trace, &[], &prog, &["3", "0"]);
+    let trace_s = trace.to_str().expect("utf-8");
+    let analyze = |color: &str| run_heaptape(["analyze", "--color", color, trace_s]);
+    let esc = |s: &[u8]| s.contains(&0x1b);
+    let always = analyze("always");
+    assert!(always.status.success(), "{}", always.stderr);
+    let text = always.stdout_str();
+    assert!(
+        text.contains("\x1b[31m      definitely lost: 300 bytes in 3 blocks\x1b[0m"),
+        "{text:?}"
+    );
+    // Plain text under the colours: the same report.
+    let never = analyze("never");
+    assert!(!esc(&never.stdout));
+    let stripped = ["\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[33m"]
+        .iter()
+        .fold(text.clone(), |t, code| t.replace(code, ""));
+    assert_eq!(stripped, never.stdout_str());
+    // auto: not into a pipe; on a terminal (a pseudo-terminal from script(1)), unless
+    // NO_COLOR is set.
+    assert!(!esc(&analyze("auto").stdout));
+    let on_tty = |no_color: Option<&str>| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qc", &format!("{HEAPTAPE} analyze {trace_s}"), "/dev/null"]);
+        cmd.env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        run(&mut cmd)
+    };
+    let tty = on_tty(None);
+    if !tty.status.success() && tty.stdout.is_empty() {
+        eprintln!(
+            "SKIPPED the terminal part: script(1) could not make a terminal: {}",
+            tty.stderr
+        );
+        return;
+    }
+    assert!(esc(&tty.stdout), "{}", tty.stdout_str());
+    assert!(!esc(&on_tty(Some("1")).stdout));
+}

@@ -1,9 +1,10 @@
 //! `heaptape analyze`: the report of one trace, as text or JSON.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use heaptape_analyzer::colour::Colour;
 use heaptape_analyzer::{analyze_with_progress, AnalyzeOptions};
 
 use super::{to_stdout, unreadable, warn, write_json, Failure, Outcome};
@@ -26,11 +27,13 @@ pub fn options(flags: &ReportFlags) -> AnalyzeOptions {
 }
 
 /// Analyzes `trace` and writes its report (text, or JSON with `--json`) through `write`
-/// (which hands it a writer and reports a failure to write); prints the warnings and
+/// (which hands it a writer and reports a failure to write), the text in colour per
+/// `--color` (`terminal`: whether the writer is a terminal); prints the warnings and
 /// the `--fail-on` findings on stderr. Returns whether a `--fail-on` finding exists.
 pub fn report(
     trace: &Path,
     flags: &ReportFlags,
+    terminal: bool,
     write: impl FnOnce(&mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Failure>,
 ) -> Result<bool, Failure> {
     let opts = options(flags);
@@ -38,9 +41,14 @@ pub fn report(
     for warning in analysis.warnings() {
         warn(warning);
     }
+    let colour = !flags.json && flags.color.enabled(terminal);
     write(&mut |out| {
         if flags.json {
             write_json(out, &analysis.to_json())
+        } else if colour {
+            let mut styled = Colour::new(out);
+            analysis.render_text(&mut styled, &opts)?;
+            styled.finish()
         } else {
             analysis.render_text(out, &opts)
         }
@@ -53,7 +61,8 @@ pub fn report(
 }
 
 pub fn run(args: AnalyzeArgs) -> Outcome {
-    let failed = report(&args.trace, &args.flags, |render| {
+    let terminal = std::io::stdout().is_terminal();
+    let failed = report(&args.trace, &args.flags, terminal, |render| {
         to_stdout("report", |out| render(out)).map(|_| ())
     })?;
     Ok(if failed {

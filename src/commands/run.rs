@@ -1,6 +1,6 @@
 //! `heaptape run`: record a program, then print its report, like valgrind.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 
 use super::record::options;
@@ -13,7 +13,8 @@ pub fn run(args: RunArgs) -> Outcome {
         heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
     eprintln!("{}", outcome.summary());
     // The report goes to standard error, so the program's own output stays as it was.
-    let failed = analyze::report(&outcome.path, &args.report, |render| {
+    let terminal = io::stderr().is_terminal();
+    let failed = analyze::report(&outcome.path, &args.report, terminal, |render| {
         let mut err = BufWriter::new(io::stderr().lock());
         render(&mut err)
             .and_then(|()| err.flush())

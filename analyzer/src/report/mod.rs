@@ -9,6 +9,7 @@
 //! through [`frames`], enums through [`names`], and figures through [`crate::units`].
 
 pub(crate) mod callsites;
+pub mod colour;
 pub mod diff;
 pub mod flamegraph;
 pub(crate) mod frames;
