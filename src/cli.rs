@@ -331,26 +331,15 @@ pub struct DiffArgs {
     pub fail_if: Vec<Condition>,
 }
 
-/// Parses `30s`, `2m`, `500ms`, `1h` or plain seconds.
+/// Parses a duration as humantime does (`30s`, `2m`, `500ms`, `1h 30m`), or plain
+/// seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 30s, 2m, 500ms)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
-            ))
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
         }
-    };
-    Ok(Duration::from_secs_f64(secs))
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}; try 30s, 2m, 500ms)"))
 }

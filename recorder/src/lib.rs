@@ -286,13 +286,7 @@ fn human_bytes(n: u64) -> String {
 
 fn shell_quote(p: &Path) -> String {
     let s = p.display().to_string();
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
-    {
-        s
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
+    shlex::try_quote(&s).map_or(s.clone(), |q| q.into_owned())
 }
 
 /// Finds `program` like execvp would: as a path if it has a slash, else in $PATH.

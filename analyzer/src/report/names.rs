@@ -26,45 +26,11 @@ pub(crate) fn end_name(end: Option<ImageEnd>) -> &'static str {
     }
 }
 
-/// The usual name of a Linux x86_64 signal number.
+/// The usual name of a Linux signal number (`SIGSEGV`), by nix's table.
 pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
-    const NAMES: [&str; 31] = [
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    usize::try_from(sig)
+    nix::sys::signal::Signal::try_from(sig)
         .ok()
-        .and_then(|s| s.checked_sub(1))
-        .and_then(|i| NAMES.get(i).copied())
+        .map(|s| s.as_str())
 }
 
 /// How a process ended, in words.

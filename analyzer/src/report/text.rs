@@ -280,18 +280,17 @@ fn write_frames(
     write_stack(out, &symbolize_stack(&a.stacks, &img.modules, stack, sym))
 }
 
-/// A command line for display; arguments that need it are quoted.
+/// A command line for display; arguments that need it are quoted for a POSIX shell
+/// (shlex), so the line can be pasted back.
 fn command_line(argv: &[String]) -> String {
     if argv.is_empty() {
         return "(unknown command)".into();
     }
     argv.iter()
-        .map(|a| {
-            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '\'') {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a.clone()
-            }
+        .map(|a| match shlex::try_quote(a) {
+            Ok(q) => q.into_owned(),
+            // A NUL byte cannot be passed in an argument: shown escaped.
+            Err(_) => format!("{a:?}"),
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -305,7 +304,7 @@ mod tests {
     fn command_lines() {
         assert_eq!(
             command_line(&["sh".into(), "-c".into(), "echo hi".into(), "it's".into()]),
-            "sh -c 'echo hi' 'it'\\''s'"
+            "sh -c 'echo hi' \"it's\""
         );
         assert_eq!(command_line(&[]), "(unknown command)");
     }
