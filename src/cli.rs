@@ -32,6 +32,9 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Write a flamegraph (SVG) of a trace.
     Flamegraph(FlamegraphArgs),
+    /// Write a self-contained HTML report of a trace: memory over time (drag to select a
+    /// window: its growing call sites and their flame graph), leaks, bad frees, growth.
+    Report(HtmlArgs),
     /// Write a trace's heap profile for other tools: pprof (go tool pprof, Pyroscope,
     /// Parca) or speedscope.
     Export(ExportArgs),
@@ -252,6 +255,28 @@ impl MetricArg {
             MetricArg::Temporary => Metric::Temporary,
         }
     }
+}
+
+#[derive(Args)]
+#[command(after_help = "Example:
+  heaptape report -o app.html app.trace && xdg-open app.html")]
+pub struct HtmlArgs {
+    /// The trace.
+    pub trace: PathBuf,
+    /// File to write [default: heaptape.html].
+    #[arg(short, long, default_value = "heaptape.html")]
+    pub output: PathBuf,
+    /// Extra directory of separate debug files (searched before /usr/lib/debug);
+    /// repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// Root of the recorded machine's file system (module paths are looked up under it
+    /// first).
+    #[arg(long, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
+    /// Raw addresses (module+offset) instead of function names and source lines.
+    #[arg(long)]
+    pub no_symbols: bool,
 }
 
 #[derive(Args)]

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => commands::analyze::run(args),
         Command::Flamegraph(args) => commands::flamegraph::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Report(args) => commands::export::html(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Dump(args) => commands::dump::run(args),
         Command::Completions(args) => commands::help::completions(args),

@@ -213,3 +213,97 @@ fn speedscope_export_follows_its_schema_with_the_traces_figures() {
     assert_eq!(by_name["Allocation calls"]["churn"], 1000);
     assert_eq!(by_name["Allocation calls"]["leaky_function"], 10);
 }
+
+/// Chromium, for the HTML report's test: Debian's `chromium` (which .ci/run installs).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+/// Runs headless Chromium on `page` with `extra` arguments; returns (stdout, stderr).
+fn headless(browser: &str, page: &std::path::Path, extra: &[&str]) -> (String, String) {
+    let profile = page.with_extension("chromium-profile");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn html_report_is_self_contained_and_shows_the_traces_figures() {
+    let dir = TestDir::new("html");
+    let prog = dir.compile_c("pp", SOURCE);
+    let trace = dir.join("pp.trace");
+    record_ok(&dir, &trace, &[], &prog, &[]);
+    let page = dir.join("report.html");
+    let r = run_heaptape([
+        "report".as_ref(),
+        "-o".as_ref(),
+        page.as_os_str(),
+        trace.as_os_str(),
+    ]);
+    assert!(r.status.success(), "{}", r.stderr);
+    let html = std::fs::read_to_string(&page).expect("the page");
+    // Self-contained: no external script, style, image or font.
+    for needle in ["src=\"http", "href=\"http", "<link", "@import", "url("] {
+        assert!(
+            !html.contains(needle),
+            "the page loads something from outside: {needle}"
+        );
+    }
+    assert!(html.len() < 200_000, "{} bytes", html.len());
+    assert!(
+        html.contains("\"leaky_function\""),
+        "the data holds the stacks"
+    );
+
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED the browser part: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let (dom, log) = headless(browser, &page, &["--dump-dom"]);
+    // No script error on the console.
+    for line in log.lines() {
+        assert!(
+            !(line.contains("CONSOLE") && (line.contains("Error") || line.contains("Uncaught"))),
+            "console error: {line}"
+        );
+    }
+    // The rendered page shows the figures.
+    assert!(dom.contains("heaptape report"), "{dom}");
+    assert!(dom.contains("definitely lost"), "{dom}");
+    assert!(
+        dom.contains("10,000 bytes in 10 blocks are definitely lost"),
+        "{dom}"
+    );
+    assert!(dom.contains("leaky_function"), "{dom}");
+    assert!(
+        dom.contains("total heap usage: 1,011 allocs, 1,000 frees"),
+        "{dom}"
+    );
+    assert!(!dom.contains("Loading…"), "the script did not run: {dom}");
+}

@@ -62,7 +62,7 @@ pub use replay::{
     INTERNAL_FREE_FUNCTIONS,
 };
 pub use report::frames::symbolize_stack;
-pub use report::{colour, diff, flamegraph, pprof, speedscope};
+pub use report::{colour, diff, flamegraph, html, pprof, speedscope};
 pub use stacks::{StackNodeError, StackTable};
 pub use symbolize::{ElfSymbolizer, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions};
 

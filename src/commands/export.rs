@@ -1,15 +1,16 @@
 //! `heaptape export`: a trace's heap profile in another tool's format (pprof,
-//! speedscope).
+//! speedscope); `heaptape report`: the HTML page.
 
 use std::process::ExitCode;
 
 use heaptape_analyzer::flamegraph::write_atomically;
+use heaptape_analyzer::html::write_html;
 use heaptape_analyzer::pprof::{write_pprof, At};
 use heaptape_analyzer::speedscope::write_speedscope;
 use heaptape_analyzer::AnalyzeOptions;
 
 use super::{load, Failure, Outcome};
-use crate::cli::{AtArg, ExportArgs, ExportFormat};
+use crate::cli::{AtArg, ExportArgs, ExportFormat, HtmlArgs};
 
 pub fn run(args: ExportArgs) -> Outcome {
     let opts = AnalyzeOptions {
@@ -34,6 +35,21 @@ pub fn run(args: ExportArgs) -> Outcome {
         }),
     }
     .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
+    eprintln!("heaptape: wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn html(args: HtmlArgs) -> Outcome {
+    let opts = AnalyzeOptions {
+        symbolize: !args.no_symbols,
+        debug_dirs: args.debug_dirs,
+        sysroot: args.sysroot,
+        ..Default::default()
+    };
+    let analysis = load(&args.trace, &opts)?;
+    let path = &args.output;
+    write_atomically(path, |out| write_html(&analysis, out))
+        .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
     eprintln!("heaptape: wrote {}", path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ pub mod colour;
 pub mod diff;
 pub mod flamegraph;
 pub(crate) mod frames;
+pub mod html;
 pub(crate) mod json;
 pub(crate) mod names;
 pub mod pprof;
