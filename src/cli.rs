@@ -170,17 +170,8 @@ pub struct ReportFlags {
     /// site per distinct stack).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub call_site_depth: usize,
-    /// Extra directory of separate debug files (searched before /usr/lib/debug);
-    /// repeatable.
-    #[arg(long = "debug-dir", value_name = "DIR")]
-    pub debug_dirs: Vec<PathBuf>,
-    /// Root of the recorded machine's file system, for traces analyzed elsewhere: module
-    /// paths are looked up under it first.
-    #[arg(long, value_name = "DIR")]
-    pub sysroot: Option<PathBuf>,
-    /// Show raw addresses (module+offset) instead of function names and source lines.
-    #[arg(long)]
-    pub no_symbols: bool,
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
     /// Exit 1 if any of these findings exist: definite, indirect, possible, reachable,
     /// invalid-free (comma-separated, or `all`). For CI.
     #[arg(long, value_name = "KINDS", value_parser = FailOn::parse)]
@@ -193,6 +184,34 @@ pub struct ReportFlags {
     /// never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+}
+
+/// Where frames get their names: the options every command that shows stacks shares.
+#[derive(Args)]
+pub struct SymbolFlags {
+    /// Extra directory of separate debug files (searched before /usr/lib/debug);
+    /// repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// Root of the recorded machine's file system, for traces analyzed elsewhere: module
+    /// paths are looked up under it first.
+    #[arg(long, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
+    /// Show raw addresses (module+offset) instead of function names and source lines.
+    #[arg(long)]
+    pub no_symbols: bool,
+}
+
+impl SymbolFlags {
+    /// The analyzer's options for these flags (the others at their defaults).
+    pub fn options(&self) -> heaptape_analyzer::AnalyzeOptions {
+        heaptape_analyzer::AnalyzeOptions {
+            symbolize: !self.no_symbols,
+            debug_dirs: self.debug_dirs.clone(),
+            sysroot: self.sysroot.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -266,17 +285,8 @@ pub struct HtmlArgs {
     /// File to write [default: heaptape.html].
     #[arg(short, long, default_value = "heaptape.html")]
     pub output: PathBuf,
-    /// Extra directory of separate debug files (searched before /usr/lib/debug);
-    /// repeatable.
-    #[arg(long = "debug-dir", value_name = "DIR")]
-    pub debug_dirs: Vec<PathBuf>,
-    /// Root of the recorded machine's file system (module paths are looked up under it
-    /// first).
-    #[arg(long, value_name = "DIR")]
-    pub sysroot: Option<PathBuf>,
-    /// Raw addresses (module+offset) instead of function names and source lines.
-    #[arg(long)]
-    pub no_symbols: bool,
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
 }
 
 #[derive(Args)]
@@ -302,17 +312,8 @@ pub struct ExportArgs {
     /// Group stacks by their innermost N frames (0: whole stacks).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub call_site_depth: usize,
-    /// Extra directory of separate debug files (searched before /usr/lib/debug);
-    /// repeatable.
-    #[arg(long = "debug-dir", value_name = "DIR")]
-    pub debug_dirs: Vec<PathBuf>,
-    /// Root of the recorded machine's file system (module paths are looked up under it
-    /// first).
-    #[arg(long, value_name = "DIR")]
-    pub sysroot: Option<PathBuf>,
-    /// Raw addresses (module+offset) instead of function names and source lines.
-    #[arg(long)]
-    pub no_symbols: bool,
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -12,17 +12,12 @@ use crate::cli::{AnalyzeArgs, ReportFlags};
 
 /// The analyzer's options for `flags`.
 pub fn options(flags: &ReportFlags) -> AnalyzeOptions {
-    // Options added later keep their defaults until the CLI exposes them.
-    #[allow(clippy::needless_update)]
     AnalyzeOptions {
         top: flags.top,
-        symbolize: !flags.no_symbols,
-        debug_dirs: flags.debug_dirs.clone(),
-        sysroot: flags.sysroot.clone(),
         fail_on: flags.fail_on.unwrap_or_default(),
         leak_heuristics: flags.leak_check_heuristics,
         call_site_depth: (flags.call_site_depth > 0).then_some(flags.call_site_depth),
-        ..Default::default()
+        ..flags.symbols.options()
     }
 }
 

@@ -14,11 +14,8 @@ use crate::cli::{AtArg, ExportArgs, ExportFormat, HtmlArgs};
 
 pub fn run(args: ExportArgs) -> Outcome {
     let opts = AnalyzeOptions {
-        symbolize: !args.no_symbols,
-        debug_dirs: args.debug_dirs,
-        sysroot: args.sysroot,
         call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
-        ..Default::default()
+        ..args.symbols.options()
     };
     let analysis = load(&args.trace, &opts)?;
     let at = match args.at {
@@ -40,13 +37,7 @@ pub fn run(args: ExportArgs) -> Outcome {
 }
 
 pub fn html(args: HtmlArgs) -> Outcome {
-    let opts = AnalyzeOptions {
-        symbolize: !args.no_symbols,
-        debug_dirs: args.debug_dirs,
-        sysroot: args.sysroot,
-        ..Default::default()
-    };
-    let analysis = load(&args.trace, &opts)?;
+    let analysis = load(&args.trace, &args.symbols.options())?;
     let path = &args.output;
     write_atomically(path, |out| write_html(&analysis, out))
         .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;

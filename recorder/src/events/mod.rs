@@ -85,6 +85,24 @@ pub(crate) fn realloc_moved(old: u64, new: u64, size: u64) -> bool {
     old != 0 && new != old && (new != 0 || size == 0)
 }
 
+/// The release part of a realloc that moved its block ([`realloc_moved`]): a `Free` of
+/// `old` with the realloc's function, time and stack.
+pub(crate) fn realloc_release(
+    ts: u64,
+    tid: Tid,
+    stack: StackId,
+    func: AllocFn,
+    old: u64,
+) -> Record {
+    Record::Free {
+        ts,
+        tid: tid as u32,
+        func,
+        address: old,
+        stack,
+    }
+}
+
 impl AllocCall {
     /// The record of the call entered at `ts` by `tid` with stack `stack`, now that it
     /// returned `rax` (`out`: the word stored through `posix_memalign`'s out argument).

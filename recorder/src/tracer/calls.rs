@@ -9,7 +9,7 @@ use super::model::{Pending, PendingKind};
 use super::resources::resource_record;
 use super::Tracer;
 use crate::events::unwind::EntryRegs;
-use crate::events::{realloc_moved, AllocCall, CallEvent};
+use crate::events::{realloc_moved, realloc_release, AllocCall, CallEvent};
 use crate::hooks::catalogue::{HookSpec, ResourceCall};
 use crate::hooks::patch::HookKind;
 use crate::sys::{self, Regs, Tid};
@@ -439,13 +439,9 @@ impl Tracer {
         if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
             proc_.live.free(old);
         }
-        self.events.buf().push(Record::Free {
-            ts,
-            tid: tid as u32,
-            func,
-            address: old,
-            stack,
-        });
+        self.events
+            .buf()
+            .push(realloc_release(ts, tid, stack, func, old));
     }
 
     fn finish_call(&mut self, p: &Pending, rax: u64, outval: u64) {

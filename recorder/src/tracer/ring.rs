@@ -21,7 +21,7 @@ use super::model::{Proc, Task};
 use super::Tracer;
 use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
-use crate::events::{realloc_moved, AllocCall, CallEvent, Pipeline};
+use crate::events::{realloc_moved, realloc_release, AllocCall, CallEvent, Pipeline};
 use crate::hooks::patch::{Hook, HookKind};
 use crate::procfs;
 use crate::sys::{self, Tid};
@@ -331,13 +331,9 @@ impl Sink<'_> {
             if o.part == Part::Free && realloc_moved(old, result, size) {
                 self.moving.insert(ev.seq, stack);
                 proc_.live.free(old);
-                self.events.buf().push(Record::Free {
-                    ts,
-                    tid: tid as u32,
-                    func,
-                    address: old,
-                    stack,
-                });
+                self.events
+                    .buf()
+                    .push(realloc_release(ts, tid, stack, func, old));
                 return;
             }
         }
