@@ -275,6 +275,11 @@ impl Resources {
     pub fn own_mappings(&self) -> Vec<&Mapping> {
         self.maps.values().filter(|m| m.own).collect()
     }
+
+    /// Bytes of the program's own mappings now.
+    pub fn own_mapped_bytes(&self) -> u64 {
+        self.maps.values().filter(|m| m.own).map(|m| m.len).sum()
+    }
 }
 
 /// Whether the call at `stack` was made by the C library or the dynamic loader (its

@@ -19,6 +19,10 @@
 //!   more than [`DIP_TOLERANCE_PERCENT`]% of the growth, and the second half still grows
 //!   (`q4 - q2` is at least a quarter of the growth: a cache that filled up and stayed is
 //!   not rising).
+//! * **mappings**: anonymous RSS is rising and the program's own mappings (its mmap
+//!   calls, not the C library's) grew by at least [`MAPPINGS_SHARE_PERCENT`]% of it:
+//!   memory the program manages itself (its own allocator, a garbage-collected heap),
+//!   beside the malloc heap.
 //! * **fragmentation**: anonymous RSS is rising and the live heap's growth explains at
 //!   most [`FRAGMENTATION_SHARE_PERCENT`]% of it (flat or falling heap): the allocator
 //!   holds freed memory it cannot reuse or return — fragmentation or allocator retention,
@@ -55,6 +59,9 @@ pub const DIP_TOLERANCE_PERCENT: u64 = 10;
 /// Largest share of the RSS growth the live heap may explain for a fragmentation
 /// verdict, in percent.
 pub const FRAGMENTATION_SHARE_PERCENT: u64 = 25;
+/// Smallest share of the RSS growth the program's own mappings must explain for a
+/// mappings verdict, in percent.
+pub const MAPPINGS_SHARE_PERCENT: u64 = 50;
 /// Samples kept before the series is thinned.
 pub const MAX_SAMPLES: usize = 1 << 14;
 /// Growing sites named by a leak verdict.
@@ -71,11 +78,16 @@ pub struct TimelinePoint {
     pub rss: u64,
     /// Anonymous resident memory (RssAnon).
     pub rss_anon: u64,
+    /// Bytes the program had mapped itself then (its own mmap calls, not the C
+    /// library's or the loader's).
+    pub mapped_bytes: u64,
 }
 
 /// What the timeline's shape says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VerdictKind {
+    /// RSS rising with the program's own mappings: memory it manages itself.
+    Mappings,
     /// RSS rising while the live heap is flat: fragmentation or allocator retention.
     Fragmentation,
     /// Live heap rising: a leak or an unbounded cache.
@@ -87,9 +99,10 @@ pub enum VerdictKind {
 }
 
 impl VerdictKind {
-    /// `fragmentation`, `leak`, `stable` or `unknown`.
+    /// `mappings`, `fragmentation`, `leak`, `stable` or `unknown`.
     pub fn name(self) -> &'static str {
         match self {
+            VerdictKind::Mappings => "mappings",
             VerdictKind::Fragmentation => "fragmentation",
             VerdictKind::Leak => "leak",
             VerdictKind::Stable => "stable",
@@ -182,9 +195,16 @@ fn trend(values: &[u64]) -> Trend {
 }
 
 impl Timeline {
-    /// Adds a sample: the image had `live_heap_bytes` live when the process's RSS was
-    /// `rss` (of which `rss_anon` anonymous).
-    pub fn sample(&mut self, ts: Timestamp, live_heap_bytes: u64, rss: u64, rss_anon: u64) {
+    /// Adds a sample: the image had `live_heap_bytes` live and `mapped_bytes` mapped by
+    /// its own calls when the process's RSS was `rss` (of which `rss_anon` anonymous).
+    pub fn sample(
+        &mut self,
+        ts: Timestamp,
+        live_heap_bytes: u64,
+        mapped_bytes: u64,
+        rss: u64,
+        rss_anon: u64,
+    ) {
         self.seen += 1;
         if (self.seen - 1) % self.stride != 0 {
             return;
@@ -205,6 +225,7 @@ impl Timeline {
             live_heap_bytes,
             rss,
             rss_anon,
+            mapped_bytes,
         });
     }
 
@@ -269,7 +290,27 @@ impl Timeline {
             heap_growth,
             rss_anon_growth: anon_growth,
         };
-        if anon.rising && heap.growth <= anon.growth * FRAGMENTATION_SHARE_PERCENT as f64 / 100.0 {
+        let mapped = trend(&rest.iter().map(|s| s.mapped_bytes).collect::<Vec<_>>());
+        if anon.rising && mapped.growth >= anon.growth * MAPPINGS_SHARE_PERCENT as f64 / 100.0 {
+            v.kind = VerdictKind::Mappings;
+            v.explanation = format!(
+                "anonymous RSS grew from {} to {} ({}) and the program's own mappings from {} \
+                 to {} ({}), while the live heap went from {} to {} ({}): memory the program \
+                 maps and manages itself (its own allocator or a garbage-collected heap), not \
+                 the malloc heap; see the mappings it made",
+                b(anon.q[0]),
+                b(anon.q[3]),
+                signed_bytes(anon_growth as f64),
+                b(mapped.q[0]),
+                b(mapped.q[3]),
+                signed_bytes(mapped.growth),
+                b(heap.q[0]),
+                b(heap.q[3]),
+                signed_bytes(heap_growth as f64)
+            );
+        } else if anon.rising
+            && heap.growth <= anon.growth * FRAGMENTATION_SHARE_PERCENT as f64 / 100.0
+        {
             v.kind = VerdictKind::Fragmentation;
             v.explanation = format!(
                 "anonymous RSS grew from {} to {} ({}) while the live heap went from {} to {} \
@@ -386,7 +427,7 @@ mod tests {
         let mut t = Timeline::default();
         for i in 0..40 {
             let (heap, anon) = f(i);
-            t.sample(i * 100_000_000, heap, anon + 4 * MIB, anon);
+            t.sample(i * 100_000_000, heap, 0, anon + 4 * MIB, anon);
         }
         t
     }
@@ -433,7 +474,7 @@ mod tests {
 
         let mut t = Timeline::default();
         for i in 0..5 {
-            t.sample(i, i * MIB, i * MIB, i * MIB);
+            t.sample(i, i * MIB, 0, i * MIB, i * MIB);
         }
         t.finish(std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Unknown);
@@ -448,7 +489,7 @@ mod tests {
     fn reduction_and_thinning() {
         let mut t = Timeline::default();
         for i in 0..1000u64 {
-            t.sample(i * 10, i, i, i);
+            t.sample(i * 10, i, 0, i, i);
         }
         t.finish(std::iter::empty());
         let p = t.points();
@@ -457,7 +498,7 @@ mod tests {
         assert_eq!(p[99].ts, 9990);
         let mut t = Timeline::default();
         for i in 0..(MAX_SAMPLES as u64 * 2 + 1) {
-            t.sample(i, 0, 0, 0);
+            t.sample(i, 0, 0, 0, 0);
         }
         // Thinned twice: every fourth sample is left.
         assert_eq!(t.samples.len(), MAX_SAMPLES / 2 + 1);

@@ -306,7 +306,8 @@ impl Replay {
             let delta = deltas.iter().find(|d| d.0 == img).map_or(0, |d| d.1);
             let image = &mut self.images[img];
             let live = (image.live_bytes as i64 + delta) as u64;
-            image.timeline.sample(s.ts, live, s.rss, s.anon);
+            let mapped = image.resources.own_mapped_bytes();
+            image.timeline.sample(s.ts, live, mapped, s.rss, s.anon);
         }
     }
 

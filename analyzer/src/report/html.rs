@@ -1,5 +1,6 @@
 //! The HTML report (`heaptape report`): one self-contained page (every script and style
-//! inline, no network) with each process's memory over time (live heap and RSS), where
+//! inline, no network) with each process's memory over time (live heap, what the program
+//! mapped itself, anonymous RSS), where
 //! dragging over the chart selects a time window and the page ranks the call sites by
 //! how much their live bytes grew in it and draws them as a flame graph; the leak
 //! summary and loss records with stacks; bad frees; growth suspects with sparklines;

@@ -69,6 +69,7 @@ pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Map<String, Valu
                     "live_heap_bytes": p.live_heap_bytes,
                     "rss": p.rss,
                     "rss_anon": p.rss_anon,
+                    "mapped_bytes": p.mapped_bytes,
                 })
             })
             .collect(),
@@ -181,6 +182,7 @@ pub fn text(
         let series = |f: fn(&TimelinePoint) -> u64| -> Vec<u64> { points.iter().map(f).collect() };
         for (label, values) in [
             ("live heap", series(|p| p.live_heap_bytes)),
+            ("mapped   ", series(|p| p.mapped_bytes)),
             ("RSS anon ", series(|p| p.rss_anon)),
             ("RSS      ", series(|p| p.rss)),
         ] {
