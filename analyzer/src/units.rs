@@ -17,21 +17,9 @@ pub(crate) fn num(n: u64) -> String {
     out
 }
 
-/// Bytes in a binary unit: `512 B`, `1.5 KiB`, `3.2 MiB`, up to TiB.
-pub(crate) fn bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// Bytes in a binary unit (`512 B`, `1.5 KiB`): the formatter the recorder's summary
+/// shares, from the format crate.
+pub(crate) use heaptape_format::units::bytes;
 
 /// A change in bytes, always signed: `+1.5 KiB`, `-512 B`. The sign is that of `v`
 /// before rounding (`-0.4` is `-0 B`); an integer converted to `f64` reads as the

@@ -26,6 +26,7 @@ mod error;
 pub mod heuristics;
 mod reader;
 mod record;
+pub mod units;
 mod wire;
 mod writer;
 

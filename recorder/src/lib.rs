@@ -234,7 +234,7 @@ impl RecordOutcome {
             "heaptape: recorded {} allocator calls into {} ({})",
             self.events,
             self.path.display(),
-            human_bytes(self.bytes)
+            heaptape_format::units::bytes(self.bytes)
         );
         if let Some(e) = &self.write_error {
             s.push_str(&format!(
@@ -271,16 +271,6 @@ impl RecordOutcome {
         } else {
             code
         }
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    if n >= 10 << 20 {
-        format!("{} MiB", n >> 20)
-    } else if n >= 10 << 10 {
-        format!("{} KiB", n >> 10)
-    } else {
-        format!("{n} bytes")
     }
 }
 
