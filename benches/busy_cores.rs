@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::Command;
 
 mod support;
-use support::{compare, have, heaptape_allocs, print_ring_stats, Row};
+use support::{compare, have, heaptape_allocs, print_ring_stats, under, Row};
 
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
@@ -57,33 +57,25 @@ fn main() {
     };
     let trace = dir.join("t.trace");
     let mut rows: Vec<Row> = vec![
-        (
-            "native",
-            Box::new(|| {
-                let mut c = Command::new("env");
-                xz(&mut c);
-                c
-            }),
-        ),
-        (
+        under("native", None, vec![], &xz),
+        under(
             "heaptape (ring, default)",
-            Box::new(|| {
-                let mut c = Command::new(HEAPTAPE);
-                c.args(["record", "-o"]).arg(&trace).arg("--");
-                xz(&mut c);
-                c
-            }),
+            Some(HEAPTAPE),
+            vec![
+                "record".into(),
+                "-o".into(),
+                trace.clone().into(),
+                "--".into(),
+            ],
+            &xz,
         ),
     ];
     if have("heaptrack") {
-        rows.push((
+        rows.push(under(
             "heaptrack",
-            Box::new(|| {
-                let mut c = Command::new("heaptrack");
-                c.arg("-o").arg(dir.join("ht"));
-                xz(&mut c);
-                c
-            }),
+            Some("heaptrack"),
+            vec!["-o".into(), dir.join("ht").into()],
+            &xz,
         ));
     }
     println!("xz -T2 -1 on 24 MiB of generated text, {rounds} rounds, medians, unpinned");

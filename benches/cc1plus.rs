@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 mod support;
-use support::{compare, have, heaptape_allocs, print_ring_stats, Row};
+use support::{compare, have, heaptape_allocs, print_ring_stats, under, Row};
 
 const HEAPTAPE: &str = env!("CARGO_BIN_EXE_heaptape");
 
@@ -75,55 +75,46 @@ fn main() {
     };
     let trace = dir.join("t.trace");
     let mut rows: Vec<Row> = vec![
-        (
-            "native",
-            Box::new(|| {
-                let mut c = Command::new(&cc1);
-                c.arg("-quiet").arg(&ii).args(["-o", "/dev/null"]);
-                c
-            }),
-        ),
-        (
+        under("native", None, vec![], &compile),
+        under(
             "heaptape (ring, default)",
-            Box::new(|| {
-                let mut c = Command::new(HEAPTAPE);
-                c.args(["record", "-o"]).arg(&trace).arg("--");
-                compile(&mut c);
-                c
-            }),
+            Some(HEAPTAPE),
+            vec![
+                "record".into(),
+                "-o".into(),
+                trace.clone().into(),
+                "--".into(),
+            ],
+            &compile,
         ),
-        (
+        under(
             "heaptape --mode stop",
-            Box::new(|| {
-                let mut c = Command::new(HEAPTAPE);
-                c.args(["record", "--mode", "stop", "-o"])
-                    .arg(dir.join("stop.trace"))
-                    .arg("--");
-                compile(&mut c);
-                c
-            }),
+            Some(HEAPTAPE),
+            vec![
+                "record".into(),
+                "--mode".into(),
+                "stop".into(),
+                "-o".into(),
+                dir.join("stop.trace").into(),
+                "--".into(),
+            ],
+            &compile,
         ),
     ];
     if have("heaptrack") {
-        rows.push((
+        rows.push(under(
             "heaptrack",
-            Box::new(|| {
-                let mut c = Command::new("heaptrack");
-                c.arg("-o").arg(dir.join("ht"));
-                compile(&mut c);
-                c
-            }),
+            Some("heaptrack"),
+            vec!["-o".into(), dir.join("ht").into()],
+            &compile,
         ));
     }
     if have("valgrind") && !args.iter().any(|a| a == "--no-memcheck") {
-        rows.push((
+        rows.push(under(
             "memcheck",
-            Box::new(|| {
-                let mut c = Command::new("valgrind");
-                c.args(["--tool=memcheck", "--log-file=/dev/null"]);
-                compile(&mut c);
-                c
-            }),
+            Some("valgrind"),
+            vec!["--tool=memcheck".into(), "--log-file=/dev/null".into()],
+            &compile,
         ));
     }
     println!(

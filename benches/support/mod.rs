@@ -37,6 +37,26 @@ pub fn have(tool: &str) -> bool {
 /// A row of a side-by-side table: its name and how to build its command.
 pub type Row<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
 
+/// The row `name` that runs the program `program` adds (the program and its arguments)
+/// under `tool` and its arguments `tool_args` (`heaptrack -o FILE PROGRAM ...`); with no
+/// tool, natively (through `env`, which runs its arguments).
+pub fn under<'a>(
+    name: &'static str,
+    tool: Option<&'a str>,
+    tool_args: Vec<std::ffi::OsString>,
+    program: &'a dyn Fn(&mut Command),
+) -> Row<'a> {
+    (
+        name,
+        Box::new(move || {
+            let mut c = Command::new(tool.unwrap_or("env"));
+            c.args(&tool_args);
+            program(&mut c);
+            c
+        }),
+    )
+}
+
 /// Runs every row's command once per round, rows interleaved so that all see the same
 /// load, and prints the medians as a markdown table against the first row.
 pub fn compare(rows: &[Row], rounds: usize) {
