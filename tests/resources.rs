@@ -400,6 +400,19 @@ fn a_programs_own_mappings_are_neither_fragmentation_nor_a_leak() {
     let last = t.last().unwrap()["mapped_bytes"].as_u64().unwrap();
     assert!(last >= 60 << 20, "{last} bytes mapped at the end");
     assert!(text.contains("timeline verdict: mappings:"), "{text}");
+    // The site: main's mmap call, with the 2 MiB regions it made after start-up.
+    let site = &v["sites"][0];
+    assert!(site["bytes"].as_u64().unwrap() >= 50 << 20, "{site}");
+    assert_eq!(site["bytes"].as_u64().unwrap() % (2 << 20), 0, "{site}");
+    assert!(site["blocks"].as_u64().unwrap() >= 25, "{site}");
+    assert!(text.contains("mapping site #1: "), "{text}");
+    assert!(
+        v["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("the top site mapped"),
+        "{v}"
+    );
 }
 
 #[test]

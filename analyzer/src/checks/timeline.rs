@@ -129,7 +129,9 @@ pub struct Verdict {
     pub kind: VerdictKind,
     /// One sentence with the figures behind it.
     pub explanation: String,
-    /// For a leak: the sites that grew most (at most `VERDICT_SITES`, 5).
+    /// For a leak: the sites that grew most (at most `VERDICT_SITES`, 5); for mappings:
+    /// the sites whose mappings made after start-up are still mapped, most bytes first
+    /// (`blocks` counting regions).
     pub sites: Vec<GrowingSite>,
     /// Live heap growth between the first and last quarter after start-up (bytes,
     /// negative when it shrank); 0 without a judgement.
@@ -246,13 +248,22 @@ impl Timeline {
     }
 
     /// Ends the timeline: reduces it and judges it. `blocks` are the image's blocks live
-    /// at its end, as (allocation stack, size, allocation time).
-    pub fn finish(&mut self, blocks: impl Iterator<Item = (StackId, u64, Timestamp)>) {
+    /// at its end, as (allocation stack, size, allocation time); `mappings` its own
+    /// mappings at its end, as (mmap's stack, length, time).
+    pub fn finish(
+        &mut self,
+        blocks: impl Iterator<Item = (StackId, u64, Timestamp)>,
+        mappings: impl Iterator<Item = (StackId, u64, Timestamp)>,
+    ) {
         self.points = reduce(&self.samples);
-        self.verdict = self.judge(blocks);
+        self.verdict = self.judge(blocks, mappings);
     }
 
-    fn judge(&self, blocks: impl Iterator<Item = (StackId, u64, Timestamp)>) -> Verdict {
+    fn judge(
+        &self,
+        blocks: impl Iterator<Item = (StackId, u64, Timestamp)>,
+        mappings: impl Iterator<Item = (StackId, u64, Timestamp)>,
+    ) -> Verdict {
         let unknown = |explanation: String| Verdict {
             kind: VerdictKind::Unknown,
             explanation,
@@ -308,6 +319,15 @@ impl Timeline {
                 b(heap.q[3]),
                 signed_bytes(heap_growth as f64)
             );
+            v.sites = growing_sites(mappings, cutoff);
+            if let Some(top) = v.sites.first() {
+                v.explanation.push_str(&format!(
+                    "; the top site mapped {} in {} region(s) after start-up, still mapped at \
+                     the end",
+                    bytes(top.bytes),
+                    top.blocks
+                ));
+            }
         } else if anon.rising
             && heap.growth <= anon.growth * FRAGMENTATION_SHARE_PERCENT as f64 / 100.0
         {
@@ -436,14 +456,14 @@ mod tests {
     fn fragmentation_leak_stable_unknown() {
         // Start-up spike, then RSS climbs by 1 MiB per sample with a flat heap.
         let mut t = timeline(|i| (if i < 2 { 50 * MIB } else { 2 * MIB }, 8 * MIB + i * MIB));
-        t.finish(std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Fragmentation);
         assert_eq!(t.verdict().heap_growth, 0);
         assert_eq!(t.verdict().rss_anon_growth, 24 * MIB as i64);
 
         let mut t = timeline(|i| (i * MIB, 3 * MIB + i * MIB));
         let blocks = vec![(7, 100, 0), (7, 5000, 500_000_000), (9, 300, 3_900_000_000)];
-        t.finish(blocks.into_iter());
+        t.finish(blocks.into_iter(), std::iter::empty());
         let v = t.verdict();
         assert_eq!(v.kind, VerdictKind::Leak);
         assert_eq!(v.heap_growth, 24 * MIB as i64);
@@ -464,23 +484,23 @@ mod tests {
         );
 
         let mut t = timeline(|i| (10 * MIB + (i % 3) * 1000, 20 * MIB + (i % 2) * 4096));
-        t.finish(std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Stable);
 
         // A cache that filled during the first half and then stayed.
         let mut t = timeline(|i| (i.min(12) * MIB, 3 * MIB + i.min(12) * MIB));
-        t.finish(std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Stable);
 
         let mut t = Timeline::default();
         for i in 0..5 {
             t.sample(i, i * MIB, 0, i * MIB, i * MIB);
         }
-        t.finish(std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Unknown);
         assert_eq!(t.points().len(), 5);
         let mut t = Timeline::default();
-        t.finish(std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty());
         assert_eq!(t.verdict().kind, VerdictKind::Unknown);
         assert!(t.points().is_empty());
     }
@@ -491,7 +511,7 @@ mod tests {
         for i in 0..1000u64 {
             t.sample(i * 10, i, 0, i, i);
         }
-        t.finish(std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty());
         let p = t.points();
         assert_eq!(p.len(), BUCKETS);
         assert_eq!(p[0].ts, 90);

@@ -224,12 +224,19 @@ impl Replay {
         }
         image.sites.settle_at(ts.max(image.start_ts));
         let live = self.heaps.get(image.heap).and_then(Option::as_ref);
-        image.timeline.finish(live.into_iter().flat_map(|h| {
-            h.live
-                .values()
-                .filter(move |b| b.owner == img)
-                .map(|b| (b.stack, b.size, b.ts))
-        }));
+        image.timeline.finish(
+            live.into_iter().flat_map(|h| {
+                h.live
+                    .values()
+                    .filter(move |b| b.owner == img)
+                    .map(|b| (b.stack, b.size, b.ts))
+            }),
+            image
+                .resources
+                .own_mappings()
+                .into_iter()
+                .map(|m| (m.stack, m.len, m.ts)),
+        );
         image.totals.live_at_exit_blocks = image.live_blocks;
         image.totals.live_at_exit_bytes = image.live_bytes;
         image.end_ts = ts.max(image.start_ts);

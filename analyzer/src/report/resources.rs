@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::frames::{json_list, symbolize_stack, write_stack};
 use crate::checks::resources::kind_name;
-use crate::checks::TimelinePoint;
+use crate::checks::{TimelinePoint, VerdictKind};
 use crate::replay::{Image, ImageEnd, Process};
 use crate::symbolize::Symbolizer;
 use crate::units::{addr, bytes, num, seconds, sparkline};
@@ -203,14 +203,25 @@ pub fn text(
         v.explanation
     )?;
     for (i, s) in v.sites.iter().enumerate() {
-        writeln!(
-            out,
-            "   growing site #{}: {} bytes in {} blocks allocated after start-up, live at {when}, stack {}",
-            i + 1,
-            num(s.bytes),
-            num(s.blocks),
-            s.stack
-        )?;
+        if v.kind == VerdictKind::Mappings {
+            writeln!(
+                out,
+                "   mapping site #{}: {} bytes in {} regions mapped after start-up, still mapped at {when}, stack {}",
+                i + 1,
+                num(s.bytes),
+                num(s.blocks),
+                s.stack
+            )?;
+        } else {
+            writeln!(
+                out,
+                "   growing site #{}: {} bytes in {} blocks allocated after start-up, live at {when}, stack {}",
+                i + 1,
+                num(s.bytes),
+                num(s.blocks),
+                s.stack
+            )?;
+        }
         stack_lines(out, s.stack)?;
     }
     Ok(())
