@@ -226,6 +226,14 @@ impl Symbolizer for Collector {
 }
 
 impl Analysis {
+    /// Every program image of the trace with its process, processes in order of
+    /// appearance, each one's images in order (what the per-stack outputs walk).
+    pub fn images(&self) -> impl Iterator<Item = (&Process, &Image)> {
+        self.processes
+            .iter()
+            .flat_map(|p| p.images.iter().map(move |i| (p, i)))
+    }
+
     /// Symbolizes, in one parallel batch, every frame the reports will print (so that
     /// rendering only hits the cache, and [`Analysis::warnings`] already names the
     /// modules whose files were rejected).

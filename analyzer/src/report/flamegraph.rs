@@ -101,11 +101,7 @@ impl Metric {
 /// and their summed values, sorted by frames. Call sites are grouped by the analysis's
 /// call-site depth.
 pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<String, u64> {
-    let images: Vec<(&Process, &Image)> = a
-        .processes
-        .iter()
-        .flat_map(|p| p.images.iter().map(move |i| (p, i)))
-        .collect();
+    let images: Vec<(&Process, &Image)> = a.images().collect();
     let tagged = images.len() > 1;
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for (p, img) in images {

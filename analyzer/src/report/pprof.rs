@@ -74,11 +74,7 @@ pub fn profile(a: &Analysis, at: At, sym: &dyn Symbolizer) -> Profile {
         r#type: b.string(t),
         unit: b.string(u),
     });
-    let images: Vec<_> = a
-        .processes
-        .iter()
-        .flat_map(|p| p.images.iter().map(move |i| (p.pid, i)))
-        .collect();
+    let images: Vec<_> = a.images().map(|(p, i)| (p.pid, i)).collect();
     let labelled = images.len() > 1;
     for (pid, img) in images {
         let ended = !img.replaced_by_exec();

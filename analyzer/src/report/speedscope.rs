@@ -106,11 +106,7 @@ pub fn file(a: &Analysis, sym: &dyn Symbolizer) -> File {
             weights: Vec::new(),
         })
         .collect();
-    let images: Vec<_> = a
-        .processes
-        .iter()
-        .flat_map(|p| p.images.iter().map(move |i| (p.pid, i)))
-        .collect();
+    let images: Vec<_> = a.images().map(|(p, i)| (p.pid, i)).collect();
     let tagged = images.len() > 1;
     for (pid, img) in images {
         let root = tagged.then(|| {
