@@ -3,6 +3,9 @@
 # `heaptape record --pid` is attached, and after the detach (issue 15's attach benchmark;
 # figures in docs/PERFORMANCE.md).
 #   scripts/redis_attach.sh [HEAPTAPE] [REQUESTS]
+# Env: STATS=--stats for the recorder's per-call figures (it times every unwind, which
+# costs the recording a few percent: leave it off for the requests/s figures),
+# RECORD_OPTS for other record options, PERF as a prefix command (e.g. perf record).
 set -euo pipefail
 HT=${1:-target/release/heaptape}
 N=${2:-60000}
@@ -15,7 +18,7 @@ trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 bench() { redis-benchmark -p "$port" -q -c 4 -n "$N" -t set,get 2>/dev/null | tr '\r' '\n' | grep -E '^(SET|GET): [0-9.]+ requests' | sed -E 's/ requests per second.*//'; }
 echo "before:"; bench
-${PERF:-} "$HT" record ${STATS---stats} ${RECORD_OPTS:-} --pid "$pid" --duration 15s -o "$dir/redis.trace" 2>"$dir/record.log" &
+${PERF:-} "$HT" record ${STATS:-} ${RECORD_OPTS:-} --pid "$pid" --duration 15s -o "$dir/redis.trace" 2>"$dir/record.log" &
 rec=$!
 sleep 1
 echo "attached:"; bench

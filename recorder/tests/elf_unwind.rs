@@ -982,3 +982,85 @@ fn no_section_headers_and_no_cfi() {
     assert!(out.len() >= 6, "{out:x?}");
     assert_eq!(out[..6], expected[..6]);
 }
+
+/// A thread's outer frames are taken from its last unwind only while every stack word
+/// that unwind read holds the same value: with any single word of the copy changed, the
+/// result is a fresh unwind's, and with none changed the frames are reused.
+#[test]
+fn a_threads_last_unwind_is_reused_only_while_its_stack_words_hold() {
+    for variant in [Variant::O0, Variant::O2, Variant::Static] {
+        let d = dump(variant);
+        let mut p = Process::load(d);
+        let start = d.regs.rsp;
+        let mut none = |_: u64| None;
+        let mut full = Vec::new();
+        p.unwinder.unwind(d.regs, &d.stack, start, 64, &mut full);
+        assert!(full.len() > 5, "{variant:?}: {full:x?}");
+
+        let mut out = Vec::new();
+        p.unwinder
+            .unwind_thread(7, d.regs, &d.stack, start, 64, &mut out, &mut none);
+        assert_eq!(out, full, "{variant:?}: first unwind of the thread");
+        assert_eq!(
+            p.unwinder.reused_frames(),
+            0,
+            "{variant:?}: nothing to reuse yet"
+        );
+        p.unwinder
+            .unwind_thread(7, d.regs, &d.stack, start, 64, &mut out, &mut none);
+        assert_eq!(out, full, "{variant:?}: same stack again");
+        assert_eq!(
+            p.unwinder.reused_frames(),
+            full.len() as u64 - 1,
+            "{variant:?}: every frame above the first is the last unwind's"
+        );
+
+        // A stack cut at max_depth does not end the next, deeper one early.
+        p.unwinder
+            .unwind_thread(7, d.regs, &d.stack, start, 3, &mut out, &mut none);
+        assert_eq!(out, full[..3], "{variant:?}");
+        p.unwinder
+            .unwind_thread(7, d.regs, &d.stack, start, 64, &mut out, &mut none);
+        assert_eq!(out, full, "{variant:?}: after a cut unwind");
+
+        // Every word of the copy changed in turn: always what a fresh unwind gives.
+        let mut changed_results = 0;
+        for off in (0..d.stack.len() - 7).step_by(8) {
+            let mut stack = d.stack.clone();
+            for b in &mut stack[off..off + 8] {
+                *b ^= 0x10;
+            }
+            let mut fresh = Vec::new();
+            p.unwinder.unwind(d.regs, &stack, start, 64, &mut fresh);
+            p.unwinder
+                .unwind_thread(7, d.regs, &stack, start, 64, &mut out, &mut none);
+            assert_eq!(out, fresh, "{variant:?}: word at +{off:#x} changed");
+            changed_results += usize::from(fresh != full);
+            p.unwinder
+                .unwind_thread(7, d.regs, &d.stack, start, 64, &mut out, &mut none);
+            assert_eq!(out, full, "{variant:?}: word at +{off:#x} restored");
+        }
+        assert!(
+            changed_results >= full.len() - 1,
+            "{variant:?}: each return address word changes the stack"
+        );
+
+        // Threads do not share memos, and a module change makes every memo stale.
+        let reused = p.unwinder.reused_frames();
+        p.unwinder
+            .unwind_thread(8, d.regs, &d.stack, start, 64, &mut out, &mut none);
+        assert_eq!(out, full);
+        assert_eq!(p.unwinder.reused_frames(), reused, "{variant:?}: thread 8");
+        let (elf, bias, range) = &p.modules[0];
+        p.unwinder.remove_module(range.start);
+        p.unwinder.add_module(elf, *bias, range.clone());
+        p.unwinder
+            .unwind_thread(7, d.regs, &d.stack, start, 64, &mut out, &mut none);
+        assert_eq!(out, full);
+        assert_eq!(
+            p.unwinder.reused_frames(),
+            reused,
+            "{variant:?}: modules changed"
+        );
+    }
+}

@@ -161,6 +161,10 @@ pub(crate) struct Pipeline {
     frames: Vec<u64>,
     /// Frames per stack.
     max_depth: usize,
+    /// Frames unwound, all stacks (for `--stats`).
+    pub(crate) frames_total: u64,
+    /// Of those, frames taken from the thread's last unwind (for `--stats`).
+    pub(crate) frames_reused: u64,
 }
 
 impl Pipeline {
@@ -171,6 +175,8 @@ impl Pipeline {
             trie: StackTrie::new(),
             frames: Vec::with_capacity(128),
             max_depth,
+            frames_total: 0,
+            frames_reused: 0,
         }
     }
 
@@ -184,7 +190,9 @@ impl Pipeline {
         unwinder: &mut StackUnwinder,
         read_more: &mut dyn FnMut(u64) -> Option<u64>,
     ) -> StackId {
-        unwinder.unwind_with(
+        let reused = unwinder.reused_frames();
+        unwinder.unwind_thread(
+            ev.tid as u32,
             ev.regs,
             ev.stack,
             ev.regs.rsp,
@@ -192,6 +200,8 @@ impl Pipeline {
             &mut self.frames,
             read_more,
         );
+        self.frames_reused += unwinder.reused_frames() - reused;
+        self.frames_total += self.frames.len() as u64;
         let ret = ev.return_address();
         if self.frames.is_empty() && ret != 0 && self.max_depth > 0 {
             self.frames.push(ret);

@@ -43,6 +43,69 @@ pub struct StackUnwinder {
     /// (cc1plus: unwinding + trie went from 2.35 to 1.38 us per call with 32; 128 gave
     /// no more).
     caches: Vec<CacheX86_64>,
+    /// Each thread's last unwind, to reuse its outer frames (see [`Memo`]); a few
+    /// direct-mapped slots keyed by thread.
+    memos: Vec<Memo>,
+    /// A spare memo, reused for the next unwind's record.
+    spare: Memo,
+    /// Bumped when a module comes or goes: memos of an older generation are stale.
+    generation: u64,
+    /// Frames taken from a thread's last unwind instead of unwound again.
+    reused: u64,
+}
+
+/// A thread's last unwind, step by step, with every stack word each step read.
+///
+/// Unwinding is a function of the registers (ip, sp, bp) a step starts from, the words
+/// it reads and the modules' rules. When a new unwind of the same thread reaches a state
+/// a step of the last one started from, and every word read from that step on still
+/// holds the same value, the rest of the unwind is the last one's: the outer frames of
+/// a thread's stacks (its event loop, its request handler) are unwound once, not at
+/// every call. redis-server under load reuses all but two or three frames.
+#[derive(Default)]
+struct Memo {
+    /// Thread of the unwind (`u32::MAX`: none).
+    thread: u32,
+    /// [`StackUnwinder::generation`] when it was made.
+    generation: u64,
+    /// Return addresses, innermost first, as the unwind returned them.
+    frames: Vec<u64>,
+    /// `steps[k]`: the state the unwind of `frames[k + 1]` started from (the last one
+    /// may be the step that ended the unwind).
+    steps: Vec<Step>,
+    /// Stack words read, in order: (address, value).
+    reads: Vec<(u64, u64)>,
+    /// The unwind stopped at `max_depth`, not at the end of the stack.
+    by_depth: bool,
+}
+
+/// One unwind step's starting state and where its reads begin in [`Memo::reads`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Step {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    reads_from: u32,
+}
+
+/// Memo slots per unwinder.
+const MEMOS: usize = 16;
+
+impl Memo {
+    fn empty() -> Memo {
+        Memo {
+            thread: u32::MAX,
+            ..Memo::default()
+        }
+    }
+
+    fn clear(&mut self) {
+        self.thread = u32::MAX;
+        self.frames.clear();
+        self.steps.clear();
+        self.reads.clear();
+        self.by_depth = false;
+    }
 }
 
 impl Default for StackUnwinder {
@@ -76,6 +139,10 @@ impl StackUnwinder {
         Self {
             unwinder: UnwinderX86_64::new(),
             caches: (0..CACHES).map(|_| CacheX86_64::new()).collect(),
+            memos: (0..MEMOS).map(|_| Memo::empty()).collect(),
+            spare: Memo::empty(),
+            generation: 0,
+            reused: 0,
         }
     }
 
@@ -106,12 +173,19 @@ impl StackUnwinder {
         };
         let m = Module::new(module.name().to_string(), avma_range, bias, info);
         self.unwinder.add_module(m);
+        self.generation += 1;
+    }
+
+    /// Frames taken so far from a thread's last unwind (see [`StackUnwinder::unwind_thread`]).
+    pub fn reused_frames(&self) -> u64 {
+        self.reused
     }
 
     /// Forget the module registered with an `avma_range` starting at
     /// `avma_start` (after `dlclose` or `munmap`).
     pub fn remove_module(&mut self, avma_start: u64) {
         self.unwinder.remove_module(avma_start);
+        self.generation += 1;
     }
 
     /// Unwind from an allocator's entry using only the stack copy `stack`,
@@ -142,6 +216,45 @@ impl StackUnwinder {
     /// increase, or when a stack read fails.
     pub fn unwind_with(
         &mut self,
+        regs: EntryRegs,
+        stack: &[u8],
+        stack_start: u64,
+        max_depth: usize,
+        out: &mut Vec<u64>,
+        read_more: &mut dyn FnMut(u64) -> Option<u64>,
+    ) {
+        self.unwind_inner(None, regs, stack, stack_start, max_depth, out, read_more);
+    }
+
+    /// Like [`StackUnwinder::unwind_with`], for a stack of thread `thread`: the outer
+    /// frames the thread's last unwind went through are reused when every stack word
+    /// they were unwound from is unchanged (the same return addresses as a full unwind).
+    #[allow(clippy::too_many_arguments)]
+    pub fn unwind_thread(
+        &mut self,
+        thread: u32,
+        regs: EntryRegs,
+        stack: &[u8],
+        stack_start: u64,
+        max_depth: usize,
+        out: &mut Vec<u64>,
+        read_more: &mut dyn FnMut(u64) -> Option<u64>,
+    ) {
+        self.unwind_inner(
+            Some(thread),
+            regs,
+            stack,
+            stack_start,
+            max_depth,
+            out,
+            read_more,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unwind_inner(
+        &mut self,
+        thread: Option<u32>,
         regs: EntryRegs,
         stack: &[u8],
         stack_start: u64,
@@ -181,27 +294,104 @@ impl StackUnwinder {
         };
         out.push(ra);
         let mut uregs = UnwindRegsX86_64::new(ra, sp, regs.rbp);
+        // The thread's last unwind, if its modules are still the same.
+        let slot = thread.map(|t| t as usize % MEMOS);
+        let last = slot
+            .map(|s| &self.memos[s])
+            .filter(|m| Some(m.thread) == thread && m.generation == self.generation);
+        let mut next = std::mem::take(&mut self.spare);
+        next.clear();
+        let mut j = 0;
+        let mut failed = false;
+        let mut reused = false;
         while out.len() < max_depth {
             let sp = uregs.sp();
+            let step = Step {
+                ip: uregs.ip(),
+                sp,
+                bp: uregs.bp(),
+                reads_from: next.reads.len() as u32,
+            };
+            if let Some(m) = last {
+                while j < m.steps.len() && m.steps[j].sp < sp {
+                    j += 1;
+                }
+                if j < m.steps.len() && m.steps[j].same_state(&step) {
+                    // From here the last unwind is this one if the words it read hold
+                    // the same values, and it went deep enough.
+                    // (A memo cut at its `max_depth` only serves while it reaches ours.)
+                    let from = m.steps[j].reads_from as usize;
+                    let rest = m.frames.len() - (j + 1);
+                    let deep_enough = !m.by_depth || rest >= max_depth - out.len();
+                    if deep_enough && m.reads[from..].iter().all(|&(a, v)| read(a) == Ok(v)) {
+                        let take = rest.min(max_depth - out.len());
+                        out.extend_from_slice(&m.frames[j + 1..j + 1 + take]);
+                        // The steps of the frames taken; all of the rest (with the
+                        // step that ended the unwind) unless cut at `max_depth`.
+                        let steps = if take < rest { take } else { m.steps.len() - j };
+                        let shift = next.reads.len() as i64 - from as i64;
+                        next.steps
+                            .extend(m.steps[j..j + steps].iter().map(|s| Step {
+                                reads_from: (s.reads_from as i64 + shift) as u32,
+                                ..*s
+                            }));
+                        next.reads.extend_from_slice(&m.reads[from..]);
+                        next.by_depth = take < rest || m.by_depth;
+                        self.reused += take as u64;
+                        reused = true;
+                        break;
+                    }
+                }
+            }
+            next.steps.push(step);
+            let reads = &mut next.reads;
+            let mut logged = |addr: u64| {
+                let r = read(addr);
+                match r {
+                    Ok(v) => reads.push((addr, v)),
+                    Err(()) => failed = true,
+                }
+                r
+            };
             let ra = match self.unwinder.unwind_frame(
                 address,
                 &mut uregs,
                 &mut self.caches[cache_of(address.address())],
-                &mut read,
+                &mut logged,
             ) {
                 Ok(Some(ra)) => ra,
                 Ok(None) | Err(_) => break,
             };
             // A zero return address ends the stack; a stack pointer that did
             // not move up means a loop.
-            let Some(next) = FrameAddress::from_return_address(ra) else {
+            let Some(next_address) = FrameAddress::from_return_address(ra) else {
                 break;
             };
             if uregs.sp() <= sp {
                 break;
             }
             out.push(ra);
-            address = next;
+            address = next_address;
         }
+        if !reused {
+            next.by_depth = out.len() == max_depth;
+        }
+        match (slot, thread) {
+            (Some(s), Some(t)) if !failed => {
+                next.thread = t;
+                next.generation = self.generation;
+                next.frames.clear();
+                next.frames.extend_from_slice(out);
+                self.spare = std::mem::replace(&mut self.memos[s], next);
+            }
+            _ => self.spare = next,
+        }
+    }
+}
+
+impl Step {
+    /// Whether both steps start from the same registers.
+    fn same_state(&self, other: &Step) -> bool {
+        (self.ip, self.sp, self.bp) == (other.ip, other.sp, other.bp)
     }
 }

@@ -355,6 +355,8 @@ impl Tracer {
             p.probe.borrow_mut().release_ref(p.ret);
         }
         self.events.publish();
+        self.stats.frames = self.events.frames_total;
+        self.stats.frames_reused = self.events.frames_reused;
         self.stats.tracer_cpu_ns = sys::thread_cpu_ns();
         Ok(())
     }

@@ -72,6 +72,11 @@ impl TscClock {
         self.last_fit = mono;
     }
 
+    /// Nanoseconds in `ticks` of the counter.
+    fn ticks_ns(&self, ticks: u64) -> u64 {
+        (ticks as f64 * self.ns_per_tick) as u64
+    }
+
     /// Trace time (nanoseconds since `t0`) of counter reading `tsc`.
     fn trace_ns(&mut self, tsc: u64, t0: u64) -> u64 {
         let mono = self.mono0 as f64 + (tsc as f64 - self.tsc0 as f64) * self.ns_per_tick;
@@ -312,13 +317,15 @@ impl Sink<'_> {
         }
         // Past the copy the stack has moved on: an unwind that needs more is cut there.
         let mut cut = false;
-        let t = if self.measure { sys::monotonic_ns() } else { 0 };
+        // Timed by the time stamp counter: two clock_gettime calls per event cost 6% of
+        // the recorder's time on redis-server.
+        let t = if self.measure { sys::tsc() } else { 0 };
         let stack = self.events.stack(&call, self.unwinder, &mut |_| {
             cut = true;
             None
         });
         if self.measure {
-            self.stats.unwind_ns += sys::monotonic_ns() - t;
+            self.stats.unwind_ns += self.clock.ticks_ns(sys::tsc().saturating_sub(t));
         }
         if cut {
             self.stats.ring_cut_stacks += 1;

@@ -30,6 +30,10 @@ pub struct TracerStats {
     pub hook_failures: Vec<String>,
     /// Nanoseconds spent unwinding and interning stacks (with `measure_time`).
     pub unwind_ns: u64,
+    /// Return addresses in the recorded stacks.
+    pub frames: u64,
+    /// Of those, taken from the thread's last unwind, whose stack words were unchanged.
+    pub frames_reused: u64,
     /// CPU time of the tracer thread, nanoseconds (user + system).
     pub tracer_cpu_ns: u64,
     /// Pointer words recorded by exit snapshots.
@@ -86,6 +90,12 @@ impl std::fmt::Display for TracerStats {
             per(self.unwind_ns) / 1000.0,
             per(self.tracer_cpu_ns.saturating_sub(self.unwind_ns)) / 1000.0,
             per(self.writer_cpu_ns) / 1000.0
+        )?;
+        writeln!(
+            f,
+            "stacks: {:.1} frames per call, {:.1} of them taken from the thread's last unwind (stack words unchanged)",
+            per(self.frames),
+            per(self.frames_reused)
         )?;
         writeln!(
             f,
