@@ -626,6 +626,38 @@ fn lost_tree_is_one_definite_and_indirect_rest() {
     assert_eq!(definite[0]["indirect_bytes"], 560);
 }
 
+/// A tree dropped by a function that returned, its root left in a dead stack slot
+/// (never scrubbed), in the variants of `leak_stale_stack.c`: definitely lost as memcheck
+/// says, at -O0 and -O2, while blocks held by frames live at `exit()` stay reachable.
+#[test]
+fn a_pointer_in_a_dead_stack_slot_does_not_keep_a_tree() {
+    let lost = [(Definite, 1, 64, 896), (Indirect, 14, 896, 0)];
+    for (variant, opt) in [
+        (1, "-O0"),
+        (2, "-O0"),
+        (3, "-O0"),
+        (4, "-O0"),
+        (6, "-O0"),
+        (1, "-O2"),
+        (2, "-O2"),
+        (3, "-O2"),
+        (4, "-O2"),
+        (6, "-O2"),
+    ] {
+        let define = format!("-DVARIANT={variant}");
+        let (_dir, out) = fixture("leak_stale_stack.c", &[opt, &define, "-pthread"]);
+        eprintln!("variant {variant} {opt}");
+        out.assert_matches_memcheck(&[&lost]);
+    }
+    // exit() from four frames deep, each holding a tree of 7 nodes.
+    let (_dir, out) = fixture("leak_stale_stack.c", &["-DVARIANT=5", "-pthread"]);
+    out.assert_matches_memcheck(&[&[
+        (Definite, 1, 64, 896),
+        (Indirect, 14, 896, 0),
+        (Reachable, 28, 28 * 64, 0),
+    ]]);
+}
+
 #[test]
 fn blocks_held_by_globals_are_still_reachable() {
     let (_dir, out) = fixture("leak_global.c", &[]);

@@ -389,6 +389,54 @@ impl StackUnwinder {
     }
 }
 
+impl StackUnwinder {
+    /// Unwinds a stopped thread from any instruction (`regs.rip`, not necessarily a
+    /// function's entry), reading only `stack` (whose first byte is at `stack_start`).
+    /// Appends up to `max_depth` frames to `out` (after clearing it), innermost first:
+    /// (the return address found, the caller's stack pointer after that return).
+    pub fn frames_from(
+        &mut self,
+        regs: EntryRegs,
+        stack: &[u8],
+        stack_start: u64,
+        max_depth: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) {
+        out.clear();
+        let stack_end = stack_start.saturating_add(stack.len() as u64);
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            if addr < stack_start || addr.checked_add(8).is_none_or(|e| e > stack_end) {
+                return Err(());
+            }
+            let off = (addr - stack_start) as usize;
+            let word = stack.get(off..off + 8).ok_or(())?;
+            Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        };
+        let mut address = FrameAddress::from_instruction_pointer(regs.rip);
+        let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
+        while out.len() < max_depth {
+            let sp = uregs.sp();
+            let ra = match self.unwinder.unwind_frame(
+                address,
+                &mut uregs,
+                &mut self.caches[cache_of(address.address())],
+                &mut read,
+            ) {
+                Ok(Some(ra)) => ra,
+                Ok(None) | Err(_) => break,
+            };
+            let Some(next) = FrameAddress::from_return_address(ra) else {
+                break;
+            };
+            if uregs.sp() <= sp {
+                break;
+            }
+            out.push((ra, uregs.sp()));
+            address = next;
+        }
+    }
+}
+
 impl Step {
     /// Whether both steps start from the same registers.
     fn same_state(&self, other: &Step) -> bool {

@@ -43,6 +43,9 @@ pub struct ThreadState {
     /// Whether this is the thread whose exit triggered the snapshot: its registers are
     /// not roots (memcheck's rule: the exiting thread's registers are dead).
     pub exiting: bool,
+    /// Where its stack root starts when not at its stack pointer: for a thread inside
+    /// `exit()`, the frame of `exit`'s caller (see `tracer::exit_frames`).
+    pub live_from: Option<u64>,
 }
 
 /// What a snapshot covered.
@@ -143,10 +146,14 @@ pub fn take(
         let Some(r) = &t.regs else { continue };
         let sp = r.rsp & !7;
         if let Some(m) = maps.iter().find(|m| m.contains(sp)) {
+            let from = t
+                .live_from
+                .filter(|&f| f >= sp && f < m.end)
+                .map_or(sp, |f| f & !7);
             stack_maps.push(m.range());
             regions.push(Region {
                 kind: RootKind::Stack { tid: t.tid as u32 },
-                range: sp..m.end,
+                range: from..m.end,
             });
         }
     }

@@ -371,6 +371,7 @@ impl Tracer {
                     tid: t,
                     regs: sys::get_regs(t).ok(),
                     exiting: false,
+                    live_from: None,
                 })
                 .collect();
             let exclude = self.probe_range(pid);

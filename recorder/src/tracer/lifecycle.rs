@@ -99,10 +99,14 @@ impl Tracer {
             .copied()
             .filter(|&t| t != tid)
             .collect();
+        let live_from = regs
+            .filter(|_| group_exit)
+            .and_then(|r| self.exit_caller_sp(pid, tid, &r));
         let mut states = vec![ThreadState {
             tid,
             regs,
             exiting: true,
+            live_from,
         }];
         // The other threads are being killed by the group exit: collect them at their
         // own exit stops so their registers and stacks are part of the snapshot.
@@ -118,6 +122,7 @@ impl Tracer {
                         tid: t,
                         regs: sys::get_regs(t).ok(),
                         exiting: false,
+                        live_from: None,
                     });
                     parked.push(t);
                 }
@@ -126,6 +131,7 @@ impl Tracer {
                     tid: t,
                     regs: sys::get_regs(t).ok(),
                     exiting: false,
+                    live_from: None,
                 }),
             }
         }

@@ -46,6 +46,7 @@
 
 mod attach;
 mod calls;
+mod exit_frames;
 mod hooking;
 mod lifecycle;
 mod model;
