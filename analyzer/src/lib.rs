@@ -88,6 +88,29 @@ pub struct AnalyzeOptions {
     /// Group call sites by their innermost this many frames (`--call-site-depth`) in
     /// every per-site section; `None` (the default): one site per distinct stack.
     pub call_site_depth: Option<usize>,
+    /// Which reports' frames are symbolized in one parallel batch when the analysis
+    /// ends (see [`Prefetch`]).
+    pub prefetch: Prefetch,
+}
+
+/// The reports whose frames an analysis symbolizes in one parallel batch when it ends,
+/// so that rendering only hits the cache and [`Analysis::warnings`] already names the
+/// modules whose files were rejected. Frames of other outputs are symbolized as they
+/// are asked for. Finding the frames renders the report once without symbols: the JSON
+/// document of a real program holds thousands of loss records, so a caller that prints
+/// only the text report says so (cc1plus: 0.7 GB and 2.2 s for both, see
+/// docs/PERFORMANCE.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The text report's and the JSON report's.
+    #[default]
+    Both,
+    /// The text report's only.
+    Text,
+    /// The JSON report's only.
+    Json,
+    /// None.
+    Nothing,
 }
 
 impl Default for AnalyzeOptions {
@@ -100,6 +123,7 @@ impl Default for AnalyzeOptions {
             leak_heuristics: HeuristicSet::ALL,
             fail_on: FailOn::default(),
             call_site_depth: None,
+            prefetch: Prefetch::Both,
         }
     }
 }
@@ -234,16 +258,26 @@ impl Analysis {
             .flat_map(|p| p.images.iter().map(move |i| (p, i)))
     }
 
-    /// Symbolizes, in one parallel batch, every frame the reports will print (so that
-    /// rendering only hits the cache, and [`Analysis::warnings`] already names the
-    /// modules whose files were rejected).
+    /// Symbolizes, in one parallel batch, every frame the reports named by
+    /// [`AnalyzeOptions::prefetch`] will print (so that rendering only hits the cache, and
+    /// [`Analysis::warnings`] already names the modules whose files were rejected).
     fn prefetch_symbols(&self) {
         let Some(sym) = &self.symbolizer else {
             return;
         };
         let collector = Collector::default();
-        let _ = self.render_text_with(&mut std::io::sink(), &self.options, &collector);
-        let _ = self.to_json_with(&collector);
+        let (text, json) = match self.options.prefetch {
+            Prefetch::Both => (true, true),
+            Prefetch::Text => (true, false),
+            Prefetch::Json => (false, true),
+            Prefetch::Nothing => return,
+        };
+        if text {
+            let _ = self.render_text_with(&mut std::io::sink(), &self.options, &collector);
+        }
+        if json {
+            let _ = self.to_json_with(&collector);
+        }
         let maps: hash::FastMap<usize, &ModuleMap> = self
             .processes
             .iter()

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use heaptape_analyzer::colour::Colour;
-use heaptape_analyzer::{analyze_with_progress, AnalyzeOptions};
+use heaptape_analyzer::{analyze_with_progress, AnalyzeOptions, Prefetch};
 
 use super::{to_stdout, unreadable, warn, write_json, Failure, Outcome};
 use crate::cli::{AnalyzeArgs, ReportFlags};
@@ -17,6 +17,12 @@ pub fn options(flags: &ReportFlags) -> AnalyzeOptions {
         fail_on: flags.fail_on.unwrap_or_default(),
         leak_heuristics: flags.leak_check_heuristics,
         call_site_depth: (flags.call_site_depth > 0).then_some(flags.call_site_depth),
+        // Only the report that will be printed.
+        prefetch: if flags.json {
+            Prefetch::Json
+        } else {
+            Prefetch::Text
+        },
         ..flags.symbols.options()
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use heaptape_analyzer::diff::{diff, render_text, to_json};
 use heaptape_analyzer::flamegraph::{folded, write_atomically, write_diff_svg};
-use heaptape_analyzer::AnalyzeOptions;
+use heaptape_analyzer::{AnalyzeOptions, Prefetch};
 
 use super::{load, to_stdout, write_json, Failure, Outcome};
 use crate::cli::DiffArgs;
@@ -21,7 +21,11 @@ pub fn run(args: DiffArgs) -> Outcome {
             "--flamegraph - would mix the SVG with the report on standard output; give a file name",
         ));
     }
-    let opts = AnalyzeOptions::default();
+    let opts = AnalyzeOptions {
+        // A diff's frames are its own, symbolized as it asks.
+        prefetch: Prefetch::Nothing,
+        ..AnalyzeOptions::default()
+    };
     // Both traces are read, so that both are reported when neither can be.
     let (old, new) = match (load(&args.old, &opts), load(&args.new, &opts)) {
         (Ok(old), Ok(new)) => (old, new),

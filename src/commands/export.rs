@@ -7,7 +7,7 @@ use heaptape_analyzer::flamegraph::write_atomically;
 use heaptape_analyzer::html::write_html;
 use heaptape_analyzer::pprof::{write_pprof, At};
 use heaptape_analyzer::speedscope::write_speedscope;
-use heaptape_analyzer::AnalyzeOptions;
+use heaptape_analyzer::{AnalyzeOptions, Prefetch};
 
 use super::{load, Failure, Outcome};
 use crate::cli::{AtArg, ExportArgs, ExportFormat, HtmlArgs};
@@ -15,6 +15,7 @@ use crate::cli::{AtArg, ExportArgs, ExportFormat, HtmlArgs};
 pub fn run(args: ExportArgs) -> Outcome {
     let opts = AnalyzeOptions {
         call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
+        prefetch: Prefetch::Nothing,
         ..args.symbols.options()
     };
     let analysis = load(&args.trace, &opts)?;
@@ -37,7 +38,12 @@ pub fn run(args: ExportArgs) -> Outcome {
 }
 
 pub fn html(args: HtmlArgs) -> Outcome {
-    let analysis = load(&args.trace, &args.symbols.options())?;
+    let opts = AnalyzeOptions {
+        // The page is made from the JSON document.
+        prefetch: Prefetch::Json,
+        ..args.symbols.options()
+    };
+    let analysis = load(&args.trace, &opts)?;
     let path = &args.output;
     write_atomically(path, |out| write_html(&analysis, out))
         .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;

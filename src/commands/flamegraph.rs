@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use heaptape_analyzer::flamegraph::{folded, write_atomically, write_folded, write_svg};
-use heaptape_analyzer::AnalyzeOptions;
+use heaptape_analyzer::{AnalyzeOptions, Prefetch};
 
 use super::{load, to_stdout, Failure, Outcome};
 use crate::cli::FlamegraphArgs;
@@ -13,6 +13,8 @@ pub fn run(args: FlamegraphArgs) -> Outcome {
     let opts = AnalyzeOptions {
         symbolize: !args.no_symbols,
         call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
+        // Its frames are the flamegraph's, symbolized as it asks.
+        prefetch: Prefetch::Nothing,
         ..Default::default()
     };
     let analysis = load(&args.trace, &opts)?;
