@@ -77,12 +77,33 @@ pub struct Mapping {
     pub own: bool,
 }
 
+/// Most unmapped parts of the program's own regions kept for the timeline (see
+/// [`Resources::unmapped_own`]); past this, later ones are not kept.
+pub const MAX_UNMAPPED: usize = 1 << 20;
+
+/// A part of one of the program's own regions that was unmapped: what the timeline needs
+/// to tell which mappings made its growth when they are gone by the end (CPython's
+/// arenas are unmapped at its exit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnmappedOwn {
+    /// Where the region was mapped.
+    pub stack: StackId,
+    /// Bytes unmapped.
+    pub len: u64,
+    /// When the region was mapped.
+    pub mapped: Timestamp,
+    /// When the part was unmapped.
+    pub unmapped: Timestamp,
+}
+
 /// The descriptors and mappings of one image (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Resources {
     fds: FastMap<i32, OpenFd>,
     /// Regions by start address; they never overlap.
     maps: BTreeMap<u64, Mapping>,
+    /// Parts of the program's own regions unmapped so far (at most [`MAX_UNMAPPED`]).
+    unmapped: Vec<UnmappedOwn>,
     /// Descriptors opened (`FdOpen` records applied).
     pub fds_opened: u64,
     /// Descriptors closed that the image had opened.
@@ -178,7 +199,7 @@ impl Resources {
                 // A MAP_FIXED mapping replaces what it covers; any other was handed out
                 // by the kernel from free space, so whatever the table still has there
                 // is stale (unmapped by a call the trace does not hold).
-                self.unmap(*address, *len);
+                self.unmap_at(*address, *len, *ts);
                 self.maps.insert(
                     *address,
                     Mapping {
@@ -193,7 +214,9 @@ impl Resources {
                     },
                 );
             }
-            Record::Munmap { address, len, .. } => self.unmap(*address, *len),
+            Record::Munmap {
+                address, len, ts, ..
+            } => self.unmap_at(*address, *len, *ts),
             Record::Mremap(m) => self.remap(m.old_address, m.old_len, m.new_address, m.new_len),
             _ => {}
         }
@@ -202,6 +225,16 @@ impl Resources {
     /// Removes `[address, address + len)` from every region, splitting those it only
     /// partly covers.
     pub fn unmap(&mut self, address: u64, len: u64) {
+        self.unmap_inner(address, len, None);
+    }
+
+    /// [`Resources::unmap`] at time `ts`: the parts of the program's own regions it
+    /// removes are kept (see [`Resources::unmapped_own`]).
+    pub fn unmap_at(&mut self, address: u64, len: u64, ts: Timestamp) {
+        self.unmap_inner(address, len, Some(ts));
+    }
+
+    fn unmap_inner(&mut self, address: u64, len: u64, ts: Option<Timestamp>) {
         if len == 0 {
             return;
         }
@@ -219,6 +252,14 @@ impl Resources {
                 continue;
             };
             let m_end = m.address.saturating_add(m.len);
+            if let (Some(unmapped), true) = (ts, m.own && self.unmapped.len() < MAX_UNMAPPED) {
+                self.unmapped.push(UnmappedOwn {
+                    stack: m.stack,
+                    len: m_end.min(end) - m.address.max(address),
+                    mapped: m.ts,
+                    unmapped,
+                });
+            }
             if m.address < address {
                 let mut head = m.clone();
                 head.len = address - m.address;
@@ -276,10 +317,36 @@ impl Resources {
         self.maps.values().filter(|m| m.own).collect()
     }
 
+    /// Parts of the program's own regions unmapped so far, in order (the first
+    /// [`MAX_UNMAPPED`]).
+    pub fn unmapped_own(&self) -> &[UnmappedOwn] {
+        &self.unmapped
+    }
+
     /// Bytes of the program's own mappings now.
     pub fn own_mapped_bytes(&self) -> u64 {
         self.maps.values().filter(|m| m.own).map(|m| m.len).sum()
     }
+}
+
+/// What is known of the allocator that made a mapping at `stack`, when a frame of it
+/// lies in a runtime whose allocator maps its own arenas: one sentence with the remedy.
+pub fn known_mapper(
+    stacks: &StackTable,
+    modules: &ModuleMap,
+    stack: StackId,
+) -> Option<&'static str> {
+    let python = stacks.iter(stack).any(|address| {
+        modules.lookup(address).is_some_and(|hit| {
+            let name = hit.module.path.rsplit('/').next().unwrap_or("");
+            name.starts_with("python") || name.starts_with("libpython")
+        })
+    });
+    python.then_some(
+        "CPython's object allocator (pymalloc) maps its arenas itself, so its objects are \
+         not malloc blocks: run the program with PYTHONMALLOC=malloc to record them one by \
+         one (leaks, growth by call site)",
+    )
 }
 
 /// Whether the call at `stack` was made by the C library or the dynamic loader (its

@@ -130,8 +130,8 @@ pub struct Verdict {
     /// One sentence with the figures behind it.
     pub explanation: String,
     /// For a leak: the sites that grew most (at most `VERDICT_SITES`, 5); for mappings:
-    /// the sites whose mappings made after start-up are still mapped, most bytes first
-    /// (`blocks` counting regions).
+    /// the sites whose mappings made after start-up were still mapped when the growth
+    /// ended (before the teardown), most bytes first (`blocks` counting regions).
     pub sites: Vec<GrowingSite>,
     /// Live heap growth between the first and last quarter after start-up (bytes,
     /// negative when it shrank); 0 without a judgement.
@@ -249,20 +249,23 @@ impl Timeline {
 
     /// Ends the timeline: reduces it and judges it. `blocks` are the image's blocks live
     /// at its end, as (allocation stack, size, allocation time); `mappings` its own
-    /// mappings at its end, as (mmap's stack, length, time).
+    /// mappings, as (mmap's stack, length, time mapped, time unmapped: `None` if still
+    /// mapped at the end); `mappers` says who made a mapping.
     pub fn finish(
         &mut self,
         blocks: impl Iterator<Item = (StackId, u64, Timestamp)>,
-        mappings: impl Iterator<Item = (StackId, u64, Timestamp)>,
+        mappings: impl Iterator<Item = (StackId, u64, Timestamp, Option<Timestamp>)>,
+        mappers: &Mappers<'_>,
     ) {
         self.points = reduce(&self.samples);
-        self.verdict = self.judge(blocks, mappings);
+        self.verdict = self.judge(blocks, mappings, mappers);
     }
 
     fn judge(
         &self,
         blocks: impl Iterator<Item = (StackId, u64, Timestamp)>,
-        mappings: impl Iterator<Item = (StackId, u64, Timestamp)>,
+        mappings: impl Iterator<Item = (StackId, u64, Timestamp, Option<Timestamp>)>,
+        mappers: &Mappers<'_>,
     ) -> Verdict {
         let unknown = |explanation: String| Verdict {
             kind: VerdictKind::Unknown,
@@ -319,14 +322,26 @@ impl Timeline {
                 b(heap.q[3]),
                 signed_bytes(heap_growth as f64)
             );
-            v.sites = growing_sites(mappings, cutoff);
+            // The mappings that made the growth: made after start-up, still mapped when
+            // it ended (a runtime may unmap its arenas in its teardown).
+            let growth_end = rest.last().map_or(cutoff, |s| s.ts);
+            v.sites = growing_sites(
+                mappings
+                    .filter(|&(_, _, _, unmapped)| unmapped.is_none_or(|u| u > growth_end))
+                    .map(|(stack, len, ts, _)| (stack, len, ts)),
+                cutoff,
+                mappers.caller,
+            );
             if let Some(top) = v.sites.first() {
                 v.explanation.push_str(&format!(
-                    "; the top site mapped {} in {} region(s) after start-up, still mapped at \
-                     the end",
+                    "; the top site mapped {} in {} region(s) after start-up, still mapped \
+                     when the growth ended",
                     bytes(top.bytes),
                     top.blocks
                 ));
+                if let Some(n) = (mappers.note)(top.stack) {
+                    v.explanation.push_str(&format!(". {n}"));
+                }
             }
         } else if anon.rising
             && heap.growth <= anon.growth * FRAGMENTATION_SHARE_PERCENT as f64 / 100.0
@@ -344,7 +359,7 @@ impl Timeline {
             );
         } else if heap.rising {
             v.kind = VerdictKind::Leak;
-            v.sites = growing_sites(blocks, cutoff);
+            v.sites = growing_sites(blocks, cutoff, &|stack| u64::from(stack));
             let rss = if anon.rising {
                 format!("with anonymous RSS ({} to {})", b(anon.q[0]), b(anon.q[3]))
             } else {
@@ -412,9 +427,30 @@ fn reduce(samples: &[TimelinePoint]) -> Vec<TimelinePoint> {
 }
 
 /// Sites of the blocks allocated at or after `cutoff` and still live, most bytes first.
+/// Who made the program's own mappings, for a mappings verdict.
+pub struct Mappers<'a> {
+    /// The site a mapping's stack belongs to (e.g. the mmap call's return address):
+    /// a runtime's arenas come from one call with many stacks above it.
+    pub caller: &'a dyn Fn(StackId) -> u64,
+    /// What is known of the allocator that mapped at a stack (a sentence with the
+    /// remedy), added to the verdict about the top site.
+    pub note: &'a dyn Fn(StackId) -> Option<&'static str>,
+}
+
+impl Mappers<'_> {
+    /// Each stack its own site, nothing known.
+    pub const NONE: Mappers<'static> = Mappers {
+        caller: &|stack| u64::from(stack),
+        note: &|_| None,
+    };
+}
+
+/// The sites of `blocks` (stack, size, time) allocated at or after `cutoff`, grouped by
+/// `site(stack)`, most bytes first; each is shown by its stack with the most bytes.
 fn growing_sites(
     blocks: impl Iterator<Item = (StackId, u64, Timestamp)>,
     cutoff: Timestamp,
+    site: &dyn Fn(StackId) -> u64,
 ) -> Vec<GrowingSite> {
     let mut by_stack: FastMap<StackId, (u64, u64)> = FastMap::default();
     for (stack, size, ts) in blocks {
@@ -424,14 +460,25 @@ fn growing_sites(
             e.1 += 1;
         }
     }
-    let mut sites: Vec<GrowingSite> = by_stack
-        .into_iter()
-        .map(|(stack, (bytes, blocks))| GrowingSite {
-            stack,
-            bytes,
-            blocks,
-        })
-        .collect();
+    // Per site: its totals, and its stack with the most bytes.
+    let mut by_site: FastMap<u64, (GrowingSite, u64)> = FastMap::default();
+    for (stack, (bytes, blocks)) in by_stack {
+        let e = by_site.entry(site(stack)).or_insert((
+            GrowingSite {
+                stack,
+                bytes: 0,
+                blocks: 0,
+            },
+            0,
+        ));
+        e.0.bytes = e.0.bytes.saturating_add(bytes);
+        e.0.blocks += blocks;
+        if (bytes, std::cmp::Reverse(stack)) > (e.1, std::cmp::Reverse(e.0.stack)) {
+            e.0.stack = stack;
+            e.1 = bytes;
+        }
+    }
+    let mut sites: Vec<GrowingSite> = by_site.into_values().map(|(s, _)| s).collect();
     sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack.cmp(&b.stack)));
     sites.truncate(VERDICT_SITES);
     sites
@@ -456,14 +503,14 @@ mod tests {
     fn fragmentation_leak_stable_unknown() {
         // Start-up spike, then RSS climbs by 1 MiB per sample with a flat heap.
         let mut t = timeline(|i| (if i < 2 { 50 * MIB } else { 2 * MIB }, 8 * MIB + i * MIB));
-        t.finish(std::iter::empty(), std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty(), &Mappers::NONE);
         assert_eq!(t.verdict().kind, VerdictKind::Fragmentation);
         assert_eq!(t.verdict().heap_growth, 0);
         assert_eq!(t.verdict().rss_anon_growth, 24 * MIB as i64);
 
         let mut t = timeline(|i| (i * MIB, 3 * MIB + i * MIB));
         let blocks = vec![(7, 100, 0), (7, 5000, 500_000_000), (9, 300, 3_900_000_000)];
-        t.finish(blocks.into_iter(), std::iter::empty());
+        t.finish(blocks.into_iter(), std::iter::empty(), &Mappers::NONE);
         let v = t.verdict();
         assert_eq!(v.kind, VerdictKind::Leak);
         assert_eq!(v.heap_growth, 24 * MIB as i64);
@@ -484,23 +531,23 @@ mod tests {
         );
 
         let mut t = timeline(|i| (10 * MIB + (i % 3) * 1000, 20 * MIB + (i % 2) * 4096));
-        t.finish(std::iter::empty(), std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty(), &Mappers::NONE);
         assert_eq!(t.verdict().kind, VerdictKind::Stable);
 
         // A cache that filled during the first half and then stayed.
         let mut t = timeline(|i| (i.min(12) * MIB, 3 * MIB + i.min(12) * MIB));
-        t.finish(std::iter::empty(), std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty(), &Mappers::NONE);
         assert_eq!(t.verdict().kind, VerdictKind::Stable);
 
         let mut t = Timeline::default();
         for i in 0..5 {
             t.sample(i, i * MIB, 0, i * MIB, i * MIB);
         }
-        t.finish(std::iter::empty(), std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty(), &Mappers::NONE);
         assert_eq!(t.verdict().kind, VerdictKind::Unknown);
         assert_eq!(t.points().len(), 5);
         let mut t = Timeline::default();
-        t.finish(std::iter::empty(), std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty(), &Mappers::NONE);
         assert_eq!(t.verdict().kind, VerdictKind::Unknown);
         assert!(t.points().is_empty());
     }
@@ -511,7 +558,7 @@ mod tests {
         for i in 0..1000u64 {
             t.sample(i * 10, i, 0, i, i);
         }
-        t.finish(std::iter::empty(), std::iter::empty());
+        t.finish(std::iter::empty(), std::iter::empty(), &Mappers::NONE);
         let p = t.points();
         assert_eq!(p.len(), BUCKETS);
         assert_eq!(p[0].ts, 90);

@@ -4,6 +4,8 @@
 //! for a `fork` child (whose inherited blocks it accounts) and dropped with their last
 //! user.
 
+use crate::checks::resources::known_mapper;
+use crate::checks::timeline::Mappers;
 use heaptape_format::{ExitStatus, ProcessOrigin, Timestamp};
 
 use super::heap::{Heap, ImageId};
@@ -235,7 +237,18 @@ impl Replay {
                 .resources
                 .own_mappings()
                 .into_iter()
-                .map(|m| (m.stack, m.len, m.ts)),
+                .map(|m| (m.stack, m.len, m.ts, None))
+                .chain(
+                    image
+                        .resources
+                        .unmapped_own()
+                        .iter()
+                        .map(|u| (u.stack, u.len, u.mapped, Some(u.unmapped))),
+                ),
+            &Mappers {
+                caller: &|stack| self.stacks.iter(stack).next().unwrap_or(0),
+                note: &|stack| known_mapper(&self.stacks, &image.modules, stack),
+            },
         );
         image.totals.live_at_exit_blocks = image.live_blocks;
         image.totals.live_at_exit_bytes = image.live_bytes;

@@ -206,7 +206,7 @@ pub fn text(
         if v.kind == VerdictKind::Mappings {
             writeln!(
                 out,
-                "   mapping site #{}: {} bytes in {} regions mapped after start-up, still mapped at {when}, stack {}",
+                "   mapping site #{}: {} bytes in {} regions mapped after start-up, still mapped when the growth ended, stack {}",
                 i + 1,
                 num(s.bytes),
                 num(s.blocks),
