@@ -13,8 +13,16 @@ pub enum ReadError {
     /// The file does not start with the heaptape magic.
     #[error("not a heaptape trace (bad magic at byte offset 0)")]
     BadMagic,
-    /// The file was written by a newer (or unknown) format version.
-    #[error("trace format version {found} is not supported (this heaptape reads version {supported}); use a newer heaptape")]
+    /// The file was written in another format version: by an older heaptape (read it
+    /// with the heaptape that recorded it) or a newer one.
+    #[error(
+        "trace format version {found} is not supported (this heaptape reads version {supported}); {}",
+        if found < supported {
+            "it was written by an older heaptape: analyze it with the heaptape version that recorded it"
+        } else {
+            "it was written by a newer heaptape: use that version or a later one"
+        }
+    )]
     UnsupportedVersion {
         /// Version in the file.
         found: u32,

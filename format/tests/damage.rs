@@ -192,6 +192,29 @@ fn future_version_is_unsupported() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("future version accepted"),
     }
+    let e = TraceReader::new(&bytes[..]).err().unwrap().to_string();
+    assert!(e.contains("written by a newer heaptape"), "{e}");
+}
+
+#[test]
+fn older_version_names_the_heaptape_that_wrote_it() {
+    let mut bytes = write_trace(&sample_records(10, 4), 1 << 20, 1);
+    bytes[8..12].copy_from_slice(&(FORMAT_VERSION - 1).to_le_bytes());
+    let e = TraceReader::new(&bytes[..])
+        .err()
+        .expect("an old version is refused");
+    assert!(
+        matches!(e, ReadError::UnsupportedVersion { found, .. } if found == FORMAT_VERSION - 1),
+        "{e}"
+    );
+    let e = e.to_string();
+    assert!(
+        e.contains(
+            "written by an older heaptape: analyze it with the heaptape version that recorded it"
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("newer"), "{e}");
 }
 
 #[test]
