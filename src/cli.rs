@@ -240,8 +240,9 @@ pub struct FlamegraphArgs {
     /// [default: heaptape.svg; with --folded: standard output].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// What widths measure: bytes live at exit (leaked), bytes allocated, allocation
-    /// calls, bytes live at the heap peak, or temporary allocations.
+    /// What widths measure: bytes leaked (definitely and indirectly lost at exit, as
+    /// LSan counts them), bytes in use at exit (reachable or not), bytes allocated,
+    /// allocation calls, bytes live at the heap peak, or temporary allocations.
     #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
     pub metric: MetricArg,
     /// Write folded stacks (`outer;...;inner value` lines) instead of an SVG.
@@ -257,10 +258,17 @@ pub struct FlamegraphArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum MetricArg {
+    /// Bytes leaked: definitely and indirectly lost at exit (LSan's "leaked").
     Leaked,
+    /// Bytes still allocated at exit, reachable or not (memcheck's "in use at exit").
+    InUseAtExit,
+    /// Bytes allocated over the run.
     AllocatedBytes,
+    /// Allocation calls.
     Allocations,
+    /// Bytes live at the heap peak.
     Peak,
+    /// Temporary allocations (freed before the thread's next allocation).
     Temporary,
 }
 
@@ -268,6 +276,7 @@ impl MetricArg {
     pub fn metric(self) -> Metric {
         match self {
             MetricArg::Leaked => Metric::Leaked,
+            MetricArg::InUseAtExit => Metric::InUseAtExit,
             MetricArg::AllocatedBytes => Metric::AllocatedBytes,
             MetricArg::Allocations => Metric::Allocations,
             MetricArg::Peak => Metric::Peak,

@@ -249,8 +249,29 @@ fn flamegraphs_of_leaked_and_allocated_bytes() {
     ]);
     assert!(out.status.success(), "{}", out.stderr);
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.contains("Bytes still allocated at exit (leaked), by call stack"));
+    // Leaked as LSan means it: leak_a's block (its pointer overwritten) is lost; leak_b's
+    // (still in `sink`) and the ring's are in use at exit, not leaked.
+    assert!(text.contains("Bytes leaked (definitely and indirectly lost at exit)"));
     let w = svg_frames(&svg);
+    assert_eq!(w["leak_a"], 3000, "{w}");
+    assert_eq!(w["main"], 3000, "{w}");
+    for reachable in ["leak_b", "ring_alloc", "cache_insert"] {
+        assert!(w.get(reachable).is_none(), "{reachable}: {w}");
+    }
+    // Everything in use at exit.
+    let in_use = dir.join("in-use.svg");
+    let out = run_heaptape([
+        "flamegraph",
+        "--metric",
+        "in-use-at-exit",
+        trace.to_str().unwrap(),
+        "-o",
+        in_use.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let in_use_text = std::fs::read_to_string(&in_use).unwrap();
+    assert!(in_use_text.contains("Bytes still allocated at exit (in use), by call stack"));
+    let w = svg_frames(&in_use);
     assert_eq!(w["leak_a"], 3000, "{w}");
     assert_eq!(w["leak_b"], 1000, "{w}");
     assert_eq!(w["ring_alloc"], 8 * 512, "{w}");

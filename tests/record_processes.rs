@@ -260,7 +260,7 @@ fn analyze_diff_and_flamegraph_count_a_process_tree_alike() {
 
     assert_eq!(folded_sum(&trace, "allocations"), allocations);
     assert_eq!(folded_sum(&trace, "allocated-bytes"), allocated);
-    assert_eq!(folded_sum(&trace, "leaked"), leaked);
+    assert_eq!(folded_sum(&trace, "in-use-at-exit"), leaked);
 }
 
 /// A vfork child allocates (glibc tolerates it) before `_exit`; the parent allocates

@@ -15,6 +15,7 @@ use std::path::Path;
 use super::frames::{folded_name, frames_of};
 use crate::callsites::ranking::call_sites;
 use crate::callsites::SiteStats;
+use crate::checks::leaks::LeakKind;
 use crate::replay::{Image, Process};
 use crate::symbolize::{Frame, Symbolizer};
 use crate::Analysis;
@@ -22,9 +23,12 @@ use crate::Analysis;
 /// What the widths of a flamegraph measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Metric {
-    /// Bytes still allocated when the image ended.
+    /// Bytes leaked, as LSan counts them: definitely and indirectly lost at the exit
+    /// snapshot (by the allocation stack of each block).
     #[default]
     Leaked,
+    /// Bytes still allocated when the image ended, reachable or not.
+    InUseAtExit,
     /// Bytes allocated over the whole run.
     AllocatedBytes,
     /// Allocation calls.
@@ -37,19 +41,21 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric.
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 6] = [
         Metric::Leaked,
+        Metric::InUseAtExit,
         Metric::AllocatedBytes,
         Metric::Allocations,
         Metric::Peak,
         Metric::Temporary,
     ];
 
-    /// The command-line name: `leaked`, `allocated-bytes`, `allocations`, `peak`,
-    /// `temporary`.
+    /// The command-line name: `leaked`, `in-use-at-exit`, `allocated-bytes`,
+    /// `allocations`, `peak`, `temporary`.
     pub fn name(self) -> &'static str {
         match self {
             Metric::Leaked => "leaked",
+            Metric::InUseAtExit => "in-use-at-exit",
             Metric::AllocatedBytes => "allocated-bytes",
             Metric::Allocations => "allocations",
             Metric::Peak => "peak",
@@ -63,11 +69,13 @@ impl Metric {
     }
 
     /// A site's value in image `img`, counted as every report counts it
-    /// ([`Image::site_figures`]: an image replaced by exec discarded its heap).
+    /// ([`Image::site_figures`]: an image replaced by exec discarded its heap). Not for
+    /// [`Metric::Leaked`], which comes from the leak check's loss records (0 here).
     pub fn value(self, img: &Image, s: &SiteStats) -> u64 {
         let f = img.site_figures(s);
         match self {
-            Metric::Leaked => f.leaked_bytes,
+            Metric::Leaked => 0,
+            Metric::InUseAtExit => f.leaked_bytes,
             Metric::AllocatedBytes => f.allocated_bytes,
             Metric::Allocations => f.allocations,
             Metric::Peak => f.peak_bytes,
@@ -78,7 +86,10 @@ impl Metric {
     /// The graph's title: what widths mean.
     pub fn title(self) -> &'static str {
         match self {
-            Metric::Leaked => "Bytes still allocated at exit (leaked), by call stack",
+            Metric::Leaked => {
+                "Bytes leaked (definitely and indirectly lost at exit), by allocation stack"
+            }
+            Metric::InUseAtExit => "Bytes still allocated at exit (in use), by call stack",
             Metric::AllocatedBytes => "Bytes allocated over the run, by call stack",
             Metric::Allocations => "Allocation calls, by call stack",
             Metric::Peak => "Bytes live at the heap peak, by call stack",
@@ -91,7 +102,7 @@ impl Metric {
     /// The unit of the widths: `bytes` or `allocations`.
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::Leaked | Metric::AllocatedBytes | Metric::Peak => "bytes",
+            Metric::Leaked | Metric::InUseAtExit | Metric::AllocatedBytes | Metric::Peak => "bytes",
             Metric::Allocations | Metric::Temporary => "allocations",
         }
     }
@@ -112,12 +123,11 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
                 ..Frame::default()
             })
         });
-        for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
-            let v = metric.value(img, &site.stats);
+        let mut add = |addresses: Vec<u64>, v: u64| {
             if v == 0 {
-                continue;
+                return;
             }
-            let frames = frames_of(site.addresses(&a.stacks), &img.modules, sym);
+            let frames = frames_of(addresses, &img.modules, sym);
             let mut names: Vec<String> = root.iter().cloned().collect();
             if frames.is_empty() {
                 names.push("[unknown stack]".into());
@@ -125,6 +135,21 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
             names.extend(frames.iter().rev().map(folded_name));
             let e = out.entry(names.join(";")).or_insert(0);
             *e = e.saturating_add(v);
+        };
+        if metric == Metric::Leaked {
+            // Each lost block by its own allocation stack (an indirectly lost block's
+            // record is its own, not its leader's), cut at the call-site depth.
+            let depth = a.options.call_site_depth.filter(|&d| d > 0);
+            for r in img.leaks.report().into_iter().flat_map(|r| &r.loss_records) {
+                if matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost) {
+                    let addresses = a.stacks.iter(r.stack).take(depth.unwrap_or(usize::MAX));
+                    add(addresses.collect(), r.bytes);
+                }
+            }
+            continue;
+        }
+        for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
+            add(site.addresses(&a.stacks), metric.value(img, &site.stats));
         }
     }
     out
