@@ -5,8 +5,9 @@
 //! replaying in file order) and returns an [`Analysis`]: for every process of the
 //! recorded tree, valgrind-style totals, what was live at exit, the heap peak, temporary
 //! allocations, per-call-site aggregates and invalid or mismatched frees, plus the stack
-//! trie and module maps that symbolization needs. [`Analysis::to_json`] and
-//! [`Analysis::render_text`] turn it into the `heaptape analyze` report.
+//! trie and module maps that symbolization needs. [`Analysis::json_report`] (typed by
+//! [`schema`]) and [`Analysis::render_text`] turn it into the `heaptape analyze`
+//! report.
 //!
 //! Layout (each folder's `mod.rs` says more; lower layers never import higher ones):
 //!
@@ -22,8 +23,9 @@
 //!   [`Image`], [`Totals`], ...): per-record rules (`step`), process lifecycle, the
 //!   accounting, snapshots, and the batch pipeline (chunk preparation, the shard thread,
 //!   run summaries on the pool) fed by `source`;
-//! * `report`: the text and JSON reports, their sections, frames in words
-//!   (`report::frames`), and the [`flamegraph`] and [`diff`] outputs.
+//! * `report`: the text and JSON reports (the JSON documents' types in [`schema`]),
+//!   their sections, frames in words (`report::frames`), and the [`flamegraph`] and
+//!   [`diff`] outputs.
 //!
 //! `docs/ANALYZER.md` describes the semantics in prose.
 #![deny(unsafe_code)]
@@ -62,7 +64,7 @@ pub use replay::{
     INTERNAL_FREE_FUNCTIONS,
 };
 pub use report::frames::symbolize_stack;
-pub use report::{colour, diff, flamegraph, html, pprof, speedscope};
+pub use report::{colour, diff, flamegraph, html, pprof, schema, speedscope};
 pub use stacks::{StackNodeError, StackTable};
 pub use symbolize::{ElfSymbolizer, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions};
 
@@ -276,7 +278,7 @@ impl Analysis {
             let _ = self.render_text_with(&mut std::io::sink(), &self.options, &collector);
         }
         if json {
-            let _ = self.to_json_with(&collector);
+            let _ = self.json_report_with(&collector);
         }
         let maps: hash::FastMap<usize, &ModuleMap> = self
             .processes
@@ -380,14 +382,26 @@ impl Analysis {
         self.processes.iter().rev().find(|p| p.pid == pid)
     }
 
-    /// The JSON report, frames described by [`Analysis::symbolizer`].
+    /// The JSON report (`heaptape analyze --json`), frames described by
+    /// [`Analysis::symbolizer`].
+    pub fn json_report(&self) -> schema::Report {
+        self.json_report_with(self.symbolizer())
+    }
+
+    /// The JSON report, frames described by `symbolizer`.
+    pub fn json_report_with(&self, symbolizer: &dyn Symbolizer) -> schema::Report {
+        report::json::analysis(self, symbolizer, &report::limits::Limits::ALL)
+    }
+
+    /// [`Analysis::json_report`] as a JSON value (for indexing by key).
     pub fn to_json(&self) -> serde_json::Value {
         self.to_json_with(self.symbolizer())
     }
 
-    /// The JSON report, frames described by `symbolizer`.
+    /// [`Analysis::json_report_with`] as a JSON value.
     pub fn to_json_with(&self, symbolizer: &dyn Symbolizer) -> serde_json::Value {
-        report::json::analysis(self, symbolizer)
+        serde_json::to_value(self.json_report_with(symbolizer))
+            .expect("the report serializes: its maps have string keys")
     }
 
     /// The text report, frames described by [`Analysis::symbolizer`].

@@ -62,6 +62,12 @@ fn json_shape_and_values() {
     let (_d, path) = t.finish();
     let a = run(&path);
     let v = a.to_json();
+    // The typed document writes every object's keys in the order of the value's maps
+    // (sorted), which the CLI's output has always had.
+    assert_eq!(
+        serde_json::to_string(&a.json_report()).unwrap(),
+        serde_json::to_string(&v).unwrap()
+    );
     assert_eq!(keys(&v), set(&["trace", "warnings", "processes"]));
     assert_eq!(
         keys(&v["trace"]),

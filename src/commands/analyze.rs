@@ -45,7 +45,7 @@ pub fn report(
     let colour = !flags.json && flags.color.enabled(terminal);
     write(&mut |out| {
         if flags.json {
-            write_json(out, &analysis.to_json())
+            write_json(out, &analysis.json_report())
         } else if colour {
             let mut styled = Colour::new(out);
             analysis.render_text(&mut styled, &opts)?;

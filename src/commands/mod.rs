@@ -80,7 +80,7 @@ pub fn to_stdout(
 }
 
 /// Writes `value` as pretty JSON and a newline.
-pub fn write_json(out: &mut dyn Write, value: &serde_json::Value) -> io::Result<()> {
+pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
     out.write_all(b"\n")
 }

@@ -4,9 +4,9 @@
 
 use std::io::{self, Write};
 
-use serde_json::{json, Map, Value};
-
-use super::frames::{frames_of, json_list, write_stack};
+use super::frames::{frames_of, json_frames, write_stack};
+use super::limits::Limits;
+use super::schema;
 use crate::callsites::ranking::{call_sites, growth, top_at_peak, top_by_live, CallSite};
 use crate::replay::Image;
 use crate::symbolize::Symbolizer;
@@ -16,89 +16,95 @@ use crate::{Analysis, AnalyzeOptions};
 /// Characters of a sparkline in the text report.
 const SPARK_WIDTH: usize = 32;
 
-/// The JSON keys of an image: `call_site_depth`, `sites_at_peak`, `growth_bucket_ns`,
-/// `growth`, `sites_live_at_exit` (grouped), and `totals.allocation_rate_per_sec`
-/// (merged into `totals`, which `base` already holds).
-pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer, base: &mut Map<String, Value>) {
+/// The call-site keys of an image's JSON object (its `totals` carry
+/// [`allocation_rate`] too).
+pub(crate) struct CallSiteSections {
+    /// `call_site_depth`.
+    pub call_site_depth: Option<usize>,
+    /// `sites_at_peak`.
+    pub sites_at_peak: Vec<schema::SiteAtPeak>,
+    /// `growth_bucket_ns`.
+    pub growth_bucket_ns: u64,
+    /// `growth`.
+    pub growth: Vec<schema::GrowthSite>,
+    /// `sites_live_at_exit` (grouped by `--call-site-depth`).
+    pub sites_live_at_exit: Vec<schema::SiteLiveAtExit>,
+}
+
+/// The call-site sections of `img`: the `--top` sites of each list, at most
+/// `limits.ranked` of them.
+pub(crate) fn json(
+    a: &Analysis,
+    img: &Image,
+    sym: &dyn Symbolizer,
+    limits: &Limits,
+) -> CallSiteSections {
     let top = a.options.top;
     let sites = call_sites(&a.stacks, &img.sites, a.options.call_site_depth);
-    let frames = |c: &CallSite| json_list(&frames_of(c.addresses(&a.stacks), &img.modules, sym));
-    if let Some(Value::Object(t)) = base.get_mut("totals") {
-        t.insert(
-            "allocation_rate_per_sec".into(),
-            json!(allocation_rate(img)),
-        );
+    let frames = |c: &CallSite| json_frames(frames_of(c.addresses(&a.stacks), &img.modules, sym));
+    let sites_at_peak = top_at_peak(&sites, top)
+        .into_iter()
+        .take(limits.ranked)
+        .map(|c| schema::SiteAtPeak {
+            peak_blocks: c.stats.peak_blocks,
+            peak_bytes: c.stats.peak_bytes,
+            stack: frames(c),
+            stack_id: c.stack,
+            stacks: c.stacks,
+        })
+        .collect();
+    let growth = growth(&img.sites, &sites)
+        .into_iter()
+        .take(top.min(limits.ranked))
+        .map(|g| {
+            let c = &sites[g.site];
+            schema::GrowthSite {
+                live_bytes_end: g.live_bytes_end,
+                live_bytes_start: g.live_bytes_start,
+                monotonicity: g.fit.monotonicity,
+                peak_live_bytes: g.peak_live_bytes,
+                r2: g.fit.r2,
+                score: g.fit.score,
+                series: c.stats.series().to_vec(),
+                slope_bytes_per_sec: g.fit.slope_bytes_per_sec,
+                stack: frames(c),
+                stack_id: c.stack,
+                stacks: c.stacks,
+                suspect: g.fit.suspect(),
+                teardown_excluded: g.fit.teardown_excluded,
+                window_buckets: g.fit.window,
+            }
+        })
+        .collect();
+    let sites_live_at_exit = top_by_live(&sites, top)
+        .into_iter()
+        .take(limits.ranked)
+        .map(|c| {
+            let s = &c.stats;
+            schema::SiteLiveAtExit {
+                allocated_bytes: s.allocated_bytes,
+                allocations: s.allocations,
+                frames: frames(c),
+                frees: s.frees,
+                inherited_blocks: s.inherited_blocks,
+                inherited_bytes: s.inherited_bytes,
+                live_at_exit_blocks: s.live_blocks,
+                live_at_exit_bytes: s.live_bytes,
+                peak_blocks: s.peak_blocks,
+                peak_bytes: s.peak_bytes,
+                stack: c.stack,
+                stacks: c.stacks,
+                temporary_allocations: s.temporary_allocations,
+            }
+        })
+        .collect();
+    CallSiteSections {
+        call_site_depth: a.options.call_site_depth.filter(|&d| d > 0),
+        sites_at_peak,
+        growth_bucket_ns: img.sites.bucket_ns(),
+        growth,
+        sites_live_at_exit,
     }
-    base.insert(
-        "call_site_depth".into(),
-        json!(a.options.call_site_depth.filter(|&d| d > 0)),
-    );
-    base.insert(
-        "sites_at_peak".into(),
-        top_at_peak(&sites, top)
-            .into_iter()
-            .map(|c| {
-                json!({
-                    "stack": frames(c),
-                    "stack_id": c.stack,
-                    "stacks": c.stacks,
-                    "peak_bytes": c.stats.peak_bytes,
-                    "peak_blocks": c.stats.peak_blocks,
-                })
-            })
-            .collect(),
-    );
-    base.insert("growth_bucket_ns".into(), json!(img.sites.bucket_ns()));
-    base.insert(
-        "growth".into(),
-        growth(&img.sites, &sites)
-            .into_iter()
-            .take(top)
-            .map(|g| {
-                let c = &sites[g.site];
-                json!({
-                    "stack": frames(c),
-                    "stack_id": c.stack,
-                    "stacks": c.stacks,
-                    "live_bytes_start": g.live_bytes_start,
-                    "live_bytes_end": g.live_bytes_end,
-                    "peak_live_bytes": g.peak_live_bytes,
-                    "slope_bytes_per_sec": g.fit.slope_bytes_per_sec,
-                    "r2": g.fit.r2,
-                    "monotonicity": g.fit.monotonicity,
-                    "score": g.fit.score,
-                    "suspect": g.fit.suspect(),
-                    "window_buckets": g.fit.window,
-                    "teardown_excluded": g.fit.teardown_excluded,
-                    "series": c.stats.series(),
-                })
-            })
-            .collect(),
-    );
-    base.insert(
-        "sites_live_at_exit".into(),
-        top_by_live(&sites, top)
-            .into_iter()
-            .map(|c| {
-                let s = &c.stats;
-                json!({
-                    "stack": c.stack,
-                    "stacks": c.stacks,
-                    "live_at_exit_bytes": s.live_bytes,
-                    "live_at_exit_blocks": s.live_blocks,
-                    "allocations": s.allocations,
-                    "allocated_bytes": s.allocated_bytes,
-                    "frees": s.frees,
-                    "temporary_allocations": s.temporary_allocations,
-                    "inherited_blocks": s.inherited_blocks,
-                    "inherited_bytes": s.inherited_bytes,
-                    "peak_bytes": s.peak_bytes,
-                    "peak_blocks": s.peak_blocks,
-                    "frames": frames(c),
-                })
-            })
-            .collect(),
-    );
 }
 
 /// The text sections of an image: allocation rate, top sites at the peak, top sites
@@ -192,7 +198,7 @@ fn write_frames(
 }
 
 /// Allocations per second over the image's lifetime (`None` for a zero-length one).
-fn allocation_rate(image: &Image) -> Option<f64> {
+pub(crate) fn allocation_rate(image: &Image) -> Option<f64> {
     let ns = image.end_ts.saturating_sub(image.start_ts);
     (ns > 0).then(|| image.totals.allocations as f64 * 1e9 / ns as f64)
 }

@@ -26,9 +26,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use serde_json::{json, Value};
-
-use super::frames::{describe, json_list};
+use super::frames::{describe, json_frames};
+use super::schema;
 use crate::hash::FastMap;
 pub use crate::replay::Figures;
 use crate::replay::Image;
@@ -57,13 +56,13 @@ impl Figures {
         }
     }
 
-    fn json(&self) -> Value {
-        json!({
-            "allocations": self.allocations,
-            "allocated_bytes": self.allocated_bytes,
-            "leaked_bytes": self.leaked_bytes,
-            "peak_bytes": self.peak_bytes,
-        })
+    fn json(&self) -> schema::Figures {
+        schema::Figures {
+            allocated_bytes: self.allocated_bytes,
+            allocations: self.allocations,
+            leaked_bytes: self.leaked_bytes,
+            peak_bytes: self.peak_bytes,
+        }
     }
 }
 
@@ -427,34 +426,40 @@ fn plus(v: i128) -> String {
 }
 
 /// The JSON document of a diff (only sites that are not unchanged are listed).
-pub fn to_json(d: &Diff, failures: &[String]) -> Value {
-    let delta = |f: &dyn Fn(DiffMetric) -> i128| {
-        DiffMetric::ALL
-            .iter()
-            .map(|&m| (m.name().to_string(), json!(f(m) as i64)))
-            .collect::<serde_json::Map<_, _>>()
+pub fn to_json(d: &Diff, failures: &[String]) -> schema::DiffReport {
+    // An i64 in JSON, converted with `as`, as the document always had it.
+    let delta = |f: &dyn Fn(DiffMetric) -> i128| schema::Delta {
+        allocated_bytes: f(DiffMetric::AllocatedBytes) as i64,
+        allocations: f(DiffMetric::Allocations) as i64,
+        leaked_bytes: f(DiffMetric::LeakedBytes) as i64,
+        peak_bytes: f(DiffMetric::PeakBytes) as i64,
     };
-    json!({
-        "call_site_depth": d.depth,
-        "totals": {
-            "old": d.old.json(),
-            "new": d.new.json(),
-            "delta": delta(&|m| d.delta(m)),
+    schema::DiffReport {
+        call_site_depth: d.depth,
+        changed_sites: d.count(Status::Changed),
+        failed_conditions: failures.to_vec(),
+        new_sites: d.count(Status::New),
+        sites: d
+            .sites
+            .iter()
+            .filter(|s| s.status != Status::Unchanged)
+            .map(|s| schema::DiffSite {
+                delta: delta(&|m| s.delta(m)),
+                key: s.key.clone(),
+                new: s.new.map(|f| f.json()),
+                old: s.old.map(|f| f.json()),
+                stack: json_frames(s.frames.clone()),
+                status: s.status.name(),
+            })
+            .collect(),
+        totals: schema::DiffTotals {
+            delta: delta(&|m| d.delta(m)),
+            new: d.new.json(),
+            old: d.old.json(),
         },
-        "new_sites": d.count(Status::New),
-        "vanished_sites": d.count(Status::Vanished),
-        "changed_sites": d.count(Status::Changed),
-        "unchanged_sites": d.count(Status::Unchanged),
-        "sites": d.sites.iter().filter(|s| s.status != Status::Unchanged).map(|s| json!({
-            "status": s.status.name(),
-            "key": s.key,
-            "stack": json_list(&s.frames),
-            "old": s.old.map(|f| f.json()),
-            "new": s.new.map(|f| f.json()),
-            "delta": delta(&|m| s.delta(m)),
-        })).collect::<Vec<_>>(),
-        "failed_conditions": failures,
-    })
+        unchanged_sites: d.count(Status::Unchanged),
+        vanished_sites: d.count(Status::Vanished),
+    }
 }
 
 /// The text report of a diff: totals, then the `top` most changed sites.

@@ -9,15 +9,15 @@
 //!   standing for an unknown frame;
 //! * [`folded_name`] (flamegraph frames): the function alone (no source place), else
 //!   the same, made safe for the folded format;
-//! * [`json_list`]: the frames as JSON objects;
+//! * [`json_frames`] and [`json_stack`]: the frames as JSON objects;
 //! * [`write_stack`]: the text reports' `at`/`by` lines.
 
 use std::fmt;
 use std::io;
 
 use heaptape_format::StackId;
-use serde_json::{json, Value};
 
+use super::schema;
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
 use crate::symbolize::{Frame, Symbolizer};
@@ -121,23 +121,30 @@ pub(crate) fn folded_name(f: &Frame) -> String {
     s.replace([';', '\n', '\r'], ":")
 }
 
-/// Frames as a JSON array of `{address, module, offset, function, file, line,
-/// inlined}` objects.
-pub(crate) fn json_list(frames: &[Frame]) -> Value {
+/// Frames as JSON objects.
+pub(crate) fn json_frames(frames: Vec<Frame>) -> Vec<schema::Frame> {
     frames
-        .iter()
-        .map(|f| {
-            json!({
-                "address": addr(f.address),
-                "module": f.module,
-                "offset": f.module_offset.map(addr),
-                "function": f.function,
-                "file": f.file,
-                "line": f.line,
-                "inlined": f.inlined,
-            })
+        .into_iter()
+        .map(|f| schema::Frame {
+            address: addr(f.address),
+            file: f.file,
+            function: f.function,
+            inlined: f.inlined,
+            line: f.line,
+            module: f.module,
+            offset: f.module_offset.map(addr),
         })
         .collect()
+}
+
+/// The frames of stack `id` (see [`symbolize_stack`]) as JSON objects.
+pub(crate) fn json_stack(
+    stacks: &StackTable,
+    modules: &ModuleMap,
+    id: StackId,
+    symbolizer: &dyn Symbolizer,
+) -> Vec<schema::Frame> {
+    json_frames(symbolize_stack(stacks, modules, id, symbolizer))
 }
 
 /// Writes `frames` as the text reports' stack lines: `        at FRAME`, then

@@ -6,15 +6,15 @@
 //! summary and loss records with stacks; bad frees; growth suspects with sparklines;
 //! descriptors and mappings left open; the RSS verdict.
 //!
-//! The page is the analysis's JSON report, trimmed to what it shows (the largest
-//! [`RANKED`] entries of each list, the RSS samples thinned to [`MAX_SAMPLES`]), embedded
-//! in `html/report.html`, whose script renders it: its size does not grow with the
-//! number of events.
+//! The page is the analysis's JSON report cut to what it shows (the worst loss records
+//! and the largest entries of each ranked list, [`RANKED`] of each, the RSS samples
+//! thinned to [`MAX_SAMPLES`], no module list; the previous images of a process whole),
+//! built that way rather than trimmed afterwards, embedded in `html/report.html`, whose
+//! script renders it: its size does not grow with the number of events.
 
 use std::io::{self, Write};
 
-use serde_json::Value;
-
+use super::limits::Limits;
 use crate::Analysis;
 
 /// Entries kept of each ranked list (loss records, call sites, growth suspects, ...).
@@ -22,12 +22,20 @@ pub const RANKED: usize = 50;
 /// RSS samples kept per process (evenly thinned beyond).
 pub const MAX_SAMPLES: usize = 2000;
 
+/// What the page keeps of each process's last image.
+const PAGE: Limits = Limits {
+    ranked: RANKED,
+    samples: MAX_SAMPLES,
+    worst_losses_first: true,
+    modules: false,
+};
+
 const TEMPLATE: &str = include_str!("html/report.html");
 const DATA_MARK: &str = "/*HEAPTAPE_DATA*/";
 
 /// Writes the page of `a`.
 pub fn write_html(a: &Analysis, out: &mut dyn Write) -> io::Result<()> {
-    let data = page_data(a.to_json());
+    let data = super::json::analysis(a, a.symbolizer(), &PAGE);
     // Inside <script>, "</" would end the element: JSON allows "<\/" for it.
     let json = serde_json::to_string(&data)
         .map_err(io::Error::from)?
@@ -38,48 +46,4 @@ pub fn write_html(a: &Analysis, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(head.as_bytes())?;
     out.write_all(json.as_bytes())?;
     out.write_all(tail.as_bytes())
-}
-
-/// The JSON report trimmed to what the page shows.
-fn page_data(mut report: Value) -> Value {
-    if let Some(procs) = report["processes"].as_array_mut() {
-        for p in procs {
-            // Losses first (definite, indirect, possible, then reachable), larger first.
-            if let Some(v) = p["loss_records"].as_array_mut() {
-                let rank = |r: &Value| match r["kind"].as_str() {
-                    Some("definitely_lost") => 0,
-                    Some("indirectly_lost") => 1,
-                    Some("possibly_lost") => 2,
-                    _ => 3,
-                };
-                v.sort_by_key(|r| (rank(r), std::cmp::Reverse(r["bytes"].as_u64().unwrap_or(0))));
-            }
-            for list in [
-                "loss_records",
-                "sites_live_at_exit",
-                "sites_at_peak",
-                "growth",
-                "invalid_frees",
-                "fd_leaks",
-                "mmap_leaks",
-            ] {
-                if let Some(v) = p[list].as_array_mut() {
-                    v.truncate(RANKED);
-                }
-            }
-            if let Some(t) = p["timeline"].as_array_mut() {
-                if t.len() > MAX_SAMPLES {
-                    let step = t.len().div_ceil(MAX_SAMPLES);
-                    let last = t.last().cloned();
-                    let thinned: Vec<Value> = t.iter().step_by(step).cloned().collect();
-                    *t = thinned;
-                    t.extend(last);
-                }
-            }
-            if let Some(o) = p.as_object_mut() {
-                o.remove("modules");
-            }
-        }
-    }
-    report
 }

@@ -1,6 +1,7 @@
 //! Rendering an [`Analysis`](crate::Analysis) for people ([`text`]) and programs
-//! ([`json`]), plus the other outputs of the CLI: flamegraphs ([`flamegraph`]) and the
-//! comparison of two analyses ([`diff`]).
+//! ([`json`], which fills the types of [`schema`]), plus the other outputs of the CLI:
+//! flamegraphs ([`flamegraph`]), the comparison of two analyses ([`diff`]), the exports
+//! and the HTML page (the JSON document cut to [`limits`]).
 //!
 //! Both renderers read the same replay results and describe frames through the same
 //! [`Symbolizer`](crate::Symbolizer), so the two reports always agree. Each renderer
@@ -15,8 +16,10 @@ pub mod flamegraph;
 pub(crate) mod frames;
 pub mod html;
 pub(crate) mod json;
+pub(crate) mod limits;
 pub(crate) mod names;
 pub mod pprof;
 pub(crate) mod resources;
+pub mod schema;
 pub mod speedscope;
 pub(crate) mod text;

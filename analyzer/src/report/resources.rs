@@ -5,9 +5,10 @@
 use std::io::{self, Write};
 
 use heaptape_format::{ExitStatus, StackId};
-use serde_json::{json, Map, Value};
 
-use super::frames::{json_list, symbolize_stack, write_stack};
+use super::frames::{json_stack, symbolize_stack, write_stack};
+use super::limits::{thin, Limits};
+use super::schema;
 use crate::checks::resources::kind_name;
 use crate::checks::{TimelinePoint, VerdictKind};
 use crate::replay::{Image, ImageEnd, Process};
@@ -15,82 +16,93 @@ use crate::symbolize::Symbolizer;
 use crate::units::{addr, bytes, num, seconds, sparkline};
 use crate::{Analysis, AnalyzeOptions};
 
-/// The JSON keys of an image: `fd_leaks`, `mmap_leaks`, `timeline` and
-/// `timeline_verdict`.
-pub fn json(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Map<String, Value> {
-    let stack = |id: StackId| json_list(&symbolize_stack(&a.stacks, &img.modules, id, sym));
+/// The resource keys of an image's JSON object.
+pub(crate) struct ResourceSections {
+    /// `fd_leaks`.
+    pub fd_leaks: Vec<schema::FdLeak>,
+    /// `mmap_leaks`.
+    pub mmap_leaks: Vec<schema::MmapLeak>,
+    /// `timeline`.
+    pub timeline: Vec<schema::TimelinePoint>,
+    /// `timeline_verdict`.
+    pub timeline_verdict: schema::Verdict,
+}
+
+/// The resource sections of `img`: descriptors and mappings left open (at most
+/// `limits.ranked` of each), the timeline (at most about `limits.samples` points) and
+/// its verdict.
+pub(crate) fn json(
+    a: &Analysis,
+    img: &Image,
+    sym: &dyn Symbolizer,
+    limits: &Limits,
+) -> ResourceSections {
+    let stack = |id: StackId| json_stack(&a.stacks, &img.modules, id, sym);
     let r = &img.resources;
     let v = img.timeline.verdict();
-    let mut m = Map::new();
-    m.insert(
-        "fd_leaks".into(),
-        r.open_fds()
-            .into_iter()
-            .map(|f| {
-                json!({
-                    "fd": f.fd,
-                    "kind": kind_name(f.kind),
-                    "path": f.detail,
-                    "duplicate_of": f.duplicate_of,
-                    "opened_ns": f.ts,
-                    "tid": f.tid,
-                    "stack": stack(f.stack),
-                    "stack_id": f.stack,
-                })
-            })
-            .collect(),
-    );
-    m.insert(
-        "mmap_leaks".into(),
-        r.own_mappings()
-            .into_iter()
-            .map(|mp| {
-                json!({
-                    "address": addr(mp.address),
-                    "bytes": mp.len,
-                    "prot": mp.prot,
-                    "flags": mp.flags,
-                    "fd": mp.fd,
-                    "mapped_ns": mp.ts,
-                    "stack": stack(mp.stack),
-                    "stack_id": mp.stack,
-                })
-            })
-            .collect(),
-    );
-    m.insert(
-        "timeline".into(),
-        img.timeline
-            .points()
+    let fd_leaks = r
+        .open_fds()
+        .into_iter()
+        .take(limits.ranked)
+        .map(|f| schema::FdLeak {
+            duplicate_of: f.duplicate_of,
+            fd: f.fd,
+            kind: kind_name(f.kind),
+            opened_ns: f.ts,
+            path: f.detail.clone(),
+            stack: stack(f.stack),
+            stack_id: f.stack,
+            tid: f.tid,
+        })
+        .collect();
+    let mmap_leaks = r
+        .own_mappings()
+        .into_iter()
+        .take(limits.ranked)
+        .map(|mp| schema::MmapLeak {
+            address: addr(mp.address),
+            bytes: mp.len,
+            fd: mp.fd,
+            flags: mp.flags,
+            mapped_ns: mp.ts,
+            prot: mp.prot,
+            stack: stack(mp.stack),
+            stack_id: mp.stack,
+        })
+        .collect();
+    let timeline = thin(img.timeline.points(), limits.samples)
+        .into_iter()
+        .map(|p| schema::TimelinePoint {
+            live_heap_bytes: p.live_heap_bytes,
+            mapped_bytes: p.mapped_bytes,
+            rss: p.rss,
+            rss_anon: p.rss_anon,
+            t_ns: p.ts,
+        })
+        .collect();
+    let timeline_verdict = schema::Verdict {
+        explanation: v.explanation.clone(),
+        heap_growth_bytes: v.heap_growth,
+        kind: v.kind.name(),
+        rss_anon_growth_bytes: v.rss_anon_growth,
+        rss_samples: img.timeline.samples_seen(),
+        sites: v
+            .sites
             .iter()
-            .map(|p| {
-                json!({
-                    "t_ns": p.ts,
-                    "live_heap_bytes": p.live_heap_bytes,
-                    "rss": p.rss,
-                    "rss_anon": p.rss_anon,
-                    "mapped_bytes": p.mapped_bytes,
-                })
+            .map(|s| schema::VerdictSite {
+                blocks: s.blocks,
+                bytes: s.bytes,
+                stack: stack(s.stack),
+                stack_id: s.stack,
             })
             .collect(),
-    );
-    m.insert(
-        "timeline_verdict".into(),
-        json!({
-            "kind": v.kind.name(),
-            "explanation": v.explanation,
-            "heap_growth_bytes": v.heap_growth,
-            "rss_anon_growth_bytes": v.rss_anon_growth,
-            "rss_samples": img.timeline.samples_seen(),
-            "sites": v.sites.iter().map(|s| json!({
-                "bytes": s.bytes,
-                "blocks": s.blocks,
-                "stack": stack(s.stack),
-                "stack_id": s.stack,
-            })).collect::<Vec<_>>(),
-        }),
-    );
-    m
+    };
+    ResourceSections {
+        fd_leaks,
+        mmap_leaks,
+        timeline,
+        timeline_verdict,
+    }
 }
 
 /// When the image's resources were last seen: `exit`, `detach`, `exec` or `the end of
