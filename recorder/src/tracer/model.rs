@@ -178,8 +178,10 @@ pub(super) struct RingState {
     pub(super) region: RingRegion,
     /// Orders the drained events.
     pub(super) merger: Merger,
-    /// The thread each area belongs (or last belonged) to.
-    pub(super) tids: AddrMap<u32, Tid>,
+    /// The thread each area belongs (or last belonged) to, and its process: events a
+    /// thread published before it exited can be handed over after its task is gone
+    /// (held back for order), and must still reach its process.
+    pub(super) tids: AddrMap<u32, (Tid, Tid)>,
     /// What hooking needs to assemble ring trampolines.
     pub(super) hook: RingHook,
     /// Reallocs that moved their block, written as two records: the stack of each whose

@@ -17,7 +17,7 @@
 
 use heaptape_format::{Record, StackId};
 
-use super::model::{Proc, Task};
+use super::model::Proc;
 use super::Tracer;
 use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
@@ -124,7 +124,6 @@ impl Tracer {
             unwinder: &mut space.unwinder,
             events: &mut self.events,
             procs: &mut self.procs,
-            tasks: &self.tasks,
             stats: &mut self.stats,
             clock: &mut self.tsc,
             t0: self.t0,
@@ -194,7 +193,7 @@ impl Tracer {
             }
             return false;
         };
-        ring.tids.insert(area, tid);
+        ring.tids.insert(area, (tid, task.pid));
         if let (Some(a), Some(probe)) = (stop_area, space.probe.as_ref()) {
             if let Some(mask) = probe.borrow().abort_entry(a) {
                 let _ = sys::set_sigmask(tid, mask);
@@ -242,13 +241,12 @@ impl Tracer {
 
 /// Where drained events go: the pipeline, with what it needs to unwind and account.
 struct Sink<'a> {
-    tids: &'a AddrMap<u32, Tid>,
+    tids: &'a AddrMap<u32, (Tid, Tid)>,
     moving: &'a mut AddrMap<u64, StackId>,
     hooks: &'a AddrMap<u64, Hook>,
     unwinder: &'a mut StackUnwinder,
     events: &'a mut Pipeline,
     procs: &'a mut AddrMap<Tid, Proc>,
-    tasks: &'a AddrMap<Tid, Task>,
     stats: &'a mut TracerStats,
     clock: &'a mut TscClock,
     t0: u64,
@@ -267,14 +265,13 @@ impl Sink<'_> {
         if o.part == Part::Alloc && !self.moving.contains_key(&ev.seq) {
             return;
         }
-        let Some(&tid) = self.tids.get(&ev.area) else {
+        let Some(&(tid, pid)) = self.tids.get(&ev.area) else {
             return;
         };
         let Some(HookKind::Alloc(spec)) = self.hooks.get(&ev.entry).map(|h| &h.kind) else {
             return;
         };
         let spec = *spec;
-        let pid = self.tasks.get(&tid).map(|t| t.pid).unwrap_or(tid);
         let Some(proc_) = self.procs.get_mut(&pid).filter(|p| p.recording) else {
             return;
         };
