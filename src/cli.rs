@@ -360,8 +360,9 @@ pub struct DiffArgs {
     #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
     pub metric: MetricArg,
     /// Exit with status 1 if NEW regressed: `leaked_bytes>+1KiB` (an increase),
-    /// `peak_bytes>64MiB` (NEW's total); metrics leaked_bytes, allocated_bytes,
-    /// allocations, peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
+    /// `peak_bytes>64MiB` (NEW's total); metrics leaked_bytes (definitely and indirectly
+    /// lost at exit), in_use_at_exit_bytes (live at exit), allocated_bytes, allocations,
+    /// peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
     #[arg(long = "fail-if", value_name = "CONDITION", value_parser = Condition::parse)]
     pub fail_if: Vec<Condition>,
 }

@@ -258,6 +258,7 @@ const DIFF_SITE: &[&str] = &["delta", "key", "new", "old", "stack", "status"];
 const FIGURES: &[&str] = &[
     "allocated_bytes",
     "allocations",
+    "in_use_at_exit_bytes",
     "leaked_bytes",
     "peak_bytes",
 ];

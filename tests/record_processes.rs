@@ -255,7 +255,7 @@ fn analyze_diff_and_flamegraph_count_a_process_tree_alike() {
     let old = &d["totals"]["old"];
     assert_eq!(old["allocations"], allocations);
     assert_eq!(old["allocated_bytes"], allocated);
-    assert_eq!(old["leaked_bytes"], leaked);
+    assert_eq!(old["in_use_at_exit_bytes"], leaked);
     assert_eq!(old["peak_bytes"], peak);
 
     assert_eq!(folded_sum(&trace, "allocations"), allocations);

@@ -6,7 +6,9 @@
 use heaptape_format::{ExitStatus, ProcessOrigin, StackId, Timestamp};
 
 use crate::callsites::{SiteStats, SiteTable};
+use crate::checks::leaks::LeakKind;
 use crate::checks::{Findings, LeakCheck, Resources, Timeline};
+use crate::hash::FastMap;
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
 
@@ -68,7 +70,11 @@ pub struct Figures {
     pub allocations: u64,
     /// Bytes they requested.
     pub allocated_bytes: u64,
-    /// Bytes live when the image ended by an exit (or a detach, or the trace's end).
+    /// Bytes live when the image ended by an exit (or a detach, or the trace's end),
+    /// reachable or not.
+    pub in_use_at_exit_bytes: u64,
+    /// Bytes leaked, as LSan counts them: definitely and indirectly lost at the exit
+    /// snapshot (0 without one).
     pub leaked_bytes: u64,
     /// Bytes live at the image's heap peak (the site's share of it), for images that
     /// ended that way too.
@@ -153,10 +159,16 @@ impl Image {
         Figures {
             allocations: self.totals.allocations,
             allocated_bytes: self.totals.allocated_bytes,
-            leaked_bytes: if ended {
+            in_use_at_exit_bytes: if ended {
                 self.totals.live_at_exit_bytes
             } else {
                 0
+            },
+            leaked_bytes: match (ended, self.leaks.report()) {
+                (true, Some(r)) => {
+                    r.summary.definitely_lost.bytes + r.summary.indirectly_lost.bytes
+                }
+                _ => 0,
             },
             peak_bytes: if ended {
                 self.totals.peak_live_bytes
@@ -166,15 +178,34 @@ impl Image {
         }
     }
 
-    /// A call site's figures, counted as [`Image::figures`] counts the image's.
-    pub fn site_figures(&self, s: &SiteStats) -> Figures {
+    /// A call site's figures, counted as [`Image::figures`] counts the image's; its
+    /// `leaked_bytes` are `leaked` (the site's share of [`Image::leaked_by_stack`]).
+    pub fn site_figures(&self, s: &SiteStats, leaked: u64) -> Figures {
         let ended = !self.replaced_by_exec();
         Figures {
             allocations: s.allocations,
             allocated_bytes: s.allocated_bytes,
-            leaked_bytes: if ended { s.live_bytes } else { 0 },
+            in_use_at_exit_bytes: if ended { s.live_bytes } else { 0 },
+            leaked_bytes: if ended { leaked } else { 0 },
             peak_bytes: if ended { s.peak_bytes } else { 0 },
         }
+    }
+
+    /// Bytes definitely and indirectly lost at the exit snapshot, by allocation stack
+    /// (empty without a snapshot).
+    pub fn leaked_by_stack(&self) -> FastMap<StackId, u64> {
+        let mut out: FastMap<StackId, u64> = FastMap::default();
+        for r in self
+            .leaks
+            .report()
+            .into_iter()
+            .flat_map(|r| &r.loss_records)
+        {
+            if matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost) {
+                *out.entry(r.stack).or_default() += r.bytes;
+            }
+        }
+        out
     }
 
     /// Accounts a block that became live in this image (and, if `allocation`, the

@@ -14,7 +14,9 @@
 //! (only in OLD).
 //!
 //! Figures per site and in total: `allocations`, `allocated_bytes`, `leaked_bytes`
-//! (live when the image ended) and `peak_bytes` (live at the image's heap peak; the
+//! (definitely and indirectly lost at the exit snapshot, as LSan counts leaks),
+//! `in_use_at_exit_bytes` (live when the image ended, reachable or not) and
+//! `peak_bytes` (live at the image's heap peak; the
 //! total is the sum of the images' peaks), counted as every report counts them
 //! ([`Image::figures`]: an image replaced by exec discarded its heap).
 //!
@@ -42,6 +44,9 @@ impl Figures {
     pub(crate) fn add(&mut self, o: &Figures) {
         self.allocations = self.allocations.saturating_add(o.allocations);
         self.allocated_bytes = self.allocated_bytes.saturating_add(o.allocated_bytes);
+        self.in_use_at_exit_bytes = self
+            .in_use_at_exit_bytes
+            .saturating_add(o.in_use_at_exit_bytes);
         self.leaked_bytes = self.leaked_bytes.saturating_add(o.leaked_bytes);
         self.peak_bytes = self.peak_bytes.saturating_add(o.peak_bytes);
     }
@@ -52,6 +57,7 @@ impl Figures {
             DiffMetric::Allocations => self.allocations,
             DiffMetric::AllocatedBytes => self.allocated_bytes,
             DiffMetric::LeakedBytes => self.leaked_bytes,
+            DiffMetric::InUseAtExitBytes => self.in_use_at_exit_bytes,
             DiffMetric::PeakBytes => self.peak_bytes,
         }
     }
@@ -60,6 +66,7 @@ impl Figures {
         schema::Figures {
             allocated_bytes: self.allocated_bytes,
             allocations: self.allocations,
+            in_use_at_exit_bytes: self.in_use_at_exit_bytes,
             leaked_bytes: self.leaked_bytes,
             peak_bytes: self.peak_bytes,
         }
@@ -73,18 +80,21 @@ pub enum DiffMetric {
     Allocations,
     /// `allocated_bytes`
     AllocatedBytes,
-    /// `leaked_bytes`
+    /// `leaked_bytes`: definitely and indirectly lost at exit.
     LeakedBytes,
+    /// `in_use_at_exit_bytes`: live at exit, reachable or not.
+    InUseAtExitBytes,
     /// `peak_bytes`
     PeakBytes,
 }
 
 impl DiffMetric {
     /// Every metric, in report order.
-    pub const ALL: [DiffMetric; 4] = [
+    pub const ALL: [DiffMetric; 5] = [
         DiffMetric::Allocations,
         DiffMetric::AllocatedBytes,
         DiffMetric::LeakedBytes,
+        DiffMetric::InUseAtExitBytes,
         DiffMetric::PeakBytes,
     ];
 
@@ -94,6 +104,7 @@ impl DiffMetric {
             DiffMetric::Allocations => "allocations",
             DiffMetric::AllocatedBytes => "allocated_bytes",
             DiffMetric::LeakedBytes => "leaked_bytes",
+            DiffMetric::InUseAtExitBytes => "in_use_at_exit_bytes",
             DiffMetric::PeakBytes => "peak_bytes",
         }
     }
@@ -201,6 +212,7 @@ fn side(a: &Analysis, depth: usize) -> Side {
     for img in images {
         totals.add(&img.figures());
         let mut cache: FastMap<u32, (String, Vec<Frame>, String)> = FastMap::default();
+        let leaked = img.leaked_by_stack();
         for (stack, s) in img.sites.iter() {
             let (key, frames, lkey) = cache
                 .entry(stack)
@@ -218,7 +230,7 @@ fn side(a: &Analysis, depth: usize) -> Side {
                     (key, frames, lkey)
                 })
                 .clone();
-            let f = img.site_figures(s);
+            let f = img.site_figures(s, leaked.get(&stack).copied().unwrap_or(0));
             sites
                 .entry(key)
                 .or_insert_with(|| (Figures::default(), frames, lkey))
@@ -431,6 +443,7 @@ pub fn to_json(d: &Diff, failures: &[String]) -> schema::DiffReport {
     let delta = |f: &dyn Fn(DiffMetric) -> i128| schema::Delta {
         allocated_bytes: f(DiffMetric::AllocatedBytes) as i64,
         allocations: f(DiffMetric::Allocations) as i64,
+        in_use_at_exit_bytes: f(DiffMetric::InUseAtExitBytes) as i64,
         leaked_bytes: f(DiffMetric::LeakedBytes) as i64,
         peak_bytes: f(DiffMetric::PeakBytes) as i64,
     };
@@ -471,13 +484,13 @@ pub fn render_text(d: &Diff, top: usize, out: &mut dyn Write) -> io::Result<()> 
     )?;
     writeln!(
         out,
-        "{:<16} {:>16} {:>16} {:>16}",
+        "{:<20} {:>16} {:>16} {:>16}",
         "total", "old", "new", "change"
     )?;
     for m in DiffMetric::ALL {
         writeln!(
             out,
-            "{:<16} {:>16} {:>16} {:>16}",
+            "{:<20} {:>16} {:>16} {:>16}",
             m.name(),
             num(d.old.get(m)),
             num(d.new.get(m)),

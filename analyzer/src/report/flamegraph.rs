@@ -72,10 +72,10 @@ impl Metric {
     /// ([`Image::site_figures`]: an image replaced by exec discarded its heap). Not for
     /// [`Metric::Leaked`], which comes from the leak check's loss records (0 here).
     pub fn value(self, img: &Image, s: &SiteStats) -> u64 {
-        let f = img.site_figures(s);
+        let f = img.site_figures(s, 0);
         match self {
             Metric::Leaked => 0,
-            Metric::InUseAtExit => f.leaked_bytes,
+            Metric::InUseAtExit => f.in_use_at_exit_bytes,
             Metric::AllocatedBytes => f.allocated_bytes,
             Metric::Allocations => f.allocations,
             Metric::Peak => f.peak_bytes,

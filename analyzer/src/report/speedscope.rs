@@ -117,8 +117,8 @@ pub fn file(a: &Analysis, sym: &dyn Symbolizer) -> File {
             })
         });
         for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
-            let f = img.site_figures(&site.stats);
-            let values = [f.leaked_bytes, f.allocated_bytes, f.allocations];
+            let f = img.site_figures(&site.stats, 0);
+            let values = [f.in_use_at_exit_bytes, f.allocated_bytes, f.allocations];
             if values.iter().all(|&v| v == 0) {
                 continue;
             }

@@ -60,7 +60,9 @@ pub struct Figures {
     pub allocated_bytes: u64,
     /// Successful allocations.
     pub allocations: u64,
-    /// Bytes live when the images ended by an exit.
+    /// Bytes live when the images ended by an exit, reachable or not.
+    pub in_use_at_exit_bytes: u64,
+    /// Bytes definitely and indirectly lost at the images' exit snapshots.
     pub leaked_bytes: u64,
     /// Bytes live at the images' heap peaks.
     pub peak_bytes: u64,
@@ -73,6 +75,8 @@ pub struct Delta {
     pub allocated_bytes: i64,
     /// Of `allocations`.
     pub allocations: i64,
+    /// Of `in_use_at_exit_bytes`.
+    pub in_use_at_exit_bytes: i64,
     /// Of `leaked_bytes`.
     pub leaked_bytes: i64,
     /// Of `peak_bytes`.
