@@ -353,23 +353,15 @@ impl StackUnwinder {
                 }
                 r
             };
-            let ra = match self.unwinder.unwind_frame(
+            let Some((ra, next_address)) = unwind_step(
+                &self.unwinder,
+                &mut self.caches,
                 address,
                 &mut uregs,
-                &mut self.caches[cache_of(address.address())],
                 &mut logged,
-            ) {
-                Ok(Some(ra)) => ra,
-                Ok(None) | Err(_) => break,
-            };
-            // A zero return address ends the stack; a stack pointer that did
-            // not move up means a loop.
-            let Some(next_address) = FrameAddress::from_return_address(ra) else {
+            ) else {
                 break;
             };
-            if uregs.sp() <= sp {
-                break;
-            }
             out.push(ra);
             address = next_address;
         }
@@ -415,26 +407,43 @@ impl StackUnwinder {
         let mut address = FrameAddress::from_instruction_pointer(regs.rip);
         let mut uregs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
         while out.len() < max_depth {
-            let sp = uregs.sp();
-            let ra = match self.unwinder.unwind_frame(
+            let Some((ra, next)) = unwind_step(
+                &self.unwinder,
+                &mut self.caches,
                 address,
                 &mut uregs,
-                &mut self.caches[cache_of(address.address())],
                 &mut read,
-            ) {
-                Ok(Some(ra)) => ra,
-                Ok(None) | Err(_) => break,
-            };
-            let Some(next) = FrameAddress::from_return_address(ra) else {
+            ) else {
                 break;
             };
-            if uregs.sp() <= sp {
-                break;
-            }
             out.push((ra, uregs.sp()));
             address = next;
         }
     }
+}
+
+/// One unwind step from the frame at `address` with registers `uregs` (updated to the
+/// caller's): the return address and the caller's frame address, or `None` where the
+/// stack ends: no rule or a failed read, a zero return address, or a stack pointer that
+/// did not move up (a loop).
+fn unwind_step<F: FnMut(u64) -> Result<u64, ()>>(
+    unwinder: &UnwinderX86_64<SectionBytes>,
+    caches: &mut [CacheX86_64],
+    address: FrameAddress,
+    uregs: &mut UnwindRegsX86_64,
+    read: &mut F,
+) -> Option<(u64, FrameAddress)> {
+    let sp = uregs.sp();
+    let ra = unwinder
+        .unwind_frame(
+            address,
+            uregs,
+            &mut caches[cache_of(address.address())],
+            read,
+        )
+        .ok()??;
+    let next = FrameAddress::from_return_address(ra)?;
+    (uregs.sp() > sp).then_some((ra, next))
 }
 
 impl Step {
