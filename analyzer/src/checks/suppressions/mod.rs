@@ -96,6 +96,10 @@ pub struct SuppressionError {
     pub message: String,
 }
 
+/// One line of a suppression file: its number (from 1) and its text without surrounding
+/// blanks.
+type Line<'a> = (usize, &'a str);
+
 /// The bit of `kind` in [`Suppression::kinds`].
 fn kind_bit(kind: LeakKind) -> u8 {
     1 << LeakKind::ALL.iter().position(|&k| k == kind).unwrap_or(0)

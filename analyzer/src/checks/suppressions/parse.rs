@@ -3,9 +3,6 @@
 
 use super::{lsan, valgrind, Suppression, SuppressionError};
 
-/// One line of a file: its number (from 1) and its text without surrounding blanks.
-pub(super) type Line<'a> = (usize, &'a str);
-
 /// The suppressions of `text` (named `origin` in errors and origins).
 pub(super) fn parse(text: &str, origin: &str) -> Result<Vec<Suppression>, SuppressionError> {
     let mut lines = text

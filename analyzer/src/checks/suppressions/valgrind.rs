@@ -15,9 +15,8 @@
 use heaptape_format::AllocFn;
 
 use super::glob::{escape, Glob};
-use super::parse::Line;
 use super::ALL_KINDS;
-use super::{allocator_frame, kind_bit, FramePattern, Rule, Suppression, SuppressionError};
+use super::{allocator_frame, kind_bit, FramePattern, Line, Rule, Suppression, SuppressionError};
 use crate::checks::leaks::LeakKind;
 use crate::symbolize::Frame;
 
