@@ -277,6 +277,8 @@ pub struct FlamegraphArgs {
     /// Show raw addresses (module+offset) instead of function names.
     #[arg(long)]
     pub no_symbols: bool,
+    #[command(flatten)]
+    pub suppressions: SuppressionFlags,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -290,6 +290,14 @@ fn an_lsan_suppression_hides_its_records() {
     assert_eq!(record_functions(&p), ["leak_one", "leak_three"]);
     assert_eq!(figures(&p, "definitely lost"), (2, 400));
     assert_eq!(figures(&p, "suppressed"), (2, 400));
+    // The leaked flamegraph leaves them out too.
+    let folded = run(heaptape()
+        .args(["flamegraph", "--folded", "--suppressions", &file])
+        .arg(&s.trace));
+    assert!(folded.status.success(), "{}", folded.stderr);
+    let lines = folded.stdout_str();
+    assert!(lines.contains(";leak_one 100\n"), "{lines}");
+    assert!(!lines.contains("leak_two"), "{lines}");
     // By module: every record is in the program.
     let module = s.write("module.supp", "leak:leak_sites$\n");
     assert_eq!(figures(&s.analyze(&module), "suppressed"), (4, 800));

@@ -3,9 +3,10 @@
 
 use super::Suppressions;
 use crate::checks::leaks::LeakReport;
+use crate::hash::FastMap;
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{Frame, Symbolizer};
 
 /// Marks the loss records of `report` that one of `list` matches, their stacks read in
 /// `stacks` and described by `symbolizer` in the image whose modules are `modules`.
@@ -19,11 +20,16 @@ pub(crate) fn apply(
     if list.is_empty() {
         return;
     }
+    // Each address described once: loss records share most of their frames.
+    let mut described: FastMap<u64, Vec<Frame>> = FastMap::default();
     report.suppress(|record| {
-        let frames: Vec<_> = stacks
-            .iter(record.stack)
-            .flat_map(|address| symbolizer.symbolize(modules, address, true))
-            .collect();
-        list.find(record.kind, record.func, &frames)
+        let addresses: Vec<u64> = stacks.iter(record.stack).collect();
+        for &a in &addresses {
+            described
+                .entry(a)
+                .or_insert_with(|| symbolizer.symbolize(modules, a, true));
+        }
+        let frames = addresses.iter().flat_map(|a| &described[a]);
+        list.find_in(record.kind, record.func, frames)
     });
 }

@@ -53,11 +53,11 @@ impl Glob {
         if self.broken {
             return false;
         }
-        let text: Vec<char> = text.chars().collect();
+        // Positions are token indices and byte offsets into `text` (at char starts).
         let (mut p, mut t) = (0, 0);
-        // The last `*` seen and the text position it was tried at.
+        // The last `*` seen and the text offset it was tried at.
         let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
+        while let Some(c) = text[t..].chars().next() {
             match self.tokens.get(p) {
                 Some(Token::Star) => {
                     star = Some((p, t));
@@ -66,12 +66,12 @@ impl Glob {
                 }
                 Some(Token::One) => {
                     p += 1;
-                    t += 1;
+                    t += c.len_utf8();
                     continue;
                 }
-                Some(Token::Char(c)) if *c == text[t] => {
+                Some(Token::Char(want)) if *want == c => {
                     p += 1;
-                    t += 1;
+                    t += c.len_utf8();
                     continue;
                 }
                 _ => {}
@@ -80,9 +80,10 @@ impl Glob {
             let Some((sp, st)) = star else {
                 return false;
             };
-            star = Some((sp, st + 1));
+            let next = st + text[st..].chars().next().map_or(1, char::len_utf8);
+            star = Some((sp, next));
             p = sp + 1;
-            t = st + 1;
+            t = next;
         }
         self.tokens[p..].iter().all(|t| *t == Token::Star)
     }

@@ -158,9 +158,24 @@ impl Suppressions {
         if self.list.is_empty() {
             return None;
         }
-        let mut frames = Vec::with_capacity(stack.len() + 1);
-        frames.push(allocator_frame(func));
-        frames.extend_from_slice(stack);
+        self.find_in(kind, func, stack.iter())
+    }
+
+    /// [`Suppressions::find`] over frames given by reference.
+    pub(crate) fn find_in<'f>(
+        &self,
+        kind: LeakKind,
+        func: AllocFn,
+        stack: impl Iterator<Item = &'f Frame>,
+    ) -> Option<usize> {
+        if self.list.is_empty() {
+            return None;
+        }
+        let allocator = allocator_frame(func);
+        let mut frames: Vec<&Frame> = vec![&allocator];
+        for f in stack {
+            frames.push(f);
+        }
         self.list.iter().position(|s| s.matches(kind, &frames))
     }
 }
@@ -168,7 +183,7 @@ impl Suppressions {
 impl Suppression {
     /// Whether it hides a block of class `kind` allocated at `frames` (the allocator
     /// first).
-    fn matches(&self, kind: LeakKind, frames: &[Frame]) -> bool {
+    fn matches(&self, kind: LeakKind, frames: &[&Frame]) -> bool {
         if self.kinds & kind_bit(kind) == 0 {
             return false;
         }
@@ -180,7 +195,7 @@ impl Suppression {
 }
 
 /// Whether `patterns` match `frames` from the first frame on (frames may remain).
-fn frames_match(patterns: &[FramePattern], frames: &[Frame]) -> bool {
+fn frames_match(patterns: &[FramePattern], frames: &[&Frame]) -> bool {
     match patterns.split_first() {
         None => true,
         Some((FramePattern::Any, rest)) => {
