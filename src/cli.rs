@@ -392,6 +392,9 @@ pub struct DiffArgs {
     /// peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
     #[arg(long = "fail-if", value_name = "CONDITION", value_parser = Condition::parse)]
     pub fail_if: Vec<Condition>,
+    // The loss records leaked_bytes leaves out, in both traces.
+    #[command(flatten)]
+    pub suppressions: SuppressionFlags,
 }
 
 /// Parses a duration as humantime does (`30s`, `2m`, `500ms`, `1h 30m`), or plain

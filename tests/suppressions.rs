@@ -276,6 +276,19 @@ fn a_valgrind_suppression_hides_its_records_as_in_memcheck() {
         "{leaks}"
     );
 
+    // diff's leaked_bytes leaves them out too (NEW's total: 800, or 400 suppressed).
+    let diff = |extra: &[&str]| {
+        run(heaptape()
+            .arg("diff")
+            .arg(&s.trace)
+            .arg(&s.trace)
+            .args(["--fail-if", "leaked_bytes>500"])
+            .args(extra))
+    };
+    assert_eq!(diff(&[]).status.code(), Some(1));
+    let r = diff(&["--suppressions", &file]);
+    assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+
     // Another class (match-leak-kinds: reachable) hides nothing.
     let reachable = LEAK_TWO_VALGRIND.replace("definite", "reachable");
     let p = s.analyze(&s.write("reachable.supp", &reachable));
