@@ -176,6 +176,13 @@ pub struct ReportFlags {
     /// invalid-free (comma-separated, or `all`). For CI.
     #[arg(long, value_name = "KINDS", value_parser = FailOn::parse)]
     pub fail_on: Option<FailOn>,
+    #[command(flatten)]
+    pub suppressions: SuppressionFlags,
+    /// Print one suppression in valgrind's format per loss record instead of the report
+    /// (each after a `#` comment naming its record): save it as a file for
+    /// --suppressions.
+    #[arg(long, conflicts_with = "json")]
+    pub gen_suppressions: bool,
     /// memcheck's interior-pointer heuristics: all, none, or a list of stdstring,
     /// length64, newarray, multipleinheritance.
     #[arg(long, value_name = "SET", default_value = "all", value_parser = HeuristicSet::parse)]
@@ -184,6 +191,22 @@ pub struct ReportFlags {
     /// never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorArg::Auto)]
     pub color: ColorArg,
+}
+
+/// Which loss records are hidden: the options every command that shows leaks shares.
+#[derive(Args)]
+pub struct SuppressionFlags {
+    /// Read leak suppressions from FILE, in valgrind memcheck's format (`{ NAME
+    /// Memcheck:Leak fun:malloc fun:make_* ... }` blocks) or LeakSanitizer's
+    /// (`leak:PATTERN` lines); repeatable. Suppressed loss records are counted as
+    /// suppressed, not listed, and never fail --fail-on.
+    #[arg(long = "suppressions", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Do not apply heaptape's default suppressions, which hide the blocks the C and C++
+    /// runtimes keep for the life of the process (threads' TLS vectors, stdio buffers,
+    /// libstdc++'s emergency exception pool, the loader's blocks).
+    #[arg(long)]
+    pub no_default_suppressions: bool,
 }
 
 /// Where frames get their names: the options every command that shows stacks shares.
@@ -254,6 +277,8 @@ pub struct FlamegraphArgs {
     /// Show raw addresses (module+offset) instead of function names.
     #[arg(long)]
     pub no_symbols: bool,
+    #[command(flatten)]
+    pub suppressions: SuppressionFlags,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -296,6 +321,8 @@ pub struct HtmlArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub symbols: SymbolFlags,
+    #[command(flatten)]
+    pub suppressions: SuppressionFlags,
 }
 
 #[derive(Args)]
@@ -365,6 +392,9 @@ pub struct DiffArgs {
     /// peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
     #[arg(long = "fail-if", value_name = "CONDITION", value_parser = Condition::parse)]
     pub fail_if: Vec<Condition>,
+    // The loss records leaked_bytes leaves out, in both traces.
+    #[command(flatten)]
+    pub suppressions: SuppressionFlags,
 }
 
 /// Parses a duration as humantime does (`30s`, `2m`, `500ms`, `1h 30m`), or plain

@@ -140,6 +140,7 @@ const LEAKS: &[&str] = &[
     "reachable_via_heuristic",
     "snapshot",
     "still_reachable",
+    "suppressed",
 ];
 const COUNT: &[&str] = &["blocks", "bytes"];
 const HEURISTICS: &[&str] = &["length64", "multipleinheritance", "newarray", "stdstring"];
@@ -442,6 +443,7 @@ fn analyze_json_has_every_key_in_order() {
         "indirectly_lost",
         "possibly_lost",
         "still_reachable",
+        "suppressed",
     ] {
         assert_keys(&leaks[class], COUNT, class);
     }

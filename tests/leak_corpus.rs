@@ -14,6 +14,9 @@
 //! Every fixture is built with `-O0 -g` (at -O2 gcc drops pointer stores) and memcheck
 //! runs with `--leak-check=full --show-leak-kinds=all --run-libc-freeres=no
 //! --run-cxx-freeres=no --trace-children=yes --num-callers=50`, one log per process.
+//! Without its exit-time freeres memcheck reports the C runtime's own blocks, so
+//! heaptape analyzes with `--no-default-suppressions` (the default list hides those
+//! blocks; `tests/suppressions.rs` checks it against memcheck with its freeres).
 //!
 //! Run with `--nocapture` to see the table of figures per fixture.
 
@@ -25,8 +28,8 @@ use std::path::Path;
 use serde_json::Value;
 
 mod common;
-use common::{analyze, fixture_src, memcheck_body, record, run_native, valgrind_logs};
-use common::{Run, TestDir};
+use common::{analyze_complete_with, fixture_src, memcheck_body, record, run_native};
+use common::{memcheck_leak_summary, valgrind_logs, Run, TestDir};
 
 /// The source of leak fixture `name` (in `tests/fixtures/leaks/`), for the harness's
 /// fixture helpers.
@@ -411,7 +414,7 @@ fn heaptape(dir: &TestDir, prog: &Path, args: &[&str], srcs: &[&str]) -> Heaptap
         record.status.signal(),
         record.stderr
     );
-    let json = analyze(&trace);
+    let json = analyze_complete_with(&trace, &["--no-default-suppressions"]);
     let mut procs: Vec<(ProcView, Value)> = json["processes"]
         .as_array()
         .expect("processes")
@@ -913,6 +916,42 @@ fn static_binary_known_leaks() {
     );
     assert_eq!(out.ht(0).bad_frees, vec![]);
     assert_exit_code(&out.ht.procs[0].1, 0);
+    // The whole process, the C library's own blocks included, loses what the fixture
+    // loses: static glibc's start-up code (`_dl_non_dynamic_init`: the loader's search
+    // paths, its object-lookup table) keeps its blocks in RELRO data, made read-only
+    // after relocation, which the snapshot scans as a root. memcheck cannot see a
+    // static executable's allocator, so its figures are those of the same fixture
+    // linked dynamically.
+    let dynamic = dir.compile(&leak_src(src), "leak_dynamic", &[]);
+    let mc = memcheck(&dir, &dynamic, &[], &[src]);
+    let mc_summary = memcheck_leak_summary(&mc.procs[0].1);
+    let ht_summary = |p: &Value, class: &str| {
+        let c = &p["leaks"][class.replace(' ', "_")];
+        (c["blocks"].as_u64().unwrap(), c["bytes"].as_u64().unwrap())
+    };
+    let p = &out.ht.procs[0].1;
+    for class in ["definitely lost", "indirectly lost", "possibly lost"] {
+        assert_eq!(
+            ht_summary(p, class),
+            mc_summary[class],
+            "{class}: heaptape on the static executable (left), memcheck on the dynamic \
+             one (right)\n{}",
+            mc.procs[0].1
+        );
+    }
+    assert_eq!(ht_summary(p, "definitely lost"), (3, 340));
+    // The runtime's blocks are still reachable, and hidden by the default suppressions.
+    let defaults = analyze_complete_with(&dir.join("t.trace"), &[]);
+    let d = &defaults["processes"][0];
+    assert_eq!(ht_summary(d, "definitely lost"), (3, 340));
+    assert_eq!(
+        ht_summary(d, "still reachable"),
+        (1, 50),
+        "{:#}",
+        d["leaks"]
+    );
+    let (runtime_blocks, _) = ht_summary(p, "still reachable");
+    assert_eq!(ht_summary(d, "suppressed").0, runtime_blocks - 1);
     assert!(out.ht.json["processes"][0]["modules"]
         .as_array()
         .unwrap()

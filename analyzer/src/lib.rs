@@ -55,8 +55,9 @@ pub use checks::leaks::{
 };
 pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind};
 pub use checks::{
-    Finding, FindingKind, Findings, GrowingSite, Mapping, Occurrence, OpenFd, Resources, Timeline,
-    TimelinePoint, Verdict, VerdictKind,
+    Finding, FindingKind, Findings, GrowingSite, Mapping, Occurrence, OpenFd, Resources,
+    Suppression, SuppressionError, Suppressions, Timeline, TimelinePoint, Verdict, VerdictKind,
+    DEFAULT_SUPPRESSIONS,
 };
 pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{
@@ -93,6 +94,10 @@ pub struct AnalyzeOptions {
     /// Which reports' frames are symbolized in one parallel batch when the analysis
     /// ends (see [`Prefetch`]).
     pub prefetch: Prefetch,
+    /// Loss records hidden by their allocation stack (`--suppressions`): counted as
+    /// suppressed, not reported, never failing `fail_on`. By default
+    /// [`Suppressions::defaults`], the C and C++ runtimes' own blocks.
+    pub suppressions: Suppressions,
 }
 
 /// The reports whose frames an analysis symbolizes in one parallel batch when it ends,
@@ -126,6 +131,7 @@ impl Default for AnalyzeOptions {
             fail_on: FailOn::default(),
             call_site_depth: None,
             prefetch: Prefetch::Both,
+            suppressions: Suppressions::defaults(),
         }
     }
 }
@@ -212,7 +218,8 @@ fn analyze_stream<R: Read + Send>(
         replay.apply_prepared(chunk);
         replay.take_spent(spent);
     })?;
-    let outcome = replay.finish();
+    let mut outcome = replay.finish();
+    suppress(&mut outcome, opts, symbolizer.as_ref());
     let truncation = end.truncation.or_else(|| {
         (!outcome.complete).then(|| Truncation {
             offset: end.offset,
@@ -232,6 +239,47 @@ fn analyze_stream<R: Read + Send>(
     };
     analysis.prefetch_symbols();
     Ok(analysis)
+}
+
+/// Applies `opts.suppressions` to every classified image of `outcome`. Their stacks are
+/// described by the analysis's symbolizer, or (symbolization off) by one made for them:
+/// suppressions name functions whether reports do or not.
+fn suppress(outcome: &mut ReplayOutcome, opts: &AnalyzeOptions, sym: Option<&Arc<ElfSymbolizer>>) {
+    let has_records = |i: &Image| i.leaks.report().is_some_and(|r| !r.loss_records.is_empty());
+    let images = || outcome.processes.iter().flat_map(|p| p.images.iter());
+    if opts.suppressions.is_empty() || !images().any(has_records) {
+        return;
+    }
+    let own;
+    let sym = match sym {
+        Some(s) => s.as_ref(),
+        None => {
+            own = ElfSymbolizer::new(SymbolizerOptions {
+                debug_dirs: opts.debug_dirs.clone(),
+                sysroot: opts.sysroot.clone(),
+            });
+            &own
+        }
+    };
+    // Every frame of every loss record, in one parallel batch.
+    sym.prefetch(images().flat_map(|img| {
+        let stacks = &outcome.stacks;
+        img.leaks
+            .report()
+            .into_iter()
+            .flat_map(|r| r.loss_records.iter())
+            .flat_map(move |lr| stacks.iter(lr.stack).map(move |a| (&img.modules, a)))
+    }));
+    let stacks = &outcome.stacks;
+    for img in outcome
+        .processes
+        .iter_mut()
+        .flat_map(|p| p.images.iter_mut())
+    {
+        if let LeakCheck::Done(report) = &mut img.leaks {
+            checks::suppressions::apply(report, &opts.suppressions, &img.modules, stacks, sym);
+        }
+    }
 }
 
 /// A symbolizer that only notes which addresses a report asks about, and of which
@@ -411,6 +459,13 @@ impl Analysis {
         opts: &AnalyzeOptions,
     ) -> std::io::Result<()> {
         self.render_text_with(out, opts, self.symbolizer())
+    }
+
+    /// One suppression in valgrind's format per loss record no suppression hides
+    /// (`--gen-suppressions`), each after a `#` comment naming the record: a
+    /// suppression file that hides them all.
+    pub fn write_suppressions(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        report::suppressions::write(self, out, self.symbolizer())
     }
 
     /// The text report, frames described by `symbolizer`.

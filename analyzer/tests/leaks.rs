@@ -226,6 +226,7 @@ fn lost_tree_in_json_and_text() {
       indirectly lost: 56 bytes in 3 blocks
         possibly lost: 0 bytes in 0 blocks
       still reachable: 0 bytes in 0 blocks
+           suppressed: 0 bytes in 0 blocks
    88 (32 direct, 56 indirect) bytes in 1 block is definitely lost in loss record 2 of 2 (malloc)
         at 0x401000: ???
    total heap usage";

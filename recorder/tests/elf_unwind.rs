@@ -272,6 +272,29 @@ fn build_id_matches_readelf() {
 }
 
 #[test]
+fn relro_matches_readelf() {
+    for path in [LIBC, LD_SO, LIBSTDCXX] {
+        let text = run(Command::new("readelf").args(["-lW", path]));
+        // "  GNU_RELRO  0xOFFSET 0xVIRTADDR 0xPHYSADDR 0xFILESIZ 0xMEMSIZ R 0x1"
+        let fields: Vec<u64> = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("GNU_RELRO"))
+            .unwrap_or_else(|| panic!("{path} has no GNU_RELRO:\n{text}"))
+            .split_whitespace()
+            .skip(1)
+            .take(5)
+            .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        let elf = ElfModule::from_path(path).unwrap();
+        assert_eq!(
+            elf.relro_svma(),
+            Some(fields[1]..fields[1] + fields[4]),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn bad_input_is_an_error() {
     assert!(ElfModule::from_bytes("empty", Vec::new()).is_err());
     assert!(ElfModule::from_bytes("junk", vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0]).is_err());

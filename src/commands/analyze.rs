@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use heaptape_analyzer::colour::Colour;
 use heaptape_analyzer::{analyze_with_progress, AnalyzeOptions, Prefetch};
 
-use super::{to_stdout, unreadable, warn, write_json, Failure, Outcome};
+use super::{suppressions, to_stdout, unreadable, warn, write_json, Failure, Outcome};
 use crate::cli::{AnalyzeArgs, ReportFlags};
 
-/// The analyzer's options for `flags`.
-pub fn options(flags: &ReportFlags) -> AnalyzeOptions {
-    AnalyzeOptions {
+/// The analyzer's options for `flags` (fails when a suppression file is bad).
+pub fn options(flags: &ReportFlags) -> Result<AnalyzeOptions, Failure> {
+    Ok(AnalyzeOptions {
         top: flags.top,
         fail_on: flags.fail_on.unwrap_or_default(),
         leak_heuristics: flags.leak_check_heuristics,
@@ -20,38 +20,44 @@ pub fn options(flags: &ReportFlags) -> AnalyzeOptions {
         // Only the report that will be printed.
         prefetch: if flags.json {
             Prefetch::Json
+        } else if flags.gen_suppressions {
+            Prefetch::Nothing
         } else {
             Prefetch::Text
         },
+        suppressions: suppressions(&flags.suppressions)?,
         ..flags.symbols.options()
-    }
+    })
 }
 
-/// Analyzes `trace` and writes its report (text, or JSON with `--json`) through `write`
+/// Analyzes `trace` with `opts` (see [`options`]) and writes its report (text, JSON with `--json`, or the loss
+/// records' suppressions with `--gen-suppressions`) through `write`
 /// (which hands it a writer and reports a failure to write), the text in colour per
 /// `--color` (`terminal`: whether the writer is a terminal); prints the warnings and
 /// the `--fail-on` findings on stderr. Returns whether a `--fail-on` finding exists.
 pub fn report(
     trace: &Path,
     flags: &ReportFlags,
+    opts: &AnalyzeOptions,
     terminal: bool,
     write: impl FnOnce(&mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Failure>,
 ) -> Result<bool, Failure> {
-    let opts = options(flags);
-    let analysis = analyze_with_progress(trace, &opts).map_err(|e| unreadable(trace, e))?;
+    let analysis = analyze_with_progress(trace, opts).map_err(|e| unreadable(trace, e))?;
     for warning in analysis.warnings() {
         warn(warning);
     }
-    let colour = !flags.json && flags.color.enabled(terminal);
+    let colour = !flags.json && !flags.gen_suppressions && flags.color.enabled(terminal);
     write(&mut |out| {
-        if flags.json {
+        if flags.gen_suppressions {
+            analysis.write_suppressions(out)
+        } else if flags.json {
             write_json(out, &analysis.json_report())
         } else if colour {
             let mut styled = Colour::new(out);
-            analysis.render_text(&mut styled, &opts)?;
+            analysis.render_text(&mut styled, opts)?;
             styled.finish()
         } else {
-            analysis.render_text(out, &opts)
+            analysis.render_text(out, opts)
         }
     })?;
     // Also when the reader went away: the verdict stands.
@@ -63,7 +69,8 @@ pub fn report(
 
 pub fn run(args: AnalyzeArgs) -> Outcome {
     let terminal = std::io::stdout().is_terminal();
-    let failed = report(&args.trace, &args.flags, terminal, |render| {
+    let opts = options(&args.flags)?;
+    let failed = report(&args.trace, &args.flags, &opts, terminal, |render| {
         to_stdout("report", |out| render(out)).map(|_| ())
     })?;
     Ok(if failed {

@@ -7,7 +7,7 @@ use heaptape_analyzer::diff::{diff, render_text, to_json};
 use heaptape_analyzer::flamegraph::{folded, write_atomically, write_diff_svg};
 use heaptape_analyzer::{AnalyzeOptions, Prefetch};
 
-use super::{load, to_stdout, write_json, Failure, Outcome};
+use super::{load, suppressions, to_stdout, write_json, Failure, Outcome};
 use crate::cli::DiffArgs;
 
 pub fn run(args: DiffArgs) -> Outcome {
@@ -24,6 +24,7 @@ pub fn run(args: DiffArgs) -> Outcome {
     let opts = AnalyzeOptions {
         // A diff's frames are its own, symbolized as it asks.
         prefetch: Prefetch::Nothing,
+        suppressions: suppressions(&args.suppressions)?,
         ..AnalyzeOptions::default()
     };
     // Both traces are read, so that both are reported when neither can be.

@@ -9,7 +9,7 @@ use heaptape_analyzer::pprof::{write_pprof, At};
 use heaptape_analyzer::speedscope::write_speedscope;
 use heaptape_analyzer::{AnalyzeOptions, Prefetch};
 
-use super::{load, Failure, Outcome};
+use super::{load, suppressions, Failure, Outcome};
 use crate::cli::{AtArg, ExportArgs, ExportFormat, HtmlArgs};
 
 pub fn run(args: ExportArgs) -> Outcome {
@@ -41,6 +41,7 @@ pub fn html(args: HtmlArgs) -> Outcome {
     let opts = AnalyzeOptions {
         // The page is made from the JSON document.
         prefetch: Prefetch::Json,
+        suppressions: suppressions(&args.suppressions)?,
         ..args.symbols.options()
     };
     let analysis = load(&args.trace, &opts)?;

@@ -3,18 +3,25 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use heaptape_analyzer::flamegraph::{folded, write_atomically, write_folded, write_svg};
-use heaptape_analyzer::{AnalyzeOptions, Prefetch};
+use heaptape_analyzer::flamegraph::{folded, write_atomically, write_folded, write_svg, Metric};
+use heaptape_analyzer::{AnalyzeOptions, Prefetch, Suppressions};
 
-use super::{load, to_stdout, Failure, Outcome};
+use super::{load, suppressions, to_stdout, Failure, Outcome};
 use crate::cli::FlamegraphArgs;
 
 pub fn run(args: FlamegraphArgs) -> Outcome {
+    let list = suppressions(&args.suppressions)?;
     let opts = AnalyzeOptions {
         symbolize: !args.no_symbols,
         call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
         // Its frames are the flamegraph's, symbolized as it asks.
         prefetch: Prefetch::Nothing,
+        // Only the leaked metric reads loss records.
+        suppressions: if args.metric.metric() == Metric::Leaked {
+            list
+        } else {
+            Suppressions::none()
+        },
         ..Default::default()
     };
     let analysis = load(&args.trace, &opts)?;

@@ -17,7 +17,9 @@ use std::io::{self, BufWriter, ErrorKind, StdoutLock, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use heaptape_analyzer::{analyze_with_progress, Analysis, AnalyzeOptions};
+use heaptape_analyzer::{analyze_with_progress, Analysis, AnalyzeOptions, Suppressions};
+
+use crate::cli::SuppressionFlags;
 
 /// A command that could not do its job: the lines `main` prints on stderr (each after
 /// `heaptape: `) and the exit status.
@@ -97,4 +99,23 @@ pub fn load(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, Failure> {
         warn(format!("{}: {warning}", path.display()));
     }
     Ok(analysis)
+}
+
+/// The suppressions `flags` ask for: the default list (unless
+/// `--no-default-suppressions`), then each `--suppressions` file in order. A file that
+/// cannot be read or parsed is a failure (status 2) naming it and the line.
+pub fn suppressions(flags: &SuppressionFlags) -> Result<Suppressions, Failure> {
+    let mut list = if flags.no_default_suppressions {
+        Suppressions::none()
+    } else {
+        Suppressions::defaults()
+    };
+    for path in &flags.files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::new(2, format!("cannot read {}: {e}", path.display())))?;
+        let parsed = Suppressions::parse(&text, &path.display().to_string())
+            .map_err(|e| Failure::new(2, format!("bad suppression: {e}")))?;
+        list.extend(parsed);
+    }
+    Ok(list)
 }

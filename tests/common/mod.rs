@@ -324,7 +324,12 @@ pub fn analyze_json(trace: &Path) -> Value {
 /// Analyzes a trace that must be complete: `analyze` exits 0, prints nothing on stderr
 /// (no truncation warning) and reports the trace complete without warnings.
 pub fn analyze(trace: &Path) -> Value {
-    let (res, json) = analyze_raw(trace);
+    analyze_complete_with(trace, &[])
+}
+
+/// [`analyze`] with options (`heaptape analyze --json OPTS trace`).
+pub fn analyze_complete_with(trace: &Path, opts: &[&str]) -> Value {
+    let (res, json) = analyze_raw_with(trace, opts);
     assert!(
         res.status.success(),
         "heaptape analyze failed ({:?}): {}",

@@ -172,3 +172,44 @@ pub fn assert_counts_match_valgrind(
     assert_eq!(t.live_at_exit_blocks, t.allocations - t.frees);
     p
 }
+
+/// memcheck's LEAK SUMMARY of one log as `(blocks, bytes)` per line: `definitely
+/// lost`, `indirectly lost`, `possibly lost`, `still reachable`, `suppressed` (all zero
+/// when "All heap blocks were freed"). Panics on a log without a leak check.
+pub fn memcheck_leak_summary(log: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    const LINES: [&str; 5] = [
+        "definitely lost",
+        "indirectly lost",
+        "possibly lost",
+        "still reachable",
+        "suppressed",
+    ];
+    let mut out: std::collections::BTreeMap<String, (u64, u64)> =
+        LINES.iter().map(|l| (l.to_string(), (0, 0))).collect();
+    if log.contains("All heap blocks were freed") {
+        return out;
+    }
+    assert!(log.contains("LEAK SUMMARY"), "no leak summary in:\n{log}");
+    let digits = |s: &str| -> u64 {
+        s.chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+    };
+    for body in log.lines().map(memcheck_body) {
+        // "   definitely lost: 1,088 bytes in 4 blocks"
+        let Some((label, figures)) = body.trim().split_once(": ") else {
+            continue;
+        };
+        if !LINES.contains(&label) {
+            continue;
+        }
+        let Some((bytes, blocks)) = figures.split_once(" bytes in ") else {
+            continue;
+        };
+        let blocks = blocks.split_whitespace().next().unwrap_or("");
+        out.insert(label.to_string(), (digits(blocks), digits(bytes)));
+    }
+    out
+}

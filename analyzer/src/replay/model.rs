@@ -74,7 +74,7 @@ pub struct Figures {
     /// reachable or not.
     pub in_use_at_exit_bytes: u64,
     /// Bytes leaked, as LSan counts them: definitely and indirectly lost at the exit
-    /// snapshot (0 without one).
+    /// snapshot, suppressed records left out (0 without one).
     pub leaked_bytes: u64,
     /// Bytes live at the image's heap peak (the site's share of it), for images that
     /// ended that way too.
@@ -191,15 +191,15 @@ impl Image {
         }
     }
 
-    /// Bytes definitely and indirectly lost at the exit snapshot, by allocation stack
-    /// (empty without a snapshot).
+    /// Bytes definitely and indirectly lost at the exit snapshot, by allocation stack,
+    /// suppressed records left out (empty without a snapshot).
     pub fn leaked_by_stack(&self) -> FastMap<StackId, u64> {
         let mut out: FastMap<StackId, u64> = FastMap::default();
         for r in self
             .leaks
             .report()
             .into_iter()
-            .flat_map(|r| &r.loss_records)
+            .flat_map(|r| r.reported_records())
         {
             if matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost) {
                 *out.entry(r.stack).or_default() += r.bytes;

@@ -138,9 +138,15 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
         };
         if metric == Metric::Leaked {
             // Each lost block by its own allocation stack (an indirectly lost block's
-            // record is its own, not its leader's), cut at the call-site depth.
+            // record is its own, not its leader's), cut at the call-site depth;
+            // suppressed records are not leaks.
             let depth = a.options.call_site_depth.filter(|&d| d > 0);
-            for r in img.leaks.report().into_iter().flat_map(|r| &r.loss_records) {
+            for r in img
+                .leaks
+                .report()
+                .into_iter()
+                .flat_map(|r| r.reported_records())
+            {
                 if matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost) {
                     let addresses = a.stacks.iter(r.stack).take(depth.unwrap_or(usize::MAX));
                     add(addresses.collect(), r.bytes);

@@ -168,6 +168,7 @@ mod tests {
             module: Some("/lib/libc.so.6".into()),
             module_offset: Some(0x10),
             function: Some("free".into()),
+            mangled: None,
             file: Some("/src/malloc.c".into()),
             line: Some(7),
             inlined: false,

@@ -211,6 +211,7 @@ fn leaks(r: &LeakReport) -> schema::LeakSummary {
             unknown_source_pointers: r.stats.unknown_source_pointers,
         },
         still_reachable: count(s.still_reachable),
+        suppressed: count(s.suppressed),
     }
 }
 
@@ -224,7 +225,8 @@ fn loss_records(
     limits: &Limits,
 ) -> Vec<schema::LossRecord> {
     let of = r.loss_records.len();
-    let mut kept: Vec<&LossRecord> = r.loss_records.iter().collect();
+    // Numbered among all records; the suppressed ones are not listed.
+    let mut kept: Vec<&LossRecord> = r.reported_records().collect();
     if limits.worst_losses_first {
         let severity = |k: LeakKind| LeakKind::ALL.iter().position(|&x| x == k);
         kept.sort_by_key(|lr| (severity(lr.kind), Reverse(lr.bytes)));

@@ -22,4 +22,5 @@ pub mod pprof;
 pub(crate) mod resources;
 pub mod schema;
 pub mod speedscope;
+pub(crate) mod suppressions;
 pub(crate) mod text;

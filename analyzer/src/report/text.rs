@@ -173,8 +173,9 @@ fn image(
     super::callsites::text(a, img, out, opts, sym)
 }
 
-/// memcheck's LEAK SUMMARY, then the largest definitely and possibly lost loss records
-/// (the kinds memcheck shows by default), largest first.
+/// memcheck's LEAK SUMMARY (suppressed blocks on their own line), then the largest
+/// definitely and possibly lost loss records no suppression hides (the kinds memcheck
+/// shows by default), largest first.
 fn leak_summary(
     a: &Analysis,
     img: &Image,
@@ -214,10 +215,15 @@ fn leak_summary(
             }
         }
     }
+    writeln!(
+        out,
+        "           suppressed: {}",
+        bytes_in_blocks(s.suppressed.bytes, s.suppressed.blocks)
+    )?;
+    // Numbered among all records, suppressed ones included, as memcheck numbers them.
     let n = r.loss_records.len();
     let shown = r
-        .loss_records
-        .iter()
+        .reported_records()
         .filter(|lr| matches!(lr.kind, LeakKind::DefinitelyLost | LeakKind::PossiblyLost));
     for lr in shown.take(opts.top) {
         let size = if lr.indirect_bytes > 0 {

@@ -52,6 +52,8 @@ pub struct SymbolizerOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Sym {
     function: Option<String>,
+    /// The function's raw (mangled) name when it differs from `function`.
+    mangled: Option<String>,
     file: Option<String>,
     line: Option<u32>,
     inlined: bool,
@@ -322,6 +324,7 @@ impl Symbolizer for ElfSymbolizer {
         syms.iter()
             .map(|s| Frame {
                 function: s.function.clone(),
+                mangled: s.mangled.clone(),
                 file: s.file.clone(),
                 line: s.line,
                 inlined: s.inlined,
@@ -363,13 +366,17 @@ impl DebugModule {
             Some(outer) => {
                 outer.inlined = false;
                 if outer.function.is_none() {
-                    outer.function = symbol();
+                    if let Some((name, mangled)) = symbol() {
+                        outer.function = Some(name);
+                        outer.mangled = mangled;
+                    }
                 }
             }
             None => {
-                if let Some(name) = symbol() {
+                if let Some((name, mangled)) = symbol() {
                     out.push(Sym {
                         function: Some(name),
+                        mangled,
                         ..Sym::default()
                     });
                 }
@@ -378,14 +385,17 @@ impl DebugModule {
         out
     }
 
-    /// The demangled name of the function symbol containing `probe`.
-    fn symbol(&self, probe: u64) -> Option<String> {
+    /// The demangled name of the function symbol containing `probe`, and its raw
+    /// name when that differs.
+    fn symbol(&self, probe: u64) -> Option<(String, Option<String>)> {
         let i = self.symbols.partition_point(|s| s.start <= probe);
         let s = self.symbols.get(i.checked_sub(1)?)?;
         if s.end > s.start && probe >= s.end {
             return None;
         }
-        Some(demangle(&s.name))
+        let name = demangle(&s.name);
+        let mangled = (name != s.name).then(|| s.name.clone());
+        Some((name, mangled))
     }
 }
 

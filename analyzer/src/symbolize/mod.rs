@@ -24,8 +24,11 @@ pub struct Frame {
     pub module: Option<String>,
     /// The address relative to the module's load bias (its link-time address).
     pub module_offset: Option<u64>,
-    /// Function name, if known.
+    /// Function name, if known (demangled).
     pub function: Option<String>,
+    /// The function's name as the object file spells it (a mangled C++ or Rust
+    /// name), when that differs from `function`: what valgrind's suppressions name.
+    pub mangled: Option<String>,
     /// Source file, if known.
     pub file: Option<String>,
     /// Source line, if known.

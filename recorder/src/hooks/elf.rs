@@ -173,6 +173,7 @@ pub struct ElfModule {
     eh_frame: Option<SectionRange>,
     eh_frame_hdr: Option<SectionRange>,
     got: Option<Range<u64>>,
+    relro: Option<Range<u64>>,
     debug_frame: Option<Arc<ModuleBytes>>,
     symbols: OnceLock<Vec<FuncSym>>,
 }
@@ -277,6 +278,14 @@ impl ElfModule {
                 flags: ph.p_flags(endian).0,
             })
             .collect();
+        let relro = file
+            .elf_program_headers()
+            .iter()
+            .find(|ph| ph.p_type(endian) == elf::PT_GNU_RELRO)
+            .map(|ph| {
+                let start = ph.p_vaddr(endian);
+                start..start.saturating_add(ph.p_memsz(endian))
+            });
         let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
         let text = section_range(&file, ".text");
         let mut eh_frame = section_range(&file, ".eh_frame");
@@ -300,6 +309,7 @@ impl ElfModule {
             eh_frame: None,
             eh_frame_hdr: None,
             got,
+            relro,
             debug_frame,
             symbols: OnceLock::new(),
         };
@@ -470,6 +480,12 @@ impl ElfModule {
     /// `.eh_frame_hdr`'s link-time range and bytes.
     pub fn eh_frame_hdr(&self) -> Option<&SectionRange> {
         self.eh_frame_hdr.as_ref()
+    }
+
+    /// The link-time range of `PT_GNU_RELRO`: data the loader (or a static
+    /// executable's start-up code) makes read-only once it is relocated.
+    pub fn relro_svma(&self) -> Option<Range<u64>> {
+        self.relro.clone()
     }
 
     /// `.got`'s link-time range (used to resolve GOT-relative CFI pointers).

@@ -5,7 +5,7 @@
 //! points at a block when the program ends. That can only be seen while the process's
 //! memory exists, i.e. at PTRACE_EVENT_EXIT, but the classification itself is analysis
 //! and belongs offline. So the recorder stores just the pointer graph: for every root
-//! region (registers, stacks, writable memory that is not heap) and every live block, the
+//! region (registers, stacks, writable memory that is not heap, RELRO data) and every live block, the
 //! aligned words whose values point into a live block. Never raw memory: a trace must not
 //! carry the program's secrets, and the graph is far smaller than the heap.
 //!
@@ -73,6 +73,9 @@ pub struct SnapshotContext<'a> {
     pub allocator_modules: &'a [String],
     /// Final stack pointers of threads that exited.
     pub dead_stacks: &'a [u64],
+    /// Where the modules' `PT_GNU_RELRO` data lies: read-only once relocated, but
+    /// roots all the same.
+    pub relro: &'a [Range<u64>],
 }
 
 /// Takes the snapshot of `pid` and appends its records to `out`.
@@ -82,6 +85,11 @@ pub struct SnapshotContext<'a> {
 /// stacks mapped for reuse, with stale pointers below that point. Like memcheck, only the
 /// part from the final stack pointer up (the exit path's frames, the thread descriptor
 /// and its TLS) is a root; the rest of such a mapping is not.
+///
+/// `relro` are the modules' RELRO ranges: data the loader made read-only after
+/// relocating it. Pointers stored there before that (a static executable's start-up
+/// code keeps the loader's search paths and object-lookup table there) are roots like
+/// the rest of a module's data, so the read-only mappings they cover are scanned too.
 ///
 /// `allocator_modules` are the paths of the modules that define the hooked `malloc`
 /// (libc, or a static executable): their writable data holds glibc's arena, whose
@@ -99,6 +107,7 @@ pub fn take(
         exclude,
         allocator_modules,
         dead_stacks,
+        relro,
     } = *ctx;
     let index = BlockIndex::new(live.blocks.iter().map(|(&a, &s)| (a, s)).collect());
     let mut stats = SnapshotStats {
@@ -158,6 +167,20 @@ pub fn take(
         }
     }
     for m in &maps {
+        if m.read && !m.write && m.is_file_backed() && !is_special(m) {
+            regions.extend(
+                relro
+                    .iter()
+                    .filter(|r| r.start < m.end && m.start < r.end)
+                    .map(|r| Region {
+                        kind: RootKind::ModuleData {
+                            path: m.path_without_deleted().to_string(),
+                        },
+                        range: r.start.max(m.start)..r.end.min(m.end),
+                    }),
+            );
+            continue;
+        }
         if !m.read || !m.write || is_special(m) {
             continue;
         }

@@ -376,6 +376,7 @@ impl Tracer {
                 .collect();
             let exclude = self.probe_range(pid);
             let alloc_mods = self.allocator_modules(pid);
+            let relro = self.relro_ranges(pid);
             let ts = self.now();
             let mut recs = Vec::new();
             if let Some(p) = self.procs.get(&pid) {
@@ -387,6 +388,7 @@ impl Tracer {
                     &SnapshotContext {
                         exclude: &exclude,
                         allocator_modules: &alloc_mods,
+                        relro: &relro,
                         dead_stacks: &p.dead_stacks,
                     },
                     &mut recs,

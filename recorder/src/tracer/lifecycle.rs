@@ -142,6 +142,7 @@ impl Tracer {
         }
         let exclude = self.probe_range(pid);
         let alloc_mods = self.allocator_modules(pid);
+        let relro = self.relro_ranges(pid);
         let ts = self.now();
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.snapshot_done = true;
@@ -155,6 +156,7 @@ impl Tracer {
                 &SnapshotContext {
                     exclude: &exclude,
                     allocator_modules: &alloc_mods,
+                    relro: &relro,
                     dead_stacks: &proc_.dead_stacks,
                 },
                 &mut recs,

@@ -154,6 +154,26 @@ impl Tracer {
             .collect()
     }
 
+    /// Where the `PT_GNU_RELRO` data of `pid`'s modules lies at run time.
+    pub(super) fn relro_ranges(&self, pid: Tid) -> Vec<Range<u64>> {
+        let Some(space) = self
+            .procs
+            .get(&pid)
+            .and_then(|p| self.spaces.get(p.space))
+            .and_then(|s| s.as_ref())
+        else {
+            return Vec::new();
+        };
+        space
+            .modules
+            .iter()
+            .filter_map(|m| {
+                let r = m.elf.relro_svma()?;
+                Some(r.start.wrapping_add(m.bias)..r.end.wrapping_add(m.bias))
+            })
+            .collect()
+    }
+
     pub(super) fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
         self.procs
             .get(&pid)

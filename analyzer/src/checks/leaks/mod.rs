@@ -70,6 +70,7 @@ mod fail_on;
 mod graph;
 mod heuristics;
 mod model;
+mod suppress;
 mod tally;
 
 pub use fail_on::FailOn;

@@ -106,6 +106,9 @@ pub struct LeakSummary {
     /// The part of `still_reachable` credited to each heuristic, indexed in
     /// [`Heuristic::ALL`] order.
     pub reachable_via_heuristic: [Count; 4],
+    /// Blocks of suppressed loss records, whatever their class (memcheck's
+    /// "suppressed"); the four classes above leave them out.
+    pub suppressed: Count,
 }
 
 impl LeakSummary {
@@ -148,6 +151,10 @@ pub struct LossRecord {
     /// For definitely lost records: the bytes of the blocks their cliques hold
     /// (indirectly lost because of them). Zero otherwise.
     pub indirect_bytes: u64,
+    /// The suppression that hides the record (its index in the analysis's
+    /// [`Suppressions`](crate::Suppressions)), if one does: a suppressed record is
+    /// counted in [`LeakSummary::suppressed`], not in its class, and not reported.
+    pub suppressed: Option<usize>,
 }
 
 /// The verdict on one block.
@@ -245,9 +252,14 @@ impl LeakReport {
         self.block(i)
     }
 
-    /// Every verdict, in address order.
+    /// Every verdict, in address order (suppressed blocks keep their class here).
     pub fn verdicts(&self) -> impl Iterator<Item = BlockVerdict> + '_ {
         (0..self.blocks.len()).filter_map(|i| self.block(i))
+    }
+
+    /// The loss records no suppression hides, largest first (what reports list).
+    pub fn reported_records(&self) -> impl Iterator<Item = &LossRecord> + '_ {
+        self.loss_records.iter().filter(|r| r.suppressed.is_none())
     }
 }
 

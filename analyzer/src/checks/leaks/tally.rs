@@ -79,6 +79,7 @@ pub(super) fn tally(
             blocks: a.blocks,
             bytes: a.bytes,
             indirect_bytes: a.indirect,
+            suppressed: None,
         })
         .collect();
     // memcheck's order: total size, then class, then block count, then context.

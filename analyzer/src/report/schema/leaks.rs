@@ -25,6 +25,9 @@ pub struct LeakSummary {
     pub snapshot: SnapshotStats,
     /// Still reachable blocks.
     pub still_reachable: Count,
+    /// Blocks of the loss records a suppression hides, whatever their class (left out
+    /// of the four classes, as memcheck's "suppressed").
+    pub suppressed: Count,
 }
 
 /// A block count and a byte count.

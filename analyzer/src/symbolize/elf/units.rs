@@ -119,12 +119,19 @@ fn context_frames(ctx: &addr2line::Context<Reader>, probe: u64) -> Vec<Sym> {
                 .as_ref()
                 .and_then(|f| f.demangle().ok())
                 .map(std::borrow::Cow::into_owned);
+            let mangled = frame
+                .function
+                .as_ref()
+                .and_then(|f| f.raw_name().ok())
+                .filter(|raw| Some(raw.as_ref()) != function.as_deref())
+                .map(std::borrow::Cow::into_owned);
             let (file, line) = match &frame.location {
                 Some(l) => (l.file.map(str::to_owned), l.line),
                 None => (None, None),
             };
             out.push(Sym {
                 function,
+                mangled,
                 file,
                 line,
                 inlined: true,

@@ -1,0 +1,45 @@
+//! `--gen-suppressions`: one suppression in valgrind's format per loss record no
+//! suppression hides, for every image of every process, each after a `#` comment that
+//! names its record, so the output is a suppression file as it is.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+
+use super::frames::symbolize_stack;
+use crate::checks::suppressions::generate;
+use crate::symbolize::Symbolizer;
+use crate::Analysis;
+
+/// Writes the suppressions of `a`'s loss records, frames described by `sym`. A
+/// suppression already written for another record (another process's, or the same
+/// stack in another image) is not repeated.
+pub fn write(a: &Analysis, out: &mut dyn Write, sym: &dyn Symbolizer) -> io::Result<()> {
+    let mut seen = HashSet::new();
+    for (p, img) in a.images() {
+        let Some(r) = img.leaks.report() else {
+            continue;
+        };
+        let n = r.loss_records.len();
+        for lr in r.reported_records() {
+            let frames = symbolize_stack(&a.stacks, &img.modules, lr.stack, sym);
+            let text = generate(lr.kind, lr.func, &frames);
+            if !seen.insert(text.clone()) {
+                continue;
+            }
+            writeln!(
+                out,
+                "# process {}: {} bytes in {} block{} {} {} in loss record {} of {n} ({})",
+                p.pid,
+                lr.bytes,
+                lr.blocks,
+                if lr.blocks == 1 { "" } else { "s" },
+                if lr.blocks == 1 { "is" } else { "are" },
+                lr.kind,
+                lr.number,
+                lr.func.name()
+            )?;
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
