@@ -131,14 +131,17 @@ impl Tracer {
         self.spaces.get(space)?.as_ref()
     }
 
-    /// Paths of the modules of `pid` that define a hooked `malloc`.
-    pub(super) fn allocator_modules(&self, pid: Tid) -> Vec<String> {
-        let Some(space) = self
-            .procs
+    /// The address space of process `pid`.
+    pub(super) fn space_of(&self, pid: Tid) -> Option<&Space> {
+        self.procs
             .get(&pid)
             .and_then(|p| self.spaces.get(p.space))
             .and_then(|s| s.as_ref())
-        else {
+    }
+
+    /// Paths of the modules of `pid` that define a hooked `malloc`.
+    pub(super) fn allocator_modules(&self, pid: Tid) -> Vec<String> {
+        let Some(space) = self.space_of(pid) else {
             return Vec::new();
         };
         space
@@ -156,12 +159,7 @@ impl Tracer {
 
     /// Where the `PT_GNU_RELRO` data of `pid`'s modules lies at run time.
     pub(super) fn relro_ranges(&self, pid: Tid) -> Vec<Range<u64>> {
-        let Some(space) = self
-            .procs
-            .get(&pid)
-            .and_then(|p| self.spaces.get(p.space))
-            .and_then(|s| s.as_ref())
-        else {
+        let Some(space) = self.space_of(pid) else {
             return Vec::new();
         };
         space
@@ -175,10 +173,7 @@ impl Tracer {
     }
 
     pub(super) fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
-        self.procs
-            .get(&pid)
-            .and_then(|p| self.spaces.get(p.space))
-            .and_then(|s| s.as_ref())
+        self.space_of(pid)
             .and_then(|s| s.probe.as_ref())
             .map(|p| {
                 let a = p.borrow().code_addr;
