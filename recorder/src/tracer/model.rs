@@ -125,14 +125,13 @@ pub(super) struct Pending {
 }
 
 impl Tracer {
+    /// The address space of thread `tid`.
     pub(super) fn space_of(&self, tid: Tid) -> Option<&Space> {
-        let pid = self.tasks.get(&tid)?.pid;
-        let space = self.procs.get(&pid)?.space;
-        self.spaces.get(space)?.as_ref()
+        self.proc_space(self.tasks.get(&tid)?.pid)
     }
 
     /// The address space of process `pid`.
-    pub(super) fn space_of(&self, pid: Tid) -> Option<&Space> {
+    pub(super) fn proc_space(&self, pid: Tid) -> Option<&Space> {
         self.procs
             .get(&pid)
             .and_then(|p| self.spaces.get(p.space))
@@ -141,7 +140,7 @@ impl Tracer {
 
     /// Paths of the modules of `pid` that define a hooked `malloc`.
     pub(super) fn allocator_modules(&self, pid: Tid) -> Vec<String> {
-        let Some(space) = self.space_of(pid) else {
+        let Some(space) = self.proc_space(pid) else {
             return Vec::new();
         };
         space
@@ -159,7 +158,7 @@ impl Tracer {
 
     /// Where the `PT_GNU_RELRO` data of `pid`'s modules lies at run time.
     pub(super) fn relro_ranges(&self, pid: Tid) -> Vec<Range<u64>> {
-        let Some(space) = self.space_of(pid) else {
+        let Some(space) = self.proc_space(pid) else {
             return Vec::new();
         };
         space
@@ -173,7 +172,7 @@ impl Tracer {
     }
 
     pub(super) fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
-        self.space_of(pid)
+        self.proc_space(pid)
             .and_then(|s| s.probe.as_ref())
             .map(|p| {
                 let a = p.borrow().code_addr;
