@@ -59,6 +59,9 @@ pub struct CompletionsArgs {
 pub struct DumpArgs {
     /// The trace.
     pub trace: PathBuf,
+    /// One JSON object per line (`"record"`: its kind), addresses as `"0x…"` strings.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

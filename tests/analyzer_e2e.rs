@@ -434,10 +434,11 @@ fn reports_to_a_full_disk_fail_with_one_line() {
     let other = dir.join("again.trace");
     std::fs::copy(&trace, &other).unwrap();
     let o = other.to_str().unwrap();
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 7] = [
         &["analyze", t],
         &["analyze", "--json", t],
         &["dump", t],
+        &["dump", "--json", t],
         &["flamegraph", "--folded", t],
         &["diff", t, o],
         &["diff", "--json", t, o],
@@ -465,6 +466,60 @@ fn reports_to_a_full_disk_fail_with_one_line() {
     assert!(text.starts_with("Header {"), "{text}");
     assert!(text.trim_end().ends_with('}'), "{text}");
     assert!(text.lines().last().unwrap().starts_with("End {"), "{text}");
+}
+
+/// `dump --json`: one object per record, in the order of the debug listing, its kind
+/// under `"record"`, addresses and build-ids as hex strings.
+#[test]
+fn dump_json_lines_name_each_record_with_hex_addresses() {
+    let (_dir, _exe, trace) = recorded("dumpjson");
+    let t = trace.to_str().unwrap();
+    let debug = run_heaptape(["dump", t]);
+    let json = run_heaptape(["dump", "--json", t]);
+    assert!(json.status.success(), "{}", json.stderr);
+    let debug_kinds: Vec<String> = debug
+        .stdout_str()
+        .lines()
+        .map(|l| {
+            l.split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let records: Vec<Value> = json
+        .stdout_str()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<String> = records
+        .iter()
+        .map(|r| r["record"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, debug_kinds);
+    assert_eq!(kinds.first().map(String::as_str), Some("Header"));
+    assert_eq!(kinds.last().map(String::as_str), Some("End"));
+    let allocs: Vec<&Value> = records.iter().filter(|r| r["record"] == "Alloc").collect();
+    assert!(allocs.len() > 400, "{} allocations", allocs.len());
+    for a in allocs {
+        let address = a["address"].as_str().unwrap_or_else(|| panic!("{a}"));
+        assert!(address.starts_with("0x"), "{a}");
+        assert!(u64::from_str_radix(&address[2..], 16).unwrap() > 0, "{a}");
+        assert!(a["size"].is_u64() && a["stack"].is_u64(), "{a}");
+    }
+    let module = records
+        .iter()
+        .find(|r| r["record"] == "ModuleLoad")
+        .unwrap();
+    assert!(
+        module["base"].as_str().unwrap().starts_with("0x"),
+        "{module}"
+    );
+    let build_id = module["build_id"].as_str().unwrap();
+    assert!(
+        build_id.len() >= 16 && build_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{module}"
+    );
 }
 
 /// Three threads churning through a shared pool of blocks under a lock: each frees
