@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 
 use super::frames::symbolize_stack;
+use super::text::loss_record_blocks;
 use crate::checks::suppressions::generate;
 use crate::symbolize::Symbolizer;
 use crate::Analysis;
@@ -28,15 +29,10 @@ pub fn write(a: &Analysis, out: &mut dyn Write, sym: &dyn Symbolizer) -> io::Res
             }
             writeln!(
                 out,
-                "# process {}: {} bytes in {} block{} {} {} in loss record {} of {n} ({})",
+                "# process {}: {} bytes in {}",
                 p.pid,
                 lr.bytes,
-                lr.blocks,
-                if lr.blocks == 1 { "" } else { "s" },
-                if lr.blocks == 1 { "is" } else { "are" },
-                lr.kind,
-                lr.number,
-                lr.func.name()
+                loss_record_blocks(lr, n)
             )?;
             out.write_all(text.as_bytes())?;
         }

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use super::frames::{symbolize_stack, write_stack};
 use super::names::{describe_exit, origin_name};
-use crate::checks::leaks::{Heuristic, LeakCheck, LeakKind};
+use crate::checks::leaks::{Heuristic, LeakCheck, LeakKind, LossRecord};
 use crate::checks::{Finding, FindingKind};
 use crate::replay::{Image, ImageEnd, Process};
 use crate::symbolize::Symbolizer;
@@ -236,19 +236,24 @@ fn leak_summary(
         } else {
             format!("{} bytes", num(lr.bytes))
         };
-        writeln!(
-            out,
-            "   {size} in {} block{} {} {} in loss record {} of {n} ({})",
-            num(lr.blocks),
-            if lr.blocks == 1 { "" } else { "s" },
-            if lr.blocks == 1 { "is" } else { "are" },
-            lr.kind,
-            lr.number,
-            lr.func.name()
-        )?;
+        writeln!(out, "   {size} in {}", loss_record_blocks(lr, n))?;
         write_frames(a, img, lr.stack, out, sym)?;
     }
     Ok(())
+}
+
+/// memcheck's words for a loss record after its size: "3 blocks are definitely lost in
+/// loss record 2 of 5 (malloc)", `n` records in all.
+pub(super) fn loss_record_blocks(lr: &LossRecord, n: usize) -> String {
+    format!(
+        "{} block{} {} {} in loss record {} of {n} ({})",
+        num(lr.blocks),
+        if lr.blocks == 1 { "" } else { "s" },
+        if lr.blocks == 1 { "is" } else { "are" },
+        lr.kind,
+        lr.number,
+        lr.func.name()
+    )
 }
 
 fn write_finding(
