@@ -15,6 +15,7 @@
 
 mod heuristics;
 mod live;
+mod parallel;
 
 pub(crate) use live::LiveBlocks;
 
@@ -29,10 +30,13 @@ use crate::sys::{self, Regs, Tid};
 
 /// Pointers per record at most (keeps every record far below the format's size limit).
 const POINTERS_PER_RECORD: usize = 1 << 18;
-/// Bytes read per batch of process_vm_readv.
-const BATCH_BYTES: usize = 16 << 20;
+/// Bytes read and scanned per piece of work (a part of a root region, a batch of
+/// blocks).
+const PIECE_BYTES: usize = 4 << 20;
 /// Page size.
 const PAGE: u64 = 4096;
+/// Blocks at most this far apart are read as one span (see [`BlockBatch`]).
+const SPAN_GAP: u64 = 4096;
 
 /// A thread of the process at the snapshot, with its registers when it is stopped.
 pub struct ThreadState {
@@ -223,82 +227,83 @@ pub fn take(
             page += PAGE;
         }
     }
-    // Scan the roots.
-    let mut buf = Vec::new();
-    for region in &regions {
-        scan_range(
-            pid,
-            &region.range,
-            &index,
-            &mut buf,
-            &mut stats,
-            |mut pointers| {
-                if let RootKind::ModuleData { path } = &region.kind {
-                    if allocator_modules.iter().any(|m| m == path) {
-                        pointers.retain(|p| {
-                            !index.block_of(p.target).is_some_and(|(start, size)| {
-                                is_glibc_chunk_boundary(start, size, p.target)
-                            })
-                        });
-                    }
-                }
-                out.push(Record::SnapshotRoot(Box::new(
-                    heaptape_format::SnapshotRoot {
-                        pid: pid as u32,
-                        kind: region.kind.clone(),
-                        start: region.range.start,
-                        len: region.range.end - region.range.start,
-                        pointers,
-                    },
-                )));
-            },
-        )?;
-    }
-    // Scan the live blocks, many per system call.
-    let mut blocks: Vec<(u64, u64)> = live.blocks.iter().map(|(&a, &s)| (a, s)).collect();
-    blocks.sort_unstable();
-    let mut i = 0;
-    let mut ptrs = Vec::new();
-    while i < blocks.len() {
-        let mut ranges = Vec::new();
-        let mut total = 0usize;
-        while i < blocks.len() && (ranges.is_empty() || total + blocks[i].1 as usize <= BATCH_BYTES)
-        {
-            let (addr, size) = blocks[i];
-            let len = (size & !7) as usize;
-            if len > 0 && size <= (1 << 40) {
-                ranges.push((addr, len));
-                total += len;
-            }
-            i += 1;
-            if total >= BATCH_BYTES {
+    // Scan the roots and the live blocks in pieces, on every CPU (the process is
+    // stopped), then write the records in the same order as one thread would.
+    let batches = block_batches(live);
+    let mut jobs: Vec<Job> = Vec::new();
+    for (r, region) in regions.iter().enumerate() {
+        let mut at = region.range.start & !7;
+        loop {
+            let end = region.range.end.min(at.saturating_add(PIECE_BYTES as u64));
+            jobs.push(Job::Root {
+                region: r,
+                range: at..end,
+            });
+            if end >= region.range.end {
                 break;
             }
+            at = end;
         }
-        if ranges.is_empty() {
-            continue;
-        }
-        if buf.len() < total {
-            buf.resize(total, 0);
-        }
-        let got = read_all(pid, &ranges, &mut buf[..total]);
-        stats.scanned_bytes += got as u64;
-        let mut off = 0;
-        for &(addr, len) in &ranges {
-            ptrs.clear();
-            index.scan(&buf[off..off + len], 0, &mut ptrs);
-            off += len;
-            if ptrs.is_empty() {
-                continue;
+    }
+    jobs.extend(batches.iter().map(Job::Blocks));
+    let scanned = parallel::map_with(&jobs, Vec::new, |buf, job| match job {
+        Job::Root { region, range } => {
+            let base = regions[*region].range.start;
+            Scanned {
+                region: Some(*region),
+                ..scan_root_piece(pid, range, base, &index, buf)
             }
-            stats.pointers += ptrs.len() as u64;
-            for part in ptrs.chunks(POINTERS_PER_RECORD) {
-                out.push(Record::SnapshotBlock {
-                    pid: pid as u32,
-                    address: addr,
-                    pointers: part.to_vec(),
+        }
+        Job::Blocks(batch) => scan_blocks(pid, batch, &index, buf),
+    });
+    let mut pieces = scanned.into_iter().peekable();
+    for (r, region) in regions.iter().enumerate() {
+        let mut pointers = Vec::new();
+        while let Some(piece) = pieces.next_if(|p| p.region == Some(r)) {
+            stats.scanned_bytes += piece.scanned_bytes;
+            pointers.extend(piece.pointers);
+        }
+        if let RootKind::ModuleData { path } = &region.kind {
+            if allocator_modules.iter().any(|m| m == path) {
+                pointers.retain(|p| {
+                    !index
+                        .block_of(p.target)
+                        .is_some_and(|(start, size)| is_glibc_chunk_boundary(start, size, p.target))
                 });
             }
+        }
+        stats.pointers += pointers.len() as u64;
+        let root = |pointers: Vec<Pointer>| {
+            Record::SnapshotRoot(Box::new(heaptape_format::SnapshotRoot {
+                pid: pid as u32,
+                kind: region.kind.clone(),
+                start: region.range.start,
+                len: region.range.end - region.range.start,
+                pointers,
+            }))
+        };
+        if pointers.is_empty() {
+            out.push(root(Vec::new()));
+        }
+        out.extend(
+            pointers
+                .chunks(POINTERS_PER_RECORD)
+                .map(|p| root(p.to_vec())),
+        );
+    }
+    for piece in pieces {
+        stats.scanned_bytes += piece.scanned_bytes;
+        for (address, pointers) in piece.blocks {
+            stats.pointers += pointers.len() as u64;
+            out.extend(
+                pointers
+                    .chunks(POINTERS_PER_RECORD)
+                    .map(|part| Record::SnapshotBlock {
+                        pid: pid as u32,
+                        address,
+                        pointers: part.to_vec(),
+                    }),
+            );
         }
     }
     heuristics::evaluate_targets(pid, &index, &maps, out);
@@ -329,11 +334,11 @@ fn is_special(m: &MapEntry) -> bool {
 
 /// Reads `ranges` into `buf`; unreadable parts stay zero. Returns the bytes read.
 pub(super) fn read_all(pid: Tid, ranges: &[(u64, usize)], buf: &mut [u8]) -> usize {
-    buf.fill(0);
     match sys::read_memory_vectored(pid, ranges, buf) {
         Ok(n) if n == buf.len() => n,
         _ => {
             // Some range is unreadable: go one by one.
+            buf.fill(0);
             let mut off = 0;
             let mut got = 0;
             for &(addr, len) in ranges {
@@ -345,35 +350,138 @@ pub(super) fn read_all(pid: Tid, ranges: &[(u64, usize)], buf: &mut [u8]) -> usi
     }
 }
 
-fn scan_range(
+/// A piece of the snapshot's scanning work.
+enum Job<'a> {
+    /// Part of root region number `region`.
+    Root { region: usize, range: Range<u64> },
+    /// A batch of live blocks.
+    Blocks(&'a BlockBatch),
+}
+
+/// What a [`Job`] found.
+#[derive(Default)]
+struct Scanned {
+    /// The root region scanned (None for blocks).
+    region: Option<usize>,
+    /// Pointers found in a root piece, offsets from the region's start.
+    pointers: Vec<Pointer>,
+    /// Pointers found in each block of a batch that holds any.
+    blocks: Vec<(u64, Vec<Pointer>)>,
+    scanned_bytes: u64,
+}
+
+/// Live blocks read together: `spans` of memory (blocks less than [`SPAN_GAP`] apart
+/// are one span, read with the allocator's headers and free chunks between them: one
+/// large read costs far less than many small ones, as process_vm_readv pins the pages
+/// of every range), each block at `offsets` in the bytes read.
+struct BlockBatch {
+    blocks: Vec<(u64, u64)>,
+    spans: Vec<(u64, usize)>,
+    offsets: Vec<usize>,
+    total: usize,
+}
+
+/// The live blocks in address order, in batches of at most [`PIECE_BYTES`] (or one
+/// larger block).
+fn block_batches(live: &LiveBlocks) -> Vec<BlockBatch> {
+    let mut blocks: Vec<(u64, u64)> = live
+        .blocks
+        .iter()
+        .filter(|&(_, &s)| s & !7 > 0 && s <= (1 << 40))
+        .map(|(&a, &s)| (a, s & !7))
+        .collect();
+    blocks.sort_unstable();
+    let mut batches = Vec::new();
+    let mut rest = &blocks[..];
+    while !rest.is_empty() {
+        let mut spans: Vec<(u64, usize)> = Vec::new();
+        let mut offsets = Vec::new();
+        let mut total = 0usize;
+        let mut taken = 0;
+        for &(addr, len) in rest {
+            let end = addr + len;
+            match spans.last_mut() {
+                Some((start, n)) if addr <= *start + *n as u64 + SPAN_GAP => {
+                    let grown = (end.max(*start + *n as u64) - *start) as usize;
+                    if total - *n + grown > PIECE_BYTES {
+                        break;
+                    }
+                    offsets.push(total - *n + (addr - *start) as usize);
+                    total += grown - *n;
+                    *n = grown;
+                }
+                _ => {
+                    if !spans.is_empty() && total + len as usize > PIECE_BYTES {
+                        break;
+                    }
+                    spans.push((addr, len as usize));
+                    offsets.push(total);
+                    total += len as usize;
+                }
+            }
+            taken += 1;
+        }
+        batches.push(BlockBatch {
+            blocks: rest[..taken].to_vec(),
+            spans,
+            offsets,
+            total,
+        });
+        rest = &rest[taken..];
+    }
+    batches
+}
+
+/// Reads and scans the blocks of `batch`.
+fn scan_blocks(pid: Tid, batch: &BlockBatch, index: &BlockIndex, buf: &mut Vec<u8>) -> Scanned {
+    let mut found = Scanned::default();
+    if buf.len() < batch.total {
+        buf.resize(batch.total, 0);
+    }
+    let buf = &mut buf[..batch.total];
+    let whole = matches!(
+        sys::read_memory_vectored(pid, &batch.spans, buf),
+        Ok(n) if n == batch.total
+    );
+    if whole {
+        found.scanned_bytes = batch.blocks.iter().map(|b| b.1).sum();
+    } else {
+        // Something between or inside the blocks is unreadable: block by block.
+        buf.fill(0);
+        for (&(addr, len), &off) in batch.blocks.iter().zip(&batch.offsets) {
+            let got = sys::read_memory(pid, addr, &mut buf[off..off + len as usize]);
+            found.scanned_bytes += got.unwrap_or(0) as u64;
+        }
+    }
+    let mut ptrs = Vec::new();
+    for (&(addr, len), &off) in batch.blocks.iter().zip(&batch.offsets) {
+        index.scan(&buf[off..off + len as usize], 0, &mut ptrs);
+        if !ptrs.is_empty() {
+            found.blocks.push((addr, std::mem::take(&mut ptrs)));
+        }
+    }
+    found
+}
+
+/// Reads and scans `range`, part of the root region starting at `base`.
+fn scan_root_piece(
     pid: Tid,
     range: &Range<u64>,
+    base: u64,
     index: &BlockIndex,
     buf: &mut Vec<u8>,
-    stats: &mut SnapshotStats,
-    mut emit: impl FnMut(Vec<Pointer>),
-) -> io::Result<()> {
-    let mut pointers = Vec::new();
-    let mut addr = range.start & !7;
-    while addr < range.end {
-        let len = ((range.end - addr) as usize).min(BATCH_BYTES);
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let got = read_all(pid, &[(addr, len)], &mut buf[..len]);
-        stats.scanned_bytes += got as u64;
-        index.scan(&buf[..len & !7], addr - range.start, &mut pointers);
-        addr += len as u64;
+) -> Scanned {
+    let len = (range.end - range.start) as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
-    stats.pointers += pointers.len() as u64;
-    if pointers.is_empty() {
-        emit(Vec::new());
-        return Ok(());
-    }
-    for part in pointers.chunks(POINTERS_PER_RECORD) {
-        emit(part.to_vec());
-    }
-    Ok(())
+    let got = read_all(pid, &[(range.start, len)], &mut buf[..len]);
+    let mut found = Scanned {
+        scanned_bytes: got as u64,
+        ..Scanned::default()
+    };
+    index.scan(&buf[..len & !7], range.start - base, &mut found.pointers);
+    found
 }
 
 #[cfg(test)]
