@@ -779,6 +779,21 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Lowers the calling thread's priority: its nice value goes up `by` (at most to 19).
+/// Linux threads each have their own nice value; raising it is always allowed.
+pub fn lower_thread_priority(by: i32) -> io::Result<()> {
+    // SAFETY: getpriority and setpriority take plain integers; `0` names the calling
+    // thread. getpriority's -1 is also a valid nice value: a failure only makes the
+    // new value lower than intended, which setpriority then refuses or applies.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let nice = (nice + by).min(19);
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// CPUs the calling thread may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it; CPU_ISSET reads it.

@@ -27,6 +27,8 @@ const TICK: Duration = Duration::from_millis(200);
 const FLUSH_EVERY: Duration = Duration::from_millis(900);
 /// Uncompressed size of the first chunk (later ones use the format's default).
 const FIRST_CHUNK_TARGET: usize = 64 * 1024;
+/// How much nicer the writer thread is than the tracer.
+const WRITER_NICE: i32 = 5;
 /// Emptied buffers kept for the tracer.
 const SPARE_BUFFERS: usize = 1024;
 
@@ -73,6 +75,10 @@ impl WriterThread {
             .spawn(move || {
                 crate::sys::block_tracer_signals();
                 let _ = crate::sys::pin_current_thread(&cpus);
+                // Behind the program and the tracer when the CPUs are all busy (its work
+                // can wait for a gap), but not starved: nice 5 still gets a quarter of a
+                // CPU against one busy thread, more than it needs.
+                let _ = crate::sys::lower_thread_priority(WRITER_NICE);
                 writer_loop(writer, s2)
             })
             .expect("spawn writer thread");

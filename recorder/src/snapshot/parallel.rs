@@ -27,6 +27,7 @@ pub(super) fn map_with<T: Sync, S, R: Send>(
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
+                crate::sys::block_tracer_signals();
                 let mut state = init();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
