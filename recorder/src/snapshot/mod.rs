@@ -35,6 +35,8 @@ const POINTERS_PER_RECORD: usize = 1 << 18;
 const PIECE_BYTES: usize = 4 << 20;
 /// Page size.
 const PAGE: u64 = 4096;
+/// Snapshots of fewer bytes are scanned on the recorder's thread alone.
+const PARALLEL_BYTES: u64 = 8 << 20;
 /// Blocks at most this far apart are read as one span (see [`BlockBatch`]).
 const SPAN_GAP: u64 = 4096;
 
@@ -246,7 +248,13 @@ pub fn take(
         }
     }
     jobs.extend(batches.iter().map(Job::Blocks));
-    let scanned = parallel::map_with(&jobs, Vec::new, |buf, job| match job {
+    let bytes: u64 = regions
+        .iter()
+        .map(|r| r.range.end - r.range.start)
+        .sum::<u64>()
+        + batches.iter().map(|b| b.total as u64).sum::<u64>();
+    let parallel = bytes >= PARALLEL_BYTES;
+    let scanned = parallel::map_with(&jobs, parallel, Vec::new, |buf, job| match job {
         Job::Root { region, range } => {
             let base = regions[*region].range.start;
             Scanned {

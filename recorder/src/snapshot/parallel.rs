@@ -6,18 +6,23 @@ use std::sync::Mutex;
 /// Threads at most.
 const MAX_THREADS: usize = 8;
 
-/// `f` applied to every item, on up to [`MAX_THREADS`] threads (one per CPU); the
+/// `f` applied to every item, on up to [`MAX_THREADS`] threads (one per CPU; one,
+/// the caller's, unless `parallel`: starting threads costs more than small work); the
 /// results in the items' order. Each thread has a `state` made by `init` (a reusable
 /// buffer) that `f` gets with each item.
 pub(super) fn map_with<T: Sync, S, R: Send>(
     items: &[T],
+    parallel: bool,
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, &T) -> R + Sync,
 ) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS)
-        .min(items.len());
+    let threads = if parallel {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    }
+    .min(MAX_THREADS)
+    .min(items.len());
     if threads <= 1 {
         let mut state = init();
         return items.iter().map(|item| f(&mut state, item)).collect();
@@ -55,6 +60,7 @@ mod tests {
         let items: Vec<u64> = (0..1000).collect();
         let out = map_with(
             &items,
+            true,
             || 0u64,
             |calls, &x| {
                 *calls += 1;
@@ -67,6 +73,16 @@ mod tests {
         }
         // Some thread's state saw more than one item.
         assert!(out.iter().any(|&(_, calls)| calls > 1));
-        assert!(map_with(&[] as &[u64], || (), |_, &x| x).is_empty());
+        assert!(map_with(&[] as &[u64], true, || (), |_, &x| x).is_empty());
+        let serial = map_with(
+            &items,
+            false,
+            || 0u64,
+            |calls, _| {
+                *calls += 1;
+                *calls
+            },
+        );
+        assert_eq!(serial.last(), Some(&1000));
     }
 }
