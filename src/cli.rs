@@ -163,12 +163,16 @@ pub struct AnalyzeArgs {
 /// What the report holds and how it reads: the options `analyze` and `run` share.
 #[derive(Args)]
 pub struct ReportFlags {
-    /// Print the report as JSON.
+    /// Print the report as JSON (compact; each distinct stack once, in the document's
+    /// `stacks` and `frames` tables, referred to by index).
     #[arg(long)]
     pub json: bool,
-    /// Number of entries per ranked section.
-    #[arg(long, default_value_t = 10)]
-    pub top: usize,
+    /// With --json: indented, for people.
+    #[arg(long, requires = "json")]
+    pub pretty: bool,
+    /// Number of entries per ranked section [default: 10 in text, every entry in JSON].
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
     /// Group call sites by their innermost N frames in every per-site section (0: one
     /// site per distinct stack).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -373,9 +377,12 @@ pub struct DiffArgs {
     pub old: PathBuf,
     /// Trace of the new version.
     pub new: PathBuf,
-    /// Print the comparison as JSON.
+    /// Print the comparison as JSON (compact).
     #[arg(long)]
     pub json: bool,
+    /// With --json: indented, for people.
+    #[arg(long, requires = "json")]
+    pub pretty: bool,
     /// Number of call sites listed.
     #[arg(long, default_value_t = 10)]
     pub top: usize,

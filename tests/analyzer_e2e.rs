@@ -206,11 +206,12 @@ fn call_site_depth_groups_stacks() {
         trace.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    heaptape_analyzer::schema::inline_stacks(&mut v);
     let p = &v["processes"][0];
     assert_eq!(p["call_site_depth"], 1);
     for s in p["sites_live_at_exit"].as_array().unwrap() {
-        assert_eq!(s["frames"].as_array().unwrap().len(), 1, "{s}");
+        assert_eq!(s["stack"].as_array().unwrap().len(), 1, "{s}");
     }
 }
 

@@ -76,7 +76,14 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const REPORT: &[&str] = &["processes", "trace", "warnings"];
+const REPORT: &[&str] = &[
+    "frames",
+    "processes",
+    "schema_version",
+    "stacks",
+    "trace",
+    "warnings",
+];
 const TRACE: &[&str] = &[
     "command",
     "complete",
@@ -202,7 +209,6 @@ const GROWTH: &[&str] = &[
 const SITE_LIVE_AT_EXIT: &[&str] = &[
     "allocated_bytes",
     "allocations",
-    "frames",
     "frees",
     "inherited_blocks",
     "inherited_bytes",
@@ -211,6 +217,7 @@ const SITE_LIVE_AT_EXIT: &[&str] = &[
     "peak_blocks",
     "peak_bytes",
     "stack",
+    "stack_id",
     "stacks",
     "temporary_allocations",
 ];
@@ -316,7 +323,7 @@ fn assert_image_parts(img: &Value, what: &str) {
     assert_stack(s, "stack", "a growth site");
     let s = first(img, "sites_live_at_exit");
     assert_keys(s, SITE_LIVE_AT_EXIT, "a site live at exit");
-    assert_stack(s, "frames", "a site live at exit");
+    assert_stack(s, "stack", "a site live at exit");
     let f = first(img, "invalid_frees");
     assert_keys(f, INVALID_FREE, "an invalid free");
     for stack in ["stack", "alloc_stack", "free_stack"] {
@@ -535,8 +542,9 @@ fn html_page_data_is_the_report_cut_to_what_it_shows() {
     assert!(run.status.success(), "{}", run.stderr);
     let data = page_data(&page);
     assert_keys_in_order(&data, "the page's data");
-    let v: Value = serde_json::from_slice(&data).expect("JSON");
+    let mut v: Value = serde_json::from_slice(&data).expect("JSON");
     assert_keys(&v, REPORT, "the page's data");
+    heaptape_analyzer::schema::inline_stacks(&mut v);
     assert_eq!(v["trace"], report["trace"]);
     let (p, full) = (traced_process(&v), traced_process(&report));
     // The processes' modules are left out; their previous images are whole.
@@ -567,5 +575,93 @@ fn html_page_data_is_the_report_cut_to_what_it_shows() {
         "timeline",
     ] {
         assert_eq!(p[list], full[list], "{list}");
+    }
+}
+
+/// Every value of `old` is in `new` at the same place (`new` may hold more keys);
+/// `path` names the place in failures.
+fn assert_holds(new: &Value, old: &Value, path: &str) {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            for (k, v) in o {
+                let there = n
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{path}.{k} is gone (it was {v})"));
+                assert_holds(there, v, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(o), Value::Array(n)) => {
+            assert_eq!(n.len(), o.len(), "the length of {path}");
+            for (i, (n, o)) in n.iter().zip(o).enumerate() {
+                assert_holds(n, o, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(new, old, "{path}"),
+    }
+}
+
+/// A schema 1 document's sites live at exit in schema 2's words: `frames` became
+/// `stack`, and the trie id `stack` became `stack_id`.
+fn schema1_to_2(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            if let Some(Value::Array(sites)) = obj.get_mut("sites_live_at_exit") {
+                for s in sites.iter_mut().filter_map(Value::as_object_mut) {
+                    let id = s.remove("stack");
+                    let frames = s.remove("frames");
+                    s.extend(id.map(|id| ("stack_id".to_string(), id)));
+                    s.extend(frames.map(|f| ("stack".to_string(), f)));
+                }
+            }
+            obj.values_mut().for_each(schema1_to_2);
+        }
+        Value::Array(items) => items.iter_mut().for_each(schema1_to_2),
+        _ => {}
+    }
+}
+
+/// The compact document with shared stacks holds every figure of the document as
+/// heaptape wrote it before (schema 1, every stack inline), on a trace of the
+/// every-list fixture kept in tests/data with its schema 1 report (`--no-symbols`, so
+/// the frames are the trace's own): put back inline, the new document has each of the
+/// old one's values at the same place.
+#[test]
+fn shared_stacks_keep_every_figure_of_the_inline_document() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let old = zstd::decode_all(
+        std::fs::read(data.join("every.schema1.json.zst"))
+            .expect("the schema 1 report")
+            .as_slice(),
+    )
+    .expect("zstd");
+    let mut old: Value = serde_json::from_slice(&old).expect("JSON");
+    schema1_to_2(&mut old);
+    let run = run_heaptape([
+        "analyze".as_ref(),
+        "--json".as_ref(),
+        "--no-symbols".as_ref(),
+        data.join("every.trace").as_os_str(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    // Compact: one line.
+    assert_eq!(run.stdout.iter().filter(|&&b| b == b'\n').count(), 1);
+    let mut new: Value = serde_json::from_slice(&run.stdout).expect("JSON");
+    assert_eq!(new["schema_version"], 2);
+    let shared = new["stacks"].as_array().expect("stacks").len();
+    assert!(shared > 60, "{shared} shared stacks");
+    heaptape_analyzer::schema::inline_stacks(&mut new);
+    assert_holds(&new, &old, "report");
+
+    // --top cuts every ranked list.
+    let (run, top) = analyze_raw_with(&data.join("every.trace"), &["--no-symbols", "--top", "3"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let p = traced_process(&top);
+    for list in [
+        "loss_records",
+        "sites_at_peak",
+        "sites_live_at_exit",
+        "growth",
+    ] {
+        assert_eq!(p[list].as_array().map(Vec::len), Some(3), "{list}");
     }
 }

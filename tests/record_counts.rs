@@ -75,7 +75,7 @@ fn dlopen_plugin_matches_valgrind() {
         .iter()
         .find(|s| s["live_at_exit_bytes"] == 1000)
         .unwrap_or_else(|| panic!("no live 1000-byte site: {sites:?}"));
-    assert_eq!(plugin_site["frames"][0]["module"], lib);
+    assert_eq!(plugin_site["stack"][0]["module"], lib);
 }
 
 #[test]

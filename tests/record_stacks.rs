@@ -30,7 +30,7 @@ fn leaked_block_has_the_known_call_chain() {
     );
     // The report's own module+offset agrees with base arithmetic.
     let prog_s = prog.to_str().expect("utf-8");
-    for (frame, addr) in site["frames"]
+    for (frame, addr) in site["stack"]
         .as_array()
         .expect("frames")
         .iter()
@@ -107,7 +107,7 @@ int main(void) {
             "{funcs:?}"
         );
         assert!(funcs.iter().any(|f| f == outermost), "{bytes}: {funcs:?}");
-        let frames = site["frames"].as_array().expect("frames");
+        let frames = site["stack"].as_array().expect("frames");
         let last = frames.last().expect("a frame");
         assert!(
             ["_start", "clone3", "__clone3", "clone"]

@@ -441,6 +441,19 @@ impl Analysis {
         report::json::analysis(self, symbolizer, &report::limits::Limits::ALL)
     }
 
+    /// The document `heaptape analyze --json` writes: [`Analysis::json_report`] with at
+    /// most `top` entries in each ranked list (all of them for `None`), its stacks
+    /// shared ([`schema::Report::share_stacks`]).
+    pub fn json_document(&self, top: Option<usize>) -> schema::Report {
+        let limits = report::limits::Limits {
+            ranked: top.unwrap_or(usize::MAX),
+            ..report::limits::Limits::ALL
+        };
+        let mut doc = report::json::analysis(self, self.symbolizer(), &limits);
+        doc.share_stacks();
+        doc
+    }
+
     /// [`Analysis::json_report`] as a JSON value (for indexing by key).
     pub fn to_json(&self) -> serde_json::Value {
         self.to_json_with(self.symbolizer())

@@ -125,12 +125,12 @@ fn call_site_depth_merges_stacks_with_the_same_inner_frames() {
     assert_eq!(p["call_site_depth"], 1);
     let live = p["sites_live_at_exit"].as_array().unwrap();
     assert_eq!(live.len(), 1);
-    assert_eq!(live[0]["stack"], 2);
+    assert_eq!(live[0]["stack_id"], 2);
     assert_eq!(live[0]["stacks"], 2);
     assert_eq!(live[0]["allocations"], 101);
     assert_eq!(live[0]["allocated_bytes"], 10_007);
     assert_eq!(live[0]["live_at_exit_bytes"], 7);
-    assert_eq!(live[0]["frames"].as_array().unwrap().len(), 1);
+    assert_eq!(live[0]["stack"].as_array().unwrap().len(), 1);
     assert_eq!(p["growth"][0]["stacks"], 2);
     assert_eq!(p["growth"][0]["peak_live_bytes"], 10_000);
 }

@@ -68,7 +68,17 @@ fn json_shape_and_values() {
         serde_json::to_string(&a.json_report()).unwrap(),
         serde_json::to_string(&v).unwrap()
     );
-    assert_eq!(keys(&v), set(&["trace", "warnings", "processes"]));
+    assert_eq!(
+        keys(&v),
+        set(&[
+            "frames",
+            "processes",
+            "schema_version",
+            "stacks",
+            "trace",
+            "warnings"
+        ])
+    );
     assert_eq!(
         keys(&v["trace"]),
         set(&[
@@ -152,7 +162,7 @@ fn json_shape_and_values() {
     assert_eq!(
         p["sites_live_at_exit"],
         json!([{
-            "stack": 2,
+            "stack_id": 2,
             "stacks": 1,
             "live_at_exit_bytes": 1064,
             "live_at_exit_blocks": 2,
@@ -164,7 +174,7 @@ fn json_shape_and_values() {
             "inherited_bytes": 0,
             "peak_bytes": 1064,
             "peak_blocks": 2,
-            "frames": [
+            "stack": [
                 {"address": "0x401100", "module": "/bin/app", "offset": "0x401100",
                  "function": null, "file": null, "line": null, "inlined": false},
                 {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",

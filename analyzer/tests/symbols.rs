@@ -215,7 +215,7 @@ fn call_chain_gets_functions_files_and_lines() {
 
     // The JSON frame shape.
     let json = a.to_json();
-    let f = &json["processes"][0]["sites_live_at_exit"][0]["frames"][0];
+    let f = &json["processes"][0]["sites_live_at_exit"][0]["stack"][0];
     assert_eq!(f["address"], format!("{:#x}", BASE + addrs[0]));
     assert_eq!(f["module"], module.as_str());
     assert_eq!(f["function"], "e");

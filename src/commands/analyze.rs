@@ -10,10 +10,13 @@ use heaptape_analyzer::{analyze_with_progress, AnalyzeOptions, Prefetch};
 use super::{suppressions, to_stdout, unreadable, warn, write_json, Failure, Outcome};
 use crate::cli::{AnalyzeArgs, ReportFlags};
 
+/// Entries per ranked section of the text report unless `--top` says.
+const TEXT_TOP: usize = 10;
+
 /// The analyzer's options for `flags` (fails when a suppression file is bad).
 pub fn options(flags: &ReportFlags) -> Result<AnalyzeOptions, Failure> {
     Ok(AnalyzeOptions {
-        top: flags.top,
+        top: flags.top.unwrap_or(TEXT_TOP),
         fail_on: flags.fail_on.unwrap_or_default(),
         leak_heuristics: flags.leak_check_heuristics,
         call_site_depth: (flags.call_site_depth > 0).then_some(flags.call_site_depth),
@@ -51,7 +54,7 @@ pub fn report(
         if flags.gen_suppressions {
             analysis.write_suppressions(out)
         } else if flags.json {
-            write_json(out, &analysis.json_report())
+            write_json(out, &analysis.json_document(flags.top), flags.pretty)
         } else if colour {
             let mut styled = Colour::new(out);
             analysis.render_text(&mut styled, opts)?;

@@ -51,7 +51,7 @@ pub fn run(args: DiffArgs) -> Outcome {
     }
     to_stdout("report", |out| {
         if args.json {
-            write_json(out, &to_json(&result, &failures))
+            write_json(out, &to_json(&result, &failures), args.pretty)
         } else {
             render_text(&result, args.top, out)
         }

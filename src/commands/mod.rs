@@ -81,9 +81,18 @@ pub fn to_stdout(
     }
 }
 
-/// Writes `value` as pretty JSON and a newline.
-pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
+/// Writes `value` as JSON (indented when `pretty`) and a newline.
+pub fn write_json(
+    out: &mut dyn Write,
+    value: &impl serde::Serialize,
+    pretty: bool,
+) -> io::Result<()> {
+    if pretty {
+        serde_json::to_writer_pretty(&mut *out, value)
+    } else {
+        serde_json::to_writer(&mut *out, value)
+    }
+    .map_err(io::Error::from)?;
     out.write_all(b"\n")
 }
 

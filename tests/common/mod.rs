@@ -281,14 +281,16 @@ pub fn assert_same_run(native: &Run, recorded: &Run) {
 }
 
 /// Runs `heaptape analyze --json OPTS trace`: returns its run and the parsed JSON (Null
-/// when it did not print JSON).
+/// when it did not print JSON), every stack inline (`schema::inline_stacks`: the frames
+/// in place of the index into the document's shared stacks).
 pub fn analyze_raw_with(trace: &Path, opts: &[&str]) -> (Run, Value) {
     let res = run(heaptape()
         .arg("analyze")
         .arg("--json")
         .args(opts)
         .arg(trace));
-    let json = serde_json::from_slice(&res.stdout).unwrap_or(Value::Null);
+    let mut json = serde_json::from_slice(&res.stdout).unwrap_or(Value::Null);
+    heaptape_analyzer::schema::inline_stacks(&mut json);
     (res, json)
 }
 

@@ -114,7 +114,7 @@ pub fn parse_hex(v: &Value) -> u64 {
 
 /// The return addresses of a site's stack, innermost first.
 pub fn frame_addresses(site: &Value) -> Vec<u64> {
-    site["frames"]
+    site["stack"]
         .as_array()
         .expect("frames array")
         .iter()

@@ -41,7 +41,13 @@ pub(crate) fn json(
 ) -> CallSiteSections {
     let top = a.options.top;
     let sites = call_sites(&a.stacks, &img.sites, a.options.call_site_depth);
-    let frames = |c: &CallSite| json_frames(frames_of(c.addresses(&a.stacks), &img.modules, sym));
+    let frames = |c: &CallSite| {
+        schema::Stack::from(json_frames(frames_of(
+            c.addresses(&a.stacks),
+            &img.modules,
+            sym,
+        )))
+    };
     let sites_at_peak = top_at_peak(&sites, top)
         .into_iter()
         .take(limits.ranked)
@@ -84,7 +90,7 @@ pub(crate) fn json(
             schema::SiteLiveAtExit {
                 allocated_bytes: s.allocated_bytes,
                 allocations: s.allocations,
-                frames: frames(c),
+                stack: frames(c),
                 frees: s.frees,
                 inherited_blocks: s.inherited_blocks,
                 inherited_bytes: s.inherited_bytes,
@@ -92,7 +98,7 @@ pub(crate) fn json(
                 live_at_exit_bytes: s.live_bytes,
                 peak_blocks: s.peak_blocks,
                 peak_bytes: s.peak_bytes,
-                stack: c.stack,
+                stack_id: c.stack,
                 stacks: c.stacks,
                 temporary_allocations: s.temporary_allocations,
             }

@@ -35,7 +35,8 @@ const DATA_MARK: &str = "/*HEAPTAPE_DATA*/";
 
 /// Writes the page of `a`.
 pub fn write_html(a: &Analysis, out: &mut dyn Write) -> io::Result<()> {
-    let data = super::json::analysis(a, a.symbolizer(), &PAGE);
+    let mut data = super::json::analysis(a, a.symbolizer(), &PAGE);
+    data.share_stacks();
     // Inside <script>, "</" would end the element: JSON allows "<\/" for it.
     let json = serde_json::to_string(&data)
         .map_err(io::Error::from)?

@@ -46,11 +46,7 @@ pub fn analysis(a: &Analysis, sym: &dyn Symbolizer, limits: &Limits) -> schema::
         .iter()
         .map(|p| process(a, p, sym, limits))
         .collect();
-    schema::Report {
-        processes,
-        trace,
-        warnings,
-    }
+    schema::Report::new(processes, trace, warnings)
 }
 
 fn process(a: &Analysis, p: &Process, sym: &dyn Symbolizer, limits: &Limits) -> schema::Process {
@@ -164,7 +160,7 @@ fn totals(t: &Totals, allocation_rate_per_sec: Option<f64>) -> schema::Totals {
 
 /// An invalid, double or mismatched free (see [`schema::InvalidFree`]).
 fn finding(a: &Analysis, img: &Image, f: &Finding, sym: &dyn Symbolizer) -> schema::InvalidFree {
-    let stack = |id| json_stack(&a.stacks, &img.modules, id, sym);
+    let stack = |id| schema::Stack::from(json_stack(&a.stacks, &img.modules, id, sym));
     schema::InvalidFree {
         address: addr(f.first.address),
         alloc_function: f.alloc_fn.map(|x| x.name()),
@@ -253,7 +249,7 @@ fn loss_record(
         kind: lr.kind.name(),
         number: lr.number,
         of,
-        stack: json_stack(&a.stacks, &img.modules, lr.stack, sym),
+        stack: json_stack(&a.stacks, &img.modules, lr.stack, sym).into(),
         stack_id: lr.stack,
     }
 }

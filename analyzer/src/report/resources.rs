@@ -37,7 +37,7 @@ pub(crate) fn json(
     sym: &dyn Symbolizer,
     limits: &Limits,
 ) -> ResourceSections {
-    let stack = |id: StackId| json_stack(&a.stacks, &img.modules, id, sym);
+    let stack = |id: StackId| schema::Stack::from(json_stack(&a.stacks, &img.modules, id, sym));
     let r = &img.resources;
     let v = img.timeline.verdict();
     let fd_leaks = r

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// One frame, as the symbolizer describes it (inlined calls are frames of their own,
 /// all with the address of the call they were inlined into).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Frame {
     /// The return address from the stack, `"0x…"`.
     pub address: String,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Frame;
+use super::Stack;
 
 /// memcheck's LEAK SUMMARY of the image's last complete snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -74,7 +74,7 @@ pub struct LossRecord {
     /// How many loss records the image has.
     pub of: usize,
     /// Where the blocks were allocated, from the allocator's caller, innermost first.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of that stack.
     pub stack_id: u32,
 }
@@ -90,13 +90,13 @@ pub struct InvalidFree {
     /// The function that allocated the block, when known.
     pub alloc_function: Option<&'static str>,
     /// Where the block was allocated, when known.
-    pub alloc_stack: Option<Vec<Frame>>,
+    pub alloc_stack: Option<Stack>,
     /// The trie id of `alloc_stack`.
     pub alloc_stack_id: Option<u32>,
     /// How many times it happened.
     pub count: u64,
     /// Where the block was freed before, for a double free.
-    pub free_stack: Option<Vec<Frame>>,
+    pub free_stack: Option<Stack>,
     /// The trie id of `free_stack`.
     pub free_stack_id: Option<u32>,
     /// The freeing function (`free`, `operator delete`, ...).
@@ -106,7 +106,7 @@ pub struct InvalidFree {
     /// The block's size, when known.
     pub size: Option<u64>,
     /// Where the first one happened.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of `stack`.
     pub stack_id: u32,
     /// The thread of the first one.

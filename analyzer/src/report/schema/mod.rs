@@ -20,10 +20,14 @@ mod frame;
 mod leaks;
 mod resources;
 mod sites;
+mod stack;
 
 pub use diff::{Delta, DiffReport, DiffSite, DiffTotals, Figures};
-pub use document::{Exit, Image, Module, Process, Report, Totals, Trace, Truncation};
+pub use document::{
+    Exit, Image, Module, Process, Report, Totals, Trace, Truncation, SCHEMA_VERSION,
+};
 pub use frame::Frame;
 pub use leaks::{Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
 pub use resources::{FdLeak, MmapLeak, TimelinePoint, Verdict, VerdictSite};
 pub use sites::{GrowthSite, SiteAtPeak, SiteLiveAtExit};
+pub use stack::{inline_stacks, Stack};

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::Frame;
+use super::Stack;
 
 /// A descriptor the image opened and did not close.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -19,7 +19,7 @@ pub struct FdLeak {
     /// Its path, socket type or other description.
     pub path: String,
     /// Where it was opened, innermost first.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of that stack.
     pub stack_id: u32,
     /// The thread that opened it.
@@ -42,7 +42,7 @@ pub struct MmapLeak {
     /// Its `PROT_*` bits.
     pub prot: u32,
     /// Where it was mapped, innermost first.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of that stack.
     pub stack_id: u32,
 }
@@ -89,7 +89,7 @@ pub struct VerdictSite {
     /// Their bytes.
     pub bytes: u64,
     /// Where, innermost first.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of that stack.
     pub stack_id: u32,
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::Frame;
+use super::Stack;
 
 /// A call site holding memory at the image's heap peak.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -13,7 +13,7 @@ pub struct SiteAtPeak {
     /// Its live bytes at the peak.
     pub peak_bytes: u64,
     /// Its frames, innermost first.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of the stack that represents it (the smallest of its group).
     pub stack_id: u32,
     /// How many distinct stacks it groups.
@@ -41,7 +41,7 @@ pub struct GrowthSite {
     /// The fitted line's slope over the window.
     pub slope_bytes_per_sec: f64,
     /// Its frames, innermost first.
-    pub stack: Vec<Frame>,
+    pub stack: Stack,
     /// The trie id of the stack that represents it.
     pub stack_id: u32,
     /// How many distinct stacks it groups.
@@ -54,16 +54,13 @@ pub struct GrowthSite {
     pub window_buckets: usize,
 }
 
-/// A call site holding memory when the image ended. Unlike the other lists, `stack` is
-/// the trie id here and `frames` the frames.
+/// A call site holding memory when the image ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SiteLiveAtExit {
     /// Bytes its allocations requested.
     pub allocated_bytes: u64,
     /// Successful allocations made from it.
     pub allocations: u64,
-    /// Its frames, innermost first.
-    pub frames: Vec<Frame>,
     /// Its blocks that were released.
     pub frees: u64,
     /// Its blocks inherited from the parent at fork.
@@ -78,8 +75,10 @@ pub struct SiteLiveAtExit {
     pub peak_blocks: u64,
     /// Its live bytes at the image's heap peak.
     pub peak_bytes: u64,
+    /// Its frames, innermost first.
+    pub stack: Stack,
     /// The trie id of the stack that represents it.
-    pub stack: u32,
+    pub stack_id: u32,
     /// How many distinct stacks it groups.
     pub stacks: usize,
     /// Its allocations freed before their thread's next allocation.
