@@ -194,6 +194,10 @@ pub struct ReportFlags {
     /// length64, newarray, multipleinheritance.
     #[arg(long, value_name = "SET", default_value = "all", value_parser = HeuristicSet::parse)]
     pub leak_check_heuristics: HeuristicSet,
+    /// Go on below `main` in the text report's stacks (the C library's start-up
+    /// frames), as memcheck's --show-below-main=yes.
+    #[arg(long)]
+    pub show_below_main: bool,
     /// Colour in the text report: auto (on a terminal, unless NO_COLOR is set), always,
     /// never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorArg::Auto)]

@@ -98,6 +98,9 @@ pub struct AnalyzeOptions {
     /// suppressed, not reported, never failing `fail_on`. By default
     /// [`Suppressions::defaults`], the C and C++ runtimes' own blocks.
     pub suppressions: Suppressions,
+    /// Whether text stacks go on below `main` (the C library's start-up frames), as
+    /// memcheck's `--show-below-main=yes`; by default they end at `main`.
+    pub show_below_main: bool,
 }
 
 /// The reports whose frames an analysis symbolizes in one parallel batch when it ends,
@@ -132,6 +135,7 @@ impl Default for AnalyzeOptions {
             call_site_depth: None,
             prefetch: Prefetch::Both,
             suppressions: Suppressions::defaults(),
+            show_below_main: false,
         }
     }
 }

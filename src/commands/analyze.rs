@@ -29,6 +29,7 @@ pub fn options(flags: &ReportFlags) -> Result<AnalyzeOptions, Failure> {
             Prefetch::Text
         },
         suppressions: suppressions(&flags.suppressions)?,
+        show_below_main: flags.show_below_main,
         ..flags.symbols.options()
     })
 }

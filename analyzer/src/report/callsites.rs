@@ -200,7 +200,11 @@ fn write_frames(
     out: &mut dyn Write,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
-    write_stack(out, &frames_of(c.addresses(&a.stacks), &img.modules, sym))
+    write_stack(
+        out,
+        &frames_of(c.addresses(&a.stacks), &img.modules, sym),
+        a.options.show_below_main,
+    )
 }
 
 /// Allocations per second over the image's lifetime (`None` for a zero-length one).

@@ -10,7 +10,9 @@
 //! * [`folded_name`] (flamegraph frames): the function alone (no source place), else
 //!   the same, made safe for the folded format;
 //! * [`json_frames`] and [`json_stack`]: the frames as JSON objects;
-//! * [`write_stack`]: the text reports' `at`/`by` lines.
+//! * [`write_stack`]: the text reports' `at`/`by` lines: frames below `main` left out
+//!   (as memcheck's `--show-below-main=no`), inlined calls marked `[inlined]`, and
+//!   long C++ template argument lists shortened to `<…>` ([`short_function`]).
 
 use std::fmt;
 use std::io;
@@ -148,13 +150,92 @@ pub(crate) fn json_stack(
 }
 
 /// Writes `frames` as the text reports' stack lines: `        at FRAME`, then
-/// `        by FRAME` for each caller.
-pub(crate) fn write_stack(out: &mut dyn io::Write, frames: &[Frame]) -> io::Result<()> {
-    for (i, frame) in frames.iter().enumerate() {
+/// `        by FRAME` for each caller, down to `main` unless `below_main` (the C
+/// library's start-up frames under it say nothing about the program); function names
+/// longer than [`SHORT_FUNCTION`] with their template arguments shortened, inlined
+/// calls marked.
+pub(crate) fn write_stack(
+    out: &mut dyn io::Write,
+    frames: &[Frame],
+    below_main: bool,
+) -> io::Result<()> {
+    let shown = match frames
+        .iter()
+        .position(|f| f.function.as_deref() == Some("main"))
+    {
+        Some(main) if !below_main => main + 1,
+        _ => frames.len(),
+    };
+    for (i, frame) in frames[..shown].iter().enumerate() {
         let word = if i == 0 { "at" } else { "by" };
-        writeln!(out, "        {word} {frame}")?;
+        let mut line = String::new();
+        match frame.function.as_deref().map(short_function) {
+            Some(std::borrow::Cow::Owned(short)) => {
+                let f = Frame {
+                    function: Some(short),
+                    ..frame.clone()
+                };
+                let _ = fmt::write(&mut line, format_args!("{f}"));
+            }
+            _ => {
+                let _ = fmt::write(&mut line, format_args!("{frame}"));
+            }
+        }
+        let inlined = if frame.inlined { " [inlined]" } else { "" };
+        writeln!(out, "        {word} {line}{inlined}")?;
     }
     Ok(())
+}
+
+/// Function names longer than this are shortened in text ([`short_function`]).
+pub(crate) const SHORT_FUNCTION: usize = 100;
+
+/// `name` with the contents of every outermost template argument list replaced by `…`
+/// when it is longer than [`SHORT_FUNCTION`] characters (`std::vector<…>::_M_realloc_insert<…>(__gnu_cxx::__normal_iterator<…>, int const&)`);
+/// operators `<`, `<<`, `<=`, `<=>`, `>`, `>>`, `>=`, `->` are not brackets. Borrowed
+/// when nothing changes.
+pub(crate) fn short_function(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.chars().count() <= SHORT_FUNCTION {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut depth = 0usize;
+    let mut rest = name;
+    while let Some(c) = rest.chars().next() {
+        // An operator's name, copied whole (`operator<<`, `operator->`, ...).
+        if depth == 0 && out.trim_end().ends_with("operator") {
+            let op = ["<=>", "<<=", ">>=", "<<", ">>", "<=", ">=", "->", "<", ">"]
+                .iter()
+                .find(|op| rest.starts_with(**op));
+            if let Some(op) = op {
+                out.push_str(op);
+                rest = &rest[op.len()..];
+                continue;
+            }
+        }
+        match c {
+            '<' => {
+                if depth == 0 {
+                    out.push_str("<…");
+                }
+                depth += 1;
+            }
+            '>' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    out.push('>');
+                }
+            }
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    if depth != 0 {
+        // Unbalanced: leave it as it is.
+        return std::borrow::Cow::Borrowed(name);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -183,6 +264,66 @@ mod tests {
         assert_eq!(unknown.to_string(), "0x99: ???");
         assert_eq!(describe(&unknown), "0x99");
         assert_eq!(folded_name(&unknown), "0x99");
+    }
+
+    #[test]
+    fn long_template_arguments_are_shortened_and_operators_kept() {
+        let long = "void std::vector<std::__cxx11::basic_string<char, std::char_traits<char>, \
+                    std::allocator<char> >, std::allocator<std::__cxx11::basic_string<char> > \
+                    >::_M_realloc_insert<std::__cxx11::basic_string<char> const&>(\
+                    __gnu_cxx::__normal_iterator<int*, std::vector<int> >, int const&)";
+        assert_eq!(
+            short_function(long),
+            "void std::vector<…>::_M_realloc_insert<…>(__gnu_cxx::__normal_iterator<…>, \
+             int const&)"
+        );
+        let op = format!(
+            "std::basic_ostream<char, std::char_traits<char> >& std::operator<< \
+             <std::char_traits<char> >(std::basic_ostream<char, {}>&, char const*)",
+            "std::char_traits<char> ".repeat(3)
+        );
+        assert_eq!(
+            short_function(&op),
+            "std::basic_ostream<…>& std::operator<< <…>(std::basic_ostream<…>&, char const*)"
+        );
+        let cmp = format!("bool operator<(A<{}> const&, B const&)", "int, ".repeat(30));
+        assert_eq!(
+            short_function(&cmp),
+            "bool operator<(A<…> const&, B const&)"
+        );
+        // Short names, and unbalanced ones, stay.
+        assert_eq!(
+            short_function("std::vector<int>::push_back"),
+            "std::vector<int>::push_back"
+        );
+        let odd = format!("f<{}", "x".repeat(200));
+        assert_eq!(short_function(&odd), odd);
+    }
+
+    #[test]
+    fn text_stacks_stop_at_main_and_mark_inlined_calls() {
+        let f = |function: &str, inlined| Frame {
+            address: 0x10,
+            function: Some(function.into()),
+            inlined,
+            ..Frame::default()
+        };
+        let frames = [
+            f("helper", true),
+            f("work", false),
+            f("main", false),
+            f("__libc_start_call_main", false),
+            f("_start", false),
+        ];
+        let mut out = Vec::new();
+        write_stack(&mut out, &frames, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "        at 0x10: helper [inlined]\n        by 0x10: work\n        by 0x10: main\n"
+        );
+        let mut out = Vec::new();
+        write_stack(&mut out, &frames, true).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 5);
     }
 
     #[test]

@@ -128,7 +128,11 @@ pub fn text(
     let img = p.image();
     let when = moment(p, img);
     let stack_lines = |out: &mut dyn Write, id: StackId| -> io::Result<()> {
-        write_stack(out, &symbolize_stack(&a.stacks, &img.modules, id, sym))
+        write_stack(
+            out,
+            &symbolize_stack(&a.stacks, &img.modules, id, sym),
+            a.options.show_below_main,
+        )
     };
     let fds = img.resources.open_fds();
     if !fds.is_empty() {

@@ -288,7 +288,11 @@ fn write_frames(
     out: &mut dyn Write,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
-    write_stack(out, &symbolize_stack(&a.stacks, &img.modules, stack, sym))
+    write_stack(
+        out,
+        &symbolize_stack(&a.stacks, &img.modules, stack, sym),
+        a.options.show_below_main,
+    )
 }
 
 /// A command line for display; arguments that need it are quoted for a POSIX shell
