@@ -55,9 +55,9 @@ pub use checks::leaks::{
 };
 pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind};
 pub use checks::{
-    Finding, FindingKind, Findings, GrowingSite, Mapping, Occurrence, OpenFd, Resources,
-    Suppression, SuppressionError, Suppressions, Timeline, TimelinePoint, Verdict, VerdictKind,
-    DEFAULT_SUPPRESSIONS,
+    BadFreeBlock, Finding, FindingKind, Findings, GrowingSite, Mapping, Occurrence, OpenFd,
+    Resources, Suppression, SuppressionError, Suppressions, Timeline, TimelinePoint, Verdict,
+    VerdictKind, DEFAULT_SUPPRESSIONS,
 };
 pub use modules::{Module, ModuleHit, ModuleMap};
 pub use replay::{

@@ -3,7 +3,9 @@
 //! A free of an address that is not a live block (a double free, a wild pointer) or a
 //! block released by the wrong family (`new` then `free`) is a bug in the recorded
 //! program, not in the trace: the replay must carry on, and the report must say where
-//! it happened. Findings are grouped like valgrind groups its errors: one entry per
+//! it happened, and, as memcheck does, which block the address fell in when it was
+//! freed ([`BadFreeBlock`]: a live block it lay inside, or a recently freed one, with the
+//! stacks that allocated and freed it). Findings are grouped like valgrind groups its errors: one entry per
 //! distinct (kind, freeing function and stack, allocating function and stack), with a count and
 //! the first occurrence. A program that double-frees in a loop therefore costs one entry,
 //! and memory stays bounded by call sites.
@@ -49,7 +51,8 @@ pub struct Finding {
     pub alloc_fn: Option<AllocFn>,
     /// Stack of that allocation, when known.
     pub alloc_stack: Option<StackId>,
-    /// For a double free: the stack of the earlier, valid free.
+    /// When the address fell in a freed block (a double free, or a stale pointer into
+    /// the block): the stack of the block's earlier, valid free.
     pub previous_free_stack: Option<StackId>,
     /// How many times this happened.
     pub count: u64,
@@ -68,6 +71,23 @@ pub struct Occurrence {
     pub ts: Timestamp,
     /// Size of the block concerned, when known.
     pub size: Option<u64>,
+    /// The block the address fell in, when it fell in one the replay knows.
+    pub block: Option<BadFreeBlock>,
+}
+
+/// The heap block a released address fell in, as it was at the moment of the release
+/// (memcheck's "Address 0x… is 8 bytes inside a block of size 64 alloc'd").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadFreeBlock {
+    /// The block's start.
+    pub address: u64,
+    /// Its requested size.
+    pub size: u64,
+    /// How far past the block's start the address was (0: the start itself).
+    pub offset: u64,
+    /// Whether the block had been freed already (a double free, or a stale pointer
+    /// into it); otherwise it was live.
+    pub freed: bool,
 }
 
 type Key = (
@@ -144,6 +164,7 @@ mod tests {
                 tid: 1,
                 ts: 0,
                 size: None,
+                block: None,
             },
         }
     }

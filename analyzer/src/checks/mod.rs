@@ -16,7 +16,7 @@ pub(crate) mod resources;
 pub(crate) mod suppressions;
 pub(crate) mod timeline;
 
-pub use bad_frees::{Finding, FindingKind, Findings, Occurrence};
+pub use bad_frees::{BadFreeBlock, Finding, FindingKind, Findings, Occurrence};
 pub use leaks::LeakCheck;
 pub use resources::{Mapping, OpenFd, Resources};
 pub use suppressions::{Suppression, SuppressionError, Suppressions, DEFAULT_SUPPRESSIONS};

@@ -12,7 +12,7 @@ use super::heap::{Block, ImageId};
 use super::lifecycle::Thread;
 use super::step::{realloc_frees_old, step, LastBinding, Step};
 use super::Replay;
-use crate::checks::{Finding, FindingKind, Occurrence};
+use crate::checks::{BadFreeBlock, Finding, FindingKind, Occurrence};
 use crate::hash::FastMap;
 use crate::modules::is_libc_path;
 
@@ -100,32 +100,57 @@ pub(super) struct Release {
     pub(super) stack: StackId,
     /// A plain free, which may turn out to be allocator bookkeeping.
     pub(super) may_be_internal: bool,
+    /// Where to learn which live block the address lay in, should it be no block's
+    /// start.
+    pub(super) inside: Inside,
+}
+
+/// Which live block a released address lay in when it is no live block's start (see
+/// [`Replay::release_bad`]), as the caller knows it.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Inside {
+    /// The heap's live blocks are at hand, as they were at the release: look there.
+    Look,
+    /// The run's shards looked when it happened (see [`super::describe`]): the block
+    /// and its start, if any (`None` too for a miss they did not describe).
+    Known(Option<(u64, Block)>),
 }
 
 impl Release {
-    /// A finding about this call, first seen now.
+    /// A finding about this call, first seen now: of `kind`, about the block the
+    /// address fell in, if any (`alloc`: its allocating function and stack;
+    /// `previous_free_stack`: where it was freed, if it was).
     fn finding(
         &self,
         kind: FindingKind,
-        alloc_fn: Option<AllocFn>,
-        alloc_stack: Option<StackId>,
+        block: Option<(BadFreeBlock, AllocFn, StackId)>,
         previous_free_stack: Option<StackId>,
-        size: Option<u64>,
     ) -> Finding {
         Finding {
             kind,
             free_fn: self.func,
             free_stack: self.stack,
-            alloc_fn,
-            alloc_stack,
+            alloc_fn: block.map(|b| b.1),
+            alloc_stack: block.map(|b| b.2),
             previous_free_stack,
             count: 1,
             first: Occurrence {
                 address: self.address,
                 tid: self.tid,
                 ts: self.ts,
-                size,
+                size: block.map(|b| b.0.size),
+                block: block.map(|b| b.0),
             },
+        }
+    }
+
+    /// The block at `start` of `size` bytes, which the address fell in.
+    fn block(&self, start: u64, size: u64, freed: bool) -> BadFreeBlock {
+        BadFreeBlock {
+            address: start,
+            size,
+            offset: self.address.wrapping_sub(start),
+            freed,
         }
     }
 }
@@ -159,6 +184,9 @@ impl Replay {
             },
         };
         self.internal_frees.insert((img, stack), verdict);
+        if verdict {
+            std::sync::Arc::make_mut(&mut self.internal_known).insert((img, stack));
+        }
         verdict
     }
 
@@ -181,6 +209,12 @@ impl Replay {
             .iter_mut()
             .map(|r| r.drain(..).peekable())
             .collect();
+        // The live block each described miss's address lay in, by record index.
+        let mut described = batch.described.drain(..).peekable();
+        let mut inside = |i: u32| -> Inside {
+            while described.next_if(|&(j, _)| j < i).is_some() {}
+            Inside::Known(described.next_if(|&(j, _)| j == i).and_then(|(_, hit)| hit))
+        };
         // The block the insertion of record `i` replaced.
         let mut replaced_at = |shard: u16, i: u32| -> Option<Block> {
             let r = &mut replaced[usize::from(shard)];
@@ -239,6 +273,11 @@ impl Replay {
                         // The release part of a realloc that moved its block (the ring
                         // recorder writes it as a free) is the program's own call.
                         may_be_internal: !matches!(func, AllocFn::Realloc | AllocFn::Reallocarray),
+                        inside: if removed.is_none() {
+                            inside(i)
+                        } else {
+                            Inside::Known(None)
+                        },
                     };
                     self.released(r, removed, temporary);
                 }
@@ -266,16 +305,28 @@ impl Replay {
                         address: old,
                         stack,
                         may_be_internal: false,
+                        inside: Inside::Known(None),
                     };
                     if frees_old {
                         self.images[img].totals.frees += 1;
                         let removed = next(old_shard);
                         let temporary = hot.get(&mut self.threads, tid).freed(removed, old);
+                        let r = match removed {
+                            None => Release {
+                                inside: inside(i),
+                                ..r
+                            },
+                            Some(_) => r,
+                        };
                         self.released(r, removed, temporary);
                     } else if old != 0 {
                         self.images[img].totals.failed_allocations += 1;
                         let live = next(old_shard).is_some();
                         if !live && self.bad_pointer(img, old) {
+                            let r = Release {
+                                inside: inside(i),
+                                ..r
+                            };
                             self.released(r, None, false);
                         }
                         continue;
@@ -293,6 +344,7 @@ impl Replay {
         hot.write_back(&mut self.threads);
         drop(results);
         drop(replaced);
+        drop(described);
         drop(chunk);
         self.recycle(batch);
     }
@@ -402,19 +454,21 @@ impl Replay {
             heap.remember_free(r.address, block.stack, block.func, r.stack, block.size);
         }
         if block.func.family() != r.func.family() {
+            let at = r.block(r.address, block.size, false);
             self.images[r.img].findings.add(r.finding(
                 FindingKind::MismatchedFree,
-                Some(block.func),
-                Some(block.stack),
+                Some((at, block.func, block.stack)),
                 None,
-                Some(block.size),
             ));
         }
         self.images[block.owner].remove_live(block.stack, block.size, temporary, r.ts);
     }
 
     /// [`Replay::release`] of an address that is not live: allocator bookkeeping, a
-    /// double free, an invalid free, or (in an attached heap) an untracked one.
+    /// double free, an invalid free, or (in an attached heap) an untracked one. The
+    /// finding names the block the address fell in, as memcheck does: a block freed
+    /// before at that very address (a double free), else a live block it lay inside,
+    /// else a remembered freed block it lay inside (a stale pointer), else none.
     #[cold]
     pub(super) fn release_bad(&mut self, r: Release) {
         let Release {
@@ -440,19 +494,34 @@ impl Replay {
         let Some(heap) = self.heaps.get(heap_id).and_then(Option::as_ref) else {
             return;
         };
-        let f = match heap.freed(address) {
-            Some(prev) => r.finding(
+        let f = if let Some(prev) = heap.freed(address) {
+            let at = r.block(prev.address, prev.size, true);
+            r.finding(
                 FindingKind::DoubleFree,
-                Some(prev.alloc_fn),
-                Some(prev.alloc_stack),
+                Some((at, prev.alloc_fn, prev.alloc_stack)),
                 Some(prev.free_stack),
-                Some(prev.size),
-            ),
-            None if !heap.complete => {
-                self.images[img].totals.untracked_frees += 1;
-                return;
+            )
+        } else if !heap.complete {
+            self.images[img].totals.untracked_frees += 1;
+            return;
+        } else {
+            let live = match r.inside {
+                Inside::Look => heap.live.containing(address),
+                Inside::Known(hit) => hit,
+            };
+            if let Some((start, b)) = live {
+                let at = r.block(start, b.size, false);
+                r.finding(FindingKind::InvalidFree, Some((at, b.func, b.stack)), None)
+            } else if let Some(prev) = heap.freed_containing(address) {
+                let at = r.block(prev.address, prev.size, true);
+                r.finding(
+                    FindingKind::InvalidFree,
+                    Some((at, prev.alloc_fn, prev.alloc_stack)),
+                    Some(prev.free_stack),
+                )
+            } else {
+                r.finding(FindingKind::InvalidFree, None, None)
             }
-            None => r.finding(FindingKind::InvalidFree, None, None, None, None),
         };
         self.images[img].findings.add(f);
     }
@@ -489,6 +558,7 @@ impl Replay {
             address: old,
             stack,
             may_be_internal: false,
+            inside: Inside::Look,
         };
         if frees_old {
             self.images[img].totals.frees += 1;

@@ -6,10 +6,31 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use heaptape_format::StackId;
+
 use super::heap::{Block, Freed, ImageId};
 use super::prepare::Prepared;
 use super::step::{step, Bindings, LastBinding, Step};
 use crate::callsites::Clock;
+use crate::hash::FastSet;
+
+/// A removal or look-up of a run that found no live block: a bad free (or a bad
+/// realloc pointer), or the C library freeing its own bookkeeping.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Miss {
+    /// The record's index in its chunk.
+    pub index: u32,
+    /// Its heap (index into [`Batch::heaps`]).
+    pub heap: u16,
+    /// Its thread's image.
+    pub img: u32,
+    /// The address released.
+    pub address: u64,
+}
+
+/// What the run's shards found about a miss (see [`super::describe`]): the record's
+/// index, and the live block its address lay in then, with the block's start.
+pub(crate) type Described = (u32, Option<(u64, Block)>);
 
 /// One run of the batch path (see
 /// [`Replay::apply_prepared`](super::Replay::apply_prepared)): a stretch of a prepared
@@ -34,8 +55,19 @@ pub(crate) struct Batch {
     /// replaced nothing leave no result: half the operations write and hand over
     /// nothing.
     pub replaced: Vec<Vec<(u32, Block)>>,
+    /// Per shard: its removals and look-ups that found no live block, in order.
+    pub misses: Vec<Vec<Miss>>,
+    /// The misses whose address the shards looked up among the live blocks (see
+    /// [`super::describe`]), by record index.
+    pub described: Vec<Described>,
     /// The heaps the run uses (ids into `Replay::heaps`).
     pub heaps: Vec<usize>,
+    /// Per heap of the run: whether it saw every allocation (only such a heap's misses
+    /// are described).
+    pub complete: Vec<bool>,
+    /// The frees known, when the run was handed over, to be the C library's own
+    /// bookkeeping, by (image, stack): their misses are not described.
+    pub internal: std::sync::Arc<FastSet<(ImageId, StackId)>>,
     /// The images its threads are bound to.
     pub images: Vec<ImageId>,
     /// The latest timestamp of its live-table events.
@@ -80,6 +112,11 @@ impl Batch {
         for v in &mut self.replaced {
             v.clear();
         }
+        for v in &mut self.misses {
+            v.clear();
+        }
+        self.described.clear();
+        self.complete.clear();
         self.op_ranges.clear();
         self.bindings.clear();
         self.heaps.clear();

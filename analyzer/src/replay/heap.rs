@@ -190,6 +190,28 @@ impl FreedHistory {
         None
     }
 
+    /// The latest free (among those a lookup may see) of a block that `address` lies in,
+    /// its start excluded: a stale pointer into a freed block. A scan of the window,
+    /// newest first (a recently freed block is found at once): only bad frees that
+    /// are neither a live block's nor a freed block's start ask, and they are rare.
+    fn containing(&self, address: u64) -> Option<&Freed> {
+        let start = self.window_start();
+        let mut end = self.total;
+        for c in self.chunks.iter().rev() {
+            let first = end - c.len() as u64;
+            let from = start.saturating_sub(first).min(c.len() as u64) as usize;
+            let hit = c[from..].iter().rev().find(|f| {
+                let offset = address.wrapping_sub(f.address);
+                offset != 0 && offset < f.size
+            });
+            if hit.is_some() || first <= start {
+                return hit;
+            }
+            end = first;
+        }
+        None
+    }
+
     /// Frees a lookup may see.
     #[cfg(test)]
     fn len(&self) -> u64 {
@@ -246,6 +268,40 @@ impl Slot {
             func: self.func,
         }
     }
+}
+
+/// How far below an address [`containing`] looks for a block start, one 8-byte step at
+/// a time, before it scans the tables.
+pub(crate) const CONTAINING_REACH: u64 = 4096;
+
+/// The live block `address` lies in, with its start, among `tables` (one per address
+/// shard of a heap, in shard order): the block with the greatest start at or below
+/// `address`, if it reaches past `address` (blocks do not overlap in a real heap, so it
+/// is the only one that can). Starts are looked up one 8-byte step at a time (every
+/// allocator returns 8-byte aligned pointers) down to [`CONTAINING_REACH`] below; when
+/// none is there, the tables are scanned. Asked only for bad frees (rare), never for
+/// the free of a live block's start.
+pub(crate) fn containing(tables: &[&LiveTable], address: u64) -> Option<(u64, Block)> {
+    if tables.is_empty() {
+        return None;
+    }
+    let lowest = address.saturating_sub(CONTAINING_REACH);
+    let mut x = address & !7;
+    while x != 0 && x >= lowest {
+        let h = fmix64(x);
+        let t = tables[Live::shard_of(h, tables.len())];
+        if let Some(b) = t.get_hashed(x, h) {
+            return (address - x < b.size).then_some((x, b));
+        }
+        x -= 8;
+    }
+    // No start within reach: the greatest start below, wherever it is.
+    let below = tables
+        .iter()
+        .flat_map(|t| t.iter())
+        .filter(|&(start, _)| start <= address)
+        .max_by_key(|&(start, _)| start)?;
+    (address - below.0 < below.1.size).then_some(below)
 }
 
 /// Live blocks by address: open addressing with linear probing and backward-shift
@@ -481,6 +537,13 @@ impl Live {
     pub fn values(&self) -> impl Iterator<Item = Block> + '_ {
         self.iter().map(|(_, b)| b)
     }
+
+    /// The live block `address` lies in, with its start (see [`containing`]); `None`
+    /// while the blocks are lent.
+    pub fn containing(&self, address: u64) -> Option<(u64, Block)> {
+        let tables: Vec<&LiveTable> = self.shards.iter().collect();
+        containing(&tables, address)
+    }
 }
 
 /// One heap (see the module docs).
@@ -548,6 +611,12 @@ impl Heap {
     /// Only meaningful for an address that is not live (see [`FreedHistory`]).
     pub fn freed(&self, address: u64) -> Option<&Freed> {
         self.freed.get(address)
+    }
+
+    /// The latest remembered free of a block that `address` lies in, past its start (a
+    /// stale interior pointer; see [`Heap::freed`] for a block's start).
+    pub fn freed_containing(&self, address: u64) -> Option<&Freed> {
+        self.freed.containing(address)
     }
 }
 

@@ -57,6 +57,7 @@ use crate::symbolize::Symbolizer;
 
 mod accounting;
 mod batch;
+mod describe;
 mod handoff;
 mod heap;
 mod lifecycle;
@@ -111,6 +112,9 @@ pub struct Replay {
     hint_range: Option<(ImageId, std::ops::Range<u64>)>,
     /// Whether a bad free from (image, stack) is the C library's own bookkeeping.
     internal_frees: FastMap<(ImageId, StackId), bool>,
+    /// Those that are, shared with the runs handed over (whose misses the shard thread
+    /// then does not describe; see `describe`).
+    internal_known: Arc<FastSet<(ImageId, StackId)>>,
     /// Snapshots begun and not yet ended, by pid.
     snapshots: FastMap<u32, PendingSnapshot>,
     leak_heuristics: HeuristicSet,
@@ -166,6 +170,7 @@ impl Replay {
             hinted: FastSet::default(),
             hint_range: None,
             internal_frees: FastMap::default(),
+            internal_known: Arc::default(),
             snapshots: FastMap::default(),
             leak_heuristics: HeuristicSet::ALL,
             shards: default_shards(),
@@ -357,6 +362,7 @@ impl Replay {
                     address,
                     stack,
                     may_be_internal: true,
+                    inside: accounting::Inside::Look,
                 });
             }
             Record::Realloc {

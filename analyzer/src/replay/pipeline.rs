@@ -236,6 +236,15 @@ impl Replay {
             });
         }
         batch.bindings.seal();
+        batch.complete.extend(
+            batch
+                .heaps
+                .iter()
+                .map(|&h| self.heaps[h].as_ref().is_some_and(|heap| heap.complete)),
+        );
+        if !Arc::ptr_eq(&batch.internal, &self.internal_known) {
+            batch.internal = self.internal_known.clone();
+        }
         batch.max_ts = chunk.max_ts(range.clone());
         batch.range = range;
         batch.chunk = Some(chunk.clone());

@@ -23,46 +23,18 @@ use std::sync::mpsc;
 
 use heaptape_format::Record;
 
-use super::batch::Batch;
+use super::batch::{Batch, Miss};
+use super::describe::{describe_misses, RunView};
 use super::handoff;
-use super::heap::{Block, ImageId, Live, LiveTable};
+use super::heap::{Block, Live, LiveTable};
 use super::prepare::{ShardOp, ShardOpKind};
-use super::step::{Binding, Bindings, LastBinding};
+use super::step::{heap_of, inserted_block, Bindings, LastBinding};
 use crate::hash::fmix64;
 use crate::platform::prefetch;
 
 /// Runs the shards may have pending after the replaying thread took one back: with
 /// more, it takes back the oldest (waiting for it if need be) before handing more over.
 pub(crate) const RUNS_AHEAD: usize = 2;
-
-/// The block an insertion of record `rec` (an allocation or a realloc) by a thread
-/// of image `img` makes live.
-#[inline]
-fn inserted_block(rec: &Record, img: u32) -> Block {
-    match *rec {
-        Record::Alloc {
-            ts,
-            func,
-            size,
-            stack,
-            ..
-        }
-        | Record::Realloc {
-            ts,
-            func,
-            size,
-            stack,
-            ..
-        } => Block {
-            size,
-            ts,
-            stack,
-            owner: img as ImageId,
-            func,
-        },
-        _ => unreachable!("only allocations insert"),
-    }
-}
 
 /// How far ahead a shard prefetches the slots of its next operations.
 const PREFETCH_AHEAD: usize = 8;
@@ -259,9 +231,11 @@ fn spawn() -> Option<Mode> {
 
 /// Runs a run's shard operations on the lent heaps: each shard's in file order, the
 /// shards in parallel when there are several (this thread runs the first, the pool
-/// the others).
+/// the others); then, if some removal found no live block, looks up the block each
+/// such address lay in at its moment (see [`super::describe`]).
 fn run_shards(batch: &mut Batch, lives: &mut Lent) {
     let shards = batch.results.len();
+    batch.misses.resize_with(shards, Vec::new);
     // The batch's heaps, in `batch.heaps` order (a run uses a handful at most).
     lives.sort_unstable_by_key(|(id, _)| {
         batch
@@ -285,75 +259,101 @@ fn run_shards(batch: &mut Batch, lives: &mut Lent) {
     }
     let chunk = batch.chunk.as_deref().expect("a run has a chunk");
     let bindings = &batch.bindings;
-    let mut work = tables
-        .iter_mut()
-        .zip(chunk.ops.iter().zip(&batch.op_ranges))
-        .zip(&mut batch.results)
-        .zip(&mut batch.replaced)
-        .map(|(((tables, (ops, range)), out), replaced)| {
-            (tables, &ops[range.clone()], out, replaced)
-        });
-    let Some((tables, ops, out, replaced)) = work.next() else {
-        return;
-    };
     let records = &chunk.records;
-    if shards == 1 {
-        run_shard(tables, records, bindings, ops, out, replaced);
-    } else {
-        rayon::in_place_scope(|scope| {
-            for (tables, ops, out, replaced) in work {
-                scope.spawn(move |_| run_shard(tables, records, bindings, ops, out, replaced));
-            }
-            run_shard(tables, records, bindings, ops, out, replaced);
-        });
+    {
+        let mut work = tables
+            .iter_mut()
+            .zip(chunk.ops.iter().zip(&batch.op_ranges))
+            .zip(&mut batch.results)
+            .zip(&mut batch.replaced)
+            .zip(&mut batch.misses)
+            .map(
+                |((((tables, (ops, range)), out), replaced), misses)| Shard {
+                    tables,
+                    ops: &ops[range.clone()],
+                    out,
+                    replaced,
+                    misses,
+                },
+            );
+        let Some(first) = work.next() else {
+            return;
+        };
+        if shards == 1 {
+            run_shard(first, records, bindings);
+        } else {
+            rayon::in_place_scope(|scope| {
+                for shard in work {
+                    scope.spawn(move |_| run_shard(shard, records, bindings));
+                }
+                run_shard(first, records, bindings);
+            });
+        }
     }
+    batch.described.clear();
+    if batch.misses.iter().any(|m| !m.is_empty()) {
+        let run = RunView {
+            chunk,
+            op_ranges: &batch.op_ranges,
+            bindings: &batch.bindings,
+            results: &batch.results,
+            replaced: &batch.replaced,
+            misses: &batch.misses,
+            complete: &batch.complete,
+            internal: &batch.internal,
+        };
+        describe_misses(&mut tables, &run, &mut batch.described);
+    }
+}
+
+/// One shard's part of a run: its tables (one per heap of the batch), its operations,
+/// and where their results go.
+struct Shard<'a, 't> {
+    tables: &'a mut [&'t mut LiveTable],
+    ops: &'a [ShardOp],
+    out: &'a mut Vec<Option<Block>>,
+    replaced: &'a mut Vec<(u32, Block)>,
+    misses: &'a mut Vec<Miss>,
 }
 
 /// Runs one shard's operations on its tables (one per heap of the batch), prefetching
 /// the slots of the operations a few steps ahead. Operations of threads whose image
 /// has no heap are skipped (their records change counters only).
-fn run_shard(
-    tables: &mut [&mut LiveTable],
-    records: &[Record],
-    bindings: &Bindings,
-    ops: &[ShardOp],
-    out: &mut Vec<Option<Block>>,
-    replaced: &mut Vec<(u32, Block)>,
-) {
-    out.clear();
-    out.reserve(ops.len());
-    replaced.clear();
+fn run_shard(shard: Shard<'_, '_>, records: &[Record], bindings: &Bindings) {
+    shard.out.clear();
+    shard.out.reserve(shard.ops.len());
+    shard.replaced.clear();
+    shard.misses.clear();
     match bindings.single_heap() {
         // Every thread's events go to one heap (the usual case): no look-up per
         // operation.
         Some(img) => {
             let one = |_: &mut LastBinding, _| Some((0, img));
-            run_ops(tables, records, ops, out, replaced, one);
+            run_ops(shard, records, one);
         }
         None => {
-            let look_up = |last: &mut LastBinding, tid| match last.get(bindings, tid) {
-                Some(Binding {
-                    heap: Some(h), img, ..
-                }) => Some((h, img)),
-                _ => None,
-            };
-            run_ops(tables, records, ops, out, replaced, look_up);
+            let look_up = |last: &mut LastBinding, tid| heap_of(bindings, last, tid);
+            run_ops(shard, records, look_up);
         }
     }
 }
 
-/// [`run_shard`]'s loop, with `heap_of` giving the heap (index into `tables`) and the
+/// [`run_shard`]'s loop, with `binding_of` giving the heap (index into `tables`) and the
 /// image of a thread's operations (`None`: skip them), through a one-entry cache: one
 /// for the operations run, one for those prefetched ahead of them.
 #[inline(always)]
 fn run_ops(
-    tables: &mut [&mut LiveTable],
+    shard: Shard<'_, '_>,
     records: &[Record],
-    ops: &[ShardOp],
-    out: &mut Vec<Option<Block>>,
-    replaced: &mut Vec<(u32, Block)>,
-    heap_of: impl Fn(&mut LastBinding, u32) -> Option<(u16, u32)>,
+    binding_of: impl Fn(&mut LastBinding, u32) -> Option<(u16, u32)>,
 ) {
+    let Shard {
+        tables,
+        ops,
+        out,
+        replaced,
+        misses,
+    } = shard;
     let (mut last, mut ahead) = (LastBinding::default(), LastBinding::default());
     for (i, &op) in ops.iter().enumerate() {
         if let Some(&next) = ops.get(i + PREFETCH_AHEAD) {
@@ -361,7 +361,7 @@ fn run_ops(
             // a prefetch is only a hint).
             let h = match tables.len() {
                 1 => 0,
-                _ => heap_of(&mut ahead, next.tid).map_or(0, |(h, _)| usize::from(h)),
+                _ => binding_of(&mut ahead, next.tid).map_or(0, |(h, _)| usize::from(h)),
             };
             tables[h].prefetch(fmix64(next.address));
             if next.kind() == ShardOpKind::Insert {
@@ -369,22 +369,32 @@ fn run_ops(
                 prefetch(&records[next.index() as usize]);
             }
         }
-        let Some((h, img)) = heap_of(&mut last, op.tid) else {
+        let Some((h, img)) = binding_of(&mut last, op.tid) else {
             continue;
         };
         let t = &mut *tables[usize::from(h)];
         let address = op.address;
         let hash = fmix64(address);
-        match op.kind() {
+        let found = match op.kind() {
             ShardOpKind::Insert => {
                 let index = op.index();
                 let block = inserted_block(&records[index as usize], img);
                 if let Some(old) = t.insert_hashed(address, hash, block) {
                     replaced.push((index, old));
                 }
+                continue;
             }
-            ShardOpKind::Remove => out.push(t.remove_hashed(address, hash)),
-            ShardOpKind::Get => out.push(t.get_hashed(address, hash)),
+            ShardOpKind::Remove => t.remove_hashed(address, hash),
+            ShardOpKind::Get => t.get_hashed(address, hash),
+        };
+        if found.is_none() {
+            misses.push(Miss {
+                index: op.index(),
+                heap: h,
+                img,
+                address,
+            });
         }
+        out.push(found);
     }
 }

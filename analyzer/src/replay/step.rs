@@ -7,7 +7,7 @@
 
 use heaptape_format::{AllocFn, Record, StackId, Timestamp};
 
-use super::heap::Live;
+use super::heap::{Block, ImageId, Live};
 
 /// What the batch path does with one record of a run: computed from the record and the
 /// run's bindings where it is needed (by the accounting and the summaries, see
@@ -88,6 +88,35 @@ pub(crate) fn shard_of(address: u64, shards: usize) -> usize {
     }
 }
 
+/// The block an insertion of record `rec` (an allocation or a realloc) by a thread
+/// of image `img` makes live.
+#[inline]
+pub(crate) fn inserted_block(rec: &Record, img: u32) -> Block {
+    match *rec {
+        Record::Alloc {
+            ts,
+            func,
+            size,
+            stack,
+            ..
+        }
+        | Record::Realloc {
+            ts,
+            func,
+            size,
+            stack,
+            ..
+        } => Block {
+            size,
+            ts,
+            stack,
+            owner: img as ImageId,
+            func,
+        },
+        _ => unreachable!("only allocations insert"),
+    }
+}
+
 /// The image and heap a thread's events go to during a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Binding {
@@ -165,6 +194,19 @@ impl LastBinding {
                 self.0
             }
         }
+    }
+}
+
+/// The heap (index into the batch's) and image of thread `tid`'s operations, `None`
+/// for a thread whose image has no heap (its operations are skipped), through the
+/// one-entry cache `last`.
+#[inline]
+pub(crate) fn heap_of(bindings: &Bindings, last: &mut LastBinding, tid: u32) -> Option<(u16, u32)> {
+    match last.get(bindings, tid) {
+        Some(Binding {
+            heap: Some(h), img, ..
+        }) => Some((h, img)),
+        _ => None,
     }
 }
 

@@ -62,8 +62,9 @@ fn push_end(recs: &mut Vec<Record>, ts: u64) {
 
 /// A random trace with processes (fork, vfork, exec, exit), threads that come and
 /// go, unbound threads, and allocator events over a small pool of addresses, so
-/// that double, invalid and mismatched frees, temporaries, allocations at live
-/// addresses, reallocs in place and failed reallocs all happen.
+/// that double, invalid and mismatched frees, frees inside live and freed blocks, the
+/// C library's bookkeeping frees, temporaries, allocations at live addresses, reallocs
+/// in place and failed reallocs all happen.
 fn random_trace(seed: u64, n: usize) -> Vec<Record> {
     let mut r = Rng(seed | 1);
     let mut recs = vec![start_record()];
@@ -156,13 +157,30 @@ fn random_trace(seed: u64, n: usize) -> Vec<Record> {
                 origin: ProcessOrigin::Launched,
                 command: vec![],
             },
-            31 => Record::ModuleLoad(Box::new(heaptape_format::ModuleLoad {
-                ts,
-                pid: 100 + r.below(5) as u32,
-                path: "/lib/libx.so".into(),
-                build_id: vec![],
-                base: 0x7000_0000,
-                segments: vec![],
+            // Sometimes the C library, holding some stacks' innermost frames: frees
+            // from those that are not live blocks are its bookkeeping.
+            31 => Record::ModuleLoad(Box::new(match r.below(3) {
+                0 => heaptape_format::ModuleLoad {
+                    ts,
+                    pid: 100 + r.below(5) as u32,
+                    path: "/lib/libc.so.6".into(),
+                    build_id: vec![],
+                    base: 0,
+                    segments: vec![heaptape_format::Segment {
+                        start: 0x2000,
+                        len: 0x30,
+                        file_offset: 0,
+                        prot: 5,
+                    }],
+                },
+                _ => heaptape_format::ModuleLoad {
+                    ts,
+                    pid: 100 + r.below(5) as u32,
+                    path: "/lib/libx.so".into(),
+                    build_id: vec![],
+                    base: 0x7000_0000,
+                    segments: vec![],
+                },
             })),
             32..=33 => Record::Mmap {
                 ts,
@@ -187,8 +205,21 @@ fn random_trace(seed: u64, n: usize) -> Vec<Record> {
                 ts,
                 tid,
                 func: frees[r.below(4) as usize],
-                address: if r.below(50) == 0 { 0 } else { address },
-                stack,
+                // Now and then inside a block: 8 bytes in, at an odd address, or
+                // farther above every block's start than the look-up steps reach.
+                address: match r.below(50) {
+                    0 => 0,
+                    1 => address + 8,
+                    2 => address + 1 + r.below(15),
+                    3 => address + super::heap::CONTAINING_REACH + r.below(1000),
+                    _ => address,
+                },
+                // Stacks 8 to 15 may end in the C library (see the module loads).
+                stack: if r.below(8) == 0 {
+                    8 + r.below(8) as StackId
+                } else {
+                    stack
+                },
             },
             _ => Record::Realloc {
                 ts,
@@ -452,10 +483,44 @@ fn batched_runs(
     (canonical(&r.finish()), merged, serial)
 }
 
+/// What the random traces exercised: bad frees inside live blocks, inside freed ones
+/// (past their start), at a freed block's start, in no block, and frees taken for the
+/// C library's bookkeeping.
+#[derive(Debug, Default)]
+struct Exercised {
+    inside_live: u64,
+    inside_freed: u64,
+    double: u64,
+    nowhere: u64,
+    internal: u64,
+}
+
+impl Exercised {
+    fn add(&mut self, recs: &[Record]) {
+        let mut r = Replay::with_shards(&header(), 1);
+        for rec in recs {
+            r.apply(rec.clone());
+        }
+        for img in r.finish().processes.iter().flat_map(|p| p.images.iter()) {
+            self.internal += img.totals.allocator_internal_frees;
+            for f in img.findings.list() {
+                match f.first.block {
+                    Some(b) if !b.freed => self.inside_live += 1,
+                    Some(b) if b.offset > 0 => self.inside_freed += 1,
+                    Some(_) => self.double += 1,
+                    None => self.nowhere += 1,
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn batch_replay_equals_record_by_record_replay() {
+    let mut exercised = Exercised::default();
     for seed in 1..40u64 {
         let recs = random_trace(seed * 0x9e37_79b9, 3000);
+        exercised.add(&recs);
         let expected = sequential(&recs);
         // Runs longer than the trace, and short ones (many runs in flight, runs
         // spanning chunks).
@@ -486,6 +551,12 @@ fn batch_replay_equals_record_by_record_replay() {
             );
         }
     }
+    let e = &exercised;
+    assert!(
+        e.inside_live > 20 && e.inside_freed > 20 && e.double > 20 && e.nowhere > 20,
+        "{e:?}"
+    );
+    assert!(e.internal > 0, "{e:?}");
 }
 
 /// The summarized accounting (a pool of [`SUMMARY_MIN_THREADS`] threads, see

@@ -84,6 +84,8 @@ fn line_style(line: &str) -> Option<Style> {
         Some(YELLOW.bold())
     } else if t.starts_with("bad frees:") && t != "bad frees: 0 double, 0 invalid, 0 mismatched" {
         Some(RED)
+    } else if t.starts_with("Invalid free() / ") || t.starts_with("Mismatched free() / ") {
+        Some(RED.bold())
     } else if t.starts_with("warning") {
         Some(YELLOW)
     } else if t.ends_with(':') && t.starts_with(|c: char| c.is_ascii_lowercase()) {

@@ -166,7 +166,13 @@ fn finding(a: &Analysis, img: &Image, f: &Finding, sym: &dyn Symbolizer) -> sche
         alloc_function: f.alloc_fn.map(|x| x.name()),
         alloc_stack: f.alloc_stack.map(stack),
         alloc_stack_id: f.alloc_stack,
+        block: f.first.block.map(|b| schema::BadFreeBlock {
+            address: addr(b.address),
+            offset: b.offset,
+            size: b.size,
+        }),
         count: f.count,
+        description: super::bad_frees::address_sentence(f, img, sym),
         free_stack: f.previous_free_stack.map(stack),
         free_stack_id: f.previous_free_stack,
         function: f.free_fn.name(),

@@ -9,6 +9,7 @@
 //! and of the call-site analyses ([`callsites`]); all of them put frames in words
 //! through [`frames`], enums through [`names`], and figures through [`crate::units`].
 
+pub(crate) mod bad_frees;
 pub(crate) mod callsites;
 pub mod colour;
 pub mod diff;

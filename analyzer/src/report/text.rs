@@ -6,7 +6,6 @@ use std::io::{self, Write};
 use super::frames::{symbolize_stack, write_stack};
 use super::names::{describe_exit, origin_name};
 use crate::checks::leaks::{Heuristic, LeakCheck, LeakKind, LossRecord};
-use crate::checks::{Finding, FindingKind};
 use crate::replay::{Image, ImageEnd, Process};
 use crate::symbolize::Symbolizer;
 use crate::units::{bytes_in_blocks, num, seconds};
@@ -98,6 +97,7 @@ fn image(
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
     leak_summary(a, img, out, opts, sym)?;
+    super::bad_frees::text(a, img, out, opts, sym)?;
     let t = &img.totals;
     writeln!(
         out,
@@ -156,19 +156,6 @@ fn image(
             "   allocator-internal frees: {} (the C library's own bookkeeping, not counted)",
             num(t.allocator_internal_frees)
         )?;
-    }
-    if !img.findings.is_empty() {
-        let f = &img.findings;
-        writeln!(
-            out,
-            "   bad frees: {} double, {} invalid, {} mismatched",
-            num(f.count(FindingKind::DoubleFree)),
-            num(f.count(FindingKind::InvalidFree)),
-            num(f.count(FindingKind::MismatchedFree))
-        )?;
-        for finding in f.list().iter().take(opts.top) {
-            write_finding(a, img, finding, out, sym)?;
-        }
     }
     super::callsites::text(a, img, out, opts, sym)
 }
@@ -254,31 +241,6 @@ pub(super) fn loss_record_blocks(lr: &LossRecord, n: usize) -> String {
         lr.number,
         lr.func.name()
     )
-}
-
-fn write_finding(
-    a: &Analysis,
-    img: &Image,
-    f: &Finding,
-    out: &mut dyn Write,
-    sym: &dyn Symbolizer,
-) -> io::Result<()> {
-    let what = match f.kind {
-        FindingKind::DoubleFree => "double free",
-        FindingKind::InvalidFree => "invalid free",
-        FindingKind::MismatchedFree => "mismatched free",
-    };
-    write!(
-        out,
-        "   - {what} of {:#x} by {}",
-        f.first.address,
-        f.free_fn.name()
-    )?;
-    if let Some(alloc) = f.alloc_fn {
-        write!(out, " (allocated by {})", alloc.name())?;
-    }
-    writeln!(out, ", {} time(s), stack {}", num(f.count), f.free_stack)?;
-    write_frames(a, img, f.free_stack, out, sym)
 }
 
 fn write_frames(

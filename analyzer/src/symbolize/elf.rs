@@ -75,6 +75,8 @@ struct DebugModule {
     dwarf: Option<ModuleDwarf>,
     /// Function symbols sorted by start address, one per address.
     symbols: Vec<ElfSym>,
+    /// Data symbols (global variables) of known size, sorted the same way.
+    data: Vec<ElfSym>,
 }
 
 #[derive(Debug)]
@@ -290,6 +292,16 @@ impl Symbolizer for ElfSymbolizer {
         });
     }
 
+    fn data_symbol(&self, modules: &ModuleMap, address: u64) -> Option<(String, u64)> {
+        let (slot, probe) = self.probe(modules, address, false)?;
+        let slot = lock(&self.slots).list.get(slot).cloned()?;
+        let state = load_slot(&slot, &self.options, &self.warnings);
+        match &*state {
+            SlotState::Ready(m) => guarded(|| m.data_symbol(probe)).flatten(),
+            _ => None,
+        }
+    }
+
     fn symbolize(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Vec<Frame> {
         let Some(hit) = modules.lookup(address) else {
             return vec![Frame {
@@ -385,6 +397,14 @@ impl DebugModule {
         out
     }
 
+    /// The demangled name of the data symbol containing link-time address `probe`, and
+    /// how far into it `probe` is.
+    fn data_symbol(&self, probe: u64) -> Option<(String, u64)> {
+        let i = self.data.partition_point(|s| s.start <= probe);
+        let s = self.data.get(i.checked_sub(1)?)?;
+        (probe < s.end).then(|| (demangle(&s.name), probe - s.start))
+    }
+
     /// The demangled name of the function symbol containing `probe`, and its raw
     /// name when that differs.
     fn symbol(&self, probe: u64) -> Option<(String, Option<String>)> {
@@ -461,6 +481,7 @@ fn load_module(
         return Err(Unavailable::BuildIdMismatch(found));
     }
     let mut symbols = function_symbols(&obj);
+    let mut data = sorted_symbols(&obj, SymbolKind::Data);
     let has_dwarf = |o: &object::File<'_>| {
         o.section_by_name(".debug_info")
             .is_some_and(|s| s.size() > 0)
@@ -489,12 +510,20 @@ fn load_module(
             if symbols.is_empty() {
                 symbols = function_symbols(&dobj);
             }
+            if data.is_empty() {
+                data = sorted_symbols(&dobj, SymbolKind::Data);
+            }
             found = load_dwarf(&dobj, &dm.path, options);
             break;
         }
         found
     };
-    Ok(DebugModule { dwarf, symbols })
+    data.retain(|s| s.end > s.start);
+    Ok(DebugModule {
+        dwarf,
+        symbols,
+        data,
+    })
 }
 
 /// The DWARF of `obj` (and of its `.gnu_debugaltlink` supplementary file, if found).
@@ -588,9 +617,14 @@ fn inflate_zlib(data: &[u8], size: u64) -> Option<Arc<[u8]>> {
 /// one per address: a global name is preferred to a weak one, to a local one, then a
 /// name without a leading underscore, then the shorter.
 fn function_symbols(obj: &object::File<'_>) -> Vec<ElfSym> {
-    let mut syms = ranked_symbols(obj.symbols());
+    sorted_symbols(obj, SymbolKind::Text)
+}
+
+/// Symbols of `kind` of `obj`, as [`function_symbols`] gives those of functions.
+fn sorted_symbols(obj: &object::File<'_>, kind: SymbolKind) -> Vec<ElfSym> {
+    let mut syms = ranked_symbols(obj.symbols(), kind);
     if syms.is_empty() {
-        syms = ranked_symbols(obj.dynamic_symbols());
+        syms = ranked_symbols(obj.dynamic_symbols(), kind);
     }
     syms.sort_by(|a, b| {
         (a.0, a.2, a.3.starts_with('_'), a.3.len(), &a.3).cmp(&(
@@ -611,13 +645,14 @@ fn function_symbols(obj: &object::File<'_>) -> Vec<ElfSym> {
         .collect()
 }
 
-/// Defined function symbols as (address, size, rank: 0 global, 1 weak, 2 local, name).
+/// Defined symbols of `kind` as (address, size, rank: 0 global, 1 weak, 2 local, name).
 fn ranked_symbols<'d: 'f, 'f>(
     iter: impl Iterator<Item = object::Symbol<'d, 'f>>,
+    kind: SymbolKind,
 ) -> Vec<(u64, u64, u8, String)> {
     let mut out = Vec::new();
     for s in iter {
-        if s.kind() != SymbolKind::Text || !s.is_definition() || s.address() == 0 {
+        if s.kind() != kind || !s.is_definition() || s.address() == 0 {
             continue;
         }
         let Ok(name) = s.name() else { continue };

@@ -54,6 +54,14 @@ pub trait Symbolizer {
     fn preload(&self, path: &str, build_id: &[u8]) {
         let _ = (path, build_id);
     }
+
+    /// The data symbol (a global or static variable) that `address` lies in, in the
+    /// image whose modules are `modules`, and how far into it: memcheck's "Address 0x…
+    /// is 16 bytes inside data symbol "table"". The default knows none.
+    fn data_symbol(&self, modules: &ModuleMap, address: u64) -> Option<(String, u64)> {
+        let _ = (modules, address);
+        None
+    }
 }
 
 /// A symbolizer that only knows the module map: address and `module+offset`.

@@ -80,9 +80,11 @@ pub struct LossRecord {
 }
 
 /// A group of identical invalid, double or mismatched frees: `stack` is where the
-/// first happened, `alloc_stack` where the block was allocated and `free_stack` where
-/// it was freed before (a double free); the `*_stack_id`s are the trie ids of the same
-/// stacks.
+/// first happened, `block` the heap block its address fell in (memcheck's "Address 0x…
+/// is 8 bytes inside a block of size 64 alloc'd", in full in `description`),
+/// `alloc_stack` where that block was allocated and `free_stack` where it was freed
+/// before (a double free, or a stale pointer into a freed block); the `*_stack_id`s are
+/// the trie ids of the same stacks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InvalidFree {
     /// The address freed, `"0x…"`.
@@ -93,9 +95,16 @@ pub struct InvalidFree {
     pub alloc_stack: Option<Stack>,
     /// The trie id of `alloc_stack`.
     pub alloc_stack_id: Option<u32>,
+    /// The block the (first) address fell in, live or freed, when it fell in one.
+    pub block: Option<BadFreeBlock>,
     /// How many times it happened.
     pub count: u64,
-    /// Where the block was freed before, for a double free.
+    /// Where the address was, in memcheck's words: "Address 0x… is 8 bytes inside a
+    /// block of size 64 alloc'd" (or "free'd"), "… is in a rw- mapped file /path
+    /// segment", "… is not malloc'd or (recently) free'd".
+    pub description: String,
+    /// Where the block was freed before: a double free, or a stale pointer into a
+    /// freed block.
     pub free_stack: Option<Stack>,
     /// The trie id of `free_stack`.
     pub free_stack_id: Option<u32>,
@@ -113,4 +122,15 @@ pub struct InvalidFree {
     pub tid: u32,
     /// When the first one happened.
     pub ts_ns: u64,
+}
+
+/// The heap block a bad free's address fell in, as it was then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BadFreeBlock {
+    /// The block's start, `"0x…"`.
+    pub address: String,
+    /// How far past the block's start the address was (0: the start itself).
+    pub offset: u64,
+    /// The block's requested size.
+    pub size: u64,
 }

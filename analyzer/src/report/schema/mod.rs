@@ -27,7 +27,7 @@ pub use document::{
     Exit, Image, Module, Process, Report, Totals, Trace, Truncation, SCHEMA_VERSION,
 };
 pub use frame::Frame;
-pub use leaks::{Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
+pub use leaks::{BadFreeBlock, Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
 pub use resources::{FdLeak, MmapLeak, TimelinePoint, Verdict, VerdictSite};
 pub use sites::{GrowthSite, SiteAtPeak, SiteLiveAtExit};
 pub use stack::{inline_stacks, Stack};
