@@ -174,7 +174,9 @@ const INVALID_FREE: &[&str] = &[
     "alloc_function",
     "alloc_stack",
     "alloc_stack_id",
+    "block",
     "count",
+    "description",
     "free_stack",
     "free_stack_id",
     "function",
@@ -185,6 +187,7 @@ const INVALID_FREE: &[&str] = &[
     "tid",
     "ts_ns",
 ];
+const BAD_FREE_BLOCK: &[&str] = &["address", "offset", "size"];
 const FRAME: &[&str] = &[
     "address", "file", "function", "inlined", "line", "module", "offset",
 ];
@@ -326,6 +329,7 @@ fn assert_image_parts(img: &Value, what: &str) {
     assert_stack(s, "stack", "a site live at exit");
     let f = first(img, "invalid_frees");
     assert_keys(f, INVALID_FREE, "an invalid free");
+    assert_keys(&f["block"], BAD_FREE_BLOCK, "an invalid free's block");
     for stack in ["stack", "alloc_stack", "free_stack"] {
         assert_stack(f, stack, "an invalid free");
     }

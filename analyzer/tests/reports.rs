@@ -205,6 +205,8 @@ fn json_shape_and_values() {
             "stack": free_frames,
             "alloc_stack": free_frames,
             "free_stack": free_frames,
+            "block": {"address": "0x20", "offset": 0, "size": 32},
+            "description": "Address 0x20 is 0 bytes inside a block of size 32 free'd",
             "stack_id": 3,
             "alloc_stack_id": 3,
             "free_stack_id": 3,
@@ -279,14 +281,20 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
 
 == process 1: ./app (launched, exited with code 0, after 0.000 s)
    leak summary: unavailable: no reachability snapshot was recorded for this process (recorded with --no-snapshot, or the recorder could not take one)
+   bad frees: 1 double, 0 invalid, 0 mismatched
+   Invalid free() / delete / delete[] / realloc() (double free by free, 1 time, stack 3)
+        at 0x401200: app+0x401200
+        by 0x401000: app+0x401000
+     Address 0x20 is 0 bytes inside a block of size 32 free'd
+        at 0x401200: app+0x401200
+        by 0x401000: app+0x401000
+     Block was alloc'd at
+        at 0x401200: app+0x401200
+        by 0x401000: app+0x401000
    total heap usage: 3 allocs, 2 frees, 1,096 bytes allocated
    in use at exit: 1,064 bytes in 2 blocks
    peak heap usage: 1,096 bytes in 3 blocks, at 0.000 s
    temporary allocations: 0 (0.0% of allocations)
-   bad frees: 1 double, 0 invalid, 0 mismatched
-   - double free of 0x20 by free (allocated by malloc), 1 time(s), stack 3
-        at 0x401200: app+0x401200
-        by 0x401000: app+0x401000
    allocation rate: 500,000 allocs/s
    top call sites at the heap peak:
    #1: 1,064 bytes in 2 blocks at the peak, stack 2
@@ -333,12 +341,13 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
 
 == process 1: ./app (launched, exited with code 0, after 0.000 s)
    leak summary: unavailable: no reachability snapshot was recorded for this process (recorded with --no-snapshot, or the recorder could not take one)
+   bad frees: 1 double, 0 invalid, 0 mismatched
+   Invalid free() / delete / delete[] / realloc() (double free by free, 1 time, stack 3)
+     Address 0x10 is 0 bytes inside a block of size 1,500 free'd
    total heap usage: 1 allocs, 2 frees, 1,500 bytes allocated
    in use at exit: 0 bytes in 0 blocks
    peak heap usage: 1,500 bytes in 1 block, at 0.000 s
    temporary allocations: 1 (100.0% of allocations)
-   bad frees: 1 double, 0 invalid, 0 mismatched
-   - double free of 0x10 by free (allocated by malloc), 1 time(s), stack 3
    allocation rate: 111,111 allocs/s
    top call sites at the heap peak:
    #1: 1,500 bytes in 1 block at the peak, stack 1

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{run, Trace};
-use heaptape_analyzer::{FindingKind, Totals};
+use heaptape_analyzer::{BadFreeBlock, FindingKind, Totals};
 use heaptape_format::{AllocFn, ExitStatus};
 
 #[test]
@@ -137,6 +137,82 @@ fn double_and_invalid_frees_are_collected_and_counted() {
     assert_eq!(f[2].first.address, 0x5555);
     assert_eq!(img.findings.count(FindingKind::InvalidFree), 3);
     assert_eq!(img.findings.count(FindingKind::DoubleFree), 1);
+}
+
+/// Each bad free names the block its address fell in as it was then (memcheck's
+/// "Address 0x… is 8 bytes inside a block of size 64 alloc'd"), with the block's
+/// allocation and, for a freed block, its earlier free.
+#[test]
+fn bad_frees_name_the_block_the_address_fell_in() {
+    let mut t = Trace::new(1);
+    t.launch(1)
+        .malloc(1, 0x1000, 64, 1)
+        .free(1, 0x1008, 2) // 8 bytes inside a live block
+        .malloc(1, 0x2000, 100_000, 3)
+        .free(1, 0x2000 + 50_000, 2) // far inside a big block: past the probes
+        .free(1, 0x1000, 4)
+        .free(1, 0x1000 + 32, 5) // inside a freed block: a stale pointer
+        .free(1, 0x1000, 6) // its start again: a double free
+        .malloc(1, 0x1000, 16, 7) // the memory again, smaller
+        .free(1, 0x1000 + 32, 5) // past the new block: inside the old, freed one
+        .free(1, 0x1000 + 8, 8) // inside the new live block
+        .free(1, 0x9_0000, 9) // nothing there
+        .realloc(1, 0x1000 + 4, 0x3000, 8, 10) // a realloc of an interior pointer
+        .exit(1, ExitStatus::Code(0));
+    let (_d, path) = t.finish();
+    let a = run(&path);
+    let img = a.processes[0].image();
+    let got: Vec<_> = img
+        .findings
+        .list()
+        .iter()
+        .map(|f| {
+            (
+                f.kind,
+                f.first.address,
+                f.first.block,
+                f.alloc_stack,
+                f.previous_free_stack,
+            )
+        })
+        .collect();
+    let block = |address, size, offset, freed| {
+        Some(BadFreeBlock {
+            address,
+            size,
+            offset,
+            freed,
+        })
+    };
+    let (invalid, double) = (FindingKind::InvalidFree, FindingKind::DoubleFree);
+    assert_eq!(
+        got,
+        vec![
+            (invalid, 0x1008, block(0x1000, 64, 8, false), Some(1), None),
+            (
+                invalid,
+                0x2000 + 50_000,
+                block(0x2000, 100_000, 50_000, false),
+                Some(3),
+                None
+            ),
+            (
+                invalid,
+                0x1020,
+                block(0x1000, 64, 32, true),
+                Some(1),
+                Some(4)
+            ),
+            (double, 0x1000, block(0x1000, 64, 0, true), Some(1), Some(4)),
+            (invalid, 0x1008, block(0x1000, 16, 8, false), Some(7), None),
+            (invalid, 0x9_0000, None, None, None),
+            (invalid, 0x1004, block(0x1000, 16, 4, false), Some(7), None),
+        ]
+    );
+    // The second free of 0x1020 (stack 5, the same block, allocation and free) was
+    // counted with the first.
+    assert_eq!(img.findings.list()[2].count, 2);
+    assert_eq!(img.findings.count(FindingKind::InvalidFree), 7);
 }
 
 #[test]

@@ -111,7 +111,7 @@ pub(crate) fn describe_misses(
     };
     wanted.sort_unstable_by_key(|m| m.index);
     let mut done = changes_since(run, earliest);
-    done.sort_unstable_by(|a, b| b.at.cmp(&a.at));
+    done.sort_unstable_by_key(|d| std::cmp::Reverse(d.at));
     // Newest first: undo what came at or after each miss, then look.
     let mut undone = 0;
     for m in wanted.iter().rev() {

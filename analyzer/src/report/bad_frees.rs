@@ -112,13 +112,8 @@ pub(crate) fn text(
         num(f.count(FindingKind::MismatchedFree))
     )?;
     let below_main = a.options.show_below_main;
-    let stack = |out: &mut dyn Write, id| {
-        write_stack(
-            out,
-            &symbolize_stack(&a.stacks, &img.modules, id, sym),
-            below_main,
-        )
-    };
+    let frames = |id| symbolize_stack(&a.stacks, &img.modules, id, sym);
+    let stack = |out: &mut dyn Write, id| write_stack(out, &frames(id), below_main);
     for finding in f.list().iter().take(opts.top) {
         writeln!(
             out,
@@ -132,9 +127,10 @@ pub(crate) fn text(
         match (finding.previous_free_stack, finding.alloc_stack) {
             (Some(freed), alloc) => {
                 stack(out, freed)?;
-                if let Some(alloc) = alloc {
+                let alloc = alloc.map(frames).unwrap_or_default();
+                if !alloc.is_empty() {
                     writeln!(out, "     Block was alloc'd at")?;
-                    stack(out, alloc)?;
+                    write_stack(out, &alloc, below_main)?;
                 }
             }
             (None, Some(alloc)) => stack(out, alloc)?,
