@@ -13,7 +13,7 @@
 //! reported as an invalid free.
 
 use std::cell::OnceCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use heaptape_format::{AllocFn, StackId, Timestamp};
 
@@ -271,7 +271,8 @@ impl Slot {
 }
 
 /// How far below an address [`containing`] looks for a block start, one 8-byte step at
-/// a time, before it scans the tables.
+/// a time; blocks larger than this are also kept in each table's ordered index of large
+/// blocks, where the look-up finds those that start farther below.
 pub(crate) const CONTAINING_REACH: u64 = 4096;
 
 /// The live block `address` lies in, with its start, among `tables` (one per address
@@ -279,8 +280,9 @@ pub(crate) const CONTAINING_REACH: u64 = 4096;
 /// `address`, if it reaches past `address` (blocks do not overlap in a real heap, so it
 /// is the only one that can). Starts are looked up one 8-byte step at a time (every
 /// allocator returns 8-byte aligned pointers) down to [`CONTAINING_REACH`] below; when
-/// none is there, the tables are scanned. Asked only for bad frees (rare), never for
-/// the free of a live block's start.
+/// none is there, only a block larger than that can hold the address: the large block
+/// with the greatest start below, from the tables' ordered indexes. Asked only for bad
+/// frees (rare), never for the free of a live block's start.
 pub(crate) fn containing(tables: &[&LiveTable], address: u64) -> Option<(u64, Block)> {
     if tables.is_empty() {
         return None;
@@ -295,13 +297,18 @@ pub(crate) fn containing(tables: &[&LiveTable], address: u64) -> Option<(u64, Bl
         }
         x -= 8;
     }
-    // No start within reach: the greatest start below, wherever it is.
-    let below = tables
+    // No start within reach: the large block with the greatest start below.
+    let (start, size, t) = tables
         .iter()
-        .flat_map(|t| t.iter())
-        .filter(|&(start, _)| start <= address)
-        .max_by_key(|&(start, _)| start)?;
-    (address - below.0 < below.1.size).then_some(below)
+        .filter_map(|t| {
+            let (&start, &size) = t.large.range(..lowest).next_back()?;
+            Some((start, size, t))
+        })
+        .max_by_key(|&(start, _, _)| start)?;
+    if address - start >= size {
+        return None;
+    }
+    t.get_hashed(start, fmix64(start)).map(|b| (start, b))
 }
 
 /// Live blocks by address: open addressing with linear probing and backward-shift
@@ -314,6 +321,9 @@ pub(crate) fn containing(tables: &[&LiveTable], address: u64) -> Option<(u64, Bl
 pub(crate) struct LiveTable {
     slots: Vec<Slot>,
     len: usize,
+    /// The live blocks larger than [`CONTAINING_REACH`], start → size, in address order
+    /// (for [`containing`]; few, each being large).
+    large: BTreeMap<u64, u64>,
 }
 
 impl Default for LiveTable {
@@ -321,6 +331,7 @@ impl Default for LiveTable {
         LiveTable {
             slots: vec![EMPTY_SLOT; 16],
             len: 0,
+            large: BTreeMap::new(),
         }
     }
 }
@@ -373,6 +384,9 @@ impl LiveTable {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
+        if block.size > CONTAINING_REACH {
+            self.large.insert(address, block.size);
+        }
         let mask = self.mask();
         let mut i = self.home(hash);
         loop {
@@ -380,6 +394,9 @@ impl LiveTable {
             if slot.address == address {
                 let old = slot.block();
                 *slot = Slot::new(address, hash, block);
+                if old.size > CONTAINING_REACH && block.size <= CONTAINING_REACH {
+                    self.large.remove(&address);
+                }
                 return Some(old);
             }
             if slot.address == 0 {
@@ -397,6 +414,9 @@ impl LiveTable {
         let mut hole = self.find(address, hash)?;
         let block = self.slots[hole].block();
         self.len -= 1;
+        if block.size > CONTAINING_REACH {
+            self.large.remove(&address);
+        }
         // Backward shift: move later members of the cluster into the hole when their
         // home slot does not lie (cyclically) after it.
         let mask = self.mask();
@@ -713,6 +733,79 @@ mod tests {
             }
         }
         assert!(all.len() > 2 * FREED_HISTORY);
+    }
+
+    /// [`containing`] follows its definition (the greatest 8-byte aligned start within
+    /// reach below the address, else the greatest start of a large block below that),
+    /// checked against an ordered map of the same blocks, over shards, with blocks
+    /// replaced, removed, and larger and smaller than the reach.
+    #[test]
+    fn containing_follows_its_definition() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut live = Live::new(3);
+        let mut all: std::collections::BTreeMap<u64, u64> = Default::default();
+        let block = |size| Block {
+            size,
+            ts: 0,
+            stack: 0,
+            owner: 0,
+            func: AllocFn::Malloc,
+        };
+        let want = |all: &std::collections::BTreeMap<u64, u64>, a: u64| {
+            let lowest = a.saturating_sub(CONTAINING_REACH);
+            let near = all
+                .range(lowest.max(1)..=a)
+                .filter(|(s, _)| *s % 8 == 0)
+                .next_back();
+            let (s, size) = match near {
+                Some((&s, &size)) => (s, size),
+                None => {
+                    let (&s, &size) = all
+                        .range(..lowest)
+                        .filter(|(_, size)| **size > CONTAINING_REACH)
+                        .next_back()?;
+                    (s, size)
+                }
+            };
+            (a - s < size).then_some((s, size, near.is_none()))
+        };
+        let mut far = 0;
+        for round in 0..20_000u64 {
+            // Sparse enough for gaps wider than the reach.
+            let a = 16 * (1 + next(20_000)) * if round % 2 == 0 { 1 } else { 97 };
+            match next(3) {
+                0 => {
+                    live.remove(a);
+                    all.remove(&a);
+                }
+                _ => {
+                    let size = match next(4) {
+                        0 => next(40_000),
+                        _ => next(200),
+                    };
+                    live.insert(a, block(size));
+                    all.insert(a, size);
+                }
+            }
+            if round % 7 == 0 {
+                let q = next(16 * 20_100 * 97);
+                let got = live.containing(q).map(|(s, b)| (s, b.size));
+                let expected = want(&all, q);
+                far += u64::from(expected.is_some_and(|e| e.2));
+                assert_eq!(
+                    got,
+                    expected.map(|e| (e.0, e.1)),
+                    "address {q:#x}, round {round}"
+                );
+            }
+        }
+        assert!(far > 20, "{far} found in large blocks beyond the reach");
     }
 
     #[test]
