@@ -133,6 +133,8 @@ struct Case {
     process: Value,
     /// The text report.
     text: String,
+    /// The bad free as `analyze --no-symbols --json` reports it.
+    unsymbolized: Value,
     /// The trace's allocations: (address, size).
     allocations: Vec<(u64, u64)>,
 }
@@ -149,6 +151,8 @@ fn run_case(arg: &str) -> Case {
     let frees = process["invalid_frees"].as_array().expect("invalid_frees");
     assert_eq!(frees.len(), 1, "one bad free: {frees:#?}");
     let text = analyze_text(&trace);
+    let unsymbolized = analyze_complete_with(&trace, &["--no-symbols"]);
+    let unsymbolized = root_process(&unsymbolized)["invalid_frees"][0].clone();
     let dump = run_heaptape(["dump".as_ref(), "--json".as_ref(), trace.as_os_str()]);
     assert!(dump.status.success(), "{}", dump.stderr);
     let allocations = dump
@@ -167,6 +171,7 @@ fn run_case(arg: &str) -> Case {
         finding: frees[0].clone(),
         process,
         text,
+        unsymbolized,
         allocations,
     }
 }
@@ -377,6 +382,17 @@ fn free_of_a_global() {
     let line = format!("Address {:#x}{sentence}", c.address());
     assert_eq!(c.finding["description"], line.as_str());
     c.assert_text(&[line]);
+    // Without symbols, the module's segment (memcheck's words for a mapping).
+    let prog = program().canonicalize().expect("the fixture's path");
+    assert_eq!(
+        c.unsymbolized["description"],
+        format!(
+            "Address {:#x} is in a rw- mapped file {} segment",
+            c.address(),
+            prog.display()
+        )
+        .as_str()
+    );
 }
 
 #[test]
@@ -455,4 +471,49 @@ fn malloc_then_delete() {
         "delete_malloced",
         "malloc_ints",
     );
+}
+
+/// The HTML page shows what the text report says: memcheck's heading, where the
+/// address was, the earlier free and the allocation, each with its stack.
+#[test]
+fn html_page_shows_the_block_and_both_stacks() {
+    let prog = program();
+    let dir = TestDir::new("bad_free_html");
+    let trace = dir.join("t.trace");
+    record_ok(&dir, &trace, &[], &prog, &["double"]);
+    let page = dir.join("report.html");
+    let r = run_heaptape([
+        "report".as_ref(),
+        "-o".as_ref(),
+        page.as_os_str(),
+        trace.as_os_str(),
+    ]);
+    assert!(r.status.success(), "{}", r.stderr);
+    let html = std::fs::read_to_string(&page).expect("the page");
+    assert!(html.contains("is 0 bytes inside a block of size 64 free'd"));
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED the browser part: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let (dom, log) = headless(browser, &page, &["--dump-dom"]);
+    for line in log.lines() {
+        assert!(
+            !(line.contains("CONSOLE") && (line.contains("Error") || line.contains("Uncaught"))),
+            "console error: {line}"
+        );
+    }
+    let at = |needle: &str| {
+        dom.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the page:\n{dom}"))
+    };
+    let order = [
+        at("Invalid free() / delete / delete[] / realloc() (double free by free, 1 time)"),
+        at("second_free"),
+        at("is 0 bytes inside a block of size 64 free'd"),
+        at("first_free"),
+        at("Block was alloc'd at"),
+        at("alloc_block"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}:\n{dom}");
+    assert!(!dom.contains("Loading…"), "the script did not run: {dom}");
 }

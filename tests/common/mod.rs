@@ -3,6 +3,7 @@
 //!
 //! - this file: scratch directories, running commands with a time limit, running
 //!   `heaptape` (record, analyze);
+//! - [`browser`]: headless Chromium, for the HTML report;
 //! - [`fixtures`]: compiling the fixtures of `tests/fixtures/` and inline sources;
 //! - [`report`]: reading `heaptape analyze --json` reports;
 //! - [`valgrind`]: the memcheck oracle (heap usage, leak logs);
@@ -15,11 +16,13 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod fixtures;
 pub mod procs;
 pub mod report;
 pub mod valgrind;
 
+pub use browser::*;
 pub use fixtures::*;
 pub use procs::*;
 pub use report::*;
