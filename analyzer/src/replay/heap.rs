@@ -198,7 +198,7 @@ impl FreedHistory {
         let start = self.window_start();
         let mut end = self.total;
         for c in self.chunks.iter().rev() {
-            let first = end - c.len() as u64;
+            let first = end.saturating_sub(c.len() as u64);
             let from = start.saturating_sub(first).min(c.len() as u64) as usize;
             let hit = c[from..].iter().rev().find(|f| {
                 let offset = address.wrapping_sub(f.address);

@@ -138,6 +138,10 @@ mod tests {
             styled("   total heap usage: 3 allocs"),
             "   total heap usage: 3 allocs"
         );
+        let heading = "   Invalid free() / delete / delete[] / realloc() (double free by free, 1 time, stack 3)\n";
+        assert!(styled(heading).starts_with(&format!("{}", RED.bold().render())));
+        let heading = "   Mismatched free() / delete / delete [] (free of a block allocated by operator new, 1 time, stack 9)\n";
+        assert!(styled(heading).starts_with(&format!("{}", RED.bold().render())));
         let frame = styled("        at 0x4011d6: main (app.c:12)\n");
         assert!(frame.contains("main (app.c:12)") && frame.contains(&format!("{}", DIM.render())));
         // Text split across writes is styled by whole lines.
