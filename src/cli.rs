@@ -118,6 +118,12 @@ pub struct RecordFlags {
     /// Print tracer statistics at the end (stops per call, time spent unwinding).
     #[arg(long)]
     pub stats: bool,
+    /// Do not embed in the trace, when the recording ends, the symbols (functions,
+    /// source files and lines, inlined calls) of every address its stacks hold. Without
+    /// them, the trace names its frames only while the recorded files (the same builds)
+    /// are at hand.
+    #[arg(long)]
+    pub no_symbolize: bool,
 }
 
 /// `heaptape run`: record a program, then report on it.

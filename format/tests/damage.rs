@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use heaptape_format::{
     decode_parallel, AllocFn, ReadError, Record, TraceReader, FORMAT_VERSION, MAGIC,
+    OLDEST_READ_VERSION,
 };
 
 /// A small allocator-like stream with a few rare records.
@@ -185,9 +186,13 @@ fn future_version_is_unsupported() {
     let mut bytes = write_trace(&sample_records(10, 4), 1 << 20, 1);
     bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     match TraceReader::new(&bytes[..]) {
-        Err(ReadError::UnsupportedVersion { found, supported }) => {
+        Err(ReadError::UnsupportedVersion {
+            found,
+            oldest,
+            newest,
+        }) => {
             assert_eq!(found, FORMAT_VERSION + 1);
-            assert_eq!(supported, FORMAT_VERSION);
+            assert_eq!((oldest, newest), (OLDEST_READ_VERSION, FORMAT_VERSION));
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("future version accepted"),
@@ -199,12 +204,12 @@ fn future_version_is_unsupported() {
 #[test]
 fn older_version_names_the_heaptape_that_wrote_it() {
     let mut bytes = write_trace(&sample_records(10, 4), 1 << 20, 1);
-    bytes[8..12].copy_from_slice(&(FORMAT_VERSION - 1).to_le_bytes());
+    bytes[8..12].copy_from_slice(&(OLDEST_READ_VERSION - 1).to_le_bytes());
     let e = TraceReader::new(&bytes[..])
         .err()
         .expect("an old version is refused");
     assert!(
-        matches!(e, ReadError::UnsupportedVersion { found, .. } if found == FORMAT_VERSION - 1),
+        matches!(e, ReadError::UnsupportedVersion { found, .. } if found == OLDEST_READ_VERSION - 1),
         "{e}"
     );
     let e = e.to_string();
