@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use heaptape_analyzer::{embed_symbols, SymbolizerOptions};
+use heaptape_analyzer::{embed_symbols_of, SymbolizerOptions};
 use heaptape_format::units::bytes;
 use heaptape_recorder::{CpuPolicy, RecordMode, RecordOptions, RecordOutcome};
 
@@ -76,13 +76,18 @@ pub fn finish(mut outcome: RecordOutcome, symbolize: bool) -> Result<u8, Failure
     Ok(outcome.exit_code())
 }
 
-/// Embeds the symbols of the trace's stacks (see `heaptape_analyzer::embed_symbols`);
+/// Embeds the symbols of the trace's stacks (see `heaptape_analyzer::embed_symbols_of`);
 /// returns the summary's line about it. A failure is a warning: the trace is as the
 /// recorder left it, readable, its frames named while the recorded files are at hand.
 fn embed(outcome: &mut RecordOutcome) -> Option<String> {
     let start = Instant::now();
-    match embed_symbols(&outcome.path, &SymbolizerOptions::default()) {
-        Ok(s) if s.already => None,
+    let refs = std::mem::take(&mut outcome.references);
+    match embed_symbols_of(
+        &outcome.path,
+        &SymbolizerOptions::default(),
+        refs.addresses,
+        &refs.modules,
+    ) {
         Ok(s) => {
             outcome.bytes = s.bytes_after;
             Some(format!(

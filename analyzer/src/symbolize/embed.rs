@@ -87,7 +87,7 @@ impl Collected {
     }
 }
 
-/// The stack node addresses (sorted, distinct) and module loads of the trace at `path`.
+/// The stack node addresses and module loads of the trace at `path`.
 fn collect(path: &Path) -> Result<Collected, ReadError> {
     let mut reader = TraceReader::open(path)?;
     let mut out = Collected::default();
@@ -116,8 +116,6 @@ fn collect(path: &Path) -> Result<Collected, ReadError> {
             break;
         }
     }
-    out.addresses.sort_unstable();
-    out.addresses.dedup();
     Ok(out)
 }
 
@@ -188,22 +186,37 @@ fn probes_by_module(addresses: &[u64], modules: &[ModuleLoad]) -> Vec<(ModuleKey
 
 /// Appends to the finished trace at `path` the symbols (functions, files, lines,
 /// inlined frames) of every address its stacks hold, resolved from the modules' files
-/// as `options` says (see the module docs). A trace that already holds symbols is left
-/// as it is. Fails, leaving the trace as it was, when it cannot be read, is incomplete
-/// (no end record) or cannot be written.
+/// as `options` says (see the module docs). Reads the trace to find the addresses; a
+/// trace that already holds symbols is left as it is. Fails, leaving the trace as it
+/// was, when it cannot be read, is incomplete (no end record) or cannot be written.
 pub fn embed_symbols(path: &Path, options: &SymbolizerOptions) -> Result<EmbedSummary, EmbedError> {
-    let bytes_before = std::fs::metadata(path).map_err(ReadError::from)?.len();
     let collected = collect(path)?;
     if collected.has_symbols {
+        let bytes = std::fs::metadata(path).map_err(ReadError::from)?.len();
         return Ok(EmbedSummary {
-            bytes_before,
-            bytes_after: bytes_before,
+            bytes_before: bytes,
+            bytes_after: bytes,
             already: true,
             ..EmbedSummary::default()
         });
     }
-    let wanted = probes_by_module(&collected.addresses, &collected.modules);
-    drop(collected);
+    embed_symbols_of(path, options, collected.addresses, &collected.modules)
+}
+
+/// [`embed_symbols`] for a trace whose stack node addresses and module loads are
+/// known (the recorder gathers them as it writes them: nothing is read but the trace's
+/// last chunk). The trace must not hold symbols yet.
+pub fn embed_symbols_of(
+    path: &Path,
+    options: &SymbolizerOptions,
+    mut addresses: Vec<u64>,
+    modules: &[ModuleLoad],
+) -> Result<EmbedSummary, EmbedError> {
+    let bytes_before = std::fs::metadata(path).map_err(ReadError::from)?.len();
+    addresses.sort_unstable();
+    addresses.dedup();
+    let wanted = probes_by_module(&addresses, modules);
+    drop(addresses);
     let symbolizer = ElfSymbolizer::new(options.clone());
     // Largest modules first, so that the longest resolution starts at once.
     let mut order: Vec<usize> = (0..wanted.len()).collect();

@@ -16,7 +16,7 @@ mod embed;
 pub(crate) mod embedded;
 
 pub use elf::{ElfSymbolizer, SymbolizerOptions};
-pub use embed::{embed_symbols, EmbedError, EmbedSummary};
+pub use embed::{embed_symbols, embed_symbols_of, EmbedError, EmbedSummary};
 
 /// One described frame. A symbolizer may return several for one address when calls were
 /// inlined (innermost first); all of them carry the same `address`. Its `Display` (memcheck's
