@@ -14,9 +14,11 @@ use crate::modules::ModuleMap;
 mod elf;
 mod embed;
 pub(crate) mod embedded;
+mod runtime;
 
 pub use elf::{ElfSymbolizer, SymbolizerOptions};
 pub use embed::{embed_symbols, embed_symbols_of, EmbedError, EmbedSummary};
+pub use runtime::{first_program_frame, is_runtime_frame};
 
 /// One described frame. A symbolizer may return several for one address when calls were
 /// inlined (innermost first); all of them carry the same `address`. Its `Display` (memcheck's
