@@ -99,7 +99,8 @@ fn load(file: &File, span: &Span) -> Result<RawChunk, ReadError> {
 
 /// The [`Record::Symbols`] records at the end of the trace at `path`, in file order:
 /// those of the last chunks whose first record is a `Symbols` record (the writer puts
-/// them in chunks of their own, after every other record). Empty when there are none
+/// them in chunks of their own, after every other record; the end record may share the
+/// last of them or have a chunk of its own). Empty when there are none
 /// (a trace recorded with `--no-symbolize`, or of format version 2). A trace cut short
 /// gives the symbols of its complete chunks. Reads the framing of every chunk and
 /// decodes only those last chunks; a damaged framing or chunk is an error (the
@@ -110,7 +111,14 @@ pub fn trailing_symbols(path: &Path) -> Result<Vec<ModuleSymbols>, ReadError> {
     let (spans, _) = scan(&file, start)?;
     let mut chunks: Vec<Vec<ModuleSymbols>> = Vec::new();
     for span in spans.iter().rev() {
-        let records = load(&file, span)?.decode()?;
+        let mut records = load(&file, span)?.decode()?;
+        if matches!(records.last(), Some(Record::End { .. })) {
+            records.pop();
+            if records.is_empty() {
+                // The end record alone in the last chunk.
+                continue;
+            }
+        }
         if !matches!(records.first(), Some(Record::Symbols(_))) {
             break;
         }
