@@ -81,17 +81,19 @@ fn is_runtime_function(name: &str) -> bool {
 }
 
 /// The qualified name in a demangled function name: without its parameter list (from
-/// the first `(` outside template arguments that does not start the name) and without
-/// the return type a template function's name starts with (up to the last space outside
-/// template arguments before the parameters).
+/// the first `(` outside template arguments and parentheses that does not start the
+/// name) and without the return type a template function's name starts with (up to the
+/// last space outside them before the parameters).
 fn qualified_name(name: &str) -> &str {
     let mut depth = 0usize;
     let mut start = 0;
     for (i, c) in name.char_indices() {
         match c {
-            '<' => depth += 1,
-            '>' => depth = depth.saturating_sub(1),
             '(' if depth == 0 && i > start => return &name[start..i],
+            // Template arguments, and a name that starts with a parenthesis:
+            // `(anonymous namespace)::f`.
+            '<' | '(' => depth += 1,
+            '>' | ')' => depth = depth.saturating_sub(1),
             ' ' if depth == 0 => start = i + 1,
             _ => {}
         }
