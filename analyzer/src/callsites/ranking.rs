@@ -50,18 +50,15 @@ pub fn runtime_prefix(
     modules: &ModuleMap,
     symbolizer: &dyn Symbolizer,
 ) -> usize {
-    let mut n = 0;
-    for address in stacks.iter(id) {
-        if !symbolizer
-            .symbolize(modules, address, true)
-            .iter()
-            .all(is_runtime_frame)
-        {
-            return n;
-        }
-        n += 1;
-    }
-    0
+    stacks
+        .iter(id)
+        .position(|address| {
+            !symbolizer
+                .symbolize(modules, address, true)
+                .iter()
+                .all(is_runtime_frame)
+        })
+        .unwrap_or(0)
 }
 
 /// The call sites of an image (its `sites`), grouped by `depth` frames after their
