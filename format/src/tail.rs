@@ -10,9 +10,10 @@
 //! Appending rewrites the trace's last chunk: its records but the end record are
 //! encoded again into a chunk of their own, the new records follow in chunks of their
 //! own, then a new end record whose counts cover them all. That tail is built in memory
-//! and written over the old last chunk in one write, so the trace stays complete unless
-//! the machine stops during that write (then the reader reports the damage or the
-//! truncation at the last chunk's offset, with every earlier chunk intact).
+//! and written over the old last chunk, the part beyond the old end of the file first:
+//! a full disk fails that first write and the trace is left as it was; only a machine
+//! that stops between the two writes leaves a damaged trace (the reader then reports
+//! the damage at the last chunk's offset, every earlier chunk intact).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -239,13 +240,30 @@ impl TraceAppender {
     /// Writes the new tail (the old last chunk's records, the appended ones, a new end
     /// record with the old one's timestamp) over the old last chunk. Returns the
     /// trace's new length in bytes.
+    ///
+    /// The part of the tail that extends the file is written first, so that a full disk
+    /// fails before anything the trace holds is overwritten: the file is then cut back
+    /// to its old length and the trace is as it was.
     pub fn finish(self) -> Result<u64, AppendError> {
         let tail = self.writer.finish(self.end_ts)?;
         let end = self.at + tail.len() as u64;
-        self.file
-            .write_all_at(&tail, self.at)
-            .and_then(|()| self.file.set_len(end))
-            .map_err(WriteError::from)?;
+        let old_len = self.file.metadata().map_err(WriteError::from)?.len();
+        let kept = usize::try_from(old_len.saturating_sub(self.at)).unwrap_or(usize::MAX);
+        let result = if tail.len() > kept {
+            let (over, beyond) = tail.split_at(kept);
+            match self.file.write_all_at(beyond, old_len) {
+                Ok(()) => self.file.write_all_at(over, self.at),
+                Err(e) => {
+                    let _ = self.file.set_len(old_len);
+                    Err(e)
+                }
+            }
+        } else {
+            self.file
+                .write_all_at(&tail, self.at)
+                .and_then(|()| self.file.set_len(end))
+        };
+        result.map_err(WriteError::from)?;
         Ok(end)
     }
 }

@@ -194,3 +194,87 @@ fn version_2_traces_read_as_they_always_did() {
     let r = heaptape_format::TraceReader::new(&bytes[..]).unwrap();
     assert_eq!(r.version(), 2);
 }
+
+/// A tmpfs mounted for one test (needs the right to mount: the test is skipped
+/// without it), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = std::env::temp_dir().join(format!("heaptape-append-fs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(Tmpfs(dir))
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// On a full disk, appending fails and leaves the trace byte for byte as it was
+/// (complete, readable): the new tail's extension is written before anything the trace
+/// holds is overwritten.
+#[test]
+fn a_full_disk_leaves_the_trace_as_it_was() {
+    let fs = match Tmpfs::mount("64k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED a_full_disk_leaves_the_trace_as_it_was: {why}");
+            return;
+        }
+    };
+    let original = write_trace(&events(2000), 1 << 12, 5);
+    let path = fs.0.join("t.trace");
+    std::fs::write(&path, &original).unwrap();
+    // Fill the rest of the file system.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(fs.0.join("filler")).unwrap();
+        let page = vec![0u8; 4096];
+        while filler.write_all(&page).is_ok() {}
+    }
+    let mut a = TraceAppender::open(&path).expect("open");
+    // Names zstd cannot shrink much: 32 KiB of hex digits from a mixing function.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut s = symbols("/m", 2000);
+    s.strings = (0..2000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect();
+    for (i, a) in s.addresses.iter_mut().enumerate() {
+        a.frames[0].function = Some(i as u32);
+    }
+    a.write(&Record::Symbols(Box::new(s))).unwrap();
+    let e = a.finish().expect_err("the disk is full");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        after == original,
+        "the trace changed ({} bytes, was {})",
+        after.len(),
+        original.len()
+    );
+    let out = read_all(&original);
+    assert!(out.complete && out.error.is_none());
+}
