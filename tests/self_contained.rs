@@ -163,6 +163,29 @@ fn a_trace_reads_the_same_after_its_binary_is_deleted() {
     std::fs::create_dir_all(&empty).unwrap();
     let with_dirs = run_heaptape(["analyze", "--sysroot", s(&empty), s(&trace)]);
     assert_eq!(with_dirs.stdout_str(), text, "{}", with_dirs.stderr);
+    // flamegraph and diff take them too.
+    let dirs = ["--sysroot", s(&empty), "--debug-dir", s(&empty)];
+    let folded = |extra: &[&str]| {
+        let r = run_heaptape(
+            ["flamegraph", "--folded", "--metric", "allocated-bytes"]
+                .iter()
+                .chain(extra)
+                .chain([&s(&trace)]),
+        );
+        assert!(r.status.success(), "{}", r.stderr);
+        r.stdout_str()
+    };
+    let plain = folded(&[]);
+    assert!(plain.contains("main;leak_two"), "{plain}");
+    assert_eq!(folded(&dirs), plain);
+    let d = run_heaptape(["diff"].iter().chain(&dirs).chain([&s(&trace), &s(&trace)]));
+    assert!(d.status.success(), "{}", d.stderr);
+    assert!(
+        d.stdout_str()
+            .contains("call sites: 0 new, 0 vanished, 0 changed"),
+        "{}",
+        d.stdout_str()
+    );
 }
 
 #[test]
