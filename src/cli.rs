@@ -118,6 +118,12 @@ pub struct RecordFlags {
     /// Print tracer statistics at the end (stops per call, time spent unwinding).
     #[arg(long)]
     pub stats: bool,
+    /// Do not embed in the trace, when the recording ends, the symbols (functions,
+    /// source files and lines, inlined calls) of every address its stacks hold. Without
+    /// them, the trace names its frames only while the recorded files (the same builds)
+    /// are at hand.
+    #[arg(long)]
+    pub no_symbolize: bool,
 }
 
 /// `heaptape run`: record a program, then report on it.
@@ -285,9 +291,8 @@ pub struct FlamegraphArgs {
     /// Group stacks by their innermost N frames (0: whole stacks).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub call_site_depth: usize,
-    /// Show raw addresses (module+offset) instead of function names.
-    #[arg(long)]
-    pub no_symbols: bool,
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
     #[command(flatten)]
     pub suppressions: SuppressionFlags,
 }
@@ -390,7 +395,9 @@ pub struct DiffArgs {
     /// Number of call sites listed.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
-    /// Match call sites by their innermost N symbolized frames.
+    /// Match call sites by the functions of N symbolized frames, counted from the first
+    /// frame outside the allocator and the C/C++ runtimes (malloc, operator new, std::
+    /// internals).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_DEPTH)]
     pub call_site_depth: usize,
     /// Also write a differential flamegraph (SVG) to this file (not `-`: the report
@@ -406,6 +413,9 @@ pub struct DiffArgs {
     /// peak_bytes; units B, KiB, MiB, GiB, kB, MB, GB. Repeatable.
     #[arg(long = "fail-if", value_name = "CONDITION", value_parser = Condition::parse)]
     pub fail_if: Vec<Condition>,
+    // Where both traces' frames get their names.
+    #[command(flatten)]
+    pub symbols: SymbolFlags,
     // The loss records leaked_bytes leaves out, in both traces.
     #[command(flatten)]
     pub suppressions: SuppressionFlags,

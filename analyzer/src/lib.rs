@@ -67,7 +67,11 @@ pub use replay::{
 pub use report::frames::symbolize_stack;
 pub use report::{colour, diff, flamegraph, html, pprof, schema, speedscope};
 pub use stacks::{StackNodeError, StackTable};
-pub use symbolize::{ElfSymbolizer, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions};
+use symbolize::embedded::EmbeddedSymbols;
+pub use symbolize::{
+    embed_symbols, embed_symbols_of, first_program_frame, is_runtime_frame, ElfSymbolizer,
+    EmbedError, EmbedSummary, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions,
+};
 
 /// Options of an analysis and of its reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +178,17 @@ pub struct Analysis {
 
 /// Replays the trace at `path`.
 pub fn analyze(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, AnalyzeError> {
-    analyze_reader(TraceReader::open(path)?, opts)
+    let reader = TraceReader::open(path)?;
+    analyze_stream(reader, opts, None, embedded_symbols(path))
+}
+
+/// The symbols embedded at the end of the trace at `path`, read before the replay so
+/// that the symbolizer never loads the files of the modules they cover (see
+/// [`heaptape_format::trailing_symbols`]). `None` when there are none, or when that
+/// read fails: the replay then meets the damage itself, and reports it.
+fn embedded_symbols(path: &Path) -> Option<Arc<EmbeddedSymbols>> {
+    let symbols = heaptape_format::trailing_symbols(path).ok()?;
+    (!symbols.is_empty()).then(|| Arc::new(EmbeddedSymbols::new(symbols)))
 }
 
 /// [`analyze`], with a progress bar on stderr (bytes read out of the file's size) when
@@ -185,7 +199,7 @@ pub fn analyze_with_progress(path: &Path, opts: &AnalyzeOptions) -> Result<Analy
     let progress = std::fs::metadata(path)
         .ok()
         .and_then(|m| progress::Progress::stderr(m.len()));
-    let analysis = analyze_stream(reader, opts, progress.as_ref());
+    let analysis = analyze_stream(reader, opts, progress.as_ref(), embedded_symbols(path));
     if let Some(p) = &progress {
         p.finish();
     }
@@ -197,13 +211,16 @@ pub fn analyze_reader<R: Read + Send>(
     reader: TraceReader<R>,
     opts: &AnalyzeOptions,
 ) -> Result<Analysis, AnalyzeError> {
-    analyze_stream(reader, opts, None)
+    analyze_stream(reader, opts, None, None)
 }
 
+/// Replays `reader`'s trace. `embedded`: its embedded symbols when they were read
+/// beforehand (otherwise the replay collects them, and they are used when it ends).
 fn analyze_stream<R: Read + Send>(
     reader: TraceReader<R>,
     opts: &AnalyzeOptions,
     progress: Option<&progress::Progress>,
+    embedded: Option<Arc<EmbeddedSymbols>>,
 ) -> Result<Analysis, AnalyzeError> {
     let header = reader.header().clone();
     let mut replay = Replay::new(&header);
@@ -215,15 +232,28 @@ fn analyze_stream<R: Read + Send>(
         }))
     });
     if let Some(s) = &symbolizer {
+        if let Some(e) = &embedded {
+            s.set_embedded(e.clone());
+        }
         replay.set_symbolizer(s.clone());
     }
+    replay.set_keep_symbols(embedded.is_none());
     let shards = replay.shards();
     let end = replay::source::stream(reader, progress, shards, |chunk, spent| {
         replay.apply_prepared(chunk);
         replay.take_spent(spent);
     })?;
     let mut outcome = replay.finish();
-    suppress(&mut outcome, opts, symbolizer.as_ref());
+    let embedded = embedded.or_else(|| {
+        let symbols = std::mem::take(&mut outcome.symbols);
+        (!symbols.is_empty()).then(|| Arc::new(EmbeddedSymbols::new(symbols)))
+    });
+    if let (Some(s), Some(e)) = (&symbolizer, &embedded) {
+        if !s.has_embedded() {
+            s.set_embedded(e.clone());
+        }
+    }
+    suppress(&mut outcome, opts, symbolizer.as_ref(), embedded.as_ref());
     let truncation = end.truncation.or_else(|| {
         (!outcome.complete).then(|| Truncation {
             offset: end.offset,
@@ -248,7 +278,12 @@ fn analyze_stream<R: Read + Send>(
 /// Applies `opts.suppressions` to every classified image of `outcome`. Their stacks are
 /// described by the analysis's symbolizer, or (symbolization off) by one made for them:
 /// suppressions name functions whether reports do or not.
-fn suppress(outcome: &mut ReplayOutcome, opts: &AnalyzeOptions, sym: Option<&Arc<ElfSymbolizer>>) {
+fn suppress(
+    outcome: &mut ReplayOutcome,
+    opts: &AnalyzeOptions,
+    sym: Option<&Arc<ElfSymbolizer>>,
+    embedded: Option<&Arc<EmbeddedSymbols>>,
+) {
     let has_records = |i: &Image| i.leaks.report().is_some_and(|r| !r.loss_records.is_empty());
     let images = || outcome.processes.iter().flat_map(|p| p.images.iter());
     if opts.suppressions.is_empty() || !images().any(has_records) {
@@ -262,6 +297,9 @@ fn suppress(outcome: &mut ReplayOutcome, opts: &AnalyzeOptions, sym: Option<&Arc
                 debug_dirs: opts.debug_dirs.clone(),
                 sysroot: opts.sysroot.clone(),
             });
+            if let Some(e) = embedded {
+                own.set_embedded(e.clone());
+            }
             &own
         }
     };

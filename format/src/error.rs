@@ -16,8 +16,8 @@ pub enum ReadError {
     /// The file was written in another format version: by an older heaptape (read it
     /// with the heaptape that recorded it) or a newer one.
     #[error(
-        "trace format version {found} is not supported (this heaptape reads version {supported}); {}",
-        if found < supported {
+        "trace format version {found} is not supported (this heaptape reads versions {oldest} to {newest}); {}",
+        if found < oldest {
             "it was written by an older heaptape: analyze it with the heaptape version that recorded it"
         } else {
             "it was written by a newer heaptape: use that version or a later one"
@@ -26,8 +26,10 @@ pub enum ReadError {
     UnsupportedVersion {
         /// Version in the file.
         found: u32,
-        /// Version this reader understands.
-        supported: u32,
+        /// The oldest version this reader understands.
+        oldest: u32,
+        /// The newest version this reader understands (the one it writes).
+        newest: u32,
     },
     /// The file ends before its header is complete.
     #[error("trace is truncated inside its header (at byte offset {offset})")]

@@ -26,6 +26,7 @@ mod error;
 pub mod heuristics;
 mod reader;
 mod record;
+mod tail;
 pub mod units;
 mod wire;
 mod writer;
@@ -34,12 +35,16 @@ pub use chunk::{ChunkInfo, RawChunk};
 pub use error::{ReadError, WriteError};
 pub use reader::{decode_parallel, Records, TraceReader, Truncation};
 pub use record::*;
+pub use tail::{trailing_symbols, AppendError, TraceAppender};
 pub use writer::{TraceWriter, DEFAULT_CHUNK_TARGET, DEFAULT_ZSTD_LEVEL};
 
 /// The eight bytes every trace starts with.
 pub const MAGIC: [u8; 8] = *b"HEAPTAPE";
-/// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this crate writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this crate reads: version 2 is version 3 without
+/// [`Record::Symbols`] records, so it reads as it always did.
+pub const OLDEST_READ_VERSION: u32 = 2;
 /// Upper bound on the encoded header.
 pub const MAX_HEADER_BYTES: usize = 1 << 20;
 /// Upper bound on a chunk's payload, compressed or not. Every record takes at least

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::chunk::{ChunkInfo, RawChunk, CHUNK_HEADER_LEN};
 use crate::error::ReadError;
 use crate::record::{EndCounts, Header, Record};
-use crate::{FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES};
+use crate::{FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES, OLDEST_READ_VERSION};
 
 /// Where and why a trace stops short.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,7 @@ impl std::fmt::Display for Truncation {
 /// Reads a trace from any byte stream.
 pub struct TraceReader<R: Read> {
     src: R,
+    version: u32,
     header: Header,
     offset: u64,
     truncation: Option<Truncation>,
@@ -91,10 +92,11 @@ impl<R: Read> TraceReader<R> {
             return Err(ReadError::TruncatedHeader { offset: n as u64 });
         }
         let version = u32::from_le_bytes(pre[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ReadError::UnsupportedVersion {
                 found: version,
-                supported: FORMAT_VERSION,
+                oldest: OLDEST_READ_VERSION,
+                newest: FORMAT_VERSION,
             });
         }
         if n < 20 {
@@ -123,6 +125,7 @@ impl<R: Read> TraceReader<R> {
             .map_err(|e| ReadError::corrupt(12, format!("header does not decode: {e}")))?;
         Ok(TraceReader {
             src,
+            version,
             header,
             offset: 20 + len as u64,
             truncation: None,
@@ -135,6 +138,11 @@ impl<R: Read> TraceReader<R> {
     /// The trace's header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The trace's format version (from [`OLDEST_READ_VERSION`] to [`FORMAT_VERSION`]).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Byte offset of the next unread chunk.

@@ -326,6 +326,48 @@ pub struct SnapshotRoot {
     pub pointers: Vec<Pointer>,
 }
 
+/// The symbols of some addresses of one module, resolved when the trace was made
+/// (`heaptape record` appends them, see [`Record::Symbols`]), so that the trace reads
+/// the same after the module's file was rebuilt or deleted, and on another machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleSymbols {
+    /// The module's path, as its [`ModuleLoad`] records name it.
+    pub path: String,
+    /// Its GNU build-id, as its [`ModuleLoad`] records give it (empty if none).
+    pub build_id: Vec<u8>,
+    /// The names the frames refer to, by index: function names, source files.
+    pub strings: Vec<String>,
+    /// The addresses, in ascending order of [`SymbolizedAddress::address`].
+    pub addresses: Vec<SymbolizedAddress>,
+}
+
+/// One address of a [`ModuleSymbols`] record and what it means.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolizedAddress {
+    /// The link-time address looked up: a return address of a recorded stack minus the
+    /// module's load bias, minus 1 (inside the call instruction).
+    pub address: u64,
+    /// Its frames, innermost first: the calls inlined at that point, then the function
+    /// containing it. Empty when nothing is known of the address.
+    pub frames: Vec<SymbolFrame>,
+}
+
+/// One frame of a [`SymbolizedAddress`]. Names are indexes into
+/// [`ModuleSymbols::strings`]; `None` when unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolFrame {
+    /// The function's name, demangled.
+    pub function: Option<u32>,
+    /// The function's name as the object file spells it (mangled), when that differs.
+    pub mangled: Option<u32>,
+    /// The source file.
+    pub file: Option<u32>,
+    /// The source line.
+    pub line: Option<u32>,
+    /// Whether the compiler inlined this call into the next frame.
+    pub inlined: bool,
+}
+
 /// One recorded thing. Every variant is versioned with the format: new variants go at
 /// the end, existing ones never change shape within a major version.
 ///
@@ -569,6 +611,10 @@ pub enum Record {
         /// Which heuristics match.
         matched: u8,
     },
+    /// The symbols of some addresses of one module (format version 3). Written after
+    /// every other record but [`Record::End`], in chunks that hold nothing else (see
+    /// docs/FORMAT.md); a module's addresses may be spread over several records.
+    Symbols(Box<ModuleSymbols>),
 }
 
 // The size the decoder's speed was measured with (see the enum's documentation).
@@ -600,7 +646,8 @@ impl Record {
             | Record::SnapshotRoot(_)
             | Record::SnapshotBlock { .. }
             | Record::SnapshotEnd { .. }
-            | Record::SnapshotHeuristic { .. } => None,
+            | Record::SnapshotHeuristic { .. }
+            | Record::Symbols(_) => None,
         }
     }
 

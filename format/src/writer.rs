@@ -91,6 +91,25 @@ impl<W: Write> TraceWriter<W> {
         })
     }
 
+    /// Continues a trace on `out` after `counts` (the records and chunks already in the
+    /// trace, which end `bytes_written` bytes into it): writes no preamble; the next
+    /// chunk is chunk number `counts.chunks`. For [`crate::TraceAppender`].
+    pub(crate) fn resume(out: W, counts: EndCounts, bytes_written: u64) -> io::Result<Self> {
+        Ok(TraceWriter {
+            out: Some(out),
+            enc: Encoder::new(),
+            first_ts: None,
+            last_ts: 0,
+            stored: counts.clone(),
+            counts,
+            bytes_written,
+            chunk_target: DEFAULT_CHUNK_TARGET,
+            compressor: zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL)?,
+            payload: Vec::new(),
+            compressed: Vec::new(),
+        })
+    }
+
     /// Sets the uncompressed size at which chunks are closed (clamped to the format's
     /// limits). Smaller chunks mean finer-grained parallel decoding and less data lost on
     /// a crash, at some cost in compression.

@@ -285,6 +285,27 @@ fn every_variant_is_covered() {
             pid: 2,
             status: heaptape_format::ExitStatus::Signal(9),
         },
+        Record::Symbols(Box::new(heaptape_format::ModuleSymbols {
+            path: "/bin/x".into(),
+            build_id: vec![0xab, 0xcd],
+            strings: vec!["main".into(), "/src/x.c".into()],
+            addresses: vec![
+                heaptape_format::SymbolizedAddress {
+                    address: 0x1146,
+                    frames: vec![heaptape_format::SymbolFrame {
+                        function: Some(0),
+                        mangled: None,
+                        file: Some(1),
+                        line: Some(12),
+                        inlined: false,
+                    }],
+                },
+                heaptape_format::SymbolizedAddress {
+                    address: 0x2000,
+                    frames: vec![],
+                },
+            ],
+        })),
     ];
     for target in [1, 64, 1 << 20] {
         check_round_trip(&recs, target).expect("round trip");
@@ -304,7 +325,7 @@ fn every_variant_is_covered() {
     );
 }
 
-const KINDS: usize = 23;
+const KINDS: usize = 24;
 
 /// The variant index of a record. No wildcard arm: adding a variant to `Record` breaks
 /// this until the variant gets a round-trip case above and in `common::any_record`.
@@ -333,6 +354,7 @@ fn kind(r: &Record) -> usize {
         Record::SnapshotEnd { .. } => 20,
         Record::End { .. } => 21,
         Record::SnapshotHeuristic { .. } => 22,
+        Record::Symbols(_) => 23,
     }
 }
 

@@ -71,7 +71,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use heaptape_format::{ClockSource, ExitStatus, Header, TraceWriter};
+use heaptape_format::{ClockSource, ExitStatus, Header, ModuleLoad, TraceWriter};
 
 use crate::events::writer::WriterThread;
 use crate::tracer::{Tracer, TracerConfig};
@@ -225,6 +225,33 @@ pub struct RecordOutcome {
     pub write_error: Option<String>,
     /// Include the tracer statistics in the summary.
     pub show_stats: bool,
+    /// What the trace's stacks refer to, for whoever symbolizes them next (`heaptape
+    /// record` embeds their symbols in the trace).
+    pub references: StackReferences,
+}
+
+/// The addresses a trace's stacks hold and the modules they may fall in: every
+/// [`Record::StackNode`](heaptape_format::Record::StackNode) address and every
+/// [`ModuleLoad`] the recorder wrote, gathered as they were written so that nobody needs
+/// to read the trace again to symbolize it.
+#[derive(Clone, Debug, Default)]
+pub struct StackReferences {
+    /// Stack node addresses, in the order written (each once: the trie is shared).
+    pub addresses: Vec<u64>,
+    /// Module loads, in the order written.
+    pub modules: Vec<ModuleLoad>,
+}
+
+impl StackReferences {
+    /// Notes what `rec`, a record written to the trace, refers to.
+    #[inline]
+    pub(crate) fn note(&mut self, rec: &heaptape_format::Record) {
+        match rec {
+            heaptape_format::Record::StackNode { address, .. } => self.addresses.push(*address),
+            heaptape_format::Record::ModuleLoad(m) => self.modules.push((**m).clone()),
+            _ => {}
+        }
+    }
 }
 
 impl RecordOutcome {
@@ -603,5 +630,6 @@ fn finish_recording(
         stats,
         write_error: result.error.map(|e| e.to_string()),
         show_stats: opts.stats,
+        references: result.references,
     })
 }

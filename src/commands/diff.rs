@@ -25,7 +25,7 @@ pub fn run(args: DiffArgs) -> Outcome {
         // A diff's frames are its own, symbolized as it asks.
         prefetch: Prefetch::Nothing,
         suppressions: suppressions(&args.suppressions)?,
-        ..AnalyzeOptions::default()
+        ..args.symbols.options()
     };
     // Both traces are read, so that both are reported when neither can be.
     let (old, new) = match (load(&args.old, &opts), load(&args.new, &opts)) {

@@ -12,7 +12,6 @@ use crate::cli::FlamegraphArgs;
 pub fn run(args: FlamegraphArgs) -> Outcome {
     let list = suppressions(&args.suppressions)?;
     let opts = AnalyzeOptions {
-        symbolize: !args.no_symbols,
         call_site_depth: (args.call_site_depth > 0).then_some(args.call_site_depth),
         // Its frames are the flamegraph's, symbolized as it asks.
         prefetch: Prefetch::Nothing,
@@ -22,7 +21,7 @@ pub fn run(args: FlamegraphArgs) -> Outcome {
         } else {
             Suppressions::none()
         },
-        ..Default::default()
+        ..args.symbols.options()
     };
     let analysis = load(&args.trace, &opts)?;
     let metric = args.metric.metric();

@@ -2,11 +2,13 @@
 
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use heaptape_recorder::{CpuPolicy, RecordMode, RecordOptions};
+use heaptape_analyzer::{embed_symbols_of, SymbolizerOptions};
+use heaptape_format::units::bytes;
+use heaptape_recorder::{CpuPolicy, RecordMode, RecordOptions, RecordOutcome};
 
-use super::{Failure, Outcome};
+use super::{warn, Failure, Outcome};
 use crate::cli::{CpuArg, ModeArg, RecordArgs, RecordFlags};
 
 /// The recorder's options for `flags`, launching `program` or attaching to `pid`.
@@ -53,9 +55,55 @@ pub fn run(args: RecordArgs) -> Outcome {
              recorded until it exits (stop it with Ctrl-C or `timeout`)",
         ));
     }
+    let symbolize = !args.flags.no_symbolize;
     let opts = options(args.flags, args.program, args.pid, args.duration);
     let outcome =
         heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
-    eprintln!("{}", outcome.summary());
-    Ok(ExitCode::from(outcome.exit_code()))
+    finish(outcome, symbolize).map(ExitCode::from)
+}
+
+/// What `record` and `run` do once the recorder is done: embed the symbols of the
+/// trace's stacks (unless `symbolize` is false, or the trace is incomplete), print the
+/// summary, and return the exit status and the trace.
+pub fn finish(mut outcome: RecordOutcome, symbolize: bool) -> Result<u8, Failure> {
+    let embedded = (symbolize && outcome.write_error.is_none()).then(|| embed(&mut outcome));
+    let summary = outcome.summary();
+    match (embedded.flatten(), summary.split_once('\n')) {
+        (Some(line), Some((first, rest))) => eprintln!("{first}\n{line}\n{rest}"),
+        (Some(line), None) => eprintln!("{summary}\n{line}"),
+        (None, _) => eprintln!("{summary}"),
+    }
+    Ok(outcome.exit_code())
+}
+
+/// Embeds the symbols of the trace's stacks (see `heaptape_analyzer::embed_symbols_of`);
+/// returns the summary's line about it. A failure is a warning: the trace is as the
+/// recorder left it, readable, its frames named while the recorded files are at hand.
+fn embed(outcome: &mut RecordOutcome) -> Option<String> {
+    let start = Instant::now();
+    let refs = std::mem::take(&mut outcome.references);
+    match embed_symbols_of(
+        &outcome.path,
+        &SymbolizerOptions::default(),
+        refs.addresses,
+        &refs.modules,
+    ) {
+        Ok(s) => {
+            outcome.bytes = s.bytes_after;
+            Some(format!(
+                "heaptape: embedded the symbols of {} stack addresses ({} named) in {} modules (+{}, {:.2} s)",
+                s.addresses,
+                s.named,
+                s.modules,
+                bytes(s.bytes_after.saturating_sub(s.bytes_before)),
+                start.elapsed().as_secs_f64()
+            ))
+        }
+        Err(e) => {
+            warn(format!(
+                "the symbols of the trace's stacks were not embedded: {e}; its frames are named while the recorded files are at hand"
+            ));
+            None
+        }
+    }
 }

@@ -3,30 +3,26 @@
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 
-use super::record::options;
+use super::record::{finish, options};
 use super::{analyze, Failure, Outcome};
 use crate::cli::RunArgs;
 
 pub fn run(args: RunArgs) -> Outcome {
     // Before the program runs: a bad suppression file stops it from running for nothing.
     let report_opts = analyze::options(&args.report)?;
+    let symbolize = !args.record.no_symbolize;
     let opts = options(args.record, args.program, None, None);
     let outcome =
         heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
-    eprintln!("{}", outcome.summary());
+    let path = outcome.path.clone();
+    let status = finish(outcome, symbolize)?;
     // The report goes to standard error, so the program's own output stays as it was.
     let terminal = io::stderr().is_terminal();
-    let failed = analyze::report(
-        &outcome.path,
-        &args.report,
-        &report_opts,
-        terminal,
-        |render| {
-            let mut err = BufWriter::new(io::stderr().lock());
-            render(&mut err)
-                .and_then(|()| err.flush())
-                .map_err(|e| Failure::new(1, format!("cannot write the report: {e}")))
-        },
-    )?;
-    Ok(ExitCode::from(if failed { 1 } else { outcome.exit_code() }))
+    let failed = analyze::report(&path, &args.report, &report_opts, terminal, |render| {
+        let mut err = BufWriter::new(io::stderr().lock());
+        render(&mut err)
+            .and_then(|()| err.flush())
+            .map_err(|e| Failure::new(1, format!("cannot write the report: {e}")))
+    })?;
+    Ok(ExitCode::from(if failed { 1 } else { status }))
 }

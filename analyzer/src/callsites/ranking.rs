@@ -1,22 +1,29 @@
 //! Call sites as the reports rank them: each distinct stack, or, with a call-site depth
-//! `N` (`--call-site-depth`), the stacks grouped by their innermost `N` return addresses
-//! (a recorded stack starts at the allocator's caller, so these frames are all outside
-//! the allocator). Grouped figures add up (see [`SiteStats::merge`]).
+//! `N` (`--call-site-depth`), the stacks grouped by `N` return addresses counted from
+//! the first that is not the allocator's or the C/C++ runtimes' (a recorded stack
+//! starts at the allocator's caller, which in a C++ program is `operator new`'s caller
+//! inside `std::vector` and the like: see [`runtime_prefix`]). Grouped figures add up
+//! (see [`SiteStats::merge`]).
 
 use heaptape_format::StackId;
 
 use super::growth::{fit, SiteGrowth};
 use super::table::{SiteStats, SiteTable};
 use crate::hash::FastMap;
+use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
+use crate::symbolize::{is_runtime_frame, Symbolizer};
 
 /// One call site of an image (one stack, or a group of stacks).
 #[derive(Clone, Debug)]
 pub struct CallSite {
     /// The stack that represents it: the smallest stack id of the group.
     pub stack: StackId,
-    /// How many of its innermost frames identify it (`None`: all of them).
+    /// How many frames identify it, after `skip` (`None`: all of them).
     pub depth: Option<usize>,
+    /// How many of the representative's innermost frames are the runtime's (not
+    /// counted in `depth`; 0 without a depth).
+    pub skip: usize,
     /// How many distinct stacks it groups.
     pub stacks: usize,
     /// Its figures (summed over the group).
@@ -24,18 +31,46 @@ pub struct CallSite {
 }
 
 impl CallSite {
-    /// Its return addresses, innermost first (at most `depth` of them).
+    /// Its return addresses, innermost first: the runtime's `skip`, then at most `depth`.
     pub fn addresses(&self, stacks: &StackTable) -> Vec<u64> {
         stacks
             .iter(self.stack)
-            .take(self.depth.unwrap_or(usize::MAX))
+            .take(self.depth.map_or(usize::MAX, |d| self.skip + d))
             .collect()
     }
 }
 
-/// The call sites of an image (its `sites`), grouped by their innermost `depth` frames
-/// (`None` or `Some(0)`: one per stack), in ascending order of representative stack id.
-pub fn call_sites(stacks: &StackTable, sites: &SiteTable, depth: Option<usize>) -> Vec<CallSite> {
+/// How many of stack `id`'s innermost return addresses are the allocator's or the C/C++
+/// runtimes' (every frame `symbolizer` gives for them is, by
+/// [`is_runtime_frame`]), in the image whose modules are `modules`; 0 when all of
+/// them are (such a stack is counted from its innermost frame).
+pub fn runtime_prefix(
+    stacks: &StackTable,
+    id: StackId,
+    modules: &ModuleMap,
+    symbolizer: &dyn Symbolizer,
+) -> usize {
+    stacks
+        .iter(id)
+        .position(|address| {
+            !symbolizer
+                .symbolize(modules, address, true)
+                .iter()
+                .all(is_runtime_frame)
+        })
+        .unwrap_or(0)
+}
+
+/// The call sites of an image (its `sites`), grouped by `depth` frames after their
+/// [`runtime_prefix`] (`None` or `Some(0)`: one per stack), in ascending order of
+/// representative stack id. `modules` and `symbolizer` tell the runtime's frames.
+pub fn call_sites(
+    stacks: &StackTable,
+    sites: &SiteTable,
+    depth: Option<usize>,
+    modules: &ModuleMap,
+    symbolizer: &dyn Symbolizer,
+) -> Vec<CallSite> {
     let depth = depth.filter(|&d| d > 0);
     let mut out: Vec<CallSite> = Vec::new();
     match depth {
@@ -43,6 +78,7 @@ pub fn call_sites(stacks: &StackTable, sites: &SiteTable, depth: Option<usize>) 
             out.extend(sites.iter().map(|(stack, s)| CallSite {
                 stack,
                 depth: None,
+                skip: 0,
                 stacks: 1,
                 stats: s.clone(),
             }));
@@ -52,7 +88,8 @@ pub fn call_sites(stacks: &StackTable, sites: &SiteTable, depth: Option<usize>) 
             members.sort_by_key(|m| m.0);
             let mut index: FastMap<Vec<u64>, usize> = FastMap::default();
             for (stack, s) in members {
-                let key: Vec<u64> = stacks.iter(stack).take(d).collect();
+                let skip = runtime_prefix(stacks, stack, modules, symbolizer);
+                let key: Vec<u64> = stacks.iter(stack).skip(skip).take(d).collect();
                 match index.get(&key) {
                     Some(&i) => {
                         let site: &mut CallSite = &mut out[i];
@@ -64,6 +101,7 @@ pub fn call_sites(stacks: &StackTable, sites: &SiteTable, depth: Option<usize>) 
                         out.push(CallSite {
                             stack,
                             depth: Some(d),
+                            skip,
                             stacks: 1,
                             stats: s.clone(),
                         });

@@ -136,6 +136,9 @@ pub struct Replay {
     /// Runs accounted for through a summary, and serially.
     runs_merged: u64,
     runs_serial: u64,
+    /// The trace's embedded symbols (`Symbols` records), when they are kept.
+    symbols: Vec<heaptape_format::ModuleSymbols>,
+    keep_symbols: bool,
 }
 
 impl std::fmt::Debug for Replay {
@@ -182,6 +185,8 @@ impl Replay {
             predicted_clocks: Vec::new(),
             runs_merged: 0,
             runs_serial: 0,
+            symbols: Vec::new(),
+            keep_symbols: true,
         }
     }
 
@@ -212,6 +217,13 @@ impl Replay {
     /// symbolizer and a symbol table in the executable.
     pub fn set_symbolizer(&mut self, symbolizer: Arc<dyn Symbolizer + Send + Sync>) {
         self.symbolizer = Some(symbolizer);
+    }
+
+    /// Whether the trace's embedded symbols (its `Symbols` records) are kept for
+    /// [`ReplayOutcome::symbols`] (the default) or dropped (their reader already has
+    /// them: see [`heaptape_format::trailing_symbols`]).
+    pub fn set_keep_symbols(&mut self, keep: bool) {
+        self.keep_symbols = keep;
     }
 
     /// Sets the interior-pointer heuristics of the leak check (memcheck's
@@ -402,6 +414,11 @@ impl Replay {
                 }
             }
             Record::SnapshotEnd { pid, blocks, .. } => self.snapshot_end(pid, blocks),
+            Record::Symbols(s) => {
+                if self.keep_symbols {
+                    self.symbols.push(*s);
+                }
+            }
             Record::SnapshotHeuristic {
                 pid,
                 address,
@@ -456,6 +473,7 @@ impl Replay {
             complete: self.end_seen,
             records: self.records,
             last_ts: self.last_ts,
+            symbols: self.symbols,
         }
     }
 

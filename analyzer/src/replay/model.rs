@@ -370,4 +370,7 @@ pub struct ReplayOutcome {
     pub records: u64,
     /// The latest timestamp seen.
     pub last_ts: Timestamp,
+    /// The trace's embedded symbols, in file order (none when
+    /// [`Replay::set_keep_symbols`](super::Replay::set_keep_symbols) said so).
+    pub symbols: Vec<heaptape_format::ModuleSymbols>,
 }

@@ -40,7 +40,13 @@ pub(crate) fn json(
     limits: &Limits,
 ) -> CallSiteSections {
     let top = a.options.top;
-    let sites = call_sites(&a.stacks, &img.sites, a.options.call_site_depth);
+    let sites = call_sites(
+        &a.stacks,
+        &img.sites,
+        a.options.call_site_depth,
+        &img.modules,
+        sym,
+    );
     let frames = |c: &CallSite| {
         schema::Stack::from(json_frames(frames_of(
             c.addresses(&a.stacks),
@@ -122,7 +128,13 @@ pub fn text(
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
-    let sites = call_sites(&a.stacks, &img.sites, opts.call_site_depth);
+    let sites = call_sites(
+        &a.stacks,
+        &img.sites,
+        opts.call_site_depth,
+        &img.modules,
+        sym,
+    );
     if let Some(r) = allocation_rate(img) {
         writeln!(out, "   allocation rate: {} allocs/s", rate(r))?;
     }

@@ -1,17 +1,16 @@
 //! Comparing the traces of two versions of a program (`heaptape diff OLD NEW`).
 //!
-//! Addresses differ between builds, so call sites are matched by what their frames
-//! *mean*: the **key** of a stack is its innermost `depth` symbolized frames (inlined
-//! calls count as frames), each described as `function (file:line)` (the file's name
-//! only), or `module+0xoffset` when there is no symbol, or the address outside every
-//! module. Figures of stacks with the same key are added up, over every image of every
-//! process of the trace.
-//!
-//! Matching: sites whose keys are equal match. Then, since editing a file moves the
-//! lines below the edit, each site left over on one side is matched with the site left
-//! over on the other whose key has the same functions (lines ignored), when exactly one
-//! such site exists on each side. What remains is **new** (only in NEW) or **vanished**
-//! (only in OLD).
+//! Addresses and lines differ between builds, so call sites are matched by the
+//! *functions* their frames are in: the **key** of a stack is the function names of
+//! `depth` symbolized frames (inlined calls count as frames), counted from the first
+//! frame that is not the allocator's or the C and C++ runtimes' ([`is_runtime_frame`]:
+//! `--call-site-depth 4` on a C++ program reaches the program's own functions, not four
+//! frames of `std::vector` internals); a frame without a function name is
+//! `module+0xoffset`, or its address outside every module. Source files and lines are
+//! not in the key: inserting lines at the top of a file leaves every site matched.
+//! Figures of stacks with the same key are added up, over every image of every process
+//! of the trace. Sites whose keys are equal match; what remains is **new** (only in
+//! NEW) or **vanished** (only in OLD).
 //!
 //! Figures per site and in total: `allocations`, `allocated_bytes`, `leaked_bytes`
 //! (definitely and indirectly lost at the exit snapshot, as LSan counts leaks),
@@ -33,7 +32,7 @@ use super::schema;
 use crate::hash::FastMap;
 pub use crate::replay::Figures;
 use crate::replay::Image;
-use crate::symbolize::Frame;
+use crate::symbolize::{is_runtime_frame, Frame};
 use crate::units::num;
 use crate::Analysis;
 
@@ -140,7 +139,8 @@ impl Status {
 pub struct SiteDiff {
     /// Its key (NEW's when both sides have it).
     pub key: String,
-    /// Its frames, innermost first (NEW's when both sides have it), at most `depth`.
+    /// The frames of its key, innermost first (NEW's when both sides have it): at most
+    /// `depth`, from the first that is not the runtime's.
     pub frames: Vec<Frame>,
     /// OLD's figures.
     pub old: Option<Figures>,
@@ -186,14 +186,46 @@ impl Diff {
 
 struct Side {
     totals: Figures,
-    sites: BTreeMap<String, (Figures, Vec<Frame>, String)>,
+    /// Sites by key: their figures and frames (those of the key).
+    sites: BTreeMap<String, (Figures, Vec<Frame>)>,
 }
 
-fn loose(f: &Frame) -> String {
+/// A frame in a key: its function, else [`describe`]'s words for it.
+fn key_part(f: &Frame) -> String {
     match &f.function {
         Some(func) => func.clone(),
         None => describe(f),
     }
+}
+
+/// Frames a stack's key needs before the program's first (a guess, for the batch
+/// symbolization: a C++ allocation passes through a few standard library frames).
+const PREFETCH_EXTRA: usize = 8;
+
+/// The frames of a stack that make its key: `depth` frames from the first one that is
+/// not the runtime's (see the module docs), symbolizing no more addresses than needed.
+fn key_frames(
+    addresses: impl Iterator<Item = u64>,
+    depth: usize,
+    symbolize: impl Fn(u64) -> Vec<Frame>,
+) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut start = None;
+    for addr in addresses {
+        frames.extend(symbolize(addr));
+        if start.is_none() {
+            start = frames.iter().position(|f| !is_runtime_frame(f));
+        }
+        if let Some(s) = start {
+            if frames.len() >= s + depth {
+                break;
+            }
+        }
+    }
+    let start = start.unwrap_or(0);
+    frames.drain(..start);
+    frames.truncate(depth);
+    frames
 }
 
 fn side(a: &Analysis, depth: usize) -> Side {
@@ -202,38 +234,31 @@ fn side(a: &Analysis, depth: usize) -> Side {
         sym.prefetch(images.iter().flat_map(|img| {
             img.sites
                 .iter()
-                .flat_map(|(stack, _)| a.stacks.iter(stack).take(depth))
+                .flat_map(|(stack, _)| a.stacks.iter(stack).take(depth + PREFETCH_EXTRA))
                 .map(move |addr| (&img.modules, addr))
         }));
     }
     let sym = a.symbolizer();
     let mut totals = Figures::default();
-    let mut sites: BTreeMap<String, (Figures, Vec<Frame>, String)> = BTreeMap::new();
+    let mut sites: BTreeMap<String, (Figures, Vec<Frame>)> = BTreeMap::new();
     for img in images {
         totals.add(&img.figures());
-        let mut cache: FastMap<u32, (String, Vec<Frame>, String)> = FastMap::default();
+        let mut cache: FastMap<u32, (String, Vec<Frame>)> = FastMap::default();
         let leaked = img.leaked_by_stack();
         for (stack, s) in img.sites.iter() {
-            let (key, frames, lkey) = cache
+            let (key, frames) = cache
                 .entry(stack)
                 .or_insert_with(|| {
-                    let mut frames: Vec<Frame> = Vec::new();
-                    for addr in a.stacks.iter(stack) {
-                        frames.extend(sym.symbolize(&img.modules, addr, true));
-                        if frames.len() >= depth {
-                            break;
-                        }
-                    }
-                    frames.truncate(depth);
-                    let key = join(frames.iter().map(describe));
-                    let lkey = join(frames.iter().map(loose));
-                    (key, frames, lkey)
+                    let frames = key_frames(a.stacks.iter(stack), depth, |addr| {
+                        sym.symbolize(&img.modules, addr, true)
+                    });
+                    (join(frames.iter().map(key_part)), frames)
                 })
                 .clone();
             let f = img.site_figures(s, leaked.get(&stack).copied().unwrap_or(0));
             sites
                 .entry(key)
-                .or_insert_with(|| (Figures::default(), frames, lkey))
+                .or_insert_with(|| (Figures::default(), frames))
                 .0
                 .add(&f);
         }
@@ -256,40 +281,13 @@ pub fn diff(old: &Analysis, new: &Analysis, depth: usize) -> Diff {
     let o = side(old, depth);
     let mut n = side(new, depth);
     let mut sites = Vec::new();
-    let mut old_left: Vec<(String, Figures, Vec<Frame>, String)> = Vec::new();
-    for (key, (f, frames, lkey)) in o.sites {
+    for (key, (f, frames)) in o.sites {
         match n.sites.remove(&key) {
-            Some((nf, nframes, _)) => sites.push(site(key, nframes, Some(f), Some(nf))),
-            None => old_left.push((key, f, frames, lkey)),
-        }
-    }
-    let mut new_left: Vec<(String, Figures, Vec<Frame>, String)> = n
-        .sites
-        .into_iter()
-        .map(|(k, (f, fr, l))| (k, f, fr, l))
-        .collect();
-    let mut count_old: FastMap<String, usize> = FastMap::default();
-    let mut count_new: FastMap<String, usize> = FastMap::default();
-    for x in &old_left {
-        *count_old.entry(x.3.clone()).or_default() += 1;
-    }
-    for x in &new_left {
-        *count_new.entry(x.3.clone()).or_default() += 1;
-    }
-    let unique = |l: &String| count_old.get(l) == Some(&1) && count_new.get(l) == Some(&1);
-    for (key, f, frames, lkey) in old_left {
-        let pos = unique(&lkey)
-            .then(|| new_left.iter().position(|x| x.3 == lkey))
-            .flatten();
-        match pos {
-            Some(i) => {
-                let (nkey, nf, nframes, _) = new_left.swap_remove(i);
-                sites.push(site(nkey, nframes, Some(f), Some(nf)));
-            }
+            Some((nf, nframes)) => sites.push(site(key, nframes, Some(f), Some(nf))),
             None => sites.push(site(key, frames, Some(f), None)),
         }
     }
-    for (key, f, frames, _) in new_left {
+    for (key, (f, frames)) in n.sites {
         sites.push(site(key, frames, None, Some(f)));
     }
     let order = |s: &SiteDiff| {
@@ -479,7 +477,7 @@ pub fn to_json(d: &Diff, failures: &[String]) -> schema::DiffReport {
 pub fn render_text(d: &Diff, top: usize, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
-        "call sites matched by their innermost {} frame(s)",
+        "call sites matched by the functions of {} frame(s) from the first outside the allocator and the C/C++ runtimes",
         d.depth
     )?;
     writeln!(

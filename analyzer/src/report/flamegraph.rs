@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::frames::{folded_name, frames_of};
-use crate::callsites::ranking::call_sites;
+use crate::callsites::ranking::{call_sites, runtime_prefix};
 use crate::callsites::SiteStats;
 use crate::checks::leaks::LeakKind;
 use crate::replay::{Image, Process};
@@ -148,13 +148,21 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
                 .flat_map(|r| r.reported_records())
             {
                 if matches!(r.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost) {
-                    let addresses = a.stacks.iter(r.stack).take(depth.unwrap_or(usize::MAX));
-                    add(addresses.collect(), r.bytes);
+                    let take = depth.map_or(usize::MAX, |d| {
+                        d + runtime_prefix(&a.stacks, r.stack, &img.modules, sym)
+                    });
+                    add(a.stacks.iter(r.stack).take(take).collect(), r.bytes);
                 }
             }
             continue;
         }
-        for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
+        for site in call_sites(
+            &a.stacks,
+            &img.sites,
+            a.options.call_site_depth,
+            &img.modules,
+            sym,
+        ) {
             add(site.addresses(&a.stacks), metric.value(img, &site.stats));
         }
     }

@@ -96,7 +96,13 @@ pub fn profile(a: &Analysis, at: At, sym: &dyn Symbolizer) -> Profile {
         } else {
             Vec::new()
         };
-        for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
+        for site in call_sites(
+            &a.stacks,
+            &img.sites,
+            a.options.call_site_depth,
+            &img.modules,
+            sym,
+        ) {
             let s = &site.stats;
             let (inuse_objects, inuse_space) = match (ended, at) {
                 (false, _) => (0, 0),

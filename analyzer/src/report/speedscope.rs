@@ -116,7 +116,13 @@ pub fn file(a: &Analysis, sym: &dyn Symbolizer) -> File {
                 line: None,
             })
         });
-        for site in call_sites(&a.stacks, &img.sites, a.options.call_site_depth) {
+        for site in call_sites(
+            &a.stacks,
+            &img.sites,
+            a.options.call_site_depth,
+            &img.modules,
+            sym,
+        ) {
             let f = img.site_figures(&site.stats, 0);
             let values = [f.in_use_at_exit_bytes, f.allocated_bytes, f.allocations];
             if values.iter().all(|&v| v == 0) {

@@ -28,7 +28,8 @@ use rayon::prelude::*;
 
 use crate::hash::FastMap;
 use crate::modules::ModuleMap;
-use crate::symbolize::{Frame, Symbolizer};
+use crate::symbolize::embedded::EmbeddedSymbols;
+use crate::symbolize::{Frame, Sym, Symbolizer};
 
 mod units;
 
@@ -46,17 +47,6 @@ pub struct SymbolizerOptions {
     /// A directory standing for `/` of the recorded machine: module paths (and
     /// `/usr/lib/debug`) are looked up under it first, then as they are.
     pub sysroot: Option<PathBuf>,
-}
-
-/// One resolved frame of a module, independent of where the module was loaded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Sym {
-    function: Option<String>,
-    /// The function's raw (mangled) name when it differs from `function`.
-    mangled: Option<String>,
-    file: Option<String>,
-    line: Option<u32>,
-    inlined: bool,
 }
 
 /// Why a module gives no symbols.
@@ -116,9 +106,15 @@ type Probe = (usize, u64);
 /// Resolved probes: frames innermost first (empty: nothing known).
 type Cache = FastMap<Probe, Arc<[Sym]>>;
 
-/// A [`Symbolizer`] reading ELF symbol tables and DWARF (see the module docs).
+/// A [`Symbolizer`] reading ELF symbol tables and DWARF (see the module docs), or the
+/// symbols embedded in the trace ([`ElfSymbolizer::set_embedded`]).
 pub struct ElfSymbolizer {
     options: SymbolizerOptions,
+    /// The trace's embedded symbols, if it has any.
+    embedded: RwLock<Arc<EmbeddedSymbols>>,
+    /// Whether a module's files are asked before its embedded symbols (`--debug-dir`
+    /// or `--sysroot` given: the user points at files the recording may not have had).
+    prefer_files: bool,
     slots: Mutex<Slots>,
     /// (slot, probe address) → frames, innermost first (empty: nothing known).
     cache: RwLock<Cache>,
@@ -138,7 +134,9 @@ impl ElfSymbolizer {
     /// A symbolizer looking for files as `options` say.
     pub fn new(options: SymbolizerOptions) -> Self {
         ElfSymbolizer {
+            prefer_files: !options.debug_dirs.is_empty() || options.sysroot.is_some(),
             options,
+            embedded: RwLock::default(),
             slots: Mutex::default(),
             cache: RwLock::default(),
             warnings: Arc::default(),
@@ -146,11 +144,43 @@ impl ElfSymbolizer {
     }
 
     /// The warnings so far, in the order their modules were first asked about: one
-    /// per module whose file was rejected.
+    /// per module whose file was rejected and whose symbols the trace does not embed.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = lock(&self.warnings).clone();
         w.sort_by_key(|(slot, _)| *slot);
-        w.into_iter().map(|(_, text)| text).collect()
+        let embedded = read(&self.embedded).clone();
+        let slots = lock(&self.slots);
+        w.into_iter()
+            .filter(|(slot, _)| {
+                let s = &slots.list[*slot];
+                embedded.module(&s.path, &s.build_id).is_none()
+            })
+            .map(|(_, text)| text)
+            .collect()
+    }
+
+    /// Gives the symbolizer the symbols embedded in the trace: they answer for their
+    /// modules before the files do (after them when `--debug-dir` or `--sysroot` was
+    /// given), and whenever a module's file is missing or was rebuilt. Frames already
+    /// resolved stay as they are, so this is called before any.
+    pub(crate) fn set_embedded(&self, symbols: Arc<EmbeddedSymbols>) {
+        *write(&self.embedded) = symbols;
+    }
+
+    /// Whether the symbolizer has embedded symbols.
+    pub(crate) fn has_embedded(&self) -> bool {
+        !read(&self.embedded).is_empty()
+    }
+
+    /// Resolves `probes` (link-time addresses minus 1, ascending) in the module
+    /// recorded as `path` with `build_id`, from its files only: what a trace embeds.
+    pub(crate) fn resolve_module(
+        &self,
+        path: &str,
+        build_id: &[u8],
+        probes: &[u64],
+    ) -> Vec<Arc<[Sym]>> {
+        self.resolve_many(self.slot(path, build_id), probes)
     }
 
     /// Resolves every address of `requests` (as [`Symbolizer::symbolize`] would, with
@@ -227,19 +257,33 @@ impl ElfSymbolizer {
         i
     }
 
-    /// Resolves `probes` in module `slot`, loading it if needed.
+    /// Resolves `probes` in module `slot`: from the trace's embedded symbols when they
+    /// list a probe (unless files are preferred), else from the module's files (loaded
+    /// if needed), else, when the files are missing or rejected, from the embedded
+    /// symbols.
     fn resolve_many(&self, slot: usize, probes: &[u64]) -> Vec<Arc<[Sym]>> {
+        let none = || Arc::from(Vec::new());
         let Some(slot) = lock(&self.slots).list.get(slot).cloned() else {
-            return probes.iter().map(|_| Arc::from(Vec::new())).collect();
+            return probes.iter().map(|_| none()).collect();
         };
-        let mut state = load_slot(&slot, &self.options, &self.warnings);
-        match &mut *state {
-            SlotState::Ready(m) => probes
-                .iter()
-                .map(|&p| Arc::from(guarded(|| m.resolve(p)).unwrap_or_default()))
-                .collect(),
-            _ => probes.iter().map(|_| Arc::from(Vec::new())).collect(),
+        let embedded = read(&self.embedded).clone();
+        let table = embedded.module(&slot.path, &slot.build_id);
+        let mut out: Vec<Option<Arc<[Sym]>>> = match table {
+            Some(t) if !self.prefer_files => {
+                probes.iter().map(|&p| t.lookup(p).map(Arc::from)).collect()
+            }
+            _ => vec![None; probes.len()],
+        };
+        if out.iter().any(Option::is_none) {
+            let mut state = load_slot(&slot, &self.options, &self.warnings);
+            for (o, &p) in out.iter_mut().zip(probes).filter(|(o, _)| o.is_none()) {
+                *o = Some(match &mut *state {
+                    SlotState::Ready(m) => Arc::from(guarded(|| m.resolve(p)).unwrap_or_default()),
+                    _ => table.and_then(|t| t.lookup(p)).map_or_else(none, Arc::from),
+                });
+            }
         }
+        out.into_iter().map(|o| o.unwrap_or_else(none)).collect()
     }
 }
 
@@ -278,6 +322,10 @@ impl Symbolizer for ElfSymbolizer {
     /// compressed DWARF, such as the C library's debug file, takes over ten
     /// milliseconds: ready by the end of the replay instead of holding up the report).
     fn preload(&self, path: &str, build_id: &[u8]) {
+        if !self.prefer_files && read(&self.embedded).module(path, build_id).is_some() {
+            // The trace embeds its symbols: the file will not be read.
+            return;
+        }
         let index = self.slot(path, build_id);
         let Some(slot) = lock(&self.slots).list.get(index).cloned() else {
             return;

@@ -5,13 +5,20 @@
 //! [`Symbolizer`] to describe each address, given the module map of the process image
 //! the stack belongs to. [`RawSymbolizer`] needs nothing but the trace and describes a
 //! frame as its address and `module+offset`; [`ElfSymbolizer`] adds function names,
-//! source lines and inlined frames from the modules' ELF files and DWARF.
+//! source lines and inlined frames from the modules' ELF files and DWARF, or from the
+//! symbols the trace embeds (`embedded`), which [`embed_symbols`] appends to a trace
+//! when it is recorded (`embed`).
 
 use crate::modules::ModuleMap;
 
 mod elf;
+mod embed;
+pub(crate) mod embedded;
+mod runtime;
 
 pub use elf::{ElfSymbolizer, SymbolizerOptions};
+pub use embed::{embed_symbols, embed_symbols_of, EmbedError, EmbedSummary};
+pub use runtime::{first_program_frame, is_runtime_frame};
 
 /// One described frame. A symbolizer may return several for one address when calls were
 /// inlined (innermost first); all of them carry the same `address`. Its `Display` (memcheck's
@@ -62,6 +69,19 @@ pub trait Symbolizer {
         let _ = (modules, address);
         None
     }
+}
+
+/// One resolved frame of a module, independent of where the module was loaded: what
+/// [`ElfSymbolizer`] finds in a module's files, and what a trace's embedded symbols
+/// hold ([`heaptape_format::SymbolFrame`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sym {
+    pub(crate) function: Option<String>,
+    /// The function's raw (mangled) name when it differs from `function`.
+    pub(crate) mangled: Option<String>,
+    pub(crate) file: Option<String>,
+    pub(crate) line: Option<u32>,
+    pub(crate) inlined: bool,
 }
 
 /// A symbolizer that only knows the module map: address and `module+offset`.

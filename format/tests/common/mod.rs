@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use heaptape_format::{
-    AllocFn, ClockSource, EndCounts, ExitStatus, FdKind, Header, Pointer, ProcessOrigin, ReadError,
-    Record, RootKind, Segment, TraceReader, TraceWriter, Truncation,
+    AllocFn, ClockSource, EndCounts, ExitStatus, FdKind, Header, ModuleSymbols, Pointer,
+    ProcessOrigin, ReadError, Record, RootKind, Segment, SymbolFrame, SymbolizedAddress,
+    TraceReader, TraceWriter, Truncation,
 };
 use proptest::prelude::*;
 
@@ -256,7 +257,48 @@ pub fn any_record() -> impl Strategy<Value = Record> {
         1 => (any_u32(), any_u64(), any_u64(), any::<u8>()).prop_map(|(pid, address, offset, matched)| {
             Record::SnapshotHeuristic { pid, address, offset, matched }
         }),
+        1 => any_symbols().prop_map(|s| Record::Symbols(Box::new(s))),
     ]
+}
+
+/// A `Symbols` record with arbitrary strings, addresses and frames (indexes in and out
+/// of its string table: the format does not check them, readers must).
+pub fn any_symbols() -> impl Strategy<Value = ModuleSymbols> {
+    (
+        any_string(),
+        prop::collection::vec(any::<u8>(), 0..24),
+        any_strings(),
+        prop_oneof![
+            3 => prop::collection::vec(any_symbolized_address(), 0..10),
+            1 => prop::collection::vec(any_symbolized_address(), 200..600),
+        ],
+    )
+        .prop_map(|(path, build_id, strings, addresses)| ModuleSymbols {
+            path,
+            build_id,
+            strings,
+            addresses,
+        })
+}
+
+fn any_symbolized_address() -> impl Strategy<Value = SymbolizedAddress> {
+    let index = || prop::option::of(prop_oneof![3 => 0u32..8, 1 => any_u32()]);
+    let frame = (
+        index(),
+        index(),
+        index(),
+        prop::option::of(any_u32()),
+        any::<bool>(),
+    )
+        .prop_map(|(function, mangled, file, line, inlined)| SymbolFrame {
+            function,
+            mangled,
+            file,
+            line,
+            inlined,
+        });
+    (any_u64(), prop::collection::vec(frame, 0..4))
+        .prop_map(|(address, frames)| SymbolizedAddress { address, frames })
 }
 
 /// Allocator-shaped streams: addresses, stacks, sizes and threads drawn from small

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use heaptape_format::{EndCounts, Record, TraceWriter, WriteError};
 
+use crate::StackReferences;
+
 const WAKE_BACKLOG: usize = 1 << 16;
 const TICK: Duration = Duration::from_millis(200);
 const FLUSH_EVERY: Duration = Duration::from_millis(900);
@@ -62,6 +64,8 @@ pub struct WriterResult {
     pub error: Option<WriteError>,
     /// CPU time the writer thread used (encoding, compression, writes), nanoseconds.
     pub cpu_ns: u64,
+    /// The stack addresses and module loads written.
+    pub references: StackReferences,
 }
 
 impl WriterThread {
@@ -131,6 +135,7 @@ impl WriterThread {
                 stored: EndCounts::default(),
                 error: Some(WriteError::Closed),
                 cpu_ns: 0,
+                references: StackReferences::default(),
             },
         }
     }
@@ -144,6 +149,7 @@ fn writer_loop(
     let mut batches: Vec<Vec<Record>> = Vec::new();
     let mut last_flush = Instant::now();
     let mut error: Option<WriteError> = None;
+    let mut references = StackReferences::default();
     // A small first chunk, so that the start of a trace (header, process, modules, the
     // first events) is on disk early and fits even on a nearly full disk, however fast
     // the program allocates; then the default size.
@@ -177,6 +183,7 @@ fn writer_loop(
                         error = Some(e);
                         break 'write;
                     }
+                    references.note(rec);
                 }
             }
             if first_chunk && writer.bytes_written() > header_bytes {
@@ -201,6 +208,7 @@ fn writer_loop(
                     counts,
                     error,
                     cpu_ns: crate::sys::thread_cpu_ns(),
+                    references,
                 };
             }
             return match writer.finish(ts) {
@@ -214,6 +222,7 @@ fn writer_loop(
                         counts,
                         error: None,
                         cpu_ns: crate::sys::thread_cpu_ns(),
+                        references,
                     }
                 }
                 Err(e) => WriterResult {
@@ -222,6 +231,7 @@ fn writer_loop(
                     stored,
                     error: Some(e),
                     cpu_ns: crate::sys::thread_cpu_ns(),
+                    references,
                 },
             };
         }
