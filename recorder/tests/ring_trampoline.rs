@@ -473,6 +473,7 @@ fn the_gate_sends_calls_nested_in_ring_calls_to_the_function() {
         rig.tracee.addr(),
         fake_mmap as *const () as u64,
         fake_mmap_stop_path as *const () as u64,
+        false,
     )
     .unwrap();
     assert!(gate.code.len() as u64 <= RING_TRAMPOLINE_LEN);

@@ -133,8 +133,12 @@ pub(crate) fn install_jmp_hook(
         )
         .ok()
         .map(|t| (t.code, true)),
-        (Some(r), HookKind::Resource(_)) => {
-            ring::ring_gate_trampoline(ring_at, r.region_base, displaced_at, at)
+        (Some(r), HookKind::Resource(rc)) => {
+            let mapping = matches!(
+                rc,
+                ResourceCall::Mmap | ResourceCall::Munmap | ResourceCall::Mremap
+            );
+            ring::ring_gate_trampoline(ring_at, r.region_base, displaced_at, at, mapping)
                 .ok()
                 .map(|t| (t.code, false))
         }

@@ -131,6 +131,8 @@ impl Tracer {
                 self.hook_module(space_id, tid, &elf, bias, g);
             }
         }
+        let exe = procfs::exe_path(pid);
+        self.refresh_allocators(space_id, exe.as_deref());
     }
 
     pub(super) fn hook_module(

@@ -123,6 +123,7 @@ impl Tracer {
             tids: &ring.tids,
             moving: &mut ring.moving,
             hooks: &space.hooks,
+            allocator_code: &space.allocator_code,
             unwinder: &mut space.unwinder,
             events: &mut self.events,
             procs: &mut self.procs,
@@ -246,6 +247,8 @@ struct Sink<'a> {
     tids: &'a AddrMap<u32, (Tid, Tid)>,
     moving: &'a mut AddrMap<u64, StackId>,
     hooks: &'a AddrMap<u64, Hook>,
+    /// The replacement allocators' modules: calls from there are the allocator's own.
+    allocator_code: &'a [std::ops::Range<u64>],
     unwinder: &'a mut StackUnwinder,
     events: &'a mut Pipeline,
     procs: &'a mut AddrMap<Tid, Proc>,
@@ -346,7 +349,9 @@ impl Sink<'_> {
         let rec = alloc.record(ts, tid, stack, result, ev.out.unwrap_or(0));
         match rec {
             Some(rec) => {
-                proc_.live.apply(&rec);
+                let caller = call.return_address();
+                let by_allocator = self.allocator_code.iter().any(|r| r.contains(&caller));
+                proc_.live.apply_by(&rec, by_allocator);
                 self.events.buf().push(rec);
             }
             None => {
