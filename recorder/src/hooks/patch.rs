@@ -34,7 +34,10 @@ pub(crate) struct RingHook {
 /// When a ring event of a call of `spec` is numbered and published.
 fn publish_of(spec: &HookSpec) -> Publish {
     match spec.kind {
-        CallKind::Alloc { .. } => Publish::AtReturn,
+        CallKind::Alloc { .. }
+        | CallKind::Mallocx { .. }
+        | CallKind::Resize { .. }
+        | CallKind::Dup { .. } => Publish::AtReturn,
         CallKind::PosixMemalign { .. } => Publish::AtReturnOutPtr,
         CallKind::Realloc { .. } => Publish::Both,
         CallKind::Free { .. } => Publish::AtEntry,

@@ -2,7 +2,7 @@
 //! the memory that held blocks before (freed heap memory is never a snapshot root); and
 //! the memory the allocator mapped for itself (neither a root nor a block).
 
-use heaptape_format::Record;
+use heaptape_format::{AllocFamily, AllocFn, Record};
 
 use super::ranges::Ranges;
 use super::PAGE;
@@ -12,7 +12,9 @@ use crate::addr_map::{AddrMap, AddrSet};
 /// and what its allocator mapped for itself.
 #[derive(Clone, Debug, Default)]
 pub struct LiveBlocks {
-    /// Live blocks: start to size.
+    /// Live blocks: start to size, and in the top bits ([`TAG_SHIFT`]) the family of
+    /// the function that allocated it and whether that entry point was shared by
+    /// several families (see [`LiveBlocks::release`]).
     pub(super) blocks: AddrMap<u64, u64>,
     /// Pages (address / [`PAGE`]) that ever held a block (not kept when `partial`).
     pub(super) heap_pages: AddrSet<u64>,
@@ -44,12 +46,18 @@ impl LiveBlocks {
         }
     }
 
-    /// A successful allocation of `size` bytes at `addr`.
+    /// A successful allocation of `size` bytes at `addr` (by the malloc family).
     pub fn alloc(&mut self, addr: u64, size: u64) {
+        self.alloc_tagged(addr, size, 0);
+    }
+
+    /// A successful allocation, with its tag (see [`tag`]).
+    fn alloc_tagged(&mut self, addr: u64, size: u64, tag: u64) {
         if addr == 0 {
             return;
         }
-        self.blocks.insert(addr, size);
+        let size = size.min(SIZE_MASK);
+        self.blocks.insert(addr, size | tag << TAG_SHIFT);
         if self.partial {
             return;
         }
@@ -74,9 +82,40 @@ impl LiveBlocks {
         }
     }
 
+    /// The size of the live block at `addr`.
+    #[cfg(test)]
+    pub fn size_of(&self, addr: u64) -> Option<u64> {
+        self.blocks.get(&addr).map(|&v| v & SIZE_MASK)
+    }
+
+    /// The live blocks: start and size.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.blocks.iter().map(|(&a, &v)| (a, v & SIZE_MASK))
+    }
+
+    /// The function a free of `addr` through an entry point `func` is recorded as: when
+    /// that entry point is shared by several families (`shared`), or the block was
+    /// allocated through such an entry point, the release its block's allocation calls
+    /// for (the allocator cannot tell them apart, so neither can a mismatch be told);
+    /// otherwise `func`.
+    pub fn release(&self, addr: u64, func: AllocFn, shared: bool) -> AllocFn {
+        let Some(&v) = self.blocks.get(&addr) else {
+            return func;
+        };
+        let tag = v >> TAG_SHIFT;
+        if !shared && tag & TAG_SHARED == 0 {
+            return func;
+        }
+        match tag & 3 {
+            1 => AllocFn::Delete,
+            2 => AllocFn::DeleteArray,
+            _ => AllocFn::Free,
+        }
+    }
+
     /// A free (or the release half of a realloc).
     pub fn free(&mut self, addr: u64) {
-        let size = self.blocks.remove(&addr);
+        let size = self.blocks.remove(&addr).map(|v| v & SIZE_MASK);
         if !self.own.is_empty() {
             self.own.remove(&addr);
         }
@@ -102,14 +141,25 @@ impl LiveBlocks {
     /// Mirrors an allocator record: an allocation, a resize or a free (other records
     /// change nothing).
     pub fn apply(&mut self, rec: &Record) {
-        self.apply_by(rec, false);
+        self.apply_by(rec, false, false);
     }
 
     /// [`LiveBlocks::apply`], for a call from a replacement allocator's own code when
-    /// `by_allocator` (see [`LiveBlocks::alloc_by`]).
-    pub fn apply_by(&mut self, rec: &Record, by_allocator: bool) {
+    /// `by_allocator` (see [`LiveBlocks::alloc_by`]), through an entry point several
+    /// families share when `shared` ([`LiveBlocks::release`]).
+    pub fn apply_by(&mut self, rec: &Record, by_allocator: bool, shared: bool) {
         match *rec {
-            Record::Alloc { address, size, .. } => self.alloc_by(address, size, by_allocator),
+            Record::Alloc {
+                address,
+                size,
+                func,
+                ..
+            } => {
+                self.alloc_tagged(address, size, tag(func, shared));
+                if by_allocator && address != 0 {
+                    self.own.insert(address);
+                }
+            }
             Record::Realloc {
                 old_address,
                 new_address,
@@ -123,7 +173,8 @@ impl LiveBlocks {
 
     /// The allocator mapped `len` bytes at `addr` for itself.
     pub fn allocator_mapped(&mut self, addr: u64, len: u64) {
-        self.allocator.insert(addr..addr.saturating_add(page_up(len)));
+        self.allocator
+            .insert(addr..addr.saturating_add(page_up(len)));
     }
 
     /// `len` bytes at `addr` were unmapped (by anyone).
@@ -157,6 +208,24 @@ impl LiveBlocks {
     }
 }
 
+/// Where a block's tag starts in its [`LiveBlocks::blocks`] value.
+const TAG_SHIFT: u32 = 61;
+/// The size bits of a [`LiveBlocks::blocks`] value.
+const SIZE_MASK: u64 = (1 << TAG_SHIFT) - 1;
+/// Tag bit: allocated through an entry point shared by several families.
+const TAG_SHARED: u64 = 4;
+
+/// A block's tag: its allocating function's family (0 malloc, 1 new, 2 new[]) and
+/// [`TAG_SHARED`].
+fn tag(func: AllocFn, shared: bool) -> u64 {
+    let family = match func.family() {
+        AllocFamily::Malloc => 0,
+        AllocFamily::New => 1,
+        AllocFamily::NewArray => 2,
+    };
+    family | if shared { TAG_SHARED } else { 0 }
+}
+
 /// `len` rounded up to whole pages (what mmap and munmap act on).
 fn page_up(len: u64) -> u64 {
     len.saturating_add(PAGE - 1) & !(PAGE - 1)
@@ -177,7 +246,10 @@ mod tests {
         live.realloc(0x200, 0, 0); // realloc(p, 0) frees
         assert!(live.is_empty());
         assert!(live.heap_pages.contains(&0));
-        assert!(live.freed.is_empty(), "freed ranges are kept only when attached");
+        assert!(
+            live.freed.is_empty(),
+            "freed ranges are kept only when attached"
+        );
     }
 
     #[test]
@@ -208,6 +280,51 @@ mod tests {
         // A mapping that was not the allocator's stays not the allocator's.
         live.remapped(0x80000, 0x1000, 0x90000, 0x1000);
         assert!(!live.allocator.contains(0x90000));
+    }
+
+    #[test]
+    fn releases_through_shared_entry_points_match_their_blocks() {
+        let alloc = |func| Record::Alloc {
+            ts: 0,
+            tid: 1,
+            func,
+            address: 0,
+            size: 8,
+            align: 0,
+            stack: 0,
+        };
+        let at = |rec: Record, address| match rec {
+            Record::Alloc { func, .. } => Record::Alloc {
+                ts: 0,
+                tid: 1,
+                func,
+                address,
+                size: 8,
+                align: 0,
+                stack: 0,
+            },
+            other => other,
+        };
+        let mut live = LiveBlocks::default();
+        live.apply_by(&at(alloc(AllocFn::New), 0x10), false, false);
+        live.apply_by(&at(alloc(AllocFn::NewArray), 0x20), false, true);
+        live.apply_by(&at(alloc(AllocFn::Malloc), 0x30), false, false);
+        assert_eq!(live.size_of(0x10), Some(8));
+        // Not shared: the entry point's own function, a mismatch stays one.
+        assert_eq!(live.release(0x10, AllocFn::Free, false), AllocFn::Free);
+        // A shared free entry: what the block calls for.
+        assert_eq!(live.release(0x10, AllocFn::Free, true), AllocFn::Delete);
+        assert_eq!(
+            live.release(0x30, AllocFn::DeleteArray, true),
+            AllocFn::Free
+        );
+        // A block from a shared new/new[] entry: any release matches it.
+        assert_eq!(
+            live.release(0x20, AllocFn::Delete, false),
+            AllocFn::DeleteArray
+        );
+        // Unknown blocks keep the entry's function.
+        assert_eq!(live.release(0x99, AllocFn::Delete, true), AllocFn::Delete);
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn take(
         relro,
         allocator_data,
     } = *ctx;
-    let index = BlockIndex::new(live.blocks.iter().map(|(&a, &s)| (a, s)).collect());
+    let index = BlockIndex::new(live.iter().collect());
     let mut stats = SnapshotStats {
         blocks: live.len() as u64,
         ..Default::default()
@@ -529,10 +529,9 @@ struct BlockBatch {
 /// larger block).
 fn block_batches(live: &LiveBlocks) -> Vec<BlockBatch> {
     let mut blocks: Vec<(u64, u64)> = live
-        .blocks
         .iter()
-        .filter(|&(_, &s)| s & !7 > 0 && s <= (1 << 40))
-        .map(|(&a, &s)| (a, s & !7))
+        .filter(|&(_, s)| s & !7 > 0 && s <= (1 << 40))
+        .map(|(a, s)| (a, s & !7))
         .collect();
     blocks.sort_unstable();
     let mut batches = Vec::new();

@@ -69,6 +69,7 @@ impl Ranges {
     }
 
     /// Whether `addr` is in the set.
+    #[cfg(test)]
     pub fn contains(&self, addr: u64) -> bool {
         self.map
             .range(..=addr)
@@ -77,6 +78,7 @@ impl Ranges {
     }
 
     /// The ranges, in address order.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.map.iter().map(|(&s, &e)| s..e)
     }
@@ -143,6 +145,7 @@ impl RangeIndex {
     }
 
     /// Whether there is no range.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -183,7 +186,10 @@ mod tests {
         let mut r = Ranges::default();
         r.insert(0x1000..0x2000);
         r.insert(0x3000..0x4000);
-        assert_eq!(r.outside(0x0..0x5000), vec![0x0..0x1000, 0x2000..0x3000, 0x4000..0x5000]);
+        assert_eq!(
+            r.outside(0x0..0x5000),
+            vec![0x0..0x1000, 0x2000..0x3000, 0x4000..0x5000]
+        );
         assert_eq!(r.outside(0x1800..0x3800), vec![0x2000..0x3000]);
         assert_eq!(r.outside(0x1000..0x2000), Vec::<Range<u64>>::new());
         assert_eq!(r.outside(0x2100..0x2200), vec![0x2100..0x2200]);

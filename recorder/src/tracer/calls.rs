@@ -10,7 +10,7 @@ use super::resources::resource_record;
 use super::Tracer;
 use crate::events::unwind::EntryRegs;
 use crate::events::{realloc_moved, realloc_release, AllocCall, CallEvent};
-use crate::hooks::catalogue::{HookSpec, ResourceCall};
+use crate::hooks::catalogue::{CallKind, HookSpec, ResourceCall};
 use crate::hooks::patch::HookKind;
 use crate::sys::{self, Regs, Tid};
 use crate::tracee::probe::{EntryFrame, ReturnRef};
@@ -284,6 +284,13 @@ impl Tracer {
         };
         self.stats.recorded_calls += 1;
 
+        let spec = match (spec.kind, self.procs.get(&pid)) {
+            (CallKind::Free { ptr_arg }, Some(p)) => HookSpec {
+                func: p.live.release(ev.args[ptr_arg], spec.func, spec.shared),
+                ..spec
+            },
+            _ => spec,
+        };
         let (call, outptr) = self.events.alloc_entry(&ev, spec, stack_id);
         if let AllocCall::Free { address } = call {
             if let Some(p) = self.procs.get_mut(&pid) {
@@ -625,7 +632,11 @@ impl Tracer {
         };
         let pid = self.tasks.get(&p.tid).map(|t| t.pid);
         if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
-            proc_.live.apply_by(&rec, p.by_allocator);
+            let shared = matches!(
+                p.kind,
+                PendingKind::Alloc(AllocCall::Alloc { shared: true, .. })
+            );
+            proc_.live.apply_by(&rec, p.by_allocator, shared);
         }
         self.events.buf().push(rec);
     }

@@ -133,10 +133,7 @@ pub(super) enum PendingKind {
     Alloc(AllocCall),
     /// A mapping call (mmap, mremap) the allocator made for itself from inside one of
     /// its calls: not a record, but memory that is neither a root nor a block.
-    AllocatorMapping {
-        call: ResourceCall,
-        args: [u64; 6],
-    },
+    AllocatorMapping { call: ResourceCall, args: [u64; 6] },
 }
 
 /// A call in flight: armed to capture its result, recorded when it returns.

@@ -22,6 +22,7 @@ use super::Tracer;
 use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
 use crate::events::{realloc_moved, realloc_release, AllocCall, CallEvent, Pipeline};
+use crate::hooks::catalogue::{CallKind, HookSpec};
 use crate::hooks::patch::{Hook, HookKind};
 use crate::procfs;
 use crate::sys::{self, Tid};
@@ -333,6 +334,15 @@ impl Sink<'_> {
             self.stats.ring_cut_stacks += 1;
         }
         self.stats.ring_stack_bytes += ev.stack.len() as u64;
+        let spec = match spec.kind {
+            CallKind::Free { ptr_arg } => HookSpec {
+                func: proc_
+                    .live
+                    .release(call.args[ptr_arg], spec.func, spec.shared),
+                ..spec
+            },
+            _ => spec,
+        };
         let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
         self.stats.recorded_calls += 1;
         self.stats.ring_events += 1;
@@ -351,7 +361,7 @@ impl Sink<'_> {
             Some(rec) => {
                 let caller = call.return_address();
                 let by_allocator = self.allocator_code.iter().any(|r| r.contains(&caller));
-                proc_.live.apply_by(&rec, by_allocator);
+                proc_.live.apply_by(&rec, by_allocator, spec.shared);
                 self.events.buf().push(rec);
             }
             None => {
