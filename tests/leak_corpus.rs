@@ -18,6 +18,12 @@
 //! heaptape analyzes with `--no-default-suppressions` (the default list hides those
 //! blocks; `tests/suppressions.rs` checks it against memcheck with its freeres).
 //!
+//! Every fixture of the shared-library kind is also recorded under each replacement
+//! allocator installed (jemalloc, tcmalloc, mimalloc: `tests/common/allocators.rs`),
+//! linked into the fixture and `LD_PRELOAD`ed into the glibc build: the allocator's own
+//! memory is neither a root nor a block, so the figures must be memcheck's there too
+//! (memcheck replaces whatever allocator the program has, so its figures are one set).
+//!
 //! Run with `--nocapture` to see the table of figures per fixture.
 
 use std::collections::BTreeMap;
@@ -28,8 +34,8 @@ use std::path::Path;
 use serde_json::Value;
 
 mod common;
-use common::{analyze_complete_with, fixture_src, memcheck_body, record, run_native};
-use common::{memcheck_leak_summary, valgrind_logs, Run, TestDir};
+use common::{allocators, analyze_complete_with, fixture_src, memcheck_body, record_cmd, run};
+use common::{memcheck_leak_summary, run_native, valgrind_logs, AllocatorUse, Run, TestDir};
 
 /// The source of leak fixture `name` (in `tests/fixtures/leaks/`), for the harness's
 /// fixture helpers.
@@ -406,8 +412,25 @@ struct Heaptape {
 
 /// Records `prog args` and analyzes the trace, which must be complete and warning-free.
 fn heaptape(dir: &TestDir, prog: &Path, args: &[&str], srcs: &[&str]) -> Heaptape {
-    let trace = dir.join("t.trace");
-    let record = record(dir, &trace, &[], prog, args);
+    heaptape_with(dir, "t", None, prog, args, srcs)
+}
+
+/// [`heaptape`] into `NAME.trace`, with `preload` in `LD_PRELOAD` (of heaptape, as a
+/// user would write `LD_PRELOAD=... heaptape run`; the program inherits it).
+fn heaptape_with(
+    dir: &TestDir,
+    name: &str,
+    preload: Option<&Path>,
+    prog: &Path,
+    args: &[&str],
+    srcs: &[&str],
+) -> Heaptape {
+    let trace = dir.join(format!("{name}.trace"));
+    let mut cmd = record_cmd(dir, &trace, &[], prog, args);
+    if let Some(lib) = preload {
+        cmd.env("LD_PRELOAD", lib);
+    }
+    let record = run(&mut cmd);
     assert!(
         record.status.code().is_some(),
         "heaptape record died of signal {:?}: {}",
@@ -439,6 +462,9 @@ struct Outcome {
     native: Run,
     ht: Heaptape,
     mc: Option<Memcheck>,
+    /// The same fixture under replacement allocators: label (`jemalloc-linked`) and
+    /// heaptape's figures.
+    variants: Vec<(String, Heaptape)>,
 }
 
 impl Outcome {
@@ -455,6 +481,74 @@ impl Outcome {
                 "| {} | {role} | memcheck: {mc} | heaptape: {} |",
                 self.name, h.broad
             );
+        }
+    }
+
+    /// Records the fixture again under every replacement allocator installed, linked
+    /// (`build(label, flags)` builds it with the allocator's link flags) and preloaded
+    /// into `prog`; each run must print and exit as the same build does natively.
+    fn with_allocators(
+        mut self,
+        dir: &TestDir,
+        prog: &Path,
+        srcs: &[&str],
+        build: impl Fn(&str, &[&str]) -> std::path::PathBuf,
+    ) -> Outcome {
+        for a in allocators() {
+            for how in AllocatorUse::ALL {
+                let label = a.label(how);
+                let (exe, preload) = match how {
+                    AllocatorUse::Linked => {
+                        let flags = a.link_flags();
+                        let flags: Vec<&str> = flags.iter().map(|f| f.as_str()).collect();
+                        (build(&label, &flags), None)
+                    }
+                    AllocatorUse::Preloaded => (prog.to_path_buf(), Some(a.lib.as_path())),
+                };
+                let mut native = std::process::Command::new(&exe);
+                native.current_dir(dir.path());
+                if let Some(lib) = preload {
+                    native.env("LD_PRELOAD", lib);
+                }
+                let native = run(&mut native);
+                let ht = heaptape_with(dir, &label, preload, &exe, &[], srcs);
+                assert_eq!(
+                    ht.record.stdout, native.stdout,
+                    "{} under {label}: stdout under heaptape differs from the native run",
+                    self.name
+                );
+                assert_eq!(
+                    ht.record.shell_code(),
+                    native.shell_code(),
+                    "{} under {label}: heaptape's exit status differs from the native one; stderr:\n{}",
+                    self.name,
+                    ht.record.stderr
+                );
+                for (i, (h, _)) in ht.procs.iter().enumerate() {
+                    eprintln!("| {} | #{i} | {label}: {} |", self.name, h.broad);
+                }
+                self.variants.push((label, ht));
+            }
+        }
+        self
+    }
+
+    /// Every allocator variant's fixture figures equal glibc's, process by process.
+    fn assert_variants_match_glibc(&self) {
+        for (label, v) in &self.variants {
+            assert_eq!(
+                v.procs.len(),
+                self.ht.procs.len(),
+                "{} under {label}: processes",
+                self.name
+            );
+            for (i, ((vv, _), (gv, _))) in v.procs.iter().zip(&self.ht.procs).enumerate() {
+                assert_eq!(
+                    vv.broad, gv.broad,
+                    "{} process #{i}: heaptape under {label} (left) vs under glibc (right)",
+                    self.name
+                );
+            }
         }
     }
 
@@ -509,6 +603,7 @@ impl Outcome {
                 self.name
             );
         }
+        self.assert_variants_match_glibc();
     }
 }
 
@@ -539,17 +634,27 @@ fn run_fixture(
         native,
         ht,
         mc,
+        variants: Vec::new(),
     };
     out.print_table();
     out
 }
 
-/// Builds single-source fixture `src` and runs it (see [`run_fixture`]).
+/// Builds single-source fixture `src` and runs it (see [`run_fixture`]), also under
+/// every replacement allocator ([`Outcome::with_allocators`]).
 fn fixture(src: &'static str, extra: &[&str]) -> (TestDir, Outcome) {
     let stem = src.split('.').next().expect("fixture name");
     let dir = TestDir::new(stem);
     let prog = dir.compile(&leak_src(src), stem, extra);
-    let out = run_fixture(src, &dir, &prog, &[src], true);
+    let out = run_fixture(src, &dir, &prog, &[src], true).with_allocators(
+        &dir,
+        &prog,
+        &[src],
+        |label, flags| {
+            let all: Vec<&str> = extra.iter().chain(flags).copied().collect();
+            dir.compile(&leak_src(src), &format!("{stem}-{label}"), &all)
+        },
+    );
     (dir, out)
 }
 
@@ -807,6 +912,7 @@ fn cxx_new_and_new_array() {
     assert_eq!(cookie.len(), 1, "{cookie:?}");
     assert_eq!(cookie[0]["kind"], "still_reachable");
     assert_eq!(cookie[0]["allocator"], "operator new[]");
+    out.assert_variants_match_glibc();
 }
 
 #[test]
@@ -819,7 +925,20 @@ fn leak_inside_dlopened_library() {
     );
     let prog = dir.compile(&leak_src("leak_dlopen.c"), "leak_dlopen", &["-ldl"]);
     let srcs = ["leak_dlopen.c", "leak_dlopen_lib.c"];
-    let out = run_fixture("leak_dlopen.c", &dir, &prog, &srcs, true);
+    let out = run_fixture("leak_dlopen.c", &dir, &prog, &srcs, true).with_allocators(
+        &dir,
+        &prog,
+        &srcs,
+        |label, flags| {
+            let mut all = vec!["-ldl"];
+            all.extend(flags);
+            dir.compile(
+                &leak_src("leak_dlopen.c"),
+                &format!("leak_dlopen-{label}"),
+                &all,
+            )
+        },
+    );
     // Strict: the plugin's own blocks. (The broad figures also hold the loader's
     // blocks allocated under dlopen, called from main.)
     out.assert_matches_memcheck(&[&[(Definite, 2, 222, 0), (Reachable, 1, 222, 0)]]);

@@ -75,6 +75,7 @@ impl Rig {
             publish,
             stack_copy,
             fallback,
+            false,
         )
         .unwrap();
         assert!(

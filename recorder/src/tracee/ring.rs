@@ -418,6 +418,7 @@ pub struct RingTrampoline {
 ///   AtEntry:       head = next; claim = IDLE
 ///   pop rax; pop r10; add rsp, 8; pop rdi; pop rsi; pop rdx; pop rcx  ; all as at the entry
 ///   push r11; call displaced; pop r11         ; the area's slot is where the saved rcx was
+///   zero_first: if rax: [rax] = 0             ; see emit_zero_first
 ///   AtReturn*, Both: rdi = cur; result = rax
 ///     AtReturnOutPtr: if eax == 0: result2 = *args[0]
 ///     not Both: claim = [counter]
@@ -435,6 +436,9 @@ pub struct RingTrampoline {
 /// code). `fallback` and the nested path get every register as at the entry, the flags
 /// aside.
 ///
+/// `zero_first` (a replacement allocator's functions that return a new block, not a
+/// copy: see [`emit_zero_first`]) clears the first word of the block returned.
+///
 /// # Panics
 /// If `layout` is invalid for `stack_copy` (see [`RingLayout::ring_bytes`]) or
 /// `stack_copy` is 1 GiB or more.
@@ -448,6 +452,7 @@ pub fn ring_entry_trampoline(
     publish: Publish,
     stack_copy: usize,
     fallback: u64,
+    zero_first: bool,
 ) -> Result<RingTrampoline, IcedError> {
     use iced_x86::code_asm::*;
     layout.check(stack_copy);
@@ -623,6 +628,9 @@ pub fn ring_entry_trampoline(
     a.push(r11)?;
     a.call(displaced)?;
     a.pop(r11)?;
+    if zero_first {
+        emit_zero_first(&mut a)?;
+    }
     if publish != Publish::AtEntry {
         a.mov(rdi, qword_ptr(r11 + h(H_CUR)))?;
         a.mov(qword_ptr(rdi + d(E_RESULT)), rax)?;
@@ -652,6 +660,24 @@ pub fn ring_entry_trampoline(
 
     let code = a.assemble(at)?;
     Ok(RingTrampoline { code })
+}
+
+/// Emits the clearing of the first word of the block a replacement allocator returned
+/// in rax (when not NULL): tcmalloc and mimalloc hand out a block with their free list's
+/// link to the next free block still in its first word, which the reachability snapshot
+/// would take for the program's pointer (memcheck, whose allocator gives fresh blocks,
+/// and which ignores words the program never wrote, never sees it). The block's bytes
+/// are the program's to write before it reads them, so the program cannot tell.
+/// Clobbers nothing but flags.
+pub(crate) fn emit_zero_first(a: &mut iced_x86::code_asm::CodeAssembler) -> Result<(), IcedError> {
+    use iced_x86::code_asm::*;
+    let mut null = a.create_label();
+    a.test(rax, rax)?;
+    a.jz(null)?;
+    a.mov(qword_ptr(rax), 0)?;
+    a.set_label(&mut null)?;
+    a.nop()?;
+    Ok(())
 }
 
 /// Emits the thread-pointer lookup shared by [`ring_entry_trampoline`] and
@@ -1388,11 +1414,12 @@ mod tests {
     fn trampolines_fit_and_never_write_callee_saved_registers() {
         let at = 0x7f00_0000_1000u64;
         let layout = RingLayout::default();
-        for publish in [
-            Publish::AtEntry,
-            Publish::AtReturn,
-            Publish::AtReturnOutPtr,
-            Publish::Both,
+        for (publish, zero_first) in [
+            (Publish::AtEntry, false),
+            (Publish::AtReturn, false),
+            (Publish::AtReturn, true),
+            (Publish::AtReturnOutPtr, false),
+            (Publish::Both, false),
         ] {
             let t = ring_entry_trampoline(
                 &layout,
@@ -1403,6 +1430,7 @@ mod tests {
                 publish,
                 4096,
                 at + 0x1000,
+                zero_first,
             )
             .unwrap();
             assert!(

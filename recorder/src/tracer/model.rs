@@ -300,7 +300,7 @@ impl RingState {
 }
 
 /// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
-fn is_libc_path(path: &str) -> bool {
+pub(super) fn is_libc_path(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name.starts_with("libc.so") || name.starts_with("libc-")
 }
