@@ -95,6 +95,18 @@ impl Allocator {
         ]
     }
 
+    /// The valgrind option that has memcheck replace this allocator's functions as it
+    /// replaces the C library's (`--soname-synonyms=somalloc=libjemalloc.so*`).
+    pub fn memcheck_option(&self) -> String {
+        let file = self
+            .lib
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = file.split(".so").next().unwrap_or(&file);
+        format!("--soname-synonyms=somalloc={stem}.so*")
+    }
+
     /// A label for files and messages: `jemalloc-linked`.
     pub fn label(&self, how: AllocatorUse) -> String {
         format!("{}-{}", self.name, how.label())

@@ -207,9 +207,11 @@ impl Tracer {
             }
         }
         let task = self.tasks.get(&tid).expect("caller checked");
-        if !task.armed.is_empty() {
+        if !task.armed.is_empty() || self.in_ring_call(tid, space_id) {
             // Still inside an earlier hooked call (operator new -> malloc, realloc(NULL)
-            // -> malloc, or a signal handler): the outer call is the one recorded.
+            // -> malloc, or a signal handler): the outer call is the one recorded. (A
+            // ring-recorded outer call shows in its ring area: an `int3`-hooked inner
+            // one stops here, as mimalloc's valloc -> mi_valloc does.)
             self.stats.nested_calls += 1;
             return;
         }
@@ -326,18 +328,23 @@ impl Tracer {
                 .find(|p| p.tid == tid && p.ret == last)
                 .is_some_and(|p| matches!(p.kind, PendingKind::Alloc(_)));
         }
-        let ring = self
-            .spaces
+        self.in_ring_call(tid, space_id)
+    }
+
+    /// Whether `tid` is inside a ring-recorded call (its ring area's level is set).
+    fn in_ring_call(&self, tid: Tid, space_id: usize) -> bool {
+        let Some(tp) = self.tasks.get(&tid).and_then(|t| t.ring_tp) else {
+            return false;
+        };
+        self.spaces
             .get(space_id)
             .and_then(|s| s.as_ref())
-            .and_then(|s| s.ring.as_ref());
-        match (ring, task.ring_tp) {
-            (Some(ring), Some(tp)) => ring
-                .region
-                .area_of(tp)
-                .is_some_and(|area| ring.region.in_call(area)),
-            _ => false,
-        }
+            .and_then(|s| s.ring.as_ref())
+            .is_some_and(|ring| {
+                ring.region
+                    .area_of(tp)
+                    .is_some_and(|area| ring.region.in_call(area))
+            })
     }
 
     /// A mapping call an allocator makes for itself from inside one of its calls: no
