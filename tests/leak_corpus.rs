@@ -850,10 +850,7 @@ fn a_pointer_in_a_dead_stack_slot_does_not_keep_a_tree() {
 #[test]
 fn half_of_two_hundred_blocks_lost() {
     let (_dir, out) = fixture("leak_keep_half.c", &[]);
-    out.assert_matches_memcheck(&[&[
-        (Definite, 100, 207_770, 0),
-        (Reachable, 100, 205_731, 0),
-    ]]);
+    out.assert_matches_memcheck(&[&[(Definite, 100, 207_770, 0), (Reachable, 100, 205_731, 0)]]);
 }
 
 #[test]
