@@ -481,7 +481,7 @@ impl Redis {
 
     /// Sends `commands` (pipelined) and reads one reply per command.
     fn send(&self, commands: &[Vec<&[u8]>]) -> Vec<Reply> {
-        let mut s = UnixStream::connect(&self.socket).expect("connect to redis");
+        let s = UnixStream::connect(&self.socket).expect("connect to redis");
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut out = Vec::new();
         for c in commands {

@@ -286,8 +286,12 @@ impl Tracer {
         };
         self.stats.recorded_calls += 1;
 
+        // Shared entry points come with replacement allocators (tcmalloc, mimalloc).
+        let replacement = self.spaces[space_id]
+            .as_ref()
+            .is_some_and(|s| !s.allocator_code.is_empty());
         let spec = match (spec.kind, self.procs.get(&pid)) {
-            (CallKind::Free { ptr_arg }, Some(p)) => HookSpec {
+            (CallKind::Free { ptr_arg }, Some(p)) if spec.shared || replacement => HookSpec {
                 func: p.live.release(ev.args[ptr_arg], spec.func, spec.shared),
                 ..spec
             },

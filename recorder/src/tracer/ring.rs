@@ -334,13 +334,16 @@ impl Sink<'_> {
             self.stats.ring_cut_stacks += 1;
         }
         self.stats.ring_stack_bytes += ev.stack.len() as u64;
+        // Shared entry points come with replacement allocators (tcmalloc, mimalloc).
         let spec = match spec.kind {
-            CallKind::Free { ptr_arg } => HookSpec {
-                func: proc_
-                    .live
-                    .release(call.args[ptr_arg], spec.func, spec.shared),
-                ..spec
-            },
+            CallKind::Free { ptr_arg } if spec.shared || !self.allocator_code.is_empty() => {
+                HookSpec {
+                    func: proc_
+                        .live
+                        .release(call.args[ptr_arg], spec.func, spec.shared),
+                    ..spec
+                }
+            }
             _ => spec,
         };
         let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
