@@ -638,8 +638,23 @@ fn redis_attach_loses_nothing_it_keeps() {
         .map(|r| (r["kind"].as_str().unwrap(), r["blocks"].as_u64().unwrap()))
         .collect();
     assert_eq!(entries, vec![("still_reachable", 3000)], "dict entries");
-    // Debian's redis-server 7.0.15 and libjemalloc2 5.3.0, this workload: the keys'
-    // strings (sds: a dict entry points past their header) possibly lost, as memcheck
-    // says; a few of them, and everything else, still reachable.
-    assert_eq!(s, [(0, 0), (0, 0), (3301, 48_766), (6124, 268_074)]);
+    // Debian's redis-server 7.0.15 and libjemalloc2 5.3.0, this workload: 9,425 blocks
+    // of 316,840 bytes live at the detach, none lost. The keys' strings (sds: a dict
+    // entry points past their header) are possibly lost, as memcheck says of them, but
+    // those whose start address jemalloc's thread cache (from before the attach) still
+    // holds are still reachable: how many varies from run to run (2 in 3,300).
+    assert_eq!(
+        (s[2].0 + s[3].0, s[2].1 + s[3].1),
+        (9425, 316_840),
+        "{:#}",
+        p["leaks"]
+    );
+    let keys: u64 = p["loss_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| stack_has(&r["stack"], "dbAdd") && stack_has(&r["stack"], "_sdsnewlen"))
+        .map(|r| r["blocks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(keys, 3000, "the window's keys");
 }
