@@ -317,19 +317,119 @@ fn prefixed_and_ifunc_hooks() {
         .arg(&so)
         .arg(fixtures().join("prefixed_alloc.c")));
     let lib = ElfModule::from_path(&so).unwrap();
-    assert!(lib.hook_symbols(&[]).is_empty());
+    // mimalloc's own names are in the catalogue; jemalloc's prefixed ones are not.
+    let names = |hooks: &[HookSymbol]| {
+        let mut v: Vec<String> = hooks.iter().map(|h| h.name.clone()).collect();
+        v.sort();
+        v
+    };
+    let plain = lib.hook_symbols(&[]);
+    assert_eq!(names(&plain), ["mi_calloc", "mi_malloc"]);
+    assert_eq!(
+        hook_named(&plain, "mi_malloc").aliases,
+        Vec::<String>::new()
+    );
     let hooks = lib.hook_symbols(&["je_", "mi_"]);
-    let names: Vec<_> = hooks.iter().map(|h| h.name.as_str()).collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(sorted, ["je_free", "je_malloc", "mi_calloc"]);
-    let je_malloc = hook_named(&hooks, "je_malloc");
-    assert_eq!(je_malloc.aliases, ["mi_malloc"]);
-    assert_eq!(je_malloc.spec.func, AllocFn::Malloc);
+    assert_eq!(names(&hooks), ["je_free", "mi_calloc", "mi_malloc"]);
+    // A catalogue name is preferred to a prefixed one at the same address.
+    let mi_malloc = hook_named(&hooks, "mi_malloc");
+    assert_eq!(mi_malloc.aliases, ["je_malloc"]);
+    assert_eq!(mi_malloc.spec.func, AllocFn::Malloc);
+    assert!(!mi_malloc.spec.shared);
     assert_eq!(hook_named(&hooks, "mi_calloc").spec.func, AllocFn::Calloc);
     assert_eq!(hook_named(&hooks, "je_free").spec.func, AllocFn::Free);
     // The IFUNC is reported, not hooked.
     assert_eq!(lib.ifunc_hook_names(&["je_", "mi_"]), ["je_realloc"]);
+}
+
+/// Debian's jemalloc, tcmalloc and mimalloc, when installed (`.ci/run` installs them).
+fn allocator_lib(file: &str, package: &str) -> Option<ElfModule> {
+    let path = Path::new("/usr/lib/x86_64-linux-gnu").join(file);
+    if !path.exists() {
+        eprintln!("SKIPPED: {file} is not installed (apt-get install {package})");
+        return None;
+    }
+    Some(ElfModule::from_path(&path).unwrap())
+}
+
+#[test]
+fn replacement_allocators_entry_points() {
+    if let Some(je) = allocator_lib("libjemalloc.so.2", "libjemalloc2") {
+        let hooks = je.hook_symbols(&[]);
+        for name in [
+            "mallocx", "rallocx", "xallocx", "dallocx", "sdallocx", "malloc",
+        ] {
+            assert!(!hook_named(&hooks, name).spec.shared, "{name}");
+        }
+        assert_eq!(
+            hook_named(&hooks, "mallocx").spec.kind,
+            CallKind::Mallocx {
+                size_arg: 0,
+                flags_arg: 1
+            }
+        );
+        assert_eq!(
+            hook_named(&hooks, "xallocx").spec.kind,
+            CallKind::Resize {
+                ptr_arg: 0,
+                size_arg: 1
+            }
+        );
+        assert_eq!(hook_named(&hooks, "sdallocx").spec.func, AllocFn::Free);
+        // Its operators are functions of their own.
+        assert_eq!(hook_named(&hooks, "_ZdlPv").spec.func, AllocFn::Delete);
+    }
+    if let Some(tc) = allocator_lib("libtcmalloc.so.4", "libgoogle-perftools4") {
+        let hooks = tc.hook_symbols(&[]);
+        // free, operator delete and delete[] are one function: shared.
+        let free = hook_named(&hooks, "free");
+        assert!(
+            free.aliases.iter().any(|a| a == "_ZdlPv"),
+            "{:?}",
+            free.aliases
+        );
+        assert!(
+            free.aliases.iter().any(|a| a == "_ZdaPv"),
+            "{:?}",
+            free.aliases
+        );
+        assert!(free.spec.shared);
+        let new = hooks
+            .iter()
+            .find(|h| h.name == "_Znam" || h.aliases.iter().any(|a| a == "_Znam"))
+            .unwrap();
+        assert!(new.spec.shared, "new and new[] are one function");
+        assert!(!hook_named(&hooks, "malloc").spec.shared);
+        assert_eq!(
+            hook_named(&hooks, "tc_malloc_skip_new_handler").spec.func,
+            AllocFn::Malloc
+        );
+    }
+    if let Some(mi) = allocator_lib("libmimalloc.so.2", "libmimalloc2.0") {
+        let hooks = mi.hook_symbols(&[]);
+        assert!(hook_named(&hooks, "free").spec.shared);
+        // operator delete(void*, size_t) is mi_free_size: a free and a delete.
+        let sized = hooks
+            .iter()
+            .find(|h| h.name == "mi_free_size" || h.aliases.iter().any(|a| a == "mi_free_size"))
+            .unwrap();
+        assert!(sized.spec.shared, "{sized:?}");
+        assert_eq!(
+            hook_named(&hooks, "mi_strndup").spec.kind,
+            CallKind::Dup { limit_arg: Some(1) }
+        );
+        assert_eq!(hook_named(&hooks, "mi_valloc").spec.func, AllocFn::Valloc);
+        assert_eq!(
+            hook_named(&hooks, "mi_heap_calloc").spec.kind,
+            CallKind::Alloc {
+                size_arg: 2,
+                count_arg: Some(1),
+                align_arg: None,
+                fixed_align: None
+            }
+        );
+        assert!(!hook_named(&hooks, "mi_zalloc").spec.shared);
+    }
 }
 
 // ---------------------------------------------------------------- stack dumps

@@ -75,6 +75,7 @@ impl Rig {
             publish,
             stack_copy,
             fallback,
+            false,
         )
         .unwrap();
         assert!(
@@ -473,6 +474,7 @@ fn the_gate_sends_calls_nested_in_ring_calls_to_the_function() {
         rig.tracee.addr(),
         fake_mmap as *const () as u64,
         fake_mmap_stop_path as *const () as u64,
+        false,
     )
     .unwrap();
     assert!(gate.code.len() as u64 <= RING_TRAMPOLINE_LEN);
@@ -506,6 +508,81 @@ fn the_gate_sends_calls_nested_in_ring_calls_to_the_function() {
     assert_eq!(seen[0].args[0], 32);
     assert_eq!(seen[0].result, Some(p as u64));
     fake_free(p);
+}
+
+thread_local! {
+    /// The mapping gate the fake malloc below calls.
+    static MAPPING_GATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+static MAP_DIRECT: AtomicU64 = AtomicU64::new(0);
+static MAP_FALLBACK: AtomicU64 = AtomicU64::new(0);
+extern "C" fn fake_map(n: usize) -> *mut c_void {
+    MAP_DIRECT.fetch_add(n as u64, Ordering::SeqCst);
+    std::ptr::null_mut()
+}
+extern "C" fn fake_map_stop_path(n: usize) -> *mut c_void {
+    MAP_FALLBACK.fetch_add(n as u64, Ordering::SeqCst);
+    std::ptr::null_mut()
+}
+/// A fake malloc that maps memory for itself through the mapping gate.
+extern "C" fn fake_malloc_mapping(n: usize) -> *mut c_void {
+    malloc_fn(MAPPING_GATE.with(|g| g.get()))(1000);
+    fake_malloc(n)
+}
+
+/// A mapping gate (mmap, munmap, mremap) sends the calls made inside a ring-recorded
+/// call to the stop path while the region asks for it (a replacement allocator maps
+/// memory for itself there), straight to the function otherwise.
+#[test]
+fn the_mapping_gate_sends_nested_calls_to_the_stop_path_when_asked() {
+    let rig = Rig::new(RingLayout {
+        ring_bytes: 1 << 16,
+        areas: 2,
+    });
+    let mut region = rig.region();
+    let code = *CODE.get_or_init(|| map_code_near(fake_malloc as *const () as u64));
+    let k = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    let at = code + (k as u64) * RING_TRAMPOLINE_LEN;
+    let gate = ring_gate_trampoline(
+        at,
+        rig.tracee.addr(),
+        fake_map as *const () as u64,
+        fake_map_stop_path as *const () as u64,
+        true,
+    )
+    .unwrap();
+    assert!(gate.code.len() as u64 <= RING_TRAMPOLINE_LEN);
+    // SAFETY: a free slot of the RWX page mapped by map_code_near (as in Rig::install).
+    unsafe { std::ptr::copy_nonoverlapping(gate.code.as_ptr(), at as *mut u8, gate.code.len()) };
+    MAPPING_GATE.with(|g| g.set(at));
+    let malloc_t = rig.install(
+        Publish::AtReturn,
+        fake_malloc_mapping as *const () as u64,
+        256,
+        0,
+    );
+    region
+        .register_thread(thread_pointer(), thread_stack())
+        .unwrap();
+    // Not asked: nested calls go straight to the function, as any gate's.
+    assert!(!region.nested_mappings());
+    fake_free(malloc_fn(malloc_t)(16));
+    assert_eq!(MAP_DIRECT.load(Ordering::SeqCst), 1000);
+    assert_eq!(MAP_FALLBACK.load(Ordering::SeqCst), 0);
+    // Asked: to the stop path, arguments intact.
+    region.set_nested_mappings(true);
+    assert!(region.nested_mappings());
+    fake_free(malloc_fn(malloc_t)(16));
+    assert_eq!(MAP_DIRECT.load(Ordering::SeqCst), 1000);
+    assert_eq!(MAP_FALLBACK.load(Ordering::SeqCst), 1000);
+    // Outside any hooked call: the stop path either way.
+    malloc_fn(at)(3);
+    assert_eq!(MAP_FALLBACK.load(Ordering::SeqCst), 1003);
+    region.set_nested_mappings(false);
+    malloc_fn(at)(4);
+    assert_eq!(MAP_FALLBACK.load(Ordering::SeqCst), 1007);
+    let mut merger = Merger::new();
+    assert_eq!(drain_all(&region, &mut merger).len(), 2);
 }
 
 // A function that records every register the ABI passes and returns rax:rdx.

@@ -8,7 +8,9 @@
 //! - [`report`]: reading `heaptape analyze --json` reports;
 //! - [`valgrind`]: the memcheck oracle (heap usage, leak logs);
 //! - [`procs`]: programs running in the background (waiting for their first line,
-//!   their state in /proc).
+//!   their state in /proc);
+//! - [`allocators`]: the replacement allocators (jemalloc, tcmalloc, mimalloc) fixtures
+//!   are also run under.
 //!
 //! Every test gets its own directory (removed when the test passes, kept and named on
 //! stderr when it fails), so the tests can run in parallel with each other and with the
@@ -16,12 +18,14 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod allocators;
 pub mod browser;
 pub mod fixtures;
 pub mod procs;
 pub mod report;
 pub mod valgrind;
 
+pub use allocators::*;
 pub use browser::*;
 pub use fixtures::*;
 pub use procs::*;

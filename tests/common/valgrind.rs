@@ -83,6 +83,18 @@ pub fn valgrind_logs(
     prog: impl AsRef<OsStr>,
     args: &[&str],
 ) -> (Run, Vec<ValgrindLog>) {
+    valgrind_logs_env(dir, opts, &[], prog, args)
+}
+
+/// [`valgrind_logs`] with `env` set (e.g. `LD_PRELOAD`, which valgrind hands to the
+/// program with its own preloads).
+pub fn valgrind_logs_env(
+    dir: &TestDir,
+    opts: &[&str],
+    env: &[(&str, &OsStr)],
+    prog: impl AsRef<OsStr>,
+    args: &[&str],
+) -> (Run, Vec<ValgrindLog>) {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let logs = dir.join(format!("vg{}", SEQ.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&logs).expect("valgrind log directory");
@@ -96,6 +108,7 @@ pub fn valgrind_logs(
         .arg(format!("--log-file={}/vg.%p", logs.display()))
         .arg(prog)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir.path()));
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&logs).expect("read valgrind logs") {

@@ -28,7 +28,7 @@ pub(crate) mod writer;
 use heaptape_format::{AllocFn, Record, StackId};
 
 use crate::hooks::catalogue::{CallKind, HookSpec};
-use crate::sys::Tid;
+use crate::sys::{self, Tid};
 use stacks::StackTrie;
 use unwind::{EntryRegs, StackUnwinder};
 use writer::WriterThread;
@@ -69,9 +69,17 @@ pub(crate) enum AllocCall {
         size: u64,
         align: u64,
         posix: bool,
+        /// Through an entry point of several families ([`HookSpec::shared`]).
+        shared: bool,
     },
     /// A resize of the block at `old`.
     Realloc { func: AllocFn, old: u64, size: u64 },
+    /// A resize in place of the block at `ptr` to `size` bytes, which the call returns
+    /// the usable size of (jemalloc's `xallocx`): done when that is at least `size`.
+    Resize { func: AllocFn, ptr: u64, size: u64 },
+    /// A new block holding a copy of a string (its size read from the block: the
+    /// copy's length, at most `limit`, plus the terminator).
+    Dup { func: AllocFn, limit: u64 },
     /// A free of the block at `address`: written at the entry already.
     Free { address: u64 },
 }
@@ -121,6 +129,7 @@ impl AllocCall {
                 size,
                 align,
                 posix,
+                ..
             } => Record::Alloc {
                 ts,
                 tid: tid as u32,
@@ -147,9 +156,58 @@ impl AllocCall {
                 size,
                 stack,
             },
+            AllocCall::Resize { func, ptr, size } => {
+                if ptr == 0 || rax < size {
+                    return None;
+                }
+                Record::Realloc {
+                    ts,
+                    tid: tid as u32,
+                    func,
+                    old_address: ptr,
+                    new_address: ptr,
+                    size,
+                    stack,
+                }
+            }
+            AllocCall::Dup { func, limit } => Record::Alloc {
+                ts,
+                tid: tid as u32,
+                func,
+                address: rax,
+                size: if rax == 0 {
+                    0
+                } else {
+                    string_len(tid, rax, limit) + 1
+                },
+                align: 0,
+                stack,
+            },
             AllocCall::Free { .. } => return None,
         })
     }
+}
+
+/// The length of the NUL-terminated string at `addr` in `tid`'s memory, at most `limit`
+/// and 16 MiB (read in pages; an unreadable page ends it).
+fn string_len(tid: Tid, addr: u64, limit: u64) -> u64 {
+    let limit = limit.min(1 << 24);
+    let mut buf = [0u8; 4096];
+    let mut len = 0u64;
+    while len < limit {
+        let at = addr.wrapping_add(len);
+        // To the end of the page, so that a read never crosses into an unmapped one.
+        let room = (4096 - (at % 4096)).min(limit - len) as usize;
+        let n = sys::read_memory(tid, at, &mut buf[..room]).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().position(|&b| b == 0) {
+            return len + i as u64;
+        }
+        len += n as u64;
+    }
+    len.min(limit)
 }
 
 /// Everything after the event source: unwinder output to the stack trie, records to the
@@ -237,6 +295,7 @@ impl Pipeline {
                     size,
                     align,
                     posix: false,
+                    shared: spec.shared,
                 }
             }
             CallKind::PosixMemalign {
@@ -248,6 +307,7 @@ impl Pipeline {
                 size: args[size_arg],
                 align: args[align_arg],
                 posix: true,
+                shared: spec.shared,
             },
             CallKind::Realloc {
                 ptr_arg,
@@ -264,6 +324,28 @@ impl Pipeline {
                     size,
                 }
             }
+            CallKind::Mallocx {
+                size_arg,
+                flags_arg,
+            } => {
+                let lg = args[flags_arg] & 63;
+                AllocCall::Alloc {
+                    func: spec.func,
+                    size: args[size_arg],
+                    align: if lg == 0 { 0 } else { 1 << lg },
+                    posix: false,
+                    shared: spec.shared,
+                }
+            }
+            CallKind::Resize { ptr_arg, size_arg } => AllocCall::Resize {
+                func: spec.func,
+                ptr: args[ptr_arg],
+                size: args[size_arg],
+            },
+            CallKind::Dup { limit_arg } => AllocCall::Dup {
+                func: spec.func,
+                limit: limit_arg.map_or(u64::MAX, |a| args[a]),
+            },
             CallKind::Free { ptr_arg } => {
                 self.out.buf().push(Record::Free {
                     ts: ev.ts,

@@ -1,7 +1,8 @@
 //! The catalogue of hooked functions: which symbols are allocator entry points (the C
-//! functions, every `operator new`/`delete`, prefixed allocators such as `je_malloc`),
-//! which are descriptor and mapping calls, and how the recorder reads each one's
-//! arguments at its first instruction ([`CallKind`], [`ResourceCall`]).
+//! functions, every `operator new`/`delete`, the extra entry points of jemalloc,
+//! tcmalloc and mimalloc, prefixed allocators such as `je_malloc`), which are
+//! descriptor and mapping calls, and how the recorder reads each one's arguments at its
+//! first instruction ([`CallKind`], [`ResourceCall`]).
 //!
 //! Pure tables and name matching: [`super::elf::ElfModule`] applies them to a module's
 //! symbols.
@@ -54,6 +55,29 @@ pub enum CallKind {
         /// The size.
         size_arg: usize,
     },
+    /// jemalloc's `mallocx(size, flags)`: a new block, aligned to `1 << (flags & 63)`
+    /// when those bits are set (`MALLOCX_LG_ALIGN`).
+    Mallocx {
+        /// The size.
+        size_arg: usize,
+        /// The flags word.
+        flags_arg: usize,
+    },
+    /// jemalloc's `xallocx(ptr, size, extra, flags)`: resizes the block in place and
+    /// returns its usable size; it took the new size when that is at least `size`.
+    Resize {
+        /// The block.
+        ptr_arg: usize,
+        /// The size asked for.
+        size_arg: usize,
+    },
+    /// A copy of a string into a new block (mimalloc's `mi_strdup`, `mi_strndup` and
+    /// their heap variants): the size is the copy's length plus its terminator, read
+    /// from the new block when the call returns (at most `limit_arg`'s value plus one).
+    Dup {
+        /// `strndup`'s length limit, if any.
+        limit_arg: Option<usize>,
+    },
 }
 
 /// What an allocator entry point is and how to read its call.
@@ -63,6 +87,13 @@ pub struct HookSpec {
     pub func: AllocFn,
     /// How to read its arguments.
     pub kind: CallKind,
+    /// The entry point is also another family's (its address has names of more than
+    /// one of malloc's, `new`'s and `new[]`'s families: tcmalloc and mimalloc make
+    /// `free`, `operator delete` and `operator delete[]` one function, and `new` and
+    /// `new[]` another). Which one a call meant cannot be known, so a release through
+    /// it, or of a block allocated through it, is recorded as the one its block calls
+    /// for (never a mismatched free).
+    pub shared: bool,
 }
 
 /// An allocator entry point defined in a module.
@@ -82,8 +113,9 @@ pub struct HookSymbol {
 }
 
 /// The C allocator functions, in order of preference when several share an
-/// address (glibc aliases `aligned_alloc` to `memalign`).
-const C_FUNCTIONS: [&str; 10] = [
+/// address (glibc aliases `aligned_alloc` to `memalign`; `cfree` is an old name of
+/// `free` that tcmalloc and mimalloc still define).
+const C_FUNCTIONS: [&str; 11] = [
     "malloc",
     "calloc",
     "realloc",
@@ -94,6 +126,7 @@ const C_FUNCTIONS: [&str; 10] = [
     "aligned_alloc",
     "valloc",
     "pvalloc",
+    "cfree",
 ];
 
 const fn alloc(size_arg: usize) -> CallKind {
@@ -143,7 +176,7 @@ fn c_spec(name: &str) -> Option<HookSpec> {
                 count_arg: Some(1),
             },
         ),
-        "free" => (AllocFn::Free, CallKind::Free { ptr_arg: 0 }),
+        "free" | "cfree" => (AllocFn::Free, CallKind::Free { ptr_arg: 0 }),
         "posix_memalign" => (
             AllocFn::PosixMemalign,
             CallKind::PosixMemalign {
@@ -169,7 +202,11 @@ fn c_spec(name: &str) -> Option<HookSpec> {
         ),
         _ => return None,
     };
-    Some(HookSpec { func, kind })
+    Some(HookSpec {
+        func,
+        kind,
+        shared: false,
+    })
 }
 
 /// The spec of a C++ `operator new`/`operator delete` by its mangled name
@@ -200,20 +237,150 @@ fn cxx_spec(name: &str) -> Option<HookSpec> {
         }
         _ => return None,
     };
-    Some(HookSpec { func, kind })
+    Some(HookSpec {
+        func,
+        kind,
+        shared: false,
+    })
+}
+
+/// `calloc`-like: `count_arg` elements of `size_arg` bytes.
+const fn counted(count_arg: usize, size_arg: usize, align_arg: Option<usize>) -> CallKind {
+    CallKind::Alloc {
+        size_arg,
+        count_arg: Some(count_arg),
+        align_arg,
+        fixed_align: None,
+    }
+}
+
+/// `realloc`-like: the block in `ptr_arg`, the new size in `size_arg` (times the
+/// element count in `count_arg`, if any).
+const fn resize(ptr_arg: usize, size_arg: usize, count_arg: Option<usize>) -> CallKind {
+    CallKind::Realloc {
+        ptr_arg,
+        size_arg,
+        count_arg,
+    }
+}
+
+const FREE0: CallKind = CallKind::Free { ptr_arg: 0 };
+
+/// The spec of an allocation entry point a replacement allocator adds to the C and
+/// C++ ones (those it aliases to `malloc` and friends, as tcmalloc's `tc_malloc` or
+/// mimalloc's `mi_malloc`, share their hook): jemalloc's `*allocx`, tcmalloc's
+/// `tc_malloc_skip_new_handler`, mimalloc's `mi_*` (its heap variants take the heap
+/// first; its zeroing variants are allocations like the others; `mi_expand` resizes in
+/// place or returns NULL, like a realloc that failed). Every argument index is below 4
+/// (ring events carry rdi, rsi, rdx and rcx).
+fn extension_spec(name: &str) -> Option<HookSpec> {
+    use AllocFn::*;
+    let (func, kind) = match name {
+        // jemalloc
+        "mallocx" => (
+            Malloc,
+            CallKind::Mallocx {
+                size_arg: 0,
+                flags_arg: 1,
+            },
+        ),
+        "rallocx" => (Realloc, resize(0, 1, None)),
+        "xallocx" => (
+            Realloc,
+            CallKind::Resize {
+                ptr_arg: 0,
+                size_arg: 1,
+            },
+        ),
+        "dallocx" | "sdallocx" => (Free, FREE0),
+        // tcmalloc
+        "tc_malloc_skip_new_handler" => (Malloc, alloc(0)),
+        // mimalloc: allocations
+        "mi_malloc" | "mi_malloc_small" | "mi_zalloc" | "mi_zalloc_small" => (Malloc, alloc(0)),
+        "mi_heap_malloc" | "mi_heap_malloc_small" | "mi_heap_zalloc" => (Malloc, alloc(1)),
+        "mi_mallocn" => (Malloc, counted(0, 1, None)),
+        "mi_heap_mallocn" => (Malloc, counted(1, 2, None)),
+        "mi_calloc" => (Calloc, counted(0, 1, None)),
+        "mi_heap_calloc" => (Calloc, counted(1, 2, None)),
+        "mi_new" | "mi_new_nothrow" => (New, alloc(0)),
+        "mi_heap_alloc_new" => (New, alloc(1)),
+        "mi_new_n" => (New, counted(0, 1, None)),
+        "mi_heap_alloc_new_n" => (New, counted(1, 2, None)),
+        "mi_new_aligned" | "mi_new_aligned_nothrow" => (New, aligned(1, 0)),
+        "mi_malloc_aligned"
+        | "mi_malloc_aligned_at"
+        | "mi_zalloc_aligned"
+        | "mi_zalloc_aligned_at" => (AlignedAlloc, aligned(1, 0)),
+        "mi_heap_malloc_aligned"
+        | "mi_heap_malloc_aligned_at"
+        | "mi_heap_zalloc_aligned"
+        | "mi_heap_zalloc_aligned_at" => (AlignedAlloc, aligned(2, 1)),
+        "mi_calloc_aligned" | "mi_calloc_aligned_at" => (Calloc, counted(0, 1, Some(2))),
+        "mi_heap_calloc_aligned" | "mi_heap_calloc_aligned_at" => (Calloc, counted(1, 2, Some(3))),
+        "mi_memalign" => (Memalign, aligned(0, 1)),
+        "mi_aligned_alloc" => (AlignedAlloc, aligned(0, 1)),
+        "mi_valloc" | "mi_pvalloc" => return c_spec(&name[3..]),
+        "mi_posix_memalign" => return c_spec("posix_memalign"),
+        "mi_strdup" => (Malloc, CallKind::Dup { limit_arg: None }),
+        "mi_heap_strdup" => (Malloc, CallKind::Dup { limit_arg: None }),
+        "mi_strndup" => (Malloc, CallKind::Dup { limit_arg: Some(1) }),
+        "mi_heap_strndup" => (Malloc, CallKind::Dup { limit_arg: Some(2) }),
+        // mimalloc: resizes
+        "mi_realloc" | "mi_reallocf" | "reallocf" | "mi_rezalloc" | "mi_expand"
+        | "mi_new_realloc" => (Realloc, resize(0, 1, None)),
+        "mi_reallocn" | "mi_recalloc" | "mi_new_reallocn" => (Realloc, resize(0, 2, Some(1))),
+        "mi_aligned_recalloc" | "mi_aligned_offset_recalloc" => (Realloc, resize(0, 2, Some(1))),
+        "mi_reallocarray" => (Reallocarray, resize(0, 2, Some(1))),
+        "mi_heap_realloc" | "mi_heap_reallocf" | "mi_heap_rezalloc" => {
+            (Realloc, resize(1, 2, None))
+        }
+        "mi_heap_reallocn" | "mi_heap_recalloc" => (Realloc, resize(1, 3, Some(2))),
+        "mi_realloc_aligned"
+        | "mi_realloc_aligned_at"
+        | "mi_rezalloc_aligned"
+        | "mi_rezalloc_aligned_at" => (Realloc, resize(0, 1, None)),
+        "mi_recalloc_aligned" | "mi_recalloc_aligned_at" => (Realloc, resize(0, 2, Some(1))),
+        "mi_heap_realloc_aligned"
+        | "mi_heap_realloc_aligned_at"
+        | "mi_heap_rezalloc_aligned"
+        | "mi_heap_rezalloc_aligned_at" => (Realloc, resize(1, 2, None)),
+        "mi_heap_recalloc_aligned" | "mi_heap_recalloc_aligned_at" => {
+            (Realloc, resize(1, 3, Some(2)))
+        }
+        // mimalloc: frees
+        "mi_free"
+        | "mi_cfree"
+        | "vfree"
+        | "mi_free_size"
+        | "mi_free_aligned"
+        | "mi_free_size_aligned" => (Free, FREE0),
+        _ => return None,
+    };
+    Some(HookSpec {
+        func,
+        kind,
+        shared: false,
+    })
 }
 
 pub(super) fn ranked_spec(name: &str, prefixes: &[&str]) -> Option<(usize, HookSpec)> {
+    let c = C_FUNCTIONS.len();
     if let Some(i) = C_FUNCTIONS.iter().position(|f| *f == name) {
         return c_spec(name).map(|s| (i, s));
     }
     if let Some(spec) = cxx_spec(name) {
-        return Some((C_FUNCTIONS.len(), spec));
+        return Some((c, spec));
+    }
+    if let Some(spec) = extension_spec(name) {
+        return Some((c + 1, spec));
     }
     for prefix in prefixes.iter().filter(|p| !p.is_empty()) {
         if let Some(rest) = name.strip_prefix(prefix) {
             if let Some(i) = C_FUNCTIONS.iter().position(|f| *f == rest) {
-                return c_spec(rest).map(|s| (C_FUNCTIONS.len() + 1 + i, s));
+                return c_spec(rest).map(|s| (c + 2 + i, s));
+            }
+            if let Some(spec) = extension_spec(rest) {
+                return Some((2 * c + 2, spec));
             }
         }
     }

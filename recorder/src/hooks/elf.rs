@@ -543,7 +543,9 @@ impl ElfModule {
     /// hook name, but glibc's `aligned_alloc` and `memalign` share an
     /// address) are folded into the preferred name (C names first, then C++
     /// operators, then prefixed names; ties go to the smaller name), the
-    /// others listed in [`HookSymbol::aliases`]. `STT_GNU_IFUNC` symbols are left out (their
+    /// others listed in [`HookSymbol::aliases`]; when the names of one address belong to
+    /// more than one family (malloc's, `new`'s, `new[]`'s), its spec is
+    /// [`HookSpec::shared`](super::catalogue::HookSpec::shared). `STT_GNU_IFUNC` symbols are left out (their
     /// address is the resolver, not the allocator): see
     /// [`ElfModule::ifunc_hook_names`]. Sorted by address.
     pub fn hook_symbols(&self, prefixes: &[&str]) -> Vec<HookSymbol> {
@@ -590,6 +592,11 @@ impl ElfModule {
         let mut hooks: Vec<HookSymbol> = by_addr.into_values().map(|(_, h)| h).collect();
         for h in &mut hooks {
             h.aliases.sort();
+            let family = h.spec.func.family();
+            h.spec.shared = h
+                .aliases
+                .iter()
+                .any(|a| ranked_spec(a, prefixes).is_some_and(|(_, s)| s.func.family() != family));
         }
         hooks.sort_by(|a, b| a.vaddr.cmp(&b.vaddr).then_with(|| a.name.cmp(&b.name)));
         hooks

@@ -34,7 +34,10 @@ pub(crate) struct RingHook {
 /// When a ring event of a call of `spec` is numbered and published.
 fn publish_of(spec: &HookSpec) -> Publish {
     match spec.kind {
-        CallKind::Alloc { .. } => Publish::AtReturn,
+        CallKind::Alloc { .. }
+        | CallKind::Mallocx { .. }
+        | CallKind::Resize { .. }
+        | CallKind::Dup { .. } => Publish::AtReturn,
         CallKind::PosixMemalign { .. } => Publish::AtReturnOutPtr,
         CallKind::Realloc { .. } => Publish::Both,
         CallKind::Free { .. } => Publish::AtEntry,
@@ -97,6 +100,9 @@ pub(crate) fn jmp_patchable(mem: &ProcMem, addr: u64, size: u64, busy_ips: &[u64
 /// Writes the entry trampoline and displaced block for the function at `addr` into the
 /// hook's trampoline space at `at`, then patches the entry with a `jmp` to it. `None`
 /// (nothing patched) if the function's first instructions cannot be displaced.
+/// `replacement`: the function is a replacement allocator's (not the C library's), whose
+/// new blocks get their first word cleared (`ring::emit_zero_first`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn install_jmp_hook(
     mem: &ProcMem,
     addr: u64,
@@ -105,14 +111,25 @@ pub(crate) fn install_jmp_hook(
     probe_base: u64,
     kind: &HookKind,
     ring: Option<&RingHook>,
+    replacement: bool,
 ) -> Option<Hook> {
+    // A replacement allocator's fresh blocks start with its free list's stale link.
+    let zero_first = replacement
+        && matches!(
+            kind,
+            HookKind::Alloc(HookSpec {
+                kind: CallKind::Alloc { .. } | CallKind::Mallocx { .. },
+                ..
+            })
+        );
     let displaced_at = at + ENTRY_TRAMPOLINE_LEN;
     let ring_at = displaced_at + DISPLACED_BYTES;
     let disp = relocate::displaced_block(code, addr, displaced_at, JMP_LEN).ok()?;
     if disp.bytes.len() as u64 > DISPLACED_BYTES {
         return None;
     }
-    let tramp = trampoline::entry_trampoline(at, probe_base, addr, displaced_at).ok()?;
+    let tramp =
+        trampoline::entry_trampoline(at, probe_base, addr, displaced_at, zero_first).ok()?;
     if tramp.code.len() as u64 > ENTRY_TRAMPOLINE_LEN {
         return None;
     }
@@ -130,11 +147,16 @@ pub(crate) fn install_jmp_hook(
             publish_of(spec),
             r.stack_copy,
             at,
+            zero_first,
         )
         .ok()
         .map(|t| (t.code, true)),
-        (Some(r), HookKind::Resource(_)) => {
-            ring::ring_gate_trampoline(ring_at, r.region_base, displaced_at, at)
+        (Some(r), HookKind::Resource(rc)) => {
+            let mapping = matches!(
+                rc,
+                ResourceCall::Mmap | ResourceCall::Munmap | ResourceCall::Mremap
+            );
+            ring::ring_gate_trampoline(ring_at, r.region_base, displaced_at, at, mapping)
                 .ok()
                 .map(|t| (t.code, false))
         }

@@ -184,6 +184,14 @@ pub(crate) fn cmdline(pid: Tid) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The path of a process's executable as its mappings name it (`/proc/PID/exe`, without
+/// a trailing ` (deleted)`), if readable.
+pub(crate) fn exe_path(pid: Tid) -> Option<String> {
+    let p = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let s = p.to_string_lossy();
+    Some(s.strip_suffix(" (deleted)").unwrap_or(&s).to_string())
+}
+
 /// A process's command name, trimmed (empty if unreadable).
 pub(crate) fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -12,12 +12,28 @@
 //! To know the live blocks, the recorder mirrors the allocator events it writes
 //! ([`LiveBlocks`]), and it remembers every page that ever held a block, so freed heap
 //! memory (with stale pointers in it) is never mistaken for a root.
+//!
+//! The allocator's own memory is neither a root nor a block: what it mapped for itself
+//! (seen as the mmap calls it makes from inside its calls, or from its own code), the
+//! brk heap when a replacement allocator (jemalloc, tcmalloc, mimalloc...) is in use,
+//! and a replacement allocator's static data (`.data`, `.bss`), which owns only the
+//! blocks its own code allocated. Their metadata and caches hold pointers to blocks
+//! that are free, or were free once and are live again (jemalloc's extent records point
+//! at each slab's first region, tcmalloc's central caches keep stale pointers to the
+//! objects they handed out): as roots, they would keep lost blocks reachable.
+//!
+//! After an attach, blocks allocated before it are unknown and may lie anywhere between
+//! the known ones: there, only the known blocks and the blocks freed since the attach
+//! are left out of the roots (not whole pages), and only what the allocator mapped
+//! since the attach is known to be its own.
 
 mod heuristics;
 mod live;
 mod parallel;
+mod ranges;
 
 pub(crate) use live::LiveBlocks;
+use ranges::RangeIndex;
 
 use std::io;
 use std::ops::Range;
@@ -68,6 +84,9 @@ pub struct SnapshotStats {
 struct Region {
     kind: RootKind,
     range: Range<u64>,
+    /// A replacement allocator's static data: only pointers to the blocks its own code
+    /// allocated count.
+    allocator_data: bool,
 }
 
 /// What the tracer knows about a process's memory besides its threads and live blocks.
@@ -82,6 +101,10 @@ pub struct SnapshotContext<'a> {
     /// Where the modules' `PT_GNU_RELRO` data lies: read-only once relocated, but
     /// roots all the same.
     pub relro: &'a [Range<u64>],
+    /// The writable data (`.data` and `.bss`, their `PT_LOAD` segments' whole memory
+    /// size) of the replacement allocators in use (shared libraries other than the C
+    /// library that define the hooked `malloc`), with their paths.
+    pub allocator_data: &'a [(String, Range<u64>)],
 }
 
 /// Takes the snapshot of `pid` and appends its records to `out`.
@@ -101,6 +124,13 @@ pub struct SnapshotContext<'a> {
 /// (libc, or a static executable): their writable data holds glibc's arena, whose
 /// pointers to chunk boundaries are the allocator's bookkeeping, not the program's (see
 /// [`is_glibc_chunk_boundary`]).
+///
+/// The allocator's own memory is not scanned (see the module doc): `live`'s allocator
+/// mappings, the brk heap when `allocator_data` is not empty (a replacement allocator's
+/// sbrk memory) and the mirror is complete, and in `allocator_data` only the pointers to
+/// blocks the allocator's own code allocated count. When `live` is partial (an attach),
+/// root words inside known blocks and blocks freed since the attach are left out instead
+/// of the pages that held blocks.
 pub fn take(
     pid: Tid,
     ts: u64,
@@ -114,8 +144,9 @@ pub fn take(
         allocator_modules,
         dead_stacks,
         relro,
+        allocator_data,
     } = *ctx;
-    let index = BlockIndex::new(live.blocks.iter().map(|(&a, &s)| (a, s)).collect());
+    let index = BlockIndex::new(live.iter().collect());
     let mut stats = SnapshotStats {
         blocks: live.len() as u64,
         ..Default::default()
@@ -155,6 +186,27 @@ pub fn take(
     }
     // Root regions: live stacks, then writable memory that is neither heap nor ours.
     let maps = maps::read_maps(pid)?;
+    // Memory that is neither a root nor a block: what the allocator mapped for itself
+    // and, with a replacement allocator (tcmalloc grows the brk heap) and a complete
+    // mirror, the brk heap.
+    let mut allocator_mem = live.allocator.clone();
+    if !live.partial && !allocator_data.is_empty() {
+        for m in maps.iter().filter(|m| m.path == "[heap]") {
+            allocator_mem.insert(m.range());
+        }
+    }
+    // After an attach: root words inside known blocks, or blocks freed since, are not
+    // roots (the pages around them may hold blocks allocated before the attach).
+    let stale = if live.partial {
+        RangeIndex::new(
+            live.freed
+                .iter()
+                .map(|(&a, &s)| (a, a.saturating_add(s.max(1))))
+                .collect(),
+        )
+    } else {
+        RangeIndex::default()
+    };
     let mut regions: Vec<Region> = Vec::new();
     let mut stack_maps: Vec<Range<u64>> = Vec::new();
     for t in threads {
@@ -169,6 +221,7 @@ pub fn take(
             regions.push(Region {
                 kind: RootKind::Stack { tid: t.tid as u32 },
                 range: from..m.end,
+                allocator_data: false,
             });
         }
     }
@@ -183,6 +236,7 @@ pub fn take(
                             path: m.path_without_deleted().to_string(),
                         },
                         range: r.start.max(m.start)..r.end.min(m.end),
+                        allocator_data: false,
                     }),
             );
             continue;
@@ -199,34 +253,23 @@ pub fn take(
             regions.push(Region {
                 kind: RootKind::Anonymous,
                 range: (sp & !7)..m.end,
+                allocator_data: false,
             });
             continue;
         }
-        let kind = if m.is_file_backed() {
-            RootKind::ModuleData {
-                path: m.path_without_deleted().to_string(),
+        // The allocator's own mappings are not roots; a replacement allocator's data
+        // is its own kind of root.
+        for piece in allocator_mem.outside(m.range()) {
+            for (part, data_of) in split_by(piece, allocator_data) {
+                let kind = match data_of {
+                    Some(path) => RootKind::ModuleData { path: path.clone() },
+                    None if m.is_file_backed() => RootKind::ModuleData {
+                        path: m.path_without_deleted().to_string(),
+                    },
+                    None => RootKind::Anonymous,
+                };
+                push_root_runs(&mut regions, kind, part, data_of.is_some(), live);
             }
-        } else {
-            RootKind::Anonymous
-        };
-        // Pages that ever held a heap block are not roots (only live blocks are scanned).
-        let mut run_start: Option<u64> = None;
-        let mut page = m.start;
-        while page <= m.end {
-            let heap = page < m.end && live.heap_pages.contains(&(page / PAGE));
-            let end_of_run = page == m.end || heap;
-            match (run_start, end_of_run) {
-                (None, false) => run_start = Some(page),
-                (Some(s), true) => {
-                    regions.push(Region {
-                        kind: kind.clone(),
-                        range: s..page,
-                    });
-                    run_start = None;
-                }
-                _ => {}
-            }
-            page += PAGE;
         }
     }
     // Scan the roots and the live blocks in pieces, on every CPU (the process is
@@ -280,6 +323,20 @@ pub fn take(
                 });
             }
         }
+        if region.allocator_data {
+            pointers.retain(|p| {
+                index
+                    .block_of(p.target)
+                    .is_some_and(|(start, _)| live.own.contains(&start))
+            });
+        }
+        if live.partial {
+            let base = region.range.start;
+            pointers.retain(|p| {
+                let at = base.wrapping_add(p.offset);
+                index.block_of(at).is_none() && !stale.contains(at)
+            });
+        }
         stats.pointers += pointers.len() as u64;
         let root = |pointers: Vec<Pointer>| {
             Record::SnapshotRoot(Box::new(heaptape_format::SnapshotRoot {
@@ -332,6 +389,85 @@ pub fn is_glibc_chunk_boundary(start: u64, size: u64, target: u64) -> bool {
     // x86_64: chunk = max(32, round_up(size + 8, 16)); the user pointer is 16 bytes in.
     let chunk = (size.saturating_add(8 + 15) & !15).max(32);
     target == start.wrapping_add(chunk - 16) && target < start.saturating_add(size)
+}
+
+/// `range` cut at the allocator data ranges it crosses: each part with the path of the
+/// allocator whose data it is, if any.
+fn split_by(
+    range: Range<u64>,
+    data: &[(String, Range<u64>)],
+) -> Vec<(Range<u64>, Option<&String>)> {
+    let mut cuts: Vec<(Range<u64>, &String)> = data
+        .iter()
+        .filter(|(_, d)| d.start < range.end && range.start < d.end)
+        .map(|(p, d)| (d.start.max(range.start)..d.end.min(range.end), p))
+        .collect();
+    if cuts.is_empty() {
+        return vec![(range, None)];
+    }
+    cuts.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::new();
+    let mut at = range.start;
+    for (r, p) in cuts {
+        if r.start < at {
+            continue;
+        }
+        if r.start > at {
+            out.push((at..r.start, None));
+        }
+        at = r.end;
+        out.push((r, Some(p)));
+    }
+    if at < range.end {
+        out.push((at..range.end, None));
+    }
+    out
+}
+
+/// Adds `range` as root regions of `kind`: whole when `live` is partial (root words
+/// inside known or freed blocks are dropped after the scan), else without the pages
+/// that ever held a heap block (only live blocks are scanned there).
+fn push_root_runs(
+    regions: &mut Vec<Region>,
+    kind: RootKind,
+    range: Range<u64>,
+    allocator_data: bool,
+    live: &LiveBlocks,
+) {
+    if range.start >= range.end {
+        return;
+    }
+    if live.partial {
+        regions.push(Region {
+            kind,
+            range,
+            allocator_data,
+        });
+        return;
+    }
+    let mut run_start: Option<u64> = None;
+    let mut at = range.start;
+    while at <= range.end {
+        let heap = at < range.end && live.heap_pages.contains(&(at / PAGE));
+        let end_of_run = at == range.end || heap;
+        match (run_start, end_of_run) {
+            (None, false) => run_start = Some(at),
+            (Some(s), true) => {
+                regions.push(Region {
+                    kind: kind.clone(),
+                    range: s..at,
+                    allocator_data,
+                });
+                run_start = None;
+            }
+            _ => {}
+        }
+        if at == range.end {
+            break;
+        }
+        // The next page boundary (ranges need not start on one).
+        at = ((at / PAGE) + 1).saturating_mul(PAGE).min(range.end);
+    }
 }
 
 /// Mappings that are never roots: kernel pseudo-mappings and the recorder's probe.
@@ -393,10 +529,9 @@ struct BlockBatch {
 /// larger block).
 fn block_batches(live: &LiveBlocks) -> Vec<BlockBatch> {
     let mut blocks: Vec<(u64, u64)> = live
-        .blocks
         .iter()
-        .filter(|&(_, &s)| s & !7 > 0 && s <= (1 << 40))
-        .map(|(&a, &s)| (a, s & !7))
+        .filter(|&(_, s)| s & !7 > 0 && s <= (1 << 40))
+        .map(|(a, s)| (a, s & !7))
         .collect();
     blocks.sort_unstable();
     let mut batches = Vec::new();

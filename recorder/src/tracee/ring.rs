@@ -18,6 +18,9 @@
 //! TABLE_OFF   = 128     thread-pointer table: TABLE_ENTRIES + PROBES slots of 16 bytes
 //!                         { key: u64 thread pointer (0 empty, 1 tombstone),
 //!                           area: u64 tracee address of the area + AREA_BIAS }
+//! MAPPINGS_OFF          u32 (after the table): 1 when mapping calls made inside a
+//!                         ring-recorded call go to the stop path (see
+//!                         [`ring_gate_trampoline`]), 0 when they go straight through
 //! AREAS_OFF   = 69632   areas[0..layout.areas], each HEADER_BYTES + layout.ring_bytes:
 //!   +64  H_HEAD     u64  producer: end of the published entries (byte count, never wraps)
 //!   +72  H_LEVEL    u32  producer: 1 while a hooked call of the thread is in flight
@@ -181,8 +184,11 @@ pub const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 pub const EMPTY_KEY: u64 = 0;
 /// Key of a slot whose thread was unregistered (never a thread pointer).
 pub const TOMBSTONE_KEY: u64 = 1;
+/// Offset of the word that sends mapping calls nested in ring-recorded calls to the stop
+/// path (u32, 1 or 0; see [`ring_gate_trampoline`]), right after the table.
+pub const MAPPINGS_OFF: usize = TABLE_OFF + (TABLE_ENTRIES + PROBES) * SLOT_BYTES;
 /// Offset of the first area.
-pub const AREAS_OFF: usize = round_up(TABLE_OFF + (TABLE_ENTRIES + PROBES) * SLOT_BYTES, 4096);
+pub const AREAS_OFF: usize = round_up(MAPPINGS_OFF + 64, 4096);
 
 /// Area header: end of the published entries (producer).
 pub const H_HEAD: usize = 64;
@@ -257,7 +263,7 @@ pub const RING_TRAMPOLINE_LEN: u64 = 512;
 pub const WAIT_TIMEOUT_NS: i32 = 1_000_000;
 
 const _: () = assert!(AREAS_OFF % 4096 == 0);
-const _: () = assert!(TABLE_OFF + (TABLE_ENTRIES + PROBES) * SLOT_BYTES <= AREAS_OFF);
+const _: () = assert!(MAPPINGS_OFF + 4 <= AREAS_OFF && MAPPINGS_OFF % 64 == 0);
 const _: () = assert!(H_WAITS + 8 <= H_TAIL && H_TAIL - H_HEAD >= 128 && H_HEAD % 64 == 0);
 const _: () = assert!(H_COUNTER + 8 <= HEADER_BYTES && H_TAIL % 64 == 0);
 const _: () = assert!(ENTRY_HEADER == E_ARGS + 32 && E_STACK_LEN + 8 == E_ARGS);
@@ -412,6 +418,7 @@ pub struct RingTrampoline {
 ///   AtEntry:       head = next; claim = IDLE
 ///   pop rax; pop r10; add rsp, 8; pop rdi; pop rsi; pop rdx; pop rcx  ; all as at the entry
 ///   push r11; call displaced; pop r11         ; the area's slot is where the saved rcx was
+///   zero_first: if rax: [rax] = 0             ; see emit_zero_first
 ///   AtReturn*, Both: rdi = cur; result = rax
 ///     AtReturnOutPtr: if eax == 0: result2 = *args[0]
 ///     not Both: claim = [counter]
@@ -429,6 +436,9 @@ pub struct RingTrampoline {
 /// code). `fallback` and the nested path get every register as at the entry, the flags
 /// aside.
 ///
+/// `zero_first` (a replacement allocator's functions that return a new block, not a
+/// copy: see [`emit_zero_first`]) clears the first word of the block returned.
+///
 /// # Panics
 /// If `layout` is invalid for `stack_copy` (see [`RingLayout::ring_bytes`]) or
 /// `stack_copy` is 1 GiB or more.
@@ -442,6 +452,7 @@ pub fn ring_entry_trampoline(
     publish: Publish,
     stack_copy: usize,
     fallback: u64,
+    zero_first: bool,
 ) -> Result<RingTrampoline, IcedError> {
     use iced_x86::code_asm::*;
     layout.check(stack_copy);
@@ -617,6 +628,9 @@ pub fn ring_entry_trampoline(
     a.push(r11)?;
     a.call(displaced)?;
     a.pop(r11)?;
+    if zero_first {
+        emit_zero_first(&mut a)?;
+    }
     if publish != Publish::AtEntry {
         a.mov(rdi, qword_ptr(r11 + h(H_CUR)))?;
         a.mov(qword_ptr(rdi + d(E_RESULT)), rax)?;
@@ -646,6 +660,24 @@ pub fn ring_entry_trampoline(
 
     let code = a.assemble(at)?;
     Ok(RingTrampoline { code })
+}
+
+/// Emits the clearing of the first word of the block a replacement allocator returned
+/// in rax (when not NULL): tcmalloc and mimalloc hand out a block with their free list's
+/// link to the next free block still in its first word, which the reachability snapshot
+/// would take for the program's pointer (memcheck, whose allocator gives fresh blocks,
+/// and which ignores words the program never wrote, never sees it). The block's bytes
+/// are the program's to write before it reads them, so the program cannot tell.
+/// Clobbers nothing but flags.
+pub(crate) fn emit_zero_first(a: &mut iced_x86::code_asm::CodeAssembler) -> Result<(), IcedError> {
+    use iced_x86::code_asm::*;
+    let mut null = a.create_label();
+    a.test(rax, rax)?;
+    a.jz(null)?;
+    a.mov(qword_ptr(rax), 0)?;
+    a.set_label(&mut null)?;
+    a.nop()?;
+    Ok(())
 }
 
 /// Emits the thread-pointer lookup shared by [`ring_entry_trampoline`] and
@@ -703,11 +735,17 @@ pub const RING_GATE_LEN: u64 = 128;
 /// inside a ring-recorded call (its area's level set: malloc's own mmap) goes straight to
 /// `displaced`, unrecorded, as the stop path does for calls nested in its own calls;
 /// every other thread goes to `fallback`. Registers as at the entry either way.
+///
+/// A `mapping` gate (mmap, munmap, mremap) sends nested calls to `fallback` too while the
+/// region's [`MAPPINGS_OFF`] word is 1 ([`RingRegion::set_nested_mappings`]): the
+/// recorder then sees the memory an allocator maps for itself (which is neither a root
+/// nor a block of the reachability snapshot) without recording it as the program's.
 pub fn ring_gate_trampoline(
     at: u64,
     region_base: u64,
     displaced: u64,
     fallback: u64,
+    mapping: bool,
 ) -> Result<RingTrampoline, IcedError> {
     use iced_x86::code_asm::*;
     let h = |off: usize| off as i32 - AREA_BIAS as i32;
@@ -725,6 +763,13 @@ pub fn ring_gate_trampoline(
     a.set_label(&mut found)?;
     a.mov(r11, qword_ptr(r11 + 8))?;
     a.cmp(dword_ptr(r11 + h(H_LEVEL)), 0)?; // ZF=0 (nested): displaced; ZF=1: fallback
+    if mapping {
+        // Nested: ZF=1 (fallback) when the word is 1, ZF=0 (displaced) otherwise. r10 is
+        // restored at `miss`.
+        a.je(miss)?;
+        a.mov(r10, region_base + MAPPINGS_OFF as u64)?;
+        a.cmp(dword_ptr(r10), 1)?;
+    }
     a.jmp(miss)?;
     let code = a.assemble(at)?;
     Ok(RingTrampoline { code })
@@ -806,6 +851,7 @@ impl RingRegion {
         for slot in 0..TABLE_ENTRIES + PROBES {
             map.write_u64(base + TABLE_OFF + slot * SLOT_BYTES, EMPTY_KEY);
         }
+        map.write_u32(base + MAPPINGS_OFF, 0);
         RingRegion {
             map,
             base,
@@ -891,6 +937,27 @@ impl RingRegion {
     /// The area of thread `tp`, if registered.
     pub fn area_of(&self, tp: u64) -> Option<u32> {
         self.threads.get(&tp).copied()
+    }
+
+    /// Whether the thread of `area` is inside a ring-recorded call (its level is set:
+    /// from the start of the recording to the function's return). Read while the thread
+    /// is stopped, this tells a call it made from inside that one (malloc's own mmap).
+    pub fn in_call(&self, area: u32) -> bool {
+        self.map.read_u32(self.area_off(area) + H_LEVEL) != 0
+    }
+
+    /// Sends the mapping calls (mmap, munmap, mremap) that threads make inside ring-
+    /// recorded calls to the stop path (`true`: the recorder learns what memory an
+    /// allocator maps for itself) or straight to the function (`false`, the default).
+    pub fn set_nested_mappings(&self, to_stop_path: bool) {
+        self.map
+            .write_u32(self.base + MAPPINGS_OFF, u32::from(to_stop_path));
+    }
+
+    /// Whether nested mapping calls go to the stop path (see
+    /// [`RingRegion::set_nested_mappings`]).
+    pub fn nested_mappings(&self) -> bool {
+        self.map.read_u32(self.base + MAPPINGS_OFF) != 0
     }
 
     /// Areas in use, in registration order.
@@ -1347,11 +1414,12 @@ mod tests {
     fn trampolines_fit_and_never_write_callee_saved_registers() {
         let at = 0x7f00_0000_1000u64;
         let layout = RingLayout::default();
-        for publish in [
-            Publish::AtEntry,
-            Publish::AtReturn,
-            Publish::AtReturnOutPtr,
-            Publish::Both,
+        for (publish, zero_first) in [
+            (Publish::AtEntry, false),
+            (Publish::AtReturn, false),
+            (Publish::AtReturn, true),
+            (Publish::AtReturnOutPtr, false),
+            (Publish::Both, false),
         ] {
             let t = ring_entry_trampoline(
                 &layout,
@@ -1362,6 +1430,7 @@ mod tests {
                 publish,
                 4096,
                 at + 0x1000,
+                zero_first,
             )
             .unwrap();
             assert!(

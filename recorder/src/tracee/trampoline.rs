@@ -44,7 +44,7 @@ pub struct EntryTrampoline {
 ///   if unblocked above: restore the signal mask
 ///   push cell                           ; capture the result in the return cell
 ///   call displaced                      ; the function sees its own stack layout
-///   pop cell; cell.result = rax; if cell.outptr: cell.result2 = *cell.outptr
+///   pop cell; zero_first: if rax: [rax] = 0; cell.result = rax; if cell.outptr: cell.result2 = *cell.outptr
 ///   cell.done = 1; level = 0; ret
 /// ```
 ///
@@ -53,11 +53,15 @@ pub struct EntryTrampoline {
 /// for a breakpoint on the entry itself. The function gets every argument register as
 /// it was (rdi, rsi, rdx are reloaded from the area, rax and rcx popped); only r10, r11
 /// (scratch at a call in the SysV ABI) and flags differ.
+///
+/// `zero_first`: clear the first word of the block the function returned (a replacement
+/// allocator's; see `ring::emit_zero_first`).
 pub fn entry_trampoline(
     at: u64,
     probe_base: u64,
     entry: u64,
     displaced: u64,
+    zero_first: bool,
 ) -> Result<EntryTrampoline, iced_x86::IcedError> {
     use iced_x86::code_asm::*;
     let table = probe_base + TABLE_OFF as u64;
@@ -189,6 +193,9 @@ pub fn entry_trampoline(
     a.push(r10)?;
     a.call(displaced)?;
     a.pop(r10)?;
+    if zero_first {
+        super::ring::emit_zero_first(&mut a)?;
+    }
     a.mov(qword_ptr(r10 + d(C_RESULT)), rax)?;
     a.mov(r11, qword_ptr(r10 + d(C_OUTPTR)))?;
     a.test(r11, r11)?;
@@ -226,6 +233,7 @@ mod entry_tests {
             0x7f10_0000_0000,
             0x7f00_2000_0000,
             at + ENTRY_TRAMPOLINE_LEN,
+            true,
         )
         .unwrap();
         assert!(t.code.len() as u64 <= ENTRY_TRAMPOLINE_LEN);

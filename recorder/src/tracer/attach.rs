@@ -162,7 +162,7 @@ impl Tracer {
                 detach_at_start: false,
                 threads: all_threads,
                 status: None,
-                live: LiveBlocks::default(),
+                live: LiveBlocks::attached(),
                 snapshot_done: false,
                 open_fds: Default::default(),
                 dead_stacks: Vec::new(),
@@ -377,6 +377,7 @@ impl Tracer {
             let exclude = self.probe_range(pid);
             let alloc_mods = self.allocator_modules(pid);
             let relro = self.relro_ranges(pid);
+            let alloc_data = self.allocator_data(pid);
             let ts = self.now();
             let mut recs = Vec::new();
             if let Some(p) = self.procs.get(&pid) {
@@ -390,6 +391,7 @@ impl Tracer {
                         allocator_modules: &alloc_mods,
                         relro: &relro,
                         dead_stacks: &p.dead_stacks,
+                        allocator_data: &alloc_data,
                     },
                     &mut recs,
                 ) {

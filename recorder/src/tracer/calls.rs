@@ -10,7 +10,7 @@ use super::resources::resource_record;
 use super::Tracer;
 use crate::events::unwind::EntryRegs;
 use crate::events::{realloc_moved, realloc_release, AllocCall, CallEvent};
-use crate::hooks::catalogue::{HookSpec, ResourceCall};
+use crate::hooks::catalogue::{CallKind, HookSpec, ResourceCall};
 use crate::hooks::patch::HookKind;
 use crate::sys::{self, Regs, Tid};
 use crate::tracee::probe::{EntryFrame, ReturnRef};
@@ -197,10 +197,21 @@ impl Tracer {
         ret_path: &mut ReturnPath,
     ) {
         let recording = self.procs.get(&pid).is_some_and(|p| p.recording);
+        if let Call::Resource(
+            rc @ (ResourceCall::Mmap | ResourceCall::Munmap | ResourceCall::Mremap),
+        ) = call
+        {
+            if recording && self.inside_allocator_call(tid, space_id) {
+                self.allocator_mapping(tid, pid, space_id, st, stack_len, trampoline, rc, ret_path);
+                return;
+            }
+        }
         let task = self.tasks.get(&tid).expect("caller checked");
-        if !task.armed.is_empty() {
+        if !task.armed.is_empty() || self.in_ring_call(tid, space_id) {
             // Still inside an earlier hooked call (operator new -> malloc, realloc(NULL)
-            // -> malloc, or a signal handler): the outer call is the one recorded.
+            // -> malloc, or a signal handler): the outer call is the one recorded. (A
+            // ring-recorded outer call shows in its ring area: an `int3`-hooked inner
+            // one stops here, as mimalloc's valloc -> mi_valloc does.)
             self.stats.nested_calls += 1;
             return;
         }
@@ -248,19 +259,44 @@ impl Tracer {
         if self.cfg.measure_time {
             self.stats.unwind_ns += sys::monotonic_ns() - t_unwind;
         }
+        // A call from a replacement allocator's own code (its constructor's mmap, its
+        // own use of malloc or operator new).
+        let by_allocator = self.spaces[space_id]
+            .as_ref()
+            .is_some_and(|s| s.in_allocator(ret));
         let spec = match call {
             Call::Alloc(spec) => spec,
             Call::Resource(rc) => {
                 let args = ev.args;
                 let (kind, outptr) = self.resource_entry(tid, pid, ts, rc, &args, stack_id);
                 self.arm(
-                    tid, space_id, ret_path, ret, trampoline, outptr, ts, stack_id, kind,
+                    tid,
+                    space_id,
+                    ret_path,
+                    ret,
+                    trampoline,
+                    outptr,
+                    ts,
+                    stack_id,
+                    kind,
+                    by_allocator,
                 );
                 return;
             }
         };
         self.stats.recorded_calls += 1;
 
+        // Shared entry points come with replacement allocators (tcmalloc, mimalloc).
+        let replacement = self.spaces[space_id]
+            .as_ref()
+            .is_some_and(|s| !s.allocator_code.is_empty());
+        let spec = match (spec.kind, self.procs.get(&pid)) {
+            (CallKind::Free { ptr_arg }, Some(p)) if spec.shared || replacement => HookSpec {
+                func: p.live.release(ev.args[ptr_arg], spec.func, spec.shared),
+                ..spec
+            },
+            _ => spec,
+        };
         let (call, outptr) = self.events.alloc_entry(&ev, spec, stack_id);
         if let AllocCall::Free { address } = call {
             if let Some(p) = self.procs.get_mut(&pid) {
@@ -277,6 +313,91 @@ impl Tracer {
             ts,
             stack_id,
             PendingKind::Alloc(call),
+            by_allocator,
+        );
+    }
+
+    /// Whether `tid` is inside an allocator call: a ring-recorded one (its ring area's
+    /// level is set) or, on the stop path, one armed and not returned. A mapping call it
+    /// makes now is the allocator's, for itself.
+    fn inside_allocator_call(&self, tid: Tid, space_id: usize) -> bool {
+        let Some(task) = self.tasks.get(&tid) else {
+            return false;
+        };
+        if let Some(&last) = task.armed.last() {
+            return self
+                .pending
+                .iter()
+                .rev()
+                .find(|p| p.tid == tid && p.ret == last)
+                .is_some_and(|p| matches!(p.kind, PendingKind::Alloc(_)));
+        }
+        self.in_ring_call(tid, space_id)
+    }
+
+    /// Whether `tid` is inside a ring-recorded call (its ring area's level is set).
+    fn in_ring_call(&self, tid: Tid, space_id: usize) -> bool {
+        let Some(tp) = self.tasks.get(&tid).and_then(|t| t.ring_tp) else {
+            return false;
+        };
+        self.spaces
+            .get(space_id)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.ring.as_ref())
+            .is_some_and(|ring| {
+                ring.region
+                    .area_of(tp)
+                    .is_some_and(|area| ring.region.in_call(area))
+            })
+    }
+
+    /// A mapping call an allocator makes for itself from inside one of its calls: no
+    /// record (the program did not map anything), but the memory joins the process's
+    /// allocator memory when the call returns (an unmap leaves it now).
+    #[allow(clippy::too_many_arguments)]
+    fn allocator_mapping(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        space_id: usize,
+        st: &EntryState,
+        stack_len: Option<usize>,
+        trampoline: u64,
+        rc: ResourceCall,
+        ret_path: &mut ReturnPath,
+    ) {
+        self.stats.allocator_mappings += 1;
+        if rc == ResourceCall::Munmap {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.live.unmapped(st.args[0], st.args[1]);
+            }
+            return;
+        }
+        let ret = match stack_len {
+            Some(n) if n >= 8 => u64::from_le_bytes(self.stack_buf[..8].try_into().expect("8")),
+            _ => {
+                let mut w = [0u8; 8];
+                match sys::read_memory(tid, st.rsp, &mut w) {
+                    Ok(8) => u64::from_le_bytes(w),
+                    _ => return,
+                }
+            }
+        };
+        let ts = self.now();
+        self.arm(
+            tid,
+            space_id,
+            ret_path,
+            ret,
+            trampoline,
+            0,
+            ts,
+            heaptape_format::EMPTY_STACK,
+            PendingKind::AllocatorMapping {
+                call: rc,
+                args: st.args,
+            },
+            true,
         );
     }
 
@@ -294,6 +415,7 @@ impl Tracer {
         ts: u64,
         stack_id: StackId,
         kind: PendingKind,
+        by_allocator: bool,
     ) {
         let space = self.spaces[space_id].as_mut().expect("live space");
         let Some(probe) = space.probe.clone() else {
@@ -344,6 +466,7 @@ impl Tracer {
             stack: stack_id,
             kind,
             released: false,
+            by_allocator,
         });
     }
 
@@ -480,8 +603,21 @@ impl Tracer {
                     let pid = self.tasks.get(&p.tid).map(|t| t.pid);
                     if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
                         for r in &recs {
-                            if let Record::FdOpen { fd, .. } = r {
-                                proc_.open_fds.insert(*fd);
+                            match r {
+                                Record::FdOpen { fd, .. } => {
+                                    proc_.open_fds.insert(*fd);
+                                }
+                                // A replacement allocator's constructor maps for itself.
+                                Record::Mmap { address, len, .. } if p.by_allocator => {
+                                    proc_.live.allocator_mapped(*address, *len)
+                                }
+                                Record::Mremap(m) => proc_.live.remapped(
+                                    m.old_address,
+                                    m.old_len,
+                                    m.new_address,
+                                    m.new_len,
+                                ),
+                                _ => {}
                             }
                         }
                     }
@@ -489,10 +625,29 @@ impl Tracer {
                 }
                 return;
             }
+            PendingKind::AllocatorMapping { call, ref args } => {
+                let failed = (-4095..0).contains(&(rax as i64)) || rax == u64::MAX;
+                let pid = self.tasks.get(&p.tid).map(|t| t.pid);
+                if let (false, Some(proc_)) = (failed, pid.and_then(|pid| self.procs.get_mut(&pid)))
+                {
+                    match call {
+                        ResourceCall::Mmap => proc_.live.allocator_mapped(rax, args[1]),
+                        ResourceCall::Mremap => {
+                            proc_.live.remapped(args[0], args[1], rax, args[2]);
+                        }
+                        _ => {}
+                    }
+                }
+                return;
+            }
         };
         let pid = self.tasks.get(&p.tid).map(|t| t.pid);
         if let Some(proc_) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
-            proc_.live.apply(&rec);
+            let shared = matches!(
+                p.kind,
+                PendingKind::Alloc(AllocCall::Alloc { shared: true, .. })
+            );
+            proc_.live.apply_by(&rec, p.by_allocator, shared);
         }
         self.events.buf().push(rec);
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use heaptape_format::Record;
 
-use super::model::KnownModule;
+use super::model::{is_libc_path, KnownModule};
 use super::Tracer;
 use crate::hooks::elf::ElfModule;
 use crate::hooks::patch::{
@@ -60,6 +60,7 @@ impl Tracer {
         let pid = self.tasks.get(&tid).map(|t| t.pid).unwrap_or(owner);
         let recording = self.procs.get(&pid).is_some_and(|p| p.recording);
         let groups = maps::group_modules(&maps);
+        let exe = procfs::exe_path(pid);
         // Unloaded modules.
         {
             let space = self.spaces[space_id].as_mut().expect("live");
@@ -128,9 +129,11 @@ impl Tracer {
                 space.modules.push(km);
             }
             if !g.is_vdso() {
-                self.hook_module(space_id, tid, &elf, bias, g);
+                let replacement = !is_libc_path(&g.path) && Some(g.path.as_str()) != exe.as_deref();
+                self.hook_module(space_id, tid, &elf, bias, g, replacement);
             }
         }
+        self.refresh_allocators(space_id, exe.as_deref());
     }
 
     pub(super) fn hook_module(
@@ -140,6 +143,7 @@ impl Tracer {
         elf: &ElfModule,
         bias: u64,
         module: &MappedModule,
+        replacement: bool,
     ) {
         let range = module.avma_range();
         let prefixes: Vec<&str> = self.prefixes.iter().map(|s| s.as_str()).collect();
@@ -240,6 +244,7 @@ impl Tracer {
                     probe_base,
                     &kind,
                     space.ring.as_ref().map(|r| &r.hook),
+                    replacement,
                 ) {
                     if let Some(t) = hook.trap {
                         space.traps.insert(t, addr);

@@ -143,6 +143,7 @@ impl Tracer {
         let exclude = self.probe_range(pid);
         let alloc_mods = self.allocator_modules(pid);
         let relro = self.relro_ranges(pid);
+        let alloc_data = self.allocator_data(pid);
         let ts = self.now();
         if let Some(proc_) = self.procs.get_mut(&pid) {
             proc_.snapshot_done = true;
@@ -158,6 +159,7 @@ impl Tracer {
                     allocator_modules: &alloc_mods,
                     relro: &relro,
                     dead_stacks: &proc_.dead_stacks,
+                    allocator_data: &alloc_data,
                 },
                 &mut recs,
             );
@@ -239,6 +241,7 @@ impl Tracer {
             Some(map) => {
                 let region = RingRegion::new(Rc::new(map), 0, base, RingLayout::default());
                 space.ring = Some(RingState::new(region, base));
+                space.sync_nested_mappings();
                 Ok(0)
             }
             None => {
@@ -457,6 +460,7 @@ impl Tracer {
                 .ring
                 .as_ref()
                 .map(|r| (r.hook.region_base, r.hook.layout.region_len() as u64)),
+            allocator_code: parent.allocator_code.clone(),
         };
         self.spaces.push(Some(space));
         self.spaces.len() - 1
@@ -577,6 +581,7 @@ impl Tracer {
             tramp_pages: Vec::new(),
             ring,
             ring_wipe: None,
+            allocator_code: Vec::new(),
         }));
         self.spaces.len() - 1
     }

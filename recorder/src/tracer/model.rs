@@ -55,6 +55,28 @@ pub(super) struct Space {
     /// (shared with the parent) is mapped, to be replaced by rings of the child's own
     /// before it runs.
     pub(super) ring_wipe: Option<(u64, u64)>,
+    /// The address ranges of the replacement allocators mapped here (see
+    /// [`Tracer::refresh_allocators`]): calls from there are the allocator's own.
+    pub(super) allocator_code: Vec<Range<u64>>,
+}
+
+impl Space {
+    /// Whether `addr` (a return address) lies in a replacement allocator's module.
+    pub(super) fn in_allocator(&self, addr: u64) -> bool {
+        self.allocator_code.iter().any(|r| r.contains(&addr))
+    }
+
+    /// Ring mode: sends the mapping calls made inside ring-recorded calls to the stop
+    /// path when a replacement allocator is mapped (they are how the recorder learns the
+    /// memory it maps for itself), straight to the function otherwise.
+    pub(super) fn sync_nested_mappings(&self) {
+        if let Some(ring) = &self.ring {
+            let want = !self.allocator_code.is_empty();
+            if ring.region.nested_mappings() != want {
+                ring.region.set_nested_mappings(want);
+            }
+        }
+    }
 }
 
 /// A traced process.
@@ -109,6 +131,9 @@ pub(super) enum PendingKind {
     },
     /// An allocator call.
     Alloc(AllocCall),
+    /// A mapping call (mmap, mremap) the allocator made for itself from inside one of
+    /// its calls: not a record, but memory that is neither a root nor a block.
+    AllocatorMapping { call: ResourceCall, args: [u64; 6] },
 }
 
 /// A call in flight: armed to capture its result, recorded when it returns.
@@ -122,6 +147,9 @@ pub(super) struct Pending {
     /// A realloc whose old block was seen handed out again before it returned: its
     /// release is written, its new block is written when it returns.
     pub(super) released: bool,
+    /// Called from a replacement allocator's own code (an allocation the allocator
+    /// made for itself, or a mapping its constructor made).
+    pub(super) by_allocator: bool,
 }
 
 impl Tracer {
@@ -156,6 +184,55 @@ impl Tracer {
             .collect()
     }
 
+    /// The replacement allocators of `pid`'s address space with their writable data:
+    /// each one's path and the whole memory size of each of its writable `PT_LOAD`
+    /// segments (`.data` and `.bss`).
+    pub(super) fn allocator_data(&self, pid: Tid) -> Vec<(String, Range<u64>)> {
+        let Some(space) = self.proc_space(pid) else {
+            return Vec::new();
+        };
+        space
+            .modules
+            .iter()
+            .filter(|m| space.allocator_code.contains(&m.range))
+            .flat_map(|m| {
+                m.elf
+                    .segments()
+                    .iter()
+                    .filter(|s| s.prot() & 2 != 0)
+                    .map(|s| {
+                        let start = s.vaddr.wrapping_add(m.bias);
+                        (m.path.clone(), start..start.saturating_add(s.memsz))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Finds the replacement allocators of address space `space_id` (modules other
+    /// than the C library and the main executable `exe` that define a hooked `malloc`:
+    /// jemalloc, tcmalloc, mimalloc, a preloaded wrapper) and, in ring mode, has the
+    /// mapping calls made inside ring-recorded calls stop while there is one.
+    pub(super) fn refresh_allocators(&mut self, space_id: usize, exe: Option<&str>) {
+        let Some(space) = self.spaces.get_mut(space_id).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let code: Vec<Range<u64>> = space
+            .modules
+            .iter()
+            .filter(|m| !is_libc_path(&m.path) && Some(m.path.as_str()) != exe)
+            .filter(|m| {
+                space.hooks.iter().any(|(a, h)| {
+                    m.range.contains(a)
+                        && matches!(&h.kind, HookKind::Alloc(spec) if spec.func == AllocFn::Malloc)
+                })
+            })
+            .map(|m| m.range.clone())
+            .collect();
+        space.allocator_code = code;
+        space.sync_nested_mappings();
+    }
+
     /// Where the `PT_GNU_RELRO` data of `pid`'s modules lies at run time.
     pub(super) fn relro_ranges(&self, pid: Tid) -> Vec<Range<u64>> {
         let Some(space) = self.proc_space(pid) else {
@@ -171,6 +248,7 @@ impl Tracer {
             .collect()
     }
 
+    /// The probe's range in `pid` (never scanned by the snapshot).
     pub(super) fn probe_range(&self, pid: Tid) -> Vec<Range<u64>> {
         self.proc_space(pid)
             .and_then(|s| s.probe.as_ref())
@@ -219,4 +297,10 @@ impl RingState {
             },
         }
     }
+}
+
+/// Whether a module path names the C library (`libc.so.6`, `libc-2.31.so`).
+pub(super) fn is_libc_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libc.so") || name.starts_with("libc-")
 }

@@ -78,13 +78,18 @@ impl Tracer {
                     });
                 }
             }
-            ResourceCall::Munmap => self.events.buf().push(Record::Munmap {
-                ts,
-                tid: tid as u32,
-                address: args[0],
-                len: args[1],
-                stack,
-            }),
+            ResourceCall::Munmap => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.live.unmapped(args[0], args[1]);
+                }
+                self.events.buf().push(Record::Munmap {
+                    ts,
+                    tid: tid as u32,
+                    address: args[0],
+                    len: args[1],
+                    stack,
+                })
+            }
             _ => {}
         }
         let outptr = match rc {

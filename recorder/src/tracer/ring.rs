@@ -22,6 +22,7 @@ use super::Tracer;
 use crate::addr_map::AddrMap;
 use crate::events::unwind::{EntryRegs, StackUnwinder};
 use crate::events::{realloc_moved, realloc_release, AllocCall, CallEvent, Pipeline};
+use crate::hooks::catalogue::{CallKind, HookSpec};
 use crate::hooks::patch::{Hook, HookKind};
 use crate::procfs;
 use crate::sys::{self, Tid};
@@ -123,6 +124,7 @@ impl Tracer {
             tids: &ring.tids,
             moving: &mut ring.moving,
             hooks: &space.hooks,
+            allocator_code: &space.allocator_code,
             unwinder: &mut space.unwinder,
             events: &mut self.events,
             procs: &mut self.procs,
@@ -246,6 +248,8 @@ struct Sink<'a> {
     tids: &'a AddrMap<u32, (Tid, Tid)>,
     moving: &'a mut AddrMap<u64, StackId>,
     hooks: &'a AddrMap<u64, Hook>,
+    /// The replacement allocators' modules: calls from there are the allocator's own.
+    allocator_code: &'a [std::ops::Range<u64>],
     unwinder: &'a mut StackUnwinder,
     events: &'a mut Pipeline,
     procs: &'a mut AddrMap<Tid, Proc>,
@@ -330,6 +334,18 @@ impl Sink<'_> {
             self.stats.ring_cut_stacks += 1;
         }
         self.stats.ring_stack_bytes += ev.stack.len() as u64;
+        // Shared entry points come with replacement allocators (tcmalloc, mimalloc).
+        let spec = match spec.kind {
+            CallKind::Free { ptr_arg } if spec.shared || !self.allocator_code.is_empty() => {
+                HookSpec {
+                    func: proc_
+                        .live
+                        .release(call.args[ptr_arg], spec.func, spec.shared),
+                    ..spec
+                }
+            }
+            _ => spec,
+        };
         let (alloc, _) = self.events.alloc_entry(&call, spec, stack);
         self.stats.recorded_calls += 1;
         self.stats.ring_events += 1;
@@ -346,7 +362,9 @@ impl Sink<'_> {
         let rec = alloc.record(ts, tid, stack, result, ev.out.unwrap_or(0));
         match rec {
             Some(rec) => {
-                proc_.live.apply(&rec);
+                let caller = call.return_address();
+                let by_allocator = self.allocator_code.iter().any(|r| r.contains(&caller));
+                proc_.live.apply_by(&rec, by_allocator, spec.shared);
                 self.events.buf().push(rec);
             }
             None => {

@@ -14,6 +14,9 @@ pub struct TracerStats {
     pub recorded_calls: u64,
     /// Calls made from inside another hooked call (not recorded again).
     pub nested_calls: u64,
+    /// Mapping calls a replacement allocator made for itself inside its calls (each one
+    /// stops; not recorded, but its memory is left out of the snapshot's roots).
+    pub allocator_mappings: u64,
     /// Calls recorded without a return value because every probe slot was busy.
     pub slot_exhausted: u64,
     /// Allocator stops handed over by an entry trampoline (no register access).
@@ -80,8 +83,8 @@ impl std::fmt::Display for TracerStats {
         )?;
         writeln!(
             f,
-            "calls: {} recorded, {} nested (inside another allocator call), {} without a free return slot; {} allocator stops on the fast path (no register access)",
-            self.recorded_calls, self.nested_calls, self.slot_exhausted, self.fast_stops
+            "calls: {} recorded, {} nested (inside another allocator call), {} without a free return slot; {} allocator stops on the fast path (no register access); {} mapping calls an allocator made for itself",
+            self.recorded_calls, self.nested_calls, self.slot_exhausted, self.fast_stops, self.allocator_mappings
         )?;
         writeln!(
             f,
