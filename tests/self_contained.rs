@@ -303,7 +303,7 @@ fn call_site_depth_counts_from_the_programs_own_frames() {
         .unwrap();
     let last: Vec<String> = sites
         .iter()
-        .filter_map(|x| functions(&x["frames"]).last().cloned())
+        .filter_map(|x| functions(&x["stack"]).last().cloned())
         .collect();
     for f in ["fill_numbers()", "build_index()"] {
         assert!(last.iter().any(|l| l == f), "{f} not among {last:?}");
@@ -311,11 +311,11 @@ fn call_site_depth_counts_from_the_programs_own_frames() {
     let vector = sites
         .iter()
         .find(|x| {
-            functions(&x["frames"]).last().map(String::as_str) == Some("fill_numbers()")
-                && functions(&x["frames"]).len() > 1
+            functions(&x["stack"]).last().map(String::as_str) == Some("fill_numbers()")
+                && functions(&x["stack"]).len() > 1
         })
         .unwrap_or_else(|| panic!("no std::vector site: {last:?}"));
-    let frames = functions(&vector["frames"]);
+    let frames = functions(&vector["stack"]);
     assert!(
         frames[..frames.len() - 1]
             .iter()
