@@ -759,17 +759,13 @@ mod tests {
         };
         let want = |all: &std::collections::BTreeMap<u64, u64>, a: u64| {
             let lowest = a.saturating_sub(CONTAINING_REACH);
-            let near = all
-                .range(lowest.max(1)..=a)
-                .filter(|(s, _)| *s % 8 == 0)
-                .next_back();
+            let near = all.range(lowest.max(1)..=a).rfind(|(s, _)| *s % 8 == 0);
             let (s, size) = match near {
                 Some((&s, &size)) => (s, size),
                 None => {
                     let (&s, &size) = all
                         .range(..lowest)
-                        .filter(|(_, size)| **size > CONTAINING_REACH)
-                        .next_back()?;
+                        .rfind(|(_, size)| **size > CONTAINING_REACH)?;
                     (s, size)
                 }
             };
