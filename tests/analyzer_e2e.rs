@@ -617,3 +617,75 @@ fn reports_do_not_depend_on_the_threads_analyzing() {
         );
     }
 }
+
+#[test]
+fn a_text_report_prints_each_stack_once_and_refers_to_it_by_id() {
+    let (_dir, _exe, trace) = recorded("stack-ids");
+    let text = analyze_text(&trace);
+    let is_frame = |t: &str| t.starts_with("at 0x") || t.starts_with("by 0x");
+    // The stacks printed with an id, by id, and the references to them.
+    let mut full: Vec<Vec<String>> = Vec::new();
+    let mut in_full = false;
+    let mut references = Vec::new();
+    for l in text.lines() {
+        let t = l.trim_start();
+        if let Some(i) = t.rfind("  [S") {
+            assert!(t.starts_with("at 0x"), "an id on a stack's first line: {l}");
+            let id: usize = t[i + 4..t.len() - 1].parse().expect("[S<number>]");
+            assert_eq!(id, full.len() + 1, "ids in order of first print: {l}");
+            full.push(vec![t[..i].to_string()]);
+            in_full = true;
+        } else if in_full && t.starts_with("by 0x") {
+            full.last_mut().unwrap().push(t.to_string());
+        } else {
+            in_full = false;
+        }
+        if let Some(rest) = t.strip_prefix("stack S") {
+            let (id, frame) = rest.split_once(", printed above: ").expect(l);
+            let id: usize = id.parse().unwrap();
+            assert!(id <= full.len(), "S{id} referred to before it was printed");
+            references.push((id, frame.trim_end_matches(" ...").to_string()));
+        }
+    }
+    // `leak_a`'s block is definitely lost, at the peak and in use at exit: its stack
+    // is printed in full under the leak, and by id in the two call-site lists.
+    let full_leak_a = text
+        .lines()
+        .map(str::trim_start)
+        .filter(|t| is_frame(t) && t.contains(": leak_a (growth.c:"))
+        .count();
+    assert_eq!(
+        full_leak_a, 1,
+        "leak_a's stack printed in full once:\n{text}"
+    );
+    let leak_a_refs = references
+        .iter()
+        .filter(|(_, f)| f.starts_with("leak_a (growth.c:"))
+        .count();
+    assert_eq!(leak_a_refs, 2, "{references:?}\n{text}");
+    // Each reference names a frame of the stack it refers to; the growing cache's
+    // stack is printed at the peak and referred to under growth.
+    for (id, frame) in &references {
+        assert!(
+            full[id - 1]
+                .iter()
+                .any(|l| l.ends_with(&format!(": {frame}"))),
+            "S{id} is {:?}, not {frame}",
+            full[id - 1]
+        );
+    }
+    assert!(
+        references
+            .iter()
+            .any(|(_, f)| f.starts_with("cache_insert (growth.c:")),
+        "{text}"
+    );
+    // `--show-below-main` shows the frames under main; repeated stacks stay one line.
+    let below = run_heaptape(["analyze", "--show-below-main", trace.to_str().unwrap()]);
+    let below = below.stdout_str();
+    assert!(below.contains("__libc_start"), "{below}");
+    assert_eq!(
+        below.lines().filter(|l| l.contains("stack S")).count(),
+        references.len()
+    );
+}

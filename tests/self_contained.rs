@@ -228,7 +228,69 @@ fn no_symbolize_records_the_old_way() {
         bare.contains("app+0x") && !bare.contains("leak_two"),
         "{bare}"
     );
+    let said: Vec<&str> = bare
+        .lines()
+        .filter(|l| l.contains("(no symbols: file not found)"))
+        .collect();
+    assert!(!said.is_empty(), "an unnamed frame says why:\n{bare}");
+    assert!(said.iter().all(|l| l.contains("app+0x")), "{said:?}");
     assert!(analyze_text(&with).contains("leak_two (leaks.c:"));
+}
+
+#[test]
+fn frames_without_symbols_say_why() {
+    let dir = TestDir::new("no-symbols-why");
+    let app = build_leaks(&dir, false);
+    // Stripped, and no debug file anywhere: the dynamic symbols name no function of
+    // the program.
+    let stripped = dir.join("stripped");
+    std::fs::copy(&app, &stripped).unwrap();
+    let strip = std::process::Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .expect("strip (binutils)");
+    assert!(strip.success());
+    let trace = dir.join("stripped.trace");
+    record_ok(&dir, &trace, &["--no-symbolize"], &stripped, &[]);
+    let text = analyze_text(&trace);
+    let why = "(no symbols: stripped, no debug file found)";
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(why)).collect();
+    assert!(!lines.is_empty(), "{text}");
+    assert!(lines.iter().all(|l| l.contains("stripped+0x")), "{lines:?}");
+    // Said once per stack: the leak's stack has two frames in the program.
+    let leak: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("definitely lost in loss record"))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("by ") || l.trim_start().starts_with("at "))
+        .collect();
+    assert!(leak.len() >= 2, "{text}");
+    assert_eq!(
+        leak.iter().filter(|l| l.contains(why)).count(),
+        1,
+        "{leak:?}"
+    );
+    // Frames below main stay hidden when main has no name: the stack ends at the
+    // program's frames, above the C library's start-up.
+    assert!(!text.contains("__libc_start"), "{text}");
+    // The JSON frame says it too.
+    let json = analyze_json(&trace);
+    assert!(
+        json.to_string()
+            .contains("\"no_symbols\":\"no symbols: stripped, no debug file found\""),
+        "no `no_symbols` in the JSON"
+    );
+
+    // Rebuilt in place after a recording without embedded symbols: the file there is
+    // another build.
+    let trace = dir.join("old.trace");
+    record_ok(&dir, &trace, &["--no-symbolize"], &app, &[]);
+    build_leaks(&dir, true);
+    let text = analyze_text(&trace);
+    assert!(
+        text.contains("(no symbols: the file was rebuilt since (build-id differs))"),
+        "{text}"
+    );
 }
 
 /// A C++ program whose allocations go through std::vector, std::map and std::string;

@@ -70,7 +70,7 @@ pub use stacks::{StackNodeError, StackTable};
 use symbolize::embedded::EmbeddedSymbols;
 pub use symbolize::{
     embed_symbols, embed_symbols_of, first_program_frame, is_runtime_frame, ElfSymbolizer,
-    EmbedError, EmbedSummary, Frame, RawSymbolizer, Symbolizer, SymbolizerOptions,
+    EmbedError, EmbedSummary, Frame, NoSymbols, RawSymbolizer, Symbolizer, SymbolizerOptions,
 };
 
 /// Options of an analysis and of its reports.

@@ -176,9 +176,11 @@ fn json_shape_and_values() {
             "peak_blocks": 2,
             "stack": [
                 {"address": "0x401100", "module": "/bin/app", "offset": "0x401100",
-                 "function": null, "file": null, "line": null, "inlined": false},
+                 "function": null, "file": null, "line": null, "inlined": false,
+                 "no_symbols": "no symbols: file not found"},
                 {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
-                 "function": null, "file": null, "line": null, "inlined": false},
+                 "function": null, "file": null, "line": null, "inlined": false,
+                 "no_symbols": "no symbols: file not found"},
             ],
         }])
     );
@@ -187,9 +189,11 @@ fn json_shape_and_values() {
     assert_eq!(p["loss_records"], json!([]));
     let free_frames = json!([
         {"address": "0x401200", "module": "/bin/app", "offset": "0x401200",
-         "function": null, "file": null, "line": null, "inlined": false},
+         "function": null, "file": null, "line": null, "inlined": false,
+                 "no_symbols": "no symbols: file not found"},
         {"address": "0x401000", "module": "/bin/app", "offset": "0x401000",
-         "function": null, "file": null, "line": null, "inlined": false},
+         "function": null, "file": null, "line": null, "inlined": false,
+                 "no_symbols": "no symbols: file not found"},
     ]);
     assert_eq!(
         p["invalid_frees"],
@@ -283,14 +287,12 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
    leak summary: unavailable: no reachability snapshot was recorded for this process (recorded with --no-snapshot, or the recorder could not take one)
    bad frees: 1 double, 0 invalid, 0 mismatched
    Invalid free() / delete / delete[] / realloc() (double free by free, 1 time, stack 3)
-        at 0x401200: app+0x401200
+        at 0x401200: app+0x401200 (no symbols: file not found)  [S1]
         by 0x401000: app+0x401000
      Address 0x20 is 0 bytes inside a block of size 32 free'd
-        at 0x401200: app+0x401200
-        by 0x401000: app+0x401000
+        stack S1, printed above: app+0x401200 ...
      Block was alloc'd at
-        at 0x401200: app+0x401200
-        by 0x401000: app+0x401000
+        stack S1, printed above: app+0x401200 ...
    total heap usage: 3 allocs, 2 frees, 1,096 bytes allocated
    in use at exit: 1,064 bytes in 2 blocks
    peak heap usage: 1,096 bytes in 3 blocks, at 0.000 s
@@ -298,15 +300,13 @@ heaptape trace of `./app` (pid 1), recorded by heaptape 0.1.0 on testhost (kerne
    allocation rate: 500,000 allocs/s
    top call sites at the heap peak:
    #1: 1,064 bytes in 2 blocks at the peak, stack 2
-        at 0x401100: app+0x401100
+        at 0x401100: app+0x401100 (no symbols: file not found)  [S2]
         by 0x401000: app+0x401000
    #2: 32 bytes in 1 block at the peak, stack 3
-        at 0x401200: app+0x401200
-        by 0x401000: app+0x401000
+        stack S1, printed above: app+0x401200 ...
    top call sites by bytes in use at exit:
    #1: 1,064 bytes in 2 blocks from 2 allocs (1,064 bytes allocated), stack 2
-        at 0x401100: app+0x401100
-        by 0x401000: app+0x401000
+        stack S2, printed above: app+0x401100 ...
 ";
     assert_eq!(text, expected);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{run, Trace};
-use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions, FindingKind, Frame};
+use heaptape_analyzer::{analyze, Analysis, AnalyzeOptions, FindingKind, Frame, NoSymbols};
 use heaptape_format::{ExitStatus, Record, Segment};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
@@ -228,7 +228,7 @@ fn call_chain_gets_functions_files_and_lines() {
     a.render_text(&mut out, &a.options).unwrap();
     let text = String::from_utf8(out).unwrap();
     let at = format!(
-        "        at {:#x}: e (fixture.c:{})\n        by {:#x}: d (fixture.c:{})\n",
+        "        at {:#x}: e (fixture.c:{})  [S1]\n        by {:#x}: d (fixture.c:{})\n",
         BASE + addrs[0],
         frames[0].line.unwrap(),
         BASE + addrs[1],
@@ -392,6 +392,7 @@ fn missing_module_shows_module_and_offset() {
             address: BASE + addr,
             module: Some("/nonexistent/dir/app".into()),
             module_offset: Some(addr),
+            no_symbols: Some(NoSymbols::FileMissing),
             ..Frame::default()
         }]
     );

@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use super::frames::{symbolize_stack, write_stack};
+use super::frames::{symbolize_stack, TextStacks};
 use crate::checks::{Finding, FindingKind};
 use crate::replay::Image;
 use crate::symbolize::Symbolizer;
@@ -99,6 +99,7 @@ pub(crate) fn text(
     out: &mut dyn Write,
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
+    stacks: &TextStacks,
 ) -> io::Result<()> {
     let f = &img.findings;
     if f.is_empty() {
@@ -111,9 +112,8 @@ pub(crate) fn text(
         num(f.count(FindingKind::InvalidFree)),
         num(f.count(FindingKind::MismatchedFree))
     )?;
-    let below_main = a.options.show_below_main;
     let frames = |id| symbolize_stack(&a.stacks, &img.modules, id, sym);
-    let stack = |out: &mut dyn Write, id| write_stack(out, &frames(id), below_main);
+    let stack = |out: &mut dyn Write, id| stacks.write(out, &frames(id));
     for finding in f.list().iter().take(opts.top) {
         writeln!(
             out,
@@ -130,7 +130,7 @@ pub(crate) fn text(
                 let alloc = alloc.map(frames).unwrap_or_default();
                 if !alloc.is_empty() {
                     writeln!(out, "     Block was alloc'd at")?;
-                    write_stack(out, &alloc, below_main)?;
+                    stacks.write(out, &alloc)?;
                 }
             }
             (None, Some(alloc)) => stack(out, alloc)?,

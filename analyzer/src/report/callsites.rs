@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use super::frames::{frames_of, json_frames, write_stack};
+use super::frames::{frames_of, json_frames, TextStacks};
 use super::limits::Limits;
 use super::schema;
 use crate::callsites::ranking::{call_sites, growth, top_at_peak, top_by_live, CallSite};
@@ -127,6 +127,7 @@ pub fn text(
     out: &mut dyn Write,
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
+    stacks: &TextStacks,
 ) -> io::Result<()> {
     let sites = call_sites(
         &a.stacks,
@@ -149,7 +150,7 @@ pub fn text(
                 bytes_in_blocks(c.stats.peak_bytes, c.stats.peak_blocks),
                 c.stack
             )?;
-            write_frames(a, img, c, out, sym)?;
+            stacks.write(out, &frames_of(c.addresses(&a.stacks), &img.modules, sym))?;
         }
     }
     let top = top_by_live(&sites, opts.top);
@@ -166,7 +167,7 @@ pub fn text(
                 num(s.allocated_bytes),
                 c.stack
             )?;
-            write_frames(a, img, c, out, sym)?;
+            stacks.write(out, &frames_of(c.addresses(&a.stacks), &img.modules, sym))?;
         }
     }
     let g: Vec<_> = growth(&img.sites, &sites)
@@ -199,24 +200,10 @@ pub fn text(
                 },
                 c.stack
             )?;
-            write_frames(a, img, c, out, sym)?;
+            stacks.write(out, &frames_of(c.addresses(&a.stacks), &img.modules, sym))?;
         }
     }
     Ok(())
-}
-
-fn write_frames(
-    a: &Analysis,
-    img: &Image,
-    c: &CallSite,
-    out: &mut dyn Write,
-    sym: &dyn Symbolizer,
-) -> io::Result<()> {
-    write_stack(
-        out,
-        &frames_of(c.addresses(&a.stacks), &img.modules, sym),
-        a.options.show_below_main,
-    )
 }
 
 /// Allocations per second over the image's lifetime (`None` for a zero-length one).

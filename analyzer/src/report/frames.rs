@@ -10,10 +10,13 @@
 //! * [`folded_name`] (flamegraph frames): the function alone (no source place), else
 //!   the same, made safe for the folded format;
 //! * [`json_frames`] and [`json_stack`]: the frames as JSON objects;
-//! * [`write_stack`]: the text reports' `at`/`by` lines: frames below `main` left out
-//!   (as memcheck's `--show-below-main=no`), inlined calls marked `[inlined]`, and
-//!   long C++ template argument lists shortened to `<…>` ([`short_function`]).
+//! * [`TextStacks`]: the text reports' `at`/`by` lines: frames below `main` left out
+//!   (as memcheck's `--show-below-main=no`), inlined calls marked `[inlined]`, long C++
+//!   template argument lists shortened to `<…>` ([`short_function`]), a frame without
+//!   symbols saying why, and a stack printed a second time referred to by its id.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 
@@ -22,7 +25,7 @@ use heaptape_format::StackId;
 use super::schema;
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
-use crate::symbolize::{Frame, Symbolizer};
+use crate::symbolize::{first_program_frame, Frame, Symbolizer};
 use crate::units::addr;
 
 /// The frames of stack `id` in the image whose modules are `modules`, innermost first,
@@ -135,6 +138,7 @@ pub(crate) fn json_frames(frames: Vec<Frame>) -> Vec<schema::Frame> {
             line: f.line,
             module: f.module,
             offset: f.module_offset.map(addr),
+            no_symbols: f.no_symbols.map(|why| why.to_string()),
         })
         .collect()
 }
@@ -149,42 +153,147 @@ pub(crate) fn json_stack(
     json_frames(symbolize_stack(stacks, modules, id, symbolizer))
 }
 
-/// Writes `frames` as the text reports' stack lines: `        at FRAME`, then
-/// `        by FRAME` for each caller, down to `main` unless `below_main` (the C
-/// library's start-up frames under it say nothing about the program); function names
-/// longer than [`SHORT_FUNCTION`] with their template arguments shortened, inlined
-/// calls marked.
-pub(crate) fn write_stack(
-    out: &mut dyn io::Write,
-    frames: &[Frame],
+/// The text reports' stacks: memcheck's `at`/`by` lines, each distinct stack printed
+/// in full once per report and referred to by a short id after that.
+///
+/// A stack is written down to `main` unless `below_main` (the C library's start-up
+/// frames under it say nothing about the program); function names longer than
+/// [`SHORT_FUNCTION`] have their template arguments shortened, inlined calls are
+/// marked `[inlined]`, and the first frame of a module without symbols says why. A
+/// stack of [`NAMED_STACK`] lines or more gets an id (`S1`, `S2`, ...) on its first
+/// line the first time it is printed; printed again (in another section, another
+/// process), it is one line: the id and the first frame that is the program's own.
+pub(crate) struct TextStacks {
     below_main: bool,
-) -> io::Result<()> {
-    let shown = match frames
-        .iter()
-        .position(|f| f.function.as_deref() == Some("main"))
-    {
-        Some(main) if !below_main => main + 1,
-        _ => frames.len(),
-    };
-    for (i, frame) in frames[..shown].iter().enumerate() {
-        let word = if i == 0 { "at" } else { "by" };
-        let mut line = String::new();
-        match frame.function.as_deref().map(short_function) {
-            Some(std::borrow::Cow::Owned(short)) => {
-                let f = Frame {
-                    function: Some(short),
-                    ..frame.clone()
-                };
-                let _ = fmt::write(&mut line, format_args!("{f}"));
-            }
-            _ => {
-                let _ = fmt::write(&mut line, format_args!("{frame}"));
-            }
+    /// The lines of every stack given an id so far → its number.
+    seen: RefCell<HashMap<Vec<String>, usize>>,
+}
+
+/// Stacks of this many lines or more are printed in full once and by id after that.
+pub(crate) const NAMED_STACK: usize = 2;
+
+impl TextStacks {
+    /// A report's stacks, none printed yet.
+    pub(crate) fn new(below_main: bool) -> Self {
+        TextStacks {
+            below_main,
+            seen: RefCell::new(HashMap::new()),
         }
-        let inlined = if frame.inlined { " [inlined]" } else { "" };
-        writeln!(out, "        {word} {line}{inlined}")?;
     }
-    Ok(())
+
+    /// Writes `frames` (innermost first): in full, or as a reference to the same
+    /// stack printed earlier in the report.
+    pub(crate) fn write(&self, out: &mut dyn io::Write, frames: &[Frame]) -> io::Result<()> {
+        let shown = if self.below_main {
+            frames
+        } else {
+            &frames[..down_to_main(frames)]
+        };
+        let lines = frame_lines(shown);
+        if lines.len() < NAMED_STACK {
+            return lines
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, l)| writeln!(out, "        {} {l}", at_or_by(i)));
+        }
+        let mut seen = self.seen.borrow_mut();
+        if let Some(&id) = seen.get(&lines) {
+            let own = &shown[first_program_frame(shown)];
+            return writeln!(
+                out,
+                "        stack S{id}, printed above: {} ...",
+                short_description(own)
+            );
+        }
+        let id = seen.len() + 1;
+        for (i, l) in lines.iter().enumerate() {
+            let tag = if i == 0 {
+                format!("  [S{id}]")
+            } else {
+                String::new()
+            };
+            writeln!(out, "        {} {l}{tag}", at_or_by(i))?;
+        }
+        seen.insert(lines, id);
+        Ok(())
+    }
+}
+
+/// How many of `frames` (innermost first) are `main` and the frames above it: up to
+/// `main`, or, when `main` has no name (a stripped program), up to the C library's
+/// frame that calls it; all of them when there is neither.
+fn down_to_main(frames: &[Frame]) -> usize {
+    let named =
+        |f: &Frame, names: &[&str]| f.function.as_deref().is_some_and(|n| names.contains(&n));
+    if let Some(main) = frames.iter().position(|f| named(f, &["main"])) {
+        return main + 1;
+    }
+    frames
+        .iter()
+        .position(|f| {
+            named(
+                f,
+                &[
+                    "__libc_start_call_main",
+                    "__libc_start_main",
+                    "__libc_start_main_impl",
+                ],
+            )
+        })
+        .unwrap_or(frames.len())
+}
+
+fn at_or_by(i: usize) -> &'static str {
+    if i == 0 {
+        "at"
+    } else {
+        "by"
+    }
+}
+
+/// The text of each frame's line, after `at`/`by` (see [`TextStacks`]).
+fn frame_lines(frames: &[Frame]) -> Vec<String> {
+    let mut said_why: Vec<&str> = Vec::new();
+    frames
+        .iter()
+        .map(|frame| {
+            let mut line = String::new();
+            match frame.function.as_deref().map(short_function) {
+                Some(std::borrow::Cow::Owned(short)) => {
+                    let f = Frame {
+                        function: Some(short),
+                        ..frame.clone()
+                    };
+                    let _ = fmt::write(&mut line, format_args!("{f}"));
+                }
+                _ => {
+                    let _ = fmt::write(&mut line, format_args!("{frame}"));
+                }
+            }
+            if frame.inlined {
+                line.push_str(" [inlined]");
+            }
+            if let (Some(why), Some(module)) = (frame.no_symbols, frame.module.as_deref()) {
+                if !said_why.contains(&module) {
+                    said_why.push(module);
+                    let _ = fmt::write(&mut line, format_args!(" ({why})"));
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+/// `own` described without its address (see [`describe`]), its function shortened.
+fn short_description(own: &Frame) -> String {
+    let f = Frame {
+        function: own
+            .function
+            .as_deref()
+            .map(|n| short_function(n).into_owned()),
+        ..own.clone()
+    };
+    describe(&f)
 }
 
 /// Function names longer than this are shortened in text ([`short_function`]).
@@ -241,6 +350,7 @@ pub(crate) fn short_function(name: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbolize::NoSymbols;
 
     #[test]
     fn one_describer_three_wordings() {
@@ -253,6 +363,7 @@ mod tests {
             file: Some("/src/malloc.c".into()),
             line: Some(7),
             inlined: false,
+            no_symbols: None,
         };
         assert_eq!(full.to_string(), "0x10: free (malloc.c:7)");
         assert_eq!(describe(&full), "free (malloc.c:7)");
@@ -300,6 +411,12 @@ mod tests {
         assert_eq!(short_function(&odd), odd);
     }
 
+    fn written(stacks: &TextStacks, frames: &[Frame]) -> String {
+        let mut out = Vec::new();
+        stacks.write(&mut out, frames).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn text_stacks_stop_at_main_and_mark_inlined_calls() {
         let f = |function: &str, inlined| Frame {
@@ -315,15 +432,79 @@ mod tests {
             f("__libc_start_call_main", false),
             f("_start", false),
         ];
-        let mut out = Vec::new();
-        write_stack(&mut out, &frames, false).unwrap();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "        at 0x10: helper [inlined]\n        by 0x10: work\n        by 0x10: main\n"
+            written(&TextStacks::new(false), &frames),
+            "        at 0x10: helper [inlined]  [S1]\n        by 0x10: work\n        by 0x10: main\n"
         );
-        let mut out = Vec::new();
-        write_stack(&mut out, &frames, true).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 5);
+        assert_eq!(written(&TextStacks::new(true), &frames).lines().count(), 5);
+        // A one-frame stack is printed in full every time, without an id.
+        let short = TextStacks::new(false);
+        for _ in 0..2 {
+            assert_eq!(written(&short, &frames[2..3]), "        at 0x10: main\n");
+        }
+    }
+
+    #[test]
+    fn a_stack_printed_again_is_referred_to_by_its_id() {
+        let f = |function: &str, module: &str, line: Option<u32>| Frame {
+            address: 0x10,
+            function: Some(function.into()),
+            module: Some(module.into()),
+            file: line.map(|_| "/src/app.c".to_string()),
+            line,
+            ..Frame::default()
+        };
+        let leak = [
+            f("malloc", "/lib/libc.so.6", None),
+            f("make_node", "/bin/app", Some(3)),
+            f("build", "/bin/app", Some(9)),
+            f("main", "/bin/app", Some(20)),
+        ];
+        let mut other = leak.clone();
+        other[2].line = Some(10);
+        let stacks = TextStacks::new(false);
+        let first = written(&stacks, &leak);
+        assert_eq!(first.lines().count(), 4);
+        assert!(first.lines().next().unwrap().ends_with("  [S1]"), "{first}");
+        // The same stack again: one line naming the program's own first frame.
+        assert_eq!(
+            written(&stacks, &leak),
+            "        stack S1, printed above: make_node (app.c:3) ...\n"
+        );
+        // Another stack gets the next id, and keeps it.
+        assert!(written(&stacks, &other).contains("[S2]"));
+        assert!(written(&stacks, &other).starts_with("        stack S2,"));
+        assert_eq!(
+            written(&stacks, &leak),
+            "        stack S1, printed above: make_node (app.c:3) ...\n"
+        );
+    }
+
+    #[test]
+    fn an_unnamed_frame_says_why_once_per_module_and_stack() {
+        let raw = |offset: u64, module: &str, why| Frame {
+            address: 0x1000 + offset,
+            module: Some(module.into()),
+            module_offset: Some(offset),
+            no_symbols: Some(why),
+            ..Frame::default()
+        };
+        let frames = [
+            raw(0x11d6, "/opt/app", NoSymbols::Stripped),
+            raw(0x1200, "/opt/app", NoSymbols::Stripped),
+            raw(0x40, "/opt/libgone.so", NoSymbols::FileMissing),
+        ];
+        let text = written(&TextStacks::new(false), &frames);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "        at 0x21d6: app+0x11d6 (no symbols: stripped, no debug file found)  [S1]"
+        );
+        assert_eq!(lines[1], "        by 0x2200: app+0x1200");
+        assert_eq!(
+            lines[2],
+            "        by 0x1040: libgone.so+0x40 (no symbols: file not found)"
+        );
     }
 
     #[test]

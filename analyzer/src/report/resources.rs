@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use heaptape_format::{ExitStatus, StackId};
 
-use super::frames::{json_stack, symbolize_stack, write_stack};
+use super::frames::{json_stack, symbolize_stack, TextStacks};
 use super::limits::{thin, Limits};
 use super::schema;
 use crate::checks::resources::kind_name;
@@ -124,15 +124,12 @@ pub fn text(
     out: &mut dyn Write,
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
+    stacks: &TextStacks,
 ) -> io::Result<()> {
     let img = p.image();
     let when = moment(p, img);
     let stack_lines = |out: &mut dyn Write, id: StackId| -> io::Result<()> {
-        write_stack(
-            out,
-            &symbolize_stack(&a.stacks, &img.modules, id, sym),
-            a.options.show_below_main,
-        )
+        stacks.write(out, &symbolize_stack(&a.stacks, &img.modules, id, sym))
     };
     let fds = img.resources.open_fds();
     if !fds.is_empty() {

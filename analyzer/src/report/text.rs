@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::frames::{symbolize_stack, write_stack};
+use super::frames::{symbolize_stack, TextStacks};
 use super::names::{describe_exit, origin_name};
 use crate::checks::leaks::{Heuristic, LeakCheck, LeakKind, LossRecord};
 use crate::replay::{Image, ImageEnd, Process};
@@ -37,9 +37,10 @@ pub fn render(
     if a.processes.is_empty() {
         writeln!(out, "\nno process in the trace")?;
     }
+    let stacks = TextStacks::new(opts.show_below_main);
     for p in &a.processes {
         writeln!(out)?;
-        process(a, p, out, opts, sym)?;
+        process(a, p, out, opts, sym, &stacks)?;
     }
     Ok(())
 }
@@ -50,6 +51,7 @@ fn process(
     out: &mut dyn Write,
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
+    stacks: &TextStacks,
 ) -> io::Result<()> {
     let img = p.image();
     let mut origin = String::new();
@@ -85,8 +87,8 @@ fn process(
             bytes_in_blocks(prev.totals.live_at_exit_bytes, prev.totals.live_at_exit_blocks),
         )?;
     }
-    image(a, img, out, opts, sym)?;
-    super::resources::text(a, p, out, opts, sym)
+    image(a, img, out, opts, sym, stacks)?;
+    super::resources::text(a, p, out, opts, sym, stacks)
 }
 
 fn image(
@@ -95,9 +97,10 @@ fn image(
     out: &mut dyn Write,
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
+    stacks: &TextStacks,
 ) -> io::Result<()> {
-    leak_summary(a, img, out, opts, sym)?;
-    super::bad_frees::text(a, img, out, opts, sym)?;
+    leak_summary(a, img, out, opts, sym, stacks)?;
+    super::bad_frees::text(a, img, out, opts, sym, stacks)?;
     let t = &img.totals;
     writeln!(
         out,
@@ -157,7 +160,7 @@ fn image(
             num(t.allocator_internal_frees)
         )?;
     }
-    super::callsites::text(a, img, out, opts, sym)
+    super::callsites::text(a, img, out, opts, sym, stacks)
 }
 
 /// memcheck's LEAK SUMMARY (suppressed blocks on their own line), then the largest
@@ -169,6 +172,7 @@ fn leak_summary(
     out: &mut dyn Write,
     opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
+    stacks: &TextStacks,
 ) -> io::Result<()> {
     let r = match &img.leaks {
         LeakCheck::Done(r) => r,
@@ -224,7 +228,10 @@ fn leak_summary(
             format!("{} bytes", num(lr.bytes))
         };
         writeln!(out, "   {size} in {}", loss_record_blocks(lr, n))?;
-        write_frames(a, img, lr.stack, out, sym)?;
+        stacks.write(
+            out,
+            &symbolize_stack(&a.stacks, &img.modules, lr.stack, sym),
+        )?;
     }
     Ok(())
 }
@@ -240,20 +247,6 @@ pub(super) fn loss_record_blocks(lr: &LossRecord, n: usize) -> String {
         lr.kind,
         lr.number,
         lr.func.name()
-    )
-}
-
-fn write_frames(
-    a: &Analysis,
-    img: &Image,
-    stack: heaptape_format::StackId,
-    out: &mut dyn Write,
-    sym: &dyn Symbolizer,
-) -> io::Result<()> {
-    write_stack(
-        out,
-        &symbolize_stack(&a.stacks, &img.modules, stack, sym),
-        a.options.show_below_main,
     )
 }
 

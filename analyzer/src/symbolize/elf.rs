@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::hash::FastMap;
 use crate::modules::ModuleMap;
 use crate::symbolize::embedded::EmbeddedSymbols;
-use crate::symbolize::{Frame, Sym, Symbolizer};
+use crate::symbolize::{Frame, NoSymbols, Sym, Symbolizer};
 
 mod units;
 
@@ -67,6 +67,9 @@ struct DebugModule {
     symbols: Vec<ElfSym>,
     /// Data symbols (global variables) of known size, sorted the same way.
     data: Vec<ElfSym>,
+    /// Whether neither the file nor a debug file had a full symbol table or DWARF:
+    /// only the dynamic symbols name functions.
+    stripped: bool,
 }
 
 #[derive(Debug)]
@@ -80,7 +83,7 @@ struct ElfSym {
 enum SlotState {
     Unloaded,
     Ready(Box<DebugModule>),
-    Unavailable,
+    Unavailable(NoSymbols),
 }
 
 /// One (path, build-id) module and its lazily loaded debug info.
@@ -223,6 +226,19 @@ impl ElfSymbolizer {
         }
     }
 
+    /// Why module `slot` names no function at an address: its files' state (loaded
+    /// if it was not: the question is asked for unnamed frames only).
+    fn why_unnamed(&self, slot: usize) -> Option<NoSymbols> {
+        let slot = lock(&self.slots).list.get(slot).cloned()?;
+        let state = load_slot(&slot, &self.options, &self.warnings);
+        match &*state {
+            SlotState::Ready(m) if m.stripped => Some(NoSymbols::Stripped),
+            SlotState::Ready(_) => Some(NoSymbols::NoSymbolHere),
+            SlotState::Unavailable(why) => Some(*why),
+            SlotState::Unloaded => None,
+        }
+    }
+
     /// The slot of the module containing `address` and the address to look up in it.
     fn probe(&self, modules: &ModuleMap, address: u64, return_address: bool) -> Option<Probe> {
         let hit = modules.lookup(address)?;
@@ -307,10 +323,11 @@ fn load_slot<'s>(
                         slot.path
                     ),
                 ));
-                SlotState::Unavailable
+                SlotState::Unavailable(NoSymbols::Rebuilt)
             }
-            Some(Err(Unavailable::Missing | Unavailable::Unreadable)) | None => {
-                SlotState::Unavailable
+            Some(Err(Unavailable::Missing)) => SlotState::Unavailable(NoSymbols::FileMissing),
+            Some(Err(Unavailable::Unreadable)) | None => {
+                SlotState::Unavailable(NoSymbols::Unreadable)
             }
         };
     }
@@ -379,7 +396,10 @@ impl Symbolizer for ElfSymbolizer {
             }
         };
         if syms.is_empty() {
-            return vec![raw];
+            return vec![Frame {
+                no_symbols: self.why_unnamed(key.0),
+                ..raw
+            }];
         }
         syms.iter()
             .map(|s| Frame {
@@ -528,6 +548,7 @@ fn load_module(
         };
         return Err(Unavailable::BuildIdMismatch(found));
     }
+    let has_symtab = obj.symbol_table().is_some();
     let mut symbols = function_symbols(&obj);
     let mut data = sorted_symbols(&obj, SymbolKind::Data);
     let has_dwarf = |o: &object::File<'_>| {
@@ -568,6 +589,7 @@ fn load_module(
     };
     data.retain(|s| s.end > s.start);
     Ok(DebugModule {
+        stripped: dwarf.is_none() && !has_symtab,
         dwarf,
         symbols,
         data,

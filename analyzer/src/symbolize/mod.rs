@@ -43,6 +43,39 @@ pub struct Frame {
     /// Whether this frame is a call that the compiler inlined into the next frame (all
     /// frames of one address but the last, outermost one).
     pub inlined: bool,
+    /// Why a frame in a known module has no function name, when the symbolizer knows
+    /// (`None` for a named frame, or when no symbols were asked for).
+    pub no_symbols: Option<NoSymbols>,
+}
+
+/// Why a frame in a module has no function name: what the reports say beside it, so
+/// that the user knows what to install or point at (`--debug-dir`, `--sysroot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoSymbols {
+    /// The module's file is not where it was recorded (deleted, or recorded on
+    /// another machine) and the trace embeds no symbols for the address.
+    FileMissing,
+    /// The file at the module's path is another build than the one recorded.
+    Rebuilt,
+    /// The file could not be read as ELF.
+    Unreadable,
+    /// The file has no symbol table beyond its dynamic symbols and no DWARF, and no
+    /// separate debug file was found for it.
+    Stripped,
+    /// The module has symbols, but none covers the address.
+    NoSymbolHere,
+}
+
+impl std::fmt::Display for NoSymbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoSymbols::FileMissing => "no symbols: file not found",
+            NoSymbols::Rebuilt => "no symbols: the file was rebuilt since (build-id differs)",
+            NoSymbols::Unreadable => "no symbols: the file is not readable ELF",
+            NoSymbols::Stripped => "no symbols: stripped, no debug file found",
+            NoSymbols::NoSymbolHere => "no symbol covers the address",
+        })
+    }
 }
 
 /// Describes addresses for reports (see the module docs).

@@ -18,6 +18,11 @@ pub struct Frame {
     pub line: Option<u32>,
     /// The path of the module holding the address, if known.
     pub module: Option<String>,
+    /// Why a frame in a known module has no function (`"no symbols: stripped, no
+    /// debug file found"`, ...); absent when it has one, or when the analysis read no
+    /// symbols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_symbols: Option<String>,
     /// The address relative to the module's load bias (its link-time address),
     /// `"0x…"`, when the module is known.
     pub offset: Option<String>,
