@@ -480,7 +480,12 @@ impl Analysis {
 
     /// The JSON report, frames described by `symbolizer`.
     pub fn json_report_with(&self, symbolizer: &dyn Symbolizer) -> schema::Report {
-        report::json::analysis(self, symbolizer, &report::limits::Limits::ALL)
+        report::json::analysis(
+            self,
+            symbolizer,
+            &report::limits::Limits::ALL,
+            schema::StackMaker::inline(),
+        )
     }
 
     /// The document `heaptape analyze --json` writes: [`Analysis::json_report`] with at
@@ -491,9 +496,12 @@ impl Analysis {
             ranked: top.unwrap_or(usize::MAX),
             ..report::limits::Limits::ALL
         };
-        let mut doc = report::json::analysis(self, self.symbolizer(), &limits);
-        doc.share_stacks();
-        doc
+        report::json::analysis(
+            self,
+            self.symbolizer(),
+            &limits,
+            schema::StackMaker::shared(),
+        )
     }
 
     /// [`Analysis::json_report`] as a JSON value (for indexing by key).

@@ -38,6 +38,7 @@ pub(crate) fn json(
     img: &Image,
     sym: &dyn Symbolizer,
     limits: &Limits,
+    stacks: &schema::StackMaker,
 ) -> CallSiteSections {
     let top = a.options.top;
     let sites = call_sites(
@@ -48,7 +49,7 @@ pub(crate) fn json(
         sym,
     );
     let frames = |c: &CallSite| {
-        schema::Stack::from(json_frames(frames_of(
+        stacks.stack(json_frames(frames_of(
             c.addresses(&a.stacks),
             &img.modules,
             sym,

@@ -15,6 +15,7 @@
 use std::io::{self, Write};
 
 use super::limits::Limits;
+use super::schema::StackMaker;
 use crate::Analysis;
 
 /// Entries kept of each ranked list (loss records, call sites, growth suspects, ...).
@@ -35,8 +36,7 @@ const DATA_MARK: &str = "/*HEAPTAPE_DATA*/";
 
 /// Writes the page of `a`.
 pub fn write_html(a: &Analysis, out: &mut dyn Write) -> io::Result<()> {
-    let mut data = super::json::analysis(a, a.symbolizer(), &PAGE);
-    data.share_stacks();
+    let data = super::json::analysis(a, a.symbolizer(), &PAGE, StackMaker::shared());
     // Inside <script>, "</" would end the element: JSON allows "<\/" for it.
     let json = serde_json::to_string(&data)
         .map_err(io::Error::from)?

@@ -11,7 +11,7 @@ use super::frames::json_stack;
 use super::limits::Limits;
 use super::names::{end_name, origin_name};
 use super::resources::ResourceSections;
-use super::schema;
+use super::schema::{self, StackMaker};
 use crate::checks::leaks::{Count, Heuristic, LeakKind, LeakReport, LossRecord};
 use crate::checks::Finding;
 use crate::replay::{Image, Process, Totals};
@@ -19,8 +19,14 @@ use crate::symbolize::Symbolizer;
 use crate::units::addr;
 use crate::Analysis;
 
-/// The whole document, each process's last image cut to `limits`.
-pub fn analysis(a: &Analysis, sym: &dyn Symbolizer, limits: &Limits) -> schema::Report {
+/// The whole document, each process's last image cut to `limits`, its stacks made
+/// by `stacks` (the tables of shared ones are the document's).
+pub fn analysis(
+    a: &Analysis,
+    sym: &dyn Symbolizer,
+    limits: &Limits,
+    stacks: StackMaker,
+) -> schema::Report {
     let h = &a.header;
     let trace = schema::Trace {
         command: h.command.clone(),
@@ -44,17 +50,25 @@ pub fn analysis(a: &Analysis, sym: &dyn Symbolizer, limits: &Limits) -> schema::
     let processes = a
         .processes
         .iter()
-        .map(|p| process(a, p, sym, limits))
+        .map(|p| process(a, p, sym, limits, &stacks))
         .collect();
-    schema::Report::new(processes, trace, warnings)
+    let mut doc = schema::Report::new(processes, trace, warnings);
+    (doc.frames, doc.stacks) = stacks.into_tables();
+    doc
 }
 
-fn process(a: &Analysis, p: &Process, sym: &dyn Symbolizer, limits: &Limits) -> schema::Process {
-    let last = image(a, p.image(), sym, limits);
+fn process(
+    a: &Analysis,
+    p: &Process,
+    sym: &dyn Symbolizer,
+    limits: &Limits,
+    stacks: &StackMaker,
+) -> schema::Process {
+    let last = image(a, p.image(), sym, limits, stacks);
     let previous = p
         .previous_images()
         .iter()
-        .map(|i| image(a, i, sym, &Limits::ALL))
+        .map(|i| image(a, i, sym, &Limits::ALL, stacks))
         .collect();
     let mut out = schema::Process::new(
         last,
@@ -79,15 +93,22 @@ fn exit(p: &Process) -> Option<schema::Exit> {
     })
 }
 
-fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer, limits: &Limits) -> schema::Image {
+fn image(
+    a: &Analysis,
+    img: &Image,
+    sym: &dyn Symbolizer,
+    limits: &Limits,
+    stacks: &StackMaker,
+) -> schema::Image {
     let report = img.leaks.report();
-    let loss_records = report.map_or_else(Vec::new, |r| loss_records(a, img, r, sym, limits));
+    let loss_records =
+        report.map_or_else(Vec::new, |r| loss_records(a, img, r, sym, limits, stacks));
     let invalid_frees = img
         .findings
         .list()
         .iter()
         .take(limits.ranked)
-        .map(|f| finding(a, img, f, sym))
+        .map(|f| finding(a, img, f, sym, stacks))
         .collect();
     let modules = img
         .modules
@@ -106,14 +127,14 @@ fn image(a: &Analysis, img: &Image, sym: &dyn Symbolizer, limits: &Limits) -> sc
         mmap_leaks,
         timeline,
         timeline_verdict,
-    } = super::resources::json(a, img, sym, limits);
+    } = super::resources::json(a, img, sym, limits, stacks);
     let CallSiteSections {
         call_site_depth,
         sites_at_peak,
         growth_bucket_ns,
         growth,
         sites_live_at_exit,
-    } = super::callsites::json(a, img, sym, limits);
+    } = super::callsites::json(a, img, sym, limits, stacks);
     schema::Image {
         call_site_depth,
         command: img.command.clone(),
@@ -159,8 +180,14 @@ fn totals(t: &Totals, allocation_rate_per_sec: Option<f64>) -> schema::Totals {
 }
 
 /// An invalid, double or mismatched free (see [`schema::InvalidFree`]).
-fn finding(a: &Analysis, img: &Image, f: &Finding, sym: &dyn Symbolizer) -> schema::InvalidFree {
-    let stack = |id| schema::Stack::from(json_stack(&a.stacks, &img.modules, id, sym));
+fn finding(
+    a: &Analysis,
+    img: &Image,
+    f: &Finding,
+    sym: &dyn Symbolizer,
+    stacks: &StackMaker,
+) -> schema::InvalidFree {
+    let stack = |id| stacks.stack(json_stack(&a.stacks, &img.modules, id, sym));
     schema::InvalidFree {
         address: addr(f.first.address),
         alloc_function: f.alloc_fn.map(|x| x.name()),
@@ -225,6 +252,7 @@ fn loss_records(
     r: &LeakReport,
     sym: &dyn Symbolizer,
     limits: &Limits,
+    stacks: &StackMaker,
 ) -> Vec<schema::LossRecord> {
     let of = r.loss_records.len();
     // Numbered among all records; the suppressed ones are not listed.
@@ -235,7 +263,7 @@ fn loss_records(
     }
     kept.truncate(limits.ranked);
     kept.into_iter()
-        .map(|lr| loss_record(a, img, lr, of, sym))
+        .map(|lr| loss_record(a, img, lr, of, sym, stacks))
         .collect()
 }
 
@@ -246,6 +274,7 @@ fn loss_record(
     lr: &LossRecord,
     of: usize,
     sym: &dyn Symbolizer,
+    stacks: &StackMaker,
 ) -> schema::LossRecord {
     schema::LossRecord {
         allocator: lr.func.name(),
@@ -255,7 +284,7 @@ fn loss_record(
         kind: lr.kind.name(),
         number: lr.number,
         of,
-        stack: json_stack(&a.stacks, &img.modules, lr.stack, sym).into(),
+        stack: stacks.stack(json_stack(&a.stacks, &img.modules, lr.stack, sym)),
         stack_id: lr.stack,
     }
 }

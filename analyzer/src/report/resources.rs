@@ -36,8 +36,9 @@ pub(crate) fn json(
     img: &Image,
     sym: &dyn Symbolizer,
     limits: &Limits,
+    stacks: &schema::StackMaker,
 ) -> ResourceSections {
-    let stack = |id: StackId| schema::Stack::from(json_stack(&a.stacks, &img.modules, id, sym));
+    let stack = |id: StackId| stacks.stack(json_stack(&a.stacks, &img.modules, id, sym));
     let r = &img.resources;
     let v = img.timeline.verdict();
     let fd_leaks = r

@@ -30,4 +30,5 @@ pub use frame::Frame;
 pub use leaks::{BadFreeBlock, Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
 pub use resources::{FdLeak, MmapLeak, TimelinePoint, Verdict, VerdictSite};
 pub use sites::{GrowthSite, SiteAtPeak, SiteLiveAtExit};
+pub(crate) use stack::StackMaker;
 pub use stack::{inline_stacks, Stack};

@@ -42,6 +42,49 @@ impl From<Vec<Frame>> for Stack {
     }
 }
 
+/// How a document's stacks are made as it is built: inline ([`StackMaker::inline`]),
+/// or straight into the document's tables ([`StackMaker::shared`]), so that the
+/// frames of a stack that recurs are never held twice (cc1plus: 7,438 loss records
+/// over 3,824 distinct frames; building them inline and sharing them afterwards held
+/// 70 MB more at the peak).
+pub(crate) struct StackMaker {
+    tables: Option<std::cell::RefCell<Tables>>,
+}
+
+impl StackMaker {
+    /// Stacks kept inline (a [`Report`](super::Report) as the library hands it out).
+    pub(crate) fn inline() -> StackMaker {
+        StackMaker { tables: None }
+    }
+
+    /// Stacks shared through the document's tables as they are made.
+    pub(crate) fn shared() -> StackMaker {
+        StackMaker {
+            tables: Some(Default::default()),
+        }
+    }
+
+    /// The stack of `frames`.
+    pub(crate) fn stack(&self, frames: Vec<Frame>) -> Stack {
+        let mut stack = Stack::Frames(frames);
+        if let Some(t) = &self.tables {
+            t.borrow_mut().share(&mut stack);
+        }
+        stack
+    }
+
+    /// The tables (empty for inline stacks): distinct frames, and stacks as indices
+    /// into them.
+    pub(crate) fn into_tables(self) -> (Vec<Frame>, Vec<Vec<u32>>) {
+        self.tables
+            .map(|t| {
+                let t = t.into_inner();
+                (t.frames, t.stacks)
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// The document's tables of distinct frames and stacks, filled by [`Tables::share`].
 #[derive(Default)]
 pub(super) struct Tables {
