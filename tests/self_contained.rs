@@ -281,6 +281,18 @@ fn frames_without_symbols_say_why() {
         "no `no_symbols` in the JSON"
     );
 
+    // Recorded with its symbols embedded: the trace says the recorder found none, and
+    // the analysis does not read the file again to say more.
+    let trace = dir.join("embedded.trace");
+    record_ok(&dir, &trace, &[], &stripped, &[]);
+    std::fs::remove_file(&stripped).unwrap();
+    let text = analyze_text(&trace);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("stripped+0x") && l.contains("(no symbols when recorded)")),
+        "{text}"
+    );
+
     // Rebuilt in place after a recording without embedded symbols: the file there is
     // another build.
     let trace = dir.join("old.trace");

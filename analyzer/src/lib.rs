@@ -368,7 +368,14 @@ impl Analysis {
             let _ = self.render_text_with(&mut std::io::sink(), &self.options, &collector);
         }
         if json {
-            let _ = self.json_report_with(&collector);
+            // Stacks shared as they are made: the document is built only to see which
+            // frames it names, and must not hold each loss record's frames.
+            let _ = report::json::analysis(
+                self,
+                &collector,
+                &report::limits::Limits::ALL,
+                schema::StackMaker::shared(),
+            );
         }
         let maps: hash::FastMap<usize, &ModuleMap> = self
             .processes

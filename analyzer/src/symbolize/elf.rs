@@ -227,9 +227,18 @@ impl ElfSymbolizer {
     }
 
     /// Why module `slot` names no function at an address: its files' state (loaded
-    /// if it was not: the question is asked for unnamed frames only).
+    /// if it was not: the question is asked for unnamed frames only), or, for a module
+    /// whose symbols the trace embeds, that the recorder found none (its files are
+    /// not read for the question).
     fn why_unnamed(&self, slot: usize) -> Option<NoSymbols> {
         let slot = lock(&self.slots).list.get(slot).cloned()?;
+        let embedded = !self.prefer_files
+            && read(&self.embedded)
+                .module(&slot.path, &slot.build_id)
+                .is_some();
+        if embedded && matches!(*lock(&slot.state), SlotState::Unloaded) {
+            return Some(NoSymbols::NoneWhenRecorded);
+        }
         let state = load_slot(&slot, &self.options, &self.warnings);
         match &*state {
             SlotState::Ready(m) if m.stripped => Some(NoSymbols::Stripped),

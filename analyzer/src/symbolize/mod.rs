@@ -64,6 +64,9 @@ pub enum NoSymbols {
     Stripped,
     /// The module has symbols, but none covers the address.
     NoSymbolHere,
+    /// The trace embeds the module's symbols, and the recorder found none for the
+    /// address (the module's files, if still there, are not read again).
+    NoneWhenRecorded,
 }
 
 impl std::fmt::Display for NoSymbols {
@@ -74,6 +77,7 @@ impl std::fmt::Display for NoSymbols {
             NoSymbols::Unreadable => "no symbols: the file is not readable ELF",
             NoSymbols::Stripped => "no symbols: stripped, no debug file found",
             NoSymbols::NoSymbolHere => "no symbol covers the address",
+            NoSymbols::NoneWhenRecorded => "no symbols when recorded",
         })
     }
 }
