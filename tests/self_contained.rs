@@ -281,10 +281,16 @@ fn frames_without_symbols_say_why() {
         "no `no_symbols` in the JSON"
     );
 
-    // Recorded with its symbols embedded: the trace says the recorder found none, and
-    // the analysis does not read the file again to say more.
+    // Recorded with its symbols embedded: the recorder found none; the file, still
+    // there, says why; once it is gone the trace only says that none were found.
     let trace = dir.join("embedded.trace");
     record_ok(&dir, &trace, &[], &stripped, &[]);
+    let text = analyze_text(&trace);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("stripped+0x") && l.contains(why)),
+        "{text}"
+    );
     std::fs::remove_file(&stripped).unwrap();
     let text = analyze_text(&trace);
     assert!(

@@ -95,6 +95,9 @@ struct Slot {
     state: Mutex<SlotState>,
     /// Whether a background load was started ([`Symbolizer::preload`]).
     preloading: AtomicBool,
+    /// Why the trace's embedded symbols name nothing at some address of the module,
+    /// once asked ([`stripped_on_disk`]).
+    why_embedded_unnamed: std::sync::OnceLock<NoSymbols>,
 }
 
 #[derive(Default)]
@@ -237,7 +240,13 @@ impl ElfSymbolizer {
                 .module(&slot.path, &slot.build_id)
                 .is_some();
         if embedded && matches!(*lock(&slot.state), SlotState::Unloaded) {
-            return Some(NoSymbols::NoneWhenRecorded);
+            return Some(*slot.why_embedded_unnamed.get_or_init(|| {
+                if stripped_on_disk(&slot.path, &slot.build_id, &self.options) {
+                    NoSymbols::Stripped
+                } else {
+                    NoSymbols::NoneWhenRecorded
+                }
+            }));
         }
         let state = load_slot(&slot, &self.options, &self.warnings);
         match &*state {
@@ -273,6 +282,7 @@ impl ElfSymbolizer {
             build_id: build_id.to_vec(),
             state: Mutex::new(SlotState::Unloaded),
             preloading: AtomicBool::new(false),
+            why_embedded_unnamed: std::sync::OnceLock::new(),
         }));
         slots
             .by_path
@@ -603,6 +613,35 @@ fn load_module(
         symbols,
         data,
     })
+}
+
+/// Whether the module recorded as `path` with `build_id` is, on this machine, a file
+/// of that build with neither a full symbol table nor DWARF, and no separate debug
+/// file: why the recorder named nothing at an address of it. Reads the file's section
+/// headers only (a module whose symbols the trace embeds is otherwise not read).
+fn stripped_on_disk(path: &str, build_id: &[u8], options: &SymbolizerOptions) -> bool {
+    let check = || {
+        let mapped = module_candidates(path, options)
+            .iter()
+            .find_map(|p| map_file(p))?;
+        let obj = object::File::parse(&*mapped.map).ok()?;
+        let file_id = obj.build_id().ok().flatten();
+        if build_id.is_empty() || file_id != Some(build_id) {
+            return None;
+        }
+        let has_dwarf = obj
+            .section_by_name(".debug_info")
+            .is_some_and(|s| s.size() > 0);
+        if obj.symbol_table().is_some() || has_dwarf {
+            return Some(false);
+        }
+        let debuglink = obj.gnu_debuglink().ok().flatten().map(|(name, _crc)| name);
+        let debug_file = debug_file_candidates(path, &mapped.path, file_id, debuglink, options)
+            .into_iter()
+            .any(|c| c != mapped.path && c.is_file());
+        Some(!debug_file)
+    };
+    guarded(check).flatten().unwrap_or(false)
 }
 
 /// The DWARF of `obj` (and of its `.gnu_debugaltlink` supplementary file, if found).

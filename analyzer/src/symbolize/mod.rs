@@ -65,7 +65,10 @@ pub enum NoSymbols {
     /// The module has symbols, but none covers the address.
     NoSymbolHere,
     /// The trace embeds the module's symbols, and the recorder found none for the
-    /// address (the module's files, if still there, are not read again).
+    /// address; the module's file here does not say why (it is gone, or another
+    /// build, or it has symbols). A stripped file of the recorded build without a
+    /// debug file gives [`NoSymbols::Stripped`] instead (its section headers are read,
+    /// not its symbols).
     NoneWhenRecorded,
 }
 
