@@ -46,14 +46,18 @@
 //!
 //! ## Choices
 //!
-//! - [`DEFAULT_RING_BYTES`] = 1 MiB per thread. The recorder copies up to 8 KiB of stack
-//!   per event (`tracer/ring.rs`), so a full entry is 8.3 KiB: 120 events of slack, ~230
-//!   of cc1plus's typical ones. With 256 KiB (30 full entries) cc1plus's thread waited for
-//!   room 23,000 times in 827 k calls and recorded in 8 s; with 1 MiB, 5,000-7,500 waits
-//!   and 3 s (native 0.75 s; docs/PERFORMANCE.md). Only touched pages use memory (the
-//!   memfd is sparse), so idle threads cost nothing. [`RingLayout::ring_bytes`] is a
-//!   parameter for the tests and for tuning.
-//! - [`DEFAULT_AREAS`] = 256 threads alive at once take the ring path (256 MiB of address
+//! - [`DEFAULT_RING_BYTES`] = 2 MiB per thread. The recorder copies up to 8 KiB of stack
+//!   per event (`tracer/ring.rs`), so a full entry is 8.3 KiB: 240 events of slack, ~740
+//!   of cc1plus's typical ones (2.8 KiB). The ring absorbs the program's bursts of
+//!   allocations while the recorder catches up; every time it is full the thread sleeps
+//!   on a futex and the recorder wakes it, a cross-CPU wake-up on both sides. cc1plus
+//!   (A/B, 11 interleaved rounds, session 13): 512 KiB 2.64x native, 1 MiB 2.03-2.09x,
+//!   2 MiB 1.86x, 4 MiB 1.82x (session 8: 256 KiB waited 23,000 times in 827 k calls).
+//!   Only touched pages use memory (the memfd is sparse), so idle threads cost nothing;
+//!   a thread that allocates without pause cycles through its whole ring, 2 MiB of
+//!   shared memory in the program's RSS (`RssShmem`, not `RssAnon`).
+//!   [`RingLayout::ring_bytes`] is a parameter for the tests and for tuning.
+//! - [`DEFAULT_AREAS`] = 256 threads alive at once take the ring path (512 MiB of address
 //!   space per process, sparse); the others (and any thread whose slot window is full)
 //!   take the stop path (`fallback`).
 //! - `TABLE_ENTRIES` = 4096 for 256 areas: load at most 1/16, so 8 probes nearly never
@@ -254,7 +258,7 @@ pub const FLAG_STACK_TOP: u8 = 1;
 pub const KIND_PAD: u8 = 0;
 
 /// Default ring size per thread (see the module doc for the choice).
-pub const DEFAULT_RING_BYTES: usize = 1 << 20;
+pub const DEFAULT_RING_BYTES: usize = 1 << 21;
 /// Default number of areas (threads that take the ring path at once).
 pub const DEFAULT_AREAS: u32 = 256;
 /// Bytes reserved for a ring entry trampoline (its code is at most this long).
