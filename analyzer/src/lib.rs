@@ -69,8 +69,9 @@ pub use report::{colour, diff, flamegraph, html, pprof, schema, speedscope};
 pub use stacks::{StackNodeError, StackTable};
 use symbolize::embedded::EmbeddedSymbols;
 pub use symbolize::{
-    embed_symbols, embed_symbols_of, first_program_frame, is_runtime_frame, ElfSymbolizer,
-    EmbedError, EmbedSummary, Frame, NoSymbols, RawSymbolizer, Symbolizer, SymbolizerOptions,
+    embed_symbols, embed_symbols_of, embed_symbols_with, first_program_frame, is_runtime_frame,
+    ElfSymbolizer, EmbedError, EmbedSummary, Frame, NoSymbols, RawSymbolizer, Symbolizer,
+    SymbolizerOptions,
 };
 
 /// Options of an analysis and of its reports.

@@ -56,8 +56,8 @@ pub mod low_level {
     pub use crate::hooks::relocate::{displaced_copy, instruction_len, Displaced, RelocateError};
     pub use crate::procfs::maps::{group_modules, parse_maps, read_maps, MapEntry, MappedModule};
     pub use crate::sys::{
-        allowed_cpus, cont, get_regs, pin_current_thread, read_memory, set_regs, spawn_seized,
-        wait_blocking, SharedMap, WaitEvent,
+        allowed_cpus, cont, get_regs, lower_thread_priority, pin_current_thread, read_memory,
+        set_regs, spawn_seized, wait_blocking, SharedMap, WaitEvent,
     };
     /// The ring region, ring entry trampoline and drain (`recorder/tests/ring_trampoline.rs`
     /// runs the generated code in-process).
@@ -103,6 +103,21 @@ pub struct RecordOptions {
     pub mode: RecordMode,
     /// When attached: stop recording (and detach) after this long.
     pub duration: Option<std::time::Duration>,
+    /// Told of every module load as the recorder writes it (see [`ModuleHook`]).
+    pub on_module_load: Option<ModuleHook>,
+}
+
+/// A function the recorder calls, on its own thread, with every module load it writes
+/// (a module can be announced more than once: at a fork, at an exec): `heaptape record`
+/// starts reading the module's symbols on a thread of its own while the program runs,
+/// so that embedding them at the end waits for little. It must return at once.
+#[derive(Clone)]
+pub struct ModuleHook(pub std::sync::Arc<dyn Fn(&ModuleLoad) + Send + Sync>);
+
+impl std::fmt::Debug for ModuleHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModuleHook")
+    }
 }
 
 /// How hooked allocator calls reach the recorder.
@@ -402,6 +417,7 @@ fn tracer_config(opts: &RecordOptions) -> TracerConfig {
         rss_interval: opts.rss_interval,
         ring: opts.mode == RecordMode::Ring,
         spin_wait: opts.mode == RecordMode::Stop && opts.cpu_policy == CpuPolicy::Free,
+        on_module_load: opts.on_module_load.clone(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod flamegraph;
 pub mod help;
 pub mod record;
 pub mod run;
+mod warm;
 
 use std::fmt::Display;
 use std::io::{self, BufWriter, ErrorKind, StdoutLock, Write};

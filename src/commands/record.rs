@@ -4,7 +4,10 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use heaptape_analyzer::{embed_symbols_of, SymbolizerOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use heaptape_analyzer::{embed_symbols_with, ElfSymbolizer};
 use heaptape_format::units::bytes;
 use heaptape_recorder::{CpuPolicy, RecordMode, RecordOptions, RecordOutcome};
 
@@ -37,6 +40,7 @@ pub fn options(
             ModeArg::Ring => RecordMode::Ring,
             ModeArg::Stop => RecordMode::Stop,
         },
+        on_module_load: None,
     }
 }
 
@@ -57,16 +61,33 @@ pub fn run(args: RecordArgs) -> Outcome {
     }
     let symbolize = !args.flags.no_symbolize;
     let opts = options(args.flags, args.program, args.pid, args.duration);
-    let outcome =
-        heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
-    finish(outcome, symbolize).map(ExitCode::from)
+    record(opts, symbolize).map(|(status, _)| ExitCode::from(status))
 }
 
-/// What `record` and `run` do once the recorder is done: embed the symbols of the
-/// trace's stacks (unless `symbolize` is false, or the trace is incomplete), print the
-/// summary, and return the exit status and the trace.
-pub fn finish(mut outcome: RecordOutcome, symbolize: bool) -> Result<u8, Failure> {
-    let embedded = (symbolize && outcome.write_error.is_none()).then(|| embed(&mut outcome));
+/// Records with `opts`, then embeds the symbols of the trace's stacks (unless
+/// `symbolize` is false, or the trace is incomplete), loading the modules' symbols
+/// while the program runs ([`super::warm::SymbolWarmer`]); prints the summary and
+/// returns the program's exit status and the trace. What `record` and `run` do.
+pub fn record(mut opts: RecordOptions, symbolize: bool) -> Result<(u8, PathBuf), Failure> {
+    let warmer = symbolize.then(super::warm::SymbolWarmer::start);
+    opts.on_module_load = warmer.as_ref().map(|w| w.hook());
+    let outcome =
+        heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
+    let path = outcome.path.clone();
+    let symbolizer = warmer.map(|w| w.finish());
+    finish(outcome, symbolizer).map(|status| (status, path))
+}
+
+/// Once the recorder is done: embeds the symbols of the trace's stacks with
+/// `symbolizer` (none: not embedded; nor when the trace is incomplete), prints the
+/// summary, and returns the exit status.
+fn finish(
+    mut outcome: RecordOutcome,
+    symbolizer: Option<Arc<ElfSymbolizer>>,
+) -> Result<u8, Failure> {
+    let embedded = symbolizer
+        .filter(|_| outcome.write_error.is_none())
+        .map(|s| embed(&mut outcome, &s));
     let summary = outcome.summary();
     match (embedded.flatten(), summary.split_once('\n')) {
         (Some(line), Some((first, rest))) => eprintln!("{first}\n{line}\n{rest}"),
@@ -79,15 +100,10 @@ pub fn finish(mut outcome: RecordOutcome, symbolize: bool) -> Result<u8, Failure
 /// Embeds the symbols of the trace's stacks (see `heaptape_analyzer::embed_symbols_of`);
 /// returns the summary's line about it. A failure is a warning: the trace is as the
 /// recorder left it, readable, its frames named while the recorded files are at hand.
-fn embed(outcome: &mut RecordOutcome) -> Option<String> {
+fn embed(outcome: &mut RecordOutcome, symbolizer: &ElfSymbolizer) -> Option<String> {
     let start = Instant::now();
     let refs = std::mem::take(&mut outcome.references);
-    match embed_symbols_of(
-        &outcome.path,
-        &SymbolizerOptions::default(),
-        refs.addresses,
-        &refs.modules,
-    ) {
+    match embed_symbols_with(&outcome.path, symbolizer, refs.addresses, &refs.modules) {
         Ok(s) => {
             outcome.bytes = s.bytes_after;
             Some(format!(

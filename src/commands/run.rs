@@ -3,7 +3,7 @@
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
 
-use super::record::{finish, options};
+use super::record::{options, record};
 use super::{analyze, Failure, Outcome};
 use crate::cli::RunArgs;
 
@@ -12,10 +12,7 @@ pub fn run(args: RunArgs) -> Outcome {
     let report_opts = analyze::options(&args.report)?;
     let symbolize = !args.record.no_symbolize;
     let opts = options(args.record, args.program, None, None);
-    let outcome =
-        heaptape_recorder::record(&opts).map_err(|e| Failure::new(e.exit_code(), e.to_string()))?;
-    let path = outcome.path.clone();
-    let status = finish(outcome, symbolize)?;
+    let (status, path) = record(opts, symbolize)?;
     // The report goes to standard error, so the program's own output stays as it was.
     let terminal = io::stderr().is_terminal();
     let failed = analyze::report(&path, &args.report, &report_opts, terminal, |render| {

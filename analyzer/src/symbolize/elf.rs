@@ -178,6 +178,18 @@ impl ElfSymbolizer {
         !read(&self.embedded).is_empty()
     }
 
+    /// Loads the symbols and debug info of the module recorded as `path` with
+    /// `build_id` now, on the calling thread (`heaptape record` does it while the
+    /// program runs, for the symbols it embeds at the end). Loading a module twice is
+    /// never done: a second caller waits for the first.
+    pub fn load_now(&self, path: &str, build_id: &[u8]) {
+        let index = self.slot(path, build_id);
+        let Some(slot) = lock(&self.slots).list.get(index).cloned() else {
+            return;
+        };
+        drop(load_slot(&slot, &self.options, &self.warnings));
+    }
+
     /// Resolves `probes` (link-time addresses minus 1, ascending) in the module
     /// recorded as `path` with `build_id`, from its files only: what a trace embeds.
     pub(crate) fn resolve_module(

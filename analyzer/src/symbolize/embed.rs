@@ -209,6 +209,22 @@ pub fn embed_symbols(path: &Path, options: &SymbolizerOptions) -> Result<EmbedSu
 pub fn embed_symbols_of(
     path: &Path,
     options: &SymbolizerOptions,
+    addresses: Vec<u64>,
+    modules: &[ModuleLoad],
+) -> Result<EmbedSummary, EmbedError> {
+    embed_symbols_with(
+        path,
+        &ElfSymbolizer::new(options.clone()),
+        addresses,
+        modules,
+    )
+}
+
+/// [`embed_symbols_of`] with `symbolizer`, whose modules may be loaded already
+/// ([`ElfSymbolizer::load_now`]: `heaptape record` loads them while the program runs).
+pub fn embed_symbols_with(
+    path: &Path,
+    symbolizer: &ElfSymbolizer,
     mut addresses: Vec<u64>,
     modules: &[ModuleLoad],
 ) -> Result<EmbedSummary, EmbedError> {
@@ -217,7 +233,6 @@ pub fn embed_symbols_of(
     addresses.dedup();
     let wanted = probes_by_module(&addresses, modules);
     drop(addresses);
-    let symbolizer = ElfSymbolizer::new(options.clone());
     // Largest modules first, so that the longest resolution starts at once.
     let mut order: Vec<usize> = (0..wanted.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(wanted[i].1.len()));

@@ -17,7 +17,7 @@ pub(crate) mod embedded;
 mod runtime;
 
 pub use elf::{ElfSymbolizer, SymbolizerOptions};
-pub use embed::{embed_symbols, embed_symbols_of, EmbedError, EmbedSummary};
+pub use embed::{embed_symbols, embed_symbols_of, embed_symbols_with, EmbedError, EmbedSummary};
 pub use runtime::{first_program_frame, is_runtime_frame};
 
 /// One described frame. A symbolizer may return several for one address when calls were

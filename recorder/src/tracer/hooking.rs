@@ -121,7 +121,9 @@ impl Tracer {
                 elf: elf.clone(),
             };
             if recording {
-                self.events.buf().push(module_record(ts, pid, &km));
+                let rec = module_record(ts, pid, &km);
+                self.announce(&rec);
+                self.events.buf().push(rec);
             }
             {
                 let space = self.spaces[space_id].as_mut().expect("live");
@@ -310,7 +312,15 @@ impl Tracer {
             .iter()
             .map(|m| module_record(ts, pid, m))
             .collect();
+        recs.iter().for_each(|r| self.announce(r));
         self.events.buf().extend(recs);
+    }
+
+    /// Tells the module hook, if any, of the module load `rec`.
+    fn announce(&self, rec: &Record) {
+        if let (Some(hook), Record::ModuleLoad(m)) = (&self.cfg.on_module_load, rec) {
+            (hook.0)(m);
+        }
     }
 }
 

@@ -103,6 +103,8 @@ pub struct TracerConfig {
     /// Stop mode: poll for the next stop a little before sleeping in waitpid (see
     /// [`SPIN_NS`]).
     pub spin_wait: bool,
+    /// Told of every module load written ([`crate::ModuleHook`]).
+    pub on_module_load: Option<crate::ModuleHook>,
 }
 
 /// The state of a tracing session.
