@@ -56,7 +56,7 @@ pub mod low_level {
     pub use crate::hooks::relocate::{displaced_copy, instruction_len, Displaced, RelocateError};
     pub use crate::procfs::maps::{group_modules, parse_maps, read_maps, MapEntry, MappedModule};
     pub use crate::sys::{
-        allowed_cpus, cont, get_regs, lower_thread_priority, pin_current_thread, read_memory,
+        allowed_cpus, cont, get_regs, idle_thread_priority, pin_current_thread, read_memory,
         set_regs, spawn_seized, wait_blocking, SharedMap, WaitEvent,
     };
     /// The ring region, ring entry trampoline and drain (`recorder/tests/ring_trampoline.rs`

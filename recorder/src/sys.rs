@@ -779,6 +779,19 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts the calling thread in the `SCHED_IDLE` class: it runs only when no other
+/// thread wants the CPU, and is preempted at once when one does (a nice value of 19
+/// still takes a share, and slowed a recording that kept both cores busy).
+pub fn idle_thread_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; `0` names the
+    // calling thread; SCHED_IDLE takes priority 0 and needs no privilege.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Lowers the calling thread's priority: its nice value goes up `by` (at most to 19).
 /// Linux threads each have their own nice value; raising it is always allowed.
 pub fn lower_thread_priority(by: i32) -> io::Result<()> {

@@ -33,7 +33,7 @@ impl SymbolWarmer {
             .name("heaptape-symbols".into())
             .spawn(move || {
                 // Best effort: at the default priority it would only compete more.
-                let _ = heaptape_recorder::low_level::lower_thread_priority(19);
+                let _ = heaptape_recorder::low_level::idle_thread_priority();
                 let mut seen = HashSet::new();
                 while !halt.load(Ordering::Relaxed) {
                     match rx.recv_timeout(Duration::from_millis(100)) {
