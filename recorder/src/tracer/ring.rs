@@ -45,13 +45,9 @@ impl TscClock {
     /// apart), refitted over the whole run as it goes ([`TscClock::refit`]): the first
     /// calibration spins while the program waits to start.
     pub(super) fn new() -> TscClock {
-        let (tsc0, mono0) = (sys::tsc(), sys::monotonic_ns());
-        let mut tsc1 = sys::tsc();
-        let mut mono1 = sys::monotonic_ns();
-        while mono1 < mono0 + 100_000 {
-            tsc1 = sys::tsc();
-            mono1 = sys::monotonic_ns();
-        }
+        let (tsc0, mono0) = paired_reading();
+        while sys::monotonic_ns() < mono0 + 100_000 {}
+        let (tsc1, mono1) = paired_reading();
         let ticks = tsc1.saturating_sub(tsc0).max(1);
         TscClock {
             tsc0,
@@ -64,11 +60,11 @@ impl TscClock {
 
     /// Refits the rate over the whole time since the start (at most every 10 ms).
     fn refit(&mut self) {
-        let mono = sys::monotonic_ns();
-        if mono < self.last_fit + 10_000_000 {
+        if sys::monotonic_ns() < self.last_fit + 10_000_000 {
             return;
         }
-        let ticks = sys::tsc().saturating_sub(self.tsc0);
+        let (tsc, mono) = paired_reading();
+        let ticks = tsc.saturating_sub(self.tsc0);
         if ticks > 0 {
             self.ns_per_tick = (mono - self.mono0) as f64 / ticks as f64;
         }
@@ -87,6 +83,25 @@ impl TscClock {
         self.last_ts = ts;
         ts
     }
+}
+
+/// A reading of the time stamp counter and of the monotonic clock taken together: of a
+/// few tries, the one whose two counter readings around the clock's are closest. A
+/// thread preempted between the two reads would pair the clock with a counter reading
+/// milliseconds away; on a busy machine that made the 100 us calibration 50 times off,
+/// and once refitted, every later event was held at the time stamp of the earliest
+/// ones (trace times never go back).
+fn paired_reading() -> (u64, u64) {
+    let mut best = (u64::MAX, 0, 0);
+    for _ in 0..5 {
+        let before = sys::tsc();
+        let mono = sys::monotonic_ns();
+        let width = sys::tsc().wrapping_sub(before);
+        if width < best.0 {
+            best = (width, before + width / 2, mono);
+        }
+    }
+    (best.1, best.2)
 }
 
 /// What a drain found.
