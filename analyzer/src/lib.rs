@@ -498,7 +498,7 @@ impl Analysis {
 
     /// The document `heaptape analyze --json` writes: [`Analysis::json_report`] with at
     /// most `top` entries in each ranked list (all of them for `None`), its stacks
-    /// shared ([`schema::Report::share_stacks`]).
+    /// shared as it is built (`schema::StackMaker`).
     pub fn json_document(&self, top: Option<usize>) -> schema::Report {
         let limits = report::limits::Limits {
             ranked: top.unwrap_or(usize::MAX),

@@ -41,13 +41,7 @@ pub(crate) fn json(
     stacks: &schema::StackMaker,
 ) -> CallSiteSections {
     let top = a.options.top;
-    let sites = call_sites(
-        &a.stacks,
-        &img.sites,
-        a.options.call_site_depth,
-        &img.modules,
-        sym,
-    );
+    let sites = image_call_sites(a, img, sym);
     let frames = |c: &CallSite| {
         stacks.stack(json_frames(frames_of(
             c.addresses(&a.stacks),
@@ -205,6 +199,18 @@ pub fn text(
         }
     }
     Ok(())
+}
+
+/// The call sites of `img`, grouped by the analysis's `--call-site-depth`: what every
+/// report that lists or draws call sites starts from.
+pub(crate) fn image_call_sites(a: &Analysis, img: &Image, sym: &dyn Symbolizer) -> Vec<CallSite> {
+    call_sites(
+        &a.stacks,
+        &img.sites,
+        a.options.call_site_depth,
+        &img.modules,
+        sym,
+    )
 }
 
 /// Allocations per second over the image's lifetime (`None` for a zero-length one).

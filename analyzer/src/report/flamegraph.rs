@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::frames::{folded_name, frames_of};
-use crate::callsites::ranking::{call_sites, runtime_prefix};
+use crate::callsites::ranking::runtime_prefix;
 use crate::callsites::SiteStats;
 use crate::checks::leaks::LeakKind;
 use crate::replay::{Image, Process};
@@ -156,13 +156,7 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
             }
             continue;
         }
-        for site in call_sites(
-            &a.stacks,
-            &img.sites,
-            a.options.call_site_depth,
-            &img.modules,
-            sym,
-        ) {
+        for site in super::callsites::image_call_sites(a, img, sym) {
             add(site.addresses(&a.stacks), metric.value(img, &site.stats));
         }
     }

@@ -24,7 +24,6 @@ use flate2::Compression;
 use prost::Message;
 
 use super::frames::frames_of;
-use crate::callsites::ranking::call_sites;
 use crate::modules::ModuleMap;
 use crate::symbolize::Symbolizer;
 use crate::Analysis;
@@ -96,13 +95,7 @@ pub fn profile(a: &Analysis, at: At, sym: &dyn Symbolizer) -> Profile {
         } else {
             Vec::new()
         };
-        for site in call_sites(
-            &a.stacks,
-            &img.sites,
-            a.options.call_site_depth,
-            &img.modules,
-            sym,
-        ) {
+        for site in super::callsites::image_call_sites(a, img, sym) {
             let s = &site.stats;
             let (inuse_objects, inuse_space) = match (ended, at) {
                 (false, _) => (0, 0),

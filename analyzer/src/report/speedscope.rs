@@ -14,7 +14,6 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::frames::{folded_name, frames_of};
-use crate::callsites::ranking::call_sites;
 use crate::symbolize::{Frame, Symbolizer};
 use crate::Analysis;
 
@@ -116,13 +115,7 @@ pub fn file(a: &Analysis, sym: &dyn Symbolizer) -> File {
                 line: None,
             })
         });
-        for site in call_sites(
-            &a.stacks,
-            &img.sites,
-            a.options.call_site_depth,
-            &img.modules,
-            sym,
-        ) {
+        for site in super::callsites::image_call_sites(a, img, sym) {
             let f = img.site_figures(&site.stats, 0);
             let values = [f.in_use_at_exit_bytes, f.allocated_bytes, f.allocations];
             if values.iter().all(|&v| v == 0) {

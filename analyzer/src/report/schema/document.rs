@@ -4,10 +4,9 @@
 
 use serde::Serialize;
 
-use super::stack::Tables;
 use super::{
     FdLeak, Frame, GrowthSite, InvalidFree, LeakSummary, LossRecord, MmapLeak, SiteAtPeak,
-    SiteLiveAtExit, Stack, TimelinePoint, Verdict,
+    SiteLiveAtExit, TimelinePoint, Verdict,
 };
 
 /// The version of the document's shape: 2 since stacks are shared (see
@@ -47,79 +46,6 @@ impl Report {
             warnings,
         }
     }
-
-    /// Moves every inline stack to the document's tables (each distinct frame and
-    /// stack once), leaving its index in its place.
-    pub fn share_stacks(&mut self) {
-        let mut t = Tables::from_existing(
-            std::mem::take(&mut self.frames),
-            std::mem::take(&mut self.stacks),
-        );
-        for p in &mut self.processes {
-            each_stack(
-                Lists {
-                    fd_leaks: &mut p.fd_leaks,
-                    growth: &mut p.growth,
-                    invalid_frees: &mut p.invalid_frees,
-                    loss_records: &mut p.loss_records,
-                    mmap_leaks: &mut p.mmap_leaks,
-                    sites_at_peak: &mut p.sites_at_peak,
-                    sites_live_at_exit: &mut p.sites_live_at_exit,
-                    timeline_verdict: &mut p.timeline_verdict,
-                },
-                &mut |s| t.share(s),
-            );
-            for img in &mut p.previous_images {
-                each_stack(
-                    Lists {
-                        fd_leaks: &mut img.fd_leaks,
-                        growth: &mut img.growth,
-                        invalid_frees: &mut img.invalid_frees,
-                        loss_records: &mut img.loss_records,
-                        mmap_leaks: &mut img.mmap_leaks,
-                        sites_at_peak: &mut img.sites_at_peak,
-                        sites_live_at_exit: &mut img.sites_live_at_exit,
-                        timeline_verdict: &mut img.timeline_verdict,
-                    },
-                    &mut |s| t.share(s),
-                );
-            }
-        }
-        self.frames = t.frames;
-        self.stacks = t.stacks;
-    }
-}
-
-/// The lists of an image (or of a process: the same keys) that hold stacks.
-struct Lists<'a> {
-    fd_leaks: &'a mut [FdLeak],
-    growth: &'a mut [GrowthSite],
-    invalid_frees: &'a mut [InvalidFree],
-    loss_records: &'a mut [LossRecord],
-    mmap_leaks: &'a mut [MmapLeak],
-    sites_at_peak: &'a mut [SiteAtPeak],
-    sites_live_at_exit: &'a mut [SiteLiveAtExit],
-    timeline_verdict: &'a mut Verdict,
-}
-
-/// Calls `f` on every stack of `lists`, in document order.
-fn each_stack(lists: Lists<'_>, f: &mut dyn FnMut(&mut Stack)) {
-    lists.fd_leaks.iter_mut().for_each(|x| f(&mut x.stack));
-    lists.growth.iter_mut().for_each(|x| f(&mut x.stack));
-    for x in lists.invalid_frees.iter_mut() {
-        x.alloc_stack.iter_mut().for_each(&mut *f);
-        x.free_stack.iter_mut().for_each(&mut *f);
-        f(&mut x.stack);
-    }
-    lists.loss_records.iter_mut().for_each(|x| f(&mut x.stack));
-    lists.mmap_leaks.iter_mut().for_each(|x| f(&mut x.stack));
-    lists.sites_at_peak.iter_mut().for_each(|x| f(&mut x.stack));
-    lists
-        .sites_live_at_exit
-        .iter_mut()
-        .for_each(|x| f(&mut x.stack));
-    let sites = &mut lists.timeline_verdict.sites;
-    sites.iter_mut().for_each(|x| f(&mut x.stack));
 }
 
 /// The trace: its header and how much of it was read.
