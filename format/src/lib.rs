@@ -41,9 +41,11 @@ pub use writer::{TraceWriter, DEFAULT_CHUNK_TARGET, DEFAULT_ZSTD_LEVEL};
 /// The eight bytes every trace starts with.
 pub const MAGIC: [u8; 8] = *b"HEAPTAPE";
 /// The format version this crate writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this crate reads: version 2 is version 3 without
-/// [`Record::Symbols`] records, so it reads as it always did.
+/// [`Record::Symbols`] records, and version 3 is version 4 without
+/// [`Record::SnapshotThread`] and [`Record::SnapshotInfo`] records, so each reads as it
+/// always did.
 pub const OLDEST_READ_VERSION: u32 = 2;
 /// Upper bound on the encoded header.
 pub const MAX_HEADER_BYTES: usize = 1 << 20;

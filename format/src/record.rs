@@ -311,6 +311,53 @@ pub struct RssSample {
     pub pss: Option<u64>,
 }
 
+/// One thread's call stack at a snapshot ([`Record::SnapshotThread`]).
+///
+/// `frames[i]` is the lowest stack address of frame `i` of `stack` (innermost first):
+/// frame `i` holds the stack words from `frames[i]` up to `frames[i + 1]`, the
+/// outermost frame those from its start to the stack's end. The innermost node of
+/// `stack` is the thread's instruction pointer plus one (stack nodes hold return
+/// addresses, which readers look up minus one), the others the return addresses of
+/// the frames that called it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotThread {
+    /// The process.
+    pub pid: u32,
+    /// The thread.
+    pub tid: u32,
+    /// Its name (`/proc/PID/task/TID/comm`), empty when unknown.
+    pub name: String,
+    /// Its call stack: a stack trie node.
+    pub stack: StackId,
+    /// The lowest stack address of each frame of `stack`, innermost first.
+    pub frames: Vec<u64>,
+}
+
+/// What asked for a reachability snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotTrigger {
+    /// The process's end.
+    Exit,
+    /// `record --snapshot-every`.
+    Periodic,
+    /// SIGUSR2 sent to the recorder.
+    Signal,
+    /// The recorder detaching from the process.
+    Detach,
+}
+
+impl SnapshotTrigger {
+    /// The word reports use: `exit`, `periodic`, `signal`, `detach`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SnapshotTrigger::Exit => "exit",
+            SnapshotTrigger::Periodic => "periodic",
+            SnapshotTrigger::Signal => "signal",
+            SnapshotTrigger::Detach => "detach",
+        }
+    }
+}
+
 /// A root region and the pointers into live blocks found in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRoot {
@@ -615,6 +662,20 @@ pub enum Record {
     /// every other record but [`Record::End`], in chunks that hold nothing else (see
     /// docs/FORMAT.md); a module's addresses may be spread over several records.
     Symbols(Box<ModuleSymbols>),
+    /// Inside a snapshot (format version 4): one thread's call stack at the snapshot,
+    /// so that a stack root word can be named by the frame that holds it.
+    SnapshotThread(Box<SnapshotThread>),
+    /// Inside a snapshot, before its [`Record::SnapshotEnd`] (format version 4): why it
+    /// was taken and how long the process was stopped for it.
+    SnapshotInfo {
+        /// The process.
+        pid: u32,
+        /// What asked for it.
+        trigger: SnapshotTrigger,
+        /// How long the process's threads were stopped, in nanoseconds (for a snapshot
+        /// at exit: the time taken, as the process was ending anyway).
+        pause_ns: u64,
+    },
 }
 
 // The size the decoder's speed was measured with (see the enum's documentation).
@@ -647,7 +708,9 @@ impl Record {
             | Record::SnapshotBlock { .. }
             | Record::SnapshotEnd { .. }
             | Record::SnapshotHeuristic { .. }
-            | Record::Symbols(_) => None,
+            | Record::Symbols(_)
+            | Record::SnapshotThread(_)
+            | Record::SnapshotInfo { .. } => None,
         }
     }
 

@@ -401,7 +401,7 @@ impl Replay {
             Record::SnapshotBegin { pid, .. } => self.snapshot_begin(pid),
             Record::SnapshotRoot(root) => {
                 if let Some(s) = self.snapshots.get_mut(&root.pid) {
-                    s.graph.add_root(&root.pointers);
+                    s.graph.add_root_region(&root);
                 }
             }
             Record::SnapshotBlock {
@@ -414,6 +414,20 @@ impl Replay {
                 }
             }
             Record::SnapshotEnd { pid, blocks, .. } => self.snapshot_end(pid, blocks),
+            Record::SnapshotThread(t) => {
+                if let Some(s) = self.snapshots.get_mut(&t.pid) {
+                    s.graph.add_thread(*t);
+                }
+            }
+            Record::SnapshotInfo {
+                pid,
+                trigger,
+                pause_ns,
+            } => {
+                if let Some(s) = self.snapshots.get_mut(&pid) {
+                    s.info = Some((trigger, pause_ns));
+                }
+            }
             Record::Symbols(s) => {
                 if self.keep_symbols {
                     self.symbols.push(*s);

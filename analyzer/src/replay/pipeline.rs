@@ -148,7 +148,9 @@ impl Replay {
             | Record::ModuleUnload { .. }
             | Record::SnapshotRoot(_)
             | Record::SnapshotBlock { .. }
-            | Record::SnapshotHeuristic { .. } => false,
+            | Record::SnapshotHeuristic { .. }
+            | Record::SnapshotThread(_)
+            | Record::SnapshotInfo { .. } => false,
             Record::ModuleLoad(m) => self.running(m.pid).is_none(),
             // Allocator events that change counters only (the thread is known: see
             // `first_unbound`).

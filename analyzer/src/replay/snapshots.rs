@@ -3,6 +3,8 @@
 //! blocks at its start, and its end classifies it (see [`crate::checks::leaks`]) into
 //! the image's [`LeakCheck`].
 
+use heaptape_format::SnapshotTrigger;
+
 use super::heap::ImageId;
 use super::Replay;
 use crate::checks::leaks::{HeuristicMatches, LeakCheck, LiveBlock, SnapshotGraph};
@@ -14,6 +16,9 @@ pub(super) struct PendingSnapshot {
     pub(super) graph: SnapshotGraph,
     /// The recorder's heuristic verdicts (`SnapshotHeuristic` records).
     pub(super) heuristics: HeuristicMatches,
+    /// What asked for it and the pause (a `SnapshotInfo` record; none before format
+    /// version 4).
+    pub(super) info: Option<(SnapshotTrigger, u64)>,
 }
 
 impl Replay {
@@ -44,6 +49,7 @@ impl Replay {
                         .collect(),
                 ),
                 heuristics: HeuristicMatches::new(),
+                info: None,
             },
             _ => {
                 self.snapshot_lost(

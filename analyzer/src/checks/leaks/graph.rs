@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use heaptape_format::heuristics::BlockIndex;
-use heaptape_format::Pointer;
+use heaptape_format::{Pointer, RootKind, SnapshotRoot, SnapshotThread};
 use rayon::prelude::*;
 
 use super::heuristics::{BlockRef, HeuristicSet, HeuristicSource};
@@ -18,8 +18,33 @@ use super::tally::tally;
 pub struct SnapshotGraph {
     blocks: Vec<LiveBlock>,
     roots: Vec<u64>,
+    /// Where each of `roots` was found.
+    root_words: Vec<RootWord>,
+    regions: Vec<RootRegion>,
+    threads: Vec<SnapshotThread>,
     runs: Vec<Run>,
     targets: Vec<u64>,
+}
+
+/// A root region of the snapshot (a `SnapshotRoot` record, without its pointers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootRegion {
+    /// What the region is.
+    pub kind: RootKind,
+    /// Its start (0 for registers).
+    pub start: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+/// Where a root pointer was found: a region (an index into the regions) and the
+/// word's offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootWord {
+    /// Index of the region.
+    pub region: u32,
+    /// Byte offset of the word in the region.
+    pub offset: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -84,10 +109,39 @@ impl SnapshotGraph {
         self.blocks.len()
     }
 
-    /// Adds the pointers found in a root region (a `SnapshotRoot` record; a region
-    /// split over several records is simply added several times).
+    /// Adds root pointers found in an unnamed place (an anonymous region at 0, as a
+    /// test or a synthetic graph has them).
     pub fn add_root(&mut self, pointers: &[Pointer]) {
-        self.roots.extend(pointers.iter().map(|p| p.target));
+        self.add_root_region(&SnapshotRoot {
+            pid: 0,
+            kind: RootKind::Anonymous,
+            start: 0,
+            len: pointers.iter().map(|p| p.offset + 8).max().unwrap_or(0),
+            pointers: pointers.to_vec(),
+        });
+    }
+
+    /// Adds a root region and the pointers found in it (a `SnapshotRoot` record; a
+    /// region split over several records is simply added several times).
+    pub fn add_root_region(&mut self, root: &SnapshotRoot) {
+        let region = self.regions.len() as u32;
+        self.regions.push(RootRegion {
+            kind: root.kind.clone(),
+            start: root.start,
+            len: root.len,
+        });
+        self.roots.extend(root.pointers.iter().map(|p| p.target));
+        self.root_words
+            .extend(root.pointers.iter().map(|p| RootWord {
+                region,
+                offset: p.offset,
+            }));
+    }
+
+    /// Adds a thread's call stack at the snapshot (a `SnapshotThread` record), which
+    /// names the frames its stack root words are in.
+    pub fn add_thread(&mut self, thread: SnapshotThread) {
+        self.threads.push(thread);
     }
 
     /// Adds the pointers found inside the block at `address` (a `SnapshotBlock`
@@ -117,6 +171,9 @@ impl SnapshotGraph {
         let SnapshotGraph {
             blocks,
             mut roots,
+            root_words,
+            regions,
+            threads,
             mut runs,
             mut targets,
         } = self;
@@ -195,7 +252,6 @@ impl SnapshotGraph {
         graph.reach(seeds, &definite);
         let seeds: Vec<u32> = roots.iter().filter_map(|&e| any(e)).collect();
         graph.reach(seeds, &any);
-        drop(roots);
 
         let mut kinds: Vec<LeakKind> = flags
             .par_iter()
@@ -279,7 +335,77 @@ impl SnapshotGraph {
             leaders,
             indirect,
             heuristic_of,
+            graph: PointerGraph {
+                csr: graph,
+                roots,
+                root_words,
+                regions,
+                threads,
+            },
         })
+    }
+}
+
+/// The pointer graph of a classified snapshot, resolved to block indexes (address
+/// order), kept for the retention analysis ([`crate::checks::retention`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PointerGraph {
+    csr: Csr,
+    /// Every root pointer, resolved (stray ones included).
+    roots: Vec<u64>,
+    /// Where each of `roots` was found.
+    root_words: Vec<RootWord>,
+    regions: Vec<RootRegion>,
+    threads: Vec<SnapshotThread>,
+}
+
+/// How a pointer reaches its target block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointerKind {
+    /// To its start.
+    Start,
+    /// Inside it; `true` when one of the enabled heuristics accepts it.
+    Interior(bool),
+}
+
+#[inline]
+fn decode(e: u64) -> Option<(u32, PointerKind)> {
+    let kind = match edge_kind(e) {
+        K_STRAY => return None,
+        K_START => PointerKind::Start,
+        K_INTERIOR => PointerKind::Interior(false),
+        _ => PointerKind::Interior(true),
+    };
+    Some((edge_target(e) as u32, kind))
+}
+
+impl PointerGraph {
+    /// How many blocks the graph has.
+    pub fn block_count(&self) -> usize {
+        self.csr.offsets.len().saturating_sub(1)
+    }
+
+    /// The blocks block `b` points into, with how (a target appears once per pointer).
+    pub fn edges(&self, b: usize) -> impl Iterator<Item = (u32, PointerKind)> + '_ {
+        self.csr.edges(b).iter().filter_map(|&e| decode(e))
+    }
+
+    /// Every root pointer into a block: where it was found, its target, how.
+    pub fn root_pointers(&self) -> impl Iterator<Item = (RootWord, u32, PointerKind)> + '_ {
+        self.roots
+            .iter()
+            .zip(&self.root_words)
+            .filter_map(|(&e, &w)| decode(e).map(|(t, k)| (w, t, k)))
+    }
+
+    /// The root regions, indexed by [`RootWord::region`].
+    pub fn regions(&self) -> &[RootRegion] {
+        &self.regions
+    }
+
+    /// The threads' call stacks at the snapshot (none in traces before format 4).
+    pub fn threads(&self) -> &[SnapshotThread] {
+        &self.threads
     }
 }
 
@@ -324,6 +450,7 @@ impl Resolver<'_> {
 }
 
 /// Adjacency of the blocks: the edges of block `b` are `adj[offsets[b]..offsets[b+1]]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Csr {
     offsets: Vec<usize>,
     adj: Vec<u64>,

@@ -8,6 +8,7 @@ use std::fmt;
 
 use heaptape_format::{AllocFn, StackId};
 
+use super::graph::PointerGraph;
 use super::heuristics::{Heuristic, HeuristicSet};
 
 /// The four classes of a live block, in memcheck's order (the order its loss records
@@ -211,6 +212,8 @@ pub struct LeakReport {
     /// Each block's heuristic credit (an index into [`Heuristic::ALL`]), else
     /// [`NO_HEURISTIC`].
     pub(super) heuristic_of: Vec<u8>,
+    /// The pointer graph, for the retention analysis.
+    pub(super) graph: PointerGraph,
 }
 
 /// `LeakReport::leaders` of a block that is not indirectly lost.
@@ -255,6 +258,21 @@ impl LeakReport {
     /// Every verdict, in address order (suppressed blocks keep their class here).
     pub fn verdicts(&self) -> impl Iterator<Item = BlockVerdict> + '_ {
         (0..self.blocks.len()).filter_map(|i| self.block(i))
+    }
+
+    /// The snapshot's pointer graph, over the blocks in address order.
+    pub fn graph(&self) -> &PointerGraph {
+        &self.graph
+    }
+
+    /// The block at index `i` (address order).
+    pub fn live_block(&self, i: usize) -> &LiveBlock {
+        &self.blocks[i]
+    }
+
+    /// The class of the block at index `i` (address order).
+    pub fn kind_of(&self, i: usize) -> LeakKind {
+        self.kinds[i]
     }
 
     /// The loss records no suppression hides, largest first (what reports list).
