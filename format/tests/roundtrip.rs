@@ -306,6 +306,18 @@ fn every_variant_is_covered() {
                 },
             ],
         })),
+        Record::SnapshotThread(Box::new(heaptape_format::SnapshotThread {
+            pid: 2,
+            tid: 3,
+            name: "worker".into(),
+            stack: 2,
+            frames: vec![0x7ffc_0000_1000, 0x7ffc_0000_1040],
+        })),
+        Record::SnapshotInfo {
+            pid: 2,
+            trigger: heaptape_format::SnapshotTrigger::Periodic,
+            pause_ns: 1_234_567,
+        },
     ];
     for target in [1, 64, 1 << 20] {
         check_round_trip(&recs, target).expect("round trip");
@@ -325,7 +337,7 @@ fn every_variant_is_covered() {
     );
 }
 
-const KINDS: usize = 24;
+const KINDS: usize = 26;
 
 /// The variant index of a record. No wildcard arm: adding a variant to `Record` breaks
 /// this until the variant gets a round-trip case above and in `common::any_record`.
@@ -355,6 +367,8 @@ fn kind(r: &Record) -> usize {
         Record::End { .. } => 21,
         Record::SnapshotHeuristic { .. } => 22,
         Record::Symbols(_) => 23,
+        Record::SnapshotThread(_) => 24,
+        Record::SnapshotInfo { .. } => 25,
     }
 }
 

@@ -258,6 +258,15 @@ pub fn any_record() -> impl Strategy<Value = Record> {
             Record::SnapshotHeuristic { pid, address, offset, matched }
         }),
         1 => any_symbols().prop_map(|s| Record::Symbols(Box::new(s))),
+        1 => (any_u32(), any_u32(), any_string(), any_u32(), prop::collection::vec(any_u64(), 0..8)).prop_map(
+            |(pid, tid, name, stack, frames)| Record::SnapshotThread(Box::new(heaptape_format::SnapshotThread { pid, tid, name, stack, frames }))
+        ),
+        1 => (any_u32(), prop::sample::select(vec![
+            heaptape_format::SnapshotTrigger::Exit,
+            heaptape_format::SnapshotTrigger::Periodic,
+            heaptape_format::SnapshotTrigger::Signal,
+            heaptape_format::SnapshotTrigger::Detach,
+        ]), any_u64()).prop_map(|(pid, trigger, pause_ns)| Record::SnapshotInfo { pid, trigger, pause_ns }),
     ]
 }
 
