@@ -5,6 +5,8 @@
 //!   LeakSanitizer's formats, and the default list of the runtimes' own blocks);
 //! * [`bad_frees`]: double, invalid and mismatched frees;
 //! * [`resources`]: descriptors and mappings left open;
+//! * [`retention`]: who holds the reachable memory (dominator tree, retained sizes,
+//!   paths from the roots);
 //! * [`timeline`]: the live heap beside the resident set over time, and what their
 //!   shapes say (leak, fragmentation, stable).
 //!
@@ -13,6 +15,7 @@
 pub(crate) mod bad_frees;
 pub(crate) mod leaks;
 pub(crate) mod resources;
+pub(crate) mod retention;
 pub(crate) mod suppressions;
 pub(crate) mod timeline;
 

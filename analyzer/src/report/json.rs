@@ -149,6 +149,7 @@ fn image(
         loss_records,
         mmap_leaks,
         modules,
+        retention: super::retention::json(a, img, sym, limits, stacks),
         sites_at_peak,
         sites_live_at_exit,
         start_ns: img.start_ts,

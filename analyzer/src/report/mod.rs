@@ -5,7 +5,8 @@
 //!
 //! Both renderers read the same replay results and describe frames through the same
 //! [`Symbolizer`](crate::Symbolizer), so the two reports always agree. Each renderer
-//! calls the sections of the checks ([`resources`]: descriptors, mappings, timeline)
+//! calls the sections of the checks ([`resources`]: descriptors, mappings, timeline;
+//! [`retention`]: who holds the memory)
 //! and of the call-site analyses ([`callsites`]); all of them put frames in words
 //! through [`frames`], enums through [`names`], and figures through [`crate::units`].
 
@@ -21,6 +22,7 @@ pub(crate) mod limits;
 pub(crate) mod names;
 pub mod pprof;
 pub(crate) mod resources;
+pub(crate) mod retention;
 pub mod schema;
 pub mod speedscope;
 pub(crate) mod suppressions;

@@ -160,7 +160,8 @@ fn image(
             num(t.allocator_internal_frees)
         )?;
     }
-    super::callsites::text(a, img, out, opts, sym, stacks)
+    super::callsites::text(a, img, out, opts, sym, stacks)?;
+    super::retention::text(a, img, out, opts, sym, stacks)
 }
 
 /// memcheck's LEAK SUMMARY (suppressed blocks on their own line), then the largest

@@ -54,8 +54,12 @@ struct Run {
     end: usize,
 }
 
-// Edge encoding after resolution: target block index in the low 32 bits, kind above.
+// Edge encoding after resolution: target block index in the low 32 bits, the kind in
+// the next 8, the offset of the target in its block in the top 24 (saturated: only
+// retention paths show it).
 const KIND_SHIFT: u32 = 32;
+const OFFSET_SHIFT: u32 = 40;
+const OFFSET_MAX: u64 = (1 << 24) - 1;
 const K_STRAY: u64 = 0;
 const K_START: u64 = 1;
 const K_INTERIOR: u64 = 2;
@@ -69,7 +73,12 @@ fn edge_target(e: u64) -> usize {
 
 #[inline]
 fn edge_kind(e: u64) -> u64 {
-    e >> KIND_SHIFT
+    (e >> KIND_SHIFT) & 0xff
+}
+
+#[inline]
+fn edge_offset(e: u64) -> u64 {
+    e >> OFFSET_SHIFT
 }
 
 /// Sets `bits` in `flag` and returns the previous value (skipping the write when
@@ -364,8 +373,14 @@ pub struct PointerGraph {
 pub enum PointerKind {
     /// To its start.
     Start,
-    /// Inside it; `true` when one of the enabled heuristics accepts it.
-    Interior(bool),
+    /// Inside it, at `offset` bytes from its start (at most 16 MiB - 1: larger offsets
+    /// are held at that); `heuristic` when one of the enabled heuristics accepts it.
+    Interior {
+        /// The target's offset in the block.
+        offset: u64,
+        /// Whether an enabled heuristic accepts the pointer.
+        heuristic: bool,
+    },
 }
 
 #[inline]
@@ -373,8 +388,10 @@ fn decode(e: u64) -> Option<(u32, PointerKind)> {
     let kind = match edge_kind(e) {
         K_STRAY => return None,
         K_START => PointerKind::Start,
-        K_INTERIOR => PointerKind::Interior(false),
-        _ => PointerKind::Interior(true),
+        k => PointerKind::Interior {
+            offset: edge_offset(e),
+            heuristic: k >= K_HEUR,
+        },
     };
     Some((edge_target(e) as u32, kind))
 }
@@ -388,6 +405,18 @@ impl PointerGraph {
     /// The blocks block `b` points into, with how (a target appears once per pointer).
     pub fn edges(&self, b: usize) -> impl Iterator<Item = (u32, PointerKind)> + '_ {
         self.csr.edges(b).iter().filter_map(|&e| decode(e))
+    }
+
+    /// How many pointers block `b` holds into blocks.
+    #[inline]
+    pub(crate) fn out_degree(&self, b: usize) -> usize {
+        self.csr.offsets[b + 1] - self.csr.offsets[b]
+    }
+
+    /// The target of block `b`'s `i`-th pointer.
+    #[inline]
+    pub(crate) fn target_at(&self, b: usize, i: usize) -> u32 {
+        edge_target(self.csr.adj[self.csr.offsets[b] + i]) as u32
     }
 
     /// Every root pointer into a block: where it was found, its target, how.
@@ -445,7 +474,7 @@ impl Resolver<'_> {
                 None => K_INTERIOR,
             }
         };
-        (kind << KIND_SHIFT) | b as u64
+        (offset.min(OFFSET_MAX) << OFFSET_SHIFT) | (kind << KIND_SHIFT) | b as u64
     }
 }
 

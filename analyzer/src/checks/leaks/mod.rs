@@ -74,7 +74,7 @@ mod suppress;
 mod tally;
 
 pub use fail_on::FailOn;
-pub use graph::{PointerGraph, PointerKind, RootRegion, RootWord, SnapshotGraph};
+pub use graph::{PointerGraph, PointerKind, RootWord, SnapshotGraph};
 pub use heuristics::{
     BlockRef, Heuristic, HeuristicMatches, HeuristicSet, HeuristicSource, NoHeuristicData,
 };

@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::{
-    FdLeak, Frame, GrowthSite, InvalidFree, LeakSummary, LossRecord, MmapLeak, SiteAtPeak,
-    SiteLiveAtExit, TimelinePoint, Verdict,
+    FdLeak, Frame, GrowthSite, InvalidFree, LeakSummary, LossRecord, MmapLeak, Retention,
+    SiteAtPeak, SiteLiveAtExit, TimelinePoint, Verdict,
 };
 
 /// The version of the document's shape: 2 since stacks are shared (see
@@ -128,6 +128,8 @@ pub struct Process {
     pub pid: u32,
     /// The images it exec'd away from, oldest first.
     pub previous_images: Vec<Image>,
+    /// See [`Image::retention`].
+    pub retention: Option<Retention>,
     /// See [`Image::sites_at_peak`].
     pub sites_at_peak: Vec<SiteAtPeak>,
     /// See [`Image::sites_live_at_exit`].
@@ -168,6 +170,7 @@ impl Process {
             loss_records,
             mmap_leaks,
             modules,
+            retention,
             sites_at_peak,
             sites_live_at_exit,
             start_ns,
@@ -194,6 +197,7 @@ impl Process {
             parent_pid,
             pid,
             previous_images,
+            retention,
             sites_at_peak,
             sites_live_at_exit,
             start_ns,
@@ -247,6 +251,8 @@ pub struct Image {
     pub mmap_leaks: Vec<MmapLeak>,
     /// Its modules.
     pub modules: Vec<Module>,
+    /// Who holds its reachable memory at its last snapshot; `null` without one.
+    pub retention: Option<Retention>,
     /// The call sites holding the most bytes at its heap peak (the top ones).
     pub sites_at_peak: Vec<SiteAtPeak>,
     /// The call sites holding the most bytes when it ended (the top ones).

@@ -19,6 +19,7 @@ mod document;
 mod frame;
 mod leaks;
 mod resources;
+mod retention;
 mod sites;
 mod stack;
 
@@ -29,6 +30,7 @@ pub use document::{
 pub use frame::Frame;
 pub use leaks::{BadFreeBlock, Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
 pub use resources::{FdLeak, MmapLeak, TimelinePoint, Verdict, VerdictSite};
+pub use retention::{Held, Hop, Retainer, Retention, Root, SiteRetention, SiteRoot};
 pub use sites::{GrowthSite, SiteAtPeak, SiteLiveAtExit};
 pub(crate) use stack::StackMaker;
 pub use stack::{inline_stacks, Stack};

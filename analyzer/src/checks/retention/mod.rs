@@ -1,0 +1,484 @@
+//! Who holds the memory: the dominator tree of a snapshot's reachable blocks, the
+//! memory each root retains, and the shortest path from a root to what it holds.
+//!
+//! The leak classes say whether a block is reachable; this says *why*. The flow graph
+//! has a super-root, one node per named root ([`RootName`]: a global variable, a
+//! thread's stack frame, its registers or TLS, an anonymous region; the words of one
+//! variable or frame are one root), and the reachable blocks; its edges are the
+//! snapshot's pointers, start and interior alike (the blocks memcheck calls still
+//! reachable or possibly lost). A block's immediate dominator is the closest node every
+//! path to it passes through: if that node let go, the block would become
+//! unreachable. What a root *retains* is its subtree in the dominator tree; a block
+//! dominated by no single root (two roots share it) is retained by none of them and
+//! counted as shared (Eclipse Memory Analyzer's rule for Java heaps, applied to the
+//! native pointer graph).
+//!
+//! Call sites: the bytes retained by the blocks allocated at a stack are their
+//! subtrees, counting a block only when no block of the same stack dominates it (a
+//! list of nodes from one site retains the list once), with the roots that hold them.
+
+mod dominators;
+mod roots;
+
+pub use roots::RootName;
+
+use std::collections::HashMap;
+
+use heaptape_format::StackId;
+
+use crate::checks::leaks::{Count, LeakReport, LiveBlock, PointerGraph, PointerKind};
+use crate::modules::ModuleMap;
+use crate::stacks::StackTable;
+use crate::symbolize::Symbolizer;
+use dominators::{Dominators, FlowGraph, NONE};
+use roots::RootNamer;
+
+/// Blocks shown under each root, at most.
+const HELD_PER_ROOT: usize = 3;
+/// Roots shown per call site, at most.
+const ROOTS_PER_SITE: usize = 3;
+
+/// One hop of a path from a root: the block reached and the pointer that reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// The block.
+    pub block: LiveBlock,
+    /// How the previous node (the root, or the previous hop's block) points at it.
+    pub via: PointerKind,
+}
+
+/// A block a root holds directly in the dominator tree, and the shortest path to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// What the block retains (itself included).
+    pub retained: Count,
+    /// The shortest path from the root: the last hop is the block.
+    pub path: Vec<Hop>,
+}
+
+/// A root and what it retains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retainer {
+    /// The root.
+    pub root: RootName,
+    /// What would be freed if it let go.
+    pub retained: Count,
+    /// Its largest children in the dominator tree, largest first.
+    pub held: Vec<Held>,
+}
+
+/// The memory retained by the blocks of one allocation stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteRetention {
+    /// The allocation stack.
+    pub stack: StackId,
+    /// The bytes and blocks its blocks retain.
+    pub retained: Count,
+    /// The roots that hold them, with the bytes each holds, most first; `None` for
+    /// blocks no single root retains.
+    pub roots: Vec<(Option<RootName>, u64)>,
+}
+
+/// Who holds the memory of one snapshot (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// The reachable blocks (still reachable and possibly lost).
+    pub reachable: Count,
+    /// Blocks no single root retains (reachable from several).
+    pub shared: Count,
+    /// How many roots retain something.
+    pub root_count: usize,
+    /// The roots that retain the most, most first.
+    pub roots: Vec<Retainer>,
+    /// The allocation stacks whose blocks retain the most, most first.
+    pub sites: Vec<SiteRetention>,
+}
+
+/// The flow graph: node 0 the super-root, nodes `1..=roots` the named roots, then the
+/// blocks (block `b` is node `1 + roots + b`).
+struct Flow<'a> {
+    graph: &'a PointerGraph,
+    roots: usize,
+    /// The blocks each root points into: `root_targets[root_offsets[r]..root_offsets[r+1]]`.
+    root_offsets: Vec<usize>,
+    root_targets: Vec<(u32, PointerKind)>,
+}
+
+impl Flow<'_> {
+    #[inline]
+    fn first_block(&self) -> u32 {
+        1 + self.roots as u32
+    }
+}
+
+impl FlowGraph for Flow<'_> {
+    fn len(&self) -> usize {
+        1 + self.roots + self.graph.block_count()
+    }
+
+    #[inline]
+    fn degree(&self, v: u32) -> usize {
+        let v = v as usize;
+        if v == 0 {
+            self.roots
+        } else if v <= self.roots {
+            self.root_offsets[v] - self.root_offsets[v - 1]
+        } else {
+            self.graph.out_degree(v - 1 - self.roots)
+        }
+    }
+
+    #[inline]
+    fn succ(&self, v: u32, i: usize) -> u32 {
+        let v = v as usize;
+        if v == 0 {
+            1 + i as u32
+        } else if v <= self.roots {
+            self.first_block() + self.root_targets[self.root_offsets[v - 1] + i].0
+        } else {
+            self.first_block() + self.graph.target_at(v - 1 - self.roots, i)
+        }
+    }
+}
+
+/// The retention analysis of a snapshot, kept to answer several questions (the
+/// summary, the flame graph of retained bytes).
+pub struct RetentionTree<'a> {
+    report: &'a LeakReport,
+    flow: Flow<'a>,
+    names: Vec<RootName>,
+    dom: Dominators,
+    /// Retained bytes and blocks per preorder number.
+    bytes: Vec<u64>,
+    blocks: Vec<u64>,
+}
+
+impl<'a> RetentionTree<'a> {
+    /// Builds the dominator tree of `report`'s reachable blocks. `stacks`, `modules` and
+    /// `sym` name the roots (the image's stack table, module map and a symbolizer).
+    pub fn new(
+        report: &'a LeakReport,
+        stacks: &StackTable,
+        modules: &ModuleMap,
+        sym: &dyn Symbolizer,
+    ) -> RetentionTree<'a> {
+        let graph = report.graph();
+        // Group the root words by what holds them.
+        let namer = RootNamer::new(graph, stacks, modules, sym);
+        let mut ids: HashMap<RootName, usize> = HashMap::new();
+        let mut names: Vec<RootName> = Vec::new();
+        let mut pairs: Vec<(usize, u32, PointerKind)> = Vec::new();
+        for (word, target, kind) in graph.root_pointers() {
+            let name = namer.name(word);
+            let id = *ids.entry(name).or_insert_with_key(|n| {
+                names.push(n.clone());
+                names.len() - 1
+            });
+            pairs.push((id, target, kind));
+        }
+        pairs.sort_by_key(|&(id, target, _)| (id, target));
+        pairs.dedup_by_key(|p| (p.0, p.1));
+        let mut root_offsets = vec![0usize; names.len() + 1];
+        for &(id, _, _) in &pairs {
+            root_offsets[id + 1] += 1;
+        }
+        for i in 0..names.len() {
+            root_offsets[i + 1] += root_offsets[i];
+        }
+        let flow = Flow {
+            graph,
+            roots: names.len(),
+            root_offsets,
+            root_targets: pairs.into_iter().map(|(_, t, k)| (t, k)).collect(),
+        };
+        let dom = Dominators::compute(&flow, 0);
+
+        // Retained sizes: every node's own size, summed up the dominator tree (a
+        // node's immediate dominator has a smaller preorder number).
+        let n = dom.len();
+        let first = flow.first_block() as usize;
+        let mut bytes = vec![0u64; n];
+        let mut blocks = vec![0u64; n];
+        for x in 0..n {
+            let v = dom.order[x] as usize;
+            if v >= first {
+                bytes[x] = report.live_block(v - first).size;
+                blocks[x] = 1;
+            }
+        }
+        for x in (1..n).rev() {
+            let d = dom.idom[x] as usize;
+            bytes[d] = bytes[d].saturating_add(bytes[x]);
+            blocks[d] += blocks[x];
+        }
+        RetentionTree {
+            report,
+            flow,
+            names,
+            dom,
+            bytes,
+            blocks,
+        }
+    }
+
+    fn count(&self, x: usize) -> Count {
+        Count {
+            blocks: self.blocks[x],
+            bytes: self.bytes[x],
+        }
+    }
+
+    fn block_of(&self, x: usize) -> Option<usize> {
+        (self.dom.order[x] as usize).checked_sub(self.flow.first_block() as usize)
+    }
+
+    /// The summary: the `top` roots that retain the most (each with its largest
+    /// children and the shortest paths to them), and the `top` allocation stacks.
+    pub fn summary(&self, top: usize) -> Retention {
+        let n = self.dom.len();
+        let roots = self.flow.roots;
+        // Roots by retained bytes (a root's number: its node's).
+        let mut by_root: Vec<usize> = (1..=roots)
+            .filter_map(|r| {
+                let x = self.dom.number[r];
+                (x != NONE && self.blocks[x as usize] > 0).then_some(x as usize)
+            })
+            .collect();
+        let root_count = by_root.len();
+        by_root.sort_by(|&a, &b| {
+            self.bytes[b].cmp(&self.bytes[a]).then_with(|| {
+                self.names[self.dom.order[a] as usize - 1]
+                    .cmp(&self.names[self.dom.order[b] as usize - 1])
+            })
+        });
+        by_root.truncate(top);
+
+        // The largest children of the roots shown, and of the super-root (shared).
+        let mut children: HashMap<usize, Vec<usize>> =
+            by_root.iter().map(|&x| (x, Vec::new())).collect();
+        let mut shared = Count::default();
+        for x in 1..n {
+            let d = self.dom.idom[x] as usize;
+            if d == 0 {
+                if self.block_of(x).is_some() {
+                    shared.blocks += self.blocks[x];
+                    shared.bytes = shared.bytes.saturating_add(self.bytes[x]);
+                }
+            } else if let Some(list) = children.get_mut(&d) {
+                list.push(x);
+            }
+        }
+        for list in children.values_mut() {
+            list.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
+            list.truncate(HELD_PER_ROOT);
+        }
+        let targets: Vec<u32> = children
+            .values()
+            .flatten()
+            .map(|&x| self.dom.order[x])
+            .collect();
+        let parents = self.shortest_paths(&targets);
+
+        let retainers = by_root
+            .iter()
+            .map(|&x| Retainer {
+                root: self.names[self.dom.order[x] as usize - 1].clone(),
+                retained: self.count(x),
+                held: children[&x]
+                    .iter()
+                    .map(|&c| Held {
+                        retained: self.count(c),
+                        path: self.path(&parents, self.dom.order[c]),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let reachable = self.count(0);
+        Retention {
+            reachable,
+            shared,
+            root_count,
+            roots: retainers,
+            sites: self.sites(top),
+        }
+    }
+
+    /// Breadth-first from the super-root until every target is reached: each node's
+    /// parent on a shortest path (by node; [`NONE`] when not reached). A root dominates
+    /// the blocks it retains, so their shortest path from the super-root goes through
+    /// it.
+    fn shortest_paths(&self, targets: &[u32]) -> HashMap<u32, u32> {
+        let mut parent: HashMap<u32, u32> = HashMap::new();
+        let mut left: std::collections::HashSet<u32> = targets.iter().copied().collect();
+        let mut seen = vec![false; self.flow.len()];
+        seen[0] = true;
+        let mut frontier = vec![0u32];
+        let mut next = Vec::new();
+        let mut tree: Vec<(u32, u32)> = Vec::new();
+        while !frontier.is_empty() && !left.is_empty() {
+            for &v in &frontier {
+                for i in 0..self.flow.degree(v) {
+                    let w = self.flow.succ(v, i);
+                    if !seen[w as usize] {
+                        seen[w as usize] = true;
+                        tree.push((w, v));
+                        left.remove(&w);
+                        next.push(w);
+                    }
+                }
+            }
+            std::mem::swap(&mut frontier, &mut next);
+            next.clear();
+        }
+        // Keep the links on the targets' paths only.
+        let links: HashMap<u32, u32> = tree.into_iter().collect();
+        for &t in targets {
+            let mut v = t;
+            while let Some(&p) = links.get(&v) {
+                parent.insert(v, p);
+                if p == 0 {
+                    break;
+                }
+                v = p;
+            }
+        }
+        parent
+    }
+
+    /// The hops from the root to node `target`, along `parent` links.
+    fn path(&self, parent: &HashMap<u32, u32>, target: u32) -> Vec<Hop> {
+        let first = self.flow.first_block();
+        let mut nodes = vec![target];
+        let mut v = target;
+        while let Some(&p) = parent.get(&v) {
+            if p < first {
+                nodes.push(p);
+                break;
+            }
+            nodes.push(p);
+            v = p;
+        }
+        nodes.reverse();
+        nodes
+            .windows(2)
+            .map(|w| {
+                let (from, to) = (w[0], w[1]);
+                let b = (to - first) as usize;
+                Hop {
+                    block: *self.report.live_block(b),
+                    via: self.pointer_kind(from, to - first),
+                }
+            })
+            .collect()
+    }
+
+    /// How node `from` points at block `to` (the first such pointer).
+    fn pointer_kind(&self, from: u32, to: u32) -> PointerKind {
+        let first = self.flow.first_block();
+        if from >= first {
+            self.flow
+                .graph
+                .edges((from - first) as usize)
+                .find(|&(t, _)| t == to)
+                .map_or(PointerKind::Start, |(_, k)| k)
+        } else {
+            let r = from as usize;
+            self.flow.root_targets[self.flow.root_offsets[r - 1]..self.flow.root_offsets[r]]
+                .iter()
+                .find(|&&(t, _)| t == to)
+                .map_or(PointerKind::Start, |&(_, k)| k)
+        }
+    }
+
+    /// The children of each number in the dominator tree (a flat array).
+    fn children(&self) -> (Vec<usize>, Vec<u32>) {
+        let n = self.dom.len();
+        let mut offsets = vec![0usize; n + 1];
+        for x in 1..n {
+            offsets[self.dom.idom[x] as usize + 1] += 1;
+        }
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut fill = offsets.clone();
+        let mut kids = vec![0u32; offsets[n]];
+        for x in 1..n {
+            let d = self.dom.idom[x] as usize;
+            kids[fill[d]] = x as u32;
+            fill[d] += 1;
+        }
+        (offsets, kids)
+    }
+
+    /// The `top` allocation stacks by retained bytes (see the module docs).
+    fn sites(&self, top: usize) -> Vec<SiteRetention> {
+        let (offsets, kids) = self.children();
+        let mut active: HashMap<StackId, u32> = HashMap::new();
+        let mut totals: HashMap<StackId, Count> = HashMap::new();
+        let mut held: HashMap<(StackId, usize), u64> = HashMap::new();
+        // (number, next child, the root above it: 0 for none)
+        let mut stack: Vec<(u32, usize, usize)> = vec![(0, 0, 0)];
+        while let Some(top_frame) = stack.last_mut() {
+            let (x, i, root) = *top_frame;
+            let x = x as usize;
+            if offsets[x] + i < offsets[x + 1] {
+                top_frame.1 += 1;
+                let c = kids[offsets[x] + i] as usize;
+                let root = if x == 0 && self.block_of(c).is_none() {
+                    c
+                } else {
+                    root
+                };
+                if let Some(b) = self.block_of(c) {
+                    let s = self.report.live_block(b).stack;
+                    let depth = active.entry(s).or_insert(0);
+                    if *depth == 0 {
+                        let t = totals.entry(s).or_default();
+                        t.blocks += self.blocks[c];
+                        t.bytes = t.bytes.saturating_add(self.bytes[c]);
+                        *held.entry((s, root)).or_insert(0) += self.bytes[c];
+                    }
+                    *depth += 1;
+                }
+                stack.push((c as u32, 0, root));
+            } else {
+                stack.pop();
+                if let Some(b) = self.block_of(x) {
+                    let s = self.report.live_block(b).stack;
+                    if let Some(d) = active.get_mut(&s) {
+                        *d -= 1;
+                    }
+                }
+            }
+        }
+        let mut sites: Vec<SiteRetention> = totals
+            .into_iter()
+            .map(|(stack, retained)| SiteRetention {
+                stack,
+                retained,
+                roots: Vec::new(),
+            })
+            .collect();
+        sites.sort_by(|a, b| {
+            b.retained
+                .bytes
+                .cmp(&a.retained.bytes)
+                .then(a.stack.cmp(&b.stack))
+        });
+        sites.truncate(top);
+        for site in &mut sites {
+            let mut roots: Vec<(Option<RootName>, u64)> = held
+                .iter()
+                .filter(|((s, _), _)| *s == site.stack)
+                .map(|(&(_, r), &bytes)| {
+                    let name = (r != 0).then(|| self.names[self.dom.order[r] as usize - 1].clone());
+                    (name, bytes)
+                })
+                .collect();
+            roots.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            roots.truncate(ROOTS_PER_SITE);
+            site.roots = roots;
+        }
+        sites
+    }
+}

@@ -1,0 +1,112 @@
+//! Who holds an image's reachable memory: the dominator tree of its last snapshot
+//! (see `checks::retention`).
+
+use serde::Serialize;
+
+use super::{Count, Frame, Stack};
+
+/// The retention of the image's last complete snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    /// The reachable blocks (still reachable and possibly lost), all retained by the
+    /// roots or shared.
+    pub reachable: Count,
+    /// How many roots retain at least one block.
+    pub root_count: usize,
+    /// The roots that retain the most, most first.
+    pub roots: Vec<Retainer>,
+    /// Blocks no single root retains (two or more roots reach them).
+    pub shared: Count,
+    /// The allocation stacks whose blocks retain the most, most first.
+    pub sites: Vec<SiteRetention>,
+}
+
+/// A root and what it retains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retainer {
+    /// Its largest children in the dominator tree, largest first, each with the
+    /// shortest path from the root.
+    pub held: Vec<Held>,
+    /// What would be freed if it let go.
+    pub retained: Count,
+    /// The root.
+    pub root: Root,
+}
+
+/// What holds a root pointer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Root {
+    /// The variable's address (`global`), the mapping's start (`anonymous`), `"0x…"`;
+    /// `null` otherwise.
+    pub address: Option<String>,
+    /// The frame's depth on its thread's stack, 0 innermost (`frame`).
+    pub depth: Option<u32>,
+    /// The root in words, as the text report names it.
+    pub description: String,
+    /// The frame's function (`frame`).
+    pub frame: Option<Frame>,
+    /// `global`, `module_data`, `frame`, `stack`, `registers`, `tls` or `anonymous`.
+    pub kind: &'static str,
+    /// The mapping's length (`anonymous`).
+    pub len: Option<u64>,
+    /// The module's path (`global`, `module_data`).
+    pub module: Option<String>,
+    /// The variable's name (`global`).
+    pub name: Option<String>,
+    /// The thread's name (`frame`, `stack`, `registers`, `tls`), `""` when unknown.
+    pub thread: Option<String>,
+    /// The thread (`frame`, `stack`, `registers`, `tls`).
+    pub tid: Option<u32>,
+}
+
+/// A block a root holds directly in the dominator tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Held {
+    /// The shortest path from the root: its last hop is the block.
+    pub path: Vec<Hop>,
+    /// What the block retains, itself included.
+    pub retained: Count,
+}
+
+/// One hop of a path: a block and the pointer that reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    /// The block's start, `"0x…"`.
+    pub address: String,
+    /// Where in the block the pointer points, for an interior pointer; `null` for a
+    /// pointer to its start.
+    pub interior_offset: Option<u64>,
+    /// The block's size.
+    pub size: u64,
+    /// Where it was allocated.
+    pub stack: Stack,
+    /// The allocation stack's trie id.
+    pub stack_id: u32,
+    /// `start`, `interior`, or `heuristic` (an interior pointer an enabled heuristic
+    /// accepts).
+    pub via: &'static str,
+}
+
+/// The memory the blocks of one allocation stack retain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SiteRetention {
+    /// The roots that hold it, most first, with the bytes each holds; `root` is
+    /// `null` for the part no single root retains.
+    pub held_by: Vec<SiteRoot>,
+    /// What its blocks retain (a block dominated by another block of the stack is
+    /// counted once, in the other's).
+    pub retained: Count,
+    /// The allocation stack.
+    pub stack: Stack,
+    /// Its trie id.
+    pub stack_id: u32,
+}
+
+/// A root holding part of a site's retained memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SiteRoot {
+    /// The bytes it holds.
+    pub bytes: u64,
+    /// The root; `null` for memory shared by several roots.
+    pub root: Option<Root>,
+}
