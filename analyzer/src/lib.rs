@@ -285,7 +285,10 @@ fn suppress(
     sym: Option<&Arc<ElfSymbolizer>>,
     embedded: Option<&Arc<EmbeddedSymbols>>,
 ) {
-    let has_records = |i: &Image| i.leaks.report().is_some_and(|r| !r.loss_records.is_empty());
+    let has_records = |i: &Image| {
+        i.leaks.report().is_some_and(|r| !r.loss_records.is_empty())
+            || !i.snapshots.earlier.is_empty()
+    };
     let images = || outcome.processes.iter().flat_map(|p| p.images.iter());
     if opts.suppressions.is_empty() || !images().any(has_records) {
         return;
@@ -321,6 +324,10 @@ fn suppress(
     {
         if let LeakCheck::Done(report) = &mut img.leaks {
             checks::suppressions::apply(report, &opts.suppressions, &img.modules, stacks, sym);
+        }
+        if !img.snapshots.earlier.is_empty() {
+            let which = checks::suppressions::matcher(&opts.suppressions, &img.modules, stacks, sym);
+            img.snapshots.suppress(which);
         }
     }
 }

@@ -14,6 +14,7 @@ fn blk(address: u64, size: u64, func: AllocFn) -> LiveBlock {
         size,
         stack: 1,
         func,
+        ts: 0,
     }
 }
 

@@ -28,6 +28,7 @@ fn run(n: u64, out_degree: u64, roots: u64) {
             size: 40,
             stack: (i % 1000) as u32 + 1,
             func: AllocFn::Malloc,
+            ts: i,
         })
         .collect();
     let mut g = SnapshotGraph::new(blocks);

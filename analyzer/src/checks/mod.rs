@@ -7,6 +7,8 @@
 //! * [`resources`]: descriptors and mappings left open;
 //! * [`retention`]: who holds the reachable memory (dominator tree, retained sizes,
 //!   paths from the roots);
+//! * [`snapshots`]: the snapshots before the last, and when lost blocks became
+//!   unreachable;
 //! * [`timeline`]: the live heap beside the resident set over time, and what their
 //!   shapes say (leak, fragmentation, stable).
 //!
@@ -16,6 +18,7 @@ pub(crate) mod bad_frees;
 pub(crate) mod leaks;
 pub(crate) mod resources;
 pub(crate) mod retention;
+pub(crate) mod snapshots;
 pub(crate) mod suppressions;
 pub(crate) mod timeline;
 

@@ -398,7 +398,7 @@ impl Replay {
             | Record::FdClose { .. }
             | Record::RssSample(_)
             | Record::End { .. } => {}
-            Record::SnapshotBegin { pid, .. } => self.snapshot_begin(pid),
+            Record::SnapshotBegin { ts, pid } => self.snapshot_begin(ts, pid),
             Record::SnapshotRoot(root) => {
                 if let Some(s) = self.snapshots.get_mut(&root.pid) {
                     s.graph.add_root_region(&root);

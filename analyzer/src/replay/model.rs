@@ -7,6 +7,7 @@ use heaptape_format::{ExitStatus, ProcessOrigin, StackId, Timestamp};
 
 use crate::callsites::{SiteStats, SiteTable};
 use crate::checks::leaks::LeakKind;
+use crate::checks::snapshots::SnapshotHistory;
 use crate::checks::{Findings, LeakCheck, Resources, Timeline};
 use crate::hash::FastMap;
 use crate::modules::ModuleMap;
@@ -103,6 +104,9 @@ pub struct Image {
     /// Its leak classification, from the last complete reachability snapshot taken
     /// while it ran (see [`LeakCheck`]).
     pub leaks: LeakCheck,
+    /// Its snapshots over time: the earlier ones, and when lost blocks became
+    /// unreachable (see [`SnapshotHistory`]).
+    pub snapshots: SnapshotHistory,
     /// Its descriptors and mappings (see [`Resources`]).
     pub resources: Resources,
     /// Its live heap beside its RSS over time (see [`Timeline`]).
@@ -133,6 +137,7 @@ impl Image {
             findings: Findings::default(),
             modules,
             leaks: LeakCheck::default(),
+            snapshots: SnapshotHistory::default(),
             resources: Default::default(),
             timeline: Default::default(),
             heap,

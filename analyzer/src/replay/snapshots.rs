@@ -3,16 +3,20 @@
 //! blocks at its start, and its end classifies it (see [`crate::checks::leaks`]) into
 //! the image's [`LeakCheck`].
 
-use heaptape_format::SnapshotTrigger;
+use heaptape_format::{SnapshotTrigger, Timestamp};
 
 use super::heap::ImageId;
 use super::Replay;
 use crate::checks::leaks::{HeuristicMatches, LeakCheck, LiveBlock, SnapshotGraph};
+use crate::checks::snapshots::SnapshotTime;
+use crate::symbolize::{RawSymbolizer, Symbolizer};
 
 /// A snapshot between its begin and end records.
 #[derive(Debug)]
 pub(super) struct PendingSnapshot {
     pub(super) image: ImageId,
+    /// When it began.
+    pub(super) ts: Timestamp,
     pub(super) graph: SnapshotGraph,
     /// The recorder's heuristic verdicts (`SnapshotHeuristic` records).
     pub(super) heuristics: HeuristicMatches,
@@ -23,7 +27,7 @@ pub(super) struct PendingSnapshot {
 
 impl Replay {
     /// A snapshot of `pid` begins: its graph covers the heap's live blocks now.
-    pub(super) fn snapshot_begin(&mut self, pid: u32) {
+    pub(super) fn snapshot_begin(&mut self, ts: Timestamp, pid: u32) {
         let Some(&p) = self.by_pid.get(&pid) else {
             return;
         };
@@ -32,6 +36,7 @@ impl Replay {
         let pending = match self.heaps.get(heap).and_then(Option::as_ref) {
             Some(heap) if !self.procs[p].ended => PendingSnapshot {
                 image: img,
+                ts,
                 // A heap shared with another live process (a vfork child and its
                 // parent): the snapshot covers the blocks this image allocated (a vfork
                 // child that only execs or exits owns none); the others are its
@@ -45,6 +50,7 @@ impl Replay {
                             size: b.size,
                             stack: b.stack,
                             func: b.func,
+                            ts: b.ts,
                         })
                         .collect(),
                 ),
@@ -76,13 +82,38 @@ impl Replay {
         if blocks != pending.graph.block_count() as u64 {
             self.anomalies.snapshot_block_mismatches += 1;
         }
-        self.images[pending.image].leaks = match pending
+        let report = match pending
             .graph
             .classify(&pending.heuristics, self.leak_heuristics)
         {
-            Ok(report) => LeakCheck::Done(Box::new(report)),
-            Err(reason) => LeakCheck::Unavailable(reason),
+            Ok(report) => report,
+            Err(reason) => {
+                self.images[pending.image].leaks = LeakCheck::Unavailable(reason);
+                return;
+            }
         };
+        let time = SnapshotTime {
+            ts: pending.ts,
+            trigger: pending.info.map(|i| i.0),
+            pause_ns: pending.info.map(|i| i.1),
+        };
+        let image = &mut self.images[pending.image];
+        let previous = std::mem::replace(&mut image.leaks, LeakCheck::Done(Box::new(report)));
+        let LeakCheck::Done(report) = &image.leaks else {
+            unreachable!("just set")
+        };
+        let sym: &dyn Symbolizer = match &self.symbolizer {
+            Some(s) => s.as_ref(),
+            None => &RawSymbolizer,
+        };
+        image.snapshots.push(
+            time,
+            report,
+            previous.report(),
+            &self.stacks,
+            &image.modules,
+            sym,
+        );
     }
 
     /// Notes why a snapshot of `img` came to nothing, unless an earlier one succeeded.

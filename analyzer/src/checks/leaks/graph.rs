@@ -552,6 +552,7 @@ mod tests {
             size,
             stack: 1,
             func: AllocFn::Malloc,
+            ts: 0,
         }
     }
 

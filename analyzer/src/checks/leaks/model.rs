@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use heaptape_format::{AllocFn, StackId};
+use heaptape_format::{AllocFn, StackId, Timestamp};
 
 use super::graph::PointerGraph;
 use super::heuristics::{Heuristic, HeuristicSet};
@@ -75,6 +75,9 @@ pub struct LiveBlock {
     pub stack: StackId,
     /// The function that allocated it.
     pub func: AllocFn,
+    /// When it was allocated (with `address`, what tells it from a later block at the
+    /// same address).
+    pub ts: Timestamp,
 }
 
 /// A block count and a byte count.
@@ -121,6 +124,21 @@ impl LeakSummary {
             LeakKind::PossiblyLost => self.possibly_lost,
             LeakKind::StillReachable => self.still_reachable,
         }
+    }
+
+    /// The summary of `records` (each counted in its class, or as suppressed when a
+    /// suppression hides it), without the heuristic tallies, which need the blocks.
+    pub fn of_records<'a>(records: impl IntoIterator<Item = &'a LossRecord>) -> LeakSummary {
+        let mut s = LeakSummary::default();
+        for r in records {
+            let c = match r.suppressed {
+                Some(_) => &mut s.suppressed,
+                None => s.get_mut(r.kind),
+            };
+            c.blocks += r.blocks;
+            c.bytes = c.bytes.saturating_add(r.bytes);
+        }
+        s
     }
 
     pub(super) fn get_mut(&mut self, kind: LeakKind) -> &mut Count {

@@ -36,7 +36,7 @@ use heaptape_format::AllocFn;
 use crate::checks::leaks::LeakKind;
 use crate::symbolize::Frame;
 
-pub(crate) use apply::apply;
+pub(crate) use apply::{apply, matcher};
 pub use valgrind::generate;
 
 use glob::Glob;
