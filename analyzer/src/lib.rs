@@ -326,7 +326,8 @@ fn suppress(
             checks::suppressions::apply(report, &opts.suppressions, &img.modules, stacks, sym);
         }
         if !img.snapshots.earlier.is_empty() {
-            let which = checks::suppressions::matcher(&opts.suppressions, &img.modules, stacks, sym);
+            let which =
+                checks::suppressions::matcher(&opts.suppressions, &img.modules, stacks, sym);
             img.snapshots.suppress(which);
         }
     }

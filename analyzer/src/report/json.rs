@@ -101,6 +101,7 @@ fn image(
     stacks: &StackMaker,
 ) -> schema::Image {
     let report = img.leaks.report();
+    let retention = super::retention::summary(a, img, sym, limits.ranked);
     let loss_records =
         report.map_or_else(Vec::new, |r| loss_records(a, img, r, sym, limits, stacks));
     let invalid_frees = img
@@ -148,8 +149,10 @@ fn image(
         leaks_unavailable: img.leaks.unavailable_reason().map(str::to_string),
         loss_records,
         mmap_leaks,
+        lost_between: super::snapshots::json_lost(a, img, sym, limits, stacks),
         modules,
-        retention: super::retention::json(a, img, sym, limits, stacks),
+        snapshots: super::snapshots::json(img, sym, retention.as_ref()),
+        retention: retention.map(|r| super::retention::json(a, img, &r, sym, stacks)),
         sites_at_peak,
         sites_live_at_exit,
         start_ns: img.start_ts,

@@ -24,6 +24,7 @@ pub mod pprof;
 pub(crate) mod resources;
 pub(crate) mod retention;
 pub mod schema;
+pub(crate) mod snapshots;
 pub mod speedscope;
 pub(crate) mod suppressions;
 pub(crate) mod text;

@@ -4,7 +4,6 @@
 use std::io::{self, Write};
 
 use super::frames::{describe, frames_of, json_frames, json_stack, symbolize_stack, TextStacks};
-use super::limits::Limits;
 use super::schema::{self, StackMaker};
 use crate::checks::leaks::{Count, LiveBlock, PointerKind};
 use crate::checks::retention::{Hop, Retention, RetentionTree, RootName};
@@ -114,6 +113,7 @@ pub(crate) fn text(
     let Some(r) = summary(a, img, sym, opts.top) else {
         return Ok(());
     };
+    super::snapshots::text(a, img, out, opts.top, sym, Some(&r))?;
     if r.reachable.blocks == 0 {
         return Ok(());
     }
@@ -244,15 +244,14 @@ fn json_root(img: &Image, root: &RootName, sym: &dyn Symbolizer) -> schema::Root
     out
 }
 
-/// The JSON object, `limits.ranked` entries per list.
+/// The JSON object of `r`, `img`'s [`summary`].
 pub(crate) fn json(
     a: &Analysis,
     img: &Image,
+    r: &Retention,
     sym: &dyn Symbolizer,
-    limits: &Limits,
     stacks: &StackMaker,
-) -> Option<schema::Retention> {
-    let r = summary(a, img, sym, limits.ranked)?;
+) -> schema::Retention {
     let hop = |h: &Hop| schema::Hop {
         address: addr(h.block.address),
         interior_offset: match h.via {
@@ -272,7 +271,7 @@ pub(crate) fn json(
             } => "heuristic",
         },
     };
-    Some(schema::Retention {
+    schema::Retention {
         reachable: count(r.reachable),
         root_count: r.root_count,
         roots: r
@@ -309,5 +308,5 @@ pub(crate) fn json(
                 stack_id: s.stack,
             })
             .collect(),
-    })
+    }
 }

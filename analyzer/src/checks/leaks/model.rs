@@ -90,7 +90,7 @@ pub struct Count {
 }
 
 impl Count {
-    pub(super) fn add(&mut self, bytes: u64) {
+    pub(crate) fn add(&mut self, bytes: u64) {
         self.blocks += 1;
         self.bytes = self.bytes.saturating_add(bytes);
     }

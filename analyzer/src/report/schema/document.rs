@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::{
-    FdLeak, Frame, GrowthSite, InvalidFree, LeakSummary, LossRecord, MmapLeak, Retention,
-    SiteAtPeak, SiteLiveAtExit, TimelinePoint, Verdict,
+    FdLeak, Frame, GrowthSite, InvalidFree, LeakSummary, LossRecord, LostBetween, MmapLeak,
+    Retention, SiteAtPeak, SiteLiveAtExit, Snapshot, TimelinePoint, Verdict,
 };
 
 /// The version of the document's shape: 2 since stacks are shared (see
@@ -114,6 +114,8 @@ pub struct Process {
     pub leaks_unavailable: Option<String>,
     /// See [`Image::loss_records`].
     pub loss_records: Vec<LossRecord>,
+    /// See [`Image::lost_between`].
+    pub lost_between: Vec<LostBetween>,
     /// See [`Image::mmap_leaks`].
     pub mmap_leaks: Vec<MmapLeak>,
     /// See [`Image::modules`]; `None` (the key left out) only on the HTML page.
@@ -134,6 +136,8 @@ pub struct Process {
     pub sites_at_peak: Vec<SiteAtPeak>,
     /// See [`Image::sites_live_at_exit`].
     pub sites_live_at_exit: Vec<SiteLiveAtExit>,
+    /// See [`Image::snapshots`].
+    pub snapshots: Vec<Snapshot>,
     /// See [`Image::start_ns`].
     pub start_ns: u64,
     /// See [`Image::timeline`].
@@ -168,11 +172,13 @@ impl Process {
             leaks,
             leaks_unavailable,
             loss_records,
+            lost_between,
             mmap_leaks,
             modules,
             retention,
             sites_at_peak,
             sites_live_at_exit,
+            snapshots,
             start_ns,
             timeline,
             timeline_verdict,
@@ -191,6 +197,7 @@ impl Process {
             leaks,
             leaks_unavailable,
             loss_records,
+            lost_between,
             mmap_leaks,
             modules: Some(modules),
             origin,
@@ -200,6 +207,7 @@ impl Process {
             retention,
             sites_at_peak,
             sites_live_at_exit,
+            snapshots,
             start_ns,
             timeline,
             timeline_verdict,
@@ -247,6 +255,9 @@ pub struct Image {
     pub leaks_unavailable: Option<String>,
     /// memcheck's loss records, largest first.
     pub loss_records: Vec<LossRecord>,
+    /// The blocks definitely lost at the last snapshot and the two snapshots between
+    /// which each became unreachable; empty with fewer than two snapshots.
+    pub lost_between: Vec<LostBetween>,
     /// Regions it mapped itself and did not unmap.
     pub mmap_leaks: Vec<MmapLeak>,
     /// Its modules.
@@ -257,6 +268,8 @@ pub struct Image {
     pub sites_at_peak: Vec<SiteAtPeak>,
     /// The call sites holding the most bytes when it ended (the top ones).
     pub sites_live_at_exit: Vec<SiteLiveAtExit>,
+    /// Its complete snapshots, oldest first: leak classes and largest roots at each.
+    pub snapshots: Vec<Snapshot>,
     /// When it started (its process's start, or the exec).
     pub start_ns: u64,
     /// Its live heap beside its RSS over time.

@@ -30,7 +30,10 @@ pub use document::{
 pub use frame::Frame;
 pub use leaks::{BadFreeBlock, Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
 pub use resources::{FdLeak, MmapLeak, TimelinePoint, Verdict, VerdictSite};
-pub use retention::{Held, Hop, Retainer, Retention, Root, SiteRetention, SiteRoot};
+pub use retention::{
+    Held, Hop, LostBetween, Retainer, Retention, Root, SiteRetention, SiteRoot, Snapshot,
+    SnapshotLeaks, SnapshotRoot,
+};
 pub use sites::{GrowthSite, SiteAtPeak, SiteLiveAtExit};
 pub(crate) use stack::StackMaker;
 pub use stack::{inline_stacks, Stack};

@@ -110,3 +110,65 @@ pub struct SiteRoot {
     /// The root; `null` for memory shared by several roots.
     pub root: Option<Root>,
 }
+
+/// One snapshot of the image: when, why, its leak classes and largest roots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Its leak classes (suppressions applied).
+    pub leaks: SnapshotLeaks,
+    /// How long the process was stopped for it; `null` in traces before format 4.
+    pub pause_ns: Option<u64>,
+    /// Its three largest roots (by retained bytes).
+    pub roots: Vec<SnapshotRoot>,
+    /// When it was taken.
+    pub time_ns: u64,
+    /// `exit`, `periodic`, `signal` or `detach`; `null` in traces before format 4.
+    pub trigger: Option<&'static str>,
+}
+
+/// A snapshot's leak classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SnapshotLeaks {
+    /// Definitely lost blocks.
+    pub definitely_lost: Count,
+    /// Indirectly lost blocks.
+    pub indirectly_lost: Count,
+    /// Possibly lost blocks.
+    pub possibly_lost: Count,
+    /// Still reachable blocks.
+    pub still_reachable: Count,
+    /// Blocks of suppressed loss records.
+    pub suppressed: Count,
+}
+
+/// One of a snapshot's largest roots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SnapshotRoot {
+    /// The root in words.
+    pub description: String,
+    /// Its kind (see [`Root::kind`]).
+    pub kind: &'static str,
+    /// What it retains.
+    pub retained: Count,
+}
+
+/// A block definitely lost at the last snapshot, and the two snapshots between which
+/// it became unreachable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LostBetween {
+    /// The block's address, `"0x…"`.
+    pub address: String,
+    /// When it was allocated.
+    pub allocated_ns: u64,
+    /// The snapshot where it was first found lost.
+    pub lost_ns: u64,
+    /// The last time it was known reachable: the snapshot before `lost_ns`, or its
+    /// allocation when that came later.
+    pub reachable_ns: u64,
+    /// Its size.
+    pub size: u64,
+    /// Where it was allocated.
+    pub stack: Stack,
+    /// The allocation stack's trie id.
+    pub stack_id: u32,
+}
