@@ -282,7 +282,8 @@ pub struct FlamegraphArgs {
     pub output: Option<PathBuf>,
     /// What widths measure: bytes leaked (definitely and indirectly lost at exit, as
     /// LSan counts them), bytes in use at exit (reachable or not), bytes allocated,
-    /// allocation calls, bytes live at the heap peak, or temporary allocations.
+    /// allocation calls, bytes live at the heap peak, temporary allocations, or bytes
+    /// retained (by root and dominator-tree path, at the last snapshot).
     #[arg(long, value_enum, default_value_t = MetricArg::Leaked)]
     pub metric: MetricArg,
     /// Write folded stacks (`outer;...;inner value` lines) instead of an SVG.
@@ -311,6 +312,9 @@ pub enum MetricArg {
     Peak,
     /// Temporary allocations (freed before the thread's next allocation).
     Temporary,
+    /// Bytes retained at the last snapshot, by root (a global, a thread's frame) and
+    /// dominator-tree path: a frame's width is what would be freed if it let go.
+    Retained,
 }
 
 impl MetricArg {
@@ -322,6 +326,7 @@ impl MetricArg {
             MetricArg::Allocations => Metric::Allocations,
             MetricArg::Peak => Metric::Peak,
             MetricArg::Temporary => Metric::Temporary,
+            MetricArg::Retained => Metric::Retained,
         }
     }
 }

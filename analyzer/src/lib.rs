@@ -53,7 +53,11 @@ pub use checks::leaks::{
     BlockRef, BlockVerdict, Count, GraphStats, Heuristic, HeuristicMatches, HeuristicSource,
     LeakReport, LeakSummary, LiveBlock, LossRecord, NoHeuristicData, SnapshotGraph, NO_SNAPSHOT,
 };
-pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind};
+pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind, PointerKind};
+pub use checks::retention::{
+    Held, Hop, Retainer, Retention, RetentionTree, RootName, SiteRetention,
+};
+pub use checks::snapshots::{EarlierSnapshot, LostBetween, SnapshotHistory, SnapshotTime};
 pub use checks::{
     BadFreeBlock, Finding, FindingKind, Findings, GrowingSite, Mapping, Occurrence, OpenFd,
     Resources, Suppression, SuppressionError, Suppressions, Timeline, TimelinePoint, Verdict,

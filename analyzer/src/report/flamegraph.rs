@@ -12,11 +12,18 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::frames::{folded_name, frames_of};
+use std::collections::HashMap;
+
+use heaptape_format::StackId;
+
+use super::frames::{folded_name, frames_of, symbolize_stack};
+use super::retention::root_words;
 use crate::callsites::ranking::runtime_prefix;
 use crate::callsites::SiteStats;
 use crate::checks::leaks::LeakKind;
+use crate::checks::retention::{RetentionTree, RootName};
 use crate::replay::{Image, Process};
+use crate::symbolize::first_program_frame;
 use crate::symbolize::{Frame, Symbolizer};
 use crate::Analysis;
 
@@ -37,21 +44,26 @@ pub enum Metric {
     Peak,
     /// Temporary allocations (freed by their thread before its next allocation).
     Temporary,
+    /// Bytes retained at the last snapshot, by root and dominator-tree path: each
+    /// frame is a root (a global, a thread's frame...) or the allocation site of the
+    /// blocks it holds, so a frame's width is what would be freed if it let go.
+    Retained,
 }
 
 impl Metric {
     /// Every metric.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 7] = [
         Metric::Leaked,
         Metric::InUseAtExit,
         Metric::AllocatedBytes,
         Metric::Allocations,
         Metric::Peak,
         Metric::Temporary,
+        Metric::Retained,
     ];
 
     /// The command-line name: `leaked`, `in-use-at-exit`, `allocated-bytes`,
-    /// `allocations`, `peak`, `temporary`.
+    /// `allocations`, `peak`, `temporary`, `retained`.
     pub fn name(self) -> &'static str {
         match self {
             Metric::Leaked => "leaked",
@@ -60,6 +72,7 @@ impl Metric {
             Metric::Allocations => "allocations",
             Metric::Peak => "peak",
             Metric::Temporary => "temporary",
+            Metric::Retained => "retained",
         }
     }
 
@@ -70,11 +83,12 @@ impl Metric {
 
     /// A site's value in image `img`, counted as every report counts it
     /// ([`Image::site_figures`]: an image replaced by exec discarded its heap). Not for
-    /// [`Metric::Leaked`], which comes from the leak check's loss records (0 here).
+    /// [`Metric::Leaked`], which comes from the leak check's loss records, nor
+    /// [`Metric::Retained`], from its pointer graph (0 here).
     pub fn value(self, img: &Image, s: &SiteStats) -> u64 {
         let f = img.site_figures(s, 0);
         match self {
-            Metric::Leaked => 0,
+            Metric::Leaked | Metric::Retained => 0,
             Metric::InUseAtExit => f.in_use_at_exit_bytes,
             Metric::AllocatedBytes => f.allocated_bytes,
             Metric::Allocations => f.allocations,
@@ -96,13 +110,20 @@ impl Metric {
             Metric::Temporary => {
                 "Temporary allocations (freed before the thread's next allocation), by call stack"
             }
+            Metric::Retained => {
+                "Bytes retained at the last snapshot, by root and dominator-tree path"
+            }
         }
     }
 
     /// The unit of the widths: `bytes` or `allocations`.
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::Leaked | Metric::InUseAtExit | Metric::AllocatedBytes | Metric::Peak => "bytes",
+            Metric::Leaked
+            | Metric::InUseAtExit
+            | Metric::AllocatedBytes
+            | Metric::Peak
+            | Metric::Retained => "bytes",
             Metric::Allocations | Metric::Temporary => "allocations",
         }
     }
@@ -156,11 +177,62 @@ pub fn folded(a: &Analysis, metric: Metric, sym: &dyn Symbolizer) -> BTreeMap<St
             }
             continue;
         }
+        if metric == Metric::Retained {
+            retained(a, img, sym, root.as_deref(), &mut out);
+            continue;
+        }
         for site in super::callsites::image_call_sites(a, img, sym) {
             add(site.addresses(&a.stacks), metric.value(img, &site.stats));
         }
     }
     out
+}
+
+/// The folded lines of `img`'s retention: the root, then the allocation site (first
+/// program frame) of each block on the dominator-tree path, valued at each block's
+/// own size.
+fn retained(
+    a: &Analysis,
+    img: &Image,
+    sym: &dyn Symbolizer,
+    process: Option<&str>,
+    out: &mut BTreeMap<String, u64>,
+) {
+    let Some(report) = img.leaks.report() else {
+        return;
+    };
+    let tree = RetentionTree::new(report, &a.stacks, &img.modules, sym);
+    let mut sites: HashMap<StackId, String> = HashMap::new();
+    let mut roots: HashMap<RootName, String> = HashMap::new();
+    tree.walk(|root, stacks, size| {
+        let mut line: Vec<String> = process.iter().map(|p| p.to_string()).collect();
+        line.push(match root {
+            Some(r) => roots
+                .entry(r.clone())
+                .or_insert_with(|| folded_label(&root_words(img, r, sym)))
+                .clone(),
+            None => "[shared by several roots]".into(),
+        });
+        for &s in stacks {
+            line.push(
+                sites
+                    .entry(s)
+                    .or_insert_with(|| {
+                        let frames = symbolize_stack(&a.stacks, &img.modules, s, sym);
+                        frames
+                            .get(first_program_frame(&frames))
+                            .map_or_else(|| "[unknown stack]".into(), folded_name)
+                    })
+                    .clone(),
+            );
+        }
+        let e = out.entry(line.join(";")).or_insert(0);
+        *e = e.saturating_add(size);
+    });
+}
+
+fn folded_label(s: &str) -> String {
+    s.replace([';', '\n', '\r'], ":")
 }
 
 /// Writes folded lines (`frames value`), one per stack.

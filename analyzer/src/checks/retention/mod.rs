@@ -410,6 +410,42 @@ impl<'a> RetentionTree<'a> {
         (offsets, kids)
     }
 
+    /// Walks the dominator tree: for every reachable block, `f(root, sites, size)`: the
+    /// root that retains it (`None`: shared by several), the allocation stacks of the
+    /// blocks on its dominator-tree path from there, itself last (a run of blocks from
+    /// one stack, like a list's nodes, counts once), and its size.
+    pub fn walk(&self, mut f: impl FnMut(Option<&RootName>, &[StackId], u64)) {
+        let (offsets, kids) = self.children();
+        let mut sites: Vec<StackId> = Vec::new();
+        // (number, next child, the root above it: 0 for none, whether it pushed a site)
+        let mut stack: Vec<(u32, usize, usize, bool)> = vec![(0, 0, 0, false)];
+        while let Some(top) = stack.last_mut() {
+            let (x, i, root, _) = *top;
+            let x = x as usize;
+            if offsets[x] + i < offsets[x + 1] {
+                top.1 += 1;
+                let c = kids[offsets[x] + i] as usize;
+                let Some(b) = self.block_of(c) else {
+                    stack.push((c as u32, 0, c, false));
+                    continue;
+                };
+                let block = self.report.live_block(b);
+                let pushed = sites.last() != Some(&block.stack);
+                if pushed {
+                    sites.push(block.stack);
+                }
+                let name = (root != 0).then(|| &self.names[self.dom.order[root] as usize - 1]);
+                f(name, &sites, block.size);
+                stack.push((c as u32, 0, root, pushed));
+            } else {
+                if top.3 {
+                    sites.pop();
+                }
+                stack.pop();
+            }
+        }
+    }
+
     /// The `top` allocation stacks by retained bytes (see the module docs).
     fn sites(&self, top: usize) -> Vec<SiteRetention> {
         let (offsets, kids) = self.children();

@@ -1,0 +1,210 @@
+//! Who holds the memory: retention (dominator tree, retained sizes, paths from named
+//! roots) on fixtures whose structure is known, checked figure by figure against it:
+//!
+//! * `cache.cc`: a global `std::unordered_map<int, std::vector<char>>` of 500 entries
+//!   of 1000 bytes; the service is killed while it holds them. The variable `cache`
+//!   retains the bucket array (541 buckets: 4,328 bytes), the 500 nodes (40 bytes
+//!   each) and the 500 buffers: 524,328 bytes in 1,001 blocks, all of the cache.
+//! * `thread_list.c`: 100 nodes of 64 bytes reachable only from a local of
+//!   `worker_loop`, on a thread named "lister".
+//! * `interior.c`: a 256-byte record reachable only through an interior pointer
+//!   (+16) from the global `cursor`, and the 4,096-byte buffer it points at.
+//! * `shared.c`: globals `left` and `right` own 104 bytes each and share a table of
+//!   10,000 bytes and its ten 500-byte blocks, which neither retains alone.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+/// Compiles fixture `retention/NAME.{c,cc}` at -O1 (locals in registers and on the
+/// stack as a real build has them).
+fn build(dir: &TestDir, name: &str) -> PathBuf {
+    let (src, cc) = if name == "cache" {
+        ("cache.cc", "g++")
+    } else {
+        (&*format!("{name}.c").leak(), "gcc")
+    };
+    let out = dir.join(name);
+    common::fixtures::build(
+        &[cc, "-O1", "-g", "-pthread"],
+        &fixture_src(&format!("retention/{src}")),
+        &out,
+        &[],
+    );
+    out
+}
+
+/// The process's retention object.
+fn retention(doc: &Value) -> &Value {
+    &doc["processes"][0]["retention"]
+}
+
+/// The retained (blocks, bytes) of the root whose description is `description`.
+fn root<'a>(r: &'a Value, description: &str) -> &'a Value {
+    r["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .find(|t| t["root"]["description"] == description)
+        .unwrap_or_else(|| panic!("no root {description:?} in {:#}", r["roots"]))
+}
+
+fn count(v: &Value) -> (u64, u64) {
+    (v["blocks"].as_u64().unwrap(), v["bytes"].as_u64().unwrap())
+}
+
+#[test]
+fn a_global_cache_is_named_by_its_variable_and_holds_all_of_it() {
+    let dir = TestDir::new("retention_cache");
+    let exe = build(&dir, "cache");
+    let trace = dir.join("cache.trace");
+    let mut cmd = record_cmd(&dir, &trace, &[], &exe, &[]);
+    let (mut child, _out) = spawn_until_line(&mut cmd, "ready 500 -178\n");
+    let program = traced_child(child.id()).expect("the traced program");
+    // A service stopped by SIGTERM: no destructor runs.
+    nix_kill(program, "TERM");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(128 + 15));
+    let doc = analyze_json(&trace);
+    let r = retention(&doc);
+    let cache = root(r, &format!("global `cache` (in cache)"));
+    assert_eq!(cache["root"]["kind"], "global");
+    assert_eq!(cache["root"]["name"], "cache");
+    assert_eq!(count(&cache["retained"]), (1001, 524_328));
+    // It is the largest root, and holds every block allocated by `lookup`.
+    assert_eq!(r["roots"][0]["root"]["name"], "cache");
+    let from_lookup: (u64, u64) = doc["processes"][0]["loss_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|lr| {
+            lr["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"].as_str().is_some_and(|f| f.contains("lookup")))
+        })
+        .fold((0, 0), |(b, y), lr| {
+            (
+                b + lr["blocks"].as_u64().unwrap(),
+                y + lr["bytes"].as_u64().unwrap(),
+            )
+        });
+    assert_eq!(from_lookup, (1001, 524_328));
+    // The text report names it too.
+    let text = analyze_text(&trace);
+    assert!(
+        text.contains("#1: 524,328 bytes in 1,001 blocks")
+            && text.contains("retained by global `cache` (in cache)"),
+        "{text}"
+    );
+}
+
+/// Sends SIGname to `pid` with kill(1).
+fn nix_kill(pid: u32, sig: &str) {
+    let r = run(std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string()));
+    assert!(r.status.success(), "kill: {}", r.stderr);
+}
+
+#[test]
+fn a_list_held_by_a_threads_local_is_named_by_the_thread_and_function() {
+    let dir = TestDir::new("retention_thread_list");
+    let exe = build(&dir, "thread_list");
+    let doc = record_like_native(&dir, "thread_list", &exe, &[]);
+    let r = retention(&doc);
+    let list = r["roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["root"]["kind"] == "frame" && t["root"]["thread"] == "lister")
+        .unwrap_or_else(|| panic!("no frame root of thread lister: {:#}", r["roots"]));
+    assert_eq!(list["root"]["frame"]["function"], "worker_loop", "{list:#}");
+    assert_eq!(count(&list["retained"]), (100, 6_400));
+    // The list is a chain: the root holds its head, which retains the rest.
+    let held = &list["held"][0];
+    assert_eq!(count(&held["retained"]), (100, 6_400));
+    assert_eq!(held["path"].as_array().unwrap().len(), 1);
+    assert_eq!(held["path"][0]["size"], 64);
+    let description = list["root"]["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("thread ")
+            && description.contains("(lister), frame #")
+            && description.contains(": worker_loop (thread_list.c:"),
+        "{description}"
+    );
+}
+
+#[test]
+fn a_block_held_through_an_interior_pointer_shows_the_hop() {
+    let dir = TestDir::new("retention_interior");
+    let exe = build(&dir, "interior");
+    let doc = record_like_native(&dir, "interior", &exe, &[]);
+    let r = retention(&doc);
+    let cursor = root(r, "global `cursor` (in interior)");
+    assert_eq!(count(&cursor["retained"]), (2, 4_352));
+    let held = &cursor["held"][0];
+    assert_eq!(count(&held["retained"]), (2, 4_352));
+    let hop = &held["path"][0];
+    assert_eq!(hop["via"], "interior");
+    assert_eq!(hop["interior_offset"], 16);
+    assert_eq!(hop["size"], 256);
+    let text = analyze_text(&trace_of(&dir, "interior"));
+    assert!(
+        text.contains("-> (interior pointer, +16) 256 bytes from main (interior.c:"),
+        "{text}"
+    );
+}
+
+fn trace_of(dir: &TestDir, name: &str) -> PathBuf {
+    dir.join(format!("{name}.trace"))
+}
+
+#[test]
+fn two_roots_sharing_a_subgraph_retain_only_their_own_blocks() {
+    let dir = TestDir::new("retention_shared");
+    let exe = build(&dir, "shared");
+    let doc = record_like_native(&dir, "shared", &exe, &[]);
+    let r = retention(&doc);
+    assert_eq!(
+        count(&root(r, "global `left` (in shared)")["retained"]),
+        (1, 104)
+    );
+    assert_eq!(
+        count(&root(r, "global `right` (in shared)")["retained"]),
+        (1, 104)
+    );
+    // The table and its ten blocks: retained by neither, counted as shared.
+    assert_eq!(count(&r["shared"]), (11, 15_000));
+    let table = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["retained"]["bytes"] == 15_000)
+        .expect("the table's site");
+    assert_eq!(table["held_by"][0]["root"], Value::Null);
+    // The flame graph of retained bytes: the table under "[shared by several roots]".
+    let folded = run_heaptape([
+        "flamegraph".as_ref(),
+        "--metric".as_ref(),
+        "retained".as_ref(),
+        "--folded".as_ref(),
+        trace_of(&dir, "shared").as_os_str(),
+    ]);
+    assert!(folded.status.success(), "{}", folded.stderr);
+    let lines = folded.stdout_str();
+    let value = |prefix: &str| -> u64 {
+        lines
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(value("[shared by several roots];main"), 15_000, "{lines}");
+    assert_eq!(value("global `left` (in shared);main"), 104, "{lines}");
+    assert_eq!(value("global `right` (in shared);main"), 104, "{lines}");
+}
