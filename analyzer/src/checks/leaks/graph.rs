@@ -407,16 +407,17 @@ impl PointerGraph {
         self.csr.edges(b).iter().filter_map(|&e| decode(e))
     }
 
-    /// How many pointers block `b` holds into blocks.
+    /// The blocks block `b` points into (an index each, once per pointer), decoding
+    /// nothing else: what graph walks use.
     #[inline]
-    pub(crate) fn out_degree(&self, b: usize) -> usize {
-        self.csr.offsets[b + 1] - self.csr.offsets[b]
+    pub(crate) fn targets(&self, b: usize) -> impl ExactSizeIterator<Item = u32> + '_ {
+        // Stray pointers are not in the adjacency (see `Csr::build`).
+        self.csr.edges(b).iter().map(|&e| edge_target(e) as u32)
     }
 
-    /// The target of block `b`'s `i`-th pointer.
-    #[inline]
-    pub(crate) fn target_at(&self, b: usize, i: usize) -> u32 {
-        edge_target(self.csr.adj[self.csr.offsets[b] + i]) as u32
+    /// How many pointers between blocks the graph has.
+    pub(crate) fn edge_count(&self) -> usize {
+        self.csr.adj.len()
     }
 
     /// Every root pointer into a block: where it was found, its target, how.

@@ -11,18 +11,51 @@
 //! Everything is iterative (graphs of tens of millions of nodes, paths as long as a
 //! linked list) and works on DFS preorder numbers, in flat `u32` arrays.
 
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::platform::prefetch;
+
 /// No node / no number.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// A directed graph the dominator computation walks: nodes `0..len()`, the successors
-/// of `v` are `succ(v, 0..degree(v))`.
-pub(crate) trait FlowGraph {
+/// A directed graph the dominator computation walks: nodes `0..len()`.
+pub(crate) trait FlowGraph: Sync {
     /// Number of nodes.
     fn len(&self) -> usize;
-    /// Number of successors of `v` (duplicates allowed).
-    fn degree(&self, v: u32) -> usize;
-    /// The `i`-th successor of `v`.
-    fn succ(&self, v: u32, i: usize) -> u32;
+    /// The successors of `v` (duplicates allowed).
+    fn successors(&self, v: u32) -> &[u32];
+}
+
+/// A flow graph as a flat adjacency array: the successors of `v` are
+/// `targets[offsets[v]..offsets[v + 1]]`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Adjacency {
+    pub(crate) offsets: Vec<usize>,
+    pub(crate) targets: Vec<u32>,
+}
+
+impl FlowGraph for Adjacency {
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    #[inline]
+    fn successors(&self, v: u32) -> &[u32] {
+        &self.targets[self.offsets[v as usize]..self.offsets[v as usize + 1]]
+    }
+}
+
+/// The semidominator computation's state of one preorder number, together in 8 bytes
+/// (one cache miss per visit on a large graph).
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Its parent in the path-compressed forest, [`NONE`] before it is linked.
+    ancestor: u32,
+    /// The least semidominator on its compressed forest path (semi-NCA needs the
+    /// value only, not the node that has it).
+    best: u32,
 }
 
 /// The dominator tree of the nodes reachable from a root, in DFS preorder numbers.
@@ -34,6 +67,8 @@ pub(crate) struct Dominators {
     pub(crate) number: Vec<u32>,
     /// The immediate dominator of each number (a number; the root's is itself).
     pub(crate) idom: Vec<u32>,
+    /// The predecessors of each number (numbers).
+    preds: Predecessors,
 }
 
 impl Dominators {
@@ -44,24 +79,39 @@ impl Dominators {
         let preds = Predecessors::new(g, &order, &number);
 
         // Semidominators, in reverse preorder, with a path-compressed forest of the
-        // nodes processed so far (`ancestor`, `label`: the number of least semi on the
-        // compressed path).
+        // numbers processed so far.
+        let mut slots: Vec<Slot> = (0..n as u32)
+            .map(|x| Slot {
+                ancestor: NONE,
+                best: x,
+            })
+            .collect();
         let mut semi: Vec<u32> = (0..n as u32).collect();
-        let mut label: Vec<u32> = (0..n as u32).collect();
-        let mut ancestor: Vec<u32> = vec![NONE; n];
         let mut chain: Vec<u32> = Vec::new();
         for w in (1..n).rev() {
+            // The next number's predecessors are independent loads: start them now.
+            if w > 1 {
+                for &v in preds.of(w - 1) {
+                    prefetch(&slots[v as usize]);
+                }
+            }
             let mut s = semi[w];
             for &v in preds.of(w) {
-                let u = eval(v, &mut ancestor, &mut label, &semi, &mut chain);
-                s = s.min(semi[u as usize]);
+                s = s.min(if (v as usize) < w {
+                    // Not processed yet, so not linked: its own number.
+                    v
+                } else {
+                    eval(v, &mut slots, &mut chain)
+                });
             }
             semi[w] = s;
-            ancestor[w] = parent[w];
+            slots[w] = Slot {
+                ancestor: parent[w],
+                best: s,
+            };
         }
-        drop(label);
-        drop(ancestor);
-        drop(preds);
+        drop(slots);
+        let preds_kept = preds;
 
         // Immediate dominators: up the DFS tree from the parent to the first number
         // not above the semidominator.
@@ -78,6 +128,7 @@ impl Dominators {
             order,
             number,
             idom,
+            preds: preds_kept,
         }
     }
 
@@ -85,61 +136,84 @@ impl Dominators {
     pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
+
+    /// The predecessors of number `x` (numbers).
+    pub(crate) fn predecessors(&self, x: usize) -> &[u32] {
+        self.preds.of(x)
+    }
 }
 
 /// Iterative depth-first search: the preorder, each node's number, each number's DFS
 /// parent (a number; the root's is [`NONE`]).
 fn depth_first(g: &impl FlowGraph, root: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-    let mut number = vec![NONE; g.len()];
+    // Visited nodes, one bit each: the test on every edge stays in the cache, where a
+    // table of numbers (32 times larger) would take a miss per edge on a large graph;
+    // the numbers are written afterwards, on every core.
+    let mut seen = vec![0u64; g.len().div_ceil(64)];
     let mut order = vec![root];
     let mut parent = vec![NONE];
-    number[root as usize] = 0;
-    let mut stack: Vec<(u32, usize)> = vec![(root, 0)];
+    seen[root as usize / 64] |= 1 << (root % 64);
+    // (the node's successors, the next one to look at, the node's number)
+    let mut stack: Vec<(&[u32], usize, u32)> = vec![(g.successors(root), 0, 0)];
     while let Some(top) = stack.last_mut() {
-        let (v, i) = *top;
-        if i < g.degree(v) {
+        let (succ, i, x) = *top;
+        if i < succ.len() {
             top.1 = i + 1;
-            let w = g.succ(v, i);
-            if number[w as usize] == NONE {
-                number[w as usize] = order.len() as u32;
-                parent.push(number[v as usize]);
+            let w = succ[i];
+            let (word, bit) = (w as usize / 64, 1u64 << (w % 64));
+            if seen[word] & bit == 0 {
+                seen[word] |= bit;
+                let y = order.len() as u32;
+                parent.push(x);
                 order.push(w);
-                stack.push((w, 0));
+                stack.push((g.successors(w), 0, y));
             }
         } else {
             stack.pop();
         }
     }
+    drop(seen);
+    let number: Vec<AtomicU32> = (0..g.len()).map(|_| AtomicU32::new(NONE)).collect();
+    order
+        .par_iter()
+        .enumerate()
+        .for_each(|(x, &v)| number[v as usize].store(x as u32, Ordering::Relaxed));
+    let number = number.into_iter().map(AtomicU32::into_inner).collect();
     (order, number, parent)
 }
 
 /// The predecessors of each reached node, by preorder number (a flat array).
+#[derive(Clone, Debug, Default)]
 struct Predecessors {
     offsets: Vec<usize>,
     from: Vec<u32>,
 }
 
 impl Predecessors {
+    /// Counted and filled on every core: the passes are random accesses over the whole
+    /// graph (the order of each node's predecessors does not matter: only their least
+    /// semidominator does).
     fn new(g: &impl FlowGraph, order: &[u32], number: &[u32]) -> Predecessors {
         let n = order.len();
-        let mut offsets = vec![0usize; n + 1];
-        for &v in order {
-            for i in 0..g.degree(v) {
-                offsets[number[g.succ(v, i) as usize] as usize + 1] += 1;
+        let counts: Vec<AtomicUsize> = (0..=n).map(|_| AtomicUsize::new(0)).collect();
+        order.par_iter().for_each(|&v| {
+            for &w in g.successors(v) {
+                counts[number[w as usize] as usize + 1].fetch_add(1, Ordering::Relaxed);
             }
-        }
+        });
+        let mut offsets: Vec<usize> = counts.into_iter().map(AtomicUsize::into_inner).collect();
         for i in 0..n {
             offsets[i + 1] += offsets[i];
         }
-        let mut fill = offsets.clone();
-        let mut from = vec![0u32; offsets[n]];
-        for (x, &v) in order.iter().enumerate() {
-            for i in 0..g.degree(v) {
-                let w = number[g.succ(v, i) as usize] as usize;
-                from[fill[w]] = x as u32;
-                fill[w] += 1;
+        let fill: Vec<AtomicUsize> = offsets[..n].iter().map(|&o| AtomicUsize::new(o)).collect();
+        let from: Vec<AtomicU32> = (0..offsets[n]).map(|_| AtomicU32::new(0)).collect();
+        order.par_iter().enumerate().for_each(|(x, &v)| {
+            for &w in g.successors(v) {
+                let at = fill[number[w as usize] as usize].fetch_add(1, Ordering::Relaxed);
+                from[at].store(x as u32, Ordering::Relaxed);
             }
-        }
+        });
+        let from = from.into_par_iter().map(AtomicU32::into_inner).collect();
         Predecessors { offsets, from }
     }
 
@@ -148,32 +222,27 @@ impl Predecessors {
     }
 }
 
-/// The number of least semidominator on the forest path above `v` (path compression,
-/// iteratively: `chain` is scratch space).
-fn eval(
-    v: u32,
-    ancestor: &mut [u32],
-    label: &mut [u32],
-    semi: &[u32],
-    chain: &mut Vec<u32>,
-) -> u32 {
-    if ancestor[v as usize] == NONE {
-        return v;
+/// The least semidominator on the forest path above `v`, a linked number (path
+/// compression, iteratively: `chain` is scratch space).
+fn eval(v: u32, slots: &mut [Slot], chain: &mut Vec<u32>) -> u32 {
+    let a = slots[v as usize].ancestor;
+    if a == NONE || slots[a as usize].ancestor == NONE {
+        return slots[v as usize].best;
     }
     chain.clear();
     let mut x = v;
-    while ancestor[ancestor[x as usize] as usize] != NONE {
+    while slots[slots[x as usize].ancestor as usize].ancestor != NONE {
         chain.push(x);
-        x = ancestor[x as usize];
+        x = slots[x as usize].ancestor;
     }
     for &y in chain.iter().rev() {
-        let a = ancestor[y as usize] as usize;
-        if semi[label[a] as usize] < semi[label[y as usize] as usize] {
-            label[y as usize] = label[a];
-        }
-        ancestor[y as usize] = ancestor[a];
+        let a = slots[y as usize].ancestor as usize;
+        let (ba, top) = (slots[a].best, slots[a].ancestor);
+        let slot = &mut slots[y as usize];
+        slot.best = slot.best.min(ba);
+        slot.ancestor = top;
     }
-    label[v as usize]
+    slots[v as usize].best
 }
 
 #[cfg(test)]
@@ -186,11 +255,8 @@ mod tests {
         fn len(&self) -> usize {
             self.0.len()
         }
-        fn degree(&self, v: u32) -> usize {
-            self.0[v as usize].len()
-        }
-        fn succ(&self, v: u32, i: usize) -> u32 {
-            self.0[v as usize][i]
+        fn successors(&self, v: u32) -> &[u32] {
+            &self.0[v as usize]
         }
     }
 

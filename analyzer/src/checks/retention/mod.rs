@@ -24,13 +24,15 @@ pub use roots::RootName;
 
 use std::collections::HashMap;
 
+use crate::hash::FastMap;
+
 use heaptape_format::StackId;
 
 use crate::checks::leaks::{Count, LeakReport, LiveBlock, PointerGraph, PointerKind};
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
 use crate::symbolize::Symbolizer;
-use dominators::{Dominators, FlowGraph, NONE};
+use dominators::{Adjacency, Dominators, NONE};
 use roots::RootNamer;
 
 /// Blocks shown under each root, at most.
@@ -95,49 +97,48 @@ pub struct Retention {
 }
 
 /// The flow graph: node 0 the super-root, nodes `1..=roots` the named roots, then the
-/// blocks (block `b` is node `1 + roots + b`).
+/// blocks (block `b` is node `1 + roots + b`), as a flat adjacency array.
 struct Flow<'a> {
     graph: &'a PointerGraph,
     roots: usize,
-    /// The blocks each root points into: `root_targets[root_offsets[r]..root_offsets[r+1]]`.
-    root_offsets: Vec<usize>,
-    root_targets: Vec<(u32, PointerKind)>,
+    adj: Adjacency,
+    /// How each root points into each of its targets, in the order of its successors.
+    root_kinds: Vec<PointerKind>,
 }
 
-impl Flow<'_> {
+impl<'a> Flow<'a> {
+    /// `pairs`: (root, target block, how), sorted by root, one per (root, target).
+    fn new(graph: &'a PointerGraph, roots: usize, pairs: &[(usize, u32, PointerKind)]) -> Self {
+        let first = 1 + roots as u32;
+        let n = 1 + roots + graph.block_count();
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut targets = Vec::with_capacity(roots + pairs.len() + graph.edge_count());
+        offsets.push(0);
+        targets.extend(1..first);
+        offsets.push(targets.len());
+        let mut at = 0;
+        for r in 0..roots {
+            while at < pairs.len() && pairs[at].0 == r {
+                targets.push(first + pairs[at].1);
+                at += 1;
+            }
+            offsets.push(targets.len());
+        }
+        for b in 0..graph.block_count() {
+            targets.extend(graph.targets(b).map(|t| first + t));
+            offsets.push(targets.len());
+        }
+        Flow {
+            graph,
+            roots,
+            adj: Adjacency { offsets, targets },
+            root_kinds: pairs.iter().map(|p| p.2).collect(),
+        }
+    }
+
     #[inline]
     fn first_block(&self) -> u32 {
         1 + self.roots as u32
-    }
-}
-
-impl FlowGraph for Flow<'_> {
-    fn len(&self) -> usize {
-        1 + self.roots + self.graph.block_count()
-    }
-
-    #[inline]
-    fn degree(&self, v: u32) -> usize {
-        let v = v as usize;
-        if v == 0 {
-            self.roots
-        } else if v <= self.roots {
-            self.root_offsets[v] - self.root_offsets[v - 1]
-        } else {
-            self.graph.out_degree(v - 1 - self.roots)
-        }
-    }
-
-    #[inline]
-    fn succ(&self, v: u32, i: usize) -> u32 {
-        let v = v as usize;
-        if v == 0 {
-            1 + i as u32
-        } else if v <= self.roots {
-            self.first_block() + self.root_targets[self.root_offsets[v - 1] + i].0
-        } else {
-            self.first_block() + self.graph.target_at(v - 1 - self.roots, i)
-        }
     }
 }
 
@@ -178,20 +179,9 @@ impl<'a> RetentionTree<'a> {
         }
         pairs.sort_by_key(|&(id, target, _)| (id, target));
         pairs.dedup_by_key(|p| (p.0, p.1));
-        let mut root_offsets = vec![0usize; names.len() + 1];
-        for &(id, _, _) in &pairs {
-            root_offsets[id + 1] += 1;
-        }
-        for i in 0..names.len() {
-            root_offsets[i + 1] += root_offsets[i];
-        }
-        let flow = Flow {
-            graph,
-            roots: names.len(),
-            root_offsets,
-            root_targets: pairs.into_iter().map(|(_, t, k)| (t, k)).collect(),
-        };
-        let dom = Dominators::compute(&flow, 0);
+        let flow = Flow::new(graph, names.len(), &pairs);
+        drop(pairs);
+        let dom = Dominators::compute(&flow.adj, 0);
 
         // Retained sizes: every node's own size, summed up the dominator tree (a
         // node's immediate dominator has a smaller preorder number).
@@ -264,21 +254,16 @@ impl<'a> RetentionTree<'a> {
                     shared.blocks += self.blocks[x];
                     shared.bytes = shared.bytes.saturating_add(self.bytes[x]);
                 }
-            } else if let Some(list) = children.get_mut(&d) {
-                list.push(x);
+            } else if self.dom.order[d] as usize <= roots {
+                if let Some(list) = children.get_mut(&d) {
+                    list.push(x);
+                }
             }
         }
         for list in children.values_mut() {
             list.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
             list.truncate(HELD_PER_ROOT);
         }
-        let targets: Vec<u32> = children
-            .values()
-            .flatten()
-            .map(|&x| self.dom.order[x])
-            .collect();
-        let parents = self.shortest_paths(&targets);
-
         let retainers = by_root
             .iter()
             .map(|&x| Retainer {
@@ -288,7 +273,7 @@ impl<'a> RetentionTree<'a> {
                     .iter()
                     .map(|&c| Held {
                         retained: self.count(c),
-                        path: self.path(&parents, self.dom.order[c]),
+                        path: self.path(x, c),
                     })
                     .collect(),
             })
@@ -303,73 +288,50 @@ impl<'a> RetentionTree<'a> {
         }
     }
 
-    /// Breadth-first from the super-root until every target is reached: each node's
-    /// parent on a shortest path (by node; [`NONE`] when not reached). A root dominates
-    /// the blocks it retains, so their shortest path from the super-root goes through
-    /// it.
-    fn shortest_paths(&self, targets: &[u32]) -> HashMap<u32, u32> {
-        let mut parent: HashMap<u32, u32> = HashMap::new();
-        let mut left: std::collections::HashSet<u32> = targets.iter().copied().collect();
-        let mut seen = vec![false; self.flow.len()];
-        seen[0] = true;
-        let mut frontier = vec![0u32];
-        let mut next = Vec::new();
-        let mut tree: Vec<(u32, u32)> = Vec::new();
-        while !frontier.is_empty() && !left.is_empty() {
-            for &v in &frontier {
-                for i in 0..self.flow.degree(v) {
-                    let w = self.flow.succ(v, i);
-                    if !seen[w as usize] {
-                        seen[w as usize] = true;
-                        tree.push((w, v));
-                        left.remove(&w);
-                        next.push(w);
-                    }
+    /// The hops of a shortest path from root number `root` to number `target`, which
+    /// it dominates: breadth-first backwards from the target until the root is
+    /// reached (a few nodes when the target is near its root, as the largest blocks a
+    /// root holds mostly are; a forward search from the roots would visit every node
+    /// nearer than the target).
+    fn path(&self, root: usize, target: usize) -> Vec<Hop> {
+        let (root, target) = (root as u32, target as u32);
+        let mut next: FastMap<u32, u32> = FastMap::default();
+        let mut queue = std::collections::VecDeque::from([target]);
+        let mut found = false;
+        'search: while let Some(x) = queue.pop_front() {
+            for &p in self.dom.predecessors(x as usize) {
+                if p == root {
+                    next.insert(p, x);
+                    found = true;
+                    break 'search;
+                }
+                // The super-root and the other roots lead nowhere (the root dominates
+                // the target).
+                if p == 0 || (self.dom.order[p as usize] as usize) <= self.flow.roots {
+                    continue;
+                }
+                if p != target && !next.contains_key(&p) {
+                    next.insert(p, x);
+                    queue.push_back(p);
                 }
             }
-            std::mem::swap(&mut frontier, &mut next);
-            next.clear();
         }
-        // Keep the links on the targets' paths only.
-        let links: HashMap<u32, u32> = tree.into_iter().collect();
-        for &t in targets {
-            let mut v = t;
-            while let Some(&p) = links.get(&v) {
-                parent.insert(v, p);
-                if p == 0 {
-                    break;
-                }
-                v = p;
-            }
+        if !found {
+            return Vec::new();
         }
-        parent
-    }
-
-    /// The hops from the root to node `target`, along `parent` links.
-    fn path(&self, parent: &HashMap<u32, u32>, target: u32) -> Vec<Hop> {
         let first = self.flow.first_block();
-        let mut nodes = vec![target];
-        let mut v = target;
-        while let Some(&p) = parent.get(&v) {
-            if p < first {
-                nodes.push(p);
-                break;
-            }
-            nodes.push(p);
-            v = p;
+        let mut hops = Vec::new();
+        let mut at = root;
+        while at != target {
+            let to = next[&at];
+            let (from_node, to_node) = (self.dom.order[at as usize], self.dom.order[to as usize]);
+            hops.push(Hop {
+                block: *self.report.live_block((to_node - first) as usize),
+                via: self.pointer_kind(from_node, to_node - first),
+            });
+            at = to;
         }
-        nodes.reverse();
-        nodes
-            .windows(2)
-            .map(|w| {
-                let (from, to) = (w[0], w[1]);
-                let b = (to - first) as usize;
-                Hop {
-                    block: *self.report.live_block(b),
-                    via: self.pointer_kind(from, to - first),
-                }
-            })
-            .collect()
+        hops
     }
 
     /// How node `from` points at block `to` (the first such pointer).
@@ -382,11 +344,17 @@ impl<'a> RetentionTree<'a> {
                 .find(|&(t, _)| t == to)
                 .map_or(PointerKind::Start, |(_, k)| k)
         } else {
-            let r = from as usize;
-            self.flow.root_targets[self.flow.root_offsets[r - 1]..self.flow.root_offsets[r]]
-                .iter()
-                .find(|&&(t, _)| t == to)
-                .map_or(PointerKind::Start, |&(_, k)| k)
+            // A root's successors are its kinds' order; roots' kinds follow the
+            // super-root's `roots` successors in the adjacency.
+            let (start, end) = (
+                self.flow.adj.offsets[from as usize],
+                self.flow.adj.offsets[from as usize + 1],
+            );
+            (start..end)
+                .find(|&i| self.flow.adj.targets[i] == to + first)
+                .map_or(PointerKind::Start, |i| {
+                    self.flow.root_kinds[i - self.flow.roots]
+                })
         }
     }
 
@@ -449,9 +417,13 @@ impl<'a> RetentionTree<'a> {
     /// The `top` allocation stacks by retained bytes (see the module docs).
     fn sites(&self, top: usize) -> Vec<SiteRetention> {
         let (offsets, kids) = self.children();
-        let mut active: HashMap<StackId, u32> = HashMap::new();
-        let mut totals: HashMap<StackId, Count> = HashMap::new();
-        let mut held: HashMap<(StackId, usize), u64> = HashMap::new();
+        let stacks = (0..self.report.len())
+            .map(|b| self.report.live_block(b).stack as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut active: Vec<u32> = vec![0; stacks];
+        let mut totals: Vec<Count> = vec![Count::default(); stacks];
+        let mut held: FastMap<(StackId, usize), u64> = FastMap::default();
         // (number, next child, the root above it: 0 for none)
         let mut stack: Vec<(u32, usize, usize)> = vec![(0, 0, 0)];
         while let Some(top_frame) = stack.last_mut() {
@@ -467,26 +439,27 @@ impl<'a> RetentionTree<'a> {
                 };
                 if let Some(b) = self.block_of(c) {
                     let s = self.report.live_block(b).stack;
-                    let depth = active.entry(s).or_insert(0);
-                    if *depth == 0 {
-                        let t = totals.entry(s).or_default();
+                    if active[s as usize] == 0 {
+                        let t = &mut totals[s as usize];
                         t.blocks += self.blocks[c];
                         t.bytes = t.bytes.saturating_add(self.bytes[c]);
                         *held.entry((s, root)).or_insert(0) += self.bytes[c];
                     }
-                    *depth += 1;
+                    active[s as usize] += 1;
                 }
                 stack.push((c as u32, 0, root));
             } else {
                 stack.pop();
                 if let Some(b) = self.block_of(x) {
-                    let s = self.report.live_block(b).stack;
-                    if let Some(d) = active.get_mut(&s) {
-                        *d -= 1;
-                    }
+                    active[self.report.live_block(b).stack as usize] -= 1;
                 }
             }
         }
+        let totals = totals
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| c.blocks > 0)
+            .map(|(s, c)| (s as StackId, c));
         let mut sites: Vec<SiteRetention> = totals
             .into_iter()
             .map(|(stack, retained)| SiteRetention {
