@@ -197,6 +197,9 @@ fn during_run(args: &[String]) {
     println!("heaptape: heap built under the recorder in {built_s:.1} s");
     println!("heaptape: {}", line("snapshots during the run:"));
     println!("heaptape: the program answered {answered_s:.2} s after SIGUSR2");
-    println!("heaptape: all snapshots (this one and the exit one): {}", line("snapshots:"));
+    println!(
+        "heaptape: all snapshots (this one and the exit one): {}",
+        line("snapshots:")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,8 +20,9 @@
 //!               lifecycle, hooking, attach, stats)
 //! events/       after the source: CallEvent -> unwind -> stack trie -> records ->
 //!               writer thread -> trace file
-//! snapshot/     the reachability snapshot at a process's exit (live blocks, roots,
-//!               pointer scan, interior-pointer heuristic verdicts)
+//! snapshot/     the reachability snapshot at a process's exit, at the detach or
+//!               during the run (live blocks, roots, pointer scan, interior-pointer
+//!               heuristic verdicts)
 //! ```
 //!
 //! Module dependencies point one way, without cycles: `tracer` uses every other module
