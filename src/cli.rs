@@ -103,6 +103,11 @@ pub struct RecordFlags {
     /// Do not take a reachability snapshot at exit.
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Also take a reachability snapshot of every recorded process this often while it
+    /// runs, e.g. 10s, 1m (each stops the process for as long as it takes: about 0.5 s
+    /// per GiB of heap). SIGUSR2 sent to heaptape takes one at any time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, conflicts_with = "no_snapshot")]
+    pub snapshot_every: Option<Duration>,
     /// CPU placement: `same` pins the recorder and the program to one CPU (fastest for
     /// single-threaded programs on VMs), `free` leaves it to the scheduler.
     #[arg(long, value_enum, default_value_t = CpuArg::Free)]
@@ -424,6 +429,14 @@ pub struct DiffArgs {
     // The loss records leaked_bytes leaves out, in both traces.
     #[command(flatten)]
     pub suppressions: SuppressionFlags,
+}
+
+/// A duration as [`parse_duration`] reads it, more than zero.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}` is no interval: give more than zero")),
+        d => Ok(d),
+    }
 }
 
 /// Parses a duration as humantime does (`30s`, `2m`, `500ms`, `1h 30m`), or plain

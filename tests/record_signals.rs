@@ -57,10 +57,10 @@ fn sigsegv_ends_the_program_as_natively_with_a_complete_trace() {
 fn sigstop_then_sigcont_completes_normally() {
     let dir = TestDir::new("sigstop");
     let prog = dir.compile("stop.c", "stop", &[]);
-    let native = run_native_stopped(&dir, None, &prog);
+    let native = run_native_stopped(&dir, None, &[], &prog);
     assert_eq!(native.stdout_str(), "stopping\ncontinued\n");
     let trace = dir.join("stop.trace");
-    let recorded = run_native_stopped(&dir, Some(&trace), &prog);
+    let recorded = run_native_stopped(&dir, Some(&trace), &[], &prog);
     assert_same_run(&native, &recorded);
     let json = analyze(&trace);
     let t = totals(root_process(&json));
@@ -68,16 +68,51 @@ fn sigstop_then_sigcont_completes_normally() {
     assert_eq!((t.allocations, t.frees, t.allocated_bytes), (3, 2, 4186));
 }
 
+#[test]
+fn sigstop_then_sigcont_with_snapshots_during_the_run() {
+    // Snapshots taken while the program is in its group-stop interrupt it there: it
+    // must stay stopped until the SIGCONT, then finish as natively.
+    let dir = TestDir::new("sigstop-snapshots");
+    let prog = dir.compile("stop.c", "stop", &[]);
+    let native = run_native_stopped(&dir, None, &[], &prog);
+    let trace = dir.join("stop.trace");
+    let opts = ["--snapshot-every", "50ms", "--stats"];
+    let recorded = run_native_stopped(&dir, Some(&trace), &opts, &prog);
+    assert_same_run(&native, &recorded);
+    let json = analyze(&trace);
+    let t = totals(root_process(&json));
+    assert_eq!((t.allocations, t.frees, t.allocated_bytes), (3, 2, 4186));
+    let periodic = heaptape_format::TraceReader::open(&trace)
+        .expect("trace")
+        .records()
+        .filter(|r| {
+            matches!(
+                r,
+                Ok(heaptape_format::Record::SnapshotInfo {
+                    trigger: heaptape_format::SnapshotTrigger::Periodic,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert!(
+        periodic >= 2,
+        "{periodic} periodic snapshots; stderr:\n{}",
+        recorded.stderr
+    );
+}
+
 /// `prog args` in `dir`, under `heaptape record -o trace` when `trace` is given, with
 /// stdin from /dev/null and stderr piped.
 fn native_or_recorded(
     dir: &TestDir,
     trace: Option<&std::path::Path>,
+    opts: &[&str],
     prog: &std::path::Path,
     args: &[&str],
 ) -> Command {
     let mut cmd = match trace {
-        Some(t) => record_cmd(dir, t, &[], prog, args),
+        Some(t) => record_cmd(dir, t, opts, prog, args),
         None => {
             let mut c = Command::new(prog);
             c.args(args).current_dir(dir.path());
@@ -93,9 +128,10 @@ fn native_or_recorded(
 fn run_native_stopped(
     dir: &TestDir,
     trace: Option<&std::path::Path>,
+    opts: &[&str],
     prog: &std::path::Path,
 ) -> Run {
-    let mut cmd = native_or_recorded(dir, trace, prog, &[]);
+    let mut cmd = native_or_recorded(dir, trace, opts, prog, &[]);
     let (child, mut stdout) = spawn_until_line(&mut cmd, "stopping\n");
     let prog_pid = match trace {
         Some(_) => {
@@ -122,6 +158,16 @@ fn run_native_stopped(
             "program never stopped (state {st:?})"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+    if !opts.is_empty() {
+        // Recorder options (snapshots during the run): give them time to act on the
+        // stopped program, which must still be stopped after.
+        std::thread::sleep(Duration::from_millis(300));
+        let st = proc_state(prog_pid);
+        assert!(
+            st == Some('T') || st == Some('t'),
+            "the program no longer stopped (state {st:?})"
+        );
     }
     // Under ptrace the stop passes through the tracer before it takes effect; a SIGCONT
     // sent in between is overtaken by the stop, so repeat it until the program runs on.
@@ -162,7 +208,7 @@ fn ctrl_c(
     prog: &std::path::Path,
     args: &[&str],
 ) -> Run {
-    let mut cmd = native_or_recorded(dir, trace, prog, args);
+    let mut cmd = native_or_recorded(dir, trace, &[], prog, args);
     cmd.process_group(0);
     // A shell without job control starts background commands with SIGINT ignored, and
     // an ignored signal stays ignored across exec: give the run the default action that

@@ -20,8 +20,9 @@
 //!               lifecycle, hooking, attach, stats)
 //! events/       after the source: CallEvent -> unwind -> stack trie -> records ->
 //!               writer thread -> trace file
-//! snapshot/     the reachability snapshot at a process's exit (live blocks, roots,
-//!               pointer scan, interior-pointer heuristic verdicts)
+//! snapshot/     the reachability snapshot at a process's exit, at the detach or
+//!               during the run (live blocks, roots, pointer scan, interior-pointer
+//!               heuristic verdicts)
 //! ```
 //!
 //! Module dependencies point one way, without cycles: `tracer` uses every other module
@@ -91,6 +92,10 @@ pub struct RecordOptions {
     pub allocator_prefixes: Vec<String>,
     /// Take a reachability snapshot at exit.
     pub snapshot: bool,
+    /// Also take a snapshot of every recorded process this often while it runs (SIGUSR2
+    /// sent to the recorder takes one at any time). Each stops the process for the time
+    /// it takes (see docs/ARCHITECTURE.md, "Snapshots during the run").
+    pub snapshot_every: Option<std::time::Duration>,
     /// Where the tracer, the program and the writer thread run.
     pub cpu_policy: CpuPolicy,
     /// Measure and report tracer statistics (stops per call, unwinding time).
@@ -414,6 +419,7 @@ fn tracer_config(opts: &RecordOptions) -> TracerConfig {
         allocator_prefixes: opts.allocator_prefixes.clone(),
         measure_time: opts.stats,
         snapshot: opts.snapshot,
+        snapshot_every: opts.snapshot_every.filter(|_| opts.snapshot),
         rss_interval: opts.rss_interval,
         ring: opts.mode == RecordMode::Ring,
         spin_wait: opts.mode == RecordMode::Stop && opts.cpu_policy == CpuPolicy::Free,
@@ -421,9 +427,14 @@ fn tracer_config(opts: &RecordOptions) -> TracerConfig {
     }
 }
 
-/// The tracer's tick: the RSS interval, within 10..250 ms.
+/// The tracer's tick: the RSS interval, or a tenth of the snapshot interval if shorter,
+/// within 10..250 ms.
 fn tick_ms(opts: &RecordOptions) -> u64 {
+    let snapshots = opts.snapshot_every.map(|d| d / 10);
     opts.rss_interval
+        .into_iter()
+        .chain(snapshots)
+        .min()
         .map(|d| (d.as_millis() as u64).clamp(10, 250))
         .unwrap_or(250)
 }

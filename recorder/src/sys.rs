@@ -344,6 +344,28 @@ pub fn wait_blocking(tid: Tid) -> io::Result<WaitEvent> {
     }
 }
 
+/// waitpid(tid, __WALL), blocking until `tid` reports or, once a signal interrupts the
+/// wait (the tracer's tick comes at least every 250 ms), the monotonic clock passes
+/// `deadline_ns`: then `Ok(None)`.
+pub fn wait_until(tid: Tid, deadline_ns: u64) -> io::Result<Option<WaitEvent>> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int to &status.
+        let pid = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                if monotonic_ns() >= deadline_ns {
+                    return Ok(None);
+                }
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(Some(decode_status(status)));
+    }
+}
+
 /// Waits for `tid` for at most `timeout`, polling with WNOHANG. `Ok(None)` on timeout.
 pub fn wait_with_timeout(tid: Tid, timeout: std::time::Duration) -> io::Result<Option<WaitEvent>> {
     let deadline = std::time::Instant::now() + timeout;
@@ -615,24 +637,35 @@ impl Drop for SharedMap {
 
 /// Signals the tracer catches instead of dying of: SIGINT and SIGQUIT (the terminal sends
 /// them to the program too; the program decides), SIGTERM and SIGHUP (forwarded to the
-/// program), SIGALRM (the periodic tick that wakes waitpid).
-pub const HANDLED_SIGNALS: [i32; 5] = [
+/// program), SIGALRM (the periodic tick that wakes waitpid), SIGUSR2 (a request for a
+/// snapshot of every recorded process, taken at the next tick, which it brings forward).
+pub const HANDLED_SIGNALS: [i32; 6] = [
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGTERM,
     libc::SIGHUP,
     libc::SIGALRM,
+    libc::SIGUSR2,
 ];
 
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static TICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static SNAPSHOT_REQUEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    if sig == libc::SIGALRM {
-        TICK.store(true, Ordering::Relaxed);
-    } else {
-        LAST_SIGNAL.store(sig, Ordering::Relaxed);
+    match sig {
+        libc::SIGALRM => TICK.store(true, Ordering::Relaxed),
+        libc::SIGUSR2 => {
+            SNAPSHOT_REQUEST.store(true, Ordering::Relaxed);
+            TICK.store(true, Ordering::Relaxed);
+        }
+        _ => LAST_SIGNAL.store(sig, Ordering::Relaxed),
     }
+}
+
+/// Whether a SIGUSR2 (a snapshot request) arrived since the last call.
+pub fn take_snapshot_request() -> bool {
+    SNAPSHOT_REQUEST.swap(false, Ordering::Relaxed)
 }
 
 /// Whether the periodic tick fired since the last call.

@@ -28,6 +28,7 @@ pub fn options(
         max_depth: flags.max_depth,
         allocator_prefixes: flags.allocator_prefixes,
         snapshot: !flags.no_snapshot,
+        snapshot_every: flags.snapshot_every,
         stats: flags.stats,
         attach: pid,
         duration,

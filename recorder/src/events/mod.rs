@@ -366,6 +366,12 @@ impl Pipeline {
         (call, outptr)
     }
 
+    /// Interns `addresses` (innermost first), a stack of thread `tid` that is not an
+    /// allocator call's (a thread's stack at a snapshot): new trie nodes are written.
+    pub(crate) fn intern(&mut self, tid: Tid, addresses: &[u64]) -> StackId {
+        self.trie.intern(tid, addresses, self.out.buf())
+    }
+
     /// The records waiting for the writer thread, to append to.
     pub(crate) fn buf(&mut self) -> &mut Vec<Record> {
         self.out.buf()

@@ -199,6 +199,14 @@ pub(crate) fn comm(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// The name of thread `tid` of process `pid` (`/proc/PID/task/TID/comm`, trimmed),
+/// empty when it cannot be read.
+pub(crate) fn thread_comm(pid: Tid, tid: Tid) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Whether process `pid` exists.
 pub(crate) fn exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -4,12 +4,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use heaptape_format::{ExitStatus, ProcessOrigin, Record};
+use heaptape_format::{ExitStatus, ProcessOrigin, Record, SnapshotTrigger};
 
 use super::model::{Proc, Task};
 use super::{TraceError, Tracer};
 use crate::procfs;
-use crate::snapshot::{self, LiveBlocks, SnapshotContext, ThreadState};
+use crate::snapshot::{LiveBlocks, ThreadState};
 use crate::sys::{self, ProcMem, Tid, WaitEvent};
 use crate::tracee::leftovers;
 
@@ -213,6 +213,7 @@ impl Tracer {
     /// and detaches, delivering any signal that was held. Probe memory and trampolines
     /// stay mapped: calls in flight still return through them.
     pub fn detach_all(&mut self) {
+        let start = sys::monotonic_ns();
         let tids: Vec<Tid> = self.tasks.keys().copied().collect();
         for &t in &tids {
             let _ = sys::interrupt(t);
@@ -374,31 +375,12 @@ impl Tracer {
                     live_from: None,
                 })
                 .collect();
-            let exclude = self.probe_range(pid);
-            let alloc_mods = self.allocator_modules(pid);
-            let relro = self.relro_ranges(pid);
-            let alloc_data = self.allocator_data(pid);
             let ts = self.now();
-            let mut recs = Vec::new();
-            if let Some(p) = self.procs.get(&pid) {
-                if let Err(e) = snapshot::take(
-                    pid,
-                    ts,
-                    &states,
-                    &p.live,
-                    &SnapshotContext {
-                        exclude: &exclude,
-                        allocator_modules: &alloc_mods,
-                        relro: &relro,
-                        dead_stacks: &p.dead_stacks,
-                        allocator_data: &alloc_data,
-                    },
-                    &mut recs,
-                ) {
-                    eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}");
-                }
+            if let Some(recs) = self.take_snapshot(pid, ts, &states) {
+                // The threads were stopped for the detach: from the first interrupt on.
+                let pause = sys::monotonic_ns() - start;
+                self.write_snapshot(recs, pid, SnapshotTrigger::Detach, pause);
             }
-            self.events.buf().extend(recs);
         }
         // Remove every breakpoint from every address space. Entry trampolines stay
         // (threads may be inside them): their int3 becomes a nop, and no return cell

@@ -12,7 +12,6 @@
 //! `exit_group`.
 
 use super::Tracer;
-use crate::events::unwind::EntryRegs;
 use crate::sys::{Regs, Tid};
 
 /// Stack bytes read to find `exit`'s frame: the exit path is a few frames deep.
@@ -25,24 +24,8 @@ impl Tracer {
     /// pointer of the frame that called `exit` (the lowest address of the program's own
     /// live frames), when `exit` is on the thread's stack.
     pub(super) fn exit_caller_sp(&mut self, pid: Tid, tid: Tid, regs: &Regs) -> Option<u64> {
-        let space_id = self.procs.get(&pid)?.space;
-        let space = self.spaces.get_mut(space_id)?.as_mut()?;
-        let stack = crate::procfs::mapping_containing(tid, regs.rsp)?;
-        let len = (stack.end - regs.rsp).min(EXIT_PATH_BYTES) as usize;
-        let mut bytes = vec![0u8; len];
-        space.mem.read(regs.rsp, &mut bytes).ok()?;
-        let mut frames = Vec::new();
-        space.unwinder.frames_from(
-            EntryRegs {
-                rip: regs.rip,
-                rsp: regs.rsp,
-                rbp: regs.rbp,
-            },
-            &bytes,
-            regs.rsp,
-            EXIT_PATH_FRAMES,
-            &mut frames,
-        );
+        let frames = self.unwind_stopped(pid, tid, regs, EXIT_PATH_BYTES, EXIT_PATH_FRAMES)?;
+        let space = self.spaces.get(self.procs.get(&pid)?.space)?.as_ref()?;
         // The function of each frame: the stopped instruction, then each return
         // address's call instruction.
         let mut pc = regs.rip;

@@ -6,14 +6,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use heaptape_format::{ExitStatus, ProcessOrigin, Record};
+use heaptape_format::{ExitStatus, ProcessOrigin, Record, SnapshotTrigger};
 
 use super::model::RingState;
 use super::model::{KnownModule, Proc, Space, Task};
 use super::Tracer;
 use crate::events::unwind::StackUnwinder;
 use crate::procfs;
-use crate::snapshot::{self, LiveBlocks, SnapshotContext, ThreadState};
+use crate::snapshot::{LiveBlocks, ThreadState};
 use crate::sys::{self, ProcMem, SharedMap, Tid, WaitEvent};
 use crate::tracee::inject;
 use crate::tracee::ring::{RingLayout, RingRegion};
@@ -86,6 +86,7 @@ impl Tracer {
         if !proc_.recording || proc_.snapshot_done {
             return;
         }
+        let start = sys::monotonic_ns();
         let regs = sys::get_regs(tid).ok();
         let msg = sys::event_msg(tid).unwrap_or(0);
         let killed = msg & 0x7f != 0;
@@ -113,7 +114,13 @@ impl Tracer {
         let mut parked = Vec::new();
         let mut deferred = Vec::new();
         for t in others {
-            match sys::wait_with_timeout(t, std::time::Duration::from_secs(2)) {
+            // A thread stopped for a snapshot during the run may have reported its exit
+            // already.
+            let reported = match self.take_deferred(t) {
+                Some(ev) => Ok(Some(ev)),
+                None => sys::wait_with_timeout(t, std::time::Duration::from_secs(2)),
+            };
+            match reported {
                 Ok(Some(WaitEvent::Event {
                     event: libc::PTRACE_EVENT_EXIT,
                     ..
@@ -140,38 +147,14 @@ impl Tracer {
         if let Some(space) = self.procs.get(&pid).map(|p| p.space) {
             self.drain_space(space, true);
         }
-        let exclude = self.probe_range(pid);
-        let alloc_mods = self.allocator_modules(pid);
-        let relro = self.relro_ranges(pid);
-        let alloc_data = self.allocator_data(pid);
         let ts = self.now();
-        if let Some(proc_) = self.procs.get_mut(&pid) {
-            proc_.snapshot_done = true;
-            let mut recs = Vec::new();
-            let t = sys::monotonic_ns();
-            let res = snapshot::take(
-                pid,
-                ts,
-                &states,
-                &proc_.live,
-                &SnapshotContext {
-                    exclude: &exclude,
-                    allocator_modules: &alloc_mods,
-                    relro: &relro,
-                    dead_stacks: &proc_.dead_stacks,
-                    allocator_data: &alloc_data,
-                },
-                &mut recs,
-            );
-            self.stats.snapshot_ns += sys::monotonic_ns() - t;
-            match res {
-                Ok(st) => {
-                    self.stats.snapshot_pointers += st.pointers;
-                    self.stats.snapshot_bytes += st.scanned_bytes;
-                }
-                Err(e) => eprintln!("heaptape: warning: pid {pid}: snapshot failed: {e}"),
-            }
-            self.events.buf().extend(recs);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.snapshot_done = true;
+        }
+        if let Some(recs) = self.take_snapshot(pid, ts, &states) {
+            // The process was ending anyway: its pause is the snapshot's time.
+            let pause = sys::monotonic_ns() - start;
+            self.write_snapshot(recs, pid, SnapshotTrigger::Exit, pause);
         }
         for t in parked {
             self.abandon_calls(t);

@@ -38,6 +38,9 @@
 //! - [`resources`]: descriptor, socket and mapping calls decoded into records;
 //! - [`lifecycle`]: ptrace events (clone, fork, vfork, exec, exit), group-stops, exit
 //!   snapshots;
+//! - [`snapshots`]: taking a snapshot of a stopped process, and snapshots during the run
+//!   (`--snapshot-every`, SIGUSR2), which stop the process and resume it as it was;
+//! - [`thread_stacks`]: a stopped thread's call stack (exit frames, snapshots);
 //! - [`hooking`]: modules found in /proc/PID/maps, recorded, and hooked;
 //! - [`attach`]: attaching to a running process and detaching from it;
 //! - [`stats`]: the session's counters.
@@ -52,14 +55,16 @@ mod lifecycle;
 mod model;
 mod resources;
 mod ring;
+mod snapshots;
 mod stats;
+mod thread_stacks;
 
 pub use stats::TracerStats;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use heaptape_format::{ExitStatus, ProcessOrigin, Record};
+use heaptape_format::{ExitStatus, ProcessOrigin, Record, SnapshotTrigger};
 
 use crate::addr_map::AddrMap;
 use crate::events::writer::WriterThread;
@@ -96,6 +101,8 @@ pub struct TracerConfig {
     pub measure_time: bool,
     /// Take a reachability snapshot when each process exits.
     pub snapshot: bool,
+    /// Also take one of every recorded process this often while it runs.
+    pub snapshot_every: Option<std::time::Duration>,
     /// Interval between RSS samples (None: no sampling).
     pub rss_interval: Option<std::time::Duration>,
     /// Ring mode: allocator calls write into per-thread rings instead of stopping.
@@ -127,6 +134,11 @@ pub struct Tracer {
     /// Monotonic time at which an attached recording ends.
     deadline: Option<u64>,
     stop_requested: bool,
+    /// Events reported while threads were being stopped for a snapshot, to handle next
+    /// (each thread is still in the stop it reported).
+    deferred: VecDeque<(Tid, WaitEvent)>,
+    /// Monotonic time of the next snapshot during the run (`--snapshot-every`).
+    next_snapshot: u64,
     next_rss: u64,
     /// When RSS samples carry Pss again (at most once a second).
     next_pss: u64,
@@ -161,6 +173,9 @@ impl Tracer {
     pub fn new(cfg: TracerConfig, root: Tid, out: WriterThread, t0: u64) -> Tracer {
         let prefixes = cfg.allocator_prefixes.clone();
         let events = Pipeline::new(out, cfg.max_depth);
+        let next_snapshot = cfg
+            .snapshot_every
+            .map_or(u64::MAX, |d| sys::monotonic_ns() + d.as_nanos() as u64);
         Tracer {
             cfg,
             prefixes,
@@ -177,6 +192,8 @@ impl Tracer {
             attached: false,
             deadline: None,
             stop_requested: false,
+            deferred: VecDeque::new(),
+            next_snapshot,
             next_rss: 0,
             next_pss: 0,
             stack_buf: vec![0u8; STACK_COPY],
@@ -365,7 +382,8 @@ impl Tracer {
     }
 
     /// Periodic work between stops: forward termination signals sent to the recorder,
-    /// hand records to the writer.
+    /// take the snapshots asked for (SIGUSR2, `--snapshot-every`), hand records to the
+    /// writer.
     fn tick(&mut self) {
         let sig = sys::take_signal();
         if self.attached {
@@ -380,6 +398,21 @@ impl Tracer {
             sys::kill(self.root, sig);
         }
         self.sweep();
+        let asked = sys::take_snapshot_request();
+        if self.cfg.snapshot && !self.stop_requested {
+            let now = sys::monotonic_ns();
+            let due = now >= self.next_snapshot;
+            if asked {
+                self.snapshot_running(SnapshotTrigger::Signal);
+            } else if due {
+                self.snapshot_running(SnapshotTrigger::Periodic);
+            }
+            if let (true, Some(every)) = (due, self.cfg.snapshot_every) {
+                // The next one an interval after this one ends: a snapshot longer than
+                // the interval does not make the program run only between snapshots.
+                self.next_snapshot = sys::monotonic_ns() + every.as_nanos() as u64;
+            }
+        }
         if let Some(every) = self.cfg.rss_interval {
             let now = sys::monotonic_ns();
             // Half a tick of slack: the SIGALRM tick and the sample period are the same.

@@ -45,6 +45,16 @@ pub struct TracerStats {
     pub snapshot_bytes: u64,
     /// Wall time spent taking snapshots, nanoseconds.
     pub snapshot_ns: u64,
+    /// Snapshots taken while the program ran (`--snapshot-every`, SIGUSR2).
+    pub snapshots_during_run: u64,
+    /// Of those, the longest pause of a process (first interrupt to last thread
+    /// resumed), nanoseconds.
+    pub snapshot_pause_max_ns: u64,
+    /// Of those, the pauses added up, nanoseconds.
+    pub snapshot_pause_total_ns: u64,
+    /// Snapshots during the run given up (a thread that did not stop, an exec, a vfork
+    /// in progress).
+    pub snapshots_skipped: u64,
     /// CPU time of the writer thread (encoding, compression, writing), nanoseconds.
     pub writer_cpu_ns: u64,
     /// Ring mode: calls recorded from the rings (no stop).
@@ -118,6 +128,14 @@ impl std::fmt::Display for TracerStats {
             self.snapshot_pointers,
             self.snapshot_bytes,
             self.snapshot_ns as f64 / 1e9
+        )?;
+        writeln!(
+            f,
+            "snapshots during the run: {} taken ({} given up); pauses: max {:.3} ms, total {:.3} ms",
+            self.snapshots_during_run,
+            self.snapshots_skipped,
+            self.snapshot_pause_max_ns as f64 / 1e6,
+            self.snapshot_pause_total_ns as f64 / 1e6
         )?;
         write!(
             f,
