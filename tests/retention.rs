@@ -23,9 +23,9 @@ use serde_json::Value;
 /// stack as a real build has them).
 fn build(dir: &TestDir, name: &str) -> PathBuf {
     let (src, cc) = if name == "cache" {
-        ("cache.cc", "g++")
+        ("cache.cc".to_string(), "g++")
     } else {
-        (&*format!("{name}.c").leak(), "gcc")
+        (format!("{name}.c"), "gcc")
     };
     let out = dir.join(name);
     common::fixtures::build(
@@ -70,7 +70,7 @@ fn a_global_cache_is_named_by_its_variable_and_holds_all_of_it() {
     assert_eq!(status.code(), Some(128 + 15));
     let doc = analyze_json(&trace);
     let r = retention(&doc);
-    let cache = root(r, &format!("global `cache` (in cache)"));
+    let cache = root(r, "global `cache` (in cache)");
     assert_eq!(cache["root"]["kind"], "global");
     assert_eq!(cache["root"]["name"], "cache");
     assert_eq!(count(&cache["retained"]), (1001, 524_328));

@@ -102,7 +102,7 @@ pub(crate) fn text(
             }
         }
     }
-    groups.sort_by(|a, b| (a.0 .1, a.0 .2, a.0 .0).cmp(&(b.0 .1, b.0 .2, b.0 .0)));
+    groups.sort_by_key(|g| (g.0 .1, g.0 .2, g.0 .0));
     writeln!(
         out,
         "   definitely lost blocks, by when they became unreachable:"

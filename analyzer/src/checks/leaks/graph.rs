@@ -11,6 +11,10 @@ use rayon::prelude::*;
 
 use super::heuristics::{BlockRef, HeuristicSet, HeuristicSource};
 use super::model::{GraphStats, LeakKind, LeakReport, LiveBlock, NO_HEURISTIC, NO_LEADER};
+use super::pointers::{
+    edge_kind, edge_target, Csr, PointerGraph, RootRegion, RootWord, Run, KIND_SHIFT, K_HEUR,
+    K_INTERIOR, K_START, K_STRAY, OFFSET_MAX, OFFSET_SHIFT,
+};
 use super::tally::tally;
 
 /// The pointer graph of one snapshot, built record by record, then classified.
@@ -24,61 +28,6 @@ pub struct SnapshotGraph {
     threads: Vec<SnapshotThread>,
     runs: Vec<Run>,
     targets: Vec<u64>,
-}
-
-/// A root region of the snapshot (a `SnapshotRoot` record, without its pointers).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RootRegion {
-    /// What the region is.
-    pub kind: RootKind,
-    /// Its start (0 for registers).
-    pub start: u64,
-    /// Its length in bytes.
-    pub len: u64,
-}
-
-/// Where a root pointer was found: a region (an index into the regions) and the
-/// word's offset in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RootWord {
-    /// Index of the region.
-    pub region: u32,
-    /// Byte offset of the word in the region.
-    pub offset: u64,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    source: u64,
-    start: usize,
-    end: usize,
-}
-
-// Edge encoding after resolution: target block index in the low 32 bits, the kind in
-// the next 8, the offset of the target in its block in the top 24 (saturated: only
-// retention paths show it).
-const KIND_SHIFT: u32 = 32;
-const OFFSET_SHIFT: u32 = 40;
-const OFFSET_MAX: u64 = (1 << 24) - 1;
-const K_STRAY: u64 = 0;
-const K_START: u64 = 1;
-const K_INTERIOR: u64 = 2;
-/// K_HEUR + heuristic index.
-const K_HEUR: u64 = 3;
-
-#[inline]
-fn edge_target(e: u64) -> usize {
-    (e & 0xffff_ffff) as usize
-}
-
-#[inline]
-fn edge_kind(e: u64) -> u64 {
-    (e >> KIND_SHIFT) & 0xff
-}
-
-#[inline]
-fn edge_offset(e: u64) -> u64 {
-    e >> OFFSET_SHIFT
 }
 
 /// Sets `bits` in `flag` and returns the previous value (skipping the write when
@@ -97,9 +46,6 @@ fn set_bits(flag: &AtomicU8, bits: u8) -> u8 {
 const F_DEFINITE: u8 = 1;
 const F_ANY: u8 = 2;
 const F_START_FROM_DEFINITE: u8 = 4;
-
-/// Frontiers at least this long are expanded in parallel.
-const PAR_FRONTIER: usize = 4096;
 
 impl SnapshotGraph {
     /// A graph over the blocks live at the snapshot (any order; duplicates of an
@@ -355,90 +301,6 @@ impl SnapshotGraph {
     }
 }
 
-/// The pointer graph of a classified snapshot, resolved to block indexes (address
-/// order), kept for the retention analysis ([`crate::checks::retention`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PointerGraph {
-    csr: Csr,
-    /// Every root pointer, resolved (stray ones included).
-    roots: Vec<u64>,
-    /// Where each of `roots` was found.
-    root_words: Vec<RootWord>,
-    regions: Vec<RootRegion>,
-    threads: Vec<SnapshotThread>,
-}
-
-/// How a pointer reaches its target block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PointerKind {
-    /// To its start.
-    Start,
-    /// Inside it, at `offset` bytes from its start (at most 16 MiB - 1: larger offsets
-    /// are held at that); `heuristic` when one of the enabled heuristics accepts it.
-    Interior {
-        /// The target's offset in the block.
-        offset: u64,
-        /// Whether an enabled heuristic accepts the pointer.
-        heuristic: bool,
-    },
-}
-
-#[inline]
-fn decode(e: u64) -> Option<(u32, PointerKind)> {
-    let kind = match edge_kind(e) {
-        K_STRAY => return None,
-        K_START => PointerKind::Start,
-        k => PointerKind::Interior {
-            offset: edge_offset(e),
-            heuristic: k >= K_HEUR,
-        },
-    };
-    Some((edge_target(e) as u32, kind))
-}
-
-impl PointerGraph {
-    /// How many blocks the graph has.
-    pub fn block_count(&self) -> usize {
-        self.csr.offsets.len().saturating_sub(1)
-    }
-
-    /// The blocks block `b` points into, with how (a target appears once per pointer).
-    pub fn edges(&self, b: usize) -> impl Iterator<Item = (u32, PointerKind)> + '_ {
-        self.csr.edges(b).iter().filter_map(|&e| decode(e))
-    }
-
-    /// The blocks block `b` points into (an index each, once per pointer), decoding
-    /// nothing else: what graph walks use.
-    #[inline]
-    pub(crate) fn targets(&self, b: usize) -> impl ExactSizeIterator<Item = u32> + '_ {
-        // Stray pointers are not in the adjacency (see `Csr::build`).
-        self.csr.edges(b).iter().map(|&e| edge_target(e) as u32)
-    }
-
-    /// How many pointers between blocks the graph has.
-    pub(crate) fn edge_count(&self) -> usize {
-        self.csr.adj.len()
-    }
-
-    /// Every root pointer into a block: where it was found, its target, how.
-    pub fn root_pointers(&self) -> impl Iterator<Item = (RootWord, u32, PointerKind)> + '_ {
-        self.roots
-            .iter()
-            .zip(&self.root_words)
-            .filter_map(|(&e, &w)| decode(e).map(|(t, k)| (w, t, k)))
-    }
-
-    /// The root regions, indexed by [`RootWord::region`].
-    pub fn regions(&self) -> &[RootRegion] {
-        &self.regions
-    }
-
-    /// The threads' call stacks at the snapshot (none in traces before format 4).
-    pub fn threads(&self) -> &[SnapshotThread] {
-        &self.threads
-    }
-}
-
 struct Resolver<'a> {
     blocks: &'a [LiveBlock],
     index: &'a BlockIndex,
@@ -476,68 +338,6 @@ impl Resolver<'_> {
             }
         };
         (offset.min(OFFSET_MAX) << OFFSET_SHIFT) | (kind << KIND_SHIFT) | b as u64
-    }
-}
-
-/// Adjacency of the blocks: the edges of block `b` are `adj[offsets[b]..offsets[b+1]]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Csr {
-    offsets: Vec<usize>,
-    adj: Vec<u64>,
-}
-
-impl Csr {
-    fn build(n: usize, runs: &[Run], targets: &[u64]) -> Csr {
-        let mut offsets = vec![0usize; n + 1];
-        for r in runs {
-            let live = targets[r.start..r.end]
-                .iter()
-                .filter(|&&e| edge_kind(e) != K_STRAY)
-                .count();
-            offsets[r.source as usize + 1] += live;
-        }
-        for i in 0..n {
-            offsets[i + 1] += offsets[i];
-        }
-        let mut adj = Vec::with_capacity(offsets[n]);
-        // Runs are sorted by source, so appending in run order fills the CSR order.
-        for r in runs {
-            adj.extend(
-                targets[r.start..r.end]
-                    .iter()
-                    .filter(|&&e| edge_kind(e) != K_STRAY),
-            );
-        }
-        Csr { offsets, adj }
-    }
-
-    #[inline]
-    fn edges(&self, b: usize) -> &[u64] {
-        &self.adj[self.offsets[b]..self.offsets[b + 1]]
-    }
-
-    /// Walks from `frontier` (already visited): `visit` marks the target of an edge
-    /// and returns it if the walk goes on from there.
-    fn reach<F>(&self, mut frontier: Vec<u32>, visit: &F)
-    where
-        F: Fn(u64) -> Option<u32> + Sync,
-    {
-        while !frontier.is_empty() {
-            if frontier.len() >= PAR_FRONTIER {
-                frontier = frontier
-                    .par_iter()
-                    .flat_map_iter(|&b| self.edges(b as usize).iter().filter_map(|&e| visit(e)))
-                    .collect();
-            } else {
-                // Depth-first on this thread until the work is worth sharing.
-                while let Some(b) = frontier.pop() {
-                    frontier.extend(self.edges(b as usize).iter().filter_map(|&e| visit(e)));
-                    if frontier.len() >= 4 * PAR_FRONTIER {
-                        break;
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -70,11 +70,12 @@ mod fail_on;
 mod graph;
 mod heuristics;
 mod model;
+mod pointers;
 mod suppress;
 mod tally;
 
 pub use fail_on::FailOn;
-pub use graph::{PointerGraph, PointerKind, RootWord, SnapshotGraph};
+pub use graph::SnapshotGraph;
 pub use heuristics::{
     BlockRef, Heuristic, HeuristicMatches, HeuristicSet, HeuristicSource, NoHeuristicData,
 };
@@ -82,3 +83,4 @@ pub use model::{
     BlockVerdict, Count, GraphStats, LeakCheck, LeakKind, LeakReport, LeakSummary, LiveBlock,
     LossRecord, NO_SNAPSHOT,
 };
+pub use pointers::{PointerGraph, PointerKind, RootWord};

@@ -8,8 +8,8 @@ use std::fmt;
 
 use heaptape_format::{AllocFn, StackId, Timestamp};
 
-use super::graph::PointerGraph;
 use super::heuristics::{Heuristic, HeuristicSet};
+use super::pointers::PointerGraph;
 
 /// The four classes of a live block, in memcheck's order (the order its loss records
 /// break ties by).
