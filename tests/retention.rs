@@ -208,3 +208,91 @@ fn two_roots_sharing_a_subgraph_retain_only_their_own_blocks() {
     assert_eq!(value("global `left` (in shared);main"), 104, "{lines}");
     assert_eq!(value("global `right` (in shared);main"), 104, "{lines}");
 }
+
+/// The (ts, size) of every allocation of the trace, in order.
+fn allocations(trace: &std::path::Path) -> Vec<(u64, u64)> {
+    let dump = run_heaptape(["dump".as_ref(), "--json".as_ref(), trace.as_os_str()]);
+    assert!(dump.status.success(), "{}", dump.stderr);
+    dump.stdout_str()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .filter(|r| r["record"] == "Alloc")
+        .map(|r| (r["ts"].as_u64().unwrap(), r["size"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn snapshots_every_two_seconds_bracket_when_each_lost_block_was_dropped() {
+    let dir = TestDir::new("retention_brackets");
+    let exe = build(&dir, "leak_every_second");
+    let trace = dir.join("leak.trace");
+    let native = run_native(&dir, &exe, &[]);
+    let recorded = record(&dir, &trace, &["--snapshot-every", "2s"], &exe, &[]);
+    assert_same_run(&native, &recorded);
+    let doc = analyze(&trace);
+    let p = &doc["processes"][0];
+    // Three snapshots during the 7 s run, then the one at exit.
+    let snapshots = p["snapshots"].as_array().expect("snapshots");
+    let triggers: Vec<&str> = snapshots
+        .iter()
+        .map(|s| s["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        triggers,
+        ["periodic", "periodic", "periodic", "exit"],
+        "{p:#}"
+    );
+    assert!(snapshots.iter().all(|s| s["pause_ns"].as_u64() > Some(0)));
+    // Block k (the k-th 100-byte allocation) was dropped between the allocation of
+    // block k+1 and the 1-byte marker after it.
+    let allocs = allocations(&trace);
+    let blocks: Vec<u64> = allocs.iter().filter(|a| a.1 == 100).map(|a| a.0).collect();
+    let markers: Vec<u64> = allocs.iter().filter(|a| a.1 == 1).map(|a| a.0).collect();
+    assert_eq!((blocks.len(), markers.len()), (7, 7));
+    // The leak grows by a block a second: at each snapshot, the blocks dropped before
+    // it are lost, 6 at exit.
+    for s in snapshots {
+        let t = s["time_ns"].as_u64().unwrap();
+        let dropped = (0..6).filter(|&k| markers[k + 1] < t).count() as u64;
+        assert_eq!(
+            s["leaks"]["definitely_lost"]["blocks"].as_u64(),
+            Some(dropped),
+            "snapshot at {t}: {s:#}"
+        );
+    }
+    let between = p["lost_between"].as_array().expect("lost_between");
+    assert_eq!(between.len(), 6, "{:#}", p["lost_between"]);
+    let snapshot_times: Vec<u64> = snapshots
+        .iter()
+        .map(|s| s["time_ns"].as_u64().unwrap())
+        .collect();
+    for l in between {
+        let allocated = l["allocated_ns"].as_u64().unwrap();
+        let k = blocks
+            .iter()
+            .position(|&t| t == allocated)
+            .expect("a 100-byte block");
+        let (drop_from, drop_to) = (blocks[k + 1], markers[k + 1]);
+        let (reachable, lost) = (
+            l["reachable_ns"].as_u64().unwrap(),
+            l["lost_ns"].as_u64().unwrap(),
+        );
+        assert!(
+            reachable <= drop_from && drop_to <= lost,
+            "block {k}: dropped in [{drop_from}, {drop_to}], bracket [{reachable}, {lost}]"
+        );
+        // The bracket is two consecutive snapshots (or the block's allocation and the
+        // first snapshot after it).
+        assert!(snapshot_times.contains(&lost));
+        let i = snapshot_times.iter().position(|&t| t == lost).unwrap();
+        let before = if i == 0 { 0 } else { snapshot_times[i - 1] };
+        assert_eq!(reachable, before.max(allocated), "block {k}");
+    }
+    // The text report says it too.
+    let text = analyze_text(&trace);
+    assert!(
+        text.contains("snapshots (4), leak classes at each:")
+            && text.contains("definitely lost blocks, by when they became unreachable:"),
+        "{text}"
+    );
+}

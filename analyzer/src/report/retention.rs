@@ -10,7 +10,7 @@ use crate::checks::retention::{Hop, Retention, RetentionTree, RootName};
 use crate::replay::Image;
 use crate::symbolize::{first_program_frame, Symbolizer};
 use crate::units::{addr, bytes_in_blocks, num};
-use crate::{Analysis, AnalyzeOptions};
+use crate::Analysis;
 
 /// The retention summary of `img`'s last snapshot, `top` entries per list; `None`
 /// without a snapshot.
@@ -101,19 +101,15 @@ fn share(part: u64, whole: u64) -> String {
     }
 }
 
-/// The text section.
+/// The text section of `r`, `img`'s [`summary`].
 pub(crate) fn text(
     a: &Analysis,
     img: &Image,
+    r: &Retention,
     out: &mut dyn Write,
-    opts: &AnalyzeOptions,
     sym: &dyn Symbolizer,
     stacks: &TextStacks,
 ) -> io::Result<()> {
-    let Some(r) = summary(a, img, sym, opts.top) else {
-        return Ok(());
-    };
-    super::snapshots::text(a, img, out, opts.top, sym, Some(&r))?;
     if r.reachable.blocks == 0 {
         return Ok(());
     }

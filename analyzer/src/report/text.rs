@@ -161,7 +161,12 @@ fn image(
         )?;
     }
     super::callsites::text(a, img, out, opts, sym, stacks)?;
-    super::retention::text(a, img, out, opts, sym, stacks)
+    let retention = super::retention::summary(a, img, sym, opts.top);
+    super::snapshots::text(a, img, out, opts.top, sym, retention.as_ref())?;
+    match &retention {
+        Some(r) => super::retention::text(a, img, r, out, sym, stacks),
+        None => Ok(()),
+    }
 }
 
 /// memcheck's LEAK SUMMARY (suppressed blocks on their own line), then the largest

@@ -89,9 +89,9 @@ impl Dominators {
         let mut semi: Vec<u32> = (0..n as u32).collect();
         let mut chain: Vec<u32> = Vec::new();
         for w in (1..n).rev() {
-            // The next number's predecessors are independent loads: start them now.
-            if w > 1 {
-                for &v in preds.of(w - 1) {
+            // The predecessors two numbers on are independent loads: start them now.
+            if w > 2 {
+                for &v in preds.of(w - 2) {
                     prefetch(&slots[v as usize]);
                 }
             }
