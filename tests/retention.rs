@@ -187,6 +187,20 @@ fn two_roots_sharing_a_subgraph_retain_only_their_own_blocks() {
         .find(|s| s["retained"]["bytes"] == 15_000)
         .expect("the table's site");
     assert_eq!(table["held_by"][0]["root"], Value::Null);
+    // The table is the largest shared retainer, reached from `left` or `right`.
+    let top = &r["shared_blocks"][0];
+    assert_eq!(count(&top["retained"]), (11, 15_000));
+    let nearest = top["nearest_root"]["name"].as_str().unwrap();
+    assert!(nearest == "left" || nearest == "right", "{top:#}");
+    let path = top["path"].as_array().unwrap();
+    assert_eq!(
+        path.iter()
+            .map(|h| h["size"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [104, 10_000]
+    );
+    assert_eq!(top["held"].as_array().unwrap().len(), 3);
+    assert_eq!(count(&top["held"][0]["retained"]), (1, 500));
     // The flame graph of retained bytes: the table under "[shared by several roots]".
     let folded = run_heaptape([
         "flamegraph".as_ref(),

@@ -55,7 +55,7 @@ pub use checks::leaks::{
 };
 pub use checks::leaks::{FailOn, HeuristicSet, LeakCheck, LeakKind, PointerKind};
 pub use checks::retention::{
-    Held, Hop, Retainer, Retention, RetentionTree, RootName, SiteRetention,
+    Held, Hop, Retainer, Retention, RetentionTree, RootName, SharedBlock, SiteRetention,
 };
 pub use checks::snapshots::{EarlierSnapshot, LostBetween, SnapshotHistory, SnapshotTime};
 pub use checks::{

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use super::frames::{describe, frames_of, json_frames, json_stack, symbolize_stack, TextStacks};
 use super::schema::{self, StackMaker};
 use crate::checks::leaks::{Count, LiveBlock, PointerKind};
-use crate::checks::retention::{Hop, Retention, RetentionTree, RootName};
+use crate::checks::retention::{Held, Hop, Retention, RetentionTree, RootName};
 use crate::replay::Image;
 use crate::symbolize::{first_program_frame, Symbolizer};
 use crate::units::{addr, bytes_in_blocks, num};
@@ -148,6 +148,31 @@ pub(crate) fn text(
             share(r.shared.bytes, whole)
         )?;
     }
+    for (rank, b) in r.shared_blocks.iter().enumerate() {
+        let Some(last) = b.path.last() else {
+            continue;
+        };
+        writeln!(
+            out,
+            "   shared #{}: {}{} retained by {}, reached from several roots; nearest: {}",
+            rank + 1,
+            bytes_in_blocks(b.retained.bytes, b.retained.blocks),
+            share(b.retained.bytes, whole),
+            block_words(a, img, &last.block, sym),
+            b.nearest_root
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), |n| root_words(img, n, sym))
+        )?;
+        write_path(a, img, out, &b.path, sym)?;
+        for h in &b.held {
+            writeln!(
+                out,
+                "        holds {}:",
+                bytes_in_blocks(h.retained.bytes, h.retained.blocks)
+            )?;
+            write_path(a, img, out, &h.path, sym)?;
+        }
+    }
     if !r.sites.is_empty() {
         writeln!(out, "   call sites by retained bytes:")?;
     }
@@ -267,6 +292,10 @@ pub(crate) fn json(
             } => "heuristic",
         },
     };
+    let held = |h: &Held| schema::Held {
+        path: h.path.iter().map(hop).collect(),
+        retained: count(h.retained),
+    };
     schema::Retention {
         reachable: count(r.reachable),
         root_count: r.root_count,
@@ -274,19 +303,22 @@ pub(crate) fn json(
             .roots
             .iter()
             .map(|t| schema::Retainer {
-                held: t
-                    .held
-                    .iter()
-                    .map(|h| schema::Held {
-                        path: h.path.iter().map(hop).collect(),
-                        retained: count(h.retained),
-                    })
-                    .collect(),
+                held: t.held.iter().map(held).collect(),
                 retained: count(t.retained),
                 root: json_root(img, &t.root, sym),
             })
             .collect(),
         shared: count(r.shared),
+        shared_blocks: r
+            .shared_blocks
+            .iter()
+            .map(|b| schema::SharedBlock {
+                held: b.held.iter().map(held).collect(),
+                nearest_root: b.nearest_root.as_ref().map(|n| json_root(img, n, sym)),
+                path: b.path.iter().map(hop).collect(),
+                retained: count(b.retained),
+            })
+            .collect(),
         sites: r
             .sites
             .iter()

@@ -69,6 +69,19 @@ pub struct Retainer {
     pub held: Vec<Held>,
 }
 
+/// A block several roots reach (no single one retains it) and what it retains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedBlock {
+    /// What it retains (itself included).
+    pub retained: Count,
+    /// The root nearest to it (fewest hops), one of those that reach it.
+    pub nearest_root: Option<RootName>,
+    /// The shortest path from that root: its last hop is the block.
+    pub path: Vec<Hop>,
+    /// Its largest children in the dominator tree, largest first.
+    pub held: Vec<Held>,
+}
+
 /// The memory retained by the blocks of one allocation stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteRetention {
@@ -90,6 +103,10 @@ pub struct Retention {
     pub shared: Count,
     /// How many roots retain something.
     pub root_count: usize,
+    /// The blocks no single root retains that retain the most, most first (where
+    /// memory held from several places, a shared table or an object with many
+    /// referrers, keeps its subtree alive).
+    pub shared_blocks: Vec<SharedBlock>,
     /// The roots that retain the most, most first.
     pub roots: Vec<Retainer>,
     /// The allocation stacks whose blocks retain the most, most first.
@@ -243,39 +260,42 @@ impl<'a> RetentionTree<'a> {
         });
         by_root.truncate(top);
 
-        // The largest children of the roots shown, and of the super-root (shared).
-        let mut children: HashMap<usize, Vec<usize>> =
-            by_root.iter().map(|&x| (x, Vec::new())).collect();
+        // Blocks no single root retains: the super-root's children that are blocks.
         let mut shared = Count::default();
+        let mut shared_top: Vec<usize> = Vec::new();
         for x in 1..n {
-            let d = self.dom.idom[x] as usize;
-            if d == 0 {
-                if self.block_of(x).is_some() {
-                    shared.blocks += self.blocks[x];
-                    shared.bytes = shared.bytes.saturating_add(self.bytes[x]);
-                }
-            } else if self.dom.order[d] as usize <= roots {
-                if let Some(list) = children.get_mut(&d) {
-                    list.push(x);
-                }
+            if self.dom.idom[x] == 0 && self.block_of(x).is_some() {
+                shared.blocks += self.blocks[x];
+                shared.bytes = shared.bytes.saturating_add(self.bytes[x]);
+                shared_top.push(x);
             }
         }
-        for list in children.values_mut() {
-            list.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
-            list.truncate(HELD_PER_ROOT);
-        }
+        shared_top.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
+        shared_top.truncate(top);
+        let parents: Vec<usize> = by_root.iter().chain(&shared_top).copied().collect();
+        let mut held = self.held(&parents);
         let retainers = by_root
             .iter()
             .map(|&x| Retainer {
-                root: self.names[self.dom.order[x] as usize - 1].clone(),
+                root: self.name_of(x).clone(),
                 retained: self.count(x),
-                held: children[&x]
-                    .iter()
-                    .map(|&c| Held {
-                        retained: self.count(c),
-                        path: self.path(x, c),
-                    })
-                    .collect(),
+                held: held.remove(&x).unwrap_or_default(),
+            })
+            .collect();
+        let shared_blocks = shared_top
+            .iter()
+            .map(|&x| {
+                let (root, path) = self
+                    .path_back(x, |p| self.is_root(p))
+                    .map_or((None, Vec::new()), |(r, hops)| {
+                        (Some(self.name_of(r as usize).clone()), hops)
+                    });
+                SharedBlock {
+                    retained: self.count(x),
+                    nearest_root: root,
+                    path,
+                    held: held.remove(&x).unwrap_or_default(),
+                }
             })
             .collect();
         let reachable = self.count(0);
@@ -284,29 +304,29 @@ impl<'a> RetentionTree<'a> {
             shared,
             root_count,
             roots: retainers,
+            shared_blocks,
             sites: self.sites(top),
         }
     }
 
-    /// The hops of a shortest path from root number `root` to number `target`, which
-    /// it dominates: breadth-first backwards from the target until the root is
-    /// reached (a few nodes when the target is near its root, as the largest blocks a
-    /// root holds mostly are; a forward search from the roots would visit every node
-    /// nearer than the target).
-    fn path(&self, root: usize, target: usize) -> Vec<Hop> {
-        let (root, target) = (root as u32, target as u32);
+    /// A shortest path to number `target` from the nearest number `goal` accepts (a
+    /// root), found breadth-first backwards from the target (a few nodes when the
+    /// target is near a root, as the largest blocks a root holds mostly are; a forward
+    /// search from the roots would visit every node nearer than the target): the
+    /// root's number and the hops from it.
+    fn path_back(&self, target: usize, goal: impl Fn(u32) -> bool) -> Option<(u32, Vec<Hop>)> {
+        let target = target as u32;
         let mut next: FastMap<u32, u32> = FastMap::default();
         let mut queue = std::collections::VecDeque::from([target]);
-        let mut found = false;
+        let mut root = None;
         'search: while let Some(x) = queue.pop_front() {
             for &p in self.dom.predecessors(x as usize) {
-                if p == root {
+                if goal(p) {
                     next.insert(p, x);
-                    found = true;
+                    root = Some(p);
                     break 'search;
                 }
-                // The super-root and the other roots lead nowhere (the root dominates
-                // the target).
+                // The super-root and the other roots lead nowhere.
                 if p == 0 || (self.dom.order[p as usize] as usize) <= self.flow.roots {
                     continue;
                 }
@@ -316,9 +336,7 @@ impl<'a> RetentionTree<'a> {
                 }
             }
         }
-        if !found {
-            return Vec::new();
-        }
+        let root = root?;
         let first = self.flow.first_block();
         let mut hops = Vec::new();
         let mut at = root;
@@ -331,7 +349,54 @@ impl<'a> RetentionTree<'a> {
             });
             at = to;
         }
-        hops
+        Some((root, hops))
+    }
+
+    /// The hops of a shortest path from root number `root` to number `target`, which
+    /// it dominates.
+    fn path(&self, root: usize, target: usize) -> Vec<Hop> {
+        self.path_back(target, |p| p as usize == root)
+            .map_or_else(Vec::new, |(_, hops)| hops)
+    }
+
+    /// Whether number `x` is a root's.
+    fn is_root(&self, x: u32) -> bool {
+        x != 0 && (self.dom.order[x as usize] as usize) <= self.flow.roots
+    }
+
+    /// The name of root number `x`.
+    fn name_of(&self, x: usize) -> &RootName {
+        &self.names[self.dom.order[x] as usize - 1]
+    }
+
+    /// Each number's largest children in the dominator tree (for the numbers of
+    /// `parents`), at most [`HELD_PER_ROOT`], largest first.
+    fn held(&self, parents: &[usize]) -> HashMap<usize, Vec<Held>> {
+        let wanted: std::collections::HashSet<usize> = parents.iter().copied().collect();
+        let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+        for x in 1..self.dom.len() {
+            let d = self.dom.idom[x] as usize;
+            if wanted.contains(&d) {
+                children.entry(d).or_default().push(x);
+            }
+        }
+        parents
+            .iter()
+            .map(|&p| {
+                let mut list = children.remove(&p).unwrap_or_default();
+                list.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
+                list.truncate(HELD_PER_ROOT);
+                let held = list
+                    .iter()
+                    .map(|&c| Held {
+                        retained: self.count(c),
+                        // From the root, or from the block for a shared block's.
+                        path: self.path(p, c),
+                    })
+                    .collect();
+                (p, held)
+            })
+            .collect()
     }
 
     /// How node `from` points at block `to` (the first such pointer).

@@ -31,8 +31,8 @@ pub use frame::Frame;
 pub use leaks::{BadFreeBlock, Count, InvalidFree, LeakSummary, LossRecord, SnapshotStats};
 pub use resources::{FdLeak, MmapLeak, TimelinePoint, Verdict, VerdictSite};
 pub use retention::{
-    Held, Hop, LostBetween, Retainer, Retention, Root, SiteRetention, SiteRoot, Snapshot,
-    SnapshotLeaks, SnapshotRoot,
+    Held, Hop, LostBetween, Retainer, Retention, Root, SharedBlock, SiteRetention, SiteRoot,
+    Snapshot, SnapshotLeaks, SnapshotRoot,
 };
 pub use sites::{GrowthSite, SiteAtPeak, SiteLiveAtExit};
 pub(crate) use stack::StackMaker;

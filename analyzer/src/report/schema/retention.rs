@@ -17,6 +17,8 @@ pub struct Retention {
     pub roots: Vec<Retainer>,
     /// Blocks no single root retains (two or more roots reach them).
     pub shared: Count,
+    /// The blocks no single root retains that retain the most, most first.
+    pub shared_blocks: Vec<SharedBlock>,
     /// The allocation stacks whose blocks retain the most, most first.
     pub sites: Vec<SiteRetention>,
 }
@@ -31,6 +33,20 @@ pub struct Retainer {
     pub retained: Count,
     /// The root.
     pub root: Root,
+}
+
+/// A block several roots reach (no single one retains it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SharedBlock {
+    /// Its largest children in the dominator tree, largest first, each with the
+    /// shortest path from the block.
+    pub held: Vec<Held>,
+    /// The root nearest to it (fewest hops), one of those that reach it.
+    pub nearest_root: Option<Root>,
+    /// The shortest path from that root: its last hop is the block.
+    pub path: Vec<Hop>,
+    /// What it retains, itself included.
+    pub retained: Count,
 }
 
 /// What holds a root pointer.
