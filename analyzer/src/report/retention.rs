@@ -208,9 +208,12 @@ fn write_path(
     sym: &dyn Symbolizer,
 ) -> io::Result<()> {
     for hop in path {
+        let field = hop
+            .field
+            .map_or_else(String::new, |f| format!("(word +{f} of the variable) "));
         writeln!(
             out,
-            "          -> {}{} at {}",
+            "          -> {field}{}{} at {}",
             via_words(hop.via),
             block_words(a, img, &hop.block, sym),
             addr(hop.block.address)
@@ -275,6 +278,7 @@ pub(crate) fn json(
 ) -> schema::Retention {
     let hop = |h: &Hop| schema::Hop {
         address: addr(h.block.address),
+        field: h.field,
         interior_offset: match h.via {
             PointerKind::Start => None,
             PointerKind::Interior { offset, .. } => Some(offset),

@@ -47,6 +47,9 @@ pub struct Hop {
     pub block: LiveBlock,
     /// How the previous node (the root, or the previous hop's block) points at it.
     pub via: PointerKind,
+    /// For the first hop from a global variable: the offset in the variable of the
+    /// word that points at the block.
+    pub field: Option<u64>,
 }
 
 /// A block a root holds directly in the dominator tree, and the shortest path to it.
@@ -121,11 +124,19 @@ struct Flow<'a> {
     adj: Adjacency,
     /// How each root points into each of its targets, in the order of its successors.
     root_kinds: Vec<PointerKind>,
+    /// The address of the root word that does (the first one, for a target several
+    /// words of a root point into).
+    root_words: Vec<u64>,
 }
 
 impl<'a> Flow<'a> {
-    /// `pairs`: (root, target block, how), sorted by root, one per (root, target).
-    fn new(graph: &'a PointerGraph, roots: usize, pairs: &[(usize, u32, PointerKind)]) -> Self {
+    /// `pairs`: (root, target block, how, the word's address), sorted by root, one per
+    /// (root, target).
+    fn new(
+        graph: &'a PointerGraph,
+        roots: usize,
+        pairs: &[(usize, u32, PointerKind, u64)],
+    ) -> Self {
         let first = 1 + roots as u32;
         let n = 1 + roots + graph.block_count();
         let mut offsets = Vec::with_capacity(n + 1);
@@ -150,6 +161,7 @@ impl<'a> Flow<'a> {
             roots,
             adj: Adjacency { offsets, targets },
             root_kinds: pairs.iter().map(|p| p.2).collect(),
+            root_words: pairs.iter().map(|p| p.3).collect(),
         }
     }
 
@@ -185,16 +197,16 @@ impl<'a> RetentionTree<'a> {
         let namer = RootNamer::new(graph, stacks, modules, sym);
         let mut ids: HashMap<RootName, usize> = HashMap::new();
         let mut names: Vec<RootName> = Vec::new();
-        let mut pairs: Vec<(usize, u32, PointerKind)> = Vec::new();
+        let mut pairs: Vec<(usize, u32, PointerKind, u64)> = Vec::new();
         for (word, target, kind) in graph.root_pointers() {
             let name = namer.name(word);
             let id = *ids.entry(name).or_insert_with_key(|n| {
                 names.push(n.clone());
                 names.len() - 1
             });
-            pairs.push((id, target, kind));
+            pairs.push((id, target, kind, namer.address(word)));
         }
-        pairs.sort_by_key(|&(id, target, _)| (id, target));
+        pairs.sort_by_key(|&(id, target, _, word)| (id, target, word));
         pairs.dedup_by_key(|p| (p.0, p.1));
         let flow = Flow::new(graph, names.len(), &pairs);
         drop(pairs);
@@ -343,9 +355,11 @@ impl<'a> RetentionTree<'a> {
         while at != target {
             let to = next[&at];
             let (from_node, to_node) = (self.dom.order[at as usize], self.dom.order[to as usize]);
+            let (via, field) = self.pointer_kind(from_node, to_node - first);
             hops.push(Hop {
                 block: *self.report.live_block((to_node - first) as usize),
-                via: self.pointer_kind(from_node, to_node - first),
+                via,
+                field,
             });
             at = to;
         }
@@ -399,15 +413,18 @@ impl<'a> RetentionTree<'a> {
             .collect()
     }
 
-    /// How node `from` points at block `to` (the first such pointer).
-    fn pointer_kind(&self, from: u32, to: u32) -> PointerKind {
+    /// How node `from` points at block `to` (the first such pointer), and for a
+    /// global variable, at which offset in it the pointer is.
+    fn pointer_kind(&self, from: u32, to: u32) -> (PointerKind, Option<u64>) {
         let first = self.flow.first_block();
         if from >= first {
-            self.flow
+            let kind = self
+                .flow
                 .graph
                 .edges((from - first) as usize)
                 .find(|&(t, _)| t == to)
-                .map_or(PointerKind::Start, |(_, k)| k)
+                .map_or(PointerKind::Start, |(_, k)| k);
+            (kind, None)
         } else {
             // A root's successors are its kinds' order; roots' kinds follow the
             // super-root's `roots` successors in the adjacency.
@@ -415,11 +432,16 @@ impl<'a> RetentionTree<'a> {
                 self.flow.adj.offsets[from as usize],
                 self.flow.adj.offsets[from as usize + 1],
             );
-            (start..end)
-                .find(|&i| self.flow.adj.targets[i] == to + first)
-                .map_or(PointerKind::Start, |i| {
-                    self.flow.root_kinds[i - self.flow.roots]
-                })
+            let Some(i) = (start..end).find(|&i| self.flow.adj.targets[i] == to + first) else {
+                return (PointerKind::Start, None);
+            };
+            let field = match &self.names[from as usize - 1] {
+                RootName::Global { address, .. } => {
+                    Some(self.flow.root_words[i - self.flow.roots].wrapping_sub(*address))
+                }
+                _ => None,
+            };
+            (self.flow.root_kinds[i - self.flow.roots], field)
         }
     }
 

@@ -144,6 +144,13 @@ impl<'a> RootNamer<'a> {
             .map_or_else(String::new, |t| t.name.to_string())
     }
 
+    /// The address of root word `w` (its offset in the registers for a register).
+    pub(super) fn address(&self, w: RootWord) -> u64 {
+        self.graph.regions()[w.region as usize]
+            .start
+            .wrapping_add(w.offset)
+    }
+
     /// What holds the root word `w`.
     pub(super) fn name(&self, w: RootWord) -> RootName {
         let region = &self.graph.regions()[w.region as usize];

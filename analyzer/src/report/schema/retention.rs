@@ -89,6 +89,9 @@ pub struct Held {
 pub struct Hop {
     /// The block's start, `"0x…"`.
     pub address: String,
+    /// For the first hop from a global variable: the offset in the variable of the
+    /// word that points at the block; `null` otherwise.
+    pub field: Option<u64>,
     /// Where in the block the pointer points, for an interior pointer; `null` for a
     /// pointer to its start.
     pub interior_offset: Option<u64>,
