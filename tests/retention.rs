@@ -334,3 +334,21 @@ fn snapshots_every_two_seconds_bracket_when_each_lost_block_was_dropped() {
         "{text}"
     );
 }
+
+#[test]
+fn a_large_bss_array_mapped_anonymous_is_named_by_its_variable() {
+    // 800 KB of .bss: past the executable's last file page, the kernel maps it
+    // anonymous, and the snapshot records it as an anonymous region.
+    let dir = TestDir::new("retention_bss");
+    let exe = dir.compile_c(
+        "table",
+        "#include <stdio.h>\n#include <stdlib.h>\nvoid *table[100000];\n\
+         int main(void) { for (int i = 0; i < 100000; i++) table[i] = malloc(32); \
+         puts(\"ok\"); return 0; }\n",
+    );
+    let doc = record_like_native(&dir, "table", &exe, &[]);
+    let r = retention(&doc);
+    let table = root(r, "global `table` (in table)");
+    assert_eq!(count(&table["retained"]), (100_000, 3_200_000));
+    assert_eq!(table["held"][1]["path"][0]["field"], 8);
+}

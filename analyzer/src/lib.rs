@@ -74,8 +74,8 @@ pub use stacks::{StackNodeError, StackTable};
 use symbolize::embedded::EmbeddedSymbols;
 pub use symbolize::{
     embed_symbols, embed_symbols_of, embed_symbols_with, first_program_frame, is_runtime_frame,
-    ElfSymbolizer, EmbedError, EmbedSummary, Frame, NoSymbols, RawSymbolizer, Symbolizer,
-    SymbolizerOptions,
+    DataSymbol, ElfSymbolizer, EmbedError, EmbedSummary, Frame, NoSymbols, RawSymbolizer,
+    Symbolizer, SymbolizerOptions,
 };
 
 /// Options of an analysis and of its reports.

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use super::frames::{symbolize_stack, TextStacks};
 use crate::checks::{Finding, FindingKind};
 use crate::replay::Image;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{DataSymbol, Symbolizer};
 use crate::units::num;
 use crate::{Analysis, AnalyzeOptions};
 
@@ -62,7 +62,7 @@ pub(crate) fn address_sentence(f: &Finding, img: &Image, sym: &dyn Symbolizer) -
             if b.freed { "free'd" } else { "alloc'd" }
         );
     }
-    if let Some((name, offset)) = sym.data_symbol(&img.modules, address) {
+    if let Some(DataSymbol { name, offset, .. }) = sym.data_symbol(&img.modules, address) {
         return format!(
             "Address {address:#x} is {} bytes inside data symbol \"{name}\"",
             num(offset)

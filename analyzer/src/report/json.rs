@@ -101,7 +101,14 @@ fn image(
     stacks: &StackMaker,
 ) -> schema::Image {
     let report = img.leaks.report();
-    let retention = super::retention::summary(a, img, sym, limits.ranked);
+    // Each listed root and shared block costs a path search: lists of the whole
+    // dominator tree would cost more than the rest of the document.
+    let retention = super::retention::summary(
+        a,
+        img,
+        sym,
+        limits.ranked.min(super::retention::JSON_LIST_MAX),
+    );
     let loss_records =
         report.map_or_else(Vec::new, |r| loss_records(a, img, r, sym, limits, stacks));
     let invalid_frees = img

@@ -12,6 +12,9 @@ use crate::symbolize::{first_program_frame, Symbolizer};
 use crate::units::{addr, bytes_in_blocks, num};
 use crate::Analysis;
 
+/// The most entries a JSON document's retention lists hold (`--top` may ask for fewer).
+pub(crate) const JSON_LIST_MAX: usize = 100;
+
 /// The retention summary of `img`'s last snapshot, `top` entries per list; `None`
 /// without a snapshot.
 pub(crate) fn summary(

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::hash::FastMap;
 use crate::modules::ModuleMap;
 use crate::symbolize::embedded::EmbeddedSymbols;
-use crate::symbolize::{Frame, NoSymbols, Sym, Symbolizer};
+use crate::symbolize::{DataSymbol, Frame, NoSymbols, Sym, Symbolizer};
 
 mod units;
 
@@ -388,7 +388,7 @@ impl Symbolizer for ElfSymbolizer {
         });
     }
 
-    fn data_symbol(&self, modules: &ModuleMap, address: u64) -> Option<(String, u64)> {
+    fn data_symbol(&self, modules: &ModuleMap, address: u64) -> Option<DataSymbol> {
         let (slot, probe) = self.probe(modules, address, false)?;
         let slot = lock(&self.slots).list.get(slot).cloned()?;
         let state = load_slot(&slot, &self.options, &self.warnings);
@@ -498,10 +498,14 @@ impl DebugModule {
 
     /// The demangled name of the data symbol containing link-time address `probe`, and
     /// how far into it `probe` is.
-    fn data_symbol(&self, probe: u64) -> Option<(String, u64)> {
+    fn data_symbol(&self, probe: u64) -> Option<DataSymbol> {
         let i = self.data.partition_point(|s| s.start <= probe);
         let s = self.data.get(i.checked_sub(1)?)?;
-        (probe < s.end).then(|| (demangle(&s.name), probe - s.start))
+        (probe < s.end).then(|| DataSymbol {
+            name: demangle(&s.name),
+            offset: probe - s.start,
+            size: s.end - s.start,
+        })
     }
 
     /// The demangled name of the function symbol containing `probe`, and its raw

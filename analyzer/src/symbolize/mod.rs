@@ -85,6 +85,17 @@ impl std::fmt::Display for NoSymbols {
     }
 }
 
+/// A global or static variable an address lies in ([`Symbolizer::data_symbol`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSymbol {
+    /// Its name, demangled.
+    pub name: String,
+    /// How far into it the address is.
+    pub offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// Describes addresses for reports (see the module docs).
 pub trait Symbolizer {
     /// Describes `address` in the image whose modules are `modules`. `return_address`
@@ -103,9 +114,9 @@ pub trait Symbolizer {
     }
 
     /// The data symbol (a global or static variable) that `address` lies in, in the
-    /// image whose modules are `modules`, and how far into it: memcheck's "Address 0x…
-    /// is 16 bytes inside data symbol "table"". The default knows none.
-    fn data_symbol(&self, modules: &ModuleMap, address: u64) -> Option<(String, u64)> {
+    /// image whose modules are `modules`: memcheck's "Address 0x… is 16 bytes inside
+    /// data symbol "table"". The default knows none.
+    fn data_symbol(&self, modules: &ModuleMap, address: u64) -> Option<DataSymbol> {
         let _ = (modules, address);
         None
     }

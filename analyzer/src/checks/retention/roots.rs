@@ -2,12 +2,15 @@
 //! pointer of a snapshot ([`RootName`]), grouped so that the words of one variable or
 //! one frame are one root of the dominator tree.
 
+use std::cell::RefCell;
+use std::ops::Range;
+
 use heaptape_format::{RootKind, StackId};
 
 use crate::checks::leaks::{PointerGraph, RootWord};
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{DataSymbol, Symbolizer};
 
 /// What holds a root pointer: one root of the dominator tree.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +106,8 @@ pub(super) struct RootNamer<'a> {
     sym: &'a dyn Symbolizer,
     /// Per thread of the snapshot: tid, name, frame starts, frame code addresses.
     threads: Vec<ThreadFrames<'a>>,
+    /// The data symbol found last: its addresses and name.
+    last_symbol: RefCell<Option<(Range<u64>, String)>>,
 }
 
 struct ThreadFrames<'a> {
@@ -134,6 +139,7 @@ impl<'a> RootNamer<'a> {
             modules,
             sym,
             threads,
+            last_symbol: RefCell::new(None),
         }
     }
 
@@ -189,20 +195,47 @@ impl<'a> RootNamer<'a> {
                     },
                 }
             }
-            RootKind::ModuleData { path } => match self.sym.data_symbol(self.modules, address) {
-                Some((name, offset)) => RootName::Global {
-                    module: path.clone(),
-                    name,
-                    address: address.wrapping_sub(offset),
-                },
-                None => RootName::ModuleData {
-                    module: path.clone(),
-                },
-            },
-            RootKind::Anonymous => RootName::Anonymous {
-                start: region.start,
-                len: region.len,
-            },
+            RootKind::ModuleData { path } => {
+                self.global(address, path)
+                    .unwrap_or_else(|| RootName::ModuleData {
+                        module: path.clone(),
+                    })
+            }
+            // A module's .bss beyond its file's last page is mapped anonymous.
+            RootKind::Anonymous => {
+                let module = self.modules.lookup(address).map(|h| h.module.path.clone());
+                module
+                    .and_then(|m| self.global(address, &m))
+                    .unwrap_or(RootName::Anonymous {
+                        start: region.start,
+                        len: region.len,
+                    })
+            }
         }
+    }
+
+    /// The global variable of module `module` that `address` lies in, if a data symbol
+    /// covers it.
+    fn global(&self, address: u64, module: &str) -> Option<RootName> {
+        // Root words come in address order: a large array's words all fall in the
+        // variable found last.
+        let mut last = self.last_symbol.borrow_mut();
+        if let Some((range, name)) = &*last {
+            if range.contains(&address) {
+                return Some(RootName::Global {
+                    module: module.to_string(),
+                    name: name.clone(),
+                    address: range.start,
+                });
+            }
+        }
+        let DataSymbol { name, offset, size } = self.sym.data_symbol(self.modules, address)?;
+        let start = address.wrapping_sub(offset);
+        *last = Some((start..start.saturating_add(size), name.clone()));
+        Some(RootName::Global {
+            module: module.to_string(),
+            name,
+            address: start,
+        })
     }
 }

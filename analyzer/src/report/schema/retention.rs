@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use super::{Count, Frame, Stack};
 
-/// The retention of the image's last complete snapshot.
+/// The retention of the image's last complete snapshot. Its lists hold at most 100
+/// entries each (fewer with `--top`): each root or block listed costs a path search.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Retention {
     /// The reachable blocks (still reachable and possibly lost), all retained by the
