@@ -329,19 +329,8 @@ pub fn wait_any() -> io::Result<Option<(Tid, WaitEvent)>> {
 
 /// waitpid(tid, __WALL), retrying on EINTR.
 pub fn wait_blocking(tid: Tid) -> io::Result<WaitEvent> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes one int to &status.
-        let pid = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        if pid < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        return Ok(decode_status(status));
-    }
+    // No deadline passes u64::MAX: an interrupted wait is retried.
+    wait_until(tid, u64::MAX)?.ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))
 }
 
 /// waitpid(tid, __WALL), blocking until `tid` reports or, once a signal interrupts the

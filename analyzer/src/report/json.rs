@@ -8,11 +8,12 @@ use std::cmp::Reverse;
 
 use super::callsites::{allocation_rate, CallSiteSections};
 use super::frames::json_stack;
+use super::json_count as count;
 use super::limits::Limits;
 use super::names::{end_name, origin_name};
 use super::resources::ResourceSections;
 use super::schema::{self, StackMaker};
-use crate::checks::leaks::{Count, Heuristic, LeakKind, LeakReport, LossRecord};
+use crate::checks::leaks::{Heuristic, LeakKind, LeakReport, LossRecord};
 use crate::checks::Finding;
 use crate::replay::{Image, Process, Totals};
 use crate::symbolize::Symbolizer;
@@ -220,13 +221,6 @@ fn finding(
         stack_id: f.free_stack,
         tid: f.first.tid,
         ts_ns: f.first.ts,
-    }
-}
-
-fn count(c: Count) -> schema::Count {
-    schema::Count {
-        blocks: c.blocks,
-        bytes: c.bytes,
     }
 }
 

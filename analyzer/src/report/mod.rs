@@ -28,3 +28,13 @@ pub(crate) mod snapshots;
 pub mod speedscope;
 pub(crate) mod suppressions;
 pub(crate) mod text;
+
+use crate::checks::leaks::Count;
+
+/// A block and byte count as the JSON documents have it.
+pub(crate) fn json_count(c: Count) -> schema::Count {
+    schema::Count {
+        blocks: c.blocks,
+        bytes: c.bytes,
+    }
+}

@@ -4,8 +4,9 @@
 use std::io::{self, Write};
 
 use super::frames::{describe, frames_of, json_frames, json_stack, symbolize_stack, TextStacks};
+use super::json_count as count;
 use super::schema::{self, StackMaker};
-use crate::checks::leaks::{Count, LiveBlock, PointerKind};
+use crate::checks::leaks::{LiveBlock, PointerKind};
 use crate::checks::retention::{Held, Hop, Retention, RetentionTree, RootName};
 use crate::replay::Image;
 use crate::symbolize::{first_program_frame, Symbolizer};
@@ -134,14 +135,7 @@ pub(crate) fn text(
             share(t.retained.bytes, whole),
             root_words(img, &t.root, sym)
         )?;
-        for h in &t.held {
-            writeln!(
-                out,
-                "        holds {}:",
-                bytes_in_blocks(h.retained.bytes, h.retained.blocks)
-            )?;
-            write_path(a, img, out, &h.path, sym)?;
-        }
+        write_held(a, img, out, &t.held, sym)?;
     }
     if r.shared.blocks > 0 {
         writeln!(
@@ -167,14 +161,7 @@ pub(crate) fn text(
                 .map_or_else(|| "unknown".to_string(), |n| root_words(img, n, sym))
         )?;
         write_path(a, img, out, &b.path, sym)?;
-        for h in &b.held {
-            writeln!(
-                out,
-                "        holds {}:",
-                bytes_in_blocks(h.retained.bytes, h.retained.blocks)
-            )?;
-            write_path(a, img, out, &h.path, sym)?;
-        }
+        write_held(a, img, out, &b.held, sym)?;
     }
     if !r.sites.is_empty() {
         writeln!(out, "   call sites by retained bytes:")?;
@@ -203,6 +190,25 @@ pub(crate) fn text(
     Ok(())
 }
 
+/// The blocks a root or shared block holds, each with its path.
+fn write_held(
+    a: &Analysis,
+    img: &Image,
+    out: &mut dyn Write,
+    held: &[Held],
+    sym: &dyn Symbolizer,
+) -> io::Result<()> {
+    for h in held {
+        writeln!(
+            out,
+            "        holds {}:",
+            bytes_in_blocks(h.retained.bytes, h.retained.blocks)
+        )?;
+        write_path(a, img, out, &h.path, sym)?;
+    }
+    Ok(())
+}
+
 fn write_path(
     a: &Analysis,
     img: &Image,
@@ -223,13 +229,6 @@ fn write_path(
         )?;
     }
     Ok(())
-}
-
-fn count(c: Count) -> schema::Count {
-    schema::Count {
-        blocks: c.blocks,
-        bytes: c.bytes,
-    }
 }
 
 fn json_root(img: &Image, root: &RootName, sym: &dyn Symbolizer) -> schema::Root {

@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use super::frames::{describe, json_stack, symbolize_stack};
+use super::json_count as count;
 use super::limits::Limits;
 use super::retention::root_words;
 use super::schema::{self, StackMaker};
@@ -128,13 +129,6 @@ pub(crate) fn text(
         )?;
     }
     Ok(())
-}
-
-fn count(c: Count) -> schema::Count {
-    schema::Count {
-        blocks: c.blocks,
-        bytes: c.bytes,
-    }
 }
 
 /// The JSON list of snapshots, oldest first (empty without a complete one).
