@@ -26,6 +26,10 @@ pub(crate) trait FlowGraph: Sync {
     fn len(&self) -> usize;
     /// The successors of `v` (duplicates allowed).
     fn successors(&self, v: u32) -> &[u32];
+    /// A hint that `successors(v)` will be asked for soon. The default does nothing.
+    fn prefetch(&self, v: u32) {
+        let _ = v;
+    }
 }
 
 /// A flow graph as a flat adjacency array: the successors of `v` are
@@ -44,6 +48,11 @@ impl FlowGraph for Adjacency {
     #[inline]
     fn successors(&self, v: u32) -> &[u32] {
         &self.targets[self.offsets[v as usize]..self.offsets[v as usize + 1]]
+    }
+
+    #[inline]
+    fn prefetch(&self, v: u32) {
+        prefetch(&self.offsets[v as usize]);
     }
 }
 
@@ -166,7 +175,13 @@ fn depth_first(g: &impl FlowGraph, root: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) 
                 let y = order.len() as u32;
                 parent.push(x);
                 order.push(w);
-                stack.push((g.successors(w), 0, y));
+                let next = g.successors(w);
+                // Its first unvisited successor is entered next: start loading where
+                // their successors are.
+                for &u in next {
+                    g.prefetch(u);
+                }
+                stack.push((next, 0, y));
             }
         } else {
             stack.pop();
@@ -182,6 +197,12 @@ fn depth_first(g: &impl FlowGraph, root: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) 
     (order, number, parent)
 }
 
+/// Nodes of the preorder looked at per task when the predecessors are counted and
+/// filled.
+const AHEAD_CHUNK: usize = 1 << 14;
+/// How far ahead in the preorder a node's successors are prefetched.
+const AHEAD: usize = 8;
+
 /// The predecessors of each reached node, by preorder number (a flat array).
 #[derive(Clone, Debug, Default)]
 struct Predecessors {
@@ -196,9 +217,14 @@ impl Predecessors {
     fn new(g: &impl FlowGraph, order: &[u32], number: &[u32]) -> Predecessors {
         let n = order.len();
         let counts: Vec<AtomicUsize> = (0..=n).map(|_| AtomicUsize::new(0)).collect();
-        order.par_iter().for_each(|&v| {
-            for &w in g.successors(v) {
-                counts[number[w as usize] as usize + 1].fetch_add(1, Ordering::Relaxed);
+        order.par_chunks(AHEAD_CHUNK).for_each(|chunk| {
+            for (k, &v) in chunk.iter().enumerate() {
+                if let Some(&u) = chunk.get(k + AHEAD) {
+                    g.prefetch(u);
+                }
+                for &w in g.successors(v) {
+                    counts[number[w as usize] as usize + 1].fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
         let mut offsets: Vec<usize> = counts.into_iter().map(AtomicUsize::into_inner).collect();
@@ -207,12 +233,21 @@ impl Predecessors {
         }
         let fill: Vec<AtomicUsize> = offsets[..n].iter().map(|&o| AtomicUsize::new(o)).collect();
         let from: Vec<AtomicU32> = (0..offsets[n]).map(|_| AtomicU32::new(0)).collect();
-        order.par_iter().enumerate().for_each(|(x, &v)| {
-            for &w in g.successors(v) {
-                let at = fill[number[w as usize] as usize].fetch_add(1, Ordering::Relaxed);
-                from[at].store(x as u32, Ordering::Relaxed);
-            }
-        });
+        order
+            .par_chunks(AHEAD_CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (k, &v) in chunk.iter().enumerate() {
+                    if let Some(&u) = chunk.get(k + AHEAD) {
+                        g.prefetch(u);
+                    }
+                    let x = (c * AHEAD_CHUNK + k) as u32;
+                    for &w in g.successors(v) {
+                        let at = fill[number[w as usize] as usize].fetch_add(1, Ordering::Relaxed);
+                        from[at].store(x, Ordering::Relaxed);
+                    }
+                }
+            });
         let from = from.into_par_iter().map(AtomicU32::into_inner).collect();
         Predecessors { offsets, from }
     }

@@ -22,7 +22,8 @@ mod roots;
 
 pub use roots::RootName;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use crate::hash::FastMap;
 
@@ -114,6 +115,44 @@ pub struct Retention {
     pub roots: Vec<Retainer>,
     /// The allocation stacks whose blocks retain the most, most first.
     pub sites: Vec<SiteRetention>,
+}
+
+/// The `k` numbers that retain the most bytes among those offered (ties: the lower
+/// number first), kept while scanning millions without sorting them.
+struct Largest {
+    k: usize,
+    heap: BinaryHeap<Reverse<(u64, Reverse<usize>)>>,
+}
+
+impl Largest {
+    fn new(k: usize) -> Self {
+        Largest {
+            k,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    #[inline]
+    fn offer(&mut self, bytes: u64, x: usize) {
+        let key = Reverse((bytes, Reverse(x)));
+        if self.heap.len() < self.k {
+            self.heap.push(key);
+        } else if self.heap.peek().is_some_and(|min| key < *min) {
+            self.heap.pop();
+            self.heap.push(key);
+        }
+    }
+
+    /// Most first.
+    fn into_sorted(self) -> Vec<usize> {
+        let mut v: Vec<(u64, usize)> = self
+            .heap
+            .into_iter()
+            .map(|Reverse((bytes, Reverse(x)))| (bytes, x))
+            .collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        v.into_iter().map(|(_, x)| x).collect()
+    }
 }
 
 /// The flow graph: node 0 the super-root, nodes `1..=roots` the named roots, then the
@@ -274,16 +313,15 @@ impl<'a> RetentionTree<'a> {
 
         // Blocks no single root retains: the super-root's children that are blocks.
         let mut shared = Count::default();
-        let mut shared_top: Vec<usize> = Vec::new();
+        let mut largest = Largest::new(top);
         for x in 1..n {
             if self.dom.idom[x] == 0 && self.block_of(x).is_some() {
                 shared.blocks += self.blocks[x];
                 shared.bytes = shared.bytes.saturating_add(self.bytes[x]);
-                shared_top.push(x);
+                largest.offer(self.bytes[x], x);
             }
         }
-        shared_top.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
-        shared_top.truncate(top);
+        let shared_top = largest.into_sorted();
         let parents: Vec<usize> = by_root.iter().chain(&shared_top).copied().collect();
         let mut held = self.held(&parents);
         let retainers = by_root
@@ -386,20 +424,28 @@ impl<'a> RetentionTree<'a> {
     /// Each number's largest children in the dominator tree (for the numbers of
     /// `parents`), at most [`HELD_PER_ROOT`], largest first.
     fn held(&self, parents: &[usize]) -> HashMap<usize, Vec<Held>> {
-        let wanted: std::collections::HashSet<usize> = parents.iter().copied().collect();
-        let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+        // One bit per number says "a parent asked for"; the scan stays in the cache.
+        let mut wanted = vec![0u64; self.dom.len().div_ceil(64)];
+        let slot: FastMap<usize, usize> =
+            parents.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+        for &p in parents {
+            wanted[p / 64] |= 1 << (p % 64);
+        }
+        let mut largest: Vec<Largest> = parents
+            .iter()
+            .map(|_| Largest::new(HELD_PER_ROOT))
+            .collect();
         for x in 1..self.dom.len() {
             let d = self.dom.idom[x] as usize;
-            if wanted.contains(&d) {
-                children.entry(d).or_default().push(x);
+            if wanted[d / 64] & (1 << (d % 64)) != 0 {
+                largest[slot[&d]].offer(self.bytes[x], x);
             }
         }
         parents
             .iter()
-            .map(|&p| {
-                let mut list = children.remove(&p).unwrap_or_default();
-                list.sort_by(|&a, &b| self.bytes[b].cmp(&self.bytes[a]).then(a.cmp(&b)));
-                list.truncate(HELD_PER_ROOT);
+            .zip(largest)
+            .map(|(&p, top)| {
+                let list = top.into_sorted();
                 let held = list
                     .iter()
                     .map(|&c| Held {
@@ -511,6 +557,18 @@ impl<'a> RetentionTree<'a> {
         let mut active: Vec<u32> = vec![0; stacks];
         let mut totals: Vec<Count> = vec![Count::default(); stacks];
         let mut held: FastMap<(StackId, usize), u64> = FastMap::default();
+        // What each stack holds under the current child of the super-root (a root, or
+        // a shared block), moved into `held` when the walk leaves it.
+        let mut under: Vec<u64> = vec![0; stacks];
+        let mut touched: Vec<StackId> = Vec::new();
+        let mut flush = |root: usize, under: &mut Vec<u64>, touched: &mut Vec<StackId>| {
+            for s in touched.drain(..) {
+                let bytes = std::mem::take(&mut under[s as usize]);
+                if bytes > 0 {
+                    *held.entry((s, root)).or_insert(0) += bytes;
+                }
+            }
+        };
         // (number, next child, the root above it: 0 for none)
         let mut stack: Vec<(u32, usize, usize)> = vec![(0, 0, 0)];
         while let Some(top_frame) = stack.last_mut() {
@@ -530,7 +588,10 @@ impl<'a> RetentionTree<'a> {
                         let t = &mut totals[s as usize];
                         t.blocks += self.blocks[c];
                         t.bytes = t.bytes.saturating_add(self.bytes[c]);
-                        *held.entry((s, root)).or_insert(0) += self.bytes[c];
+                        if under[s as usize] == 0 {
+                            touched.push(s);
+                        }
+                        under[s as usize] += self.bytes[c];
                     }
                     active[s as usize] += 1;
                 }
@@ -539,6 +600,10 @@ impl<'a> RetentionTree<'a> {
                 stack.pop();
                 if let Some(b) = self.block_of(x) {
                     active[self.report.live_block(b).stack as usize] -= 1;
+                }
+                if stack.len() == 1 {
+                    // Left a child of the super-root.
+                    flush(root, &mut under, &mut touched);
                 }
             }
         }
