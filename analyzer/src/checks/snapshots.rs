@@ -8,7 +8,7 @@
 //! lost is kept while it stays lost; the snapshot before that one (or the block's
 //! allocation, when later) is the last time it was known reachable.
 
-use std::collections::HashMap;
+use crate::hash::FastMap;
 
 use heaptape_format::{SnapshotTrigger, StackId, Timestamp};
 
@@ -74,7 +74,7 @@ pub struct SnapshotHistory {
     pub earlier: Vec<EarlierSnapshot>,
     /// Lost blocks of the last snapshot, (address, allocation time) -> the index of
     /// the snapshot where each was first found lost.
-    lost_since: HashMap<(u64, Timestamp), u32>,
+    lost_since: FastMap<(u64, Timestamp), u32>,
 }
 
 impl SnapshotHistory {
@@ -101,7 +101,7 @@ impl SnapshotHistory {
         }
         let k = self.times.len() as u32;
         self.times.push(time);
-        let mut next = HashMap::new();
+        let mut next = FastMap::default();
         for v in report.verdicts() {
             if matches!(v.kind, LeakKind::DefinitelyLost | LeakKind::IndirectlyLost) {
                 let key = (v.block.address, v.block.ts);

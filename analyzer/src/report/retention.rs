@@ -120,11 +120,13 @@ pub(crate) fn text(
     let whole = r.reachable.bytes;
     writeln!(
         out,
-        "   who holds the memory (the last snapshot's {} reachable blocks, {} bytes, held \
-         by {} roots):",
+        "   who holds the memory (the last snapshot's {} reachable block{}, {} bytes, held \
+         by {} root{}):",
         num(r.reachable.blocks),
+        if r.reachable.blocks == 1 { "" } else { "s" },
         num(r.reachable.bytes),
-        num(r.root_count as u64)
+        num(r.root_count as u64),
+        if r.root_count == 1 { "" } else { "s" }
     )?;
     for (rank, t) in r.roots.iter().enumerate() {
         writeln!(

@@ -188,12 +188,20 @@ fn depth_first(g: &impl FlowGraph, root: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) 
         }
     }
     drop(seen);
-    let number: Vec<AtomicU32> = (0..g.len()).map(|_| AtomicU32::new(NONE)).collect();
-    order
-        .par_iter()
-        .enumerate()
-        .for_each(|(x, &v)| number[v as usize].store(x as u32, Ordering::Relaxed));
-    let number = number.into_iter().map(AtomicU32::into_inner).collect();
+    let number = if order.len() < PARALLEL_NODES {
+        let mut number = vec![NONE; g.len()];
+        for (x, &v) in order.iter().enumerate() {
+            number[v as usize] = x as u32;
+        }
+        number
+    } else {
+        let number: Vec<AtomicU32> = (0..g.len()).map(|_| AtomicU32::new(NONE)).collect();
+        order
+            .par_iter()
+            .enumerate()
+            .for_each(|(x, &v)| number[v as usize].store(x as u32, Ordering::Relaxed));
+        number.into_iter().map(AtomicU32::into_inner).collect()
+    };
     (order, number, parent)
 }
 
@@ -202,6 +210,10 @@ fn depth_first(g: &impl FlowGraph, root: u32) -> (Vec<u32>, Vec<u32>, Vec<u32>) 
 const AHEAD_CHUNK: usize = 1 << 14;
 /// How far ahead in the preorder a node's successors are prefetched.
 const AHEAD: usize = 8;
+/// Graphs of fewer nodes are numbered and their predecessors found on this thread
+/// alone: handing small jobs to the pool costs more than the work (a trace of 641
+/// short processes spent most of its retention time waking workers).
+const PARALLEL_NODES: usize = 1 << 16;
 
 /// The predecessors of each reached node, by preorder number (a flat array).
 #[derive(Clone, Debug, Default)]
@@ -217,7 +229,8 @@ impl Predecessors {
     fn new(g: &impl FlowGraph, order: &[u32], number: &[u32]) -> Predecessors {
         let n = order.len();
         let counts: Vec<AtomicUsize> = (0..=n).map(|_| AtomicUsize::new(0)).collect();
-        order.par_chunks(AHEAD_CHUNK).for_each(|chunk| {
+        let parallel = n >= PARALLEL_NODES;
+        let count = |chunk: &[u32]| {
             for (k, &v) in chunk.iter().enumerate() {
                 if let Some(&u) = chunk.get(k + AHEAD) {
                     g.prefetch(u);
@@ -226,29 +239,37 @@ impl Predecessors {
                     counts[number[w as usize] as usize + 1].fetch_add(1, Ordering::Relaxed);
                 }
             }
-        });
+        };
+        if parallel {
+            order.par_chunks(AHEAD_CHUNK).for_each(count);
+        } else {
+            order.chunks(AHEAD_CHUNK).for_each(count);
+        }
         let mut offsets: Vec<usize> = counts.into_iter().map(AtomicUsize::into_inner).collect();
         for i in 0..n {
             offsets[i + 1] += offsets[i];
         }
         let fill: Vec<AtomicUsize> = offsets[..n].iter().map(|&o| AtomicUsize::new(o)).collect();
         let from: Vec<AtomicU32> = (0..offsets[n]).map(|_| AtomicU32::new(0)).collect();
-        order
-            .par_chunks(AHEAD_CHUNK)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (k, &v) in chunk.iter().enumerate() {
-                    if let Some(&u) = chunk.get(k + AHEAD) {
-                        g.prefetch(u);
-                    }
-                    let x = (c * AHEAD_CHUNK + k) as u32;
-                    for &w in g.successors(v) {
-                        let at = fill[number[w as usize] as usize].fetch_add(1, Ordering::Relaxed);
-                        from[at].store(x, Ordering::Relaxed);
-                    }
+        let place = |(c, chunk): (usize, &[u32])| {
+            for (k, &v) in chunk.iter().enumerate() {
+                if let Some(&u) = chunk.get(k + AHEAD) {
+                    g.prefetch(u);
                 }
-            });
-        let from = from.into_par_iter().map(AtomicU32::into_inner).collect();
+                let x = (c * AHEAD_CHUNK + k) as u32;
+                for &w in g.successors(v) {
+                    let at = fill[number[w as usize] as usize].fetch_add(1, Ordering::Relaxed);
+                    from[at].store(x, Ordering::Relaxed);
+                }
+            }
+        };
+        let from = if parallel {
+            order.par_chunks(AHEAD_CHUNK).enumerate().for_each(place);
+            from.into_par_iter().map(AtomicU32::into_inner).collect()
+        } else {
+            order.chunks(AHEAD_CHUNK).enumerate().for_each(place);
+            from.into_iter().map(AtomicU32::into_inner).collect()
+        };
         Predecessors { offsets, from }
     }
 

@@ -23,7 +23,7 @@ mod roots;
 pub use roots::RootName;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use crate::hash::FastMap;
 
@@ -234,7 +234,7 @@ impl<'a> RetentionTree<'a> {
         let graph = report.graph();
         // Group the root words by what holds them.
         let namer = RootNamer::new(graph, stacks, modules, sym);
-        let mut ids: HashMap<RootName, usize> = HashMap::new();
+        let mut ids: FastMap<RootName, usize> = FastMap::default();
         let mut names: Vec<RootName> = Vec::new();
         let mut pairs: Vec<(usize, u32, PointerKind, u64)> = Vec::new();
         for (word, target, kind) in graph.root_pointers() {
@@ -423,7 +423,7 @@ impl<'a> RetentionTree<'a> {
 
     /// Each number's largest children in the dominator tree (for the numbers of
     /// `parents`), at most [`HELD_PER_ROOT`], largest first.
-    fn held(&self, parents: &[usize]) -> HashMap<usize, Vec<Held>> {
+    fn held(&self, parents: &[usize]) -> FastMap<usize, Vec<Held>> {
         // One bit per number says "a parent asked for"; the scan stays in the cache.
         let mut wanted = vec![0u64; self.dom.len().div_ceil(64)];
         let slot: FastMap<usize, usize> =

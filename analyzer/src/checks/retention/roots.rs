@@ -202,15 +202,17 @@ impl<'a> RootNamer<'a> {
                     })
             }
             // A module's .bss beyond its file's last page is mapped anonymous.
-            RootKind::Anonymous => {
-                let module = self.modules.lookup(address).map(|h| h.module.path.clone());
-                module
-                    .and_then(|m| self.global(address, &m))
-                    .unwrap_or(RootName::Anonymous {
-                        start: region.start,
-                        len: region.len,
-                    })
-            }
+            RootKind::Anonymous => match self.modules.lookup(address) {
+                Some(hit) => {
+                    let module = hit.module.path.clone();
+                    self.global(address, &module)
+                        .unwrap_or(RootName::ModuleData { module })
+                }
+                None => RootName::Anonymous {
+                    start: region.start,
+                    len: region.len,
+                },
+            },
         }
     }
 
