@@ -288,11 +288,6 @@ impl LeakReport {
         &self.blocks[i]
     }
 
-    /// The class of the block at index `i` (address order).
-    pub fn kind_of(&self, i: usize) -> LeakKind {
-        self.kinds[i]
-    }
-
     /// The loss records no suppression hides, largest first (what reports list).
     pub fn reported_records(&self) -> impl Iterator<Item = &LossRecord> + '_ {
         self.loss_records.iter().filter(|r| r.suppressed.is_none())
