@@ -8,12 +8,11 @@
 //! lost is kept while it stays lost; the snapshot before that one (or the block's
 //! allocation, when later) is the last time it was known reachable.
 
-use crate::hash::FastMap;
-
 use heaptape_format::{SnapshotTrigger, StackId, Timestamp};
 
 use super::leaks::{LeakKind, LeakReport, LeakSummary, LossRecord};
 use super::retention::{Retention, RetentionTree};
+use crate::hash::FastMap;
 use crate::modules::ModuleMap;
 use crate::stacks::StackTable;
 use crate::symbolize::Symbolizer;
@@ -85,18 +84,19 @@ impl SnapshotHistory {
         &mut self,
         time: SnapshotTime,
         report: &LeakReport,
-        previous: Option<&LeakReport>,
+        previous: Option<LeakReport>,
         stacks: &StackTable,
         modules: &ModuleMap,
         sym: &dyn Symbolizer,
     ) {
         if let (Some(prev), Some(&prev_time)) = (previous, self.times.last()) {
+            let retention =
+                RetentionTree::new(&prev, stacks, modules, sym).summary(ROOTS_PER_SNAPSHOT);
             self.earlier.push(EarlierSnapshot {
                 time: prev_time,
                 summary: prev.summary,
-                loss_records: prev.loss_records.clone(),
-                retention: RetentionTree::new(prev, stacks, modules, sym)
-                    .summary(ROOTS_PER_SNAPSHOT),
+                loss_records: prev.loss_records,
+                retention,
             });
         }
         let k = self.times.len() as u32;

@@ -109,7 +109,10 @@ impl Replay {
         image.snapshots.push(
             time,
             report,
-            previous.report(),
+            match previous {
+                LeakCheck::Done(prev) => Some(*prev),
+                LeakCheck::Unavailable(_) => None,
+            },
             &self.stacks,
             &image.modules,
             sym,
